@@ -1,0 +1,2 @@
+//! How Meridian regions talk: QUIC endpoints with mutual TLS, certificates, framing,
+//! reconnecting peer links and WAN impairment for simulations.
