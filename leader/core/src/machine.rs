@@ -1,0 +1,1537 @@
+//! The replication state machine of one region: events in, effects out.
+//!
+//! # Call order
+//! The driver owns one [`Replica`]. For every input it calls [`Replica::handle`] with the
+//! current [`Time`] and the [`Event`], then performs every [`Effect`] pushed to the output
+//! vector, in order. It then sleeps until [`Replica::poll_timeout`] (or the next input) and calls
+//! `handle` with [`Event::Tick`]. Effects of one peer must be performed in the order given:
+//! frames of one origin are sent in sequence order.
+//!
+//! # Durability
+//! Writes are applied to the in-memory key states at once, and queued for persistence. At most
+//! one [`Effect::Persist`] is outstanding; everything that arrives meanwhile waits for the next
+//! one, which is how client writes and replicated batches that arrive together share one
+//! transaction and one fsync (group commit). Only after [`Event::Persisted`]:
+//! - clients are answered;
+//! - the new applied vector is acknowledged to peers;
+//! - the writes enter the durable log tail and may be streamed to other regions. Nothing that
+//!   is not durable here is ever sent, so a crash can never make this region reuse a sequence
+//!   number that a peer has already seen.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use conflict::{
+    ApplyOutcome, Dot, Hlc, HybridClock, KeyState, Registry, ReplicaId, Resolver, Seq, Sibling,
+    Value, VersionVector, Write,
+};
+
+use crate::msg::{
+    Ack, Batch, Heartbeat, Hello, LogEntry, PROTOCOL_VERSION, PeerMsg, Refuse, Resync,
+};
+
+/// The time as the driver sees it when it hands an event in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Time {
+    /// Wall clock, Unix milliseconds: feeds the hybrid logical clock. May jump or be skewed.
+    pub wall_ms: u64,
+    /// Monotonic milliseconds since an arbitrary start: drives timers and lag durations.
+    pub mono_ms: u64,
+}
+
+/// Identifies a client request so its reply can be routed back.
+pub type RequestId = u64;
+
+/// Identifies one connection to a peer, as the transport numbers them.
+pub type ConnId = u64;
+
+/// Tunables of the replication protocol. Every bound is named here.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Cluster name, exchanged in hellos.
+    pub cluster: String,
+    /// This region's name.
+    pub region: String,
+    /// This region's replica id (created by the runtime on first start).
+    pub replica: ReplicaId,
+    /// The other regions of the cluster.
+    pub peers: Vec<String>,
+    /// table → resolver name; every table a client may write.
+    pub tables: BTreeMap<String, String>,
+    /// A remote HLC further ahead than this is applied but never drags the local clock along.
+    pub max_clock_offset_ms: u64,
+    /// A peer that lags on a third region's writes for this long gets them relayed from here.
+    pub relay_delay_ms: u64,
+    /// Interval between heartbeats to each connected peer.
+    pub heartbeat_interval_ms: u64,
+    /// Bound on bytes sent to one peer and not yet acknowledged; the log is the buffer.
+    pub peer_window_bytes: usize,
+    /// Bound on one batch frame's estimated size.
+    pub max_batch_bytes: usize,
+    /// Bound on siblings per key: a local write that would exceed it is refused.
+    pub max_siblings: usize,
+    /// Capacity of the in-memory conflict log (oldest entries are dropped first).
+    pub conflict_log_capacity: usize,
+    /// Durable writes kept in memory per origin to stream without reading the disk log.
+    pub log_tail_entries: usize,
+}
+
+/// What a region recovered from its data directory on start.
+#[derive(Debug, Clone, Default)]
+pub struct Recovered {
+    /// The last sequence number this replica assigned.
+    pub own_seq: Seq,
+    /// The highest HLC this replica ever issued or observed.
+    pub hlc_high: Hlc,
+    /// Durably applied writes, per origin.
+    pub applied: VersionVector,
+    /// Every stored key.
+    pub keys: BTreeMap<(String, Vec<u8>), KeyState>,
+    /// Replica ids known with their regions.
+    pub replicas: BTreeMap<ReplicaId, String>,
+    /// Each peer's last acknowledged applied vector, per region.
+    pub peer_acked: BTreeMap<String, VersionVector>,
+}
+
+/// An input to the state machine.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A client writes (or deletes, with [`Value::Tombstone`]) a key here.
+    ClientWrite {
+        /// Routes the reply.
+        id: RequestId,
+        /// The table.
+        table: String,
+        /// The key.
+        key: Vec<u8>,
+        /// New value or tombstone.
+        value: Value,
+        /// The causal context the client read; `None` for a blind write.
+        context: Option<VersionVector>,
+    },
+    /// The transport established an authenticated connection to `peer`.
+    PeerUp {
+        /// Region name, as authenticated by its certificate.
+        peer: String,
+        /// The connection.
+        conn: ConnId,
+    },
+    /// A connection to `peer` ended.
+    PeerDown {
+        /// Region name.
+        peer: String,
+        /// The connection that ended.
+        conn: ConnId,
+    },
+    /// A message arrived from `peer` on `conn`.
+    Frame {
+        /// Region name, as authenticated by its certificate.
+        peer: String,
+        /// The connection it came on.
+        conn: ConnId,
+        /// The message.
+        msg: PeerMsg,
+    },
+    /// The driver could not queue a frame for `peer` (queue full or link gone).
+    SendFailed {
+        /// Region name.
+        peer: String,
+        /// The connection.
+        conn: ConnId,
+    },
+    /// The outstanding [`Effect::Persist`] with this id is durable.
+    Persisted {
+        /// The batch id from [`PersistBatch::id`].
+        id: u64,
+    },
+    /// Entries read from the durable log in answer to [`Effect::ReadLog`].
+    LogRead {
+        /// The peer they are for.
+        peer: String,
+        /// The connection they are for.
+        conn: ConnId,
+        /// The origin.
+        origin: ReplicaId,
+        /// Contiguous entries starting at the requested sequence number (maybe fewer).
+        entries: Vec<LogEntry>,
+    },
+    /// A timer fired (or the driver just wants the machine to look at the clock).
+    Tick,
+}
+
+/// An output of the state machine for the driver to perform.
+#[derive(Debug, Clone)]
+pub enum Effect {
+    /// Write this batch in one transaction and fsync it, then report [`Event::Persisted`].
+    Persist(PersistBatch),
+    /// Send a message to a peer on a connection (drop it if that connection is gone).
+    Send {
+        /// Region name.
+        peer: String,
+        /// The connection.
+        conn: ConnId,
+        /// The message.
+        msg: PeerMsg,
+    },
+    /// Close a connection, telling the peer why.
+    Close {
+        /// Region name.
+        peer: String,
+        /// The connection.
+        conn: ConnId,
+        /// The reason, for the operator on both ends.
+        reason: String,
+    },
+    /// Read `origin`'s log from `from` to `to` (inclusive), up to about `max_bytes`, and report
+    /// [`Event::LogRead`].
+    ReadLog {
+        /// The peer to stream to.
+        peer: String,
+        /// The connection to stream on.
+        conn: ConnId,
+        /// The origin.
+        origin: ReplicaId,
+        /// First sequence number wanted.
+        from: Seq,
+        /// Last sequence number available.
+        to: Seq,
+        /// Budget for the read.
+        max_bytes: usize,
+    },
+    /// Answer a client write.
+    Reply {
+        /// The request.
+        id: RequestId,
+        /// What happened.
+        result: Result<WriteReceipt, WriteError>,
+    },
+    /// Something an operator must hear about (log it, count it, show it).
+    Alarm(Alarm),
+}
+
+/// Everything one persistence step must write atomically.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PersistBatch {
+    /// Identifies the batch in [`Event::Persisted`].
+    pub id: u64,
+    /// New states of the keys that changed.
+    pub keys: Vec<(String, Vec<u8>, KeyState)>,
+    /// Log entries to append, per origin, in sequence order.
+    pub log: Vec<LogEntry>,
+    /// The applied vector once this batch is durable.
+    pub applied: VersionVector,
+    /// The last sequence number this replica has assigned.
+    pub own_seq: Seq,
+    /// The highest HLC issued or observed.
+    pub hlc_high: Hlc,
+    /// Replica → region names learned since the last batch.
+    pub replicas: Vec<(ReplicaId, String)>,
+    /// Peers' acknowledged vectors that changed since the last batch.
+    pub peer_acked: Vec<(String, VersionVector)>,
+}
+
+/// What a client learns when its write is durable here.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WriteReceipt {
+    /// The write's identity.
+    pub dot: Dot,
+    /// Its HLC.
+    pub hlc: Hlc,
+    /// The key's causal context right after the write: pass it back to supersede it.
+    pub context: VersionVector,
+    /// Whether the write met concurrent siblings it did not supersede.
+    pub conflict: bool,
+}
+
+/// Why a client write was refused. Nothing was written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    /// The table is not configured.
+    #[error(
+        "table '{0}' is not configured; add it under [tables] in regions.toml or use one of the configured tables"
+    )]
+    UnknownTable(String),
+    /// The key would carry too many siblings.
+    #[error(
+        "key has {count} concurrent siblings and the limit is {max}; read it with ?siblings=true and write back with its context to resolve them"
+    )]
+    TooManySiblings {
+        /// Siblings the key would have.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+/// Conditions an operator must know about.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Alarm {
+    /// A second live replica claims a region that is already connected: two processes run as
+    /// one region (split brain). The newcomer was refused.
+    SplitBrain {
+        /// The region.
+        region: String,
+        /// Replica id of the live connection.
+        live: ReplicaId,
+        /// Replica id of the refused newcomer.
+        refused: ReplicaId,
+    },
+    /// A peer's hello was refused (wrong cluster, protocol or region).
+    HelloRefused {
+        /// The peer, as authenticated.
+        peer: String,
+        /// Why.
+        reason: String,
+    },
+    /// A remote HLC was further ahead of our physical clock than `max_clock_offset_ms`.
+    ClockSkew {
+        /// The region whose stamp it was.
+        peer: String,
+        /// How far ahead, in milliseconds.
+        ahead_ms: u64,
+    },
+    /// A peer's resolver for a table differs from ours.
+    ResolverMismatch {
+        /// The peer.
+        peer: String,
+        /// The table.
+        table: String,
+        /// Ours (`name@version`), if we have the table.
+        ours: Option<String>,
+        /// Theirs, if they have it.
+        theirs: Option<String>,
+    },
+    /// A peer broke the protocol; the connection was closed.
+    ProtocolViolation {
+        /// The peer.
+        peer: String,
+        /// What it did.
+        detail: String,
+    },
+    /// A replicated write for a table this region does not know was logged but not applied.
+    UnknownTable {
+        /// The table.
+        table: String,
+        /// The origin's region.
+        origin: String,
+    },
+}
+
+/// One entry of the conflict log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConflictRecord {
+    /// Increasing id, for paging.
+    pub id: u64,
+    /// Wall clock when it was detected here, Unix ms.
+    pub detected_ms: u64,
+    /// The table.
+    pub table: String,
+    /// The key.
+    pub key: Vec<u8>,
+    /// The resolver that settled it, `name@version`.
+    pub resolver: String,
+    /// The writes that met: the new one first, then the concurrent siblings it found.
+    pub siblings: Vec<(Dot, Hlc, bool)>,
+    /// What readers see now.
+    pub outcome: String,
+}
+
+/// Per-peer replication state.
+#[derive(Debug, Default)]
+struct Peer {
+    /// Connections the transport reported up, with the replica id their hello named.
+    conns: BTreeMap<ConnId, Option<ReplicaId>>,
+    /// The connection we stream on: the one whose hello we accepted.
+    active: Option<ConnId>,
+    /// The peer's replica id, from the accepted hello.
+    replica: Option<ReplicaId>,
+    /// The peer's durably applied vector (from its hello and acks).
+    acked: VersionVector,
+    /// Per origin, the highest sequence number sent on the active connection.
+    sent: BTreeMap<ReplicaId, Seq>,
+    /// Sent and not yet acknowledged: (origin, seq, bytes).
+    inflight: VecDeque<(ReplicaId, Seq, usize)>,
+    /// Sum of bytes in `inflight`.
+    inflight_bytes: usize,
+    /// Origins with a log read outstanding.
+    reading: BTreeSet<ReplicaId>,
+    /// Per origin, since when (mono ms) the peer has lagged behind us on it.
+    lag_since: BTreeMap<ReplicaId, u64>,
+    /// When the last heartbeat went out (mono ms).
+    last_heartbeat_ms: u64,
+    /// Our applied vector as last acknowledged to this peer.
+    last_ack_sent: Option<VersionVector>,
+    /// Whether `acked` changed since it was last persisted.
+    acked_dirty: bool,
+}
+
+/// A write waiting for its persistence step, with the client to answer.
+#[derive(Debug)]
+struct PendingReply {
+    id: RequestId,
+    receipt: WriteReceipt,
+}
+
+/// Work accumulated for the next persistence step.
+#[derive(Debug, Default)]
+struct Staged {
+    keys: BTreeSet<(String, Vec<u8>)>,
+    log: Vec<LogEntry>,
+    replies: Vec<PendingReply>,
+    replicas: Vec<(ReplicaId, String)>,
+}
+
+/// A persistence step in flight.
+#[derive(Debug)]
+struct InFlight {
+    id: u64,
+    log: Vec<LogEntry>,
+    replies: Vec<PendingReply>,
+    applied: VersionVector,
+}
+
+/// The replication state machine of one region. See the module docs for the call order.
+pub struct Replica {
+    opts: Options,
+    resolvers: BTreeMap<String, Arc<dyn Resolver>>,
+    resolver_ids: Vec<(String, String)>,
+    clock: HybridClock,
+    own_seq: Seq,
+    /// Everything applied in memory (maybe not yet durable), per origin.
+    received: VersionVector,
+    /// Everything durably applied, per origin.
+    durable: VersionVector,
+    keys: BTreeMap<(String, Vec<u8>), KeyState>,
+    replicas: BTreeMap<ReplicaId, String>,
+    peers: BTreeMap<String, Peer>,
+    tail: BTreeMap<ReplicaId, VecDeque<LogEntry>>,
+    /// When (mono ms) recent own writes became durable, for lag in milliseconds.
+    own_commits: VecDeque<(Seq, u64)>,
+    staged: Staged,
+    in_flight: Option<InFlight>,
+    next_persist_id: u64,
+    conflicts: VecDeque<ConflictRecord>,
+    next_conflict_id: u64,
+    counters: Counters,
+}
+
+/// Monotonic counters for metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Client writes accepted.
+    pub client_writes: u64,
+    /// Remote writes applied.
+    pub remote_applied: u64,
+    /// Remote writes dropped as duplicates.
+    pub duplicates: u64,
+    /// Conflicts detected.
+    pub conflicts: u64,
+    /// Persistence steps issued.
+    pub persists: u64,
+    /// Batches sent.
+    pub batches_sent: u64,
+    /// Writes sent (own and relayed).
+    pub writes_sent: u64,
+    /// Writes relayed for a third region.
+    pub writes_relayed: u64,
+    /// Resync requests sent after a gap.
+    pub resyncs: u64,
+}
+
+/// Why a [`Replica`] could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BuildError {
+    /// A table names a resolver that is not registered.
+    #[error(
+        "table '{table}' uses resolver '{resolver}', which is not registered; register it in code or use one of: {known}"
+    )]
+    UnknownResolver {
+        /// The table.
+        table: String,
+        /// The resolver it names.
+        resolver: String,
+        /// The registered names.
+        known: String,
+    },
+}
+
+impl Replica {
+    /// Builds the state machine from options, the resolver registry and what was recovered.
+    pub fn new(opts: Options, registry: &Registry, rec: Recovered) -> Result<Self, BuildError> {
+        let mut resolvers = BTreeMap::new();
+        let mut resolver_ids = Vec::new();
+        for (table, name) in &opts.tables {
+            let r = registry
+                .get(name)
+                .ok_or_else(|| BuildError::UnknownResolver {
+                    table: table.clone(),
+                    resolver: name.clone(),
+                    known: registry.names().collect::<Vec<_>>().join(", "),
+                })?;
+            resolver_ids.push((table.clone(), format!("{}@{}", r.name(), r.version())));
+            resolvers.insert(table.clone(), r);
+        }
+        let peers = opts
+            .peers
+            .iter()
+            .map(|p| {
+                let acked = rec.peer_acked.get(p).cloned().unwrap_or_default();
+                (
+                    p.clone(),
+                    Peer {
+                        acked,
+                        ..Peer::default()
+                    },
+                )
+            })
+            .collect();
+        let mut replicas = rec.replicas;
+        replicas.insert(opts.replica, opts.region.clone());
+        let mut durable = rec.applied;
+        if rec.own_seq > Seq::ZERO {
+            // Our own log is durable up to own_seq: both are written by the same batches.
+            durable.add_dot(&Dot {
+                replica: opts.replica,
+                seq: rec.own_seq,
+            });
+        }
+        Ok(Self {
+            clock: HybridClock::resume(rec.hlc_high, opts.max_clock_offset_ms),
+            own_seq: rec.own_seq,
+            received: durable.clone(),
+            durable,
+            keys: rec.keys,
+            replicas,
+            peers,
+            tail: BTreeMap::new(),
+            own_commits: VecDeque::new(),
+            staged: Staged::default(),
+            in_flight: None,
+            next_persist_id: 1,
+            conflicts: VecDeque::new(),
+            next_conflict_id: 1,
+            counters: Counters::default(),
+            resolvers,
+            resolver_ids,
+            opts,
+        })
+    }
+
+    /// Handles one event, pushing the effects to perform onto `out`.
+    pub fn handle(&mut self, now: Time, event: Event, out: &mut Vec<Effect>) {
+        match event {
+            Event::ClientWrite {
+                id,
+                table,
+                key,
+                value,
+                context,
+            } => self.client_write(now, id, table, key, value, context, out),
+            Event::PeerUp { peer, conn } => self.peer_up(peer, conn, out),
+            Event::PeerDown { peer, conn } => self.peer_down(&peer, conn),
+            Event::Frame { peer, conn, msg } => self.frame(now, peer, conn, msg, out),
+            Event::SendFailed { peer, conn } => self.send_failed(&peer, conn),
+            Event::Persisted { id } => self.persisted(now, id, out),
+            Event::LogRead {
+                peer,
+                conn,
+                origin,
+                entries,
+            } => self.log_read(&peer, conn, origin, entries, out),
+            Event::Tick => {}
+        }
+        self.flush(out);
+        self.on_tick(now, out);
+    }
+
+    /// The next time (mono ms) at which [`Event::Tick`] must be delivered, if any.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let mut next: Option<u64> = None;
+        let mut consider = |t: u64| next = Some(next.map_or(t, |n| n.min(t)));
+        for peer in self.peers.values() {
+            if peer.active.is_none() {
+                continue;
+            }
+            consider(peer.last_heartbeat_ms + self.opts.heartbeat_interval_ms);
+            for since in peer.lag_since.values() {
+                consider(since + self.opts.relay_delay_ms);
+            }
+        }
+        next
+    }
+
+    // ---- client writes -------------------------------------------------------------------
+
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the fields of one ClientWrite event"
+    )]
+    fn client_write(
+        &mut self,
+        now: Time,
+        id: RequestId,
+        table: String,
+        key: Vec<u8>,
+        value: Value,
+        context: Option<VersionVector>,
+        out: &mut Vec<Effect>,
+    ) {
+        let Some(resolver) = self.resolvers.get(&table).cloned() else {
+            out.push(Effect::Reply {
+                id,
+                result: Err(WriteError::UnknownTable(table)),
+            });
+            return;
+        };
+        let slot = (table, key);
+        let state = self.keys.get(&slot).cloned().unwrap_or_default();
+        let context = context.unwrap_or_else(|| state.blind_context());
+        let survivors = state
+            .siblings
+            .iter()
+            .filter(|s| !context.covers(&s.dot))
+            .count();
+        if survivors + 1 > self.opts.max_siblings {
+            let result = Err(WriteError::TooManySiblings {
+                count: survivors + 1,
+                max: self.opts.max_siblings,
+            });
+            out.push(Effect::Reply { id, result });
+            return;
+        }
+        let tick = self.clock.tick(now.wall_ms);
+        let hlc = conflict::stamp_write(tick, state.superseded_by(&context).map(|s| s.hlc));
+        self.own_seq = self.own_seq.next();
+        let dot = Dot {
+            replica: self.opts.replica,
+            seq: self.own_seq,
+        };
+        let write = Write {
+            dot,
+            hlc,
+            context,
+            value,
+        };
+        let (table, key) = slot;
+        let outcome = self.apply(now, &table, &key, &write, resolver.as_ref());
+        self.received.add_dot(&dot);
+        let state = &self.keys[&(table.clone(), key.clone())];
+        let receipt = WriteReceipt {
+            dot,
+            hlc,
+            context: state.context.clone(),
+            conflict: outcome,
+        };
+        self.counters.client_writes += 1;
+        self.staged.replies.push(PendingReply { id, receipt });
+        self.staged.log.push(LogEntry { table, key, write });
+    }
+
+    /// Applies a write to a key's in-memory state and stages the key for persistence.
+    /// Returns whether the write met concurrent siblings (a conflict, now logged).
+    fn apply(&mut self, now: Time, table: &str, key: &[u8], w: &Write, r: &dyn Resolver) -> bool {
+        let slot = (table.to_owned(), key.to_vec());
+        let state = self.keys.entry(slot.clone()).or_default();
+        let outcome = state.apply(w, r);
+        let conflict = match &outcome {
+            ApplyOutcome::Ignored => return false,
+            ApplyOutcome::Applied { concurrent, .. } => {
+                (!concurrent.is_empty()).then(|| concurrent.clone())
+            }
+        };
+        let resolved = state.resolve(r);
+        self.staged.keys.insert(slot);
+        if let Some(concurrent) = conflict {
+            self.record_conflict(now, table, key, w, &concurrent, r, &resolved);
+            return true;
+        }
+        false
+    }
+
+    #[allow(clippy::too_many_arguments, reason = "one conflict's facts")]
+    fn record_conflict(
+        &mut self,
+        now: Time,
+        table: &str,
+        key: &[u8],
+        w: &Write,
+        concurrent: &[Sibling],
+        r: &dyn Resolver,
+        resolved: &conflict::Resolved,
+    ) {
+        let state = &self.keys[&(table.to_owned(), key.to_vec())];
+        let live: BTreeSet<Dot> = state.siblings.iter().map(|s| s.dot).collect();
+        let mut siblings = vec![(w.dot, w.hlc, live.contains(&w.dot))];
+        siblings.extend(
+            concurrent
+                .iter()
+                .map(|s| (s.dot, s.hlc, live.contains(&s.dot))),
+        );
+        let outcome = match resolved {
+            conflict::Resolved::Absent => "absent (a tombstone won)".to_owned(),
+            conflict::Resolved::Value(_) => {
+                let winners: Vec<String> = live.iter().map(|d| self.dot_name(d)).collect();
+                format!("resolved to one value (kept {})", winners.join(", "))
+            }
+            conflict::Resolved::Siblings(s) => format!("{} siblings kept for readers", s.len()),
+        };
+        self.counters.conflicts += 1;
+        if self.conflicts.len() == self.opts.conflict_log_capacity {
+            self.conflicts.pop_front();
+        }
+        self.conflicts.push_back(ConflictRecord {
+            id: self.next_conflict_id,
+            detected_ms: now.wall_ms,
+            table: table.to_owned(),
+            key: key.to_vec(),
+            resolver: format!("{}@{}", r.name(), r.version()),
+            siblings,
+            outcome,
+        });
+        self.next_conflict_id += 1;
+    }
+
+    fn dot_name(&self, dot: &Dot) -> String {
+        match self.replicas.get(&dot.replica) {
+            Some(region) => format!("{region}:{}", dot.seq.0),
+            None => format!("{}:{}", dot.replica, dot.seq.0),
+        }
+    }
+
+    // ---- persistence ---------------------------------------------------------------------
+
+    /// Issues the next persistence step if none is outstanding and anything is staged.
+    fn flush(&mut self, out: &mut Vec<Effect>) {
+        if self.in_flight.is_some() {
+            return;
+        }
+        let dirty_peers: Vec<(String, VersionVector)> = self
+            .peers
+            .iter_mut()
+            .filter(|(_, p)| p.acked_dirty)
+            .map(|(name, p)| {
+                p.acked_dirty = false;
+                (name.clone(), p.acked.clone())
+            })
+            .collect();
+        let staged = std::mem::take(&mut self.staged);
+        if staged.keys.is_empty() && staged.log.is_empty() && dirty_peers.is_empty() {
+            self.staged = staged;
+            return;
+        }
+        let keys = staged
+            .keys
+            .into_iter()
+            .map(|slot| {
+                let state = self.keys.get(&slot).cloned().unwrap_or_default();
+                (slot.0, slot.1, state)
+            })
+            .collect();
+        let id = self.next_persist_id;
+        self.next_persist_id += 1;
+        self.counters.persists += 1;
+        let batch = PersistBatch {
+            id,
+            keys,
+            log: staged.log.clone(),
+            applied: self.received.clone(),
+            own_seq: self.own_seq,
+            hlc_high: self.clock.last(),
+            replicas: staged.replicas,
+            peer_acked: dirty_peers,
+        };
+        self.in_flight = Some(InFlight {
+            id,
+            log: staged.log,
+            replies: staged.replies,
+            applied: self.received.clone(),
+        });
+        out.push(Effect::Persist(batch));
+    }
+
+    fn persisted(&mut self, now: Time, id: u64, out: &mut Vec<Effect>) {
+        let Some(done) = self.in_flight.take_if(|f| f.id == id) else {
+            return;
+        };
+        self.durable.join(&done.applied);
+        for reply in done.replies {
+            out.push(Effect::Reply {
+                id: reply.id,
+                result: Ok(reply.receipt),
+            });
+        }
+        for entry in done.log {
+            if entry.write.dot.replica == self.opts.replica {
+                if self.own_commits.len() == self.opts.log_tail_entries {
+                    self.own_commits.pop_front();
+                }
+                self.own_commits.push_back((entry.seq(), now.mono_ms));
+            }
+            let tail = self.tail.entry(entry.write.dot.replica).or_default();
+            if tail.len() == self.opts.log_tail_entries {
+                tail.pop_front();
+            }
+            tail.push_back(entry);
+        }
+        let names: Vec<String> = self.peers.keys().cloned().collect();
+        for name in names {
+            self.send_ack(&name, out);
+            self.update_lag(now, &name);
+            self.pump(&name, now, out);
+        }
+    }
+
+    fn send_ack(&mut self, name: &str, out: &mut Vec<Effect>) {
+        let durable = self.durable.clone();
+        let peer = self
+            .peers
+            .get_mut(name)
+            .expect("peer names come from self.peers");
+        let Some(conn) = peer.active else { return };
+        if peer.last_ack_sent.as_ref() == Some(&durable) {
+            return;
+        }
+        peer.last_ack_sent = Some(durable.clone());
+        out.push(Effect::Send {
+            peer: name.to_owned(),
+            conn,
+            msg: PeerMsg::Ack(Ack { applied: durable }),
+        });
+    }
+
+    // ---- connections and hellos ----------------------------------------------------------
+
+    fn peer_up(&mut self, name: String, conn: ConnId, out: &mut Vec<Effect>) {
+        let hello = self.hello();
+        let Some(peer) = self.peers.get_mut(&name) else {
+            out.push(Effect::Close {
+                peer: name.clone(),
+                conn,
+                reason: format!("region '{name}' is not a peer in this region's configuration"),
+            });
+            return;
+        };
+        peer.conns.insert(conn, None);
+        out.push(Effect::Send {
+            peer: name,
+            conn,
+            msg: PeerMsg::Hello(hello),
+        });
+    }
+
+    fn hello(&self) -> Hello {
+        Hello {
+            protocol: PROTOCOL_VERSION,
+            cluster: self.opts.cluster.clone(),
+            region: self.opts.region.clone(),
+            replica: self.opts.replica,
+            applied: self.durable.clone(),
+            resolvers: self.resolver_ids.clone(),
+            replicas: self.replicas.iter().map(|(r, n)| (*r, n.clone())).collect(),
+        }
+    }
+
+    fn peer_down(&mut self, name: &str, conn: ConnId) {
+        let Some(peer) = self.peers.get_mut(name) else {
+            return;
+        };
+        peer.conns.remove(&conn);
+        if peer.active == Some(conn) {
+            Self::reset_stream(peer);
+            peer.active = None;
+        }
+    }
+
+    /// Forgets what was sent on the active connection: the next one starts from the acks.
+    fn reset_stream(peer: &mut Peer) {
+        peer.sent.clear();
+        peer.inflight.clear();
+        peer.inflight_bytes = 0;
+        peer.reading.clear();
+        peer.last_ack_sent = None;
+    }
+
+    fn send_failed(&mut self, name: &str, conn: ConnId) {
+        let Some(peer) = self.peers.get_mut(name) else {
+            return;
+        };
+        if peer.active == Some(conn) {
+            // Something was lost on the way out: rewind to what the peer acknowledged and
+            // resend from the log. The receiver drops anything it already has.
+            Self::reset_stream(peer);
+        }
+    }
+
+    fn refuse(
+        &mut self,
+        name: &str,
+        conn: ConnId,
+        alarm: Alarm,
+        reason: String,
+        out: &mut Vec<Effect>,
+    ) {
+        out.push(Effect::Alarm(alarm));
+        out.push(Effect::Send {
+            peer: name.to_owned(),
+            conn,
+            msg: PeerMsg::Refuse(Refuse {
+                reason: reason.clone(),
+            }),
+        });
+        out.push(Effect::Close {
+            peer: name.to_owned(),
+            conn,
+            reason,
+        });
+        if let Some(peer) = self.peers.get_mut(name) {
+            peer.conns.remove(&conn);
+        }
+    }
+
+    fn on_hello(
+        &mut self,
+        now: Time,
+        name: &str,
+        conn: ConnId,
+        hello: Hello,
+        out: &mut Vec<Effect>,
+    ) {
+        if let Some(reason) = self.hello_problem(name, &hello) {
+            let alarm = Alarm::HelloRefused {
+                peer: name.to_owned(),
+                reason: reason.clone(),
+            };
+            self.refuse(name, conn, alarm, reason, out);
+            return;
+        }
+        let peer = self
+            .peers
+            .get_mut(name)
+            .expect("hello_problem checked the peer exists");
+        let live = peer
+            .active
+            .filter(|a| *a != conn)
+            .and_then(|a| peer.conns.get(&a).copied().flatten());
+        if let Some(live) = live.filter(|l| *l != hello.replica) {
+            let alarm = Alarm::SplitBrain {
+                region: name.to_owned(),
+                live,
+                refused: hello.replica,
+            };
+            let reason = format!(
+                "region '{name}' is already connected as replica {live}; a second live replica {} claims it. Two processes are running as one region: stop one of them",
+                hello.replica
+            );
+            self.refuse(name, conn, alarm, reason, out);
+            return;
+        }
+        peer.conns.insert(conn, Some(hello.replica));
+        peer.active = Some(conn);
+        if peer.replica != Some(hello.replica) {
+            // A new replica (or the first we meet): its own claim is the truth; a rebuilt region
+            // must not inherit what its predecessor had acknowledged.
+            peer.acked = hello.applied.clone();
+        } else {
+            peer.acked.join(&hello.applied);
+        }
+        peer.replica = Some(hello.replica);
+        peer.acked_dirty = true;
+        Self::reset_stream(peer);
+        peer.last_heartbeat_ms = now.mono_ms;
+        let mut learned = Vec::new();
+        for (replica, region) in hello
+            .replicas
+            .iter()
+            .chain([(hello.replica, hello.region.clone())].iter())
+        {
+            if !self.replicas.contains_key(replica) {
+                self.replicas.insert(*replica, region.clone());
+                learned.push((*replica, region.clone()));
+            }
+        }
+        self.staged.replicas.extend(learned);
+        self.check_resolvers(name, &hello.resolvers, out);
+        self.send_ack(name, out);
+        self.update_lag(now, name);
+        self.pump(name, now, out);
+    }
+
+    fn hello_problem(&self, name: &str, hello: &Hello) -> Option<String> {
+        if !self.peers.contains_key(name) {
+            return Some(format!(
+                "region '{name}' is not a peer in this region's configuration"
+            ));
+        }
+        if hello.protocol != PROTOCOL_VERSION {
+            return Some(format!(
+                "peer speaks replication protocol {} and this region speaks {PROTOCOL_VERSION}; upgrade the older binary",
+                hello.protocol
+            ));
+        }
+        if hello.cluster != self.opts.cluster {
+            return Some(format!(
+                "peer belongs to cluster '{}' and this region to '{}'; check `cluster` in regions.toml",
+                hello.cluster, self.opts.cluster
+            ));
+        }
+        if hello.region != name {
+            return Some(format!(
+                "peer claims region '{}' but its certificate names '{name}'; check the peer's --region and certificates",
+                hello.region
+            ));
+        }
+        if hello.replica == self.opts.replica {
+            return Some(format!(
+                "peer uses this region's own replica id {}; its data directory is a copy of this one. Give it its own empty data directory",
+                hello.replica
+            ));
+        }
+        None
+    }
+
+    fn check_resolvers(&self, name: &str, theirs: &[(String, String)], out: &mut Vec<Effect>) {
+        let theirs: BTreeMap<&str, &str> = theirs
+            .iter()
+            .map(|(t, r)| (t.as_str(), r.as_str()))
+            .collect();
+        let ours: BTreeMap<&str, &str> = self
+            .resolver_ids
+            .iter()
+            .map(|(t, r)| (t.as_str(), r.as_str()))
+            .collect();
+        let tables: BTreeSet<&str> = theirs.keys().chain(ours.keys()).copied().collect();
+        for table in tables {
+            let (o, t) = (ours.get(table), theirs.get(table));
+            if o != t {
+                out.push(Effect::Alarm(Alarm::ResolverMismatch {
+                    peer: name.to_owned(),
+                    table: table.to_owned(),
+                    ours: o.map(|s| (*s).to_owned()),
+                    theirs: t.map(|s| (*s).to_owned()),
+                }));
+            }
+        }
+    }
+
+    // ---- frames --------------------------------------------------------------------------
+
+    fn frame(
+        &mut self,
+        now: Time,
+        name: String,
+        conn: ConnId,
+        msg: PeerMsg,
+        out: &mut Vec<Effect>,
+    ) {
+        let Some(peer) = self.peers.get(&name) else {
+            let reason = format!("region '{name}' is not a peer in this region's configuration");
+            out.push(Effect::Close {
+                peer: name,
+                conn,
+                reason,
+            });
+            return;
+        };
+        let accepted = peer.active == Some(conn);
+        match msg {
+            PeerMsg::Hello(h) => self.on_hello(now, &name, conn, h, out),
+            PeerMsg::Refuse(r) => {
+                let alarm = Alarm::HelloRefused {
+                    peer: name.clone(),
+                    reason: r.reason.clone(),
+                };
+                out.push(Effect::Alarm(alarm));
+                self.peer_down(&name, conn);
+            }
+            _ if !accepted => {
+                // Frames before the hello, or on a connection we refused or replaced: ignore.
+                // (A refused connection is being closed already.)
+            }
+            PeerMsg::Batch(b) => self.on_batch(now, &name, conn, b, out),
+            PeerMsg::Ack(a) => self.on_ack(now, &name, a, out),
+            PeerMsg::Heartbeat(h) => self.on_heartbeat(now, &name, h, out),
+            PeerMsg::Resync(r) => self.on_resync(now, &name, r, out),
+        }
+    }
+
+    fn violation(&mut self, name: &str, conn: ConnId, detail: String, out: &mut Vec<Effect>) {
+        out.push(Effect::Alarm(Alarm::ProtocolViolation {
+            peer: name.to_owned(),
+            detail: detail.clone(),
+        }));
+        out.push(Effect::Close {
+            peer: name.to_owned(),
+            conn,
+            reason: detail,
+        });
+        self.peer_down(name, conn);
+    }
+
+    fn on_batch(&mut self, now: Time, name: &str, conn: ConnId, b: Batch, out: &mut Vec<Effect>) {
+        if b.origin == self.opts.replica {
+            // Our own writes coming back (a relay that raced our direct stream): we have them.
+            self.counters.duplicates += b.entries.len() as u64;
+            return;
+        }
+        if let Some(bad) = b.entries.iter().find(|e| e.write.dot.replica != b.origin) {
+            let detail = format!(
+                "batch for origin {} carries a write of {}",
+                b.origin, bad.write.dot.replica
+            );
+            self.violation(name, conn, detail, out);
+            return;
+        }
+        if let std::collections::btree_map::Entry::Vacant(slot) = self.replicas.entry(b.origin) {
+            slot.insert(b.origin_region.clone());
+            self.staged
+                .replicas
+                .push((b.origin, b.origin_region.clone()));
+        }
+        let mut applied_any = false;
+        for entry in b.entries {
+            let expected = self.received.get(b.origin).next();
+            let seq = entry.seq();
+            if seq < expected {
+                self.counters.duplicates += 1;
+                continue;
+            }
+            if seq > expected {
+                self.counters.resyncs += 1;
+                let resync = Resync {
+                    origin: b.origin,
+                    applied: self.received.get(b.origin),
+                };
+                out.push(Effect::Send {
+                    peer: name.to_owned(),
+                    conn,
+                    msg: PeerMsg::Resync(resync),
+                });
+                break;
+            }
+            self.apply_remote(now, name, &b.origin_region, entry, out);
+            applied_any = true;
+        }
+        if !applied_any {
+            // Nothing new: tell the sender where we stand so it can release its window.
+            if let Some(peer) = self.peers.get_mut(name) {
+                peer.last_ack_sent = None;
+            }
+            self.send_ack(name, out);
+        }
+    }
+
+    fn apply_remote(
+        &mut self,
+        now: Time,
+        peer: &str,
+        origin_region: &str,
+        e: LogEntry,
+        out: &mut Vec<Effect>,
+    ) {
+        let observed = self.clock.observe(e.write.hlc, now.wall_ms);
+        if let Some(ahead_ms) = observed.skew_ahead_ms {
+            out.push(Effect::Alarm(Alarm::ClockSkew {
+                peer: peer.to_owned(),
+                ahead_ms,
+            }));
+        }
+        match self.resolvers.get(&e.table).cloned() {
+            Some(r) => {
+                self.apply(now, &e.table, &e.key, &e.write, r.as_ref());
+            }
+            None => out.push(Effect::Alarm(Alarm::UnknownTable {
+                table: e.table.clone(),
+                origin: origin_region.to_owned(),
+            })),
+        }
+        self.received.add_dot(&e.write.dot);
+        self.counters.remote_applied += 1;
+        self.staged.log.push(e);
+    }
+
+    fn on_ack(&mut self, now: Time, name: &str, a: Ack, out: &mut Vec<Effect>) {
+        let peer = self
+            .peers
+            .get_mut(name)
+            .expect("frame() checked the peer exists");
+        let before = peer.acked.clone();
+        peer.acked.join(&a.applied);
+        if peer.acked != before {
+            peer.acked_dirty = true;
+        }
+        while let Some(&(origin, seq, bytes)) = peer.inflight.front() {
+            if peer.acked.get(origin) < seq {
+                break;
+            }
+            peer.inflight.pop_front();
+            peer.inflight_bytes -= bytes;
+        }
+        self.update_lag(now, name);
+        self.pump(name, now, out);
+    }
+
+    fn on_heartbeat(&mut self, now: Time, name: &str, h: Heartbeat, out: &mut Vec<Effect>) {
+        let observed = self.clock.observe(h.hlc, now.wall_ms);
+        if let Some(ahead_ms) = observed.skew_ahead_ms {
+            out.push(Effect::Alarm(Alarm::ClockSkew {
+                peer: name.to_owned(),
+                ahead_ms,
+            }));
+        }
+    }
+
+    fn on_resync(&mut self, now: Time, name: &str, r: Resync, out: &mut Vec<Effect>) {
+        let peer = self
+            .peers
+            .get_mut(name)
+            .expect("frame() checked the peer exists");
+        let sent = peer.sent.entry(r.origin).or_default();
+        if *sent > r.applied {
+            *sent = r.applied;
+        }
+        let mut kept = VecDeque::with_capacity(peer.inflight.len());
+        for item in peer.inflight.drain(..) {
+            if item.0 == r.origin && item.1 > r.applied {
+                peer.inflight_bytes -= item.2;
+            } else {
+                kept.push_back(item);
+            }
+        }
+        peer.inflight = kept;
+        self.pump(name, now, out);
+    }
+
+    // ---- streaming -----------------------------------------------------------------------
+
+    /// Keeps `lag_since` up to date: when did the peer start lagging on each origin.
+    fn update_lag(&mut self, now: Time, name: &str) {
+        let durable = &self.durable;
+        let peer = self
+            .peers
+            .get_mut(name)
+            .expect("peer names come from self.peers");
+        for (origin, seq) in durable.iter() {
+            if peer.acked.get(origin) >= seq {
+                peer.lag_since.remove(&origin);
+            } else {
+                peer.lag_since.entry(origin).or_insert(now.mono_ms);
+            }
+        }
+    }
+
+    /// Origins whose writes this region streams to `peer` right now.
+    fn origins_for(&self, peer: &Peer, now: Time) -> Vec<ReplicaId> {
+        let mut origins = vec![self.opts.replica];
+        for (origin, since) in &peer.lag_since {
+            let relay = *origin != self.opts.replica
+                && Some(*origin) != peer.replica
+                && now.mono_ms.saturating_sub(*since) >= self.opts.relay_delay_ms;
+            if relay {
+                origins.push(*origin);
+            }
+        }
+        origins
+    }
+
+    /// Sends whatever `peer` lacks, within its window, from the tail or via log reads.
+    fn pump(&mut self, name: &str, now: Time, out: &mut Vec<Effect>) {
+        let Some(peer) = self.peers.get(name) else {
+            return;
+        };
+        let Some(conn) = peer.active else { return };
+        let origins = self.origins_for(peer, now);
+        for origin in origins {
+            self.pump_origin(name, conn, origin, out);
+        }
+    }
+
+    fn pump_origin(&mut self, name: &str, conn: ConnId, origin: ReplicaId, out: &mut Vec<Effect>) {
+        let last = self.durable.get(origin);
+        let window = self.opts.peer_window_bytes;
+        loop {
+            let peer = self.peers.get(name).expect("pump checked the peer exists");
+            if peer.reading.contains(&origin) || peer.inflight_bytes >= window {
+                return;
+            }
+            let next = peer
+                .sent
+                .get(&origin)
+                .copied()
+                .unwrap_or_default()
+                .max(peer.acked.get(origin))
+                .next();
+            if next > last {
+                return;
+            }
+            let room = (window - peer.inflight_bytes).min(self.opts.max_batch_bytes);
+            let entries = self.tail_run(origin, next, last, room);
+            if entries.is_empty() {
+                let peer = self
+                    .peers
+                    .get_mut(name)
+                    .expect("pump checked the peer exists");
+                peer.reading.insert(origin);
+                out.push(Effect::ReadLog {
+                    peer: name.to_owned(),
+                    conn,
+                    origin,
+                    from: next,
+                    to: last,
+                    max_bytes: room,
+                });
+                return;
+            }
+            self.send_batch(name, conn, origin, entries, out);
+        }
+    }
+
+    /// Contiguous durable entries of `origin` from `from` held in memory, within `budget`.
+    fn tail_run(&self, origin: ReplicaId, from: Seq, to: Seq, budget: usize) -> Vec<LogEntry> {
+        let Some(tail) = self.tail.get(&origin) else {
+            return Vec::new();
+        };
+        let Some(first) = tail.front().map(LogEntry::seq) else {
+            return Vec::new();
+        };
+        if from < first {
+            return Vec::new();
+        }
+        let start = (from.0 - first.0) as usize;
+        let mut used = 0;
+        let mut entries = Vec::new();
+        for e in tail.iter().skip(start) {
+            if e.seq() > to || (used > 0 && used + e.wire_size() > budget) {
+                break;
+            }
+            used += e.wire_size();
+            entries.push(e.clone());
+        }
+        entries
+    }
+
+    fn send_batch(
+        &mut self,
+        name: &str,
+        conn: ConnId,
+        origin: ReplicaId,
+        entries: Vec<LogEntry>,
+        out: &mut Vec<Effect>,
+    ) {
+        let relayed = origin != self.opts.replica;
+        let peer = self
+            .peers
+            .get_mut(name)
+            .expect("callers checked the peer exists");
+        let Some(last) = entries.last().map(LogEntry::seq) else {
+            return;
+        };
+        for e in &entries {
+            let size = e.wire_size();
+            peer.inflight.push_back((origin, e.seq(), size));
+            peer.inflight_bytes += size;
+        }
+        peer.sent.insert(origin, last);
+        self.counters.batches_sent += 1;
+        self.counters.writes_sent += entries.len() as u64;
+        if relayed {
+            self.counters.writes_relayed += entries.len() as u64;
+        }
+        let origin_region = self.replicas.get(&origin).cloned().unwrap_or_default();
+        out.push(Effect::Send {
+            peer: name.to_owned(),
+            conn,
+            msg: PeerMsg::Batch(Batch {
+                origin,
+                origin_region,
+                entries,
+            }),
+        });
+    }
+
+    fn log_read(
+        &mut self,
+        name: &str,
+        conn: ConnId,
+        origin: ReplicaId,
+        entries: Vec<LogEntry>,
+        out: &mut Vec<Effect>,
+    ) {
+        let Some(peer) = self.peers.get_mut(name) else {
+            return;
+        };
+        if peer.active != Some(conn) {
+            return;
+        }
+        peer.reading.remove(&origin);
+        let expected = peer
+            .sent
+            .get(&origin)
+            .copied()
+            .unwrap_or_default()
+            .max(peer.acked.get(origin))
+            .next();
+        // Keep only the contiguous run that starts where the stream stands now.
+        let run: Vec<LogEntry> = entries
+            .into_iter()
+            .skip_while(|e| e.seq() < expected)
+            .enumerate()
+            .take_while(|(i, e)| {
+                e.seq().0 == expected.0 + *i as u64 && e.write.dot.replica == origin
+            })
+            .map(|(_, e)| e)
+            .collect();
+        if !run.is_empty() {
+            self.send_batch(name, conn, origin, run, out);
+        }
+        self.pump_origin(name, conn, origin, out);
+    }
+
+    // ---- timers --------------------------------------------------------------------------
+
+    fn on_tick(&mut self, now: Time, out: &mut Vec<Effect>) {
+        let names: Vec<String> = self.peers.keys().cloned().collect();
+        for name in names {
+            let peer = self
+                .peers
+                .get_mut(&name)
+                .expect("names come from self.peers");
+            let Some(conn) = peer.active else { continue };
+            if now.mono_ms >= peer.last_heartbeat_ms + self.opts.heartbeat_interval_ms {
+                peer.last_heartbeat_ms = now.mono_ms;
+                let hb = Heartbeat {
+                    wall_ms: now.wall_ms,
+                    hlc: self.clock.last(),
+                };
+                out.push(Effect::Send {
+                    peer: name.clone(),
+                    conn,
+                    msg: PeerMsg::Heartbeat(hb),
+                });
+            }
+            self.update_lag(now, &name);
+            self.pump(&name, now, out);
+        }
+    }
+
+    // ---- queries -------------------------------------------------------------------------
+
+    /// The state of a key (applied here, maybe not yet durable).
+    pub fn get(&self, table: &str, key: &[u8]) -> Option<&KeyState> {
+        self.keys.get(&(table.to_owned(), key.to_vec()))
+    }
+
+    /// The resolver of a table, if the table is configured.
+    pub fn resolver(&self, table: &str) -> Option<&Arc<dyn Resolver>> {
+        self.resolvers.get(table)
+    }
+
+    /// Every key state, in (table, key) order.
+    pub fn keys(&self) -> impl Iterator<Item = (&(String, Vec<u8>), &KeyState)> {
+        self.keys.iter()
+    }
+
+    /// SHA-256 over every key's state in (table, key) order: equal digests mean equal data.
+    pub fn digest(&self) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for ((table, key), state) in &self.keys {
+            h.update((table.len() as u64).to_le_bytes());
+            h.update(table.as_bytes());
+            h.update((key.len() as u64).to_le_bytes());
+            h.update(key);
+            h.update(state.digest());
+        }
+        h.finalize().into()
+    }
+
+    /// Durably applied writes per origin.
+    pub fn applied(&self) -> &VersionVector {
+        &self.durable
+    }
+
+    /// Applied in memory (maybe not yet durable) per origin.
+    pub fn received(&self) -> &VersionVector {
+        &self.received
+    }
+
+    /// The region that owns a replica id, if known.
+    pub fn region_of(&self, replica: &ReplicaId) -> Option<&str> {
+        self.replicas.get(replica).map(String::as_str)
+    }
+
+    /// This machine's options.
+    pub fn options(&self) -> &Options {
+        &self.opts
+    }
+
+    /// The conflict log, oldest first.
+    pub fn conflicts(&self) -> impl DoubleEndedIterator<Item = &ConflictRecord> {
+        self.conflicts.iter()
+    }
+
+    /// Monotonic counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// The latest HLC issued or observed.
+    pub fn hlc(&self) -> Hlc {
+        self.clock.last()
+    }
+
+    /// How long (ms) the oldest own write that `acked` lacks has been durable here; 0 when
+    /// the peer has every own write. Measured on this region's monotonic clock only.
+    fn own_lag_ms(&self, acked: &VersionVector, now: Time) -> u64 {
+        let have = acked.get(self.opts.replica);
+        if have >= self.durable.get(self.opts.replica) {
+            return 0;
+        }
+        let since = self
+            .own_commits
+            .iter()
+            .find(|(seq, _)| *seq > have)
+            .or(self.own_commits.front())
+            .map_or(now.mono_ms, |(_, t)| *t);
+        now.mono_ms.saturating_sub(since)
+    }
+
+    /// Replication state towards each peer, as of `now`.
+    pub fn peer_views(&self, now: Time) -> Vec<PeerView> {
+        self.peers
+            .iter()
+            .map(|(name, p)| PeerView {
+                lag_ms: self.own_lag_ms(&p.acked, now),
+                region: name.clone(),
+                replica: p.replica,
+                connected: p.active.is_some(),
+                acked: p.acked.clone(),
+                lag_writes: self
+                    .durable
+                    .iter()
+                    .map(|(o, s)| s.0.saturating_sub(p.acked.get(o).0))
+                    .sum(),
+                unacked_bytes: p.inflight_bytes,
+            })
+            .collect()
+    }
+}
+
+/// What this region knows about replication towards one peer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerView {
+    /// The peer's region.
+    pub region: String,
+    /// Its replica id, once a hello was accepted.
+    pub replica: Option<ReplicaId>,
+    /// Whether a connection with an accepted hello is up.
+    pub connected: bool,
+    /// What the peer has durably applied, per origin, as far as we know.
+    pub acked: VersionVector,
+    /// Writes durable here that the peer has not acknowledged (all origins).
+    pub lag_writes: u64,
+    /// How long the oldest of this region's own writes that the peer lacks has been durable
+    /// here, in ms (0 when it has them all). Never mixes two machines' clocks.
+    pub lag_ms: u64,
+    /// Bytes sent and not yet acknowledged.
+    pub unacked_bytes: usize,
+}

@@ -1,0 +1,120 @@
+//! The replication protocol's wire messages: what one region's leader says to another.
+//!
+//! Frames are postcard-encoded by the transport. The format is versioned from the first
+//! release: [`PeerMsg`] variants and struct fields are only ever appended, and
+//! [`PROTOCOL_VERSION`] is exchanged in the [`Hello`] so an incompatible peer is refused with a
+//! clear reason instead of being misread.
+
+use conflict::{Hlc, ReplicaId, Seq, VersionVector, Write};
+use serde::{Deserialize, Serialize};
+
+/// Version of the replication protocol spoken by this build. Bumped only for changes that old
+/// peers cannot read; appending a message variant does not need a bump.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Every message one leader sends another over their link.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum PeerMsg {
+    /// First message on every connection, in both directions.
+    Hello(Hello),
+    /// A contiguous run of one origin's writes, in sequence order.
+    Batch(Batch),
+    /// The sender's durably applied vector: everything it covers survives a crash there.
+    Ack(Ack),
+    /// Liveness, clock and lag information, sent periodically.
+    Heartbeat(Heartbeat),
+    /// "Your run for this origin did not start where I am; resend from `applied + 1`."
+    Resync(Resync),
+    /// The sender refuses this connection; the reason is for the operator.
+    Refuse(Refuse),
+}
+
+/// Sent first by both sides of a connection: who I am and what I already have.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// [`PROTOCOL_VERSION`] of the sender.
+    pub protocol: u32,
+    /// Cluster name; regions of different clusters never replicate.
+    pub cluster: String,
+    /// The region the sender claims to be; must match the region its certificate names.
+    pub region: String,
+    /// The sender's replica id (its data directory's identity).
+    pub replica: ReplicaId,
+    /// Everything the sender has durably applied, per origin: the receiver streams from here.
+    pub applied: VersionVector,
+    /// table → `resolver@version` at the sender, so mismatched resolvers are detected.
+    pub resolvers: Vec<(String, String)>,
+    /// Replica ids the sender knows, with their regions, so relayed writes can be named.
+    pub replicas: Vec<(ReplicaId, String)>,
+}
+
+/// One replicated write as it travels and as it is kept in the per-origin log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// Table the key belongs to.
+    pub table: String,
+    /// The key's bytes.
+    pub key: Vec<u8>,
+    /// The write itself; `write.dot` names the origin and the sequence number.
+    pub write: Write,
+}
+
+impl LogEntry {
+    /// Approximate size in bytes on the wire, used for flow-control windows and batch caps.
+    /// An estimate is enough: the transport enforces the exact frame limit.
+    pub fn wire_size(&self) -> usize {
+        let value = match &self.write.value {
+            conflict::Value::Bytes(b) => b.len(),
+            conflict::Value::Tombstone => 0,
+        };
+        64 + self.table.len() + self.key.len() + value + 24 * self.write.context.len()
+    }
+
+    /// The origin's sequence number of this write.
+    pub fn seq(&self) -> Seq {
+        self.write.dot.seq
+    }
+}
+
+/// A contiguous run of one origin's writes: `entries[i].seq() == entries[0].seq() + i`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Batch {
+    /// The replica that made these writes.
+    pub origin: ReplicaId,
+    /// The origin's region name, so a region that never met the origin can still name it.
+    pub origin_region: String,
+    /// The writes, in sequence order without gaps.
+    pub entries: Vec<LogEntry>,
+}
+
+/// The sender's durably applied vector.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ack {
+    /// Per origin, the highest sequence number applied and fsynced at the sender.
+    pub applied: VersionVector,
+}
+
+/// Periodic liveness and clock information.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Sender's wall clock when sending, in Unix milliseconds.
+    pub wall_ms: u64,
+    /// Sender's latest HLC, so a quiet region still pulls the others' clocks along.
+    pub hlc: Hlc,
+}
+
+/// Asks the sender of a batch to restart an origin's run after `applied`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Resync {
+    /// The origin whose run had a gap.
+    pub origin: ReplicaId,
+    /// The highest sequence number of that origin the receiver has (applied, maybe not yet durable).
+    pub applied: Seq,
+}
+
+/// Refusal of a connection, with the reason written for the operator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Refuse {
+    /// What was wrong and what to do about it.
+    pub reason: String,
+}

@@ -1,0 +1,623 @@
+//! Protocol scripts for the replication state machine: a few regions wired by an in-memory
+//! network that delivers every frame in order, with explicit control over links and
+//! persistence. Each test reads as a sequence of steps and asserts exact outcomes.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use conflict::{Registry, ReplicaId, Resolved, Seq, Value};
+use leader_core::{
+    Alarm, Effect, Event, Options, PeerMsg, PersistBatch, Recovered, Replica, Time, WriteError,
+};
+
+const REGIONS: [&str; 3] = ["a", "b", "c"];
+
+fn opts(region: &str, replica: ReplicaId) -> Options {
+    Options {
+        cluster: "test".into(),
+        region: region.into(),
+        replica,
+        peers: REGIONS
+            .iter()
+            .filter(|r| **r != region)
+            .map(|r| (*r).to_owned())
+            .collect(),
+        tables: BTreeMap::from([
+            ("default".to_owned(), "lww".to_owned()),
+            ("mv".to_owned(), "multi-value".to_owned()),
+        ]),
+        max_clock_offset_ms: 500,
+        relay_delay_ms: 1000,
+        heartbeat_interval_ms: 500,
+        peer_window_bytes: 4096,
+        max_batch_bytes: 1024,
+        max_siblings: 4,
+        conflict_log_capacity: 100,
+        log_tail_entries: 8,
+    }
+}
+
+/// One region: its machine, its "disk" (the log, as persisted) and its pending work.
+struct Node {
+    replica: Replica,
+    id: ReplicaId,
+    log: BTreeMap<(ReplicaId, Seq), leader_core::LogEntry>,
+    persisting: VecDeque<PersistBatch>,
+    replies: Vec<(u64, Result<leader_core::WriteReceipt, WriteError>)>,
+    alarms: Vec<Alarm>,
+    closed: Vec<(String, String)>,
+}
+
+/// An in-memory world of regions with per-pair links that are up or cut.
+struct World {
+    nodes: BTreeMap<String, Node>,
+    /// Frames in flight, in order: (from, to, conn, msg).
+    wire: VecDeque<(String, String, u64, PeerMsg)>,
+    /// Connection id per unordered pair while the link is up.
+    conns: BTreeMap<(String, String), u64>,
+    next_conn: u64,
+    now: Time,
+    /// Persist immediately (true) or hold batches until `sync` is called.
+    auto_sync: bool,
+    next_request: u64,
+}
+
+fn pair(a: &str, b: &str) -> (String, String) {
+    if a < b {
+        (a.into(), b.into())
+    } else {
+        (b.into(), a.into())
+    }
+}
+
+impl World {
+    fn new() -> Self {
+        let mut nodes = BTreeMap::new();
+        for (i, r) in REGIONS.iter().enumerate() {
+            let id = ReplicaId::from_u128(i as u128 + 1);
+            let replica = Replica::new(
+                opts(r, id),
+                &Registry::with_builtins(),
+                Recovered::default(),
+            )
+            .expect("builtins cover the tables");
+            let node = Node {
+                replica,
+                id,
+                log: BTreeMap::new(),
+                persisting: VecDeque::new(),
+                replies: Vec::new(),
+                alarms: Vec::new(),
+                closed: Vec::new(),
+            };
+            nodes.insert((*r).to_owned(), node);
+        }
+        World {
+            nodes,
+            wire: VecDeque::new(),
+            conns: BTreeMap::new(),
+            next_conn: 1,
+            now: Time {
+                wall_ms: 1_700_000_000_000,
+                mono_ms: 0,
+            },
+            auto_sync: true,
+            next_request: 1,
+        }
+    }
+
+    fn handle(&mut self, region: &str, ev: Event) {
+        let mut out = Vec::new();
+        let node = self.nodes.get_mut(region).unwrap();
+        node.replica.handle(self.now, ev, &mut out);
+        for effect in out {
+            self.perform(region, effect);
+        }
+    }
+
+    fn perform(&mut self, region: &str, effect: Effect) {
+        match effect {
+            Effect::Persist(batch) => {
+                self.nodes
+                    .get_mut(region)
+                    .unwrap()
+                    .persisting
+                    .push_back(batch);
+                if self.auto_sync {
+                    self.sync(region);
+                }
+            }
+            Effect::Send { peer, conn, msg } => {
+                if self.conns.get(&pair(region, &peer)) == Some(&conn) {
+                    self.wire.push_back((region.into(), peer, conn, msg));
+                }
+            }
+            Effect::Close { peer, reason, .. } => {
+                self.nodes
+                    .get_mut(region)
+                    .unwrap()
+                    .closed
+                    .push((peer, reason));
+            }
+            Effect::ReadLog {
+                peer,
+                conn,
+                origin,
+                from,
+                to,
+                max_bytes,
+            } => {
+                let node = &self.nodes[region];
+                let mut used = 0;
+                let entries: Vec<_> = node
+                    .log
+                    .range((origin, from)..=(origin, to))
+                    .map(|(_, e)| e.clone())
+                    .take_while(|e| {
+                        let fits = used < max_bytes;
+                        used += e.wire_size();
+                        fits
+                    })
+                    .collect();
+                self.handle(
+                    region,
+                    Event::LogRead {
+                        peer,
+                        conn,
+                        origin,
+                        entries,
+                    },
+                );
+            }
+            Effect::Reply { id, result } => {
+                self.nodes
+                    .get_mut(region)
+                    .unwrap()
+                    .replies
+                    .push((id, result));
+            }
+            Effect::Alarm(a) => self.nodes.get_mut(region).unwrap().alarms.push(a),
+        }
+    }
+
+    /// Completes every outstanding persistence step of `region`.
+    fn sync(&mut self, region: &str) {
+        while let Some(batch) = self.nodes.get_mut(region).unwrap().persisting.pop_front() {
+            let node = self.nodes.get_mut(region).unwrap();
+            for e in &batch.log {
+                node.log
+                    .insert((e.write.dot.replica, e.write.dot.seq), e.clone());
+            }
+            self.handle(region, Event::Persisted { id: batch.id });
+        }
+    }
+
+    fn connect(&mut self, a: &str, b: &str) {
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        self.conns.insert(pair(a, b), conn);
+        self.handle(
+            a,
+            Event::PeerUp {
+                peer: b.into(),
+                conn,
+            },
+        );
+        self.handle(
+            b,
+            Event::PeerUp {
+                peer: a.into(),
+                conn,
+            },
+        );
+    }
+
+    fn cut(&mut self, a: &str, b: &str) {
+        if let Some(conn) = self.conns.remove(&pair(a, b)) {
+            self.wire
+                .retain(|(f, t, c, _)| !(*c == conn && pair(f, t) == pair(a, b)));
+            self.handle(
+                a,
+                Event::PeerDown {
+                    peer: b.into(),
+                    conn,
+                },
+            );
+            self.handle(
+                b,
+                Event::PeerDown {
+                    peer: a.into(),
+                    conn,
+                },
+            );
+        }
+    }
+
+    fn mesh(&mut self) {
+        for (i, a) in REGIONS.iter().enumerate() {
+            for b in &REGIONS[i + 1..] {
+                self.connect(a, b);
+            }
+        }
+    }
+
+    /// Delivers frames until the wire is empty (bounded, so a livelock fails the test).
+    fn deliver(&mut self) {
+        for _ in 0..100_000 {
+            let Some((from, to, conn, msg)) = self.wire.pop_front() else {
+                return;
+            };
+            if self.conns.get(&pair(&from, &to)) == Some(&conn) {
+                self.handle(
+                    &to,
+                    Event::Frame {
+                        peer: from,
+                        conn,
+                        msg,
+                    },
+                );
+            }
+        }
+        panic!("the network did not quiesce");
+    }
+
+    fn advance(&mut self, ms: u64) {
+        self.now.mono_ms += ms;
+        self.now.wall_ms += ms;
+        for r in REGIONS {
+            self.handle(r, Event::Tick);
+        }
+        self.deliver();
+    }
+
+    fn write(&mut self, region: &str, table: &str, key: &str, value: Option<&str>) -> u64 {
+        let id = self.next_request;
+        self.next_request += 1;
+        let value = value.map_or(Value::Tombstone, |v| Value::Bytes(v.as_bytes().to_vec()));
+        let ev = Event::ClientWrite {
+            id,
+            table: table.into(),
+            key: key.into(),
+            value,
+            context: None,
+        };
+        self.handle(region, ev);
+        id
+    }
+
+    fn read(&self, region: &str, table: &str, key: &str) -> Resolved {
+        let r = &self.nodes[region].replica;
+        let resolver = r.resolver(table).unwrap().clone();
+        r.get(table, key.as_bytes())
+            .cloned()
+            .unwrap_or_default()
+            .resolve(resolver.as_ref())
+    }
+
+    fn digests(&self) -> BTreeSet<[u8; 32]> {
+        self.nodes.values().map(|n| n.replica.digest()).collect()
+    }
+}
+
+fn bytes(s: &str) -> Resolved {
+    Resolved::Value(s.as_bytes().to_vec())
+}
+
+#[test]
+fn a_write_is_answered_only_after_it_is_durable_and_then_replicates() {
+    let mut w = World::new();
+    w.auto_sync = false;
+    w.mesh();
+    w.deliver();
+    let id = w.write("a", "default", "k", Some("v1"));
+    assert!(w.nodes["a"].replies.is_empty(), "no reply before the fsync");
+    w.deliver();
+    assert_eq!(
+        w.read("b", "default", "k"),
+        Resolved::Absent,
+        "nothing is streamed before it is durable"
+    );
+    w.sync("a");
+    assert_eq!(w.nodes["a"].replies.len(), 1);
+    assert_eq!(w.nodes["a"].replies[0].0, id);
+    w.deliver();
+    for r in ["b", "c"] {
+        w.sync(r);
+    }
+    w.deliver();
+    for r in REGIONS {
+        assert_eq!(w.read(r, "default", "k"), bytes("v1"), "region {r}");
+    }
+    let a_id = w.nodes["a"].id;
+    for view in w.nodes["a"].replica.peer_views(w.now) {
+        assert_eq!(
+            view.acked.get(a_id),
+            Seq(1),
+            "{} acked after its durable apply",
+            view.region
+        );
+        assert_eq!(view.lag_writes, 0);
+    }
+    assert_eq!(w.digests().len(), 1);
+}
+
+#[test]
+fn concurrent_writes_converge_and_are_logged_as_conflicts() {
+    let mut w = World::new();
+    w.mesh();
+    w.deliver();
+    // Every region writes the same keys before hearing from the others.
+    for r in REGIONS {
+        w.write(r, "default", "hot", Some(r));
+        w.write(r, "mv", "hot", Some(r));
+    }
+    w.deliver();
+    w.advance(10);
+    assert_eq!(w.digests().len(), 1, "all regions hold identical state");
+    let winner = w.read("a", "default", "hot");
+    for r in REGIONS {
+        assert_eq!(w.read(r, "default", "hot"), winner);
+        match w.read(r, "mv", "hot") {
+            Resolved::Siblings(s) => assert_eq!(s.len(), 3, "multi-value keeps all three"),
+            other => panic!("expected siblings at {r}, got {other:?}"),
+        }
+        assert!(
+            w.nodes[r].replica.counters().conflicts >= 2,
+            "region {r} logged the conflicts"
+        );
+    }
+}
+
+#[test]
+fn writes_reach_a_cut_off_region_through_a_third_after_the_relay_delay() {
+    let mut w = World::new();
+    w.connect("a", "c");
+    w.connect("b", "c");
+    w.deliver();
+    w.write("a", "default", "k", Some("from-a"));
+    w.deliver();
+    assert_eq!(w.read("c", "default", "k"), bytes("from-a"));
+    assert_eq!(w.read("b", "default", "k"), Resolved::Absent);
+    w.advance(999);
+    assert_eq!(
+        w.read("b", "default", "k"),
+        Resolved::Absent,
+        "not before the relay delay"
+    );
+    w.advance(2);
+    assert_eq!(w.read("b", "default", "k"), bytes("from-a"), "relayed by c");
+    assert!(w.nodes["c"].replica.counters().writes_relayed >= 1);
+    // b's ack reaches a only through c's view; a still sees b lagging, c does not.
+    assert_eq!(w.digests().len(), 1);
+}
+
+#[test]
+fn a_reconnecting_peer_catches_up_from_the_log_beyond_the_memory_tail() {
+    let mut w = World::new();
+    w.mesh();
+    w.deliver();
+    w.cut("a", "b");
+    w.cut("b", "c");
+    // More writes than the in-memory tail (8) holds, so some must come from the log.
+    for i in 0..30 {
+        w.write("a", "default", &format!("k{i}"), Some("x"));
+    }
+    w.deliver();
+    w.connect("a", "b");
+    w.deliver();
+    for i in 0..30 {
+        assert_eq!(w.read("b", "default", &format!("k{i}")), bytes("x"), "k{i}");
+    }
+    w.connect("b", "c");
+    w.advance(10);
+    assert_eq!(w.digests().len(), 1);
+}
+
+#[test]
+fn unacknowledged_bytes_stay_within_the_window() {
+    let mut w = World::new();
+    w.mesh();
+    w.deliver();
+    for i in 0..200 {
+        w.write("a", "default", &format!("key-{i}"), Some(&"v".repeat(100)));
+    }
+    // Nothing delivered yet: a may have sent at most one window (plus one batch) to each peer.
+    for view in w.nodes["a"].replica.peer_views(w.now) {
+        assert!(
+            view.unacked_bytes <= 4096 + 1024,
+            "{} has {} unacked",
+            view.region,
+            view.unacked_bytes
+        );
+    }
+    w.deliver();
+    w.advance(10);
+    for r in ["b", "c"] {
+        assert_eq!(w.read(r, "default", "key-199"), bytes(&"v".repeat(100)));
+    }
+    assert_eq!(w.digests().len(), 1);
+}
+
+#[test]
+fn a_second_live_replica_claiming_a_connected_region_is_refused() {
+    let mut w = World::new();
+    w.connect("a", "b");
+    w.deliver();
+    // A second process claims region b with another replica id on a new connection.
+    let impostor = ReplicaId::from_u128(99);
+    let hello = PeerMsg::Hello(leader_core::Hello {
+        protocol: leader_core::PROTOCOL_VERSION,
+        cluster: "test".into(),
+        region: "b".into(),
+        replica: impostor,
+        applied: Default::default(),
+        resolvers: vec![],
+        replicas: vec![],
+    });
+    w.handle(
+        "a",
+        Event::PeerUp {
+            peer: "b".into(),
+            conn: 77,
+        },
+    );
+    w.handle(
+        "a",
+        Event::Frame {
+            peer: "b".into(),
+            conn: 77,
+            msg: hello,
+        },
+    );
+    assert!(
+        w.nodes["a"]
+            .alarms
+            .iter()
+            .any(|a| matches!(a, Alarm::SplitBrain { refused, .. } if *refused == impostor))
+    );
+    let (_, reason) = w.nodes["a"]
+        .closed
+        .last()
+        .expect("the impostor's connection is closed");
+    assert!(reason.contains("second live replica"), "{reason}");
+    // The legitimate link keeps replicating.
+    w.write("a", "default", "k", Some("still"));
+    w.deliver();
+    assert_eq!(w.read("b", "default", "k"), bytes("still"));
+}
+
+#[test]
+fn a_hello_claiming_another_region_or_cluster_is_refused() {
+    let mut w = World::new();
+    let bad = |region: &str, cluster: &str| {
+        PeerMsg::Hello(leader_core::Hello {
+            protocol: leader_core::PROTOCOL_VERSION,
+            cluster: cluster.into(),
+            region: region.into(),
+            replica: ReplicaId::from_u128(50),
+            applied: Default::default(),
+            resolvers: vec![],
+            replicas: vec![],
+        })
+    };
+    w.handle(
+        "a",
+        Event::PeerUp {
+            peer: "b".into(),
+            conn: 5,
+        },
+    );
+    w.handle(
+        "a",
+        Event::Frame {
+            peer: "b".into(),
+            conn: 5,
+            msg: bad("c", "test"),
+        },
+    );
+    assert!(
+        w.nodes["a"].closed[0]
+            .1
+            .contains("claims region 'c' but its certificate names 'b'")
+    );
+    w.handle(
+        "a",
+        Event::PeerUp {
+            peer: "b".into(),
+            conn: 6,
+        },
+    );
+    w.handle(
+        "a",
+        Event::Frame {
+            peer: "b".into(),
+            conn: 6,
+            msg: bad("b", "other"),
+        },
+    );
+    assert!(w.nodes["a"].closed[1].1.contains("cluster 'other'"));
+}
+
+#[test]
+fn a_gap_in_a_run_is_answered_with_a_resync_and_nothing_is_applied_out_of_order() {
+    let mut w = World::new();
+    w.connect("a", "b");
+    w.deliver();
+    w.write("a", "default", "k1", Some("1"));
+    w.write("a", "default", "k2", Some("2"));
+    // Take a's second write off the wire and hand b only that one on a fresh view.
+    let entry = w.nodes["a"].log.values().nth(1).unwrap().clone();
+    w.wire.clear();
+    let conn = w.conns[&pair("a", "b")];
+    let a_id = w.nodes["a"].id;
+    let batch = PeerMsg::Batch(leader_core::Batch {
+        origin: a_id,
+        origin_region: "a".into(),
+        entries: vec![entry],
+    });
+    w.handle(
+        "b",
+        Event::Frame {
+            peer: "a".into(),
+            conn,
+            msg: batch,
+        },
+    );
+    assert_eq!(
+        w.read("b", "default", "k2"),
+        Resolved::Absent,
+        "seq 2 without seq 1 is not applied"
+    );
+    let resync = w
+        .wire
+        .iter()
+        .find(|(f, _, _, m)| f == "b" && matches!(m, PeerMsg::Resync(_)));
+    assert!(resync.is_some(), "b asks a to resend");
+    w.deliver();
+    assert_eq!(w.read("b", "default", "k1"), bytes("1"));
+    assert_eq!(w.read("b", "default", "k2"), bytes("2"));
+}
+
+#[test]
+fn local_writes_beyond_the_sibling_cap_are_refused_with_advice() {
+    let mut w = World::new();
+    for (i, r) in REGIONS.iter().enumerate() {
+        w.write(r, "mv", "k", Some(&i.to_string()));
+    }
+    w.mesh();
+    w.deliver();
+    // Three concurrent siblings at a; one more concurrent one from a stale context is fine
+    // (cap 4), a fifth is refused.
+    let stale = Some(Default::default());
+    for (id, expect_ok) in [(900, true), (901, false)] {
+        let ev = Event::ClientWrite {
+            id,
+            table: "mv".into(),
+            key: "k".into(),
+            value: Value::Bytes(b"x".to_vec()),
+            context: stale.clone(),
+        };
+        w.handle("a", ev);
+        let (_, result) = w.nodes["a"]
+            .replies
+            .iter()
+            .find(|(rid, _)| *rid == id)
+            .unwrap();
+        assert_eq!(result.is_ok(), expect_ok, "{result:?}");
+        if let Err(e) = result {
+            assert!(matches!(
+                e,
+                WriteError::TooManySiblings { count: 5, max: 4 }
+            ));
+            assert!(e.to_string().contains("write back with its context"));
+        }
+    }
+}
+
+#[test]
+fn unknown_tables_are_refused() {
+    let mut w = World::new();
+    let id = w.write("a", "nope", "k", Some("v"));
+    let (rid, result) = &w.nodes["a"].replies[0];
+    assert_eq!(*rid, id);
+    assert_eq!(result, &Err(WriteError::UnknownTable("nope".into())));
+}
