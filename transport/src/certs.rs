@@ -431,9 +431,12 @@ impl ClusterCa {
         let key = KeyPair::generate_for(alg.rcgen())?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.distinguished_name = rcgen::DistinguishedName::new();
+        // A random tag keeps two CAs for the same cluster name apart: a peer from the other
+        // one is then an unknown issuer, not a bad signature.
+        let tag: u32 = rand::random();
         params.distinguished_name.push(
             DnType::CommonName,
-            format!("Meridian cluster CA ({cluster})"),
+            format!("Meridian cluster CA ({cluster}) {tag:08x}"),
         );
         params
             .distinguished_name

@@ -314,14 +314,16 @@ impl<M: Message> Served<'_, M> {
             return Outcome::Failed(reason);
         }
         info!(region = %self.shared.settings.region, peer, conn_id, remote = %self.conn.remote_address(), "link up");
+        // Sendable before the Up is delivered, so that a caller who has seen the Up can
+        // always send. `send_on` pins a message to a connection the caller has greeted.
+        let (tx, rx) = mpsc::channel(self.shared.settings.send_queue_frames);
+        self.link.set_sender(conn_id, tx);
         self.shared
             .emit(MeshEvent::Up {
                 peer: peer.clone(),
                 conn_id,
             })
             .await;
-        let (tx, rx) = mpsc::channel(self.shared.settings.send_queue_frames);
-        self.link.set_sender(conn_id, tx);
         let writer = AbortOnDrop(tokio::spawn(write_loop(
             send,
             rx,

@@ -127,7 +127,7 @@ pub(crate) struct Current {
     pub(crate) conn_id: u64,
     pub(crate) conn: quinn::Connection,
     pub(crate) origin: ConnOrigin,
-    /// The bounded send queue, set once the `Up` event has been emitted.
+    /// The bounded send queue, set just before the `Up` event is emitted.
     pub(crate) tx: Option<mpsc::Sender<Bytes>>,
     /// Why the mesh closed this connection, for its `Down` event (quinn only reports
     /// "locally closed").
@@ -288,7 +288,7 @@ impl Link {
             .is_some_and(|c| c.conn_id == conn_id)
     }
 
-    /// Makes `conn_id` sendable (after its `Up` was emitted); false if it is gone.
+    /// Makes `conn_id` sendable (just before its `Up` is emitted); false if it is gone.
     pub(crate) fn set_sender(&self, conn_id: u64, tx: mpsc::Sender<Bytes>) -> bool {
         let mut s = lock(&self.state);
         match s.current.as_mut() {

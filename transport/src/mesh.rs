@@ -71,8 +71,10 @@ pub const DEFAULT_EVENT_QUEUE: usize = 1024;
 pub const DEFAULT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Incoming handshakes served at once; beyond this, new connection attempts are refused.
 pub const MAX_PENDING_HANDSHAKES: usize = 64;
-/// How long [`Mesh::shutdown`] waits for closing connections to be acknowledged.
-pub const SHUTDOWN_DRAIN_MAX: Duration = Duration::from_secs(2);
+/// Default bound on how long [`Mesh::shutdown`] waits for closing connections to drain.
+/// The close frames go out at once; the wait only absorbs retransmissions, and a dial still
+/// in its handshake would otherwise hold shutdown for three probe timeouts (seconds).
+pub const DEFAULT_SHUTDOWN_DRAIN: Duration = Duration::from_secs(1);
 
 /// How to run one region's mesh.
 #[derive(Debug, Clone)]
@@ -103,6 +105,8 @@ pub struct MeshConfig {
     pub event_queue: usize,
     /// Time a peer has to send its transport hello after the TLS handshake.
     pub hello_timeout: Duration,
+    /// Longest wait in [`Mesh::shutdown`] for closed connections to drain.
+    pub shutdown_drain: Duration,
     /// Seed for quinn's endpoint randomness, the incarnation and backoff jitter; set it for
     /// reproducible simulations, leave it `None` in production.
     pub rng_seed: Option<[u8; 32]>,
@@ -125,6 +129,7 @@ impl MeshConfig {
             send_queue_frames: DEFAULT_SEND_QUEUE_FRAMES,
             event_queue: DEFAULT_EVENT_QUEUE,
             hello_timeout: DEFAULT_HELLO_TIMEOUT,
+            shutdown_drain: DEFAULT_SHUTDOWN_DRAIN,
             rng_seed: None,
         }
     }
@@ -276,6 +281,7 @@ pub(crate) struct Settings {
     pub(crate) max_frame_bytes: usize,
     pub(crate) send_queue_frames: usize,
     pub(crate) hello_timeout: Duration,
+    pub(crate) shutdown_drain: Duration,
 }
 
 /// State shared by the handle and every task of one mesh.
@@ -430,6 +436,7 @@ impl<M: Message> Mesh<M> {
                 max_frame_bytes: config.max_frame_bytes,
                 send_queue_frames: config.send_queue_frames,
                 hello_timeout: config.hello_timeout,
+                shutdown_drain: config.shutdown_drain,
             },
             incarnation,
             endpoint,
@@ -538,7 +545,7 @@ impl<M: Message> Mesh<M> {
     }
 
     /// Stops the mesh: closes every connection with a reason, waits (at most
-    /// [`SHUTDOWN_DRAIN_MAX`]) for the peers to be told, and stops every task. The event
+    /// `shutdown_drain`) for the closes to drain, and stops every task. The event
     /// channel closes afterwards; no `Down` events are emitted for the closed connections.
     pub async fn shutdown(self) {
         let shared = self.shared;
@@ -552,11 +559,12 @@ impl<M: Message> Mesh<M> {
         shared
             .endpoint
             .close(close::SHUTDOWN.into(), reason.as_bytes());
-        if tokio::time::timeout(SHUTDOWN_DRAIN_MAX, shared.endpoint.wait_idle())
+        let drain = shared.settings.shutdown_drain;
+        if tokio::time::timeout(drain, shared.endpoint.wait_idle())
             .await
             .is_err()
         {
-            debug!(region = %shared.settings.region, "shutdown: connections still draining after {SHUTDOWN_DRAIN_MAX:?}");
+            debug!(region = %shared.settings.region, "shutdown: connections still draining after {drain:?}");
         }
         let mut tasks = std::mem::take(&mut *lock(&shared.tasks));
         tasks.abort_all();

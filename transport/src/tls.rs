@@ -156,8 +156,8 @@ pub(crate) fn describe(err: &ConnectionError, refused_code: u64) -> Failure {
 }
 
 fn describe_local_tls(reason: &str) -> String {
-    let hint = if reason.contains("UnknownIssuer") {
-        "the peer's certificate was not issued by this cluster's CA (unknown issuer); \
+    let hint = if reason.contains("UnknownIssuer") || reason.contains("BadSignature") {
+        "the peer's certificate was not issued by this cluster's CA; \
          both regions must use certificates from the same ca.pem"
     } else if reason.contains("expired") || reason.contains("Expired") {
         "the peer's certificate has expired; reissue it from the cluster CA"
@@ -184,10 +184,12 @@ fn alert_text(alert: u64) -> String {
         45 => "certificate expired: our certificate has expired, reissue it",
         46 => "certificate unknown",
         48 => "unknown CA: the peer does not trust our cluster CA",
+        51 => "decrypt error: the peer could not verify our certificate against its CA",
         49 => "access denied",
         116 => "certificate required",
         120 => "no application protocol (ALPN mismatch)",
-        _ => "handshake failure",
+        40 => "handshake failure",
+        _ => "unexpected alert",
     };
     format!("TLS alert {alert} ({text})")
 }
