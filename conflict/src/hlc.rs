@@ -112,13 +112,18 @@ impl fmt::Debug for Hlc {
 /// Which HLCs to pass: **every sibling the key holds at the origin** (all of
 /// `state.siblings`), not only the ones the write's context covers, and only once the origin
 /// has applied everything the write's context covers. [`crate::KeyState::prepare_write`] does
-/// exactly this. The reason: last-write-wins may prune a loser `s` as soon as a greater
-/// sibling `m` arrives, and stays convergent only if any write whose context covers `m` is
-/// itself greater than `m` (then it is also greater than `s`). A context read earlier can cover
-/// a write that is no longer a sibling (it was superseded after the read) and whose HLC is far
-/// ahead; the current siblings are always at least as great as every dot in the key's
-/// context, so ordering after all of them is sufficient. It is also what a textbook HLC would
-/// have done had it not capped remote stamps at the clock offset.
+/// exactly this. It implies DESIGN.md's rule (the superseded siblings are among them) and is
+/// what a textbook HLC would give had it not capped remote stamps at the clock offset.
+///
+/// Why all siblings: last-write-wins prunes a loser `s` as soon as a greater sibling `m`
+/// arrives. That is convergent if every write is stamped after every write its context covers
+/// (then a write that later removes `m` is greater than `m`, hence than `s`, and the pruned `s`
+/// could never have been the winner again). With a context read earlier, that invariant can
+/// fail under the superseded-only rule: the context may cover a write that has since stopped
+/// being a sibling (a later write superseded it) and was stamped by a clock far ahead, so
+/// nothing bounds the new stamp from below. The key's current siblings, though, are always at
+/// least as great as every dot in its context (an induction over apply), so ordering after all
+/// of them restores the invariant. The scenario tests check it on every random history.
 ///
 /// Saturates at [`Hlc::MAX`] (a stamp 8 000 years ahead, which only a broken peer sends).
 pub fn stamp_write(tick: Hlc, superseded: impl IntoIterator<Item = Hlc>) -> Hlc {
