@@ -64,7 +64,7 @@ pub struct ManualClock {
 }
 
 impl ManualClock {
-    /// A clock reading `ms` with no skew.
+    /// A clock reading `ms` with no skew: the shared true time that skewed handles derive from.
     pub fn new(ms: u64) -> Self {
         ManualClock {
             base_ms: Arc::new(AtomicU64::new(ms)),
@@ -77,9 +77,15 @@ impl ManualClock {
         self.base_ms.store(ms, Ordering::SeqCst);
     }
 
-    /// Moves the shared true time forward by `delta_ms`.
+    /// Moves the shared true time forward by `delta_ms` (saturating), for every handle at once,
+    /// as virtual time passes in a test.
     pub fn advance_ms(&self, delta_ms: u64) {
-        self.base_ms.fetch_add(delta_ms, Ordering::SeqCst);
+        // The closure always returns Some, so fetch_update cannot fail.
+        let _ = self
+            .base_ms
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |ms| {
+                Some(ms.saturating_add(delta_ms))
+            });
     }
 
     /// A handle on the same true time that reads `offset_ms` ahead (or behind, if negative):
@@ -97,7 +103,7 @@ impl ManualClock {
         self.offset_ms.store(offset_ms, Ordering::SeqCst);
     }
 
-    /// This handle's current skew.
+    /// This handle's current skew, so a test can report the skew it modelled.
     pub fn offset_ms(&self) -> i64 {
         self.offset_ms.load(Ordering::SeqCst)
     }
@@ -143,7 +149,8 @@ pub struct HybridClock {
 }
 
 impl HybridClock {
-    /// A clock that has not issued a stamp yet.
+    /// A clock that has not issued a stamp yet: for a freshly initialised data directory (after
+    /// a restart use [`HybridClock::resume`]).
     pub fn new(max_offset_ms: u64) -> Self {
         HybridClock {
             last: Hlc::ZERO,
@@ -201,7 +208,7 @@ impl HybridClock {
         self.last
     }
 
-    /// The configured maximum clock offset in milliseconds.
+    /// The configured maximum clock offset in milliseconds, for status pages and skew alarms.
     pub fn max_offset_ms(&self) -> u64 {
         self.max_offset_ms
     }
@@ -218,7 +225,7 @@ pub struct Clock<P: PhysicalClock> {
 }
 
 impl<P: PhysicalClock> Clock<P> {
-    /// A fresh clock over `physical`.
+    /// A fresh clock over `physical`, for a new data directory or a test.
     pub fn new(physical: P, max_offset_ms: u64) -> Self {
         Clock {
             hybrid: HybridClock::new(max_offset_ms),
@@ -234,7 +241,7 @@ impl<P: PhysicalClock> Clock<P> {
         }
     }
 
-    /// The stamp for a local event now.
+    /// The stamp for a local event now: reads the physical clock once and ticks.
     pub fn now(&mut self) -> Hlc {
         let ms = self.physical.now_ms();
         self.hybrid.tick(ms)
@@ -246,7 +253,7 @@ impl<P: PhysicalClock> Clock<P> {
         self.hybrid.observe(remote, ms)
     }
 
-    /// The latest stamp issued or observed.
+    /// The latest stamp issued or observed: the high-water mark to persist.
     pub fn last(&self) -> Hlc {
         self.hybrid.last()
     }

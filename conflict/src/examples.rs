@@ -35,12 +35,14 @@ use crate::{InvalidValue, ReplicaId, Resolved, Resolver, Sibling, Value};
 pub struct Counter;
 
 impl Counter {
-    /// The per-writer counts in `bytes`, or `None` if they are not a counter.
+    /// The per-writer counts in `bytes`, or `None` if they are not a counter, so the caller
+    /// decides how to treat foreign bytes.
     pub fn decode(bytes: &[u8]) -> Option<BTreeMap<ReplicaId, u64>> {
         postcard::from_bytes(bytes).ok()
     }
 
-    /// The canonical encoding of per-writer counts (zero counts dropped).
+    /// The canonical encoding of per-writer counts (zero counts dropped), so equal counters
+    /// have equal bytes in every region.
     pub fn encode(counts: &BTreeMap<ReplicaId, u64>) -> Vec<u8> {
         let nonzero: BTreeMap<&ReplicaId, &u64> = counts.iter().filter(|(_, n)| **n > 0).collect();
         // Invariant: serialising a map of plain values into a Vec cannot fail.
@@ -64,7 +66,8 @@ impl Counter {
             .fold(0u64, |acc, n| acc.saturating_add(*n))
     }
 
-    /// The counter's value as a reader sees it: 0 when absent.
+    /// The counter's value as a reader sees it: 0 when absent (a deleted counter restarts from
+    /// zero).
     pub fn read(resolved: &Resolved) -> u64 {
         match resolved {
             Resolved::Value(bytes) => Counter::total(bytes),
@@ -129,12 +132,13 @@ impl Resolver for Counter {
 pub struct UnionSet;
 
 impl UnionSet {
-    /// The elements in `bytes`, or `None` if they are not a set.
+    /// The elements in `bytes`, or `None` if they are not a set, so the caller decides how to
+    /// treat foreign bytes.
     pub fn decode(bytes: &[u8]) -> Option<BTreeSet<Vec<u8>>> {
         postcard::from_bytes(bytes).ok()
     }
 
-    /// The canonical encoding of a set.
+    /// The canonical encoding of a set, so equal sets have equal bytes in every region.
     pub fn encode(elements: &BTreeSet<Vec<u8>>) -> Vec<u8> {
         // Invariant: serialising a set of byte strings into a Vec cannot fail.
         postcard::to_stdvec(elements).expect("set serialises")
@@ -155,7 +159,8 @@ impl UnionSet {
         UnionSet::encode(&set)
     }
 
-    /// The value after removing `element` from the set read as `current`.
+    /// The value after removing `element` from the set read as `current`; write it back with
+    /// the context read so that only the additions you saw are removed.
     pub fn remove(current: Option<&[u8]>, element: &[u8]) -> Vec<u8> {
         let mut set = current.and_then(UnionSet::decode).unwrap_or_default();
         set.remove(element);

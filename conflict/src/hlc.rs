@@ -43,7 +43,7 @@ impl Hlc {
         Hlc((ms << Self::LOGICAL_BITS) | logical as u64)
     }
 
-    /// The physical part: Unix milliseconds.
+    /// The physical part: Unix milliseconds, for display and skew measurement.
     pub const fn physical_ms(self) -> u64 {
         self.0 >> Self::LOGICAL_BITS
     }

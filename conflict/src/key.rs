@@ -30,12 +30,13 @@ pub enum Value {
 }
 
 impl Value {
-    /// Whether this is a delete.
+    /// Whether this is a delete; a key whose siblings are all deletes reads as absent.
     pub fn is_tombstone(&self) -> bool {
         matches!(self, Value::Tombstone)
     }
 
-    /// The bytes of a live value; `None` for a tombstone.
+    /// The bytes of a live value; `None` for a tombstone, so merges can skip deletes without
+    /// matching on the enum.
     pub fn as_bytes(&self) -> Option<&[u8]> {
         match self {
             Value::Bytes(b) => Some(b),
@@ -97,7 +98,7 @@ pub enum InvalidWrite {
 }
 
 impl Write {
-    /// This write as a sibling of its key.
+    /// This write as a sibling of its key: what [`KeyState::apply`] stores.
     pub fn sibling(&self) -> Sibling {
         Sibling {
             dot: self.dot,
@@ -173,7 +174,7 @@ pub enum ApplyOutcome {
 }
 
 impl ApplyOutcome {
-    /// Whether the write changed the key.
+    /// Whether the write changed the key (an ignored write needs no storage update).
     pub fn is_applied(&self) -> bool {
         matches!(self, ApplyOutcome::Applied { .. })
     }
@@ -280,7 +281,7 @@ impl TryFrom<KeyStateWire> for KeyState {
 }
 
 impl KeyState {
-    /// The state of a key nobody has written.
+    /// The state of a key nobody has written: where every region starts.
     pub fn new() -> Self {
         KeyState::default()
     }
@@ -344,7 +345,8 @@ impl KeyState {
         self.context.clone()
     }
 
-    /// The siblings a write with context `ctx` would supersede.
+    /// The siblings a write with context `ctx` would supersede, e.g. to tell a client what its
+    /// write replaces or to count siblings against the cap.
     pub fn superseded_by<'a>(
         &'a self,
         ctx: &'a VersionVector,
@@ -425,7 +427,8 @@ impl KeyState {
         })
     }
 
-    /// What readers see, according to `resolver`.
+    /// What readers see, according to `resolver`: the state keeps the siblings, the table's
+    /// resolver interprets them.
     pub fn resolve(&self, resolver: &dyn Resolver) -> Resolved {
         resolver.resolve(&self.siblings)
     }
@@ -436,12 +439,13 @@ impl KeyState {
         self.siblings.iter().all(|s| s.value.is_tombstone())
     }
 
-    /// Number of siblings (including tombstones).
+    /// Number of siblings (including tombstones), for metrics and the sibling cap.
     pub fn len(&self) -> usize {
         self.siblings.len()
     }
 
-    /// Whether the key has no siblings (never written here).
+    /// Whether the key has no siblings: never written in this region (a deleted key still holds
+    /// its tombstone).
     pub fn is_empty(&self) -> bool {
         self.siblings.is_empty()
     }
@@ -471,7 +475,8 @@ impl KeyState {
         Sha256::digest(self.to_bytes()).into()
     }
 
-    /// Checks the invariants listed on the type.
+    /// Checks the invariants listed on the type; run on decoding and after every apply in debug
+    /// builds, so corruption is caught where it enters.
     pub fn check_invariants(&self) -> Result<(), StateError> {
         if !self
             .siblings

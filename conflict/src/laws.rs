@@ -159,6 +159,8 @@ pub fn laws_for(resolver: &dyn Resolver) -> Vec<Law> {
 
 /// Runs every law that applies to `resolver` ([`laws_for`]) on sibling sets whose live values
 /// come from `values`, and stops at the first violation, shrunk to a minimal counterexample.
+/// A panic inside the resolver is a violation of the law being checked (a panicking read path
+/// would take a region down), reported with the panic message.
 pub fn check<S>(resolver: &dyn Resolver, values: S, config: &Config) -> Result<Report, Violation>
 where
     S: Strategy<Value = Vec<u8>>,

@@ -36,6 +36,26 @@
 //! writes with [`KeyState::prepare_write`]: above every sibling the key holds, and only once
 //! the key has applied the client's whole context (see [`stamp_write`] for why this is a
 //! little stronger than "above the siblings it supersedes").
+//!
+//! # Choices beyond DESIGN.md
+//!
+//! Where DESIGN.md is silent or this crate refines it, and why:
+//!
+//! - **Stamp above every sibling, after the context is applied.** [`KeyState::prepare_write`]
+//!   stamps a local write above *all* the key's siblings (not only the superseded ones) and
+//!   refuses a client context the region has not applied yet ([`WriteRefused::ContextAhead`];
+//!   the leader may wait, as for a session token). Together they guarantee that every write is
+//!   stamped after everything its context covers, which is what makes last-write-wins pruning
+//!   provably convergent; they also stop a forged context from hiding writes.
+//! - **No eager collapse for semilattice resolvers.** Siblings stay until a write supersedes
+//!   them and are merged on read; collapsing would need synthetic dots and could make regions
+//!   supersede different sibling sets (see [`KeyState::apply`]).
+//! - **Multi-value readers do not see tombstones.** A delete concurrent with a write reads as
+//!   the write; only tombstones read as absent ([`MultiValue`]).
+//! - **Resolvers can refuse client values** ([`Resolver::check_value`]), so a custom merge
+//!   never meets bytes it cannot decode; replicated writes are never refused.
+//! - **Pruning is a declared property** ([`Resolver::prunes_losers`]), checked by the law
+//!   checker, rather than something special-cased for `lww`.
 
 mod clock;
 pub mod examples;

@@ -94,7 +94,7 @@ pub fn check_key(key: &[u8]) -> Result<(), LimitError> {
     Ok(())
 }
 
-/// Checks a value against [`MAX_VALUE_BYTES`].
+/// Checks a value against [`MAX_VALUE_BYTES`], at the origin, before the write is stamped.
 pub fn check_value(value: &[u8]) -> Result<(), LimitError> {
     if value.len() > MAX_VALUE_BYTES {
         return Err(LimitError::Value {

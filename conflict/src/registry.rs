@@ -84,7 +84,7 @@ impl Registry {
         Ok(())
     }
 
-    /// The resolver registered under `name`.
+    /// The resolver registered under `name`, shared (resolvers hold no per-call state).
     pub fn get(&self, name: &str) -> Option<Arc<dyn Resolver>> {
         self.resolvers.get(name).cloned()
     }
@@ -156,7 +156,8 @@ impl fmt::Display for TableMismatch {
 }
 
 impl Fingerprints {
-    /// Fingerprints of a table→resolver-id map; computes the digest.
+    /// Fingerprints of a table→resolver-id map; computes the digest here so the two always
+    /// agree.
     pub fn new(tables: BTreeMap<String, ResolverId>) -> Self {
         let digest = Self::digest_of(&tables);
         Fingerprints { tables, digest }

@@ -36,7 +36,7 @@ pub struct ResolverId {
 }
 
 impl ResolverId {
-    /// An id from its parts.
+    /// An id from its parts, e.g. to compare with what a peer announced.
     pub fn new(name: impl Into<String>, version: u32) -> Self {
         ResolverId {
             name: name.into(),

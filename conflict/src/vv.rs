@@ -67,7 +67,7 @@ pub enum VvDecodeError {
 pub struct VersionVector(BTreeMap<ReplicaId, Seq>);
 
 impl VersionVector {
-    /// The empty vector: has seen nothing.
+    /// The empty vector: has seen nothing (the context of a key never written).
     pub fn new() -> Self {
         VersionVector(BTreeMap::new())
     }
@@ -105,7 +105,8 @@ impl VersionVector {
         other.0.iter().all(|(&r, &s)| self.get(r) >= s)
     }
 
-    /// How `self` relates causally to `other`.
+    /// How `self` relates causally to `other`: whether one supersedes the other or they are
+    /// concurrent.
     pub fn compare(&self, other: &VersionVector) -> Causality {
         match (self.dominates(other), other.dominates(self)) {
             (true, true) => Causality::Equal,
@@ -130,17 +131,17 @@ impl VersionVector {
             .collect()
     }
 
-    /// Entries in ascending replica order.
+    /// Entries in ascending replica order, so iteration is deterministic.
     pub fn iter(&self) -> impl Iterator<Item = (ReplicaId, Seq)> + '_ {
         self.0.iter().map(|(&r, &s)| (r, s))
     }
 
-    /// Number of replicas with a non-zero entry.
+    /// Number of replicas with a non-zero entry (at most [`MAX_VV_ENTRIES`] once decoded).
     pub fn len(&self) -> usize {
         self.0.len()
     }
 
-    /// Whether nothing has been seen.
+    /// Whether nothing has been seen (a fresh region or an unwritten key).
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

@@ -254,3 +254,35 @@ fn checking_is_reproducible() {
     let b = laws::check(&FirstWins, values(), &config()).unwrap_err();
     assert_eq!(a, b);
 }
+
+/// Panics on some inputs: a panic in a region's read path is a bug the checker must report
+/// as a violation, not as an unreadable crash of the user's test.
+struct PanicsOnPairs;
+
+impl Resolver for PanicsOnPairs {
+    fn name(&self) -> &str {
+        "panics-on-pairs"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn is_semilattice(&self) -> bool {
+        false
+    }
+    fn resolve(&self, siblings: &[Sibling]) -> Resolved {
+        assert!(
+            siblings.len() < 2,
+            "cannot merge {} siblings",
+            siblings.len()
+        );
+        Resolved::Absent
+    }
+}
+
+#[test]
+fn a_panicking_resolver_is_a_violation() {
+    let v = laws::check(&PanicsOnPairs, values(), &config()).unwrap_err();
+    assert_eq!(v.law, Law::Determinism);
+    assert_eq!(v.counterexample.len(), 2, "{v}");
+    assert!(v.detail.contains("cannot merge 2 siblings"), "{v}");
+}
