@@ -125,6 +125,7 @@ fn histories_exercise_skew_conflicts_and_deletes() {
     let mut runner = TestRunner::deterministic();
     let (mut skewed, mut multi_sibling, mut superseding, mut tombstones, mut lww_pruned) =
         (0, 0, 0, 0, 0);
+    let (mut refused, mut foreign_accepted) = (0, 0);
     for _ in 0..64 {
         let h = history::history(Mix::Full)
             .new_tree(&mut runner)
@@ -132,6 +133,8 @@ fn histories_exercise_skew_conflicts_and_deletes() {
             .current();
         let out = history::run(&h, &MultiValue, &unique);
         skewed += out.skewed_observations;
+        refused += out.refused_context_ahead;
+        foreign_accepted += out.foreign_context_writes;
         multi_sibling += usize::from(out.delivered[0].len() > 1);
         superseding += out
             .all_writes()
@@ -152,4 +155,12 @@ fn histories_exercise_skew_conflicts_and_deletes() {
     assert!(superseding > 50, "too few writes supersede others");
     assert!(tombstones > 10, "too few deletes");
     assert!(lww_pruned > 5, "last-write-wins never had to prune");
+    assert!(
+        refused > 5,
+        "no foreign context was ever ahead of the writer"
+    );
+    assert!(
+        foreign_accepted > 5,
+        "too few writes with a context read at another replica"
+    );
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 
 use conflict::{
     ApplyOutcome, Dot, HybridClock, KeyState, ReplicaId, Resolved, Resolver, Seq, Value,
-    VersionVector, Write,
+    VersionVector, Write, WriteRefused,
 };
 use proptest::prelude::*;
 
@@ -30,6 +30,12 @@ pub(crate) enum WriteKind {
     CurrentContext,
     /// With a context snapshot read earlier (index into the replica's snapshots).
     OldContext(u8),
+    /// With a context a client read at another replica (`from`, read index `read`): accepted
+    /// only once this replica has applied everything it covers.
+    ForeignContext {
+        from: u8,
+        read: u8,
+    },
     Delete {
         old_context: Option<u8>,
     },
@@ -77,6 +83,7 @@ fn write_kind(mix: Mix) -> BoxedStrategy<WriteKind> {
             3 => Just(WriteKind::Blind),
             1 => Just(WriteKind::CurrentContext),
             3 => any::<u8>().prop_map(WriteKind::OldContext),
+            2 => any::<(u8, u8)>().prop_map(|(from, read)| WriteKind::ForeignContext { from, read }),
             1 => proptest::option::of(any::<u8>()).prop_map(|old_context| WriteKind::Delete { old_context }),
         ]
         .boxed(),
@@ -136,6 +143,10 @@ pub(crate) struct Outcome {
     pub(crate) delivered: Vec<KeyState>,
     /// How many remote stamps were beyond the clock offset (to show skew really happened).
     pub(crate) skewed_observations: usize,
+    /// Foreign-context writes refused because the writer had not applied the context yet.
+    pub(crate) refused_context_ahead: usize,
+    /// Writes accepted with a context read at another replica.
+    pub(crate) foreign_context_writes: usize,
 }
 
 impl Outcome {
@@ -163,6 +174,8 @@ pub(crate) fn run(h: &History, resolver: &dyn Resolver, make: &MakeValue) -> Out
     let mut time_ms: u64 = 1_800_000_000_000;
     let mut skewed = 0;
     let mut writes_made = 0u64;
+    let mut refused = 0;
+    let mut foreign_writes = 0;
     let mut replicas: Vec<Replica> = (0..n)
         .map(|i| Replica {
             id: replica_id(i),
@@ -182,6 +195,14 @@ pub(crate) fn run(h: &History, resolver: &dyn Resolver, make: &MakeValue) -> Out
         match op {
             Op::Write { replica, kind } => {
                 let i = *replica as usize % n;
+                let foreign = match kind {
+                    WriteKind::ForeignContext { from, read } => {
+                        let reads = &replicas[*from as usize % n].reads;
+                        reads.get(*read as usize % reads.len().max(1)).cloned()
+                    }
+                    _ => None,
+                };
+                let is_foreign = foreign.is_some();
                 let r = &mut replicas[i];
                 let tick = r.clock.tick(phys(r, time_ms));
                 let current = (r.state.context.clone(), r.state.resolve(resolver));
@@ -193,23 +214,36 @@ pub(crate) fn run(h: &History, resolver: &dyn Resolver, make: &MakeValue) -> Out
                         Some((c, v)) => (Some(c), v, false),
                         None => (None, current.1, false),
                     },
+                    WriteKind::ForeignContext { .. } => match foreign {
+                        Some((c, v)) => (Some(c), v, false),
+                        None => (None, current.1, false),
+                    },
                     WriteKind::Delete { old_context } => (
                         old_context.and_then(old).map(|(c, _)| c),
                         Resolved::Absent,
                         true,
                     ),
                 };
-                writes_made += 1;
                 let value = if delete {
                     Value::Tombstone
                 } else {
-                    Value::Bytes(make(&read, r.id, writes_made))
+                    Value::Bytes(make(&read, r.id, writes_made + 1))
                 };
-                r.seq = r.seq.next();
-                let w = r
-                    .state
-                    .prepare_write(Dot::new(r.id, r.seq), tick, ctx.as_ref(), value)
-                    .expect("a local write within the limits is accepted");
+                let dot = Dot::new(r.id, r.seq.next());
+                let w = match r.state.prepare_write(dot, tick, ctx.as_ref(), value) {
+                    Ok(w) => w,
+                    Err(WriteRefused::ContextAhead { missing }) => {
+                        let ctx = ctx.expect("only a client context can be ahead");
+                        assert!(!r.state.context.dominates(&ctx));
+                        assert!(!missing.is_empty());
+                        refused += 1;
+                        continue;
+                    }
+                    Err(e) => panic!("a local write within the limits is accepted: {e}"),
+                };
+                writes_made += 1;
+                foreign_writes += usize::from(is_foreign);
+                r.seq = dot.seq;
                 assert!(w.hlc >= tick);
                 w.validate().expect("prepared writes are well-formed");
                 let outcome = r.state.apply(&w, resolver);
@@ -264,6 +298,8 @@ pub(crate) fn run(h: &History, resolver: &dyn Resolver, make: &MakeValue) -> Out
         replica_states: replicas.into_iter().map(|r| r.state).collect(),
         delivered,
         skewed_observations: skewed,
+        refused_context_ahead: refused,
+        foreign_context_writes: foreign_writes,
     }
 }
 
