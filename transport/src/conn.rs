@@ -106,23 +106,23 @@ pub(crate) enum Outcome {
     Failed(String),
 }
 
-/// Runs an established connection to its end. `expected` is the region dialed, for
-/// outgoing connections.
+/// Runs an established connection to its end. `dialed` is the link dialed, for outgoing
+/// connections.
 pub(crate) async fn run<M: Message>(
     shared: Arc<Shared<M>>,
     conn: Connection,
     dialer: Side,
-    expected: Option<&str>,
+    dialed: Option<&Arc<Link>>,
 ) -> Outcome {
     let remote = conn.remote_address();
     let handshake = async {
-        let link = authenticate(&shared, &conn, expected)?;
+        let link = authenticate(&shared, &conn, dialed.map(|l| l.peer.as_str()))?;
         let (send, reader, hello) = exchange_hello(&shared, &conn, &link.peer).await?;
         Ok::<_, HandshakeError>((link, send, reader, hello))
     };
     let (link, send, reader, hello) = match handshake.await {
         Ok(parts) => parts,
-        Err(err) => return refuse(&shared, &conn, remote, err),
+        Err(err) => return refuse(&shared, &conn, remote, dialed, err),
     };
     let peer = link.peer.as_str();
     let conn_id = shared.next_conn_id();
@@ -164,33 +164,41 @@ pub(crate) async fn run<M: Message>(
     }
 }
 
-/// Closes a refused connection, logs why and reports it.
+/// Closes a refused connection, logs why and reports it. The link table shows the failure
+/// before any event reports it.
 fn refuse<M: Message>(
     shared: &Shared<M>,
     conn: &Connection,
     remote: SocketAddr,
+    dialed: Option<&Arc<Link>>,
     err: HandshakeError,
 ) -> Outcome {
     let reason = err.to_string();
+    let region = &shared.settings.region;
     if err.is_local_refusal() {
-        warn!(region = %shared.settings.region, %remote, "refused connection: {reason}");
         conn.close(close::REFUSED.into(), reason.as_bytes());
+        if let Some(link) = dialed {
+            link.attempt_failed(reason.clone());
+        }
+        warn!(%region, %remote, "refused connection: {reason}");
+        shared.report_rejected(remote, reason.clone());
+        return Outcome::Failed(reason);
+    }
+    let closed = conn.close_reason();
+    conn.close(close::REFUSED.into(), b"handshake failed");
+    if let Some(quinn::ConnectionError::ApplicationClosed(c)) = &closed
+        && c.error_code == close::DUPLICATE.into()
+    {
+        return Outcome::Duplicate;
+    }
+    if let Some(link) = dialed {
+        link.attempt_failed(reason.clone());
+    }
+    if closed.is_some_and(|e| tls::describe(&e, close::REFUSED.into()).refusal) {
+        warn!(%region, %remote, "connection refused by the peer: {reason}");
         shared.report_rejected(remote, reason.clone());
     } else {
-        let closed = conn.close_reason();
-        conn.close(close::REFUSED.into(), b"handshake failed");
-        if let Some(quinn::ConnectionError::ApplicationClosed(c)) = &closed
-            && c.error_code == close::DUPLICATE.into()
-        {
-            return Outcome::Duplicate;
-        }
-        let refused = closed.is_some_and(|e| tls::describe(&e, close::REFUSED.into()).refusal);
-        if refused {
-            warn!(region = %shared.settings.region, %remote, "connection refused by the peer: {reason}");
-            shared.report_rejected(remote, reason.clone());
-        } else {
-            debug!(region = %shared.settings.region, %remote, "connection failed during hello: {reason}");
-        }
+        debug!(%region, %remote, "connection failed during hello: {reason}");
     }
     Outcome::Failed(reason)
 }
@@ -317,7 +325,10 @@ impl<M: Message> Served<'_, M> {
         // Sendable before the Up is delivered, so that a caller who has seen the Up can
         // always send. `send_on` pins a message to a connection the caller has greeted.
         let (tx, rx) = mpsc::channel(self.shared.settings.send_queue_frames);
-        self.link.set_sender(conn_id, tx);
+        if !self.link.set_sender(conn_id, tx) {
+            // Replaced in the meantime; its successor is waiting for this to finish.
+            return Outcome::Failed(self.end_reason("replaced before it came up".into()));
+        }
         self.shared
             .emit(MeshEvent::Up {
                 peer: peer.clone(),

@@ -34,9 +34,10 @@ use tokio::time::Instant;
 /// Where a link stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkState {
-    /// Not connected; a dial is in progress.
+    /// Not connected; a dial (or an incoming connection) is in progress.
     Connecting,
-    /// A connection is established and its hello exchanged.
+    /// A connection is established, its hello exchanged, and it accepts frames; its `Up`
+    /// event is delivered (or about to be).
     Up,
     /// Not connected; the next dial waits for its backoff delay (or for the peer to dial).
     Down,
@@ -60,7 +61,7 @@ pub struct LinkStatus {
     pub rtt: Option<Duration>,
     /// Why the last connection or dial attempt ended, if one did.
     pub last_error: Option<String>,
-    /// How many times the link came up.
+    /// How many connections of this link came up (each had an `Up` event).
     pub connections: u64,
     /// Frame bytes (headers included) written to the peer, over all connections.
     pub bytes_sent: u64,
@@ -273,8 +274,8 @@ impl Link {
             }
         };
         s.current = Some(candidate);
-        s.connections += 1;
-        set_state(&mut s, LinkState::Up);
+        // Up once sendable (`set_sender`); until then the connection is still arriving.
+        set_state(&mut s, LinkState::Connecting);
         drop(s);
         self.up.send_replace(true);
         Install::Accepted { replaced }
@@ -294,6 +295,8 @@ impl Link {
         match s.current.as_mut() {
             Some(c) if c.conn_id == conn_id => {
                 c.tx = Some(tx);
+                s.connections += 1;
+                set_state(&mut s, LinkState::Up);
                 true
             }
             _ => false,
@@ -345,7 +348,7 @@ impl Link {
 
     pub(crate) fn status(&self) -> LinkStatus {
         let s = lock(&self.state);
-        let c = s.current.as_ref();
+        let c = s.current.as_ref().filter(|_| s.state == LinkState::Up);
         LinkStatus {
             state: s.state,
             since: s.since,

@@ -641,12 +641,17 @@ async fn dial_loop<M: Message>(shared: Arc<Shared<M>>, link: Arc<Link>, mut back
         if up.wait_for(|up| !*up).await.is_err() {
             return;
         }
-        match dial_once(&shared, &link).await {
+        addr_epoch.mark_unchanged();
+        match dial_once(&shared, &link, &mut addr_epoch).await {
             Outcome::WasUp => backoff.reset(),
             Outcome::Duplicate => {}
             Outcome::Failed(reason) => link.attempt_failed(reason),
         }
-        addr_epoch.mark_unchanged();
+        // A new address is dialed at once; anything else waits out the backoff.
+        if addr_epoch.has_changed().unwrap_or(false) {
+            backoff.reset();
+            continue;
+        }
         tokio::select! {
             biased;
             _ = tokio::time::sleep(backoff.next_delay()) => {}
@@ -655,7 +660,11 @@ async fn dial_loop<M: Message>(shared: Arc<Shared<M>>, link: Arc<Link>, mut back
     }
 }
 
-async fn dial_once<M: Message>(shared: &Arc<Shared<M>>, link: &Arc<Link>) -> Outcome {
+async fn dial_once<M: Message>(
+    shared: &Arc<Shared<M>>,
+    link: &Arc<Link>,
+    addr_epoch: &mut watch::Receiver<u64>,
+) -> Outcome {
     let addr = link.addr();
     let peer = link.peer.as_str();
     link.dialing();
@@ -669,11 +678,21 @@ async fn dial_once<M: Message>(shared: &Arc<Shared<M>>, link: &Arc<Link>) -> Out
                 return Outcome::Failed(format!("cannot dial region {peer:?} at {addr}: {e}"));
             }
         };
-    let conn = match connecting.await {
+    let result = tokio::select! {
+        biased;
+        result = connecting => result,
+        // set_peer_addr: stop waiting on the old address (dropping the attempt closes it).
+        _ = addr_epoch.changed() => {
+            return Outcome::Failed(format!("address of region {peer:?} changed while dialing {addr}"));
+        }
+    };
+    let conn = match result {
         Ok(conn) => conn,
         Err(e) => {
             let failure = tls::describe(&e, close::REFUSED.into());
             let message = format!("dialing region {peer:?} at {addr}: {}", failure.message);
+            // The link table shows the failure before the event reports it.
+            link.attempt_failed(message.clone());
             if failure.refusal {
                 warn!(region = %shared.settings.region, "{message}");
                 shared.report_rejected(addr, message.clone());
@@ -683,5 +702,5 @@ async fn dial_once<M: Message>(shared: &Arc<Shared<M>>, link: &Arc<Link>) -> Out
             return Outcome::Failed(message);
         }
     };
-    conn::run(shared.clone(), conn, Side::Local, Some(peer)).await
+    conn::run(shared.clone(), conn, Side::Local, Some(link)).await
 }

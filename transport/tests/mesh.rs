@@ -342,6 +342,51 @@ async fn crashed_peer_that_returns_replaces_its_stale_connection() {
     a.mesh.shutdown().await;
 }
 
+/// Neither region can reach the other at its configured address; telling one of them the
+/// right address makes it dial at once, without waiting for the stuck dial to time out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_peer_addr_redials_immediately() {
+    init_tracing();
+    let ids = generate_identities("test", &names(&["a", "b"]), KeyAlgorithm::EcdsaP256)
+        .expect("certificates");
+    let (silent, nowhere) = (bind_loopback(), bind_loopback());
+    let mut nodes = Vec::new();
+    for (region, wrong) in [("a", &silent), ("b", &nowhere)] {
+        let socket = bind_loopback();
+        let addr = socket.local_addr().expect("addr");
+        let peer = if region == "a" { "b" } else { "a" };
+        let mut config = test_config(
+            ids[region].clone(),
+            addr,
+            BTreeMap::from([(peer.to_owned(), wrong.local_addr().expect("addr"))]),
+        );
+        // A stuck dial would only give up after this long, far beyond the test's bound.
+        config.idle_timeout = Duration::from_secs(120);
+        nodes.push(start_on(socket, config).await);
+    }
+    let mut b = nodes.pop().expect("b");
+    let mut a = nodes.pop().expect("a");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while a.mesh.links()["b"].state != LinkState::Connecting {
+        assert!(tokio::time::Instant::now() < deadline, "a never dialed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    a.mesh.set_peer_addr("b", b.mesh.local_addr());
+    a.wait_event(
+        "Up",
+        |e| matches!(e, MeshEvent::Up { peer, .. } if peer == "b"),
+    )
+    .await;
+    b.wait_event(
+        "Up",
+        |e| matches!(e, MeshEvent::Up { peer, .. } if peer == "a"),
+    )
+    .await;
+    assert_eq!(a.mesh.links()["b"].addr, b.mesh.local_addr());
+    a.mesh.shutdown().await;
+    b.mesh.shutdown().await;
+}
+
 /// Two regions where `a` has a tiny send queue and `b` a tiny event queue.
 async fn start_pair_with_small_queues() -> (Node, Node) {
     let ids = generate_identities("test", &names(&["a", "b"]), KeyAlgorithm::Ed25519)

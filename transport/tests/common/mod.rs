@@ -188,7 +188,8 @@ impl Node {
 }
 
 /// Waits until, for every pair of regions, both ends are up on a connection dialed by the
-/// smaller region: the state the dial rule converges to (see `transport::link`). Polls the
+/// smaller region and have delivered its `Up`: the state the dial rule converges to (see
+/// `transport::link`), after which no connection is replaced. Polls the
 /// link tables while draining events, bounded by `WAIT`.
 pub async fn wait_converged(nodes: &mut BTreeMap<String, Node>) {
     let deadline = Instant::now() + WAIT;
@@ -203,7 +204,12 @@ pub async fn wait_converged(nodes: &mut BTreeMap<String, Node>) {
         let converged = tables.iter().all(|(region, links)| {
             links.iter().all(|(peer, status)| {
                 let smaller = region.min(peer);
-                status.state == LinkState::Up && status.dialer.as_deref() == Some(smaller.as_str())
+                let announced = nodes[region].log.iter().any(|e| {
+                    matches!(e, MeshEvent::Up { conn_id, .. } if Some(*conn_id) == status.conn_id)
+                });
+                status.state == LinkState::Up
+                    && status.dialer.as_deref() == Some(smaller.as_str())
+                    && announced
             })
         });
         if converged {
