@@ -8,7 +8,7 @@
 //! notice. That means two connections can come up for one pair. Every connection carries, in
 //! its transport hello, the *incarnation* of each side (a random number drawn when a mesh
 //! starts). When a connection to a peer is established while another one is current, both
-//! regions apply the same rule, [`candidate_wins`]:
+//! regions apply the same rule (`candidate_wins`):
 //!
 //! 1. The peer's incarnation differs: the peer restarted, the old connection is a leftover
 //!    of its previous life, and the new connection replaces it.
