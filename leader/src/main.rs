@@ -1,6 +1,237 @@
-//! The `meridian` binary: run a region, simulate a deployment, manage certificates, talk to the API.
+//! The `meridian` binary: run a region, simulate a deployment on localhost, create
+//! certificates, and talk to any region's API.
 
-fn main() {
-    eprintln!("meridian: not built yet; see README.md for what is available");
-    std::process::exit(2);
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use leader::config::Config;
+use leader::{LeaderBuilder, Wiring};
+
+mod cli;
+mod simulate;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "meridian",
+    version,
+    about = "Geo-distributed multi-leader replicated key-value store"
+)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one region's leader (one process per region).
+    Run {
+        /// The shared regions.toml.
+        #[arg(long, default_value = "regions.toml", env = "MERIDIAN_CONFIG")]
+        config: PathBuf,
+        /// Which region of the file this process is.
+        #[arg(long, env = "MERIDIAN_REGION")]
+        region: String,
+        /// Apply the [simulation] link impairments of regions.toml to this region's outgoing
+        /// traffic (what `meridian simulate` uses).
+        #[arg(long)]
+        simulate_links: bool,
+        /// Exit when standard input closes: lets `meridian simulate` never leave a child
+        /// behind, even if it is killed itself.
+        #[arg(long, hide = true)]
+        exit_with_stdin: bool,
+    },
+    /// Start every region of regions.toml as its own process on localhost, with the
+    /// configured WAN latency, and show a live table of regions, lag and conflicts.
+    Simulate {
+        /// The regions.toml to simulate.
+        #[arg(long, default_value = "regions.toml", env = "MERIDIAN_CONFIG")]
+        config: PathBuf,
+        /// Stop after this many seconds (default: run until Ctrl-C).
+        #[arg(long)]
+        duration_secs: Option<u64>,
+    },
+    /// Certificate management.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+    /// Write a value: `meridian put TABLE KEY VALUE`.
+    Put(cli::KeyArgs),
+    /// Read a value: `meridian get TABLE KEY`.
+    Get(cli::KeyArgs),
+    /// Delete a key: `meridian delete TABLE KEY`.
+    Delete(cli::KeyArgs),
+    /// Show a region's status and its replication lag as a table.
+    Status(cli::Target),
+    /// Show a region's conflict log, newest first.
+    Conflicts(cli::ConflictArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum CertsCommand {
+    /// Create a cluster CA and one certificate per region in regions.toml's tls_dir.
+    Init {
+        /// The regions.toml naming the cluster, regions and tls_dir.
+        #[arg(long, default_value = "regions.toml", env = "MERIDIAN_CONFIG")]
+        config: PathBuf,
+        /// Replace existing certificates.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("meridian: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(args.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("meridian: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MERIDIAN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn dispatch(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Run {
+            config,
+            region,
+            simulate_links,
+            exit_with_stdin,
+        } => {
+            run(&config, &region, simulate_links, exit_with_stdin).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Simulate {
+            config,
+            duration_secs,
+        } => simulate::run(&config, duration_secs).await,
+        Command::Certs {
+            command: CertsCommand::Init { config, force },
+        } => {
+            certs_init(&config, force)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Put(a) => cli::put(a).await,
+        Command::Get(a) => cli::get(a).await,
+        Command::Delete(a) => cli::delete(a).await,
+        Command::Status(t) => cli::status(t).await,
+        Command::Conflicts(a) => cli::conflicts(a).await,
+    }
+}
+
+/// Creates the cluster's certificates unless they exist (or `force`).
+pub(crate) fn certs_init(config_path: &Path, force: bool) -> Result<()> {
+    let config = Config::load(config_path)?;
+    let regions: Vec<String> = config.regions.iter().map(|r| r.name.clone()).collect();
+    if !force && transport::certs::exists(&config.tls_dir, &regions) {
+        eprintln!(
+            "certificates already exist in {} (use --force to replace them)",
+            config.tls_dir.display()
+        );
+        return Ok(());
+    }
+    transport::certs::generate(
+        &config.tls_dir,
+        &config.cluster,
+        &regions,
+        transport::certs::KeyAlgorithm::EcdsaP256,
+    )
+    .with_context(|| format!("creating certificates in {}", config.tls_dir.display()))?;
+    eprintln!(
+        "created a CA and certificates for {} in {}",
+        regions.join(", "),
+        config.tls_dir.display()
+    );
+    Ok(())
+}
+
+/// Registers the example resolvers that the shipped regions.toml may name, as any program
+/// embedding a leader would.
+fn with_examples(builder: LeaderBuilder) -> Result<LeaderBuilder> {
+    let builder = builder.register(Arc::new(conflict::examples::Counter))?;
+    Ok(builder.register(Arc::new(conflict::examples::UnionSet))?)
+}
+
+async fn run(
+    config_path: &Path,
+    region: &str,
+    simulate_links: bool,
+    exit_with_stdin: bool,
+) -> Result<()> {
+    let builder = LeaderBuilder::from_file(config_path, region)?;
+    let token = std::env::var("MERIDIAN_API_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
+    let wiring = Wiring {
+        api_token: token,
+        impair: simulate_links,
+        ..Wiring::default()
+    };
+    let builder = with_examples(builder)?.wiring(wiring);
+    let config = builder.config().clone();
+    let node = builder.start().await?;
+    if simulate_links {
+        simulate::apply_links(&config, region, &node)?;
+    }
+    eprintln!(
+        "meridian: region {region} up; API http://{} ; peers on {}",
+        node.api_addr()
+            .map_or_else(|| "-".into(), |a| a.to_string()),
+        node.peer_addr()
+    );
+    let stdin_closed = async {
+        if exit_with_stdin {
+            let mut buf = [0u8; 64];
+            let mut stdin = tokio::io::stdin();
+            use tokio::io::AsyncReadExt;
+            while matches!(stdin.read(&mut buf).await, Ok(n) if n > 0) {}
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    let mut node = node;
+    let reason = tokio::select! {
+        r = shutdown_signal() => r?,
+        () = stdin_closed => "the simulator's pipe closed",
+        r = node.wait() => {
+            r?;
+            bail!("region {region} stopped unexpectedly");
+        }
+    };
+    eprintln!("meridian: region {region} stopping ({reason})");
+    node.shutdown().await?;
+    Ok(())
+}
+
+async fn shutdown_signal() -> Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => { r.context("waiting for Ctrl-C")?; Ok("SIGINT") }
+        _ = term.recv() => Ok("SIGTERM"),
+    }
 }

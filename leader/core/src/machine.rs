@@ -251,7 +251,10 @@ pub enum WriteError {
         "table '{0}' is not configured; add it under [tables] in regions.toml or use one of the configured tables"
     )]
     UnknownTable(String),
-    /// The key would carry too many siblings.
+    /// The key's rules refused the write (context ahead of this region, value too large...).
+    #[error(transparent)]
+    Refused(conflict::WriteRefused),
+    /// The key would carry more siblings than the configured limit.
     #[error(
         "key has {count} concurrent siblings and the limit is {max}; read it with ?siblings=true and write back with its context to resolve them"
     )]
@@ -584,34 +587,36 @@ impl Replica {
             return;
         };
         let slot = (table, key);
-        let state = self.keys.get(&slot).cloned().unwrap_or_default();
-        let context = context.unwrap_or_else(|| state.blind_context());
-        let survivors = state
-            .siblings
-            .iter()
-            .filter(|s| !context.covers(&s.dot))
-            .count();
-        if survivors + 1 > self.opts.max_siblings {
+        let empty = KeyState::default();
+        let state = self.keys.get(&slot).unwrap_or(&empty);
+        let after = state.siblings_after(context.as_ref().unwrap_or(&state.context));
+        if after > self.opts.max_siblings {
             let result = Err(WriteError::TooManySiblings {
-                count: survivors + 1,
+                count: after,
                 max: self.opts.max_siblings,
             });
             out.push(Effect::Reply { id, result });
             return;
         }
-        let tick = self.clock.tick(now.wall_ms);
-        let hlc = conflict::stamp_write(tick, state.superseded_by(&context).map(|s| s.hlc));
-        self.own_seq = self.own_seq.next();
         let dot = Dot {
             replica: self.opts.replica,
-            seq: self.own_seq,
+            seq: self.own_seq.next(),
         };
-        let write = Write {
-            dot,
-            hlc,
-            context,
-            value,
+        // prepare_write stamps above every sibling of the key (the per-key causality rule).
+        // A refused write still consumed a tick, which is harmless: HLCs only need to grow.
+        let tick = self.clock.tick(now.wall_ms);
+        let write = match state.prepare_write(dot, tick, context.as_ref(), value) {
+            Ok(w) => w,
+            Err(e) => {
+                out.push(Effect::Reply {
+                    id,
+                    result: Err(WriteError::Refused(e)),
+                });
+                return;
+            }
         };
+        self.own_seq = dot.seq;
+        let hlc = write.hlc;
         let (table, key) = slot;
         let outcome = self.apply(now, &table, &key, &write, resolver.as_ref());
         self.received.add_dot(&dot);

@@ -1,0 +1,312 @@
+//! Client subcommands: talk to any region's HTTP API.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
+use leader::api::CONTEXT_HEADER;
+use leader::config::Config;
+use serde_json::Value as Json;
+
+/// Which region's API to talk to.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct Target {
+    /// The region to talk to (its API address comes from --config).
+    #[arg(long, short = 'r', env = "MERIDIAN_REGION")]
+    region: Option<String>,
+    /// The API base URL, instead of --region (e.g. http://127.0.0.1:8101).
+    #[arg(long, env = "MERIDIAN_API")]
+    api: Option<String>,
+    /// The regions.toml that names the regions.
+    #[arg(long, default_value = "regions.toml", env = "MERIDIAN_CONFIG")]
+    config: PathBuf,
+}
+
+/// A key, and a value for `put`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct KeyArgs {
+    #[command(flatten)]
+    target: Target,
+    /// The table.
+    table: String,
+    /// The key.
+    key: String,
+    /// The value (for put); `-` reads it from standard input.
+    value: Option<String>,
+    /// Supersede exactly this causal context (from a previous read) instead of a blind write.
+    #[arg(long)]
+    context: Option<String>,
+    /// Show every sibling (get).
+    #[arg(long)]
+    siblings: bool,
+}
+
+/// Options of `meridian conflicts`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ConflictArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Only this table.
+    #[arg(long)]
+    table: Option<String>,
+    /// How many (newest first).
+    #[arg(long, default_value_t = 20)]
+    limit: usize,
+}
+
+impl Target {
+    fn base(&self) -> Result<String> {
+        if let Some(api) = &self.api {
+            return Ok(api.trim_end_matches('/').to_owned());
+        }
+        let Some(region) = &self.region else {
+            bail!(
+                "say which region to talk to: --region NAME (from {}) or --api URL",
+                self.config.display()
+            );
+        };
+        let config = Config::load(&self.config)?;
+        let r = config.region(region)?;
+        Ok(format!("http://{}", r.api_addr))
+    }
+
+    fn client(&self) -> Result<reqwest::Client> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Ok(token) = std::env::var("MERIDIAN_API_TOKEN") {
+            let value = format!("Bearer {token}")
+                .parse()
+                .context("MERIDIAN_API_TOKEN is not a valid header value")?;
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        Ok(reqwest::Client::builder()
+            .default_headers(headers)
+            .build()?)
+    }
+}
+
+fn key_url(base: &str, table: &str, key: &str) -> String {
+    format!(
+        "{base}/v1/kv/{}/{}",
+        encode_segment(table),
+        encode_segment(key)
+    )
+}
+
+/// Percent-encodes one path segment.
+fn encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+async fn error_of(resp: reqwest::Response) -> anyhow::Error {
+    let status = resp.status();
+    let body: Json = resp.json().await.unwrap_or(Json::Null);
+    let msg = body["error"].as_str().unwrap_or("no details");
+    anyhow::anyhow!("{status}: {msg}")
+}
+
+pub(crate) async fn put(a: KeyArgs) -> Result<ExitCode> {
+    let Some(value) = &a.value else {
+        bail!("put needs a value: meridian put TABLE KEY VALUE (or - for stdin)")
+    };
+    let body = if value == "-" {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
+        buf
+    } else {
+        value.clone().into_bytes()
+    };
+    write(a.clone(), Some(body)).await
+}
+
+pub(crate) async fn delete(a: KeyArgs) -> Result<ExitCode> {
+    write(a, None).await
+}
+
+async fn write(a: KeyArgs, body: Option<Vec<u8>>) -> Result<ExitCode> {
+    let base = a.target.base()?;
+    let client = a.target.client()?;
+    let url = key_url(&base, &a.table, &a.key);
+    let mut req = match body {
+        Some(b) => client.put(&url).body(b),
+        None => client.delete(&url),
+    };
+    if let Some(ctx) = &a.context {
+        req = req.header(CONTEXT_HEADER, ctx);
+    }
+    let resp = req
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {base}"))?;
+    if !resp.status().is_success() {
+        return Err(error_of(resp).await);
+    }
+    let body: Json = resp.json().await?;
+    println!("{}", serde_json::to_string_pretty(&body)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn get(a: KeyArgs) -> Result<ExitCode> {
+    let base = a.target.base()?;
+    let client = a.target.client()?;
+    let mut url = key_url(&base, &a.table, &a.key);
+    if a.siblings {
+        url.push_str("?siblings=true");
+    }
+    let resp = client
+        .get(&url)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {base}"))?;
+    let status = resp.status();
+    let context = resp
+        .headers()
+        .get(CONTEXT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let is_json = resp
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if status == reqwest::StatusCode::NOT_FOUND && !is_json {
+        return Err(error_of(resp).await);
+    }
+    if status == reqwest::StatusCode::NOT_FOUND {
+        let body: Json = resp.json().await?;
+        if body["code"] == "unknown_table" {
+            bail!("{}", body["error"].as_str().unwrap_or("unknown table"));
+        }
+        eprintln!("(absent) context: {}", context.unwrap_or_default());
+        return Ok(ExitCode::from(4));
+    }
+    if !status.is_success() {
+        return Err(error_of(resp).await);
+    }
+    if is_json {
+        let body: Json = resp.json().await?;
+        println!("{}", serde_json::to_string_pretty(&body)?);
+    } else {
+        let bytes = resp.bytes().await?;
+        std::io::stdout().write_all(&bytes)?;
+        println!();
+        eprintln!("context: {}", context.unwrap_or_default());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn status(t: Target) -> Result<ExitCode> {
+    let base = t.base()?;
+    let body: Json = t
+        .client()?
+        .get(format!("{base}/v1/status"))
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {base}"))?
+        .error_for_status()?
+        .json()
+        .await?;
+    println!(
+        "region {} (replica {}), {} keys, hlc {}",
+        body["region"], body["replica"], body["keys"], body["hlc"]
+    );
+    let mut table = Table::new();
+    table.load_preset(UTF8_BORDERS_ONLY).set_header([
+        "peer",
+        "link",
+        "rtt ms",
+        "replicating",
+        "lag writes",
+        "lag ms",
+        "unacked bytes",
+    ]);
+    for p in body["peers"].as_array().into_iter().flatten() {
+        table.add_row([
+            p["region"].as_str().unwrap_or("?").to_owned(),
+            p["link"].as_str().unwrap_or("-").to_owned(),
+            p["rtt_ms"]
+                .as_f64()
+                .map_or("-".into(), |v| format!("{v:.1}")),
+            p["replicating"].to_string(),
+            p["lag_writes"].to_string(),
+            p["lag_ms"].to_string(),
+            p["unacked_bytes"].to_string(),
+        ]);
+    }
+    println!("{table}");
+    let mut applied = Table::new();
+    applied
+        .load_preset(UTF8_BORDERS_ONLY)
+        .set_header(["origin", "replica", "applied seq"]);
+    for a in body["applied"].as_array().into_iter().flatten() {
+        applied.add_row([
+            a["region"].as_str().unwrap_or("?").to_owned(),
+            a["replica"].as_str().unwrap_or("?").to_owned(),
+            a["seq"].to_string(),
+        ]);
+    }
+    println!("{applied}");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn conflicts(a: ConflictArgs) -> Result<ExitCode> {
+    let base = a.target.base()?;
+    let mut url = format!("{base}/v1/conflicts?limit={}", a.limit);
+    if let Some(t) = &a.table {
+        url.push_str(&format!("&table={}", encode_segment(t)));
+    }
+    let body: Json = a
+        .target
+        .client()?
+        .get(url)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {base}"))?
+        .error_for_status()?
+        .json()
+        .await?;
+    let mut table = Table::new();
+    table.load_preset(UTF8_BORDERS_ONLY).set_header([
+        "id",
+        "table",
+        "key",
+        "resolver",
+        "writes (region:seq)",
+        "outcome",
+    ]);
+    for c in body["conflicts"].as_array().into_iter().flatten() {
+        let writes: Vec<String> = c["siblings"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| {
+                format!(
+                    "{}:{}{}",
+                    s["region"].as_str().unwrap_or("?"),
+                    s["seq"],
+                    if s["kept"] == true { "" } else { " (lost)" }
+                )
+            })
+            .collect();
+        table.add_row([
+            c["id"].to_string(),
+            c["table"].as_str().unwrap_or("").to_owned(),
+            c["key"].as_str().unwrap_or("").to_owned(),
+            c["resolver"].as_str().unwrap_or("").to_owned(),
+            writes.join(", "),
+            c["outcome"].as_str().unwrap_or("").to_owned(),
+        ]);
+    }
+    println!("{table}");
+    Ok(ExitCode::SUCCESS)
+}

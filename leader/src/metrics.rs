@@ -1,0 +1,213 @@
+//! Prometheus metrics of one region, in the text exposition format.
+//!
+//! Most figures already live in the state machine's counters and the status snapshot, so a
+//! scrape builds a fresh `prometheus_client` registry from a [`Status`] (one registry per
+//! node: several regions in one test process never share counters). Only what the driver
+//! sees in passing — alarms, persist batch sizes — is accumulated here.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use leader_core::{Alarm, PersistBatch};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::node::Status;
+
+/// Alarm kinds, in the order of [`Metrics::alarms`].
+const ALARM_KINDS: [&str; 6] = [
+    "split_brain",
+    "hello_refused",
+    "clock_skew",
+    "resolver_mismatch",
+    "protocol_violation",
+    "unknown_table",
+];
+
+/// Figures accumulated by the driver between scrapes.
+#[derive(Debug)]
+pub struct Metrics {
+    region: String,
+    alarms: [AtomicU64; ALARM_KINDS.len()],
+    persisted_keys: AtomicU64,
+    persisted_log_entries: AtomicU64,
+    max_skew_ahead_ms: AtomicU64,
+}
+
+impl Metrics {
+    /// Empty metrics for `region`.
+    pub fn new(region: &str) -> Self {
+        Self {
+            region: region.to_owned(),
+            alarms: Default::default(),
+            persisted_keys: AtomicU64::new(0),
+            persisted_log_entries: AtomicU64::new(0),
+            max_skew_ahead_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts an alarm by kind.
+    pub fn alarm(&self, alarm: &Alarm) {
+        let kind = match alarm {
+            Alarm::SplitBrain { .. } => 0,
+            Alarm::HelloRefused { .. } => 1,
+            Alarm::ClockSkew { ahead_ms, .. } => {
+                self.max_skew_ahead_ms
+                    .fetch_max(*ahead_ms, Ordering::Relaxed);
+                2
+            }
+            Alarm::ResolverMismatch { .. } => 3,
+            Alarm::ProtocolViolation { .. } => 4,
+            Alarm::UnknownTable { .. } => 5,
+        };
+        self.alarms[kind].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Alarms raised so far, by kind.
+    pub fn alarms(&self) -> Vec<(&'static str, u64)> {
+        ALARM_KINDS
+            .iter()
+            .zip(&self.alarms)
+            .map(|(k, v)| (*k, v.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// Accounts a persistence step handed to storage.
+    pub fn persist_batch(&self, batch: &PersistBatch) {
+        self.persisted_keys
+            .fetch_add(batch.keys.len() as u64, Ordering::Relaxed);
+        self.persisted_log_entries
+            .fetch_add(batch.log.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Renders every metric for a scrape.
+    pub fn render(&self, status: &Status) -> String {
+        let mut reg = Registry::with_prefix("meridian");
+        let region = [("region".to_owned(), self.region.clone())];
+        let counter = |reg: &mut Registry, name: &str, help: &str, v: u64| {
+            let c: Family<Vec<(String, String)>, Counter> = Family::default();
+            c.get_or_create(&region.to_vec()).inc_by(v);
+            reg.register(name, help, c);
+        };
+        let c = &status.counters;
+        counter(
+            &mut reg,
+            "client_writes",
+            "Client writes accepted",
+            c.client_writes,
+        );
+        counter(
+            &mut reg,
+            "remote_writes_applied",
+            "Writes from other regions applied",
+            c.remote_applied,
+        );
+        counter(
+            &mut reg,
+            "duplicate_writes",
+            "Replicated writes dropped as duplicates",
+            c.duplicates,
+        );
+        counter(
+            &mut reg,
+            "conflicts",
+            "Concurrent writes that met at this region",
+            c.conflicts,
+        );
+        counter(
+            &mut reg,
+            "persist_batches",
+            "Persistence steps (transactions) issued",
+            c.persists,
+        );
+        counter(
+            &mut reg,
+            "fsyncs",
+            "Storage commits completed, each one fsync",
+            status.commits,
+        );
+        counter(
+            &mut reg,
+            "batches_sent",
+            "Replication batches sent",
+            c.batches_sent,
+        );
+        counter(
+            &mut reg,
+            "writes_sent",
+            "Writes streamed to peers (own and relayed)",
+            c.writes_sent,
+        );
+        counter(
+            &mut reg,
+            "writes_relayed",
+            "Third-region writes relayed to lagging peers",
+            c.writes_relayed,
+        );
+        counter(
+            &mut reg,
+            "resyncs",
+            "Resync requests sent after a gap",
+            c.resyncs,
+        );
+        counter(
+            &mut reg,
+            "persisted_log_entries",
+            "Log entries written",
+            self.persisted_log_entries.load(Ordering::Relaxed),
+        );
+        let alarms: Family<Vec<(String, String)>, Counter> = Family::default();
+        for (kind, n) in self.alarms() {
+            let labels = vec![region[0].clone(), ("kind".to_owned(), kind.to_owned())];
+            alarms.get_or_create(&labels).inc_by(n);
+        }
+        reg.register("alarms", "Operator alarms raised, by kind", alarms);
+
+        let keys: Family<Vec<(String, String)>, Gauge> = Family::default();
+        keys.get_or_create(&region.to_vec()).set(status.keys as i64);
+        reg.register("keys", "Keys stored", keys);
+        let skew: Family<Vec<(String, String)>, Gauge> = Family::default();
+        skew.get_or_create(&region.to_vec())
+            .set(self.max_skew_ahead_ms.load(Ordering::Relaxed) as i64);
+        reg.register(
+            "max_clock_skew_ahead_ms",
+            "Largest remote HLC lead seen beyond the allowed offset",
+            skew,
+        );
+
+        let lag: Family<Vec<(String, String)>, Gauge> = Family::default();
+        let up: Family<Vec<(String, String)>, Gauge> = Family::default();
+        let rtt: Family<Vec<(String, String)>, Gauge> = Family::default();
+        for p in &status.peers {
+            let labels = vec![region[0].clone(), ("peer".to_owned(), p.region.clone())];
+            lag.get_or_create(&labels).set(p.lag_writes as i64);
+            up.get_or_create(&labels).set(i64::from(p.connected));
+            if let Some(link) = status.links.get(&p.region) {
+                let ms = link.rtt.map_or(-1, |d| d.as_millis() as i64);
+                rtt.get_or_create(&labels).set(ms);
+            }
+        }
+        reg.register(
+            "peer_lag_writes",
+            "Writes durable here and not yet acknowledged by the peer",
+            lag,
+        );
+        reg.register(
+            "peer_connected",
+            "1 when a replicating connection to the peer is up",
+            up,
+        );
+        reg.register(
+            "peer_rtt_ms",
+            "Round-trip time to the peer (-1 when unknown)",
+            rtt,
+        );
+
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &reg);
+        out
+    }
+}

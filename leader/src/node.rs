@@ -1,0 +1,807 @@
+//! The node runtime: performs the state machine's effects with real I/O.
+//!
+//! One tokio task (the *driver*) owns the [`Replica`]. Inputs — client commands, transport
+//! events, storage completions, log reads, timers — arrive on channels and become
+//! [`Event`]s; the driver hands each to the state machine and performs the [`Effect`]s it
+//! returns, in order. `select!` only turns inputs into events: all decisions are in the core.
+//!
+//! Storage runs on its own OS thread (redb is synchronous): it receives one [`PersistBatch`]
+//! at a time, commits it with an fsync and reports back. Log reads for lagging peers run on
+//! tokio's blocking pool against a redb read transaction, concurrently with the writer.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use conflict::{KeyState, Registry, Resolver, Value, VersionVector};
+use leader_core::{
+    Alarm, ConflictRecord, Counters, Effect, Event, Options, PeerMsg, PeerView, PersistBatch,
+    Replica, RequestId, Time, WriteError, WriteReceipt,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tracing::{debug, error, info, warn};
+use transport::{Mesh, MeshEvent};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::storage::{StorageError, Store};
+
+/// Bound on queued client commands: beyond it HTTP handlers wait (backpressure).
+const COMMAND_QUEUE: usize = 4096;
+/// Bound on completions (persisted batches, log reads) queued back to the driver.
+const COMPLETION_QUEUE: usize = 1024;
+
+/// A request to the driver from the API or an embedding program.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Write {
+        table: String,
+        key: Vec<u8>,
+        value: Value,
+        context: Option<VersionVector>,
+        reply: oneshot::Sender<Result<WriteReceipt, WriteError>>,
+    },
+    Read {
+        table: String,
+        key: Vec<u8>,
+        reply: oneshot::Sender<ReadResult>,
+    },
+    Status {
+        reply: oneshot::Sender<Status>,
+    },
+    Conflicts {
+        reply: oneshot::Sender<Vec<ConflictRecord>>,
+    },
+    Digest {
+        reply: oneshot::Sender<[u8; 32]>,
+    },
+}
+
+/// The state of one key as a read sees it.
+#[derive(Clone)]
+pub enum ReadResult {
+    /// The table is not configured.
+    UnknownTable,
+    /// The key's state (maybe empty) and its table's resolver.
+    Found {
+        /// The state (default when the key was never written).
+        state: KeyState,
+        /// The table's resolver.
+        resolver: Arc<dyn Resolver>,
+        /// Region names of the replicas that wrote the siblings.
+        regions: BTreeMap<conflict::ReplicaId, String>,
+    },
+}
+
+impl std::fmt::Debug for ReadResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadResult::UnknownTable => f.write_str("UnknownTable"),
+            ReadResult::Found {
+                state, resolver, ..
+            } => f
+                .debug_struct("Found")
+                .field("state", state)
+                .field("resolver", &resolver.name())
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+/// A region's view of itself and its peers.
+#[derive(Debug, Clone)]
+pub struct Status {
+    /// This region.
+    pub region: String,
+    /// This region's replica id.
+    pub replica: conflict::ReplicaId,
+    /// Durably applied writes per origin, with region names.
+    pub applied: Vec<(String, conflict::ReplicaId, u64)>,
+    /// Replication state towards each peer.
+    pub peers: Vec<PeerView>,
+    /// Transport link state per peer.
+    pub links: BTreeMap<String, transport::LinkStatus>,
+    /// The state machine's counters.
+    pub counters: Counters,
+    /// Storage commits (fsyncs) since start.
+    pub commits: u64,
+    /// Keys stored.
+    pub keys: usize,
+    /// Latest HLC.
+    pub hlc: conflict::Hlc,
+}
+
+/// Errors of starting or running a node. Each says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The configuration is wrong.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// Storage failed to open or write.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The state machine could not be built.
+    #[error(transparent)]
+    Build(#[from] leader_core::BuildError),
+    /// Certificates could not be loaded.
+    #[error("certificates: {0}")]
+    Certs(String),
+    /// The transport could not start.
+    #[error("transport: {0}")]
+    Transport(String),
+    /// The API listener could not bind.
+    #[error("cannot listen for the API on {addr}: {source}; is another process using the port?")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The node has stopped.
+    #[error("the node has stopped")]
+    Stopped,
+}
+
+/// A cheap, clonable handle for talking to a running node.
+#[derive(Debug, Clone)]
+pub struct NodeHandle {
+    commands: mpsc::Sender<Command>,
+    region: Arc<str>,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+impl NodeHandle {
+    /// This node's region.
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// Writes a value (or a tombstone); resolves when the write is durable here.
+    pub async fn write(
+        &self,
+        table: &str,
+        key: &[u8],
+        value: Value,
+        context: Option<VersionVector>,
+    ) -> Result<Result<WriteReceipt, WriteError>, NodeError> {
+        let (table, key) = (table.to_owned(), key.to_vec());
+        self.ask(|reply| Command::Write {
+            table,
+            key,
+            value,
+            context,
+            reply,
+        })
+        .await
+    }
+
+    /// Reads a key's state.
+    pub async fn read(&self, table: &str, key: &[u8]) -> Result<ReadResult, NodeError> {
+        let (table, key) = (table.to_owned(), key.to_vec());
+        self.ask(|reply| Command::Read { table, key, reply }).await
+    }
+
+    /// The region's status.
+    pub async fn status(&self) -> Result<Status, NodeError> {
+        self.ask(|reply| Command::Status { reply }).await
+    }
+
+    /// The conflict log, oldest first.
+    pub async fn conflicts(&self) -> Result<Vec<ConflictRecord>, NodeError> {
+        self.ask(|reply| Command::Conflicts { reply }).await
+    }
+
+    /// SHA-256 over every key state: equal digests mean equal data.
+    pub async fn digest(&self) -> Result<[u8; 32], NodeError> {
+        self.ask(|reply| Command::Digest { reply }).await
+    }
+}
+
+/// Inputs that come back to the driver from storage and log reads.
+#[derive(Debug)]
+enum Completion {
+    Persisted(u64),
+    PersistFailed(StorageError),
+    LogRead(Event),
+}
+
+/// Everything the driver owns.
+struct Driver {
+    replica: Replica,
+    mesh: Mesh<PeerMsg>,
+    store: Arc<Store>,
+    persist_tx: std::sync::mpsc::SyncSender<PersistBatch>,
+    completions_tx: mpsc::Sender<Completion>,
+    pending: BTreeMap<RequestId, oneshot::Sender<Result<WriteReceipt, WriteError>>>,
+    next_request: RequestId,
+    start: Instant,
+    metrics: Arc<Metrics>,
+}
+
+/// A running region leader.
+pub struct Node {
+    handle: NodeHandle,
+    shutdown: watch::Sender<bool>,
+    driver: JoinHandle<Result<(), NodeError>>,
+    api: Option<JoinHandle<()>>,
+    api_addr: Option<SocketAddr>,
+    peer_addr: SocketAddr,
+    impairment: Option<transport::impair::ImpairmentHandle>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("region", &self.handle.region)
+            .field("api_addr", &self.api_addr)
+            .field("peer_addr", &self.peer_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// A handle for reads, writes and status.
+    pub fn handle(&self) -> NodeHandle {
+        self.handle.clone()
+    }
+
+    /// Where the HTTP API listens, if it was started.
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api_addr
+    }
+
+    /// The impairment layer under the QUIC endpoint, if [`Wiring::impair`] was set.
+    pub fn impairment(&self) -> Option<&transport::impair::ImpairmentHandle> {
+        self.impairment.as_ref()
+    }
+
+    /// Where the QUIC endpoint listens.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer_addr
+    }
+
+    /// Stops the node: the API stops accepting, the driver finishes the outstanding persist,
+    /// closes its links and the store. Returns the driver's result.
+    pub async fn shutdown(self) -> Result<(), NodeError> {
+        let _ = self.shutdown.send(true);
+        if let Some(api) = self.api {
+            let _ = api.await;
+        }
+        match self.driver.await {
+            Ok(r) => r,
+            Err(e) => {
+                error!("driver task failed: {e}");
+                Err(NodeError::Stopped)
+            }
+        }
+    }
+
+    /// Waits until the node stops by itself (a fatal error) and returns why.
+    pub async fn wait(&mut self) -> Result<(), NodeError> {
+        (&mut self.driver).await.unwrap_or(Err(NodeError::Stopped))
+    }
+}
+
+/// How a node is wired to the outside world; tests and simulations change these.
+#[derive(Debug, Default)]
+pub struct Wiring {
+    /// A UDP socket already bound for the QUIC endpoint (tests bind port 0 first so every
+    /// region knows the others' addresses before any starts). `None` binds the configured
+    /// peer address.
+    pub peer_socket: Option<std::net::UdpSocket>,
+    /// Override of peers' QUIC addresses (with `peer_socket` in tests).
+    pub peer_addrs: BTreeMap<String, SocketAddr>,
+    /// Override of the API bind address (tests use port 0); `None` uses the config.
+    pub api_bind: Option<SocketAddr>,
+    /// Don't start the HTTP API at all.
+    pub no_api: bool,
+    /// Put the impairment layer under the QUIC endpoint (simulations and partition tests);
+    /// its handle is [`Node::impairment`].
+    pub impair: bool,
+    /// Bearer token required by the API, if any.
+    pub api_token: Option<String>,
+}
+
+fn now(start: Instant) -> Time {
+    let wall_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    Time {
+        wall_ms,
+        mono_ms: start.elapsed().as_millis() as u64,
+    }
+}
+
+/// Starts a region leader: opens storage, builds the state machine, starts the transport,
+/// the driver and (unless disabled) the HTTP API.
+pub async fn start(
+    config: &Config,
+    region: &str,
+    registry: &Registry,
+    wiring: Wiring,
+) -> Result<Node, NodeError> {
+    let me = config.region(region)?.clone();
+    let names: Vec<&str> = registry.names().collect();
+    config.check_resolvers(&names)?;
+    config.check_tls(region)?;
+    let opened = Store::open(&me.data_dir, &config.cluster, region)?;
+    if opened.created {
+        info!(region, replica = %opened.replica, dir = %me.data_dir.display(), "initialised a new data directory");
+    }
+    let store = Arc::new(opened.store);
+    let peers: Vec<String> = config
+        .regions
+        .iter()
+        .filter(|r| r.name != region)
+        .map(|r| r.name.clone())
+        .collect();
+    let t = &config.timeouts;
+    let opts = Options {
+        cluster: config.cluster.clone(),
+        region: region.to_owned(),
+        replica: opened.replica,
+        peers: peers.clone(),
+        tables: config.tables.clone(),
+        max_clock_offset_ms: t.max_clock_offset_ms,
+        relay_delay_ms: t.relay_delay_ms,
+        heartbeat_interval_ms: t.heartbeat_interval_ms,
+        peer_window_bytes: config.limits.peer_window_bytes,
+        max_batch_bytes: (config.limits.max_frame_bytes / 2).max(64 * 1024),
+        max_siblings: config.limits.max_siblings,
+        conflict_log_capacity: config.limits.conflict_log_entries,
+        log_tail_entries: 65_536,
+    };
+    let replica = Replica::new(opts, registry, opened.recovered)?;
+
+    let identity = transport::certs::load(&config.tls_dir, region)
+        .map_err(|e| NodeError::Certs(e.to_string()))?;
+    let peer_addrs: BTreeMap<String, SocketAddr> = config
+        .regions
+        .iter()
+        .filter(|r| r.name != region)
+        .map(|r| {
+            (
+                r.name.clone(),
+                wiring
+                    .peer_addrs
+                    .get(&r.name)
+                    .copied()
+                    .unwrap_or(r.peer_addr),
+            )
+        })
+        .collect();
+    let mut mesh_config = transport::MeshConfig::new(identity, me.peer_addr, peer_addrs);
+    mesh_config.max_frame_bytes = config.limits.max_frame_bytes;
+    mesh_config.keep_alive = t.keep_alive();
+    mesh_config.idle_timeout = t.idle_timeout();
+    mesh_config.backoff_min = t.reconnect_min();
+    mesh_config.backoff_max = t.reconnect_max();
+    let bind_err = |source| {
+        NodeError::Transport(format!(
+            "cannot bind the peer address {}: {source}; is another process using the port?",
+            me.peer_addr
+        ))
+    };
+    let socket = match wiring.peer_socket {
+        Some(s) => s,
+        None => std::net::UdpSocket::bind(me.peer_addr).map_err(bind_err)?,
+    };
+    let quinn_runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
+    let socket = quinn_runtime.wrap_udp_socket(socket).map_err(bind_err)?;
+    let (socket, impairment) = if wiring.impair {
+        let seed = u64::from_le_bytes(
+            opened.replica.0.as_bytes()[..8]
+                .try_into()
+                .unwrap_or_default(),
+        );
+        let (impaired, handle) = transport::impair::ImpairedSocket::wrap(socket, seed);
+        (impaired as Arc<dyn quinn::AsyncUdpSocket>, Some(handle))
+    } else {
+        (socket, None)
+    };
+    let (mesh, mesh_events) =
+        Mesh::<PeerMsg>::start_with_socket(mesh_config, socket, quinn_runtime)
+            .await
+            .map_err(|e| NodeError::Transport(e.to_string()))?;
+    let peer_addr = mesh.local_addr();
+
+    let metrics = Arc::new(Metrics::new(region));
+    let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
+    let (completions_tx, completions_rx) = mpsc::channel(COMPLETION_QUEUE);
+    let (persist_tx, persist_rx) = std::sync::mpsc::sync_channel::<PersistBatch>(1);
+    spawn_storage_thread(Arc::clone(&store), persist_rx, completions_tx.clone());
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let handle = NodeHandle {
+        commands: commands_tx,
+        region: Arc::from(region),
+        metrics: Arc::clone(&metrics),
+    };
+    let driver = Driver {
+        replica,
+        mesh,
+        store,
+        persist_tx,
+        completions_tx,
+        pending: BTreeMap::new(),
+        next_request: 1,
+        start: Instant::now(),
+        metrics,
+    };
+    let driver = tokio::spawn(driver.run(
+        commands_rx,
+        mesh_events,
+        completions_rx,
+        shutdown_rx.clone(),
+    ));
+
+    let (api, api_addr) = if wiring.no_api {
+        (None, None)
+    } else {
+        let addr = wiring.api_bind.unwrap_or(me.api_addr);
+        if !addr.ip().is_loopback() {
+            warn!(%addr, "the API listens on a non-loopback address; set MERIDIAN_API_TOKEN to require a bearer token");
+        }
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| NodeError::Bind { addr, source })?;
+        let bound = listener
+            .local_addr()
+            .map_err(|source| NodeError::Bind { addr, source })?;
+        let router = crate::api::router(handle.clone(), config.limits, wiring.api_token.clone());
+        let mut stop = shutdown_rx.clone();
+        let task = tokio::spawn(async move {
+            let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            });
+            if let Err(e) = serve.await {
+                error!("API server failed: {e}");
+            }
+        });
+        info!(region, api = %bound, peer = %peer_addr, "region leader started");
+        (Some(task), Some(bound))
+    };
+    Ok(Node {
+        handle,
+        shutdown: shutdown_tx,
+        driver,
+        api,
+        api_addr,
+        peer_addr,
+        impairment,
+    })
+}
+
+fn spawn_storage_thread(
+    store: Arc<Store>,
+    batches: std::sync::mpsc::Receiver<PersistBatch>,
+    done: mpsc::Sender<Completion>,
+) {
+    let name = format!("storage-{}", store.dir().display());
+    let spawned = std::thread::Builder::new().name(name).spawn(move || {
+        while let Ok(batch) = batches.recv() {
+            let completion = match store.persist(&batch) {
+                Ok(()) => Completion::Persisted(batch.id),
+                Err(e) => Completion::PersistFailed(e),
+            };
+            let failed = matches!(completion, Completion::PersistFailed(_));
+            if done.blocking_send(completion).is_err() || failed {
+                return;
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        // Without a storage thread no write can ever be acknowledged; the driver notices the
+        // closed channel on its first persist and stops.
+        error!("cannot start the storage thread: {e}");
+    }
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut mesh_events: mpsc::Receiver<MeshEvent<PeerMsg>>,
+        mut completions: mpsc::Receiver<Completion>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), NodeError> {
+        let mut effects = Vec::new();
+        let result = loop {
+            let wake = self
+                .replica
+                .poll_timeout()
+                .map(|ms| self.start + Duration::from_millis(ms));
+            let sleep = async {
+                match wake {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let event = tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => break Ok(()),
+                Some(cmd) = commands.recv() => match self.command(cmd) {
+                    Some(ev) => ev,
+                    None => continue,
+                },
+                Some(ev) = mesh_events.recv() => match self.mesh_event(ev) {
+                    Some(ev) => ev,
+                    None => continue,
+                },
+                Some(done) = completions.recv() => match done {
+                    Completion::Persisted(id) => Event::Persisted { id },
+                    Completion::LogRead(ev) => ev,
+                    Completion::PersistFailed(e) => {
+                        error!("storage failed, stopping this region: {e}");
+                        break Err(NodeError::Storage(e));
+                    }
+                },
+                () = sleep => Event::Tick,
+            };
+            self.replica.handle(now(self.start), event, &mut effects);
+            for effect in effects.drain(..) {
+                self.perform(effect);
+            }
+        };
+        self.finish(completions).await;
+        result
+    }
+
+    /// Lets the outstanding persist finish (its writes reach the disk even though their clients
+    /// are no longer answered) and closes the links.
+    async fn finish(self, mut completions: mpsc::Receiver<Completion>) {
+        let Driver {
+            mesh,
+            persist_tx,
+            completions_tx,
+            ..
+        } = self;
+        // With both senders gone the channel closes once the storage thread has finished its
+        // current batch and any log read in progress has reported.
+        drop(persist_tx);
+        drop(completions_tx);
+        let drain = async { while completions.recv().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(10), drain)
+            .await
+            .is_err()
+        {
+            warn!("storage did not finish within 10 s of shutdown");
+        }
+        mesh.shutdown().await;
+    }
+
+    fn command(&mut self, cmd: Command) -> Option<Event> {
+        match cmd {
+            Command::Write {
+                table,
+                key,
+                value,
+                context,
+                reply,
+            } => {
+                let id = self.next_request;
+                self.next_request += 1;
+                self.pending.insert(id, reply);
+                return Some(Event::ClientWrite {
+                    id,
+                    table,
+                    key,
+                    value,
+                    context,
+                });
+            }
+            Command::Read { table, key, reply } => {
+                let result = match self.replica.resolver(&table) {
+                    None => ReadResult::UnknownTable,
+                    Some(resolver) => {
+                        let state = self.replica.get(&table, &key).cloned().unwrap_or_default();
+                        let regions = state
+                            .siblings
+                            .iter()
+                            .filter_map(|s| {
+                                self.replica
+                                    .region_of(&s.dot.replica)
+                                    .map(|r| (s.dot.replica, r.to_owned()))
+                            })
+                            .collect();
+                        ReadResult::Found {
+                            state,
+                            resolver: Arc::clone(resolver),
+                            regions,
+                        }
+                    }
+                };
+                let _ = reply.send(result);
+            }
+            Command::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+            Command::Conflicts { reply } => {
+                let _ = reply.send(self.replica.conflicts().cloned().collect());
+            }
+            Command::Digest { reply } => {
+                let _ = reply.send(self.replica.digest());
+            }
+        }
+        None
+    }
+
+    fn status(&self) -> Status {
+        let applied = self
+            .replica
+            .applied()
+            .iter()
+            .map(|(r, s)| (self.replica.region_of(&r).unwrap_or("?").to_owned(), r, s.0))
+            .collect();
+        Status {
+            region: self.replica.options().region.clone(),
+            replica: self.replica.options().replica,
+            applied,
+            peers: self.replica.peer_views(now(self.start)),
+            links: self.mesh.links(),
+            counters: self.replica.counters().clone(),
+            commits: self.store.commits(),
+            keys: self.replica.keys().count(),
+            hlc: self.replica.hlc(),
+        }
+    }
+
+    fn mesh_event(&mut self, ev: MeshEvent<PeerMsg>) -> Option<Event> {
+        Some(match ev {
+            MeshEvent::Up { peer, conn_id } => {
+                info!(%peer, conn_id, "link up");
+                Event::PeerUp {
+                    peer,
+                    conn: conn_id,
+                }
+            }
+            MeshEvent::Down {
+                peer,
+                conn_id,
+                reason,
+            } => {
+                info!(%peer, conn_id, %reason, "link down");
+                Event::PeerDown {
+                    peer,
+                    conn: conn_id,
+                }
+            }
+            MeshEvent::Frame { peer, conn_id, msg } => Event::Frame {
+                peer,
+                conn: conn_id,
+                msg,
+            },
+            MeshEvent::Rejected { remote, reason } => {
+                warn!(%remote, %reason, "refused a peer connection");
+                return None;
+            }
+        })
+    }
+
+    fn perform(&mut self, effect: Effect) {
+        match effect {
+            Effect::Persist(batch) => {
+                self.metrics.persist_batch(&batch);
+                if self.persist_tx.send(batch).is_err() {
+                    error!("the storage thread is gone; no further write can be made durable");
+                }
+            }
+            Effect::Send { peer, conn, msg } => {
+                if let Err(e) = self.mesh.try_send(&peer, &msg) {
+                    debug!(%peer, conn, "send failed: {e}");
+                    let ev = Event::SendFailed { peer, conn };
+                    // Feed the failure straight back: the core rewinds that peer's stream.
+                    let mut more = Vec::new();
+                    self.replica.handle(now(self.start), ev, &mut more);
+                    for effect in more {
+                        self.perform(effect);
+                    }
+                }
+            }
+            Effect::Close { peer, conn, reason } => {
+                // The refusal frame sent just before tells the peer why; the transport keeps the
+                // link (the next hello is judged afresh) and the core ignores this connection.
+                warn!(%peer, conn, %reason, "refusing connection");
+            }
+            Effect::ReadLog {
+                peer,
+                conn,
+                origin,
+                from,
+                to,
+                max_bytes,
+            } => {
+                let store = Arc::clone(&self.store);
+                let tx = self.completions_tx.clone();
+                tokio::task::spawn_blocking(move || {
+                    let entries = match store.read_log(origin, from, to, max_bytes) {
+                        Ok(entries) => entries,
+                        Err(e) => {
+                            error!(%peer, "log read failed: {e}");
+                            Vec::new()
+                        }
+                    };
+                    let _ = tx.blocking_send(Completion::LogRead(Event::LogRead {
+                        peer,
+                        conn,
+                        origin,
+                        entries,
+                    }));
+                });
+            }
+            Effect::Reply { id, result } => {
+                if let Some(reply) = self.pending.remove(&id) {
+                    let _ = reply.send(result);
+                }
+            }
+            Effect::Alarm(alarm) => {
+                self.metrics.alarm(&alarm);
+                match &alarm {
+                    Alarm::ClockSkew { .. } => debug!(?alarm, "alarm"),
+                    _ => warn!(?alarm, "alarm"),
+                }
+            }
+        }
+    }
+}
+
+impl Status {
+    /// The JSON shape of `GET /v1/status`.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::json;
+        let peers: Vec<serde_json::Value> = self
+            .peers
+            .iter()
+            .map(|p| {
+                let link = self.links.get(&p.region);
+                json!({
+                    "region": p.region,
+                    "replica": p.replica.map(|r| r.to_string()),
+                    "replicating": p.connected,
+                    "link": link.map(|l| format!("{:?}", l.state).to_lowercase()),
+                    "rtt_ms": link.and_then(|l| l.rtt).map(|d| d.as_secs_f64() * 1000.0),
+                    "lag_writes": p.lag_writes,
+                    "lag_ms": p.lag_ms,
+                    "unacked_bytes": p.unacked_bytes,
+                })
+            })
+            .collect();
+        let applied: Vec<serde_json::Value> = self
+            .applied
+            .iter()
+            .map(|(region, replica, seq)| json!({ "region": region, "replica": replica.to_string(), "seq": seq }))
+            .collect();
+        let c = &self.counters;
+        json!({
+            "region": self.region,
+            "replica": self.replica.to_string(),
+            "hlc": self.hlc.to_string(),
+            "keys": self.keys,
+            "applied": applied,
+            "peers": peers,
+            "counters": {
+                "client_writes": c.client_writes,
+                "remote_applied": c.remote_applied,
+                "duplicates": c.duplicates,
+                "conflicts": c.conflicts,
+                "persists": c.persists,
+                "fsyncs": self.commits,
+                "writes_sent": c.writes_sent,
+                "writes_relayed": c.writes_relayed,
+                "resyncs": c.resyncs,
+            },
+        })
+    }
+}

@@ -1,0 +1,410 @@
+//! Durable storage of one region: a redb database in the region's data directory.
+//!
+//! It holds key states, the per-origin log of writes, the applied vector, peers' acknowledged
+//! positions, the HLC high-water mark and the replica id. The state machine decides *what* to
+//! write ([`PersistBatch`]); [`Store::persist`] writes one batch in one transaction and returns
+//! only after redb's commit has fsynced it (`Durability::Immediate`). Because the state machine
+//! keeps at most one batch outstanding and stages everything that arrives meanwhile, client
+//! writes and replicated batches that arrive together share one transaction and one fsync.
+//!
+//! The log is read by other threads concurrently with the writer (redb is MVCC), which is how a
+//! lagging peer is served from disk rather than from memory.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use conflict::{Hlc, KeyState, ReplicaId, Seq, VersionVector};
+use leader_core::{LogEntry, PersistBatch, Recovered};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
+const KEYS: TableDefinition<'_, (&str, &[u8]), &[u8]> = TableDefinition::new("keys");
+const LOG: TableDefinition<'_, (u128, u64), &[u8]> = TableDefinition::new("log");
+const APPLIED: TableDefinition<'_, u128, u64> = TableDefinition::new("applied");
+const PEERS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("peers");
+const REPLICAS: TableDefinition<'_, u128, &str> = TableDefinition::new("replicas");
+
+/// Version of the on-disk layout; a directory written by a newer layout is refused.
+const FORMAT_VERSION: u64 = 1;
+/// Name of the database file inside the data directory.
+const DB_FILE: &str = "meridian.redb";
+
+/// Errors of the storage layer. Each says what happened and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The data directory belongs to another region or cluster.
+    #[error(
+        "data directory {dir} belongs to region '{found_region}' of cluster '{found_cluster}', but this process runs region '{region}' of cluster '{cluster}'; point data_dir at this region's own directory (or an empty one)"
+    )]
+    WrongOwner {
+        /// The directory.
+        dir: PathBuf,
+        /// Region recorded in it.
+        found_region: String,
+        /// Cluster recorded in it.
+        found_cluster: String,
+        /// Region of this process.
+        region: String,
+        /// Cluster of this process.
+        cluster: String,
+    },
+    /// Another process has the database open.
+    #[error(
+        "data directory {0} is in use by another process; two processes must never run as one region. Stop the other one first"
+    )]
+    InUse(PathBuf),
+    /// The directory was written by a newer, incompatible version.
+    #[error(
+        "data directory {dir} has storage format {found}, this binary understands {FORMAT_VERSION}; run a newer meridian"
+    )]
+    Format {
+        /// The directory.
+        dir: PathBuf,
+        /// The format found.
+        found: u64,
+    },
+    /// A stored record could not be decoded: the file is damaged.
+    #[error(
+        "data directory {dir}: stored record in '{table}' is damaged ({detail}); restore this region from a backup or rebuild it from an empty directory"
+    )]
+    Corrupt {
+        /// The directory.
+        dir: PathBuf,
+        /// The table.
+        table: &'static str,
+        /// The decoder's complaint.
+        detail: String,
+    },
+    /// The file system failed.
+    #[error("data directory {dir}: {source}")]
+    Io {
+        /// The directory.
+        dir: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// redb failed.
+    #[error("data directory {dir}: storage engine error: {detail}")]
+    Engine {
+        /// The directory.
+        dir: PathBuf,
+        /// The error.
+        detail: String,
+    },
+}
+
+/// The durable store of one region.
+pub struct Store {
+    db: Database,
+    dir: PathBuf,
+    commits: AtomicU64,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`Store::open`] found or created.
+#[derive(Debug)]
+pub struct Opened {
+    /// The store, ready for writes.
+    pub store: Store,
+    /// This data directory's replica id (created on first start).
+    pub replica: ReplicaId,
+    /// Whether the directory was initialised just now.
+    pub created: bool,
+    /// Everything needed to rebuild the state machine.
+    pub recovered: Recovered,
+}
+
+impl Store {
+    /// Opens (or initialises) the data directory of `region` in `cluster`.
+    ///
+    /// A directory initialised for another region or cluster is refused, so a misconfigured
+    /// process can never mix two regions' histories.
+    pub fn open(dir: &Path, cluster: &str, region: &str) -> Result<Opened, StorageError> {
+        std::fs::create_dir_all(dir).map_err(|source| StorageError::Io {
+            dir: dir.to_owned(),
+            source,
+        })?;
+        let db = match Database::create(dir.join(DB_FILE)) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(StorageError::InUse(dir.to_owned()));
+            }
+            Err(e) => return Err(engine(dir, e)),
+        };
+        let store = Store {
+            db,
+            dir: dir.to_owned(),
+            commits: AtomicU64::new(0),
+        };
+        let (replica, created) = store.identity(cluster, region)?;
+        let recovered = store.recover()?;
+        Ok(Opened {
+            store,
+            replica,
+            created,
+            recovered,
+        })
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Number of transactions committed (each one fsync) since open.
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
+    /// Reads or creates the identity records; checks ownership.
+    fn identity(&self, cluster: &str, region: &str) -> Result<(ReplicaId, bool), StorageError> {
+        let txn = self.db.begin_write().map_err(|e| engine(&self.dir, e))?;
+        let result = {
+            let mut meta = txn.open_table(META).map_err(|e| engine(&self.dir, e))?;
+            let get = |meta: &redb::Table<'_, &str, &[u8]>,
+                       k: &str|
+             -> Result<Option<Vec<u8>>, StorageError> {
+                Ok(meta
+                    .get(k)
+                    .map_err(|e| engine(&self.dir, e))?
+                    .map(|v| v.value().to_vec()))
+            };
+            match get(&meta, "replica")? {
+                Some(raw) => {
+                    let found_cluster =
+                        String::from_utf8_lossy(&get(&meta, "cluster")?.unwrap_or_default())
+                            .into_owned();
+                    let found_region =
+                        String::from_utf8_lossy(&get(&meta, "region")?.unwrap_or_default())
+                            .into_owned();
+                    let format = get(&meta, "format")?
+                        .and_then(|v| v.try_into().ok())
+                        .map(u64::from_le_bytes)
+                        .unwrap_or(0);
+                    if format > FORMAT_VERSION {
+                        return Err(StorageError::Format {
+                            dir: self.dir.clone(),
+                            found: format,
+                        });
+                    }
+                    if found_cluster != cluster || found_region != region {
+                        return Err(StorageError::WrongOwner {
+                            dir: self.dir.clone(),
+                            found_region,
+                            found_cluster,
+                            region: region.to_owned(),
+                            cluster: cluster.to_owned(),
+                        });
+                    }
+                    let bytes: [u8; 16] = raw.try_into().map_err(|_| StorageError::Corrupt {
+                        dir: self.dir.clone(),
+                        table: "meta",
+                        detail: "replica id is not 16 bytes".into(),
+                    })?;
+                    (ReplicaId(uuid::Uuid::from_bytes(bytes)), false)
+                }
+                None => {
+                    let replica = ReplicaId::new_random();
+                    let put = |meta: &mut redb::Table<'_, &str, &[u8]>, k: &str, v: &[u8]| {
+                        meta.insert(k, v)
+                            .map(|_| ())
+                            .map_err(|e| engine(&self.dir, e))
+                    };
+                    put(&mut meta, "replica", replica.0.as_bytes())?;
+                    put(&mut meta, "cluster", cluster.as_bytes())?;
+                    put(&mut meta, "region", region.as_bytes())?;
+                    put(&mut meta, "format", &FORMAT_VERSION.to_le_bytes())?;
+                    (replica, true)
+                }
+            }
+        };
+        txn.commit().map_err(|e| engine(&self.dir, e))?;
+        Ok(result)
+    }
+
+    /// Loads everything the state machine needs.
+    fn recover(&self) -> Result<Recovered, StorageError> {
+        let dir = &self.dir;
+        let txn = self.db.begin_read().map_err(|e| engine(dir, e))?;
+        let mut rec = Recovered::default();
+        if let Some(meta) = open_read(&txn, META, dir)? {
+            if let Some(v) = meta.get("own_seq").map_err(|e| engine(dir, e))? {
+                rec.own_seq = Seq(decode_u64(v.value(), dir)?);
+            }
+            if let Some(v) = meta.get("hlc_high").map_err(|e| engine(dir, e))? {
+                rec.hlc_high = Hlc::from_u64(decode_u64(v.value(), dir)?);
+            }
+        }
+        if let Some(keys) = open_read(&txn, KEYS, dir)? {
+            for item in keys.iter().map_err(|e| engine(dir, e))? {
+                let (k, v) = item.map_err(|e| engine(dir, e))?;
+                let (table, key) = k.value();
+                let state: KeyState = decode(v.value(), "keys", dir)?;
+                rec.keys.insert((table.to_owned(), key.to_vec()), state);
+            }
+        }
+        if let Some(applied) = open_read(&txn, APPLIED, dir)? {
+            for item in applied.iter().map_err(|e| engine(dir, e))? {
+                let (k, v) = item.map_err(|e| engine(dir, e))?;
+                let dot = conflict::Dot {
+                    replica: ReplicaId(uuid::Uuid::from_u128(k.value())),
+                    seq: Seq(v.value()),
+                };
+                rec.applied.add_dot(&dot);
+            }
+        }
+        if let Some(peers) = open_read(&txn, PEERS, dir)? {
+            for item in peers.iter().map_err(|e| engine(dir, e))? {
+                let (k, v) = item.map_err(|e| engine(dir, e))?;
+                let vv =
+                    VersionVector::from_bytes(v.value()).map_err(|e| StorageError::Corrupt {
+                        dir: dir.clone(),
+                        table: "peers",
+                        detail: e.to_string(),
+                    })?;
+                rec.peer_acked.insert(k.value().to_owned(), vv);
+            }
+        }
+        if let Some(replicas) = open_read(&txn, REPLICAS, dir)? {
+            for item in replicas.iter().map_err(|e| engine(dir, e))? {
+                let (k, v) = item.map_err(|e| engine(dir, e))?;
+                rec.replicas.insert(
+                    ReplicaId(uuid::Uuid::from_u128(k.value())),
+                    v.value().to_owned(),
+                );
+            }
+        }
+        Ok(rec)
+    }
+
+    /// Writes one batch atomically and durably: returns after the fsync.
+    pub fn persist(&self, batch: &PersistBatch) -> Result<(), StorageError> {
+        let dir = &self.dir;
+        let txn = self.db.begin_write().map_err(|e| engine(dir, e))?;
+        {
+            let mut keys = txn.open_table(KEYS).map_err(|e| engine(dir, e))?;
+            for (table, key, state) in &batch.keys {
+                let bytes = encode(state);
+                keys.insert((table.as_str(), key.as_slice()), bytes.as_slice())
+                    .map_err(|e| engine(dir, e))?;
+            }
+            let mut log = txn.open_table(LOG).map_err(|e| engine(dir, e))?;
+            for entry in &batch.log {
+                let id = (entry.write.dot.replica.0.as_u128(), entry.write.dot.seq.0);
+                log.insert(id, encode(entry).as_slice())
+                    .map_err(|e| engine(dir, e))?;
+            }
+            let mut applied = txn.open_table(APPLIED).map_err(|e| engine(dir, e))?;
+            for (replica, seq) in batch.applied.iter() {
+                applied
+                    .insert(replica.0.as_u128(), seq.0)
+                    .map_err(|e| engine(dir, e))?;
+            }
+            let mut peers = txn.open_table(PEERS).map_err(|e| engine(dir, e))?;
+            for (peer, vv) in &batch.peer_acked {
+                peers
+                    .insert(peer.as_str(), vv.to_bytes().as_slice())
+                    .map_err(|e| engine(dir, e))?;
+            }
+            let mut replicas = txn.open_table(REPLICAS).map_err(|e| engine(dir, e))?;
+            for (replica, region) in &batch.replicas {
+                replicas
+                    .insert(replica.0.as_u128(), region.as_str())
+                    .map_err(|e| engine(dir, e))?;
+            }
+            let mut meta = txn.open_table(META).map_err(|e| engine(dir, e))?;
+            meta.insert("own_seq", batch.own_seq.0.to_le_bytes().as_slice())
+                .map_err(|e| engine(dir, e))?;
+            meta.insert("hlc_high", batch.hlc_high.as_u64().to_le_bytes().as_slice())
+                .map_err(|e| engine(dir, e))?;
+        }
+        txn.commit().map_err(|e| engine(dir, e))?;
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Reads `origin`'s log from `from` to `to` inclusive, stopping after about `max_bytes`
+    /// (at least one entry is returned if any exists in the range).
+    pub fn read_log(
+        &self,
+        origin: ReplicaId,
+        from: Seq,
+        to: Seq,
+        max_bytes: usize,
+    ) -> Result<Vec<LogEntry>, StorageError> {
+        let dir = &self.dir;
+        let txn = self.db.begin_read().map_err(|e| engine(dir, e))?;
+        let Some(log) = open_read(&txn, LOG, dir)? else {
+            return Ok(Vec::new());
+        };
+        let o = origin.0.as_u128();
+        let mut out = Vec::new();
+        let mut used = 0;
+        for item in log
+            .range((o, from.0)..=(o, to.0))
+            .map_err(|e| engine(dir, e))?
+        {
+            let (_, v) = item.map_err(|e| engine(dir, e))?;
+            let entry: LogEntry = decode(v.value(), "log", dir)?;
+            used += entry.wire_size();
+            out.push(entry);
+            if used >= max_bytes {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn open_read<K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &redb::ReadTransaction,
+    def: TableDefinition<'_, K, V>,
+    dir: &Path,
+) -> Result<Option<redb::ReadOnlyTable<K, V>>, StorageError> {
+    match txn.open_table(def) {
+        Ok(t) => Ok(Some(t)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(engine(dir, e)),
+    }
+}
+
+fn engine(dir: &Path, e: impl std::fmt::Display) -> StorageError {
+    StorageError::Engine {
+        dir: dir.to_owned(),
+        detail: e.to_string(),
+    }
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    // Serialising our own in-memory types into a Vec cannot fail: postcard only fails on
+    // writer errors (none for a Vec) or on types serde cannot express (none here).
+    postcard::to_stdvec(value).expect("postcard encoding of in-memory state cannot fail")
+}
+
+fn decode<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    table: &'static str,
+    dir: &Path,
+) -> Result<T, StorageError> {
+    postcard::from_bytes(bytes).map_err(|e| StorageError::Corrupt {
+        dir: dir.to_owned(),
+        table,
+        detail: e.to_string(),
+    })
+}
+
+fn decode_u64(bytes: &[u8], dir: &Path) -> Result<u64, StorageError> {
+    let arr: [u8; 8] = bytes.try_into().map_err(|_| StorageError::Corrupt {
+        dir: dir.to_owned(),
+        table: "meta",
+        detail: "counter is not 8 bytes".into(),
+    })?;
+    Ok(u64::from_le_bytes(arr))
+}
