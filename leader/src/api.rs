@@ -12,14 +12,17 @@
 //!
 //! Every key response carries the key's causal context in the `x-meridian-context` header
 //! (a URL-safe token). Sending it back on a write supersedes exactly what was read.
+//!
+//! Every error, including a malformed path or query, an unknown route and a method a route
+//! does not accept, is JSON `{"error": "<what happened and what to do>", "code": "<stable>"}`.
 
 use std::collections::BTreeMap;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -30,12 +33,20 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::config::Limits;
-use crate::node::{NodeHandle, ReadResult};
+use crate::node::{Behind, NodeHandle, ReadResult, RequestError, WriteOptions};
+use leader_core::Durability;
 
 /// Header carrying a key's causal context.
 pub const CONTEXT_HEADER: &str = "x-meridian-context";
 /// Header carrying the number of siblings a key has.
 pub const SIBLINGS_HEADER: &str = "x-meridian-siblings";
+/// Header (request and response) carrying a session token for read-your-writes and
+/// monotonic reads across regions.
+pub const SESSION_HEADER: &str = "x-meridian-session";
+/// Request header choosing a write's durability (`local`, `one`, `quorum`, `all`).
+pub const DURABILITY_HEADER: &str = "x-meridian-durability";
+/// Request header bounding the wait for a write's durability, in ms.
+pub const TIMEOUT_HEADER: &str = "x-meridian-timeout-ms";
 
 #[derive(Clone)]
 struct AppState {
@@ -60,12 +71,67 @@ pub fn router(node: NodeHandle, limits: Limits, token: Option<String>) -> Router
         .route("/v1/conflicts", get(conflicts))
         .route("/v1/status", get(status))
         .route("/metrics", get(metrics))
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         .layer(DefaultBodyLimit::max(body_limit));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(protected)
+        .fallback(no_route)
         .with_state(state)
+}
+
+async fn no_route(uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no_route",
+        format!(
+            "there is no route {}; the API serves /v1/kv/{{table}}/{{key}}, /v1/conflicts, \
+             /v1/status, /metrics and /healthz",
+            uri.path()
+        ),
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    let allowed = if uri.path().starts_with("/v1/kv/") {
+        "GET, PUT and DELETE"
+    } else {
+        "GET"
+    };
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{} {} is not supported; this route accepts {allowed}",
+            method,
+            uri.path()
+        ),
+    )
+}
+
+/// A path the router matched but whose segments do not decode (e.g. a key that is not UTF-8
+/// once percent-decoded).
+fn bad_path(e: PathRejection) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "bad_path",
+        format!(
+            "{}; tables and keys are UTF-8 text, percent-encoded in the path",
+            e.body_text()
+        ),
+    )
+}
+
+fn bad_query(e: QueryRejection) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "bad_query",
+        format!(
+            "{}; see the API reference for the parameters",
+            e.body_text()
+        ),
+    )
 }
 
 /// A JSON error with a stable code and a message that says what to do.
@@ -74,6 +140,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// More fields for the JSON body (e.g. the lag of a region behind a session).
+    extra: Option<serde_json::Value>,
 }
 
 impl ApiError {
@@ -82,13 +150,19 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            extra: None,
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({ "error": self.message, "code": self.code });
+        let mut body = json!({ "error": self.message, "code": self.code });
+        if let Some(serde_json::Value::Object(extra)) = self.extra {
+            for (k, v) in extra {
+                body[k] = v;
+            }
+        }
         (self.status, axum::Json(body)).into_response()
     }
 }
@@ -110,7 +184,7 @@ async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Respon
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        if given != Some(expected.as_str()) {
+        if !given.is_some_and(|g| same_secret(g.as_bytes(), expected.as_bytes())) {
             return ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -120,6 +194,12 @@ async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Respon
         }
     }
     next.run(req).await
+}
+
+/// Compares secrets in time that depends only on their lengths, so response timing does not
+/// reveal how much of a guessed token was right.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Encodes a causal context as a URL-safe token.
@@ -189,74 +269,227 @@ fn request_context(headers: &HeaderMap) -> Result<Option<VersionVector>, ApiErro
 
 async fn put_key(
     State(s): State<AppState>,
-    Path((table, key)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    uri: Uri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let Path((table, key)) = path.map_err(bad_path)?;
     let body = body.map_err(|e| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "value_too_large",
-            format!("the value could not be read ({e}); values are limited to {} bytes (limits.max_value_bytes)", s.limits.max_value_bytes),
-        )
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "value_too_large",
+                format!(
+                    "the value is more than the limit of {} bytes (limits.max_value_bytes); \
+                     store large objects elsewhere and write a reference",
+                    s.limits.max_value_bytes
+                ),
+            )
+        } else {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                format!("the request body could not be read ({e}); send the value as the body"),
+            )
+        }
     })?;
     if body.len() > s.limits.max_value_bytes {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "value_too_large",
             format!(
-                "the value is {} bytes and the limit is {} (limits.max_value_bytes)",
+                "the value is {} bytes and the limit is {} (limits.max_value_bytes); store large objects elsewhere and write a reference",
                 body.len(),
                 s.limits.max_value_bytes
             ),
         ));
     }
-    write(s, table, key, headers, Value::Bytes(body.to_vec())).await
+    write(s, table, key, &uri, headers, Value::Bytes(body.to_vec())).await
 }
 
 async fn delete_key(
     State(s): State<AppState>,
-    Path((table, key)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    write(s, table, key, headers, Value::Tombstone).await
+    let Path((table, key)) = path.map_err(bad_path)?;
+    write(s, table, key, &uri, headers, Value::Tombstone).await
+}
+
+/// Per-request write options, from the query string or headers (the query wins).
+#[derive(Debug, Default, Deserialize)]
+struct WriteParams {
+    durability: Option<String>,
+    timeout_ms: Option<u64>,
+    session: Option<String>,
+}
+
+/// Most a client may ask a write to wait for its durability.
+const MAX_WRITE_TIMEOUT_MS: u64 = 60_000;
+
+fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, ApiError> {
+    match headers.get(name) {
+        None => Ok(None),
+        Some(v) => v.to_str().map(Some).map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_header",
+                format!("the {name} header is not ASCII"),
+            )
+        }),
+    }
+}
+
+fn write_options(uri: &Uri, headers: &HeaderMap) -> Result<WriteOptions, ApiError> {
+    let Query(q) = Query::<WriteParams>::try_from_uri(uri).map_err(bad_query)?;
+    let durability = match q
+        .durability
+        .as_deref()
+        .or(header_str(headers, DURABILITY_HEADER)?)
+    {
+        None => None,
+        Some(d) => Some(d.parse::<Durability>().map_err(|e| {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_durability", e.to_string())
+        })?),
+    };
+    let timeout_ms = match q.timeout_ms {
+        Some(t) => Some(t),
+        None => match header_str(headers, TIMEOUT_HEADER)? {
+            None => None,
+            Some(t) => Some(t.trim().parse::<u64>().map_err(|_| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_timeout",
+                    format!("{TIMEOUT_HEADER} must be a whole number of milliseconds"),
+                )
+            })?),
+        },
+    };
+    if timeout_ms.is_some_and(|t| t > MAX_WRITE_TIMEOUT_MS) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_timeout",
+            format!(
+                "timeout_ms may be at most {MAX_WRITE_TIMEOUT_MS}; the write keeps replicating after a timeout anyway"
+            ),
+        ));
+    }
+    Ok(WriteOptions {
+        context: request_context(headers)?,
+        durability,
+        timeout: timeout_ms.map(std::time::Duration::from_millis),
+        session: request_session(q.session.as_deref(), headers)?,
+    })
+}
+
+/// The session token of a request: `?session=` or the `x-meridian-session` header.
+fn request_session(
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Option<VersionVector>, ApiError> {
+    let Some(token) = query
+        .or(header_str(headers, SESSION_HEADER)?)
+        .filter(|t| !t.is_empty())
+    else {
+        return Ok(None);
+    };
+    decode_context(token).map(Some).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_session",
+            format!(
+                "{e}; send back the x-meridian-session value exactly as a response returned it"
+            ),
+        )
+    })
+}
+
+fn session_header(vv: &VersionVector) -> (header::HeaderName, HeaderValue) {
+    let value =
+        HeaderValue::from_str(&encode_context(vv)).unwrap_or_else(|_| HeaderValue::from_static(""));
+    (header::HeaderName::from_static(SESSION_HEADER), value)
+}
+
+fn behind(b: &Behind) -> ApiError {
+    let mut e = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "behind_session",
+        b.to_string(),
+    );
+    let lag: Vec<serde_json::Value> = b
+        .missing
+        .iter()
+        .map(|(region, have, need)| json!({ "origin": region, "applied": have, "needed": need, "lag_writes": need - have }))
+        .collect();
+    e.extra = Some(
+        json!({ "region": b.region, "lag": lag, "waited_ms": b.waited_ms, "session": encode_context(&b.session) }),
+    );
+    e
 }
 
 async fn write(
     s: AppState,
     table: String,
     key: String,
+    uri: &Uri,
     headers: HeaderMap,
     value: Value,
 ) -> Result<Response, ApiError> {
     check_key(&s.limits, &key)?;
-    let context = request_context(&headers)?;
-    let receipt = match s.node.write(&table, key.as_bytes(), value, context).await? {
-        Ok(r) => r,
-        Err(e @ leader_core::WriteError::UnknownTable(_)) => {
+    let opts = write_options(uri, &headers)?;
+    let written = match s
+        .node
+        .write_with(&table, key.as_bytes(), value, opts)
+        .await?
+    {
+        Ok(w) => w,
+        Err(RequestError::Behind(b)) => return Err(behind(&b)),
+        Err(RequestError::Write(e @ leader_core::WriteError::UnknownTable(_))) => {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 "unknown_table",
                 e.to_string(),
             ));
         }
-        Err(e @ leader_core::WriteError::TooManySiblings { .. }) => {
+        Err(RequestError::Write(e @ leader_core::WriteError::TooManySiblings { .. })) => {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "too_many_siblings",
                 e.to_string(),
             ));
         }
-        Err(leader_core::WriteError::Refused(e)) => return Err(refused(e)),
+        Err(RequestError::Write(leader_core::WriteError::Refused(e))) => return Err(refused(e)),
     };
-    let body = json!({
+    let receipt = &written.receipt;
+    let mut body = json!({
         "region": s.node.region(),
         "dot": { "replica": receipt.dot.replica.to_string(), "seq": receipt.dot.seq.0 },
         "hlc": receipt.hlc.to_string(),
         "conflict": receipt.conflict,
         "context": encode_context(&receipt.context),
+        "session": encode_context(&written.session),
+        "durability": receipt.durability.as_str(),
+        "durable_in": receipt.durable_in,
     });
-    Ok(([context_header(&receipt.context)], axum::Json(body)).into_response())
+    let status = if receipt.timed_out {
+        body["timed_out"] = json!(true);
+        body["message"] = json!(format!(
+            "the write is committed in {} and durable in {}; it did not reach durability '{}' in time and keeps replicating (it is not rolled back)",
+            s.node.region(),
+            receipt.durable_in.join(", "),
+            receipt.durability
+        ));
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    let headers = [
+        context_header(&receipt.context),
+        session_header(&written.session),
+    ];
+    Ok((status, headers, axum::Json(body)).into_response())
 }
 
 fn refused(e: conflict::WriteRefused) -> ApiError {
@@ -277,6 +510,7 @@ fn refused(e: conflict::WriteRefused) -> ApiError {
 struct GetParams {
     #[serde(default)]
     siblings: bool,
+    session: Option<String>,
 }
 
 /// One sibling as the API shows it.
@@ -319,15 +553,30 @@ fn sibling_view(s: &Sibling, regions: &BTreeMap<conflict::ReplicaId, String>) ->
 
 async fn get_key(
     State(s): State<AppState>,
-    Path((table, key)): Path<(String, String)>,
-    Query(params): Query<GetParams>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    params: Result<Query<GetParams>, QueryRejection>,
+    req_headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let Path((table, key)) = path.map_err(bad_path)?;
+    let Query(params) = params.map_err(bad_query)?;
     check_key(&s.limits, &key)?;
+    let session = request_session(params.session.as_deref(), &req_headers)?;
+    let (read, token) = match s.node.read_with(&table, key.as_bytes(), session).await? {
+        Ok(r) => r,
+        Err(RequestError::Behind(b)) => return Err(behind(&b)),
+        Err(RequestError::Write(e)) => {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                e.to_string(),
+            ));
+        }
+    };
     let ReadResult::Found {
         state,
         resolver,
         regions,
-    } = s.node.read(&table, key.as_bytes()).await?
+    } = read
     else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -342,6 +591,7 @@ async fn get_key(
     let headers = [
         context_header(&state.context),
         (header::HeaderName::from_static(SIBLINGS_HEADER), count),
+        session_header(&token),
     ];
     let multi = matches!(resolved, Resolved::Siblings(_));
     if params.siblings || multi {
@@ -395,8 +645,9 @@ const MAX_CONFLICT_PAGE: usize = 1000;
 
 async fn conflicts(
     State(s): State<AppState>,
-    Query(p): Query<ConflictParams>,
+    params: Result<Query<ConflictParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let Query(p) = params.map_err(bad_query)?;
     let limit = p.limit.unwrap_or(50).min(MAX_CONFLICT_PAGE);
     let status = s.node.status().await?;
     let regions: BTreeMap<String, String> = status

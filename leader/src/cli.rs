@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
-use leader::api::CONTEXT_HEADER;
+use leader::api::{CONTEXT_HEADER, DURABILITY_HEADER, SESSION_HEADER, TIMEOUT_HEADER};
 use leader::config::Config;
 use serde_json::Value as Json;
 
@@ -42,6 +42,36 @@ pub(crate) struct KeyArgs {
     /// Show every sibling (get).
     #[arg(long)]
     siblings: bool,
+    /// Durability to wait for (put/delete): local, one, quorum or all.
+    #[arg(long)]
+    durability: Option<String>,
+    /// How long to wait for that durability, in ms (put/delete).
+    #[arg(long)]
+    timeout_ms: Option<u64>,
+    /// Keep a session token in FILE across commands: each command sends it and stores the
+    /// token it gets back, giving read-your-writes and monotonic reads across regions.
+    #[arg(long, value_name = "FILE")]
+    session: Option<PathBuf>,
+}
+
+/// The token stored in a session file, if any.
+fn load_session(path: Option<&PathBuf>) -> Result<Option<String>> {
+    let Some(path) = path else { return Ok(None) };
+    match std::fs::read_to_string(path) {
+        Ok(s) => Ok(Some(s.trim().to_owned()).filter(|s| !s.is_empty())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading the session file {}", path.display())),
+    }
+}
+
+/// Stores the token a response carried into the session file.
+fn store_session(path: Option<&PathBuf>, resp: &reqwest::Response) -> Result<()> {
+    let (Some(path), Some(token)) = (path, resp.headers().get(SESSION_HEADER)) else {
+        return Ok(());
+    };
+    let token = token.to_str().context("the session header is not ASCII")?;
+    std::fs::write(path, format!("{token}\n"))
+        .with_context(|| format!("writing the session file {}", path.display()))
 }
 
 /// Options of `meridian conflicts`.
@@ -144,12 +174,33 @@ async fn write(a: KeyArgs, body: Option<Vec<u8>>) -> Result<ExitCode> {
     if let Some(ctx) = &a.context {
         req = req.header(CONTEXT_HEADER, ctx);
     }
+    if let Some(d) = &a.durability {
+        req = req.header(DURABILITY_HEADER, d);
+    }
+    if let Some(t) = a.timeout_ms {
+        req = req.header(TIMEOUT_HEADER, t.to_string());
+    }
+    if let Some(token) = load_session(a.session.as_ref())? {
+        req = req.header(SESSION_HEADER, token);
+    }
     let resp = req
         .send()
         .await
         .with_context(|| format!("cannot reach {base}"))?;
     if !resp.status().is_success() {
         return Err(error_of(resp).await);
+    }
+    store_session(a.session.as_ref(), &resp)?;
+    if resp.status() == reqwest::StatusCode::ACCEPTED {
+        let body: Json = resp.json().await?;
+        println!("{}", serde_json::to_string_pretty(&body)?);
+        eprintln!(
+            "{}",
+            body["message"]
+                .as_str()
+                .unwrap_or("the durability wait timed out")
+        );
+        return Ok(ExitCode::from(3));
     }
     let body: Json = resp.json().await?;
     println!("{}", serde_json::to_string_pretty(&body)?);
@@ -163,12 +214,18 @@ pub(crate) async fn get(a: KeyArgs) -> Result<ExitCode> {
     if a.siblings {
         url.push_str("?siblings=true");
     }
-    let resp = client
-        .get(&url)
+    let mut req = client.get(&url);
+    if let Some(token) = load_session(a.session.as_ref())? {
+        req = req.header(SESSION_HEADER, token);
+    }
+    let resp = req
         .send()
         .await
         .with_context(|| format!("cannot reach {base}"))?;
     let status = resp.status();
+    if status.is_success() || status == reqwest::StatusCode::NOT_FOUND {
+        store_session(a.session.as_ref(), &resp)?;
+    }
     let context = resp
         .headers()
         .get(CONTEXT_HEADER)
@@ -256,6 +313,32 @@ pub(crate) async fn status(t: Target) -> Result<ExitCode> {
         ]);
     }
     println!("{applied}");
+    print_matrix(&body);
+    for a in body["alarms"]["clock_skew"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        println!(
+            "ALARM clock skew: {} ran {} ms ahead (bound {} ms)",
+            a["region"].as_str().unwrap_or("?"),
+            a["ahead_ms"],
+            a["bound_ms"]
+        );
+    }
+    for m in body["alarms"]["resolver_mismatch"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        println!(
+            "ALARM resolver mismatch: table {} is {} here and {} in {}; its writes are not replicated between them",
+            m["table"],
+            m["ours"],
+            m["theirs"],
+            m["region"].as_str().unwrap_or("?")
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -309,4 +392,51 @@ pub(crate) async fn conflicts(a: ConflictArgs) -> Result<ExitCode> {
     }
     println!("{table}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The lag matrix: one row per origin region, one column per destination. Each cell is
+/// "writes / ms" as computed by the origin on its own clock, so skewed clocks never distort it.
+fn print_matrix(body: &Json) {
+    let cells: Vec<&Json> = body["matrix"].as_array().into_iter().flatten().collect();
+    let mut regions: Vec<String> = cells
+        .iter()
+        .flat_map(|c| [c["origin"].as_str(), c["destination"].as_str()])
+        .flatten()
+        .map(str::to_owned)
+        .collect();
+    regions.sort();
+    regions.dedup();
+    let mut table = Table::new();
+    let mut header = vec!["origin \\ destination".to_owned()];
+    header.extend(regions.iter().cloned());
+    header.push("row age ms".to_owned());
+    table.load_preset(UTF8_BORDERS_ONLY).set_header(header);
+    for origin in &regions {
+        let row: Vec<&&Json> = cells
+            .iter()
+            .filter(|c| c["origin"] == origin.as_str())
+            .collect();
+        if row.is_empty() {
+            continue;
+        }
+        let mut line = vec![origin.clone()];
+        for dest in &regions {
+            let cell = row.iter().find(|c| c["destination"] == dest.as_str());
+            line.push(match cell {
+                None => "-".to_owned(),
+                Some(c) => {
+                    let down = if c["replicating"] == true {
+                        ""
+                    } else {
+                        " (down)"
+                    };
+                    format!("{} w / {} ms{down}", c["lag_writes"], c["lag_ms"])
+                }
+            });
+        }
+        line.push(row[0]["row_age_ms"].to_string());
+        table.add_row(line);
+    }
+    println!("replication lag (writes / ms behind each origin's own writes):");
+    println!("{table}");
 }

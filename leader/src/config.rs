@@ -30,6 +30,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use leader_core::Durability;
 use serde::Deserialize;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
@@ -88,6 +89,9 @@ pub struct Config {
     /// Table name → resolver name. Contains [`DEFAULT_TABLE`]. Tables not listed do not exist:
     /// writing to them is refused, so every region agrees on how each table is merged.
     pub tables: BTreeMap<String, String>,
+    /// table → the durability a write waits for when the request names none (`[durability]`;
+    /// tables not listed use `local`).
+    pub durability: BTreeMap<String, Durability>,
     /// WAN links for `meridian simulate`; empty when the file has no `[simulation]`.
     pub simulation: Simulation,
     /// The file this was read from, absolute. Errors name it, relative paths resolved against
@@ -595,6 +599,8 @@ struct RawConfig {
     #[serde(default)]
     tables: BTreeMap<String, String>,
     #[serde(default)]
+    durability: BTreeMap<String, String>,
+    #[serde(default)]
     simulation: RawSimulation,
 }
 
@@ -678,6 +684,7 @@ fn validate(raw: RawConfig, source: PathBuf) -> Result<Config, Problem> {
     check_timeouts(&raw.timeouts)?;
     let regions = check_regions(&raw.regions, &base)?;
     check_tables(&raw.tables)?;
+    let durability = check_durability(&raw.durability, &raw.tables)?;
     check_links(&raw.simulation.link, &regions)?;
     Ok(Config {
         cluster: raw.cluster,
@@ -686,6 +693,7 @@ fn validate(raw: RawConfig, source: PathBuf) -> Result<Config, Problem> {
         timeouts: raw.timeouts,
         regions,
         tables: raw.tables,
+        durability,
         simulation: Simulation {
             links: raw.simulation.link,
         },
@@ -1092,6 +1100,32 @@ fn check_tables(tables: &BTreeMap<String, String>) -> Result<(), Problem> {
         ));
     }
     Ok(())
+}
+
+fn check_durability(
+    levels: &BTreeMap<String, String>,
+    tables: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, Durability>, Problem> {
+    let mut out = BTreeMap::new();
+    for (table, level) in levels {
+        let path = KeyPath::of("durability").key(table);
+        if !tables.contains_key(table) {
+            return Err(Problem::invalid(
+                path,
+                format!("table `{table}` is not configured under [tables]"),
+                "give durability defaults only for tables listed under [tables]".to_owned(),
+            ));
+        }
+        let level: Durability = level.parse().map_err(|e: leader_core::UnknownDurability| {
+            Problem::invalid(
+                path,
+                e.to_string(),
+                "write one of \"local\", \"one\", \"quorum\", \"all\"".to_owned(),
+            )
+        })?;
+        out.insert(table.clone(), level);
+    }
+    Ok(out)
 }
 
 fn check_links(links: &[LinkSpec], regions: &[RegionConfig]) -> Result<(), Problem> {

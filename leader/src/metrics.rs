@@ -204,6 +204,49 @@ impl Metrics {
             "Round-trip time to the peer (-1 when unknown)",
             rtt,
         );
+        let offset: Family<Vec<(String, String)>, Gauge> = Family::default();
+        for p in &status.peers {
+            if let Some(ms) = p.clock_offset_ms {
+                let labels = vec![region[0].clone(), ("peer".to_owned(), p.region.clone())];
+                offset.get_or_create(&labels).set(ms);
+            }
+        }
+        reg.register(
+            "peer_clock_offset_ms",
+            "Estimated offset of the peer's clock from ours (positive: ahead)",
+            offset,
+        );
+        let pair_lag: Family<Vec<(String, String)>, Gauge> = Family::default();
+        let pair_lag_ms: Family<Vec<(String, String)>, Gauge> = Family::default();
+        for m in &status.matrix {
+            let labels = vec![
+                region[0].clone(),
+                ("origin".to_owned(), m.origin.clone()),
+                ("destination".to_owned(), m.destination.clone()),
+            ];
+            pair_lag.get_or_create(&labels).set(m.lag_writes as i64);
+            pair_lag_ms.get_or_create(&labels).set(m.lag_ms as i64);
+        }
+        reg.register(
+            "lag_matrix_writes",
+            "Writes of the origin the destination lacks, per pair, as this region knows it",
+            pair_lag,
+        );
+        reg.register(
+            "lag_matrix_ms",
+            "Age of the oldest write the destination lacks, on the origin's clock",
+            pair_lag_ms,
+        );
+        let skew_alarm: Family<Vec<(String, String)>, Gauge> = Family::default();
+        for (r, ms) in &status.skew_alarms {
+            let labels = vec![region[0].clone(), ("peer".to_owned(), r.clone())];
+            skew_alarm.get_or_create(&labels).set(*ms as i64);
+        }
+        reg.register(
+            "clock_skew_alarm_ms",
+            "Largest lead beyond max_clock_offset_ms seen from a region (alarm)",
+            skew_alarm,
+        );
 
         let mut out = String::new();
         // Writing into a String cannot fail.

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use conflict::{KeyState, Registry, Resolver, Value, VersionVector};
 use leader_core::{
-    Alarm, ConflictRecord, Counters, Effect, Event, Options, PeerMsg, PeerView, PersistBatch,
-    Replica, RequestId, Time, WriteError, WriteReceipt,
+    Alarm, ConflictRecord, Counters, Durability, Effect, Event, Options, PeerMsg, PeerView,
+    PersistBatch, Replica, RequestId, Time, WriteError, WriteReceipt,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -30,6 +30,9 @@ use crate::storage::{StorageError, Store};
 
 /// Bound on queued client commands: beyond it HTTP handlers wait (backpressure).
 const COMMAND_QUEUE: usize = 4096;
+/// Bound on requests parked waiting for their session token; beyond it they are answered
+/// "behind your session" at once rather than queued without limit.
+const MAX_PARKED: usize = 10_000;
 /// Bound on completions (persisted batches, log reads) queued back to the driver.
 const COMPLETION_QUEUE: usize = 1024;
 
@@ -40,13 +43,14 @@ pub(crate) enum Command {
         table: String,
         key: Vec<u8>,
         value: Value,
-        context: Option<VersionVector>,
-        reply: oneshot::Sender<Result<WriteReceipt, WriteError>>,
+        opts: WriteOptions,
+        reply: oneshot::Sender<Result<Written, RequestError>>,
     },
     Read {
         table: String,
         key: Vec<u8>,
-        reply: oneshot::Sender<ReadResult>,
+        session: Option<VersionVector>,
+        reply: oneshot::Sender<Result<(ReadResult, VersionVector), RequestError>>,
     },
     Status {
         reply: oneshot::Sender<Status>,
@@ -57,6 +61,100 @@ pub(crate) enum Command {
     Digest {
         reply: oneshot::Sender<[u8; 32]>,
     },
+}
+
+/// How a write should be made. `Default` is a blind write at the table's durability.
+#[derive(Debug, Clone, Default)]
+pub struct WriteOptions {
+    /// The causal context the client read; `None` for a blind write.
+    pub context: Option<VersionVector>,
+    /// Durability to wait for; `None` uses the table's default from regions.toml.
+    pub durability: Option<Durability>,
+    /// How long to wait for that durability; `None` uses `timeouts.write_timeout_ms`.
+    pub timeout: Option<Duration>,
+    /// A session token: the write waits (up to `timeouts.session_wait_ms`) until this region
+    /// has applied everything it covers, so it is ordered after what the session saw.
+    pub session: Option<VersionVector>,
+}
+
+/// A write that is durable here (and maybe elsewhere: see the receipt).
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// What the state machine reported.
+    pub receipt: WriteReceipt,
+    /// The session token to pass on: covers the caller's session and this write.
+    pub session: VersionVector,
+}
+
+/// Why a request was not served.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RequestError {
+    /// The write was refused; nothing was written.
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    /// This region had not caught up with the session token in time.
+    #[error(transparent)]
+    Behind(#[from] Behind),
+}
+
+/// "This region is behind your session": what it lacks, so the client can retry or go
+/// elsewhere.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "region {region} is behind your session: {}; waited {waited_ms} ms. Retry, or use a region that has caught up",
+    describe_missing(.missing)
+)]
+pub struct Behind {
+    /// This region.
+    pub region: String,
+    /// Per origin region: (region, applied here, needed by the session).
+    pub missing: Vec<(String, u64, u64)>,
+    /// How long the request waited.
+    pub waited_ms: u64,
+    /// The session token as given.
+    pub session: VersionVector,
+}
+
+fn describe_missing(missing: &[(String, u64, u64)]) -> String {
+    missing
+        .iter()
+        .map(|(r, have, need)| format!("{r} applied up to {have}, session needs {need}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The session token to hand back after seeing a key with context `seen`: the caller's
+/// session joined with the part of `seen` this region has applied (a context can name writes
+/// that a concurrent write superseded before they arrived here; promising those would make
+/// the next read here wait for nothing it needs).
+fn session_after(
+    session: Option<&VersionVector>,
+    seen: &VersionVector,
+    applied: &VersionVector,
+) -> VersionVector {
+    let mut token = session.cloned().unwrap_or_default();
+    for (replica, seq) in seen.iter() {
+        let seq = seq.min(applied.get(replica));
+        if seq > conflict::Seq::ZERO {
+            token.add_dot(&conflict::Dot { replica, seq });
+        }
+    }
+    token
+}
+
+/// A client write handed to the state machine: its session token and where to reply.
+type PendingWrite = (
+    Option<VersionVector>,
+    oneshot::Sender<Result<Written, RequestError>>,
+);
+
+/// A request waiting for this region to catch up with its session token.
+#[derive(Debug)]
+struct Parked {
+    need: VersionVector,
+    since: Instant,
+    deadline: Instant,
+    cmd: Command,
 }
 
 /// The state of one key as a read sees it.
@@ -111,6 +209,14 @@ pub struct Status {
     pub keys: usize,
     /// Latest HLC.
     pub hlc: conflict::Hlc,
+    /// The full lag matrix as this region knows it (every origin → destination).
+    pub matrix: Vec<leader_core::MatrixCell>,
+    /// Regions whose clocks ran further ahead than `max_clock_offset_ms`: (region, lead ms).
+    pub skew_alarms: Vec<(String, u64)>,
+    /// (region, table, ours, theirs) for tables another region resolves differently.
+    pub resolver_mismatches: Vec<(String, String, Option<String>, Option<String>)>,
+    /// The configured bound on clock offsets, ms.
+    pub max_clock_offset_ms: u64,
 }
 
 /// Errors of starting or running a node. Each says what to do.
@@ -170,7 +276,8 @@ impl NodeHandle {
         rx.await.map_err(|_| NodeError::Stopped)
     }
 
-    /// Writes a value (or a tombstone); resolves when the write is durable here.
+    /// Writes a value (or a tombstone) at durability `local`; resolves when the write is
+    /// durable here.
     pub async fn write(
         &self,
         table: &str,
@@ -178,12 +285,32 @@ impl NodeHandle {
         value: Value,
         context: Option<VersionVector>,
     ) -> Result<Result<WriteReceipt, WriteError>, NodeError> {
+        let opts = WriteOptions {
+            context,
+            durability: Some(Durability::Local),
+            ..WriteOptions::default()
+        };
+        Ok(match self.write_with(table, key, value, opts).await? {
+            Ok(w) => Ok(w.receipt),
+            Err(RequestError::Write(e)) => Err(e),
+            Err(RequestError::Behind(_)) => unreachable!("no session token was given"),
+        })
+    }
+
+    /// Writes with explicit options (context, durability, timeout, session token).
+    pub async fn write_with(
+        &self,
+        table: &str,
+        key: &[u8],
+        value: Value,
+        opts: WriteOptions,
+    ) -> Result<Result<Written, RequestError>, NodeError> {
         let (table, key) = (table.to_owned(), key.to_vec());
         self.ask(|reply| Command::Write {
             table,
             key,
             value,
-            context,
+            opts,
             reply,
         })
         .await
@@ -191,8 +318,28 @@ impl NodeHandle {
 
     /// Reads a key's state.
     pub async fn read(&self, table: &str, key: &[u8]) -> Result<ReadResult, NodeError> {
+        match self.read_with(table, key, None).await? {
+            Ok((r, _)) => Ok(r),
+            Err(_) => unreachable!("no session token was given"),
+        }
+    }
+
+    /// Reads a key's state once this region has applied everything `session` covers
+    /// (waiting up to `timeouts.session_wait_ms`), and returns the session token to pass on.
+    pub async fn read_with(
+        &self,
+        table: &str,
+        key: &[u8],
+        session: Option<VersionVector>,
+    ) -> Result<Result<(ReadResult, VersionVector), RequestError>, NodeError> {
         let (table, key) = (table.to_owned(), key.to_vec());
-        self.ask(|reply| Command::Read { table, key, reply }).await
+        self.ask(|reply| Command::Read {
+            table,
+            key,
+            session,
+            reply,
+        })
+        .await
     }
 
     /// The region's status.
@@ -226,7 +373,11 @@ struct Driver {
     store: Arc<Store>,
     persist_tx: std::sync::mpsc::SyncSender<PersistBatch>,
     completions_tx: mpsc::Sender<Completion>,
-    pending: BTreeMap<RequestId, oneshot::Sender<Result<WriteReceipt, WriteError>>>,
+    pending: BTreeMap<RequestId, PendingWrite>,
+    parked: Vec<Parked>,
+    table_durability: BTreeMap<String, Durability>,
+    write_timeout: Duration,
+    session_wait: Duration,
     next_request: RequestId,
     start: Instant,
     metrics: Arc<Metrics>,
@@ -437,6 +588,10 @@ pub async fn start(
         persist_tx,
         completions_tx,
         pending: BTreeMap::new(),
+        parked: Vec::new(),
+        table_durability: config.durability.clone(),
+        write_timeout: t.write_timeout(),
+        session_wait: t.session_wait(),
         next_request: 1,
         start: Instant::now(),
         metrics,
@@ -520,10 +675,14 @@ impl Driver {
     ) -> Result<(), NodeError> {
         let mut effects = Vec::new();
         let result = loop {
+            let parked_deadline = self.parked.iter().map(|p| p.deadline).min();
             let wake = self
                 .replica
                 .poll_timeout()
-                .map(|ms| self.start + Duration::from_millis(ms));
+                .map(|ms| self.start + Duration::from_millis(ms))
+                .into_iter()
+                .chain(parked_deadline)
+                .min();
             let sleep = async {
                 match wake {
                     Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -550,10 +709,8 @@ impl Driver {
                 },
                 () = sleep => Event::Tick,
             };
-            self.replica.handle(now(self.start), event, &mut effects);
-            for effect in effects.drain(..) {
-                self.perform(effect);
-            }
+            self.handle(event, &mut effects);
+            self.unpark(&mut effects);
         };
         self.finish(completions).await;
         result
@@ -582,48 +739,115 @@ impl Driver {
         mesh.shutdown().await;
     }
 
+    fn handle(&mut self, event: Event, effects: &mut Vec<Effect>) {
+        self.replica.handle(now(self.start), event, effects);
+        for effect in effects.drain(..) {
+            self.perform(effect);
+        }
+    }
+
+    /// Serves parked requests whose session this region now covers, and answers those whose
+    /// wait has run out with "behind your session".
+    fn unpark(&mut self, effects: &mut Vec<Effect>) {
+        if self.parked.is_empty() {
+            return;
+        }
+        let at = Instant::now();
+        for p in std::mem::take(&mut self.parked) {
+            if self.replica.received().dominates(&p.need) {
+                if let Some(ev) = self.serve(p.cmd) {
+                    self.handle(ev, effects);
+                }
+            } else if at >= p.deadline {
+                let behind = self.behind(&p.need, at.duration_since(p.since));
+                refuse_behind(p.cmd, behind);
+            } else {
+                self.parked.push(p);
+            }
+        }
+    }
+
+    fn behind(&self, need: &VersionVector, waited: Duration) -> Behind {
+        let have = self.replica.received();
+        let missing = need
+            .iter()
+            .filter(|(r, s)| have.get(*r) < *s)
+            .map(|(r, s)| {
+                let region = self
+                    .replica
+                    .region_of(&r)
+                    .map_or_else(|| r.to_string(), str::to_owned);
+                (region, have.get(r).0, s.0)
+            })
+            .collect();
+        Behind {
+            region: self.replica.options().region.clone(),
+            missing,
+            waited_ms: waited.as_millis() as u64,
+            session: need.clone(),
+        }
+    }
+
+    /// Serves a command, or parks it while this region is behind its session token.
     fn command(&mut self, cmd: Command) -> Option<Event> {
+        let session = match &cmd {
+            Command::Write { opts, .. } => opts.session.as_ref(),
+            Command::Read { session, .. } => session.as_ref(),
+            _ => None,
+        };
+        if let Some(need) = session.filter(|s| !self.replica.received().dominates(s)) {
+            if self.parked.len() >= MAX_PARKED {
+                let behind = self.behind(need, Duration::ZERO);
+                refuse_behind(cmd, behind);
+                return None;
+            }
+            let since = Instant::now();
+            let need = need.clone();
+            self.parked.push(Parked {
+                need,
+                since,
+                deadline: since + self.session_wait,
+                cmd,
+            });
+            return None;
+        }
+        self.serve(cmd)
+    }
+
+    fn serve(&mut self, cmd: Command) -> Option<Event> {
         match cmd {
             Command::Write {
                 table,
                 key,
                 value,
-                context,
+                opts,
                 reply,
             } => {
                 let id = self.next_request;
                 self.next_request += 1;
-                self.pending.insert(id, reply);
+                let durability = opts
+                    .durability
+                    .or_else(|| self.table_durability.get(&table).copied())
+                    .unwrap_or_default();
+                let timeout_ms = opts.timeout.unwrap_or(self.write_timeout).as_millis() as u64;
+                self.pending.insert(id, (opts.session, reply));
                 return Some(Event::ClientWrite {
                     id,
                     table,
                     key,
                     value,
-                    context,
+                    context: opts.context,
+                    durability,
+                    timeout_ms,
                 });
             }
-            Command::Read { table, key, reply } => {
-                let result = match self.replica.resolver(&table) {
-                    None => ReadResult::UnknownTable,
-                    Some(resolver) => {
-                        let state = self.replica.get(&table, &key).cloned().unwrap_or_default();
-                        let regions = state
-                            .siblings
-                            .iter()
-                            .filter_map(|s| {
-                                self.replica
-                                    .region_of(&s.dot.replica)
-                                    .map(|r| (s.dot.replica, r.to_owned()))
-                            })
-                            .collect();
-                        ReadResult::Found {
-                            state,
-                            resolver: Arc::clone(resolver),
-                            regions,
-                        }
-                    }
-                };
-                let _ = reply.send(result);
+            Command::Read {
+                table,
+                key,
+                session,
+                reply,
+            } => {
+                let _ = reply.send(Ok(self.read(&table, &key, session)));
             }
             Command::Status { reply } => {
                 let _ = reply.send(self.status());
@@ -636,6 +860,36 @@ impl Driver {
             }
         }
         None
+    }
+
+    fn read(
+        &self,
+        table: &str,
+        key: &[u8],
+        session: Option<VersionVector>,
+    ) -> (ReadResult, VersionVector) {
+        let Some(resolver) = self.replica.resolver(table) else {
+            return (ReadResult::UnknownTable, session.unwrap_or_default());
+        };
+        let state = self.replica.get(table, key).cloned().unwrap_or_default();
+        let token = session_after(session.as_ref(), &state.context, self.replica.received());
+        let regions = state
+            .siblings
+            .iter()
+            .filter_map(|s| {
+                self.replica
+                    .region_of(&s.dot.replica)
+                    .map(|r| (s.dot.replica, r.to_owned()))
+            })
+            .collect();
+        (
+            ReadResult::Found {
+                state,
+                resolver: Arc::clone(resolver),
+                regions,
+            },
+            token,
+        )
     }
 
     fn status(&self) -> Status {
@@ -655,6 +909,10 @@ impl Driver {
             commits: self.store.commits(),
             keys: self.replica.keys().count(),
             hlc: self.replica.hlc(),
+            matrix: self.replica.matrix(now(self.start)),
+            skew_alarms: self.replica.skew_alarms(),
+            resolver_mismatches: self.replica.resolver_mismatches(),
+            max_clock_offset_ms: self.replica.options().max_clock_offset_ms,
         }
     }
 
@@ -742,7 +1000,12 @@ impl Driver {
                 });
             }
             Effect::Reply { id, result } => {
-                if let Some(reply) = self.pending.remove(&id) {
+                if let Some((session, reply)) = self.pending.remove(&id) {
+                    let result = result.map_err(RequestError::from).map(|receipt| {
+                        let applied = self.replica.received();
+                        let session = session_after(session.as_ref(), &receipt.context, applied);
+                        Written { receipt, session }
+                    });
                     let _ = reply.send(result);
                 }
             }
@@ -775,6 +1038,7 @@ impl Status {
                     "lag_writes": p.lag_writes,
                     "lag_ms": p.lag_ms,
                     "unacked_bytes": p.unacked_bytes,
+                    "clock_offset_ms": p.clock_offset_ms,
                 })
             })
             .collect();
@@ -783,8 +1047,34 @@ impl Status {
             .iter()
             .map(|(region, replica, seq)| json!({ "region": region, "replica": replica.to_string(), "seq": seq }))
             .collect();
+        let matrix: Vec<serde_json::Value> = self
+            .matrix
+            .iter()
+            .map(|m| {
+                json!({
+                    "origin": m.origin,
+                    "destination": m.destination,
+                    "lag_writes": m.lag_writes,
+                    "lag_ms": m.lag_ms,
+                    "replicating": m.connected,
+                    "row_age_ms": m.row_age_ms,
+                })
+            })
+            .collect();
+        let skew: Vec<serde_json::Value> = self
+            .skew_alarms
+            .iter()
+            .map(|(r, ms)| json!({ "region": r, "ahead_ms": ms, "bound_ms": self.max_clock_offset_ms }))
+            .collect();
+        let mismatches: Vec<serde_json::Value> = self
+            .resolver_mismatches
+            .iter()
+            .map(|(r, t, o, th)| json!({ "region": r, "table": t, "ours": o, "theirs": th }))
+            .collect();
         let c = &self.counters;
         json!({
+            "matrix": matrix,
+            "alarms": { "clock_skew": skew, "resolver_mismatch": mismatches },
             "region": self.region,
             "replica": self.replica.to_string(),
             "hlc": self.hlc.to_string(),
@@ -801,7 +1091,18 @@ impl Status {
                 "writes_sent": c.writes_sent,
                 "writes_relayed": c.writes_relayed,
                 "resyncs": c.resyncs,
+                "quarantined": c.quarantined,
             },
         })
+    }
+}
+
+/// Answers a parked request with "behind your session".
+fn refuse_behind(cmd: Command, behind: Behind) {
+    match cmd {
+        Command::Write { reply, .. } => drop(reply.send(Err(behind.into()))),
+        Command::Read { reply, .. } => drop(reply.send(Err(behind.into()))),
+        // Only writes and reads carry session tokens.
+        Command::Status { .. } | Command::Conflicts { .. } | Command::Digest { .. } => {}
     }
 }

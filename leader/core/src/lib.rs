@@ -1,6 +1,7 @@
 //! Meridian's replication state machine, sans-IO.
 //!
 //! # Layout
+//! - [`consistency`]: the durability ladder and the lag matrix (rows, clock-offset estimates).
 //! - [`msg`]: the wire messages regions exchange (hello, batch, ack, heartbeat, resync, refuse).
 //! - [`machine`]: [`Replica`], the state machine of one region: it takes [`Event`]s with the
 //!   current [`Time`] and returns [`Effect`]s (persist this batch, send this frame, answer this
@@ -13,9 +14,11 @@
 //! iteration (`disallowed-types`) for this code only, while the runtime in `leader` uses them
 //! freely. The crate depends on `conflict` and `serde` and nothing that does I/O.
 
+pub mod consistency;
 pub mod machine;
 pub mod msg;
 
+pub use consistency::{Durability, MatrixCell, MatrixRow, PeerLag, UnknownDurability};
 pub use machine::{
     Alarm, BuildError, ConflictRecord, ConnId, Counters, Effect, Event, Options, PeerView,
     PersistBatch, Recovered, Replica, RequestId, Time, WriteError, WriteReceipt,

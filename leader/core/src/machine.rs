@@ -26,6 +26,7 @@ use conflict::{
     Value, VersionVector, Write,
 };
 
+use crate::consistency::{Durability, Matrix, MatrixCell, MatrixRow, PeerLag, SkewEstimate};
 use crate::msg::{
     Ack, Batch, Heartbeat, Hello, LogEntry, PROTOCOL_VERSION, PeerMsg, Refuse, Resync,
 };
@@ -108,6 +109,11 @@ pub enum Event {
         value: Value,
         /// The causal context the client read; `None` for a blind write.
         context: Option<VersionVector>,
+        /// How durable the write must be before the client is answered.
+        durability: Durability,
+        /// How long to wait for `durability` beyond the local fsync, in ms. The write is
+        /// never rolled back when this passes; the reply says where it is durable so far.
+        timeout_ms: u64,
     },
     /// The transport established an authenticated connection to `peer`.
     PeerUp {
@@ -157,6 +163,18 @@ pub enum Event {
     },
     /// A timer fired (or the driver just wants the machine to look at the clock).
     Tick,
+}
+
+/// The fields of [`Event::ClientWrite`], kept together on their way through the machine.
+#[derive(Debug)]
+struct WriteRequest {
+    id: RequestId,
+    table: String,
+    key: Vec<u8>,
+    value: Value,
+    context: Option<VersionVector>,
+    durability: Durability,
+    timeout_ms: u64,
 }
 
 /// An output of the state machine for the driver to perform.
@@ -241,6 +259,13 @@ pub struct WriteReceipt {
     pub context: VersionVector,
     /// Whether the write met concurrent siblings it did not supersede.
     pub conflict: bool,
+    /// The durability the client asked for.
+    pub durability: Durability,
+    /// Regions where the write is known to be durable when the reply is sent (this one first).
+    pub durable_in: Vec<String>,
+    /// True when the requested durability was not reached in time. The write is committed
+    /// here and keeps replicating; it is not rolled back.
+    pub timed_out: bool,
 }
 
 /// Why a client write was refused. Nothing was written.
@@ -366,6 +391,10 @@ struct Peer {
     last_ack_sent: Option<VersionVector>,
     /// Whether `acked` changed since it was last persisted.
     acked_dirty: bool,
+    /// Clock-offset estimate from heartbeat echoes.
+    skew: SkewEstimate,
+    /// The peer's last heartbeat (its send time, our receive time), to echo in ours.
+    echo: Option<(u64, u64)>,
 }
 
 /// A write waiting for its persistence step, with the client to answer.
@@ -373,6 +402,16 @@ struct Peer {
 struct PendingReply {
     id: RequestId,
     receipt: WriteReceipt,
+    timeout_ms: u64,
+}
+
+/// A durable write waiting for other regions to have it durably too.
+#[derive(Debug)]
+struct Wait {
+    id: RequestId,
+    receipt: WriteReceipt,
+    need: usize,
+    deadline_ms: u64,
 }
 
 /// Work accumulated for the next persistence step.
@@ -392,6 +431,9 @@ struct InFlight {
     replies: Vec<PendingReply>,
     applied: VersionVector,
 }
+
+/// Minimum interval between two clock-skew alarms about one region.
+const SKEW_ALARM_INTERVAL_MS: u64 = 10_000;
 
 /// The replication state machine of one region. See the module docs for the call order.
 pub struct Replica {
@@ -416,6 +458,16 @@ pub struct Replica {
     conflicts: VecDeque<ConflictRecord>,
     next_conflict_id: u64,
     counters: Counters,
+    /// Writes waiting for durability in other regions.
+    waits: Vec<Wait>,
+    /// The freshest lag-matrix row of every other region.
+    matrix: Matrix,
+    /// table → resolver id per region, from hellos and matrix rows.
+    region_resolvers: BTreeMap<String, BTreeMap<String, String>>,
+    /// (region, table) pairs already alarmed as mismatched.
+    mismatch_alarmed: BTreeSet<(String, String)>,
+    /// Per region whose stamps ran too far ahead: (largest lead ms, when last alarmed, mono).
+    skew_alarms: BTreeMap<String, (u64, u64)>,
 }
 
 /// Monotonic counters for metrics.
@@ -439,6 +491,9 @@ pub struct Counters {
     pub writes_relayed: u64,
     /// Resync requests sent after a gap.
     pub resyncs: u64,
+    /// Replicated writes logged but not applied: their table is unknown here or resolved
+    /// differently by their origin.
+    pub quarantined: u64,
 }
 
 /// Why a [`Replica`] could not be built.
@@ -514,6 +569,11 @@ impl Replica {
             conflicts: VecDeque::new(),
             next_conflict_id: 1,
             counters: Counters::default(),
+            waits: Vec::new(),
+            matrix: Matrix::default(),
+            region_resolvers: BTreeMap::new(),
+            mismatch_alarmed: BTreeSet::new(),
+            skew_alarms: BTreeMap::new(),
             resolvers,
             resolver_ids,
             opts,
@@ -529,7 +589,20 @@ impl Replica {
                 key,
                 value,
                 context,
-            } => self.client_write(now, id, table, key, value, context, out),
+                durability,
+                timeout_ms,
+            } => {
+                let req = WriteRequest {
+                    id,
+                    table,
+                    key,
+                    value,
+                    context,
+                    durability,
+                    timeout_ms,
+                };
+                self.client_write(now, req, out)
+            }
             Event::PeerUp { peer, conn } => self.peer_up(peer, conn, out),
             Event::PeerDown { peer, conn } => self.peer_down(&peer, conn),
             Event::Frame { peer, conn, msg } => self.frame(now, peer, conn, msg, out),
@@ -560,30 +633,27 @@ impl Replica {
                 consider(since + self.opts.relay_delay_ms);
             }
         }
+        for w in &self.waits {
+            consider(w.deadline_ms);
+        }
         next
     }
 
     // ---- client writes -------------------------------------------------------------------
 
-    #[allow(
-        clippy::too_many_arguments,
-        reason = "the fields of one ClientWrite event"
-    )]
-    fn client_write(
-        &mut self,
-        now: Time,
-        id: RequestId,
-        table: String,
-        key: Vec<u8>,
-        value: Value,
-        context: Option<VersionVector>,
-        out: &mut Vec<Effect>,
-    ) {
+    fn client_write(&mut self, now: Time, req: WriteRequest, out: &mut Vec<Effect>) {
+        let WriteRequest {
+            id,
+            table,
+            key,
+            value,
+            context,
+            durability,
+            timeout_ms,
+        } = req;
         let Some(resolver) = self.resolvers.get(&table).cloned() else {
-            out.push(Effect::Reply {
-                id,
-                result: Err(WriteError::UnknownTable(table)),
-            });
+            let result = Err(WriteError::UnknownTable(table));
+            out.push(Effect::Reply { id, result });
             return;
         };
         let slot = (table, key);
@@ -591,10 +661,8 @@ impl Replica {
         let state = self.keys.get(&slot).unwrap_or(&empty);
         let after = state.siblings_after(context.as_ref().unwrap_or(&state.context));
         if after > self.opts.max_siblings {
-            let result = Err(WriteError::TooManySiblings {
-                count: after,
-                max: self.opts.max_siblings,
-            });
+            let max = self.opts.max_siblings;
+            let result = Err(WriteError::TooManySiblings { count: after, max });
             out.push(Effect::Reply { id, result });
             return;
         }
@@ -618,17 +686,24 @@ impl Replica {
         self.own_seq = dot.seq;
         let hlc = write.hlc;
         let (table, key) = slot;
-        let outcome = self.apply(now, &table, &key, &write, resolver.as_ref());
+        let conflict = self.apply(now, &table, &key, &write, resolver.as_ref());
         self.received.add_dot(&dot);
-        let state = &self.keys[&(table.clone(), key.clone())];
+        let context = self.keys[&(table.clone(), key.clone())].context.clone();
         let receipt = WriteReceipt {
             dot,
             hlc,
-            context: state.context.clone(),
-            conflict: outcome,
+            context,
+            conflict,
+            durability,
+            durable_in: Vec::new(),
+            timed_out: false,
         };
         self.counters.client_writes += 1;
-        self.staged.replies.push(PendingReply { id, receipt });
+        self.staged.replies.push(PendingReply {
+            id,
+            receipt,
+            timeout_ms,
+        });
         self.staged.log.push(LogEntry { table, key, write });
     }
 
@@ -759,12 +834,18 @@ impl Replica {
             return;
         };
         self.durable.join(&done.applied);
+        let regions = self.opts.peers.len() + 1;
         for reply in done.replies {
-            out.push(Effect::Reply {
+            let need = reply.receipt.durability.peers_needed(regions);
+            let deadline_ms = now.mono_ms.saturating_add(reply.timeout_ms);
+            self.waits.push(Wait {
                 id: reply.id,
-                result: Ok(reply.receipt),
+                receipt: reply.receipt,
+                need,
+                deadline_ms,
             });
         }
+        self.check_waits(now, out);
         for entry in done.log {
             if entry.write.dot.replica == self.opts.replica {
                 if self.own_commits.len() == self.opts.log_tail_entries {
@@ -955,7 +1036,9 @@ impl Replica {
             }
         }
         self.staged.replicas.extend(learned);
-        self.check_resolvers(name, &hello.resolvers, out);
+        let resolvers = hello.resolvers.iter().cloned().collect();
+        self.region_resolvers.insert(name.to_owned(), resolvers);
+        self.check_mismatches(out);
         self.send_ack(name, out);
         self.update_lag(now, name);
         self.pump(name, now, out);
@@ -992,30 +1075,6 @@ impl Replica {
             ));
         }
         None
-    }
-
-    fn check_resolvers(&self, name: &str, theirs: &[(String, String)], out: &mut Vec<Effect>) {
-        let theirs: BTreeMap<&str, &str> = theirs
-            .iter()
-            .map(|(t, r)| (t.as_str(), r.as_str()))
-            .collect();
-        let ours: BTreeMap<&str, &str> = self
-            .resolver_ids
-            .iter()
-            .map(|(t, r)| (t.as_str(), r.as_str()))
-            .collect();
-        let tables: BTreeSet<&str> = theirs.keys().chain(ours.keys()).copied().collect();
-        for table in tables {
-            let (o, t) = (ours.get(table), theirs.get(table));
-            if o != t {
-                out.push(Effect::Alarm(Alarm::ResolverMismatch {
-                    peer: name.to_owned(),
-                    table: table.to_owned(),
-                    ours: o.map(|s| (*s).to_owned()),
-                    theirs: t.map(|s| (*s).to_owned()),
-                }));
-            }
-        }
     }
 
     // ---- frames --------------------------------------------------------------------------
@@ -1113,7 +1172,7 @@ impl Replica {
                 });
                 break;
             }
-            self.apply_remote(now, name, &b.origin_region, entry, out);
+            self.apply_remote(now, &b.origin_region, entry, out);
             applied_any = true;
         }
         if !applied_any {
@@ -1125,33 +1184,60 @@ impl Replica {
         }
     }
 
-    fn apply_remote(
-        &mut self,
-        now: Time,
-        peer: &str,
-        origin_region: &str,
-        e: LogEntry,
-        out: &mut Vec<Effect>,
-    ) {
-        let observed = self.clock.observe(e.write.hlc, now.wall_ms);
-        if let Some(ahead_ms) = observed.skew_ahead_ms {
-            out.push(Effect::Alarm(Alarm::ClockSkew {
-                peer: peer.to_owned(),
-                ahead_ms,
-            }));
-        }
+    fn apply_remote(&mut self, now: Time, origin_region: &str, e: LogEntry, out: &mut Vec<Effect>) {
+        self.observe(now, origin_region, e.write.hlc, out);
         match self.resolvers.get(&e.table).cloned() {
+            Some(_) if self.mismatched(origin_region, &e.table) => {
+                // Applying it with a different resolver would silently diverge the table. It
+                // stays in the log (nothing is lost, and it is relayed to regions that agree)
+                // and is counted, while the alarm tells the operator which resolvers differ.
+                self.counters.quarantined += 1;
+            }
             Some(r) => {
                 self.apply(now, &e.table, &e.key, &e.write, r.as_ref());
             }
-            None => out.push(Effect::Alarm(Alarm::UnknownTable {
-                table: e.table.clone(),
-                origin: origin_region.to_owned(),
-            })),
+            None => {
+                self.counters.quarantined += 1;
+                out.push(Effect::Alarm(Alarm::UnknownTable {
+                    table: e.table.clone(),
+                    origin: origin_region.to_owned(),
+                }));
+            }
         }
         self.received.add_dot(&e.write.dot);
         self.counters.remote_applied += 1;
         self.staged.log.push(e);
+    }
+
+    /// Feeds a remote stamp to the clock; a stamp too far ahead raises a (rate-limited) alarm.
+    fn observe(&mut self, now: Time, region: &str, hlc: Hlc, out: &mut Vec<Effect>) {
+        let observed = self.clock.observe(hlc, now.wall_ms);
+        let Some(ahead_ms) = observed.skew_ahead_ms else {
+            return;
+        };
+        let entry = self.skew_alarms.entry(region.to_owned()).or_insert((0, 0));
+        let first = entry.0 == 0;
+        entry.0 = entry.0.max(ahead_ms);
+        if first || now.mono_ms >= entry.1 + SKEW_ALARM_INTERVAL_MS {
+            entry.1 = now.mono_ms;
+            out.push(Effect::Alarm(Alarm::ClockSkew {
+                peer: region.to_owned(),
+                ahead_ms,
+            }));
+        }
+    }
+
+    /// Whether `region` resolves `table` differently from us (as far as we know).
+    fn mismatched(&self, region: &str, table: &str) -> bool {
+        let Some(theirs) = self.region_resolvers.get(region) else {
+            return false;
+        };
+        let ours = self
+            .resolver_ids
+            .iter()
+            .find(|(t, _)| t == table)
+            .map(|(_, r)| r);
+        theirs.get(table) != ours
     }
 
     fn on_ack(&mut self, now: Time, name: &str, a: Ack, out: &mut Vec<Effect>) {
@@ -1173,16 +1259,138 @@ impl Replica {
         }
         self.update_lag(now, name);
         self.pump(name, now, out);
+        self.check_waits(now, out);
     }
 
     fn on_heartbeat(&mut self, now: Time, name: &str, h: Heartbeat, out: &mut Vec<Effect>) {
-        let observed = self.clock.observe(h.hlc, now.wall_ms);
-        if let Some(ahead_ms) = observed.skew_ahead_ms {
-            out.push(Effect::Alarm(Alarm::ClockSkew {
-                peer: name.to_owned(),
-                ahead_ms,
-            }));
+        self.observe(now, name, h.hlc, out);
+        let peer = self
+            .peers
+            .get_mut(name)
+            .expect("frame() checked the peer exists");
+        peer.echo = Some((h.wall_ms, now.wall_ms));
+        if let Some((t1, t2)) = h.echo {
+            peer.skew.sample(t1, t2, h.wall_ms, now.wall_ms);
         }
+        for row in h.rows {
+            if row.region == self.opts.region {
+                continue;
+            }
+            let resolvers = row.resolvers.iter().cloned().collect();
+            self.region_resolvers.insert(row.region.clone(), resolvers);
+            self.matrix.offer(row, now.mono_ms);
+        }
+        self.check_mismatches(out);
+        self.check_waits(now, out);
+    }
+
+    /// This region's own row of the lag matrix, as of `now`.
+    fn own_row(&self, now: Time) -> MatrixRow {
+        let lags = self
+            .peers
+            .iter()
+            .map(|(name, p)| PeerLag {
+                peer: name.clone(),
+                lag_writes: self.lag_writes(&p.acked),
+                lag_ms: self.own_lag_ms(&p.acked, now),
+                connected: p.active.is_some(),
+                clock_offset_ms: p.skew.offset_ms(),
+            })
+            .collect();
+        MatrixRow {
+            region: self.opts.region.clone(),
+            replica: self.opts.replica,
+            version: self.clock.last(),
+            applied: self.durable.clone(),
+            lags,
+            resolvers: self.resolver_ids.clone(),
+        }
+    }
+
+    /// Writes durable here that a peer with applied vector `acked` lacks (all origins).
+    fn lag_writes(&self, acked: &VersionVector) -> u64 {
+        self.durable
+            .iter()
+            .map(|(o, s)| s.0.saturating_sub(acked.get(o).0))
+            .sum()
+    }
+
+    /// Raises one alarm per (region, table) whose resolver differs from ours.
+    fn check_mismatches(&mut self, out: &mut Vec<Effect>) {
+        let ours: BTreeMap<&str, &str> = self
+            .resolver_ids
+            .iter()
+            .map(|(t, r)| (t.as_str(), r.as_str()))
+            .collect();
+        for (region, theirs) in &self.region_resolvers {
+            let tables: BTreeSet<&str> = theirs
+                .keys()
+                .map(String::as_str)
+                .chain(ours.keys().copied())
+                .collect();
+            for table in tables {
+                let (o, t) = (
+                    ours.get(table).copied(),
+                    theirs.get(table).map(String::as_str),
+                );
+                if o == t
+                    || !self
+                        .mismatch_alarmed
+                        .insert((region.clone(), table.to_owned()))
+                {
+                    continue;
+                }
+                out.push(Effect::Alarm(Alarm::ResolverMismatch {
+                    peer: region.clone(),
+                    table: table.to_owned(),
+                    ours: o.map(str::to_owned),
+                    theirs: t.map(str::to_owned),
+                }));
+            }
+        }
+    }
+
+    /// Answers every durability wait that is met or past its deadline.
+    fn check_waits(&mut self, now: Time, out: &mut Vec<Effect>) {
+        if self.waits.is_empty() {
+            return;
+        }
+        let waits = std::mem::take(&mut self.waits);
+        for mut w in waits {
+            let have = self.durable_at(&w.receipt.dot);
+            let met = have.len() > w.need;
+            if !met && now.mono_ms < w.deadline_ms {
+                self.waits.push(w);
+                continue;
+            }
+            w.receipt.timed_out = !met;
+            w.receipt.durable_in = have;
+            out.push(Effect::Reply {
+                id: w.id,
+                result: Ok(w.receipt),
+            });
+        }
+    }
+
+    /// Regions known to have `dot` durably: this one first, then peers by name. A peer counts
+    /// when its own ack says so, or when its latest matrix row (maybe relayed by a third
+    /// region) does: both report durable applies only.
+    fn durable_at(&self, dot: &Dot) -> Vec<String> {
+        let mut regions = Vec::new();
+        if self.durable.covers(dot) {
+            regions.push(self.opts.region.clone());
+        }
+        for (name, p) in &self.peers {
+            let by_row = self
+                .matrix
+                .rows
+                .get(name)
+                .is_some_and(|(r, _)| r.applied.covers(dot));
+            if p.acked.covers(dot) || by_row {
+                regions.push(name.clone());
+            }
+        }
+        regions
     }
 
     fn on_resync(&mut self, now: Time, name: &str, r: Resync, out: &mut Vec<Effect>) {
@@ -1395,17 +1603,29 @@ impl Replica {
 
     fn on_tick(&mut self, now: Time, out: &mut Vec<Effect>) {
         let names: Vec<String> = self.peers.keys().cloned().collect();
+        let mut rows: Option<Vec<MatrixRow>> = None;
         for name in names {
-            let peer = self
-                .peers
-                .get_mut(&name)
-                .expect("names come from self.peers");
-            let Some(conn) = peer.active else { continue };
-            if now.mono_ms >= peer.last_heartbeat_ms + self.opts.heartbeat_interval_ms {
+            let due = self.peers[&name].active.is_some()
+                && now.mono_ms
+                    >= self.peers[&name].last_heartbeat_ms + self.opts.heartbeat_interval_ms;
+            if due {
+                let rows = rows.get_or_insert_with(|| {
+                    let mut rows = vec![self.own_row(now)];
+                    rows.extend(self.matrix.rows.values().map(|(r, _)| r.clone()));
+                    rows
+                });
+                let hlc = self.clock.last();
+                let peer = self
+                    .peers
+                    .get_mut(&name)
+                    .expect("names come from self.peers");
+                let conn = peer.active.expect("due implies an active connection");
                 peer.last_heartbeat_ms = now.mono_ms;
                 let hb = Heartbeat {
                     wall_ms: now.wall_ms,
-                    hlc: self.clock.last(),
+                    hlc,
+                    echo: peer.echo.take(),
+                    rows: rows.clone(),
                 };
                 out.push(Effect::Send {
                     peer: name.clone(),
@@ -1416,6 +1636,51 @@ impl Replica {
             self.update_lag(now, &name);
             self.pump(&name, now, out);
         }
+        self.check_waits(now, out);
+    }
+
+    /// The full lag matrix as this region knows it: its own row (fresh) and every other
+    /// region's latest row, each computed by its origin on the origin's own clock.
+    pub fn matrix(&self, now: Time) -> Vec<MatrixCell> {
+        let own = self.own_row(now);
+        let rows = std::iter::once((&own, now.mono_ms))
+            .chain(self.matrix.rows.values().map(|(r, at)| (r, *at)));
+        rows.flat_map(|(row, at)| {
+            row.lags.iter().map(move |l| MatrixCell {
+                origin: row.region.clone(),
+                destination: l.peer.clone(),
+                lag_writes: l.lag_writes,
+                lag_ms: l.lag_ms,
+                connected: l.connected,
+                row_age_ms: now.mono_ms.saturating_sub(at),
+            })
+        })
+        .collect()
+    }
+
+    /// Regions whose stamps ran further ahead than the offset bound: (region, largest lead ms).
+    pub fn skew_alarms(&self) -> Vec<(String, u64)> {
+        self.skew_alarms
+            .iter()
+            .map(|(r, (ms, _))| (r.clone(), *ms))
+            .collect()
+    }
+
+    /// (region, table, ours, theirs) for every table resolved differently elsewhere.
+    pub fn resolver_mismatches(&self) -> Vec<(String, String, Option<String>, Option<String>)> {
+        let ours: BTreeMap<&String, &String> =
+            self.resolver_ids.iter().map(|(t, r)| (t, r)).collect();
+        let mut out = Vec::new();
+        for (region, theirs) in &self.region_resolvers {
+            let tables: BTreeSet<&String> = theirs.keys().chain(ours.keys().copied()).collect();
+            for table in tables {
+                let (o, t) = (ours.get(table).copied(), theirs.get(table));
+                if o != t {
+                    out.push((region.clone(), table.clone(), o.cloned(), t.cloned()));
+                }
+            }
+        }
+        out
     }
 
     // ---- queries -------------------------------------------------------------------------
@@ -1510,12 +1775,9 @@ impl Replica {
                 replica: p.replica,
                 connected: p.active.is_some(),
                 acked: p.acked.clone(),
-                lag_writes: self
-                    .durable
-                    .iter()
-                    .map(|(o, s)| s.0.saturating_sub(p.acked.get(o).0))
-                    .sum(),
+                lag_writes: self.lag_writes(&p.acked),
                 unacked_bytes: p.inflight_bytes,
+                clock_offset_ms: p.skew.offset_ms(),
             })
             .collect()
     }
@@ -1539,4 +1801,7 @@ pub struct PeerView {
     pub lag_ms: u64,
     /// Bytes sent and not yet acknowledged.
     pub unacked_bytes: usize,
+    /// Estimated offset of the peer's wall clock from ours, ms (positive: the peer is ahead),
+    /// from heartbeat echoes (NTP-style, the sample with the smallest round trip).
+    pub clock_offset_ms: Option<i64>,
 }

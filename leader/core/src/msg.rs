@@ -6,6 +6,8 @@
 //! clear reason instead of being misread.
 
 use conflict::{Hlc, ReplicaId, Seq, VersionVector, Write};
+
+use crate::consistency::MatrixRow;
 use serde::{Deserialize, Serialize};
 
 /// Version of the replication protocol spoken by this build. Bumped only for changes that old
@@ -94,13 +96,19 @@ pub struct Ack {
     pub applied: VersionVector,
 }
 
-/// Periodic liveness and clock information.
+/// Periodic liveness, clock and lag information.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Heartbeat {
-    /// Sender's wall clock when sending, in Unix milliseconds.
+    /// Sender's wall clock when sending, in Unix milliseconds (NTP's t3 for an echo).
     pub wall_ms: u64,
     /// Sender's latest HLC, so a quiet region still pulls the others' clocks along.
     pub hlc: Hlc,
+    /// The receiver's previous heartbeat echoed back: (its send time t1, our receive time
+    /// t2), so the receiver can estimate our clock offset NTP-style.
+    pub echo: Option<(u64, u64)>,
+    /// The sender's own lag-matrix row first, then the freshest row it knows of every other
+    /// region, so every region can show the whole matrix even across a broken link.
+    pub rows: Vec<MatrixRow>,
 }
 
 /// Asks the sender of a batch to restart an origin's run after `applied`.

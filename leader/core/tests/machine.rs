@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use conflict::{Registry, ReplicaId, Resolved, Seq, Value};
 use leader_core::{
-    Alarm, Effect, Event, Options, PeerMsg, PersistBatch, Recovered, Replica, Time, WriteError,
+    Alarm, Durability, Effect, Event, Options, PeerMsg, PersistBatch, Recovered, Replica, Time,
+    WriteError,
 };
 
 const REGIONS: [&str; 3] = ["a", "b", "c"];
@@ -270,18 +271,43 @@ impl World {
     }
 
     fn write(&mut self, region: &str, table: &str, key: &str, value: Option<&str>) -> u64 {
+        let value = value.map_or(Value::Tombstone, |v| Value::Bytes(v.as_bytes().to_vec()));
+        self.write_with(region, table, key, value, Durability::Local)
+    }
+
+    fn write_with(
+        &mut self,
+        region: &str,
+        table: &str,
+        key: &str,
+        value: Value,
+        durability: Durability,
+    ) -> u64 {
         let id = self.next_request;
         self.next_request += 1;
-        let value = value.map_or(Value::Tombstone, |v| Value::Bytes(v.as_bytes().to_vec()));
         let ev = Event::ClientWrite {
             id,
             table: table.into(),
             key: key.into(),
             value,
             context: None,
+            durability,
+            timeout_ms: 1_000,
         };
         self.handle(region, ev);
         id
+    }
+
+    fn reply(
+        &self,
+        region: &str,
+        id: u64,
+    ) -> Option<&Result<leader_core::WriteReceipt, WriteError>> {
+        self.nodes[region]
+            .replies
+            .iter()
+            .find(|(rid, _)| *rid == id)
+            .map(|(_, r)| r)
     }
 
     fn read(&self, region: &str, table: &str, key: &str) -> Resolved {
@@ -595,6 +621,8 @@ fn local_writes_beyond_the_sibling_cap_are_refused_with_advice() {
             key: "k".into(),
             value: Value::Bytes(b"x".to_vec()),
             context: stale.clone(),
+            durability: Durability::Local,
+            timeout_ms: 1_000,
         };
         w.handle("a", ev);
         let (_, result) = w.nodes["a"]
@@ -620,4 +648,237 @@ fn unknown_tables_are_refused() {
     let (rid, result) = &w.nodes["a"].replies[0];
     assert_eq!(*rid, id);
     assert_eq!(result, &Err(WriteError::UnknownTable("nope".into())));
+}
+
+fn receipt<'a>(w: &'a World, region: &str, id: u64) -> &'a leader_core::WriteReceipt {
+    match w.reply(region, id) {
+        Some(Ok(r)) => r,
+        other => panic!("expected a receipt for request {id} at {region}, got {other:?}"),
+    }
+}
+
+#[test]
+fn durability_one_waits_for_a_durable_apply_elsewhere() {
+    let mut w = World::new();
+    w.mesh();
+    w.deliver();
+    w.auto_sync = false; // every region persists only when the test says so
+    let id = w.write_with(
+        "a",
+        "default",
+        "k",
+        Value::Bytes(b"v".to_vec()),
+        Durability::One,
+    );
+    w.sync("a");
+    assert!(
+        w.reply("a", id).is_none(),
+        "durable here is not enough for `one`"
+    );
+    w.deliver();
+    assert!(
+        w.reply("a", id).is_none(),
+        "applied but not yet durable at b or c"
+    );
+    w.sync("b");
+    w.deliver();
+    let r = receipt(&w, "a", id);
+    assert!(!r.timed_out);
+    assert_eq!(r.durable_in, vec!["a".to_owned(), "b".to_owned()]);
+}
+
+#[test]
+fn durability_all_times_out_naming_exactly_the_regions_that_have_it() {
+    let mut w = World::new();
+    w.connect("a", "b");
+    w.deliver();
+    let id = w.write_with(
+        "a",
+        "default",
+        "k",
+        Value::Bytes(b"v".to_vec()),
+        Durability::All,
+    );
+    w.deliver();
+    assert!(
+        w.reply("a", id).is_none(),
+        "c is unreachable, so `all` waits"
+    );
+    w.advance(999);
+    assert!(
+        w.reply("a", id).is_none(),
+        "still within the 1000 ms timeout"
+    );
+    w.advance(2);
+    let r = receipt(&w, "a", id);
+    assert!(r.timed_out, "the reply says the wait timed out");
+    assert_eq!(r.durable_in, vec!["a".to_owned(), "b".to_owned()]);
+    // It is not rolled back: c gets it once connected.
+    w.connect("a", "c");
+    w.deliver();
+    assert_eq!(w.read("c", "default", "k"), bytes("v"));
+}
+
+#[test]
+fn durability_quorum_needs_a_majority_counting_this_region() {
+    assert_eq!(Durability::Quorum.peers_needed(3), 1);
+    assert_eq!(Durability::Quorum.peers_needed(5), 2);
+    assert_eq!(Durability::All.peers_needed(5), 4);
+    assert_eq!(Durability::One.peers_needed(1), 0);
+    let mut w = World::new();
+    w.connect("a", "c");
+    w.deliver();
+    let id = w.write_with(
+        "a",
+        "default",
+        "k",
+        Value::Bytes(b"v".to_vec()),
+        Durability::Quorum,
+    );
+    w.deliver();
+    let r = receipt(&w, "a", id);
+    assert!(!r.timed_out);
+    assert_eq!(r.durable_in, vec!["a".to_owned(), "c".to_owned()]);
+}
+
+#[test]
+fn the_lag_matrix_reaches_every_region_and_shows_a_cut_pair() {
+    let mut w = World::new();
+    w.connect("a", "c");
+    w.connect("b", "c");
+    w.deliver();
+    w.write("a", "default", "k", Some("v"));
+    w.deliver();
+    w.advance(600); // a heartbeat round: rows travel a -> c -> b
+    w.advance(600);
+    let cells = w.nodes["b"].replica.matrix(w.now);
+    let a_to_b = cells
+        .iter()
+        .find(|c| c.origin == "a" && c.destination == "b")
+        .expect("b knows a's row via c");
+    assert_eq!(
+        a_to_b.lag_writes, 1,
+        "b never acked a's write to a directly"
+    );
+    assert!(!a_to_b.connected);
+    // a made its row at 600 ms (lag 600 on a's clock); c passed it on at its 1200 ms beat.
+    assert_eq!(a_to_b.lag_ms, 600, "lag as measured on a's own clock");
+    let a_to_c = cells
+        .iter()
+        .find(|c| c.origin == "a" && c.destination == "c")
+        .unwrap();
+    assert_eq!(a_to_c.lag_writes, 0);
+    assert!(
+        a_to_c.row_age_ms <= 1200,
+        "the row is fresh: {}",
+        a_to_c.row_age_ms
+    );
+}
+
+#[test]
+fn clock_offsets_are_estimated_from_heartbeat_echoes() {
+    let mut w = World::new();
+    w.mesh();
+    w.deliver();
+    // b's wall clock runs 10 s ahead; the network delivers instantly here.
+    let skewed = |w: &mut World, region: &str, ev: Event| {
+        let mut now = w.now;
+        if region == "b" {
+            now.wall_ms += 10_000;
+        }
+        let mut out = Vec::new();
+        w.nodes
+            .get_mut(region)
+            .unwrap()
+            .replica
+            .handle(now, ev, &mut out);
+        out
+    };
+    for _ in 0..3 {
+        w.now.mono_ms += 600;
+        w.now.wall_ms += 600;
+        let mut queue: VecDeque<(String, Event)> = REGIONS
+            .iter()
+            .map(|r| ((*r).to_owned(), Event::Tick))
+            .collect();
+        let mut steps = 0;
+        while let Some((region, ev)) = queue.pop_front() {
+            steps += 1;
+            assert!(steps < 10_000);
+            for effect in skewed(&mut w, &region, ev) {
+                if let Effect::Send { peer, conn, msg } = effect {
+                    queue.push_back((
+                        peer,
+                        Event::Frame {
+                            peer: region.clone(),
+                            conn,
+                            msg,
+                        },
+                    ));
+                }
+            }
+        }
+    }
+    let views = w.nodes["a"].replica.peer_views(w.now);
+    let b = views.iter().find(|v| v.region == "b").unwrap();
+    assert_eq!(
+        b.clock_offset_ms,
+        Some(10_000),
+        "instant network: the estimate is exact"
+    );
+    let c = views.iter().find(|v| v.region == "c").unwrap();
+    assert_eq!(c.clock_offset_ms, Some(0));
+    assert!(
+        w.nodes["a"]
+            .replica
+            .skew_alarms()
+            .iter()
+            .any(|(r, ms)| r == "b" && *ms >= 9_000)
+    );
+}
+
+#[test]
+fn a_table_resolved_differently_elsewhere_is_not_applied_but_others_are() {
+    // c resolves `mv` with lww instead of multi-value.
+    let mut w = World::new();
+    let id = ReplicaId::from_u128(3);
+    let mut o = opts("c", id);
+    o.tables.insert("mv".into(), "lww".into());
+    let node = w.nodes.get_mut("c").unwrap();
+    node.replica = Replica::new(o, &Registry::with_builtins(), Recovered::default()).unwrap();
+    w.mesh();
+    w.deliver();
+    let mismatch = w.nodes["a"].alarms.iter().find_map(|a| match a {
+        Alarm::ResolverMismatch {
+            peer,
+            table,
+            ours,
+            theirs,
+        } => Some((peer.clone(), table.clone(), ours.clone(), theirs.clone())),
+        _ => None,
+    });
+    assert_eq!(
+        mismatch,
+        Some((
+            "c".into(),
+            "mv".into(),
+            Some("multi-value@1".into()),
+            Some("lww@1".into())
+        ))
+    );
+    w.write("c", "mv", "k", Some("from-c"));
+    w.write("c", "default", "k", Some("from-c"));
+    w.deliver();
+    assert_eq!(
+        w.read("a", "mv", "k"),
+        Resolved::Absent,
+        "mismatched table is held back"
+    );
+    assert_eq!(
+        w.read("a", "default", "k"),
+        bytes("from-c"),
+        "other tables replicate"
+    );
+    assert_eq!(w.nodes["a"].replica.counters().quarantined, 1);
+    assert_eq!(w.nodes["a"].replica.resolver_mismatches().len(), 1);
 }
