@@ -380,6 +380,7 @@ struct Driver {
     session_wait: Duration,
     next_request: RequestId,
     start: Instant,
+    clock_offset_ms: i64,
     metrics: Arc<Metrics>,
 }
 
@@ -465,14 +466,17 @@ pub struct Wiring {
     pub impair: bool,
     /// Bearer token required by the API, if any.
     pub api_token: Option<String>,
+    /// Added to this node's wall clock (ms; may be negative): tests and simulations model a
+    /// region whose clock is skewed. Monotonic timers are unaffected.
+    pub clock_offset_ms: i64,
 }
 
-fn now(start: Instant) -> Time {
+fn now(start: Instant, clock_offset_ms: i64) -> Time {
     let wall_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     Time {
-        wall_ms,
+        wall_ms: wall_ms.saturating_add_signed(clock_offset_ms),
         mono_ms: start.elapsed().as_millis() as u64,
     }
 }
@@ -594,6 +598,7 @@ pub async fn start(
         session_wait: t.session_wait(),
         next_request: 1,
         start: Instant::now(),
+        clock_offset_ms: wiring.clock_offset_ms,
         metrics,
     };
     let driver = tokio::spawn(driver.run(
@@ -740,7 +745,8 @@ impl Driver {
     }
 
     fn handle(&mut self, event: Event, effects: &mut Vec<Effect>) {
-        self.replica.handle(now(self.start), event, effects);
+        self.replica
+            .handle(now(self.start, self.clock_offset_ms), event, effects);
         for effect in effects.drain(..) {
             self.perform(effect);
         }
@@ -903,13 +909,15 @@ impl Driver {
             region: self.replica.options().region.clone(),
             replica: self.replica.options().replica,
             applied,
-            peers: self.replica.peer_views(now(self.start)),
+            peers: self
+                .replica
+                .peer_views(now(self.start, self.clock_offset_ms)),
             links: self.mesh.links(),
             counters: self.replica.counters().clone(),
             commits: self.store.commits(),
             keys: self.replica.keys().count(),
             hlc: self.replica.hlc(),
-            matrix: self.replica.matrix(now(self.start)),
+            matrix: self.replica.matrix(now(self.start, self.clock_offset_ms)),
             skew_alarms: self.replica.skew_alarms(),
             resolver_mismatches: self.replica.resolver_mismatches(),
             max_clock_offset_ms: self.replica.options().max_clock_offset_ms,
@@ -962,7 +970,8 @@ impl Driver {
                     let ev = Event::SendFailed { peer, conn };
                     // Feed the failure straight back: the core rewinds that peer's stream.
                     let mut more = Vec::new();
-                    self.replica.handle(now(self.start), ev, &mut more);
+                    self.replica
+                        .handle(now(self.start, self.clock_offset_ms), ev, &mut more);
                     for effect in more {
                         self.perform(effect);
                     }
