@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use leader::config::Config;
 use leader::{LeaderBuilder, Wiring};
 
+mod bench;
 mod cli;
 mod simulate;
 
@@ -68,6 +69,8 @@ enum Command {
     Status(cli::Target),
     /// Show a region's conflict log, newest first.
     Conflicts(cli::ConflictArgs),
+    /// Start regions on localhost and measure write throughput, fsyncs and replication lag.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -140,6 +143,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Delete(a) => cli::delete(a).await,
         Command::Status(t) => cli::status(t).await,
         Command::Conflicts(a) => cli::conflicts(a).await,
+        Command::Bench(a) => bench::run(a).await,
     }
 }
 
