@@ -1,0 +1,397 @@
+//! Real `meridian` processes on localhost for tests: a temporary deployment (regions.toml,
+//! certificates, data directories, one log file per region), its children, and the small HTTP
+//! helpers the tests use to talk to them.
+//!
+//! Every child runs `meridian run --exit-with-stdin` with its standard input piped from the
+//! test, so it exits by itself if the test process dies in any way; [`Cluster`]'s `Drop` also
+//! kills every child still running and, when the test is panicking, prints the tail of each
+//! region's log.
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::io::Write as _;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::Value as Json;
+use tempfile::TempDir;
+use tokio::process::{Child, ChildStdin, Command};
+
+/// How often readiness is polled.
+pub(crate) const POLL: Duration = Duration::from_millis(50);
+/// Longest a region may take to stop after its standard input closes; after that it is killed
+/// and the test fails.
+const STOP_BOUND: Duration = Duration::from_secs(10);
+/// Lines of each region's log printed when a test fails.
+const LOG_TAIL_LINES: usize = 60;
+/// Bound on a single HTTP request; a request to a live region never comes near it.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The `meridian` binary built for this test run.
+fn meridian() -> &'static str {
+    env!("CARGO_BIN_EXE_meridian")
+}
+
+/// An HTTP client for the regions' APIs: no proxy (a proxy from the environment must never
+/// see loopback test traffic) and a bound on every request.
+pub(crate) fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(REQUEST_TIMEOUT)
+        .build()
+        .expect("building an HTTP client with no TLS and no proxy cannot fail")
+}
+
+/// One region of the deployment and, while it runs, its process.
+pub(crate) struct Region {
+    /// The region's name in regions.toml.
+    pub(crate) name: String,
+    /// Base URL of its API, e.g. `http://127.0.0.1:40123`.
+    pub(crate) api: String,
+    log: PathBuf,
+    child: Option<Child>,
+    /// Held open for the child's `--exit-with-stdin`; dropping it asks the child to stop.
+    stdin: Option<ChildStdin>,
+}
+
+/// A deployment of real processes in a temporary directory.
+pub(crate) struct Cluster {
+    /// The regions, in the order of regions.toml.
+    pub(crate) regions: Vec<Region>,
+    config: PathBuf,
+    // Kept last so the directory outlives the children during `Drop`.
+    dir: TempDir,
+}
+
+/// Distinct free loopback ports: `udp` for the QUIC endpoints and `tcp` for the APIs.
+///
+/// Each port is taken by binding port 0 and read back; all sockets are held until every
+/// port is chosen (so none repeats) and then dropped, because `meridian run` binds the fixed
+/// ports written in regions.toml itself (`peer_addr` must name a fixed port: the other regions
+/// dial it). Between the drop here and the child's bind another process could take a port
+/// (and again while a killed region is down, before its restart binds the same ports); on a
+/// test machine that race is rare, and it shows up as a region that exits early with a bind
+/// error in its log, never as a wrong result.
+fn free_ports(udp: usize, tcp: usize) -> (Vec<u16>, Vec<u16>) {
+    let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+    let mut seen = std::collections::BTreeSet::new();
+    let mut held_udp = Vec::new();
+    let mut held_tcp = Vec::new();
+    // Also keep UDP and TCP numbers apart, so no port number means two things in one file.
+    while held_udp.len() < udp {
+        let s = UdpSocket::bind(loopback).expect("binding a UDP port on 127.0.0.1");
+        let port = s
+            .local_addr()
+            .expect("a bound socket has an address")
+            .port();
+        if seen.insert(port) {
+            held_udp.push((s, port));
+        }
+    }
+    // A TCP port equal to a UDP one is held too, so the next bind cannot return it again.
+    let mut colliding = Vec::new();
+    while held_tcp.len() < tcp {
+        let s = TcpListener::bind(loopback).expect("binding a TCP port on 127.0.0.1");
+        let port = s
+            .local_addr()
+            .expect("a bound socket has an address")
+            .port();
+        if seen.insert(port) {
+            held_tcp.push((s, port));
+        } else {
+            colliding.push(s);
+        }
+    }
+    (
+        held_udp.into_iter().map(|(_, p)| p).collect(),
+        held_tcp.into_iter().map(|(_, p)| p).collect(),
+    )
+}
+
+/// The regions.toml of a test deployment: fast heartbeats, relays and redials so that a
+/// restart is noticed and healed within a second or two.
+fn config_text(cluster: &str, regions: &[(String, u16, u16)]) -> String {
+    let mut text = format!(
+        r#"cluster = "{cluster}"
+tls_dir = "certs"
+
+[timeouts]
+heartbeat_interval_ms = 100
+relay_delay_ms = 300
+reconnect_min_ms = 50
+reconnect_max_ms = 500
+
+[tables]
+default = "lww"
+"#
+    );
+    for (name, peer, api) in regions {
+        text.push_str(&format!(
+            r#"
+[[region]]
+name = "{name}"
+peer_addr = "127.0.0.1:{peer}"
+api_addr = "127.0.0.1:{api}"
+data_dir = "data/{name}"
+"#
+        ));
+    }
+    text
+}
+
+impl Cluster {
+    /// Writes a deployment of `names` into a new temporary directory, creates its certificates
+    /// and starts every region. Does not wait for anything: see [`Cluster::wait_healthy`].
+    pub(crate) fn start(names: &[&str]) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("meridian-procs-")
+            .tempdir()
+            .expect("creating a temporary directory");
+        let (udp, tcp) = free_ports(names.len(), names.len());
+        let layout: Vec<(String, u16, u16)> = names
+            .iter()
+            .zip(udp.iter().zip(&tcp))
+            .map(|(n, (p, a))| ((*n).to_owned(), *p, *a))
+            .collect();
+        let config = dir.path().join("regions.toml");
+        std::fs::write(&config, config_text("procs-test", &layout)).expect("writing regions.toml");
+        let out = std::process::Command::new(meridian())
+            .args(["certs", "init", "--config"])
+            .arg(&config)
+            .output()
+            .expect("running `meridian certs init`");
+        assert!(
+            out.status.success(),
+            "`meridian certs init` failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let regions = layout
+            .iter()
+            .map(|(name, _, api)| Region {
+                name: name.clone(),
+                api: format!("http://127.0.0.1:{api}"),
+                log: dir.path().join(format!("{name}.log")),
+                child: None,
+                stdin: None,
+            })
+            .collect();
+        let mut cluster = Cluster {
+            regions,
+            config,
+            dir,
+        };
+        for i in 0..names.len() {
+            cluster.spawn(i);
+        }
+        cluster
+    }
+
+    /// Starts region `i`'s process, appending its log to the region's log file.
+    pub(crate) fn spawn(&mut self, i: usize) {
+        let config = self.config.clone();
+        let r = &mut self.regions[i];
+        assert!(r.child.is_none(), "region {} is already running", r.name);
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&r.log)
+            .expect("opening the region's log file");
+        writeln!(log, "===== test: starting {} =====", r.name).expect("writing the log file");
+        let mut child = Command::new(meridian())
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .arg("--region")
+            .arg(&r.name)
+            .arg("--exit-with-stdin")
+            .env("MERIDIAN_LOG", "info")
+            .env("NO_COLOR", "1")
+            .env_remove("MERIDIAN_API_TOKEN")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::from(
+                log.try_clone().expect("duplicating the log file handle"),
+            ))
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting `meridian run`");
+        r.stdin = child.stdin.take();
+        r.child = Some(child);
+    }
+
+    /// Sends SIGKILL to region `i` and reaps it: no shutdown path of the leader runs.
+    pub(crate) async fn sigkill(&mut self, i: usize) {
+        let r = &mut self.regions[i];
+        let mut child = r.child.take().expect("the region to kill is running");
+        // `Child::kill` is SIGKILL on Unix, and waits for the process to be gone.
+        child.kill().await.expect("sending SIGKILL");
+        drop(r.stdin.take());
+        append_marker(&r.log, "===== test: SIGKILL =====");
+    }
+
+    /// Waits until `/healthz` answers on region `i`, failing the test at `deadline`.
+    pub(crate) async fn wait_healthy(
+        &mut self,
+        client: &reqwest::Client,
+        i: usize,
+        deadline: Instant,
+    ) {
+        let url = format!("{}/healthz", self.regions[i].api);
+        loop {
+            if let Ok(resp) = client.get(&url).send().await
+                && resp.status().is_success()
+            {
+                return;
+            }
+            self.assert_running(i);
+            assert!(
+                Instant::now() < deadline,
+                "region {} did not become healthy in time",
+                self.regions[i].name
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Waits until every region reports every peer as replicating, failing at `deadline`.
+    pub(crate) async fn wait_replicating(&mut self, client: &reqwest::Client, deadline: Instant) {
+        loop {
+            let mut lagging = Vec::new();
+            for r in &self.regions {
+                match status(client, &r.api).await {
+                    Ok(st) => {
+                        for p in st["peers"].as_array().into_iter().flatten() {
+                            if p["replicating"] != Json::Bool(true) {
+                                lagging.push(format!("{} -> {}", r.name, p["region"]));
+                            }
+                        }
+                    }
+                    Err(e) => lagging.push(format!("{}: {e}", r.name)),
+                }
+            }
+            if lagging.is_empty() {
+                return;
+            }
+            for i in 0..self.regions.len() {
+                self.assert_running(i);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "links not replicating in time: {lagging:?}"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Fails the test if region `i`'s process has exited.
+    fn assert_running(&mut self, i: usize) {
+        let r = &mut self.regions[i];
+        if let Some(child) = r.child.as_mut()
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            panic!("region {} exited early: {status}", r.name);
+        }
+    }
+
+    /// Stops every running region by closing its standard input, as `meridian simulate`
+    /// does, and returns each region's exit status (`None`: it had to be killed after
+    /// [`STOP_BOUND`]).
+    pub(crate) async fn shutdown(&mut self) -> BTreeMap<String, Option<std::process::ExitStatus>> {
+        for r in &mut self.regions {
+            drop(r.stdin.take());
+        }
+        let mut result = BTreeMap::new();
+        for r in &mut self.regions {
+            let Some(mut child) = r.child.take() else {
+                continue;
+            };
+            let status = match tokio::time::timeout(STOP_BOUND, child.wait()).await {
+                Ok(Ok(status)) => Some(status),
+                _ => {
+                    let _ = child.kill().await;
+                    None
+                }
+            };
+            result.insert(r.name.clone(), status);
+        }
+        result
+    }
+
+    /// The last lines of every region's log, for a failure message.
+    pub(crate) fn log_tails(&self) -> String {
+        let mut out = String::new();
+        for r in &self.regions {
+            let text = std::fs::read_to_string(&r.log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let from = lines.len().saturating_sub(LOG_TAIL_LINES);
+            out.push_str(&format!(
+                "----- {} ({}), last {} lines -----\n",
+                r.name,
+                r.log.display(),
+                lines.len() - from
+            ));
+            for line in &lines[from..] {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for r in &mut self.regions {
+            if let Some(child) = r.child.as_mut() {
+                let _ = child.start_kill();
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!("{}", self.log_tails());
+            // Keep the directory (logs, data) for a post-mortem.
+            let kept = std::mem::replace(
+                &mut self.dir,
+                tempfile::tempdir().expect("creating a placeholder directory"),
+            )
+            .keep();
+            eprintln!("the deployment is kept in {}", kept.display());
+        }
+    }
+}
+
+fn append_marker(log: &Path, marker: &str) {
+    if let Ok(mut f) = OpenOptions::new().append(true).open(log) {
+        let _ = writeln!(f, "{marker}");
+    }
+}
+
+/// `GET /v1/status` of the region at `api`.
+pub(crate) async fn status(client: &reqwest::Client, api: &str) -> Result<Json, reqwest::Error> {
+    client
+        .get(format!("{api}/v1/status"))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await
+}
+
+/// The `applied` vector of a status: seq per replica id, with the origin's region name.
+pub(crate) fn applied(status: &Json) -> BTreeMap<String, (String, u64)> {
+    status["applied"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            (
+                e["replica"].as_str().unwrap_or_default().to_owned(),
+                (
+                    e["region"].as_str().unwrap_or_default().to_owned(),
+                    e["seq"].as_u64().unwrap_or_default(),
+                ),
+            )
+        })
+        .collect()
+}
