@@ -49,8 +49,8 @@ pub const DURABILITY_HEADER: &str = "x-meridian-durability";
 pub const TIMEOUT_HEADER: &str = "x-meridian-timeout-ms";
 
 #[derive(Clone)]
-struct AppState {
-    node: NodeHandle,
+pub(crate) struct AppState {
+    pub(crate) node: NodeHandle,
     limits: Limits,
     token: Option<String>,
 }
@@ -71,6 +71,7 @@ pub fn router(node: NodeHandle, limits: Limits, token: Option<String>) -> Router
         .route("/v1/conflicts", get(conflicts))
         .route("/v1/status", get(status))
         .route("/metrics", get(metrics))
+        .merge(crate::admin::routes())
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         .layer(DefaultBodyLimit::max(body_limit));
@@ -145,7 +146,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -649,12 +650,7 @@ async fn conflicts(
 ) -> Result<Response, ApiError> {
     let Query(p) = params.map_err(bad_query)?;
     let limit = p.limit.unwrap_or(50).min(MAX_CONFLICT_PAGE);
-    let status = s.node.status().await?;
-    let regions: BTreeMap<String, String> = status
-        .applied
-        .iter()
-        .map(|(region, replica, _)| (replica.to_string(), region.clone()))
-        .collect();
+    let regions = replica_regions(&s.node.status().await?);
     let all = s.node.conflicts().await?;
     let page: Vec<serde_json::Value> = all
         .iter()
@@ -693,6 +689,23 @@ async fn conflicts(
         axum::Json(json!({ "conflicts": page, "next_before": next, "total_logged": all.len() }))
             .into_response(),
     )
+}
+
+/// Region names by replica id (short form), for naming the writes in conflict records: this
+/// region, every peer whose hello named its replica, and every origin durably applied here.
+/// The applied vector alone is not enough: a conflict is logged when a peer's write is
+/// applied, before the fsync that makes it durable, and a read can come in between.
+fn replica_regions(status: &crate::node::Status) -> BTreeMap<String, String> {
+    let own = (status.replica.to_string(), status.region.clone());
+    let peers = status
+        .peers
+        .iter()
+        .filter_map(|p| Some((p.replica?.to_string(), p.region.clone())));
+    let applied = status
+        .applied
+        .iter()
+        .map(|(region, replica, _)| (replica.to_string(), region.clone()));
+    std::iter::once(own).chain(peers).chain(applied).collect()
 }
 
 async fn status(State(s): State<AppState>) -> Result<Response, ApiError> {

@@ -440,3 +440,88 @@ fn print_matrix(body: &Json) {
     println!("replication lag (writes / ms behind each origin's own writes):");
     println!("{table}");
 }
+
+/// Options of `meridian link`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct LinkArgs {
+    #[command(flatten)]
+    target: Target,
+    /// The peer region whose link to change (omit to list every link).
+    peer: Option<String>,
+    /// Cut the link in both directions (as seen from this region).
+    #[arg(long, conflicts_with = "heal")]
+    block: bool,
+    /// Heal a cut link (latency, jitter and loss stay as they are).
+    #[arg(long)]
+    heal: bool,
+    /// One-way latency to add to packets sent to the peer, ms.
+    #[arg(long)]
+    latency_ms: Option<u64>,
+    /// Jitter on that latency, ms.
+    #[arg(long)]
+    jitter_ms: Option<u64>,
+    /// Share of packets to drop, 0 to 1.
+    #[arg(long)]
+    loss: Option<f64>,
+}
+
+/// `meridian link`: inspect or impair this region's links (needs `simulate`/`--simulate-links`).
+pub(crate) async fn link(a: LinkArgs) -> Result<ExitCode> {
+    let base = a.target.base()?;
+    let client = a.target.client()?;
+    let resp = match &a.peer {
+        None => client.get(format!("{base}/v1/admin/links")).send().await,
+        Some(peer) if a.heal => {
+            client
+                .delete(format!("{base}/v1/admin/links/{}", encode_segment(peer)))
+                .send()
+                .await
+        }
+        Some(peer) => {
+            let mut body = serde_json::json!({});
+            if a.block {
+                body["blocked"] = true.into();
+            }
+            if let Some(v) = a.latency_ms {
+                body["latency_ms"] = v.into();
+            }
+            if let Some(v) = a.jitter_ms {
+                body["jitter_ms"] = v.into();
+            }
+            if let Some(v) = a.loss {
+                body["loss"] = v.into();
+            }
+            client
+                .put(format!("{base}/v1/admin/links/{}", encode_segment(peer)))
+                .json(&body)
+                .send()
+                .await
+        }
+    }
+    .with_context(|| format!("cannot reach {base}"))?;
+    if !resp.status().is_success() {
+        return Err(error_of(resp).await);
+    }
+    let body: Json = resp.json().await?;
+    let mut table = Table::new();
+    table.load_preset(UTF8_BORDERS_ONLY).set_header([
+        "peer",
+        "addr",
+        "latency ms",
+        "jitter ms",
+        "loss",
+        "blocked",
+    ]);
+    for l in body["links"].as_array().into_iter().flatten() {
+        table.add_row([
+            l["peer"].as_str().unwrap_or("?").to_owned(),
+            l["addr"].as_str().unwrap_or("?").to_owned(),
+            l["latency_ms"].to_string(),
+            l["jitter_ms"].to_string(),
+            l["loss"].to_string(),
+            l["blocked"].to_string(),
+        ]);
+    }
+    println!("{table}");
+    Ok(ExitCode::SUCCESS)
+}

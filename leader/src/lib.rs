@@ -27,6 +27,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod admin;
 pub mod api;
 pub mod config;
 pub mod metrics;

@@ -69,6 +69,9 @@ enum Command {
     Status(cli::Target),
     /// Show a region's conflict log, newest first.
     Conflicts(cli::ConflictArgs),
+    /// Inspect or impair a region's links to its peers (simulations): `meridian link
+    /// --region us-east eu-west --block`, then `--heal`.
+    Link(cli::LinkArgs),
     /// Start regions on localhost and measure write throughput, fsyncs and replication lag.
     Bench(bench::BenchArgs),
 }
@@ -144,6 +147,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Status(t) => cli::status(t).await,
         Command::Conflicts(a) => cli::conflicts(a).await,
         Command::Bench(a) => bench::run(a).await,
+        Command::Link(a) => cli::link(a).await,
     }
 }
 

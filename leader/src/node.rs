@@ -256,6 +256,15 @@ pub struct NodeHandle {
     commands: mpsc::Sender<Command>,
     region: Arc<str>,
     pub(crate) metrics: Arc<Metrics>,
+    /// The impairment layer and the peers' addresses, when the node runs over it.
+    pub(crate) links: Option<Arc<LinkControl>>,
+}
+
+/// Runtime control of this region's outgoing links (simulations and fault tests).
+#[derive(Debug)]
+pub(crate) struct LinkControl {
+    pub(crate) impairment: transport::impair::ImpairmentHandle,
+    pub(crate) peers: BTreeMap<String, SocketAddr>,
 }
 
 impl NodeHandle {
@@ -539,6 +548,7 @@ pub async fn start(
             )
         })
         .collect();
+    let link_peers = peer_addrs.clone();
     let mut mesh_config = transport::MeshConfig::new(identity, me.peer_addr, peer_addrs);
     mesh_config.max_frame_bytes = config.limits.max_frame_bytes;
     mesh_config.keep_alive = t.keep_alive();
@@ -580,10 +590,17 @@ pub async fn start(
     let (persist_tx, persist_rx) = std::sync::mpsc::sync_channel::<PersistBatch>(1);
     spawn_storage_thread(Arc::clone(&store), persist_rx, completions_tx.clone());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let links = impairment.clone().map(|impairment| {
+        Arc::new(LinkControl {
+            impairment,
+            peers: link_peers,
+        })
+    });
     let handle = NodeHandle {
         commands: commands_tx,
         region: Arc::from(region),
         metrics: Arc::clone(&metrics),
+        links,
     };
     let driver = Driver {
         replica,

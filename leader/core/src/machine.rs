@@ -468,6 +468,8 @@ pub struct Replica {
     mismatch_alarmed: BTreeSet<(String, String)>,
     /// Per region whose stamps ran too far ahead: (largest lead ms, when last alarmed, mono).
     skew_alarms: BTreeMap<String, (u64, u64)>,
+    /// Test-only negative control (see [`Replica::unsafe_stamp_with_wall_clock`]).
+    wall_clock_stamps: bool,
 }
 
 /// Monotonic counters for metrics.
@@ -574,6 +576,7 @@ impl Replica {
             region_resolvers: BTreeMap::new(),
             mismatch_alarmed: BTreeSet::new(),
             skew_alarms: BTreeMap::new(),
+            wall_clock_stamps: false,
             resolvers,
             resolver_ids,
             opts,
@@ -618,6 +621,15 @@ impl Replica {
         }
         self.flush(out);
         self.on_tick(now, out);
+    }
+
+    /// **Test-only; breaks convergence.** From now on, stamps local writes with the raw wall
+    /// clock, as plain wall-clock last-write-wins would, skipping the HLC and the per-key
+    /// causality rule. It exists so the deterministic simulator can prove its oracles catch
+    /// that mistake (a negative control); nothing else may call it.
+    #[doc(hidden)]
+    pub fn unsafe_stamp_with_wall_clock(&mut self) {
+        self.wall_clock_stamps = true;
     }
 
     /// The next time (mono ms) at which [`Event::Tick`] must be delivered, if any.
@@ -673,7 +685,7 @@ impl Replica {
         // prepare_write stamps above every sibling of the key (the per-key causality rule).
         // A refused write still consumed a tick, which is harmless: HLCs only need to grow.
         let tick = self.clock.tick(now.wall_ms);
-        let write = match state.prepare_write(dot, tick, context.as_ref(), value) {
+        let mut write = match state.prepare_write(dot, tick, context.as_ref(), value) {
             Ok(w) => w,
             Err(e) => {
                 out.push(Effect::Reply {
@@ -683,6 +695,9 @@ impl Replica {
                 return;
             }
         };
+        if self.wall_clock_stamps {
+            write.hlc = Hlc::new(now.wall_ms, 0);
+        }
         self.own_seq = dot.seq;
         let hlc = write.hlc;
         let (table, key) = slot;
@@ -1291,7 +1306,7 @@ impl Replica {
             .iter()
             .map(|(name, p)| PeerLag {
                 peer: name.clone(),
-                lag_writes: self.lag_writes(&p.acked),
+                lag_writes: self.lag_writes(p),
                 lag_ms: self.own_lag_ms(&p.acked, now),
                 connected: p.active.is_some(),
                 clock_offset_ms: p.skew.offset_ms(),
@@ -1308,10 +1323,13 @@ impl Replica {
     }
 
     /// Writes durable here that a peer with applied vector `acked` lacks (all origins).
-    fn lag_writes(&self, acked: &VersionVector) -> u64 {
+    /// Writes durable here that `peer` lacks, over every origin but the peer itself (a region
+    /// always has its own writes, even when its acks cannot reach us).
+    fn lag_writes(&self, peer: &Peer) -> u64 {
         self.durable
             .iter()
-            .map(|(o, s)| s.0.saturating_sub(acked.get(o).0))
+            .filter(|(o, _)| Some(*o) != peer.replica)
+            .map(|(o, s)| s.0.saturating_sub(peer.acked.get(o).0))
             .sum()
     }
 
@@ -1775,7 +1793,7 @@ impl Replica {
                 replica: p.replica,
                 connected: p.active.is_some(),
                 acked: p.acked.clone(),
-                lag_writes: self.lag_writes(&p.acked),
+                lag_writes: self.lag_writes(p),
                 unacked_bytes: p.inflight_bytes,
                 clock_offset_ms: p.skew.offset_ms(),
             })
