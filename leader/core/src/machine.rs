@@ -1306,7 +1306,7 @@ impl Replica {
             .iter()
             .map(|(name, p)| PeerLag {
                 peer: name.clone(),
-                lag_writes: self.lag_writes(p),
+                lag_writes: self.lag_writes(name, p),
                 lag_ms: self.own_lag_ms(&p.acked, now),
                 connected: p.active.is_some(),
                 clock_offset_ms: p.skew.offset_ms(),
@@ -1325,10 +1325,10 @@ impl Replica {
     /// Writes durable here that a peer with applied vector `acked` lacks (all origins).
     /// Writes durable here that `peer` lacks, over every origin but the peer itself (a region
     /// always has its own writes, even when its acks cannot reach us).
-    fn lag_writes(&self, peer: &Peer) -> u64 {
+    fn lag_writes(&self, name: &str, peer: &Peer) -> u64 {
         self.durable
             .iter()
-            .filter(|(o, _)| Some(*o) != peer.replica)
+            .filter(|(o, _)| self.replicas.get(o).is_none_or(|r| r != name))
             .map(|(o, s)| s.0.saturating_sub(peer.acked.get(o).0))
             .sum()
     }
@@ -1793,7 +1793,7 @@ impl Replica {
                 replica: p.replica,
                 connected: p.active.is_some(),
                 acked: p.acked.clone(),
-                lag_writes: self.lag_writes(p),
+                lag_writes: self.lag_writes(name, p),
                 unacked_bytes: p.inflight_bytes,
                 clock_offset_ms: p.skew.offset_ms(),
             })

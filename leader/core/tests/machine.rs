@@ -416,7 +416,10 @@ fn writes_reach_a_cut_off_region_through_a_third_after_the_relay_delay() {
     let views = w.nodes["b"].replica.peer_views(w.now);
     let a_view = views.iter().find(|v| v.region == "a").unwrap();
     assert!(!a_view.connected);
-    assert_eq!(a_view.lag_writes, 0, "b holds only a's own write, which a has");
+    assert_eq!(
+        a_view.lag_writes, 0,
+        "b holds only a's own write, which a has"
+    );
     // b's ack reaches a only through c's view; a still sees b lagging, c does not.
     assert_eq!(w.digests().len(), 1);
 }
