@@ -61,7 +61,8 @@ pub struct TurmoilUdpSocket {
     /// holds the socket's receive lock while it waits, so it is polled to completion here rather
     /// than re-created on every `poll_recv` (which would drop and lose its registration).
     readable: Mutex<Option<Readable>>,
-    trace: Option<Trace>,
+    /// Where to record datagrams, and the name to record them under.
+    trace: Option<(Trace, String)>,
 }
 
 impl fmt::Debug for TurmoilUdpSocket {
@@ -90,15 +91,16 @@ impl TurmoilUdpSocket {
     }
 
     /// Records every datagram this socket sends and receives into `trace`, as
-    /// `send <from> -> <to> <len>` / `recv <from> -> <to> <len>`.
-    pub fn with_trace(mut self, trace: Trace) -> Self {
-        self.trace = Some(trace);
+    /// `<name> send <to> <len>` and `<name> recv <from> <len>`. The name (usually the host's)
+    /// tells the sockets apart: they are all bound to `0.0.0.0`.
+    pub fn with_trace(mut self, trace: Trace, name: impl Into<String>) -> Self {
+        self.trace = Some((trace, name.into()));
         self
     }
 
-    fn record(&self, direction: &str, from: SocketAddr, to: SocketAddr, len: usize) {
-        if let Some(trace) = &self.trace {
-            trace.record(format!("{direction} {from} -> {to} {len}"));
+    fn record(&self, direction: &str, peer: SocketAddr, len: usize) {
+        if let Some((trace, name)) = &self.trace {
+            trace.record(format!("{name} {direction} {peer} {len}"));
         }
     }
 
@@ -115,7 +117,7 @@ impl TurmoilUdpSocket {
                         ecn: None,
                         dst_ip: None,
                     };
-                    self.record("recv", addr, self.inner.local_addr()?, len);
+                    self.record("recv", addr, len);
                     received += 1;
                 }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
@@ -138,12 +140,7 @@ impl AsyncUdpSocket for TurmoilUdpSocket {
             .filter(|size| *size > 0)
             .unwrap_or(transmit.contents.len().max(1));
         for datagram in transmit.contents.chunks(segment) {
-            self.record(
-                "send",
-                self.inner.local_addr()?,
-                transmit.destination,
-                datagram.len(),
-            );
+            self.record("send", transmit.destination, datagram.len());
             match self.inner.try_send_to(datagram, transmit.destination) {
                 Ok(_) => {}
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Err(error),

@@ -106,7 +106,7 @@ async fn server(
 ) -> turmoil::Result {
     let socket = TurmoilUdpSocket::bind((Ipv4Addr::UNSPECIFIED, SERVER_PORT).into())
         .await?
-        .with_trace(trace.clone());
+        .with_trace(trace.clone(), "server");
     let endpoint = Endpoint::new_with_abstract_socket(
         endpoint_config(seed),
         Some(server_config(&pki)),
@@ -159,7 +159,7 @@ async fn send_datagrams(conn: Connection) {
 async fn client_endpoint(seed: u64, trace: Trace) -> std::io::Result<(Endpoint, ImpairmentHandle)> {
     let socket = TurmoilUdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0).into())
         .await?
-        .with_trace(trace);
+        .with_trace(trace, "client");
     let (socket, handle) = ImpairedSocket::wrap(Arc::new(socket), seed);
     let endpoint = Endpoint::new_with_abstract_socket(
         endpoint_config(seed),
