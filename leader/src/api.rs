@@ -95,17 +95,12 @@ async fn no_route(uri: Uri) -> ApiError {
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
-    let allowed = if uri.path().starts_with("/v1/kv/") {
-        "GET, PUT and DELETE"
-    } else {
-        "GET"
-    };
+    // axum adds the `Allow` header to this response, listing what the route accepts.
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
         format!(
-            "{} {} is not supported; this route accepts {allowed}",
-            method,
+            "{method} {} is not supported; the Allow header lists the methods this route accepts",
             uri.path()
         ),
     )
