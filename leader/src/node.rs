@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use conflict::{KeyState, Registry, Resolver, Value, VersionVector};
 use leader_core::{
-    Alarm, ConflictRecord, Counters, Durability, Effect, Event, Options, PeerMsg, PeerView,
+    Alarm, ConflictRecord, ConnId, Counters, Durability, Effect, Event, Options, PeerMsg, PeerView,
     PersistBatch, Replica, RequestId, Time, WriteError, WriteReceipt,
 };
 use tokio::sync::{mpsc, oneshot, watch};
@@ -35,6 +35,12 @@ const COMMAND_QUEUE: usize = 4096;
 const MAX_PARKED: usize = 10_000;
 /// Bound on completions (persisted batches, log reads) queued back to the driver.
 const COMPLETION_QUEUE: usize = 1024;
+/// How long a peer's stream pauses after a frame could not be queued for it (link gone or
+/// queue full) before the core hears of it and rewinds. Telling the core at once recursed
+/// without bound: the rewind resends at once, and while the link is gone every resend fails
+/// again (a stack overflow when a peer's link timed out under load). The pause also keeps a
+/// congested link from spinning the driver.
+const SEND_RETRY_DELAY: Duration = Duration::from_millis(20);
 
 /// A request to the driver from the API or an embedding program.
 #[derive(Debug)]
@@ -391,6 +397,10 @@ struct Driver {
     start: Instant,
     clock_offset_ms: i64,
     metrics: Arc<Metrics>,
+    /// Streams with a frame that could not be queued, and when the core is told
+    /// ([`Event::SendFailed`]). Until then nothing more is sent on them, so the peer never
+    /// sees a gap: the core's rewind resends everything from the peer's acknowledged position.
+    broken: BTreeMap<(String, ConnId), Instant>,
 }
 
 /// A running region leader.
@@ -617,6 +627,7 @@ pub async fn start(
         start: Instant::now(),
         clock_offset_ms: wiring.clock_offset_ms,
         metrics,
+        broken: BTreeMap::new(),
     };
     let driver = tokio::spawn(driver.run(
         commands_rx,
@@ -704,6 +715,7 @@ impl Driver {
                 .map(|ms| self.start + Duration::from_millis(ms))
                 .into_iter()
                 .chain(parked_deadline)
+                .chain(self.broken.values().min().copied())
                 .min();
             let sleep = async {
                 match wake {
@@ -733,6 +745,7 @@ impl Driver {
             };
             self.handle(event, &mut effects);
             self.unpark(&mut effects);
+            self.rewind_broken(&mut effects);
         };
         self.finish(completions).await;
         result
@@ -766,6 +779,23 @@ impl Driver {
             .handle(now(self.start, self.clock_offset_ms), event, effects);
         for effect in effects.drain(..) {
             self.perform(effect);
+        }
+    }
+
+    /// Tells the core about the streams whose pause after a failed send is over. A resend that
+    /// fails again pauses its stream anew: it is not retried within this call.
+    fn rewind_broken(&mut self, effects: &mut Vec<Effect>) {
+        let at = Instant::now();
+        let due: Vec<(String, ConnId)> = self
+            .broken
+            .iter()
+            .filter(|(_, when)| **when <= at)
+            .map(|(stream, _)| stream.clone())
+            .collect();
+        for stream in due {
+            self.broken.remove(&stream);
+            let (peer, conn) = stream;
+            self.handle(Event::SendFailed { peer, conn }, effects);
         }
     }
 
@@ -982,16 +1012,15 @@ impl Driver {
                 }
             }
             Effect::Send { peer, conn, msg } => {
-                if let Err(e) = self.mesh.try_send(&peer, &msg) {
-                    debug!(%peer, conn, "send failed: {e}");
-                    let ev = Event::SendFailed { peer, conn };
-                    // Feed the failure straight back: the core rewinds that peer's stream.
-                    let mut more = Vec::new();
-                    self.replica
-                        .handle(now(self.start, self.clock_offset_ms), ev, &mut more);
-                    for effect in more {
-                        self.perform(effect);
-                    }
+                let stream = (peer, conn);
+                if self.broken.contains_key(&stream) {
+                    // Behind a lost frame: dropped, the rewind resends it.
+                    return;
+                }
+                if let Err(e) = self.mesh.try_send(&stream.0, &msg) {
+                    debug!(peer = %stream.0, conn, "send failed: {e}; rewinding in {SEND_RETRY_DELAY:?}");
+                    self.broken
+                        .insert(stream, Instant::now() + SEND_RETRY_DELAY);
                 }
             }
             Effect::Close { peer, conn, reason } => {

@@ -1,7 +1,8 @@
 //! Real processes (testing tier 4, issue 4): three `meridian run` processes on localhost take
 //! writes through the HTTP API from every region; one region is killed with SIGKILL in the
 //! middle of the load, the others keep taking writes, the killed region is restarted from the
-//! same data directory on the same ports and takes writes again. Then:
+//! same data directory on the same ports and takes writes again. It stays down longer than the
+//! idle timeout, so the live regions see its links time out under load. Then:
 //!
 //! - right after the restart, before any catch-up could matter, every write the killed region
 //!   had acknowledged is readable on it (acknowledged means durable: a region ignores its own
@@ -35,8 +36,11 @@ const WRITERS_PER_REGION: usize = 3;
 const ACKS_BEFORE_KILL: usize = 200;
 /// While the victim is down, each live region acknowledges at least this many more writes…
 const ACKS_WHILE_DOWN: usize = 150;
-/// …and the victim stays down at least this long.
-const MIN_DOWNTIME: Duration = Duration::from_millis(500);
+/// …and the victim stays down at least this long: longer than the idle timeout (1 s, see
+/// `procs`), so the live regions' links to it time out while they are under load. (That path
+/// once overflowed the driver's stack: a failed send was fed back at once, and the resend it
+/// caused failed again, without bound.)
+const MIN_DOWNTIME: Duration = Duration::from_millis(1500);
 /// After its restart the victim acknowledges at least this many more writes before the load
 /// stops.
 const ACKS_AFTER_RESTART: usize = 150;

@@ -111,7 +111,9 @@ fn free_ports(udp: usize, tcp: usize) -> (Vec<u16>, Vec<u16>) {
 }
 
 /// The regions.toml of a test deployment: fast heartbeats, relays and redials so that a
-/// restart is noticed and healed within a second or two.
+/// restart is noticed and healed within a second or two, and a 1 s idle timeout so that a
+/// region killed for longer than that has its links time out at the live regions, as after a
+/// real crash, rather than being replaced only when it comes back.
 fn config_text(cluster: &str, regions: &[(String, u16, u16)]) -> String {
     let mut text = format!(
         r#"cluster = "{cluster}"
@@ -122,6 +124,8 @@ heartbeat_interval_ms = 100
 relay_delay_ms = 300
 reconnect_min_ms = 50
 reconnect_max_ms = 500
+idle_timeout_ms = 1000
+keep_alive_ms = 250
 
 [tables]
 default = "lww"
