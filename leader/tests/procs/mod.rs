@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io::Write as _;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -65,49 +65,60 @@ pub(crate) struct Cluster {
     dir: TempDir,
 }
 
-/// Distinct free loopback ports: `udp` for the QUIC endpoints and `tcp` for the APIs.
+/// Lowest port [`free_ports`] considers: clear of the fixed ports that example deployments
+/// and local services commonly use (regions.toml's 7101 and 8101, for one).
+const PORT_FLOOR: u16 = 20_000;
+/// Where the kernel's ephemeral ports start when /proc does not say.
+const EPHEMERAL_LOW_DEFAULT: u16 = 32_768;
+
+/// `n` distinct loopback ports, each free for both UDP and TCP when chosen.
 ///
-/// Each port is taken by binding port 0 and read back; all sockets are held until every
-/// port is chosen (so none repeats) and then dropped, because `meridian run` binds the fixed
-/// ports written in regions.toml itself (`peer_addr` must name a fixed port: the other regions
-/// dial it). Between the drop here and the child's bind another process could take a port
-/// (and again while a killed region is down, before its restart binds the same ports); on a
-/// test machine that race is rare, and it shows up as a region that exits early with a bind
-/// error in its log, never as a wrong result.
-fn free_ports(udp: usize, tcp: usize) -> (Vec<u16>, Vec<u16>) {
-    let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-    let mut seen = std::collections::BTreeSet::new();
-    let mut held_udp = Vec::new();
-    let mut held_tcp = Vec::new();
-    // Also keep UDP and TCP numbers apart, so no port number means two things in one file.
-    while held_udp.len() < udp {
-        let s = UdpSocket::bind(loopback).expect("binding a UDP port on 127.0.0.1");
-        let port = s
-            .local_addr()
-            .expect("a bound socket has an address")
-            .port();
-        if seen.insert(port) {
-            held_udp.push((s, port));
+/// `meridian run` binds the fixed ports written in regions.toml itself (`peer_addr` must name
+/// a fixed port: the other regions dial it), so the ports are chosen here, held until all are
+/// chosen (so none repeats), and released for the children to bind. They are taken *below*
+/// the kernel's ephemeral range, from a random starting point: binding port 0 would return an
+/// ephemeral port, and every outgoing connection on the machine (this test's own HTTP client
+/// opens hundreds while the killed region refuses them) may take an ephemeral port as its
+/// local port, so a released ephemeral port can be gone by the time a region binds it, or
+/// while a killed region is down before its restart. What remains is a small race with
+/// another process that binds a fixed port in the same place at the same moment; it would
+/// show up as a region that exits early with a bind error in its log, never as a wrong result.
+fn free_ports(n: usize) -> Vec<u16> {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(EPHEMERAL_LOW_DEFAULT);
+    // An unusual range that leaves no room below it: search above the floor anyway.
+    let top = if ephemeral_low > PORT_FLOOR + 1_000 {
+        ephemeral_low
+    } else {
+        u16::MAX
+    };
+    let span = u32::from(top - PORT_FLOOR);
+    let start = std::process::id()
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+    let mut held = Vec::new();
+    for k in 0..span {
+        if held.len() == n {
+            break;
+        }
+        let port = PORT_FLOOR + (start.wrapping_add(k) % span) as u16;
+        if let (Ok(udp), Ok(tcp)) = (
+            UdpSocket::bind((Ipv4Addr::LOCALHOST, port)),
+            TcpListener::bind((Ipv4Addr::LOCALHOST, port)),
+        ) {
+            held.push((udp, tcp, port));
         }
     }
-    // A TCP port equal to a UDP one is held too, so the next bind cannot return it again.
-    let mut colliding = Vec::new();
-    while held_tcp.len() < tcp {
-        let s = TcpListener::bind(loopback).expect("binding a TCP port on 127.0.0.1");
-        let port = s
-            .local_addr()
-            .expect("a bound socket has an address")
-            .port();
-        if seen.insert(port) {
-            held_tcp.push((s, port));
-        } else {
-            colliding.push(s);
-        }
-    }
-    (
-        held_udp.into_iter().map(|(_, p)| p).collect(),
-        held_tcp.into_iter().map(|(_, p)| p).collect(),
-    )
+    assert_eq!(
+        held.len(),
+        n,
+        "found only {} free loopback ports in {PORT_FLOOR}..{top}",
+        held.len()
+    );
+    held.into_iter().map(|(_, _, port)| port).collect()
 }
 
 /// The regions.toml of a test deployment: fast heartbeats, relays and redials so that a
@@ -153,10 +164,11 @@ impl Cluster {
             .prefix("meridian-procs-")
             .tempdir()
             .expect("creating a temporary directory");
-        let (udp, tcp) = free_ports(names.len(), names.len());
+        let ports = free_ports(2 * names.len());
+        let (udp, tcp) = ports.split_at(names.len());
         let layout: Vec<(String, u16, u16)> = names
             .iter()
-            .zip(udp.iter().zip(&tcp))
+            .zip(udp.iter().zip(tcp))
             .map(|(n, (p, a))| ((*n).to_owned(), *p, *a))
             .collect();
         let config = dir.path().join("regions.toml");
