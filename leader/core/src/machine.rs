@@ -470,6 +470,8 @@ pub struct Replica {
     skew_alarms: BTreeMap<String, (u64, u64)>,
     /// Test-only negative control (see [`Replica::unsafe_stamp_with_wall_clock`]).
     wall_clock_stamps: bool,
+    /// Monotonic time of the last event handled (every `handle` ends with `on_tick`).
+    last_event_ms: u64,
 }
 
 /// Monotonic counters for metrics.
@@ -577,6 +579,7 @@ impl Replica {
             mismatch_alarmed: BTreeSet::new(),
             skew_alarms: BTreeMap::new(),
             wall_clock_stamps: false,
+            last_event_ms: 0,
             resolvers,
             resolver_ids,
             opts,
@@ -621,6 +624,7 @@ impl Replica {
         }
         self.flush(out);
         self.on_tick(now, out);
+        self.last_event_ms = now.mono_ms;
     }
 
     /// **Test-only; breaks convergence.** From now on, stamps local writes with the raw wall
@@ -642,7 +646,13 @@ impl Replica {
             }
             consider(peer.last_heartbeat_ms + self.opts.heartbeat_interval_ms);
             for since in peer.lag_since.values() {
-                consider(since + self.opts.relay_delay_ms);
+                // A relay deadline that had passed by the last event was acted on then (its
+                // `on_tick` pumps every due relay; acks drive it from there). Naming it again
+                // would wake the driver at once, forever, while the peer lags: a busy loop.
+                let due = since + self.opts.relay_delay_ms;
+                if due > self.last_event_ms {
+                    consider(due);
+                }
             }
         }
         for w in &self.waits {
