@@ -228,7 +228,7 @@ fn unknown_field_at_the_top_level_and_in_sections() {
         err.to_string(),
         "/etc/meridian/regions.toml:3:1: region_count: unknown key `region_count`. remove it or \
          use one of the keys allowed at the top level: cluster, tls_dir, limits, timeouts, \
-         region, tables, simulation"
+         region, tables, durability, simulation"
     );
     let err = error_with(
         "tls_dir = \"certs\"",
