@@ -21,8 +21,14 @@
 //! keys: an ECDSA signature's DER length varies from run to run, which changes handshake packet
 //! sizes. TLS key shares and nonces still come from the OS RNG, so packet *contents* differ
 //! between runs, but their sizes, times and order do not. rustls checks certificate validity
-//! against the system clock, which does not affect the trace. Code under test must not choose
-//! randomly between ready futures (`tokio::select!` without `biased;` does).
+//! against the system clock, which does not affect the trace.
+//!
+//! Code under test must not let tokio's unseeded RNG order its work: `tokio::select!` without
+//! `biased;` picks a random ready branch, and a `tokio::sync::watch` channel files each waiter
+//! under one of 8 notifiers picked at random, so waiters of one change wake in a random order.
+//! Building with `--cfg tokio_unstable` lets turmoil seed every host's runtime, which seeds both.
+//! Where such an order reaches the network, two runs agree on what each host sends and
+//! receives in each millisecond but not always on the order within it, and then may drift.
 //!
 //! All functions here must be called from inside a turmoil host or client.
 

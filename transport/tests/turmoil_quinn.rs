@@ -19,7 +19,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::time::Instant;
 use transport::{
     impair::{ImpairedSocket, ImpairmentHandle, LinkImpairment},
-    sim::{Trace, TurmoilRuntime, TurmoilUdpSocket},
+    sim::{self, Trace, TurmoilRuntime, TurmoilUdpSocket},
 };
 
 const SERVER_PORT: u16 = 4433;
@@ -96,26 +96,38 @@ fn now_sim() -> Duration {
 }
 
 /// The server host: echoes each bidirectional stream, records the datagrams it receives and
-/// sends a numbered datagram back every `TICK` while `talk` is set.
+/// sends a numbered datagram back every `TICK` while `talk` is set. With a trace its socket
+/// records every datagram; without one it is bound through the plain `sim::bind` helper.
 async fn server(
     pki: Pki,
     seed: u64,
     talk: bool,
     arrivals: Arrivals,
-    trace: Trace,
+    trace: Option<Trace>,
 ) -> turmoil::Result {
-    let socket = TurmoilUdpSocket::bind((Ipv4Addr::UNSPECIFIED, SERVER_PORT).into())
-        .await?
-        .with_trace(trace.clone(), "server");
+    let addr = (Ipv4Addr::UNSPECIFIED, SERVER_PORT).into();
+    let (socket, runtime) = match &trace {
+        Some(trace) => {
+            let socket = TurmoilUdpSocket::bind(addr)
+                .await?
+                .with_trace(trace.clone(), "server");
+            let socket: Arc<dyn quinn::AsyncUdpSocket> = Arc::new(socket);
+            let runtime: Arc<dyn quinn::Runtime> = Arc::new(TurmoilRuntime);
+            (socket, runtime)
+        }
+        None => sim::bind(addr).await?,
+    };
     let endpoint = Endpoint::new_with_abstract_socket(
         endpoint_config(seed),
         Some(server_config(&pki)),
-        Arc::new(socket),
-        Arc::new(TurmoilRuntime),
+        socket,
+        runtime,
     )?;
     while let Some(incoming) = endpoint.accept().await {
         let conn = incoming.await?;
-        trace.record(format!("server: up {}", conn.remote_address()));
+        if let Some(trace) = &trace {
+            trace.record(format!("server: up {}", conn.remote_address()));
+        }
         tokio::spawn(echo_streams(conn.clone()));
         tokio::spawn(record_datagrams(conn.clone(), arrivals.clone()));
         if talk {
@@ -207,13 +219,7 @@ fn injected_one_way_latency_shows_up_in_the_measured_rtt() {
         .build();
     let server_pki = pki.clone();
     sim.host("server", move || {
-        server(
-            server_pki.clone(),
-            11,
-            false,
-            Arrivals::default(),
-            Trace::new(),
-        )
+        server(server_pki.clone(), 11, false, Arrivals::default(), None)
     });
     /// Application round trips before and after the impairment, and quinn's smoothed RTT.
     #[derive(Default)]
@@ -298,7 +304,7 @@ fn partition_scenario(pki: &Pki, mut sim: turmoil::Sim<'_>, link: LinkImpairment
             21,
             true,
             server_log.clone(),
-            server_trace.clone(),
+            Some(server_trace.clone()),
         )
     });
     let outcome: Arc<Mutex<Outcome>> = Arc::default();
