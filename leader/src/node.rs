@@ -35,6 +35,11 @@ const COMMAND_QUEUE: usize = 4096;
 const MAX_PARKED: usize = 10_000;
 /// Bound on completions (persisted batches, log reads) queued back to the driver.
 const COMPLETION_QUEUE: usize = 1024;
+/// How long [`Node::shutdown`] waits for the QUIC socket to close once the mesh has stopped.
+/// quinn closes it from its endpoint task once every connection has drained: usually within
+/// milliseconds, but a redial to a peer that has just gone, still in its handshake, holds it
+/// for three probe timeouts at quinn's initial RTT estimate (about 2 s).
+const SOCKET_CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// How long a peer's stream pauses after a frame could not be queued for it (link gone or
 /// queue full) before the core hears of it and rewinds. Telling the core at once recursed
 /// without bound: the rewind resends at once, and while the link is gone every resend fails
@@ -412,6 +417,8 @@ pub struct Node {
     api_addr: Option<SocketAddr>,
     peer_addr: SocketAddr,
     impairment: Option<transport::impair::ImpairmentHandle>,
+    /// Resolves (with an error) once the QUIC socket is closed; see [`ClosingSocket`].
+    socket_closed: oneshot::Receiver<()>,
 }
 
 impl std::fmt::Debug for Node {
@@ -446,19 +453,29 @@ impl Node {
     }
 
     /// Stops the node: the API stops accepting, the driver finishes the outstanding persist,
-    /// closes its links and the store. Returns the driver's result.
+    /// closes its links and the store. Returns the driver's result once the API and QUIC
+    /// ports are released, so the region can be started again on the same addresses.
     pub async fn shutdown(self) -> Result<(), NodeError> {
         let _ = self.shutdown.send(true);
         if let Some(api) = self.api {
             let _ = api.await;
         }
-        match self.driver.await {
+        let result = match self.driver.await {
             Ok(r) => r,
             Err(e) => {
                 error!("driver task failed: {e}");
                 Err(NodeError::Stopped)
             }
+        };
+        // The mesh has stopped, but quinn's endpoint task drops the socket only when it next
+        // runs: wait for that, or a restart on the same address can find the port in use.
+        if tokio::time::timeout(SOCKET_CLOSE_WAIT, self.socket_closed)
+            .await
+            .is_err()
+        {
+            warn!(peer = %self.peer_addr, "the QUIC socket was still open {SOCKET_CLOSE_WAIT:?} after shutdown");
         }
+        result
     }
 
     /// Waits until the node stops by itself (a fatal error) and returns why.
@@ -577,6 +594,7 @@ pub async fn start(
     };
     let quinn_runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
     let socket = quinn_runtime.wrap_udp_socket(socket).map_err(bind_err)?;
+    let (socket, socket_closed) = ClosingSocket::wrap(socket);
     let (socket, impairment) = if wiring.impair {
         let seed = u64::from_le_bytes(
             opened.replica.0.as_bytes()[..8]
@@ -670,7 +688,83 @@ pub async fn start(
         api_addr,
         peer_addr,
         impairment,
+        socket_closed,
     })
+}
+
+/// The QUIC endpoint's UDP socket, wrapped so that [`Node::shutdown`] learns when it is closed:
+/// the sender is dropped after the socket (fields drop in order), when the last reference —
+/// quinn's endpoint task or an I/O poller — lets go of it.
+#[derive(Debug)]
+struct ClosingSocket {
+    inner: Arc<dyn quinn::AsyncUdpSocket>,
+    _closed: oneshot::Sender<()>,
+}
+
+impl ClosingSocket {
+    fn wrap(
+        inner: Arc<dyn quinn::AsyncUdpSocket>,
+    ) -> (Arc<dyn quinn::AsyncUdpSocket>, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        let socket = Arc::new(ClosingSocket { inner, _closed: tx });
+        (socket, rx)
+    }
+}
+
+impl quinn::AsyncUdpSocket for ClosingSocket {
+    fn create_io_poller(self: Arc<Self>) -> std::pin::Pin<Box<dyn quinn::UdpPoller>> {
+        // The inner poller holds the inner socket; holding `self` too keeps the closed signal
+        // from firing while a poller still keeps the socket open.
+        Box::pin(ClosingPoller {
+            inner: Arc::clone(&self.inner).create_io_poller(),
+            _socket: self,
+        })
+    }
+
+    fn try_send(&self, transmit: &quinn::udp::Transmit<'_>) -> std::io::Result<()> {
+        self.inner.try_send(transmit)
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        bufs: &mut [std::io::IoSliceMut<'_>],
+        meta: &mut [quinn::udp::RecvMeta],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.inner.poll_recv(cx, bufs, meta)
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        self.inner.max_transmit_segments()
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        self.inner.max_receive_segments()
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.inner.may_fragment()
+    }
+}
+
+/// An I/O poller of a [`ClosingSocket`]; drops the inner poller before the socket.
+#[derive(Debug)]
+struct ClosingPoller {
+    inner: std::pin::Pin<Box<dyn quinn::UdpPoller>>,
+    _socket: Arc<ClosingSocket>,
+}
+
+impl quinn::UdpPoller for ClosingPoller {
+    fn poll_writable(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.inner.as_mut().poll_writable(cx)
+    }
 }
 
 fn spawn_storage_thread(
