@@ -6,6 +6,14 @@
 //! test, so it exits by itself if the test process dies in any way; [`Cluster`]'s `Drop` also
 //! kills every child still running and, when the test is panicking, prints the tail of each
 //! region's log.
+//!
+//! [`Cluster::start_simulated`] runs the regions over the impairment layer
+//! (`--simulate-links`), so a test can partition them through `/v1/admin/links`
+//! ([`Cluster::block_link`], [`Cluster::heal_link`]).
+#![allow(
+    dead_code,
+    reason = "each test binary that includes this module uses a different part of it"
+)]
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
@@ -61,6 +69,8 @@ pub(crate) struct Cluster {
     /// The regions, in the order of regions.toml.
     pub(crate) regions: Vec<Region>,
     config: PathBuf,
+    /// Whether children run with `--simulate-links` (link control through the admin API).
+    simulate_links: bool,
     // Kept last so the directory outlives the children during `Drop`.
     dir: TempDir,
 }
@@ -160,6 +170,16 @@ impl Cluster {
     /// Writes a deployment of `names` into a new temporary directory, creates its certificates
     /// and starts every region. Does not wait for anything: see [`Cluster::wait_healthy`].
     pub(crate) fn start(names: &[&str]) -> Cluster {
+        Cluster::start_with(names, false)
+    }
+
+    /// [`Cluster::start`], with every region (and every restart of one) run over the impairment
+    /// layer, so that links can be cut and healed through the admin API.
+    pub(crate) fn start_simulated(names: &[&str]) -> Cluster {
+        Cluster::start_with(names, true)
+    }
+
+    fn start_with(names: &[&str], simulate_links: bool) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("meridian-procs-")
             .tempdir()
@@ -196,6 +216,7 @@ impl Cluster {
         let mut cluster = Cluster {
             regions,
             config,
+            simulate_links,
             dir,
         };
         for i in 0..names.len() {
@@ -215,13 +236,18 @@ impl Cluster {
             .open(&r.log)
             .expect("opening the region's log file");
         writeln!(log, "===== test: starting {} =====", r.name).expect("writing the log file");
-        let mut child = Command::new(meridian())
+        let mut command = Command::new(meridian());
+        command
             .arg("run")
             .arg("--config")
             .arg(&config)
             .arg("--region")
             .arg(&r.name)
-            .arg("--exit-with-stdin")
+            .arg("--exit-with-stdin");
+        if self.simulate_links {
+            command.arg("--simulate-links");
+        }
+        let mut child = command
             .env("MERIDIAN_LOG", "info")
             .env("NO_COLOR", "1")
             .env_remove("MERIDIAN_API_TOKEN")
@@ -245,6 +271,36 @@ impl Cluster {
         child.kill().await.expect("sending SIGKILL");
         drop(r.stdin.take());
         append_marker(&r.log, "===== test: SIGKILL =====");
+    }
+
+    /// Whether region `i`'s process was started and not killed since (it may have exited by
+    /// itself: [`Cluster::wait_healthy`] and [`Cluster::wait_replicating`] check that).
+    pub(crate) fn is_running(&self, i: usize) -> bool {
+        self.regions[i].child.is_some()
+    }
+
+    /// Cuts region `i` off from region `peer` in both directions at `i`'s socket
+    /// (`PUT /v1/admin/links/{peer}` with `{"blocked": true}`). Needs
+    /// [`Cluster::start_simulated`]; fails the test if the region does not confirm.
+    pub(crate) async fn block_link(&self, client: &reqwest::Client, i: usize, peer: usize) {
+        let (r, p) = (&self.regions[i], &self.regions[peer].name);
+        let resp = client
+            .put(format!("{}/v1/admin/links/{p}", r.api))
+            .json(&serde_json::json!({ "blocked": true }))
+            .send()
+            .await;
+        expect_link_state(resp, &r.name, p, true).await;
+    }
+
+    /// Heals what [`Cluster::block_link`] cut, at region `i`'s socket
+    /// (`DELETE /v1/admin/links/{peer}`).
+    pub(crate) async fn heal_link(&self, client: &reqwest::Client, i: usize, peer: usize) {
+        let (r, p) = (&self.regions[i], &self.regions[peer].name);
+        let resp = client
+            .delete(format!("{}/v1/admin/links/{p}", r.api))
+            .send()
+            .await;
+        expect_link_state(resp, &r.name, p, false).await;
     }
 
     /// Waits until `/healthz` answers on region `i`, failing the test at `deadline`.
@@ -375,6 +431,32 @@ impl Drop for Cluster {
             eprintln!("the deployment is kept in {}", kept.display());
         }
     }
+}
+
+/// Fails the test unless `resp` is a 200 from the link admin API of `region` showing its link
+/// to `peer` as `blocked`.
+async fn expect_link_state(
+    resp: Result<reqwest::Response, reqwest::Error>,
+    region: &str,
+    peer: &str,
+    blocked: bool,
+) {
+    let what = if blocked { "block" } else { "heal" };
+    let resp = resp.unwrap_or_else(|e| panic!("{region}: {what} link to {peer}: {e}"));
+    let code = resp.status();
+    let body: Json = resp.json().await.unwrap_or_else(|e| {
+        panic!("{region}: {what} link to {peer}: {code}, body unreadable: {e}")
+    });
+    let shown = body["links"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|l| l["peer"] == peer)
+        .map(|l| l["blocked"].clone());
+    assert!(
+        code.is_success() && shown == Some(Json::Bool(blocked)),
+        "{region}: {what} link to {peer} answered {code}: {body}"
+    );
 }
 
 fn append_marker(log: &Path, marker: &str) {
