@@ -14,13 +14,24 @@
 //! ```
 //!
 //! ```sh
-//! meridian certs init --config regions.toml        # once
+//! cargo run --release -- certs init --config regions.toml   # once: the cluster's certificates
 //! cargo run -p leader --example shopping_cart -- --config regions.toml --region us-east
 //! cargo run -p leader --example shopping_cart -- --config regions.toml --region eu-west
-//! curl -X PUT --data-binary $'apple:2\nbread:1\n' http://127.0.0.1:8101/v1/kv/carts/alice
-//! curl -X PUT --data-binary $'apple:1\nmilk:3\n'  http://127.0.0.1:8102/v1/kv/carts/alice
-//! curl http://127.0.0.1:8101/v1/kv/carts/alice     # apple:2 bread:1 milk:3 (once replicated)
+//!
+//! # Two shoppers edit alice's cart in two regions, each with the context it read before
+//! # either wrote (the empty cart's), so neither write supersedes the other.
+//! C=$(curl -s -D - -o /dev/null http://127.0.0.1:8101/v1/kv/carts/alice \
+//!     | sed -n 's/^x-meridian-context: //ip' | tr -d '\r')
+//! curl -X PUT -H "x-meridian-context: $C" --data-binary $'apple:2\nbread:1\n' \
+//!     http://127.0.0.1:8101/v1/kv/carts/alice
+//! curl -X PUT -H "x-meridian-context: $C" --data-binary $'apple:1\nmilk:3\n' \
+//!     http://127.0.0.1:8102/v1/kv/carts/alice
+//! curl http://127.0.0.1:8102/v1/kv/carts/alice     # apple:2 bread:1 milk:3, in both regions
 //! ```
+//!
+//! A write without a context is blind: it supersedes everything its region has for the key.
+//! On localhost, without simulated latency, a write reaches the other region within
+//! milliseconds, so a blind write sent there afterwards supersedes it, as it should.
 //!
 //! It runs until Ctrl-C, then shuts the leader down cleanly. Set
 //! `MERIDIAN_API_TOKEN` to require a bearer token on the API, as `meridian run` does.
