@@ -13,7 +13,8 @@
 //! durability `one` at a region that reaches a live peer, SIGKILLs that region as soon as the
 //! write is acknowledged, and reads the write, while its origin is still down, at every region
 //! the reply named in `durable_in` — together with every other `one` write that region had
-//! acknowledged. Only the timing of the load is not decided by the seed.
+//! acknowledged; a read there with the write's session token must be answered with it too.
+//! Only the timing of the load is not decided by the seed.
 //!
 //! # The load
 //! Two writers per region write without pause, each with its own seeded choices: 70 % distinct
@@ -33,6 +34,7 @@
 //!   keeps; that sibling is a write the test sent (the acknowledged one with that dot, HLC and
 //!   value, or one left unanswered), and it ranks at or above every acknowledged write to the key.
 //! - Regions that were never killed never fail a write; no region answers a write with an error.
+//! - The partitions fired: the impairment layers dropped packets on blocked links.
 //!
 //! Waits poll with deadlines that only matter on failure; nothing is retried.
 
@@ -271,7 +273,7 @@ struct Ack {
     region: usize,
     durability: Durability,
     code: u16,
-    /// The dot's replica id, short form (as the API shows it).
+    /// The dot's replica id, as the API shows it.
     replica: String,
     seq: u64,
     hlc: String,
@@ -555,13 +557,16 @@ struct Chaos {
     cluster: Cluster,
     load: Load,
     faults: Faults,
-    /// Replica id (short form) of each region, from its first status.
+    /// Replica id of each region, as its first status showed it.
     replicas: Vec<String>,
     /// The deliberate `one` writes of `kill-after-one-ack` steps.
     deliberate: Vec<Ack>,
     /// How many earlier `one` writes of killed regions were read at their other regions while
     /// the origin was down.
     one_acks_read_while_down: usize,
+    /// Packets dropped by blocked links, summed over every process that has ended (read just
+    /// before it is killed or stopped).
+    blocked_packets: u64,
     t0: Instant,
 }
 
@@ -574,8 +579,14 @@ impl Chaos {
         // A new client per step: no pooled connection to a process killed since.
         let client = http_client();
         match step {
-            Step::Kill(r) => self.cluster.sigkill(r).await,
-            Step::KillAfterOneAck(r) => self.kill_after_one_ack(&client, r).await,
+            Step::Kill(r) => {
+                self.blocked_packets += self.cluster.blocked_packets(&client, r).await;
+                self.cluster.sigkill(r).await;
+            }
+            Step::KillAfterOneAck(r) => {
+                self.blocked_packets += self.cluster.blocked_packets(&client, r).await;
+                self.kill_after_one_ack(&client, r).await;
+            }
             Step::Restart(r) => self.restart(&client, r).await,
             Step::Partition(a, b) => {
                 self.cluster.block_link(&client, a, b).await;
@@ -868,10 +879,14 @@ async fn check_hot_key(
     let win = (hlc_order(hlc), seq);
     for a in acks {
         let theirs = (hlc_order(&a.hlc), a.seq);
-        // Equal HLCs of two replicas are ordered by the full replica id, which the API
-        // does not show: such a pair is not compared.
-        let outranked =
-            theirs.0 > win.0 || (theirs.0 == win.0 && a.replica == replica && theirs.1 > win.1);
+        // Equal HLCs are ordered by replica id, then seq. A full hyphenated UUID sorts as text
+        // like the id's bytes; a short form (the id's tail) does not, so a tie between two
+        // replicas shown that way is not compared.
+        let comparable = a.replica == replica || (a.replica.len() == 36 && replica.len() == 36);
+        let outranked = theirs.0 > win.0
+            || (theirs.0 == win.0
+                && comparable
+                && (a.replica.as_str(), theirs.1) > (replica, win.1));
         assert!(
             !outranked,
             "hot key {key}: the winner {s} ranks below acknowledged write {a:?}"
@@ -920,6 +935,7 @@ async fn random_kills_restarts_and_partitions_lose_no_acknowledged_write() {
         replicas,
         deliberate: Vec::new(),
         one_acks_read_while_down: 0,
+        blocked_packets: 0,
         t0,
     };
     let mut counts = StepCounts::new();
@@ -936,6 +952,7 @@ async fn random_kills_restarts_and_partitions_lose_no_acknowledged_write() {
         load,
         deliberate,
         one_acks_read_while_down,
+        mut blocked_packets,
         ..
     } = chaos;
     let outcomes = load.stop().await;
@@ -1017,6 +1034,14 @@ async fn random_kills_restarts_and_partitions_lose_no_acknowledged_write() {
     let t_verified = t0.elapsed();
 
     // Figures.
+    // The partitions fired: the impairment layer dropped packets on blocked links.
+    for r in 0..REGIONS.len() {
+        blocked_packets += cluster.blocked_packets(&client, r).await;
+    }
+    assert!(
+        blocked_packets > 0,
+        "the schedule cut links but no region dropped a packet on a blocked link"
+    );
     let mut conflicts_logged = Vec::new();
     for r in &cluster.regions {
         let st = status(&client, &r.api)
@@ -1054,7 +1079,8 @@ async fn random_kills_restarts_and_partitions_lose_no_acknowledged_write() {
         );
     }
     eprintln!(
-        "chaos: conflicts logged {conflicts_logged:?}; converged {convergence:?} after the load \
+        "chaos: {blocked_packets} packets dropped on blocked links; conflicts logged \
+         {conflicts_logged:?}; converged {convergence:?} after the load \
          stopped, {heal_to_converged:?} after the final heal began; applied {common:?}; verified at {t_verified:?}; total {total:?}; exits {exits:?}"
     );
     for (name, exit) in &exits {

@@ -303,6 +303,29 @@ impl Cluster {
         expect_link_state(resp, &r.name, p, false).await;
     }
 
+    /// Packets region `i`'s impairment layer has dropped on blocked links since the process
+    /// started, both directions (`GET /v1/admin/links`): the proof that a partition fired.
+    pub(crate) async fn blocked_packets(&self, client: &reqwest::Client, i: usize) -> u64 {
+        let r = &self.regions[i];
+        let view: Json = async {
+            client
+                .get(format!("{}/v1/admin/links", r.api))
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await
+        }
+        .await
+        .unwrap_or_else(|e: reqwest::Error| panic!("{}: reading its links: {e}", r.name));
+        let count = |field: &str| {
+            view[field]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{}: the links view has no {field}: {view}", r.name))
+        };
+        count("blocked_outbound") + count("blocked_inbound")
+    }
+
     /// Waits until `/healthz` answers on region `i`, failing the test at `deadline`.
     pub(crate) async fn wait_healthy(
         &mut self,
