@@ -1210,7 +1210,12 @@ impl Replica {
     }
 
     fn apply_remote(&mut self, now: Time, origin_region: &str, e: LogEntry, out: &mut Vec<Effect>) {
-        self.observe(now, origin_region, e.write.hlc, out);
+        // The stamp feeds the clock (capped at the offset bound) but never raises the skew
+        // alarm: the per-key causality rule stamps a write above the siblings it met, so a
+        // write from a region with a correct clock that overwrote a write from a region far
+        // ahead carries that region's lead, and alarming would blame the wrong region.
+        // Heartbeats carry each region's own clock and raise the alarm (`on_heartbeat`).
+        self.clock.observe(e.write.hlc, now.wall_ms);
         match self.resolvers.get(&e.table).cloned() {
             Some(_) if self.mismatched(origin_region, &e.table) => {
                 // Applying it with a different resolver would silently diverge the table. It
@@ -1316,7 +1321,7 @@ impl Replica {
             .iter()
             .map(|(name, p)| PeerLag {
                 peer: name.clone(),
-                lag_writes: self.lag_writes(name, p),
+                lag_writes: self.own_lag_writes(&p.acked),
                 lag_ms: self.own_lag_ms(&p.acked, now),
                 connected: p.active.is_some(),
                 clock_offset_ms: p.skew.offset_ms(),
@@ -1332,7 +1337,15 @@ impl Replica {
         }
     }
 
-    /// Writes durable here that a peer with applied vector `acked` lacks (all origins).
+    /// This region's own writes, durable here, that a peer with applied vector `acked` lacks:
+    /// a matrix row's cell, like its `lag_ms`, is about the row's origin's own writes only.
+    /// (Counting third regions' writes too would show a cut between two other regions, or
+    /// acknowledgements that cannot reach us, as lag on this region's links.)
+    fn own_lag_writes(&self, acked: &VersionVector) -> u64 {
+        let own = self.opts.replica;
+        self.durable.get(own).0.saturating_sub(acked.get(own).0)
+    }
+
     /// Writes durable here that `peer` lacks, over every origin but the peer itself (a region
     /// always has its own writes, even when its acks cannot reach us).
     fn lag_writes(&self, name: &str, peer: &Peer) -> u64 {

@@ -94,6 +94,13 @@ pub(crate) struct ClusterBuilder {
     regions: Vec<String>,
     timeouts: BTreeMap<String, u64>,
     tables: BTreeMap<String, String>,
+    /// `[durability]`: table → default durability.
+    durability: BTreeMap<String, String>,
+    /// Per region: ms added to its wall clock ([`Wiring::clock_offset_ms`]).
+    clock_offsets: BTreeMap<String, i64>,
+    /// Per region: tables whose resolver differs from `tables` in that region's own copy of
+    /// the configuration.
+    region_tables: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 impl ClusterBuilder {
@@ -106,6 +113,29 @@ impl ClusterBuilder {
     /// Adds (or changes) a table and its resolver.
     pub(crate) fn table(mut self, name: &str, resolver: &str) -> Self {
         self.tables.insert(name.to_owned(), resolver.to_owned());
+        self
+    }
+
+    /// Sets the default durability of a table (`[durability]`), e.g. `("carts", "all")`.
+    pub(crate) fn durability(mut self, table: &str, level: &str) -> Self {
+        self.durability.insert(table.to_owned(), level.to_owned());
+        self
+    }
+
+    /// Skews `region`'s wall clock by `ms` (positive: ahead); its monotonic timers are
+    /// unaffected. Kept across restarts.
+    pub(crate) fn clock_offset(mut self, region: &str, ms: i64) -> Self {
+        self.clock_offsets.insert(region.to_owned(), ms);
+        self
+    }
+
+    /// Gives `region` its own copy of the configuration in which `table` uses `resolver`
+    /// (every other region keeps the shared one): two regions that disagree on a resolver.
+    pub(crate) fn region_table(mut self, region: &str, table: &str, resolver: &str) -> Self {
+        self.region_tables
+            .entry(region.to_owned())
+            .or_default()
+            .insert(table.to_owned(), resolver.to_owned());
         self
     }
 
@@ -133,9 +163,23 @@ impl ClusterBuilder {
         std::fs::write(&source, &text).expect("write regions.toml");
         let config = Config::parse(&text, &source)
             .unwrap_or_else(|e| panic!("the harness wrote an invalid configuration: {e}\n{text}"));
+        let mut region_configs = BTreeMap::new();
+        for (region, tables) in &self.region_tables {
+            let mut own = self.clone();
+            own.tables.extend(tables.clone());
+            let text = own.config_text(&peer_addrs);
+            let source = dir.path().join(format!("regions-{region}.toml"));
+            std::fs::write(&source, &text).expect("write a region's own regions.toml");
+            let config = Config::parse(&text, &source).unwrap_or_else(|e| {
+                panic!("the harness wrote an invalid configuration for {region}: {e}\n{text}")
+            });
+            region_configs.insert(region.clone(), config);
+        }
         let mut cluster = Cluster {
             dir,
             config,
+            region_configs,
+            clock_offsets: self.clock_offsets.clone(),
             peer_addrs,
             nodes: BTreeMap::new(),
         };
@@ -163,6 +207,12 @@ impl ClusterBuilder {
         for (table, resolver) in &self.tables {
             writeln!(text, "{table} = \"{resolver}\"").expect("writing to a String cannot fail");
         }
+        if !self.durability.is_empty() {
+            text.push_str("\n[durability]\n");
+            for (table, level) in &self.durability {
+                writeln!(text, "{table} = \"{level}\"").expect("writing to a String cannot fail");
+            }
+        }
         text
     }
 }
@@ -181,6 +231,11 @@ fn init_tracing() {
 pub(crate) struct Cluster {
     dir: tempfile::TempDir,
     config: Config,
+    /// Regions that run their own copy of the configuration (see
+    /// [`ClusterBuilder::region_table`]).
+    region_configs: BTreeMap<String, Config>,
+    /// Per region: ms added to its wall clock.
+    clock_offsets: BTreeMap<String, i64>,
     /// Every region's QUIC address; a restarted region binds the same one again.
     peer_addrs: BTreeMap<String, SocketAddr>,
     /// The running nodes (a stopped region is absent until it is restarted).
@@ -205,6 +260,9 @@ impl Cluster {
                 .into_iter()
                 .map(|(t, r)| (t.to_owned(), r.to_owned()))
                 .collect(),
+            durability: BTreeMap::new(),
+            clock_offsets: BTreeMap::new(),
+            region_tables: BTreeMap::new(),
         }
     }
 
@@ -214,9 +272,11 @@ impl Cluster {
             peer_addrs: self.peer_addrs.clone(),
             api_bind: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             impair: true,
+            clock_offset_ms: self.clock_offsets.get(region).copied().unwrap_or(0),
             ..Wiring::default()
         };
-        LeaderBuilder::new(self.config.clone(), region)
+        let config = self.region_configs.get(region).unwrap_or(&self.config);
+        LeaderBuilder::new(config.clone(), region)
             .wiring(wiring)
             .start()
             .await
@@ -262,6 +322,15 @@ impl Cluster {
     /// The QUIC address of `region` (kept across restarts).
     pub(crate) fn peer_addr(&self, region: &str) -> SocketAddr {
         self.peer_addrs[region]
+    }
+
+    /// The base URL of `region`'s HTTP API, e.g. `http://127.0.0.1:40123`.
+    pub(crate) fn api_url(&self, region: &str) -> String {
+        let addr = self
+            .node(region)
+            .api_addr()
+            .expect("harness nodes are started with their API");
+        format!("http://{addr}")
     }
 
     /// The impairment layer under `region`'s QUIC endpoint.
@@ -469,6 +538,24 @@ impl Cluster {
     pub(crate) fn heal(&self, a: &str, b: &str) {
         self.impairment(a).heal(self.peer_addr(b));
         self.impairment(b).heal(self.peer_addr(a));
+    }
+
+    /// Adds `one_way` latency to the packets `a` and `b` send each other (a round trip between
+    /// them then takes twice as long); `Duration::ZERO` makes the link perfect again. A
+    /// partition of the pair keeps the latency for when it heals.
+    pub(crate) fn set_latency(&self, a: &str, b: &str, one_way: Duration) {
+        for (from, to) in [(a, b), (b, a)] {
+            let link = transport::impair::LinkImpairment {
+                latency: one_way,
+                ..self
+                    .impairment(from)
+                    .get(self.peer_addr(to))
+                    .unwrap_or_default()
+            };
+            self.impairment(from)
+                .set(self.peer_addr(to), link)
+                .unwrap_or_else(|e| panic!("{from} -> {to}: latency {one_way:?}: {e}"));
+        }
     }
 
     /// Shuts `region` down cleanly ([`Node::shutdown`]); panics if the shutdown fails.
