@@ -457,11 +457,18 @@ async fn write(
             ));
         }
         Err(RequestError::Write(leader_core::WriteError::Refused(e))) => return Err(refused(e)),
+        Err(RequestError::Write(e @ leader_core::WriteError::InvalidValue { .. })) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_value",
+                e.to_string(),
+            ));
+        }
     };
     let receipt = &written.receipt;
     let mut body = json!({
         "region": s.node.region(),
-        "dot": { "replica": receipt.dot.replica.to_string(), "seq": receipt.dot.seq.0 },
+        "dot": { "replica": format!("{:#}", receipt.dot.replica), "seq": receipt.dot.seq.0 },
         "hlc": receipt.hlc.to_string(),
         "conflict": receipt.conflict,
         "context": encode_context(&receipt.context),
@@ -537,7 +544,7 @@ fn sibling_view(s: &Sibling, regions: &BTreeMap<conflict::ReplicaId, String>) ->
             .get(&s.dot.replica)
             .cloned()
             .unwrap_or_else(|| "unknown".into()),
-        replica: s.dot.replica.to_string(),
+        replica: format!("{:#}", s.dot.replica),
         seq: s.dot.seq.0,
         hlc: s.hlc.to_string(),
         hlc_raw: s.hlc.as_u64(),
@@ -658,7 +665,7 @@ async fn conflicts(
                 .siblings
                 .iter()
                 .map(|(dot, hlc, kept)| {
-                    let replica = dot.replica.to_string();
+                    let replica = format!("{:#}", dot.replica);
                     json!({
                         "region": regions.get(&replica).cloned().unwrap_or_else(|| "unknown".into()),
                         "replica": replica,
@@ -686,20 +693,20 @@ async fn conflicts(
     )
 }
 
-/// Region names by replica id (short form), for naming the writes in conflict records: this
+/// Region names by replica id (full UUID), for naming the writes in conflict records: this
 /// region, every peer whose hello named its replica, and every origin durably applied here.
 /// The applied vector alone is not enough: a conflict is logged when a peer's write is
 /// applied, before the fsync that makes it durable, and a read can come in between.
 fn replica_regions(status: &crate::node::Status) -> BTreeMap<String, String> {
-    let own = (status.replica.to_string(), status.region.clone());
+    let own = (format!("{:#}", status.replica), status.region.clone());
     let peers = status
         .peers
         .iter()
-        .filter_map(|p| Some((p.replica?.to_string(), p.region.clone())));
+        .filter_map(|p| Some((format!("{:#}", p.replica?), p.region.clone())));
     let applied = status
         .applied
         .iter()
-        .map(|(region, replica, _)| (replica.to_string(), region.clone()));
+        .map(|(region, replica, _)| (format!("{replica:#}"), region.clone()));
     std::iter::once(own).chain(peers).chain(applied).collect()
 }
 

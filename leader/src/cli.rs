@@ -275,7 +275,10 @@ pub(crate) async fn status(t: Target) -> Result<ExitCode> {
         .await?;
     println!(
         "region {} (replica {}), {} keys, hlc {}",
-        body["region"], body["replica"], body["keys"], body["hlc"]
+        body["region"].as_str().unwrap_or("?"),
+        body["replica"].as_str().unwrap_or("?"),
+        body["keys"],
+        body["hlc"].as_str().unwrap_or("?")
     );
     let mut table = Table::new();
     table.load_preset(UTF8_BORDERS_ONLY).set_header([

@@ -173,9 +173,9 @@ async fn put_then_get_returns_the_bytes_and_the_context() {
     assert_eq!(context, receipt["context"].as_str().unwrap());
     let vv: Vec<(ReplicaId, Seq)> = decode_context(&context).unwrap().iter().collect();
     assert_eq!(vv.len(), 1);
-    // The API names replicas by the short form of their id (the last 8 hex digits).
+    // The API names replicas by their full UUID.
     assert_eq!(
-        vv[0].0.to_string(),
+        format!("{:#}", vv[0].0),
         receipt["dot"]["replica"].as_str().unwrap()
     );
     assert_eq!(vv[0].1, Seq(1));
@@ -241,7 +241,7 @@ async fn siblings_json_has_region_hlc_and_value() {
     assert_eq!(sib["value"], "text");
     assert!(sib["hlc"].as_str().unwrap().contains('T'));
     assert!(sib["hlc_raw"].as_u64().unwrap() > 0);
-    assert_eq!(sib["replica"].as_str().unwrap().len(), 8);
+    assert_eq!(sib["replica"].as_str().unwrap().len(), 36, "a full UUID");
 
     // Bytes that are not UTF-8 come back base64 (URL-safe, unpadded) instead of as text.
     let resp = s

@@ -276,6 +276,14 @@ pub enum WriteError {
         "table '{0}' is not configured; add it under [tables] in regions.toml or use one of the configured tables"
     )]
     UnknownTable(String),
+    /// The table's resolver cannot read the value (e.g. a custom merge with its own format).
+    #[error("the value is not valid for table '{table}': {reason}")]
+    InvalidValue {
+        /// The table.
+        table: String,
+        /// What the resolver expects instead.
+        reason: String,
+    },
     /// The key's rules refused the write (context ahead of this region, value too large...).
     #[error(transparent)]
     Refused(conflict::WriteRefused),
@@ -678,6 +686,16 @@ impl Replica {
             out.push(Effect::Reply { id, result });
             return;
         };
+        if let Value::Bytes(bytes) = &value
+            && let Err(e) = resolver.check_value(bytes)
+        {
+            let result = Err(WriteError::InvalidValue {
+                table,
+                reason: e.reason,
+            });
+            out.push(Effect::Reply { id, result });
+            return;
+        }
         let slot = (table, key);
         let empty = KeyState::default();
         let state = self.keys.get(&slot).unwrap_or(&empty);
@@ -1170,6 +1188,10 @@ impl Replica {
             self.violation(name, conn, detail, out);
             return;
         }
+        if let Some(detail) = b.entries.iter().find_map(|e| self.malformed(&e.write)) {
+            self.violation(name, conn, detail, out);
+            return;
+        }
         if let std::collections::btree_map::Entry::Vacant(slot) = self.replicas.entry(b.origin) {
             slot.insert(b.origin_region.clone());
             self.staged
@@ -1207,6 +1229,22 @@ impl Replica {
             }
             self.send_ack(name, out);
         }
+    }
+
+    /// Why a replicated write is malformed, if it is: [`Write::validate`], or a context that
+    /// covers writes of this region it never made (applying it would poison the key: every
+    /// later local write to it would find its dot already covered and be refused).
+    fn malformed(&self, w: &Write) -> Option<String> {
+        if let Err(e) = w.validate() {
+            return Some(e.to_string());
+        }
+        let claimed = w.context.get(self.opts.replica);
+        (claimed > self.own_seq).then(|| {
+            format!(
+                "write {} supersedes write {}:{claimed} of this region, which has made only {} writes",
+                w.dot, self.opts.replica, self.own_seq
+            )
+        })
     }
 
     fn apply_remote(&mut self, now: Time, origin_region: &str, e: LogEntry, out: &mut Vec<Effect>) {
@@ -1303,7 +1341,9 @@ impl Replica {
             peer.skew.sample(t1, t2, h.wall_ms, now.wall_ms);
         }
         for row in h.rows {
-            if row.region == self.opts.region {
+            // Rows of regions outside the configuration would only grow the matrix without
+            // bound (a hostile peer can invent a new name per heartbeat).
+            if row.region == self.opts.region || !self.peers.contains_key(&row.region) {
                 continue;
             }
             let resolvers = row.resolvers.iter().cloned().collect();
@@ -1507,13 +1547,15 @@ impl Replica {
             if peer.reading.contains(&origin) || peer.inflight_bytes >= window {
                 return;
             }
-            let next = peer
+            // Saturating: a peer's ack may claim anything, up to u64::MAX.
+            let next = Seq(peer
                 .sent
                 .get(&origin)
                 .copied()
                 .unwrap_or_default()
                 .max(peer.acked.get(origin))
-                .next();
+                .0
+                .saturating_add(1));
             if next > last {
                 return;
             }
@@ -1617,13 +1659,15 @@ impl Replica {
             return;
         }
         peer.reading.remove(&origin);
-        let expected = peer
+        // Saturating, as in `pump_origin`: the peer's ack may claim u64::MAX.
+        let expected = Seq(peer
             .sent
             .get(&origin)
             .copied()
             .unwrap_or_default()
             .max(peer.acked.get(origin))
-            .next();
+            .0
+            .saturating_add(1));
         // Keep only the contiguous run that starts where the stream stands now.
         let run: Vec<LogEntry> = entries
             .into_iter()

@@ -890,3 +890,45 @@ fn a_table_resolved_differently_elsewhere_is_not_applied_but_others_are() {
     assert_eq!(w.nodes["a"].replica.counters().quarantined, 1);
     assert_eq!(w.nodes["a"].replica.resolver_mismatches().len(), 1);
 }
+
+#[test]
+fn a_value_the_tables_resolver_cannot_read_is_refused_before_anything_is_written() {
+    let mut registry = Registry::with_builtins();
+    registry
+        .register(std::sync::Arc::new(conflict::examples::Counter))
+        .unwrap();
+    let mut o = opts("a", ReplicaId::from_u128(1));
+    o.tables.insert("counters".into(), "counter".into());
+    let mut replica = Replica::new(o, &registry, Recovered::default()).unwrap();
+    let now = Time {
+        wall_ms: 1_700_000_000_000,
+        mono_ms: 0,
+    };
+    let mut out = Vec::new();
+    let ev = Event::ClientWrite {
+        id: 1,
+        table: "counters".into(),
+        key: b"k".to_vec(),
+        value: Value::Bytes(b"not a counter".to_vec()),
+        context: None,
+        durability: Durability::Local,
+        timeout_ms: 1_000,
+    };
+    replica.handle(now, ev, &mut out);
+    let reply = out.iter().find_map(|e| match e {
+        Effect::Reply { id: 1, result } => Some(result.clone()),
+        _ => None,
+    });
+    match reply {
+        Some(Err(WriteError::InvalidValue { table, reason })) => {
+            assert_eq!(table, "counters");
+            assert!(!reason.is_empty());
+        }
+        other => panic!("expected InvalidValue, got {other:?}"),
+    }
+    assert!(
+        !out.iter().any(|e| matches!(e, Effect::Persist(_))),
+        "nothing was written"
+    );
+    assert!(replica.get("counters", b"k").is_none());
+}
