@@ -122,16 +122,19 @@ impl SkewEstimate {
     /// Adds a sample from one echo: `t1` our send time, `t2` the peer's receive time, `t3`
     /// the peer's send time of the echo, `t4` our receive time (wall ms on each side).
     pub(crate) fn sample(&mut self, t1: u64, t2: u64, t3: u64, t4: u64) {
-        let (t1, t2, t3, t4) = (t1 as i64, t2 as i64, t3 as i64, t4 as i64);
+        // In i128 every u64 fits, so timestamps from a broken or hostile peer cannot overflow.
+        let [t1, t2, t3, t4] = [t1, t2, t3, t4].map(i128::from);
         let rtt = (t4 - t1) - (t3 - t2);
-        if rtt < 0 {
-            return; // A clock stepped mid-exchange: the sample is meaningless.
-        }
         let offset = ((t2 - t1) + (t3 - t4)) / 2;
+        // A negative round trip means a clock stepped mid-exchange; one beyond u64 or an
+        // offset beyond i64 means timestamps no clock produced. Either way: meaningless.
+        let (Ok(rtt), Ok(offset)) = (u64::try_from(rtt), i64::try_from(offset)) else {
+            return;
+        };
         if self.samples.len() == SKEW_SAMPLES {
             self.samples.pop_front();
         }
-        self.samples.push_back((rtt as u64, offset));
+        self.samples.push_back((rtt, offset));
     }
 
     /// The offset of the sample with the smallest round trip, ms (positive: peer ahead).
