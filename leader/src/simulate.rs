@@ -195,6 +195,10 @@ async fn print_table(client: &reqwest::Client, regions: &[Region]) {
             peers.join("  "),
         ]);
     }
+    // On a terminal the table is redrawn in place; piped output gets one table per refresh.
+    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        print!("\x1b[H\x1b[J");
+    }
     println!("{table}");
 }
 
