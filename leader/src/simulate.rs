@@ -111,6 +111,7 @@ pub(crate) async fn run(config_path: &Path, duration_secs: Option<u64>) -> Resul
         .build()?;
     let deadline = duration_secs.map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
     let mut ticker = tokio::time::interval(REFRESH);
+    let mut drawn = 0;
     let reason = loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break "Ctrl-C",
@@ -126,7 +127,7 @@ pub(crate) async fn run(config_path: &Path, duration_secs: Option<u64>) -> Resul
                 if regions.iter_mut().any(|r| matches!(r.child.try_wait(), Ok(Some(_)))) {
                     break "a region exited";
                 }
-                print_table(&client, &regions).await;
+                print_table(&client, &regions, &mut drawn).await;
             }
         }
     };
@@ -139,7 +140,7 @@ pub(crate) async fn run(config_path: &Path, duration_secs: Option<u64>) -> Resul
     })
 }
 
-async fn print_table(client: &reqwest::Client, regions: &[Region]) {
+async fn print_table(client: &reqwest::Client, regions: &[Region], drawn: &mut usize) {
     let mut table = Table::new();
     table.load_preset(UTF8_BORDERS_ONLY).set_header([
         "region",
@@ -195,11 +196,14 @@ async fn print_table(client: &reqwest::Client, regions: &[Region]) {
             peers.join("  "),
         ]);
     }
-    // On a terminal the table is redrawn in place; piped output gets one table per refresh.
-    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
-        print!("\x1b[H\x1b[J");
+    // On a terminal the table is redrawn in place (the lines above it stay); piped output
+    // gets one table per refresh.
+    let text = table.to_string();
+    if std::io::IsTerminal::is_terminal(&std::io::stdout()) && *drawn > 0 {
+        print!("\x1b[{}A\x1b[J", *drawn);
     }
-    println!("{table}");
+    *drawn = text.lines().count();
+    println!("{text}");
 }
 
 /// Closes every child's stdin pipe (which `--exit-with-stdin` turns into a clean shutdown),
