@@ -1,0 +1,602 @@
+//! The invariants checked after every step, and the oracles run once the world has settled.
+
+use std::collections::BTreeMap;
+
+use conflict::examples::Counter;
+use conflict::{Dot, KeyState, Resolved, Seq};
+use leader_core::{Alarm, PeerMsg, PersistBatch, WriteReceipt};
+
+use super::Failure;
+use super::truth::{Slot, TableKind, show};
+use super::workload::OpOutcome;
+use super::world::World;
+
+impl World {
+    /// After every event at region `r`: vectors only grow within a process, the machine's
+    /// durable vector is the disk's, and every remote write newly applied is the write its
+    /// origin made durable and sits in its key (no origin applied with a gap).
+    pub(super) fn check_region(&mut self, r: usize) -> Result<(), Failure> {
+        let g = &self.regions[r];
+        let Some(m) = &g.replica else { return Ok(()) };
+        let (applied, received) = (m.applied(), m.received());
+        let problem = if !applied.dominates(&g.seen_applied) {
+            Some((
+                "monotonic",
+                format!(
+                    "{}: applied {applied:?} shrank from {:?}",
+                    g.name, g.seen_applied
+                ),
+            ))
+        } else if !received.dominates(&g.seen_received) {
+            Some((
+                "monotonic",
+                format!(
+                    "{}: received {received:?} shrank from {:?}",
+                    g.name, g.seen_received
+                ),
+            ))
+        } else if *applied != g.disk.applied {
+            Some((
+                "durable-mirror",
+                format!(
+                    "{}: durable vector {applied:?} but the disk holds {:?}",
+                    g.name, g.disk.applied
+                ),
+            ))
+        } else if !received.dominates(applied) {
+            Some((
+                "monotonic",
+                format!(
+                    "{}: received {received:?} is behind applied {applied:?}",
+                    g.name
+                ),
+            ))
+        } else {
+            None
+        };
+        if let Some(p) = problem {
+            return Err(self.fail(p));
+        }
+        for (origin, seq) in received.iter() {
+            if origin == g.id {
+                continue; // own writes enter the truth when durable; replies check them
+            }
+            for s in g.seen_received.get(origin).0 + 1..=seq.0 {
+                let dot = Dot::new(origin, Seq(s));
+                let landed = self.truth.get(&dot).is_some_and(|(slot, _)| {
+                    m.get(&slot.0, &slot.1)
+                        .is_some_and(|k| k.context.covers(&dot))
+                });
+                if !landed {
+                    let detail = format!(
+                        "{} counts {dot} as applied, but that write ({:?}) is not in its key: applied with a gap",
+                        g.name,
+                        self.truth.get(&dot)
+                    );
+                    return Err(self.fail(("gap", detail)));
+                }
+            }
+        }
+        let (applied, received) = (applied.clone(), received.clone());
+        let g = &mut self.regions[r];
+        g.seen_applied = applied;
+        g.seen_received = received;
+        Ok(())
+    }
+
+    /// Commits a completed persist to region `r`'s disk, records its own writes in the truth,
+    /// and checks what it wrote.
+    pub(super) fn commit(&mut self, r: usize, batch: &PersistBatch) -> Result<(), Failure> {
+        let (own, name) = (self.regions[r].id, self.regions[r].name.clone());
+        if let Err(d) = self.regions[r].disk.commit(batch, own) {
+            return Err(self.fail(("disk", format!("{name}: {d}"))));
+        }
+        let checks = self.opts.step_checks;
+        for e in batch.log.iter().filter(|e| e.write.dot.replica == own) {
+            self.truth.record(e, checks).map_err(|b| self.fail(b))?;
+        }
+        if !checks {
+            return Ok(());
+        }
+        for e in &batch.log {
+            self.truth.check_entry(&name, e).map_err(|b| self.fail(b))?;
+        }
+        let bound = self.regions.len() * self.p.knobs.max_siblings;
+        for (table, key, state) in &batch.keys {
+            let slot = (table.clone(), key.clone());
+            self.truth
+                .check_state(&name, &slot, state)
+                .map_err(|b| self.fail(b))?;
+            let lww = self.tables.get(table) == Some(&TableKind::Lww);
+            if (lww && state.siblings.len() > 1) || state.siblings.len() > bound {
+                let detail = format!(
+                    "{name}: {} holds {} siblings (lww keeps 1; the bound is regions x cap = {bound})",
+                    show(&slot),
+                    state.siblings.len()
+                );
+                return Err(self.fail(("sibling-cap", detail)));
+            }
+        }
+        Ok(())
+    }
+
+    /// A local write just accepted must not leave more siblings than the cap.
+    pub(super) fn check_sibling_cap(&self, r: usize, slot: &Slot) -> Result<(), Failure> {
+        let cap = self.p.knobs.max_siblings;
+        let m = self.regions[r].replica.as_ref().expect("just handled");
+        let n = m.get(&slot.0, &slot.1).map_or(0, KeyState::len);
+        if n > cap {
+            let detail = format!(
+                "{} accepted a write leaving {} with {n} siblings, above the cap {cap}",
+                self.regions[r].name,
+                show(slot)
+            );
+            return Err(self.fail(("sibling-cap", detail)));
+        }
+        Ok(())
+    }
+
+    /// A reply must claim only what disks hold: the write durable at its origin, in every
+    /// region it names, and (unless it timed out) in as many regions as the level needs.
+    pub(super) fn check_receipt(
+        &self,
+        r: usize,
+        idx: usize,
+        receipt: &WriteReceipt,
+    ) -> Result<(), Failure> {
+        let op = &self.ops[idx];
+        let name = &self.regions[r].name;
+        let dot = receipt.dot;
+        let id = idx + 1;
+        let same = self.truth.get(&dot).is_some_and(|(slot, w)| {
+            *slot == op.slot && w.hlc == receipt.hlc && w.value == op.value
+        });
+        if dot.replica != self.regions[r].id || !same || receipt.durability != op.durability {
+            let detail = format!(
+                "{name} acknowledged request #{id} as {dot} {:?} {}, which is not the durable write it made ({:?})",
+                receipt.hlc,
+                receipt.durability,
+                self.truth.get(&dot)
+            );
+            return Err(self.fail(("ack-durability", detail)));
+        }
+        for region in &receipt.durable_in {
+            let q = self.index_of(region);
+            if !self.regions[q].disk.applied.covers(&dot) {
+                let detail = format!(
+                    "{name} acknowledged #{id} ({dot}) as durable in {region}, whose disk lacks it"
+                );
+                return Err(self.fail(("ack-durability", detail)));
+            }
+        }
+        self.check_context_read(idx, receipt)?;
+        let need = op.durability.peers_needed(self.regions.len()) + 1;
+        let on_disk = self
+            .regions
+            .iter()
+            .filter(|g| g.disk.applied.covers(&dot))
+            .count();
+        if !receipt.timed_out && (receipt.durable_in.len() < need || on_disk < need) {
+            let detail = format!(
+                "{name} acknowledged #{id} ({dot}) at {} but only {on_disk} disks hold it ({need} needed): {:?}",
+                op.durability, receipt.durable_in
+            );
+            return Err(self.fail(("ack-durability", detail)));
+        }
+        Ok(())
+    }
+
+    /// A read-modify-write supersedes exactly what its client read: its context must not
+    /// cover a dot of the same key that a crash freed and a later write took again after the
+    /// read (the client never saw that write, yet its write would silently supersede it).
+    fn check_context_read(&self, idx: usize, receipt: &WriteReceipt) -> Result<(), Failure> {
+        let op = &self.ops[idx];
+        let (Some(read_ms), Some((_, write))) = (op.read_ms, self.truth.get(&receipt.dot)) else {
+            return Ok(());
+        };
+        if !self.opts.check_dirty_context {
+            return Ok(());
+        }
+        for (dot, at) in &self.reused {
+            let same_key = self
+                .truth
+                .get(dot)
+                .is_some_and(|(slot, _)| *slot == op.slot);
+            if *at > read_ms && same_key && write.context.covers(dot) {
+                let detail = format!(
+                    "request #{} ({}) to {} carries a context read at {read_ms} ms that covers {dot}; \
+                     that dot was not durable when read, was lost in a crash, and was given at {at} ms \
+                     to another write of the key ({:?}), which this write now supersedes unseen",
+                    idx + 1,
+                    receipt.dot,
+                    show(&op.slot),
+                    self.truth.get(dot).map(|(_, w)| (&w.value, w.hlc))
+                );
+                return Err(self.fail(("dirty-context", detail)));
+            }
+        }
+        Ok(())
+    }
+
+    /// A message claiming what its sender has durably applied must not claim more than the
+    /// sender's disk holds (acks drive semi-sync waits, truncation and garbage collection).
+    pub(super) fn check_wire(&self, from: usize, msg: &PeerMsg) -> Result<(), Failure> {
+        let g = &self.regions[from];
+        let claimed = match msg {
+            PeerMsg::Ack(a) => Some(&a.applied),
+            PeerMsg::Hello(h) => Some(&h.applied),
+            PeerMsg::Heartbeat(h) => h
+                .rows
+                .iter()
+                .find(|row| row.region == g.name)
+                .map(|row| &row.applied),
+            _ => None,
+        };
+        match claimed {
+            Some(vv) if !g.disk.applied.dominates(vv) => {
+                let detail = format!(
+                    "{} tells a peer it has durably applied {vv:?}, but its disk holds {:?}",
+                    g.name, g.disk.applied
+                );
+                Err(self.fail(("wire-ack", detail)))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub(super) fn on_alarm(&mut self, r: usize, alarm: Alarm) -> Result<(), Failure> {
+        match alarm {
+            Alarm::ClockSkew { .. } => Ok(()),
+            other if self.opts.step_checks => {
+                let detail = format!("{} raised {other:?}", self.regions[r].name);
+                Err(self.fail(("alarm", detail)))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn live(&self) -> Vec<usize> {
+        (0..self.regions.len())
+            .filter(|r| !self.regions[*r].doomed)
+            .collect()
+    }
+
+    /// Whether every surviving region is up, connected to every other, has nothing in flight,
+    /// and has durably applied the same writes.
+    pub(super) fn settled(&self) -> bool {
+        self.unsettled_reason().is_empty()
+    }
+
+    /// Why the world has not settled ("" when it has).
+    pub(super) fn unsettled_reason(&self) -> String {
+        let live = self.live();
+        for &r in &live {
+            let g = &self.regions[r];
+            let Some(m) = &g.replica else {
+                return format!("{} is down", g.name);
+            };
+            if g.persisting.is_some() || g.reads_out > 0 || m.received() != m.applied() {
+                return format!("{} has work in flight", g.name);
+            }
+            for &q in &live {
+                let connected = |a: usize, b: usize| {
+                    let peer = &self.regions[b].name;
+                    self.regions[a].replica.as_ref().is_some_and(|m| {
+                        m.peer_views(self.time(a))
+                            .iter()
+                            .any(|v| v.region == *peer && v.connected)
+                    })
+                };
+                if q != r && (self.current_conn(r, q).is_none() || !connected(r, q)) {
+                    let views = |a: usize| {
+                        self.regions[a]
+                            .replica
+                            .as_ref()
+                            .map(|m| m.peer_views(self.time(a)))
+                    };
+                    return format!(
+                        "{} is not replicating to {}: connection {:?} (raw {:?}); {} sees {:?}; {} sees {:?}",
+                        g.name,
+                        self.regions[q].name,
+                        self.current_conn(r, q),
+                        self.net.current_raw(r, q),
+                        g.name,
+                        views(r),
+                        self.regions[q].name,
+                        views(q)
+                    );
+                }
+            }
+        }
+        if let Some(busy) = self.net.busy() {
+            return format!("frames in flight: {busy}");
+        }
+        let first = self.regions[live[0]].disk.applied.clone();
+        for &r in &live {
+            if self.regions[r].disk.applied != first {
+                return format!(
+                    "applied vectors differ: {} has {:?}, {} has {:?}",
+                    self.regions[live[0]].name,
+                    first,
+                    self.regions[r].name,
+                    self.regions[r].disk.applied
+                );
+            }
+        }
+        String::new()
+    }
+
+    /// The oracles, once the world has settled (or given up settling).
+    pub(super) fn final_checks(&self) -> Result<(), Failure> {
+        let live = self.live();
+        self.check_not_lost(&live)?;
+        self.check_convergence(&live)?;
+        let g = &self.regions[live[0]];
+        let m = g.replica.as_ref().expect("checked by convergence");
+        let applied = m.applied().clone();
+        for (origin, seq) in applied.iter() {
+            for s in 1..=seq.0 {
+                let dot = Dot::new(origin, Seq(s));
+                if self.truth.get(&dot).is_none() {
+                    let detail = format!(
+                        "{} applied {dot}, which its origin never made durable",
+                        g.name
+                    );
+                    return Err(self.fail(("write-identity", detail)));
+                }
+            }
+        }
+        for (slot, state) in m.keys() {
+            let kind = self.tables[&slot.0];
+            self.truth
+                .check_state(&g.name, slot, state)
+                .and_then(|()| self.truth.check_final_key(slot, kind, state, &applied))
+                .map_err(|b| self.fail(b))?;
+            self.check_final_cap(slot, state)?;
+        }
+        for slot in self.truth.slots() {
+            if !self.truth.applied_writes(slot, &applied).is_empty()
+                && m.get(&slot.0, &slot.1).is_none()
+            {
+                let detail = format!(
+                    "{} has no state for {} although writes reached it",
+                    g.name,
+                    show(slot)
+                );
+                return Err(self.fail(("key-context", detail)));
+            }
+        }
+        self.check_acknowledged(&live, &applied)
+    }
+
+    /// Every acknowledged write that a surviving region held durably when it was
+    /// acknowledged is durable in at least one surviving region (checked before convergence,
+    /// so a lost write is named even when the survivors also disagree).
+    fn check_not_lost(&self, live: &[usize]) -> Result<(), Failure> {
+        for (idx, op) in self.ops.iter().enumerate() {
+            let OpOutcome::Acked(receipt) = &op.outcome else {
+                continue;
+            };
+            let promised = receipt
+                .durable_in
+                .iter()
+                .any(|name| live.iter().any(|r| self.regions[*r].name == *name));
+            let kept = live
+                .iter()
+                .any(|r| self.regions[*r].disk.applied.covers(&receipt.dot));
+            if promised && !kept {
+                let origin = &self.regions[op.region];
+                let detail = format!(
+                    "request #{} ({}, {} to {}, issued at {} ms, acknowledged at {} ms at level {} \
+                     as durable in {:?}) is in no surviving region; origin {}{}",
+                    idx + 1,
+                    receipt.dot,
+                    show_value(&op.value),
+                    show(&op.slot),
+                    op.issued_ms,
+                    op.answered_ms.unwrap_or_default(),
+                    receipt.durability,
+                    receipt.durable_in,
+                    origin.name,
+                    if origin.doomed {
+                        " was lost for good"
+                    } else {
+                        " survived"
+                    }
+                );
+                return Err(self.fail(("acked-write-lost", detail)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Identical digests everywhere, and the disk of each region equal to its memory.
+    fn check_convergence(&self, live: &[usize]) -> Result<(), Failure> {
+        let mut digests = BTreeMap::new();
+        for &r in live {
+            let g = &self.regions[r];
+            let Some(m) = &g.replica else {
+                return Err(self.fail(("convergence", format!("{} is still down", g.name))));
+            };
+            digests.insert(r, m.digest());
+            let memory: BTreeMap<&Slot, &KeyState> = m.keys().collect();
+            let disk: BTreeMap<&Slot, &KeyState> = g.disk.keys.iter().collect();
+            if memory != disk {
+                let detail = format!(
+                    "{}: the key states in memory differ from the disk's",
+                    g.name
+                );
+                return Err(self.fail(("disk-mirror", detail)));
+            }
+        }
+        let first = digests[&live[0]];
+        for &r in live {
+            if digests[&r] != first {
+                return Err(self.fail(("convergence", self.describe_divergence(live[0], r))));
+            }
+        }
+        Ok(())
+    }
+
+    fn describe_divergence(&self, a: usize, b: usize) -> String {
+        let (ga, gb) = (&self.regions[a], &self.regions[b]);
+        let (ma, mb) = (
+            ga.replica.as_ref().expect("live"),
+            gb.replica.as_ref().expect("live"),
+        );
+        let ka: BTreeMap<&Slot, &KeyState> = ma.keys().collect();
+        let kb: BTreeMap<&Slot, &KeyState> = mb.keys().collect();
+        let slot = ka
+            .keys()
+            .chain(kb.keys())
+            .find(|s| ka.get(*s) != kb.get(*s))
+            .map(|s| {
+                format!(
+                    "first differing key {}: {} has {:?}, {} has {:?}",
+                    show(s),
+                    ga.name,
+                    ka.get(*s),
+                    gb.name,
+                    kb.get(*s)
+                )
+            })
+            .unwrap_or_default();
+        format!(
+            "digests differ between {} (applied {:?}) and {} (applied {:?}); {slot}",
+            ga.name,
+            ma.applied(),
+            gb.name,
+            mb.applied()
+        )
+    }
+
+    /// Concurrent siblings of one origin are bounded by the cap (its writes were all
+    /// siblings at that origin when the last one was accepted).
+    fn check_final_cap(&self, slot: &Slot, state: &KeyState) -> Result<(), Failure> {
+        let mut per_origin: BTreeMap<_, usize> = BTreeMap::new();
+        for s in &state.siblings {
+            *per_origin.entry(s.dot.replica).or_default() += 1;
+        }
+        let cap = self.p.knobs.max_siblings;
+        match per_origin.iter().find(|(_, n)| **n > cap) {
+            Some((origin, n)) => {
+                let detail = format!(
+                    "{} ends with {n} concurrent siblings from {origin}, above the cap {cap}",
+                    show(slot)
+                );
+                Err(self.fail(("sibling-cap", detail)))
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Every acknowledged write that some surviving region held durably when it was
+    /// acknowledged is present, or outranked by what the resolver keeps; counters never fall
+    /// below an acknowledged increment.
+    fn check_acknowledged(
+        &self,
+        live: &[usize],
+        applied: &conflict::VersionVector,
+    ) -> Result<(), Failure> {
+        let m = self.regions[live[0]].replica.as_ref().expect("live");
+        for (idx, op) in self.ops.iter().enumerate() {
+            let OpOutcome::Acked(receipt) = &op.outcome else {
+                continue;
+            };
+            let survives = receipt
+                .durable_in
+                .iter()
+                .any(|name| live.iter().any(|r| self.regions[*r].name == *name));
+            if !survives {
+                continue; // only its lost origin had it: `local` promises no more
+            }
+            let dot = receipt.dot;
+            let origin = &self.regions[op.region].name;
+            if !applied.covers(&dot) {
+                let detail = format!(
+                    "request #{} ({dot}, {} to {}, acknowledged at {} durable in {:?}) is missing after \
+                     the faults; origin {origin}{}",
+                    idx + 1,
+                    show_value(&op.value),
+                    show(&op.slot),
+                    receipt.durability,
+                    receipt.durable_in,
+                    if self.regions[op.region].doomed {
+                        " was lost for good"
+                    } else {
+                        " survived"
+                    }
+                );
+                return Err(self.fail(("acked-write-lost", detail)));
+            }
+            let state = m.get(&op.slot.0, &op.slot.1).cloned().unwrap_or_default();
+            self.check_outranked(idx, receipt, &op.slot, &state, applied)?;
+            if let Some(own) = op.counter_own {
+                let merged = match state.resolve(&Counter) {
+                    Resolved::Value(b) => Counter::decode(&b).unwrap_or_default(),
+                    _ => BTreeMap::new(),
+                };
+                let have = merged.get(&dot.replica).copied().unwrap_or(0);
+                if have < own {
+                    let detail = format!(
+                        "{}: {origin}'s count is {have}, below its acknowledged increment #{} to {own}",
+                        show(&op.slot),
+                        idx + 1
+                    );
+                    return Err(self.fail(("counter", detail)));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// An acknowledged write that is not kept must be outranked: by a greater last-write-wins
+    /// survivor, or (for the other resolvers) by a write that causally supersedes it.
+    fn check_outranked(
+        &self,
+        idx: usize,
+        receipt: &WriteReceipt,
+        slot: &Slot,
+        state: &KeyState,
+        applied: &conflict::VersionVector,
+    ) -> Result<(), Failure> {
+        let dot = receipt.dot;
+        if state.siblings.iter().any(|s| s.dot == dot) {
+            return Ok(());
+        }
+        let mine = (receipt.hlc, dot.replica, dot.seq);
+        let outranked = match self.tables[&slot.0] {
+            TableKind::Lww => state.siblings.last().is_some_and(|s| s.order_key() > mine),
+            // These resolvers rank by causality only: a write is outranked by one that
+            // supersedes it (that it also orders after is the stamp rule's business).
+            TableKind::MultiValue | TableKind::Counter => self
+                .truth
+                .applied_writes(slot, applied)
+                .iter()
+                .any(|w| w.context.covers(&dot)),
+        };
+        if outranked {
+            return Ok(());
+        }
+        let detail = format!(
+            "request #{} ({dot} {:?}) to {} was acknowledged, and is neither kept nor outranked: \
+             the key keeps {:?}",
+            idx + 1,
+            receipt.hlc,
+            show(slot),
+            state
+                .siblings
+                .iter()
+                .map(|s| (s.dot, s.hlc))
+                .collect::<Vec<_>>()
+        );
+        Err(self.fail(("acked-write-outranked", detail)))
+    }
+}
+
+fn show_value(v: &conflict::Value) -> String {
+    match v {
+        conflict::Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
+        conflict::Value::Tombstone => "delete".into(),
+    }
+}

@@ -1,0 +1,304 @@
+//! Clients: blind writes, deletes, stale-context writes, read-modify-writes with the context
+//! read (here, or in another region a little later) and counter increments, on a few hot keys
+//! of three tables, at every durability level; and what each request was answered.
+
+use conflict::examples::Counter;
+use conflict::{Dot, Resolved, Value, VersionVector, WriteRefused};
+use leader_core::{Durability, Event, WriteError, WriteReceipt};
+
+use super::Failure;
+use super::truth::Slot;
+use super::world::{Ev, Phase, World};
+
+/// What became of a client write.
+#[derive(Debug, Clone)]
+pub(super) enum OpOutcome {
+    /// Not answered yet.
+    Pending,
+    /// Answered with a receipt (maybe `timed_out`).
+    Acked(WriteReceipt),
+    /// Refused; nothing was written.
+    Refused,
+    /// The region crashed before answering.
+    Abandoned,
+}
+
+/// One client write and its fate.
+#[derive(Debug, Clone)]
+pub(super) struct OpRec {
+    pub(super) region: usize,
+    pub(super) slot: Slot,
+    pub(super) value: Value,
+    pub(super) durability: Durability,
+    /// For a counter increment: the writer's own count after it.
+    pub(super) counter_own: Option<u64>,
+    /// When the context it carries was read, for a read-modify-write.
+    pub(super) read_ms: Option<u64>,
+    /// When it was issued, and when it was answered (virtual ms).
+    pub(super) issued_ms: u64,
+    pub(super) answered_ms: Option<u64>,
+    pub(super) outcome: OpOutcome,
+}
+
+/// The write half of a read-modify-write whose read happened in another region.
+#[derive(Debug, Clone)]
+pub(super) struct Deferred {
+    region: usize,
+    slot: Slot,
+    value: Value,
+    context: VersionVector,
+    read_ms: u64,
+}
+
+impl World {
+    /// A client operation at region `r`; schedules the next one.
+    pub(super) fn client_op(&mut self, r: usize) -> Result<(), Failure> {
+        if self.phase != Phase::Workload {
+            return Ok(());
+        }
+        let next = self.now + self.rng_work.range(1, 2 * self.p.op_interval_ms);
+        self.push(next, Ev::Op(r));
+        if !self.alive(r) {
+            self.work.unavailable += 1;
+            return Ok(());
+        }
+        let key = self.pick_key();
+        let roll = self.rng_work.below(100);
+        let table = if self.rng_work.chance(0.5) {
+            "lww"
+        } else {
+            "mv"
+        };
+        let slot = (table.to_owned(), key);
+        match roll {
+            0..30 => {
+                let value = self.fresh_value(r);
+                self.issue(r, slot, value, None, None, None)
+            }
+            30..38 => self.issue(r, slot, Value::Tombstone, None, None, None),
+            38..42 => {
+                // A context that supersedes nothing (a client that read long ago, or nothing):
+                // the write stays concurrent with every sibling, which grows towards the cap.
+                let value = self.fresh_value(r);
+                self.issue(r, slot, value, Some(VersionVector::new()), None, None)
+            }
+            42..58 => {
+                let context = self.context_at(r, &slot);
+                let value = if self.rng_work.chance(0.1) {
+                    Value::Tombstone
+                } else {
+                    self.fresh_value(r)
+                };
+                self.issue(r, slot, value, Some(context), None, Some(self.now))
+            }
+            58..68 => {
+                self.read_for_later(r, slot);
+                Ok(())
+            }
+            _ => self.increment(r),
+        }
+    }
+
+    /// A hot key, skewed towards the first ones.
+    fn pick_key(&mut self) -> Vec<u8> {
+        let n = self.p.hot_keys as u64;
+        let i = self.rng_work.below(n).min(self.rng_work.below(n));
+        format!("k{i}").into_bytes()
+    }
+
+    fn fresh_value(&mut self, r: usize) -> Value {
+        Value::Bytes(format!("{}-{}", self.regions[r].name, self.ops.len() + 1).into_bytes())
+    }
+
+    fn context_at(&self, r: usize, slot: &Slot) -> VersionVector {
+        self.regions[r]
+            .replica
+            .as_ref()
+            .and_then(|m| m.get(&slot.0, &slot.1))
+            .map(|s| s.context.clone())
+            .unwrap_or_default()
+    }
+
+    /// Reads at `r` and writes back, with the context read, at another region later.
+    fn read_for_later(&mut self, r: usize, slot: (String, Vec<u8>)) {
+        let context = self.context_at(r, &slot);
+        let others: Vec<usize> = (0..self.regions.len()).filter(|q| *q != r).collect();
+        let region = others[self.rng_work.index(others.len())];
+        let value = self.fresh_value(r);
+        // One client operation per event, so the event count names it uniquely.
+        let token = self.work.events;
+        let at = self.now + self.rng_work.range(1, 5_000);
+        let read_ms = self.now;
+        self.deferred.insert(
+            token,
+            Deferred {
+                region,
+                slot,
+                value,
+                context,
+                read_ms,
+            },
+        );
+        self.push(at, Ev::OpWrite(token));
+    }
+
+    pub(super) fn deferred_write(&mut self, token: u64) -> Result<(), Failure> {
+        let Some(d) = self.deferred.remove(&token) else {
+            return Ok(());
+        };
+        if self.phase != Phase::Workload || !self.alive(d.region) {
+            self.work.unavailable += 1;
+            return Ok(());
+        }
+        self.issue(
+            d.region,
+            d.slot,
+            d.value,
+            Some(d.context),
+            None,
+            Some(d.read_ms),
+        )
+    }
+
+    /// A counter increment: read the merged counter here, add one to this region's entry,
+    /// write it back with the context read.
+    fn increment(&mut self, r: usize) -> Result<(), Failure> {
+        let key = self.pick_key();
+        let slot = ("ctr".to_owned(), key);
+        let m = self.regions[r].replica.as_ref().expect("checked alive");
+        let state = m.get(&slot.0, &slot.1).cloned().unwrap_or_default();
+        let current = match state.resolve(&Counter) {
+            Resolved::Value(b) => Some(b),
+            Resolved::Absent | Resolved::Siblings(_) => None,
+        };
+        let writer = self.regions[r].id;
+        let value = Counter::increment(current.as_deref(), writer, 1);
+        let own = Counter::decode(&value)
+            .and_then(|m| m.get(&writer).copied())
+            .unwrap_or(0);
+        let now = Some(self.now);
+        self.issue(
+            r,
+            slot,
+            Value::Bytes(value),
+            Some(state.context),
+            Some(own),
+            now,
+        )
+    }
+
+    fn pick_durability(&mut self) -> Durability {
+        match self.rng_work.below(100) {
+            0..40 => Durability::Local,
+            40..65 => Durability::One,
+            65..85 => Durability::Quorum,
+            _ => Durability::All,
+        }
+    }
+
+    /// Hands a client write to region `r` and records it.
+    fn issue(
+        &mut self,
+        r: usize,
+        slot: Slot,
+        value: Value,
+        context: Option<VersionVector>,
+        counter_own: Option<u64>,
+        read_ms: Option<u64>,
+    ) -> Result<(), Failure> {
+        let durability = self.pick_durability();
+        let timeout_ms = self.rng_work.range(50, 3_000);
+        self.ops.push(OpRec {
+            region: r,
+            slot: slot.clone(),
+            value: value.clone(),
+            durability,
+            counter_own,
+            read_ms,
+            issued_ms: self.now,
+            answered_ms: None,
+            outcome: OpOutcome::Pending,
+        });
+        let id = self.ops.len() as u64;
+        self.work.writes += 1;
+        let ev = Event::ClientWrite {
+            id,
+            table: slot.0.clone(),
+            key: slot.1.clone(),
+            value,
+            context,
+            durability,
+            timeout_ms,
+        };
+        self.handle(r, ev)?;
+        let accepted = matches!(self.ops[id as usize - 1].outcome, OpOutcome::Pending);
+        if accepted {
+            // The dot the write just took; a crash before it is durable frees it for reuse.
+            let own = self.regions[r].id;
+            let m = self.regions[r].replica.as_ref().expect("just handled");
+            let dot = Dot::new(own, m.received().get(own));
+            if self.created.insert(dot, self.now).is_some() {
+                self.reused.insert(dot, self.now);
+            }
+            if self.opts.step_checks {
+                self.check_sibling_cap(r, &slot)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records the answer to request `id` of region `r`.
+    pub(super) fn on_reply(
+        &mut self,
+        r: usize,
+        id: u64,
+        result: Result<WriteReceipt, WriteError>,
+    ) -> Result<(), Failure> {
+        let idx = id as usize - 1;
+        self.ops[idx].answered_ms = Some(self.now);
+        let receipt = match result {
+            Err(e) => {
+                match &e {
+                    WriteError::Refused(WriteRefused::ContextAhead { .. }) => {
+                        self.work.refused_context += 1;
+                    }
+                    WriteError::TooManySiblings { .. }
+                    | WriteError::Refused(WriteRefused::TooManySiblings { .. }) => {
+                        self.work.refused_siblings += 1;
+                    }
+                    other => {
+                        let detail = format!("request #{id} refused unexpectedly: {other}");
+                        return Err(self.fail(("refusal", detail)));
+                    }
+                }
+                self.ops[idx].outcome = OpOutcome::Refused;
+                return Ok(());
+            }
+            Ok(receipt) => receipt,
+        };
+        if self.opts.step_checks {
+            self.check_receipt(r, idx, &receipt)?;
+        }
+        if receipt.timed_out {
+            self.work.timed_out += 1;
+        } else {
+            self.work.acked[receipt.durability as usize] += 1;
+            let doom_due = self.doom.is_some_and(|d| self.now >= d.after_ms);
+            if doom_due && receipt.durability >= Durability::One && self.pending_doom.is_none() {
+                self.pending_doom = Some(r);
+            }
+        }
+        self.ops[idx].outcome = OpOutcome::Acked(receipt);
+        Ok(())
+    }
+
+    /// Marks every unanswered request of region `r` as abandoned (its process died).
+    pub(super) fn abandon_requests(&mut self, r: usize) {
+        for op in &mut self.ops {
+            if op.region == r && matches!(op.outcome, OpOutcome::Pending) {
+                op.outcome = OpOutcome::Abandoned;
+                self.work.abandoned += 1;
+            }
+        }
+    }
+}
