@@ -17,6 +17,7 @@
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -95,9 +96,10 @@ async fn list(State(s): State<AppState>) -> Result<Response, ApiError> {
 
 async fn set(
     State(s): State<AppState>,
-    Path(peer): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     body: Result<axum::Json<LinkBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
+    let Path(peer) = path.map_err(crate::api::bad_path)?;
     let c = control(&s)?;
     let addr = peer_addr(c, &peer)?;
     let axum::Json(b) = body.map_err(|e| {
@@ -125,7 +127,11 @@ async fn set(
     Ok(axum::Json(view(c)).into_response())
 }
 
-async fn clear(State(s): State<AppState>, Path(peer): Path<String>) -> Result<Response, ApiError> {
+async fn clear(
+    State(s): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path(peer) = path.map_err(crate::api::bad_path)?;
     let c = control(&s)?;
     let addr = peer_addr(c, &peer)?;
     c.impairment.heal(addr);

@@ -77,6 +77,8 @@ pub fn router(node: NodeHandle, limits: Limits, token: Option<String>) -> Router
         .layer(DefaultBodyLimit::max(body_limit));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        // Without this, `PUT /healthz` would answer 405 with an empty body.
+        .method_not_allowed_fallback(method_not_allowed)
         .merge(protected)
         .fallback(no_route)
         .with_state(state)
@@ -108,7 +110,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
 
 /// A path the router matched but whose segments do not decode (e.g. a key that is not UTF-8
 /// once percent-decoded).
-fn bad_path(e: PathRejection) -> ApiError {
+pub(crate) fn bad_path(e: PathRejection) -> ApiError {
     ApiError::new(
         StatusCode::BAD_REQUEST,
         "bad_path",
