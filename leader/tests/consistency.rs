@@ -1027,3 +1027,84 @@ async fn cli_session_file_carries_the_token_between_commands() {
         })
         .await;
 }
+
+// ---- measurement --------------------------------------------------------------------------
+
+/// Writes per durability level and link setting in [`durability_latency_ladder`].
+const LADDER_WRITES: usize = 200;
+
+/// The `p`-th percentile (0–100) of sorted `samples`, nearest rank.
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Not a check but a measurement, for docs/consistency.md: the client-side latency of a write
+/// at each durability level, over HTTP to us-east, with three regions on loopback — first
+/// with perfect links, then with injected one-way latency (us-east – eu-west 20 ms, the
+/// nearest; us-east – ap-south 40 ms, the farthest; eu-west – ap-south 30 ms). Levels are
+/// interleaved write by write, so background load hits them all alike. Prints a table.
+///
+/// `cargo test -p leader --test consistency -- --ignored --nocapture durability_latency_ladder`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement for docs/consistency.md, not a check"]
+async fn durability_latency_ladder() {
+    const LEVELS: [&str; 4] = ["local", "one", "quorum", "all"];
+    let cluster = Cluster::builder(&REGIONS).start().await;
+    cluster
+        .run(async |c| {
+            c.wait_connected().await;
+            let client = http();
+            let api = c.api_url(US);
+            let mut table = String::from(
+                "| links | durability | p50 ms | p99 ms | max ms | timed out |\n\
+                 |---|---|---|---|---|---|\n",
+            );
+            let settings: [(&str, [(&str, &str, u64); 3]); 2] = [
+                ("loopback", [(US, EU, 0), (US, AP, 0), (EU, AP, 0)]),
+                (
+                    "wan 20/40/30 ms",
+                    [(US, EU, 20), (US, AP, 40), (EU, AP, 30)],
+                ),
+            ];
+            for (links, latencies) in settings {
+                for (a, b, ms) in latencies {
+                    c.set_latency(a, b, Duration::from_millis(ms));
+                }
+                let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); LEVELS.len()];
+                let mut timed_out = [0usize; LEVELS.len()];
+                for i in 0..LADDER_WRITES + 10 {
+                    for (l, level) in LEVELS.iter().enumerate() {
+                        let key = format!("ladder-{level}-{}", i % 50);
+                        let url =
+                            format!("{api}/v1/kv/{LWW}/{key}?durability={level}&timeout_ms=5000");
+                        let start = Instant::now();
+                        let resp = client.put(&url).body("x").send().await.expect("a reply");
+                        let status = resp.status();
+                        resp.bytes().await.expect("a body");
+                        let took = start.elapsed();
+                        assert!(status.is_success(), "{status}");
+                        if i >= 10 {
+                            // The first ten rounds warm connections and caches up.
+                            samples[l].push(took);
+                            timed_out[l] += usize::from(status == StatusCode::ACCEPTED);
+                        }
+                    }
+                }
+                for (l, level) in LEVELS.iter().enumerate() {
+                    let s = &mut samples[l];
+                    s.sort();
+                    let ms = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1000.0);
+                    table.push_str(&format!(
+                        "| {links} | {level} | {} | {} | {} | {} |\n",
+                        ms(percentile(s, 50.0)),
+                        ms(percentile(s, 99.0)),
+                        ms(*s.last().expect("samples")),
+                        timed_out[l],
+                    ));
+                }
+            }
+            println!("{LADDER_WRITES} writes per row, one client, HTTP to {US}:\n{table}");
+        })
+        .await;
+}
