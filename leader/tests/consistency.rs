@@ -1033,6 +1033,9 @@ async fn cli_session_file_carries_the_token_between_commands() {
 /// Writes per durability level and link setting in [`durability_latency_ladder`].
 const LADDER_WRITES: usize = 200;
 
+/// One pair of regions and the one-way latency between them, ms.
+type Link = (&'static str, &'static str, u64);
+
 /// The `p`-th percentile (0–100) of sorted `samples`, nearest rank.
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
@@ -1060,7 +1063,7 @@ async fn durability_latency_ladder() {
                 "| links | durability | p50 ms | p99 ms | max ms | timed out |\n\
                  |---|---|---|---|---|---|\n",
             );
-            let settings: [(&str, [(&str, &str, u64); 3]); 2] = [
+            let settings: [(&str, [Link; 3]); 2] = [
                 ("loopback", [(US, EU, 0), (US, AP, 0), (EU, AP, 0)]),
                 (
                     "wan 20/40/30 ms",
