@@ -1770,7 +1770,19 @@ impl Replica {
 
     // ---- queries -------------------------------------------------------------------------
 
-    /// The state of a key (applied here, maybe not yet durable).
+    /// Whether a client may read this key now: its context names no write of this region
+    /// that is not yet durable. A read that saw such a write, and a crash that lost it, would
+    /// let the restarted region hand the same sequence number to another write, and the
+    /// reader's context would then supersede a write it never saw. Writes of other regions
+    /// need no wait: a crash here cannot change them (their origin resends the same write).
+    pub fn read_ready(&self, table: &str, key: &[u8]) -> bool {
+        let own = self.opts.replica;
+        self.get(table, key)
+            .is_none_or(|s| s.context.get(own) <= self.durable.get(own))
+    }
+
+    /// The state of a key (applied here, maybe not yet durable). Clients should read through
+    /// [`Replica::read_ready`]; see there why.
     pub fn get(&self, table: &str, key: &[u8]) -> Option<&KeyState> {
         self.keys.get(&(table.to_owned(), key.to_vec()))
     }

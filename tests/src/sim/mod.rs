@@ -123,7 +123,8 @@ pub struct RunOptions {
     /// seen (`dirty-context`). **Off by default while the finding is open** (docs/testing.md,
     /// "What it found"): reads serve state that is not durable yet, and a crash lets a region
     /// give the lost write's sequence number to another write, which an old context then
-    /// supersedes unseen (seed 147). Turn it on by default once reads show only durable writes.
+    /// supersedes unseen (seed 147). On by default since reads wait for the region's own writes
+    /// to be durable (`Replica::read_ready`).
     pub check_dirty_context: bool,
     /// Also inject faults the protocol is not designed for (soak/diagnosis only): frames lost
     /// silently inside a live connection, hellos overtaken by later frames, hellos refused
@@ -139,7 +140,7 @@ impl Default for RunOptions {
             doom: None,
             verbose: false,
             echo: false,
-            check_dirty_context: false,
+            check_dirty_context: true,
             beyond_contract: false,
         }
     }

@@ -110,6 +110,14 @@ impl World {
         Value::Bytes(format!("{}-{}", self.regions[r].name, self.ops.len() + 1).into_bytes())
     }
 
+    /// Whether a client may read `slot` at `r` now, as the API decides it.
+    fn read_ready(&self, r: usize, slot: &Slot) -> bool {
+        self.regions[r]
+            .replica
+            .as_ref()
+            .is_some_and(|m| m.read_ready(&slot.0, &slot.1))
+    }
+
     fn context_at(&self, r: usize, slot: &Slot) -> VersionVector {
         self.regions[r]
             .replica
@@ -121,6 +129,12 @@ impl World {
 
     /// Reads at `r` and writes back, with the context read, at another region later.
     fn read_for_later(&mut self, r: usize, slot: (String, Vec<u8>)) {
+        if !self.read_ready(r, &slot) {
+            // The API answers this read only after the region's own write in the key is
+            // durable (Replica::read_ready); this client gives up instead of waiting.
+            self.work.unavailable += 1;
+            return;
+        }
         let context = self.context_at(r, &slot);
         let others: Vec<usize> = (0..self.regions.len()).filter(|q| *q != r).collect();
         let region = others[self.rng_work.index(others.len())];
@@ -165,6 +179,10 @@ impl World {
     fn increment(&mut self, r: usize) -> Result<(), Failure> {
         let key = self.pick_key();
         let slot = ("ctr".to_owned(), key);
+        if !self.read_ready(r, &slot) {
+            self.work.unavailable += 1;
+            return Ok(());
+        }
         let m = self.regions[r].replica.as_ref().expect("checked alive");
         let state = m.get(&slot.0, &slot.1).cloned().unwrap_or_default();
         let current = match state.resolve(&Counter) {
