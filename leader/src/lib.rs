@@ -6,7 +6,7 @@
 //! - [`storage`]: the redb store of one data directory (key states, per-origin log, applied
 //!   vector, peer positions, HLC high-water mark, replica id); one fsync per batch.
 //! - [`node`]: the runtime — a driver task that owns the state machine and performs its
-//!   effects (persist on the storage thread, send over the transport, answer clients).
+//!   effects (persist on tokio's blocking pool, send over the transport, answer clients).
 //! - [`api`]: the HTTP/JSON client API (axum).
 //! - [`metrics`]: Prometheus text for `/metrics`.
 //! - [`LeaderBuilder`]: how a program embeds a leader and registers its own resolvers.

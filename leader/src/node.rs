@@ -5,22 +5,31 @@
 //! [`Event`]s; the driver hands each to the state machine and performs the [`Effect`]s it
 //! returns, in order. `select!` only turns inputs into events: all decisions are in the core.
 //!
-//! Storage runs on its own OS thread (redb is synchronous): it receives one [`PersistBatch`]
-//! at a time, commits it with an fsync and reports back. Log reads for lagging peers run on
-//! tokio's blocking pool against a redb read transaction, concurrently with the writer.
+//! Storage runs on tokio's blocking pool (redb is synchronous): the core keeps at most one
+//! [`PersistBatch`](leader_core::PersistBatch) outstanding, and one blocking task commits it
+//! with an fsync and reports back, so there is one writer at a time. Log reads for lagging
+//! peers run there too, against a redb read transaction, concurrently with the writer.
+//! Blocking tasks, unlike a thread of our own, are waited for when the runtime shuts down, so
+//! a runtime that is dropped (a crashed host in a turmoil simulation) has released the store
+//! once the drop returns; and under turmoil's paused clock a running blocking task holds
+//! virtual time still, so an fsync takes no virtual time however slow the disk is.
+//!
+//! Every timer and the monotonic time given to the core read tokio's clock ([`Instant`] is
+//! `tokio::time::Instant`): the OS's monotonic clock in production, virtual time under turmoil.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use conflict::{KeyState, Registry, Resolver, Value, VersionVector};
 use leader_core::{
     Alarm, ConflictRecord, ConnId, Counters, Durability, Effect, Event, Options, PeerMsg, PeerView,
-    PersistBatch, Replica, RequestId, Time, WriteError, WriteReceipt,
+    Replica, RequestId, Time, WriteError, WriteReceipt,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 use transport::{Mesh, MeshEvent};
 
@@ -391,16 +400,19 @@ struct Driver {
     replica: Replica,
     mesh: Mesh<PeerMsg>,
     store: Arc<Store>,
-    persist_tx: std::sync::mpsc::SyncSender<PersistBatch>,
     completions_tx: mpsc::Sender<Completion>,
     pending: BTreeMap<RequestId, PendingWrite>,
     parked: Vec<Parked>,
+    /// Reads waiting for this region's own writes in their key to become durable.
+    dirty_reads: Vec<Command>,
     table_durability: BTreeMap<String, Durability>,
     write_timeout: Duration,
     session_wait: Duration,
     next_request: RequestId,
     start: Instant,
     clock_offset_ms: i64,
+    /// See [`Wiring::wall_clock_start_ms`].
+    wall_clock_start_ms: Option<u64>,
     metrics: Arc<Metrics>,
     /// Streams with a frame that could not be queued, and when the core is told
     /// ([`Event::SendFailed`]). Until then nothing more is sent on them, so the peer never
@@ -505,15 +517,29 @@ pub struct Wiring {
     /// Added to this node's wall clock (ms; may be negative): tests and simulations model a
     /// region whose clock is skewed. Monotonic timers are unaffected.
     pub clock_offset_ms: i64,
+    /// Run QUIC over this socket and quinn runtime instead of binding a UDP socket (turmoil
+    /// simulations: `transport::sim::bind`). `peer_socket` is then ignored.
+    pub quic: Option<(Arc<dyn quinn::AsyncUdpSocket>, Arc<dyn quinn::Runtime>)>,
+    /// Simulations in virtual time: the wall clock (ms since the Unix epoch) at start, after
+    /// which it advances with tokio's clock instead of reading the system's, so HLCs follow
+    /// virtual time. `clock_offset_ms` still applies.
+    pub wall_clock_start_ms: Option<u64>,
+    /// Seed of the transport's randomness (QUIC connection ids, incarnation, redial jitter), so
+    /// a simulation can repeat; `None` draws it from the OS.
+    pub rng_seed: Option<[u8; 32]>,
 }
 
-fn now(start: Instant, clock_offset_ms: i64) -> Time {
-    let wall_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+fn now(start: Instant, clock_offset_ms: i64, wall_clock_start_ms: Option<u64>) -> Time {
+    let mono_ms = start.elapsed().as_millis() as u64;
+    let wall_ms = match wall_clock_start_ms {
+        Some(at_start) => at_start.saturating_add(mono_ms),
+        None => SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+    };
     Time {
         wall_ms: wall_ms.saturating_add_signed(clock_offset_ms),
-        mono_ms: start.elapsed().as_millis() as u64,
+        mono_ms,
     }
 }
 
@@ -582,18 +608,25 @@ pub async fn start(
     mesh_config.idle_timeout = t.idle_timeout();
     mesh_config.backoff_min = t.reconnect_min();
     mesh_config.backoff_max = t.reconnect_max();
+    mesh_config.rng_seed = wiring.rng_seed;
     let bind_err = |source| {
         NodeError::Transport(format!(
             "cannot bind the peer address {}: {source}; is another process using the port?",
             me.peer_addr
         ))
     };
-    let socket = match wiring.peer_socket {
-        Some(s) => s,
-        None => std::net::UdpSocket::bind(me.peer_addr).map_err(bind_err)?,
+    let (socket, quinn_runtime) = match wiring.quic {
+        Some(quic) => quic,
+        None => {
+            let socket = match wiring.peer_socket {
+                Some(s) => s,
+                None => std::net::UdpSocket::bind(me.peer_addr).map_err(bind_err)?,
+            };
+            let quinn_runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
+            let socket = quinn_runtime.wrap_udp_socket(socket).map_err(bind_err)?;
+            (socket, quinn_runtime)
+        }
     };
-    let quinn_runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
-    let socket = quinn_runtime.wrap_udp_socket(socket).map_err(bind_err)?;
     let (socket, socket_closed) = ClosingSocket::wrap(socket);
     let (socket, impairment) = if wiring.impair {
         let seed = u64::from_le_bytes(
@@ -615,8 +648,6 @@ pub async fn start(
     let metrics = Arc::new(Metrics::new(region));
     let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
     let (completions_tx, completions_rx) = mpsc::channel(COMPLETION_QUEUE);
-    let (persist_tx, persist_rx) = std::sync::mpsc::sync_channel::<PersistBatch>(1);
-    spawn_storage_thread(Arc::clone(&store), persist_rx, completions_tx.clone());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let links = impairment.clone().map(|impairment| {
         Arc::new(LinkControl {
@@ -634,16 +665,17 @@ pub async fn start(
         replica,
         mesh,
         store,
-        persist_tx,
         completions_tx,
         pending: BTreeMap::new(),
         parked: Vec::new(),
+        dirty_reads: Vec::new(),
         table_durability: config.durability.clone(),
         write_timeout: t.write_timeout(),
         session_wait: t.session_wait(),
         next_request: 1,
         start: Instant::now(),
         clock_offset_ms: wiring.clock_offset_ms,
+        wall_clock_start_ms: wiring.wall_clock_start_ms,
         metrics,
         broken: BTreeMap::new(),
     };
@@ -767,31 +799,6 @@ impl quinn::UdpPoller for ClosingPoller {
     }
 }
 
-fn spawn_storage_thread(
-    store: Arc<Store>,
-    batches: std::sync::mpsc::Receiver<PersistBatch>,
-    done: mpsc::Sender<Completion>,
-) {
-    let name = format!("storage-{}", store.dir().display());
-    let spawned = std::thread::Builder::new().name(name).spawn(move || {
-        while let Ok(batch) = batches.recv() {
-            let completion = match store.persist(&batch) {
-                Ok(()) => Completion::Persisted(batch.id),
-                Err(e) => Completion::PersistFailed(e),
-            };
-            let failed = matches!(completion, Completion::PersistFailed(_));
-            if done.blocking_send(completion).is_err() || failed {
-                return;
-            }
-        }
-    });
-    if let Err(e) = spawned {
-        // Without a storage thread no write can ever be acknowledged; the driver notices the
-        // closed channel on its first persist and stops.
-        error!("cannot start the storage thread: {e}");
-    }
-}
-
 impl Driver {
     async fn run(
         mut self,
@@ -813,7 +820,7 @@ impl Driver {
                 .min();
             let sleep = async {
                 match wake {
-                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    Some(at) => tokio::time::sleep_until(at).await,
                     None => std::future::pending().await,
                 }
             };
@@ -850,13 +857,11 @@ impl Driver {
     async fn finish(self, mut completions: mpsc::Receiver<Completion>) {
         let Driver {
             mesh,
-            persist_tx,
             completions_tx,
             ..
         } = self;
-        // With both senders gone the channel closes once the storage thread has finished its
-        // current batch and any log read in progress has reported.
-        drop(persist_tx);
+        // With the driver's sender gone the channel closes once the persist and any log read
+        // in progress have reported (their blocking tasks hold the other senders).
         drop(completions_tx);
         let drain = async { while completions.recv().await.is_some() {} };
         if tokio::time::timeout(Duration::from_secs(10), drain)
@@ -868,9 +873,13 @@ impl Driver {
         mesh.shutdown().await;
     }
 
+    /// The time as the core sees it.
+    fn now(&self) -> Time {
+        now(self.start, self.clock_offset_ms, self.wall_clock_start_ms)
+    }
+
     fn handle(&mut self, event: Event, effects: &mut Vec<Effect>) {
-        self.replica
-            .handle(now(self.start, self.clock_offset_ms), event, effects);
+        self.replica.handle(self.now(), event, effects);
         for effect in effects.drain(..) {
             self.perform(effect);
         }
@@ -896,6 +905,10 @@ impl Driver {
     /// Serves parked requests whose session this region now covers, and answers those whose
     /// wait has run out with "behind your session".
     fn unpark(&mut self, effects: &mut Vec<Effect>) {
+        for cmd in std::mem::take(&mut self.dirty_reads) {
+            // Re-served: answered now if its key is durable, queued again if not.
+            let _ = self.serve(cmd);
+        }
         if self.parked.is_empty() {
             return;
         }
@@ -994,6 +1007,19 @@ impl Driver {
                 session,
                 reply,
             } => {
+                if !self.replica.read_ready(&table, &key) {
+                    // The key holds a write of ours that is not durable yet: answer after the
+                    // fsync in flight (see Replica::read_ready for why). Bounded: one entry per
+                    // queued command, and commands are bounded by COMMAND_QUEUE.
+                    let cmd = Command::Read {
+                        table,
+                        key,
+                        session,
+                        reply,
+                    };
+                    self.dirty_reads.push(cmd);
+                    return None;
+                }
                 let _ = reply.send(Ok(self.read(&table, &key, session)));
             }
             Command::Status { reply } => {
@@ -1050,15 +1076,13 @@ impl Driver {
             region: self.replica.options().region.clone(),
             replica: self.replica.options().replica,
             applied,
-            peers: self
-                .replica
-                .peer_views(now(self.start, self.clock_offset_ms)),
+            peers: self.replica.peer_views(self.now()),
             links: self.mesh.links(),
             counters: self.replica.counters().clone(),
             commits: self.store.commits(),
             keys: self.replica.keys().count(),
             hlc: self.replica.hlc(),
-            matrix: self.replica.matrix(now(self.start, self.clock_offset_ms)),
+            matrix: self.replica.matrix(self.now()),
             skew_alarms: self.replica.skew_alarms(),
             resolver_mismatches: self.replica.resolver_mismatches(),
             max_clock_offset_ms: self.replica.options().max_clock_offset_ms,
@@ -1101,9 +1125,16 @@ impl Driver {
         match effect {
             Effect::Persist(batch) => {
                 self.metrics.persist_batch(&batch);
-                if self.persist_tx.send(batch).is_err() {
-                    error!("the storage thread is gone; no further write can be made durable");
-                }
+                let store = Arc::clone(&self.store);
+                let tx = self.completions_tx.clone();
+                tokio::task::spawn_blocking(move || {
+                    let completion = match store.persist(&batch) {
+                        Ok(()) => Completion::Persisted(batch.id),
+                        Err(e) => Completion::PersistFailed(e),
+                    };
+                    // A closed channel means the driver has gone: nobody waits for the reply.
+                    let _ = tx.blocking_send(completion);
+                });
             }
             Effect::Send { peer, conn, msg } => {
                 let stream = (peer, conn);
@@ -1180,7 +1211,7 @@ impl Status {
                 let link = self.links.get(&p.region);
                 json!({
                     "region": p.region,
-                    "replica": p.replica.map(|r| r.to_string()),
+                    "replica": p.replica.map(|r| format!("{r:#}")),
                     "replicating": p.connected,
                     "link": link.map(|l| format!("{:?}", l.state).to_lowercase()),
                     "rtt_ms": link.and_then(|l| l.rtt).map(|d| d.as_secs_f64() * 1000.0),
@@ -1194,7 +1225,7 @@ impl Status {
         let applied: Vec<serde_json::Value> = self
             .applied
             .iter()
-            .map(|(region, replica, seq)| json!({ "region": region, "replica": replica.to_string(), "seq": seq }))
+            .map(|(region, replica, seq)| json!({ "region": region, "replica": format!("{replica:#}"), "seq": seq }))
             .collect();
         let matrix: Vec<serde_json::Value> = self
             .matrix
@@ -1225,7 +1256,7 @@ impl Status {
             "matrix": matrix,
             "alarms": { "clock_skew": skew, "resolver_mismatch": mismatches },
             "region": self.region,
-            "replica": self.replica.to_string(),
+            "replica": format!("{:#}", self.replica),
             "hlc": self.hlc.to_string(),
             "keys": self.keys,
             "applied": applied,
