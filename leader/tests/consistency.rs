@@ -699,6 +699,57 @@ async fn lag_matrix_at_a_third_region_shows_the_cut_pair_only() {
         .await;
 }
 
+/// With the us-east – ap-south link cut, eu-west relays each side's writes to the other. The
+/// two never hear each other's acknowledgements, but their lag-matrix rows reach each other
+/// through eu-west's heartbeats: once the relayed writes are applied, every cell of the matrix
+/// — at eu-west and at both ends of the cut — is back to zero, while the cut pair still shows
+/// that it does not replicate directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_matrix_counts_writes_a_relay_delivered_around_a_cut_link() {
+    let cluster = Cluster::builder(&REGIONS)
+        .timeout("relay_delay_ms", 200)
+        // The cut link is declared down after 1 s without packets, so `connected` shows it.
+        .timeout("idle_timeout_ms", 1000)
+        .timeout("keep_alive_ms", 300)
+        .start()
+        .await;
+    cluster
+        .run(async |c| {
+            c.wait_connected().await;
+            c.partition(US, AP);
+            let mut us = Vec::new();
+            for i in 0..5 {
+                us.push(c.put(US, LWW, &format!("us-{i}"), "v").await.dot);
+            }
+            let ap = c.put(AP, LWW, "ap-0", "v").await.dot;
+            for (i, dot) in us.iter().enumerate() {
+                c.wait_key_in(&[AP], LWW, &format!("us-{i}"), &[*dot]).await;
+            }
+            c.wait_key_in(&[US], LWW, "ap-0", &[ap]).await;
+            for region in REGIONS {
+                let what = format!("{region}'s matrix to show no lag, and the cut pair down");
+                wait_until(&what, async || {
+                    let matrix = c.status(region).await.matrix;
+                    check_matrix(&matrix, 0, 0)?;
+                    for m in &matrix {
+                        let cut = [m.origin.as_str(), m.destination.as_str()] == [US, AP]
+                            || [m.origin.as_str(), m.destination.as_str()] == [AP, US];
+                        if m.connected == cut {
+                            return Err(format!("{m:?}"));
+                        }
+                    }
+                    Ok(())
+                })
+                .await;
+            }
+            // Each end still has no acknowledgement from the other: only rows told them.
+            let view = c.status(US).await;
+            let ap_view = view.peers.iter().find(|p| p.region == AP).expect("a peer");
+            assert!(!ap_view.acked.covers(&us[4]), "{ap_view:?}");
+        })
+        .await;
+}
+
 // ---- clock skew ---------------------------------------------------------------------------
 
 /// How far ahead ap-south's wall clock runs in the skew test.

@@ -1359,12 +1359,15 @@ impl Replica {
         let lags = self
             .peers
             .iter()
-            .map(|(name, p)| PeerLag {
-                peer: name.clone(),
-                lag_writes: self.own_lag_writes(&p.acked),
-                lag_ms: self.own_lag_ms(&p.acked, now),
-                connected: p.active.is_some(),
-                clock_offset_ms: p.skew.offset_ms(),
+            .map(|(name, p)| {
+                let known = self.known_applied(name, p);
+                PeerLag {
+                    peer: name.clone(),
+                    lag_writes: self.own_lag_writes(&known),
+                    lag_ms: self.own_lag_ms(&known, now),
+                    connected: p.active.is_some(),
+                    clock_offset_ms: p.skew.offset_ms(),
+                }
             })
             .collect();
         MatrixRow {
@@ -1375,6 +1378,20 @@ impl Replica {
             lags,
             resolvers: self.resolver_ids.clone(),
         }
+    }
+
+    /// What `name` is known to have durably applied: its acknowledgements joined with its
+    /// latest lag-matrix row (for the replica we know it as). When the link to it is cut, a
+    /// third region relays our writes to it and its row, passed on in that region's
+    /// heartbeats, is the only news of them: without it the matrix would show the peer
+    /// lagging on writes it has, for as long as the link stays cut.
+    fn known_applied(&self, name: &str, p: &Peer) -> VersionVector {
+        let mut known = p.acked.clone();
+        let row = self.matrix.rows.get(name).map(|(r, _)| r);
+        if let Some(row) = row.filter(|r| p.replica.is_none_or(|id| id == r.replica)) {
+            known.join(&row.applied);
+        }
+        known
     }
 
     /// This region's own writes, durable here, that a peer with applied vector `acked` lacks:
