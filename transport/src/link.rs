@@ -121,6 +121,8 @@ pub(crate) mod close {
     pub(crate) const PROTOCOL: u32 = 3;
     /// Replaced by a newer connection (the peer restarted or redialed).
     pub(crate) const REPLACED: u32 = 4;
+    /// The application above the mesh refused the connection (e.g. its replication hello).
+    pub(crate) const APPLICATION: u32 = 5;
 }
 
 /// The connection a link currently uses.
@@ -319,6 +321,19 @@ impl Link {
             set_state(&mut s, LinkState::Down);
             drop(s);
             self.up.send_replace(false);
+        }
+    }
+
+    /// Closes connection `conn_id` if it is still the current one, telling the peer `reason`;
+    /// its `Down` event follows, and the link redials with backoff as after any loss.
+    pub(crate) fn close_conn(&self, conn_id: u64, reason: &str) -> bool {
+        let s = lock(&self.state);
+        match s.current.as_ref() {
+            Some(c) if c.conn_id == conn_id => {
+                c.close(close::APPLICATION, reason);
+                true
+            }
+            _ => false,
         }
     }
 

@@ -524,6 +524,16 @@ impl<M: Message> Mesh<M> {
         Ok((frame, tx))
     }
 
+    /// Closes connection `conn_id` to `peer` with `reason` (sent to the peer in the QUIC close
+    /// frame): for an application that refuses what it heard on the connection (a hello
+    /// claiming another region, a protocol violation). Its `Down` event follows; the link
+    /// redials with backoff. Returns false if that connection is no longer current.
+    pub fn close(&self, peer: &str, conn_id: u64, reason: &str) -> bool {
+        self.shared
+            .link(peer)
+            .is_some_and(|l| l.close_conn(conn_id, reason))
+    }
+
     /// A snapshot of every peer link.
     pub fn links(&self) -> BTreeMap<String, LinkStatus> {
         self.shared

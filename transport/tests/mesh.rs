@@ -507,3 +507,42 @@ async fn slow_consumer_backpressures_the_sender_without_losing_frames() {
     a.mesh.shutdown().await;
     b.mesh.shutdown().await;
 }
+
+/// An application that refuses a connection closes it with a reason: both ends see it go
+/// down, the peer reads the reason, and the link redials afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_application_close_reaches_the_peer_and_the_link_redials() {
+    init_tracing();
+    let ids =
+        generate_identities("test", &names(&["a", "b"]), KeyAlgorithm::EcdsaP256).expect("certs");
+    let mut nodes = start_cluster(&ids).await;
+    wait_converged(&mut nodes).await;
+    let mut b = nodes.remove("b").expect("b");
+    let mut a = nodes.remove("a").expect("a");
+    let conn = a.mesh.links()["b"]
+        .conn_id
+        .expect("a link that is up has a connection");
+    assert!(a.mesh.close("b", conn, "hello claims region 'c'"));
+    let down = b
+        .wait_event(
+            "Down",
+            |e| matches!(e, MeshEvent::Down { conn_id, .. } if *conn_id == conn),
+        )
+        .await;
+    let MeshEvent::Down { reason, .. } = down else {
+        unreachable!("matched Down")
+    };
+    assert!(reason.contains("hello claims region 'c'"), "{reason}");
+    a.wait_event(
+        "Down",
+        |e| matches!(e, MeshEvent::Down { conn_id, .. } if *conn_id == conn),
+    )
+    .await;
+    a.wait_event(
+        "a new Up",
+        |e| matches!(e, MeshEvent::Up { conn_id, .. } if *conn_id != conn),
+    )
+    .await;
+    a.mesh.shutdown().await;
+    b.mesh.shutdown().await;
+}
