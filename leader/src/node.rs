@@ -1149,9 +1149,10 @@ impl Driver {
                 }
             }
             Effect::Close { peer, conn, reason } => {
-                // The refusal frame sent just before tells the peer why; the transport keeps the
-                // link (the next hello is judged afresh) and the core ignores this connection.
-                warn!(%peer, conn, %reason, "refusing connection");
+                // The QUIC close frame carries the reason to the peer; the link redials with
+                // backoff and the next hello is judged afresh.
+                warn!(%peer, conn, %reason, "closing connection");
+                self.mesh.close(&peer, conn, &reason);
             }
             Effect::ReadLog {
                 peer,
