@@ -1019,9 +1019,11 @@ fn peers_with_wrong_certificates_are_refused_and_change_nothing() {
     assert!(by_leader("mallory", unknown_region) >= 3, "{logged:#?}");
     let first = |rogue: &str| world.rogue_events.iter().find(|(r, _)| *r == rogue);
     let reason = |rogue: &str| {
+        let from = format!("{}:", world.rogue_addrs[rogue]);
         logged
             .iter()
-            .find(|e| field(e, "remote").starts_with(&format!("{}:", world.rogue_addrs[rogue])))
+            .filter(|e| field(e, "message") == "refused a peer connection")
+            .find(|e| field(e, "remote").starts_with(&from))
             .map(|e| field(e, "reason"))
     };
     eprintln!(
@@ -1035,6 +1037,67 @@ fn peers_with_wrong_certificates_are_refused_and_change_nothing() {
         first("mallory"),
         last.at
     );
+}
+
+/// The oracle itself tells a kept, a superseded, a lost, an unapplied and a changed write
+/// apart (a negative control: the scenarios above only ever show it passing).
+#[test]
+fn the_oracle_tells_kept_writes_from_lost_ones() {
+    let dot = |replica: u128, seq: u64| Dot {
+        replica: ReplicaId::from_u128(replica),
+        seq: Seq(seq),
+    };
+    let sibling = |d: Dot, ms: u64, value: &str| conflict::Sibling {
+        dot: d,
+        hlc: Hlc::new(ms, 0),
+        value: Value::Bytes(value.as_bytes().to_vec()),
+    };
+    let mut context = conflict::VersionVector::new();
+    context.add_dot(&dot(1, 1));
+    context.add_dot(&dot(2, 1));
+    let write = WriteRecord {
+        region: "ap",
+        incarnation: 0,
+        key: "k".to_owned(),
+        value: b"mine".to_vec(),
+        outcome: Outcome::Acked(WriteReceipt {
+            dot: dot(1, 1),
+            hlc: Hlc::new(100, 0),
+            context: context.clone(),
+            conflict: false,
+            durability: leader::leader_core::Durability::Local,
+            durable_in: vec!["ap".to_owned()],
+            timed_out: false,
+        }),
+    };
+    let state = |siblings: Vec<conflict::Sibling>| KeyState {
+        context: context.clone(),
+        siblings,
+    };
+    assert_eq!(
+        judge(&write, &state(vec![sibling(dot(1, 1), 100, "mine")])),
+        Ok(())
+    );
+    assert_eq!(
+        judge(&write, &state(vec![sibling(dot(2, 1), 200, "later")])),
+        Ok(())
+    );
+    let verdicts = [
+        judge(&write, &state(vec![sibling(dot(2, 1), 50, "earlier")])),
+        judge(&write, &state(vec![])),
+        judge(&write, &KeyState::default()),
+        judge(&write, &state(vec![sibling(dot(1, 1), 100, "changed")])),
+    ];
+    let reasons: Vec<String> = verdicts
+        .into_iter()
+        .map(|v| v.expect_err("refused"))
+        .collect();
+    for (reason, needle) in reasons
+        .iter()
+        .zip(["ranks below", "lost", "never applied", "changed"])
+    {
+        assert!(reason.contains(needle), "{reason:?} should say {needle:?}");
+    }
 }
 
 // ---- reading the regions' logs --------------------------------------------------------------
