@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use hdrhistogram::Histogram;
 use leader::api::SESSION_HEADER;
 use serde_json::{Value as Json, json};
@@ -446,10 +445,7 @@ async fn stop(mut regions: Regions) {
 
 fn print_report(r: &Json) {
     let t = &r["throughput"];
-    let mut table = Table::new();
-    table
-        .load_preset(UTF8_BORDERS_ONLY)
-        .set_header(["figure", "value"]);
+    let mut table = crate::cli::table(["figure", "value"]);
     let rows = [
         (
             "durable writes/s at one region",

@@ -280,8 +280,7 @@ pub(crate) async fn status(t: Target) -> Result<ExitCode> {
         body["keys"],
         body["hlc"].as_str().unwrap_or("?")
     );
-    let mut table = Table::new();
-    table.load_preset(UTF8_BORDERS_ONLY).set_header([
+    let mut table = crate::cli::table([
         "peer",
         "link",
         "rtt ms",
@@ -304,10 +303,7 @@ pub(crate) async fn status(t: Target) -> Result<ExitCode> {
         ]);
     }
     println!("{table}");
-    let mut applied = Table::new();
-    applied
-        .load_preset(UTF8_BORDERS_ONLY)
-        .set_header(["origin", "replica", "applied seq"]);
+    let mut applied = crate::cli::table(["origin", "replica", "applied seq"]);
     for a in body["applied"].as_array().into_iter().flatten() {
         applied.add_row([
             a["region"].as_str().unwrap_or("?").to_owned(),
@@ -361,8 +357,7 @@ pub(crate) async fn conflicts(a: ConflictArgs) -> Result<ExitCode> {
         .error_for_status()?
         .json()
         .await?;
-    let mut table = Table::new();
-    table.load_preset(UTF8_BORDERS_ONLY).set_header([
+    let mut table = crate::cli::table([
         "id",
         "table",
         "key",
@@ -409,11 +404,10 @@ fn print_matrix(body: &Json) {
         .collect();
     regions.sort();
     regions.dedup();
-    let mut table = Table::new();
     let mut header = vec!["origin \\ destination".to_owned()];
     header.extend(regions.iter().cloned());
     header.push("row age ms".to_owned());
-    table.load_preset(UTF8_BORDERS_ONLY).set_header(header);
+    let mut table = table(header);
     for origin in &regions {
         let row: Vec<&&Json> = cells
             .iter()
@@ -506,15 +500,8 @@ pub(crate) async fn link(a: LinkArgs) -> Result<ExitCode> {
         return Err(error_of(resp).await);
     }
     let body: Json = resp.json().await?;
-    let mut table = Table::new();
-    table.load_preset(UTF8_BORDERS_ONLY).set_header([
-        "peer",
-        "addr",
-        "latency ms",
-        "jitter ms",
-        "loss",
-        "blocked",
-    ]);
+    let mut table =
+        crate::cli::table(["peer", "addr", "latency ms", "jitter ms", "loss", "blocked"]);
     for l in body["links"].as_array().into_iter().flatten() {
         table.add_row([
             l["peer"].as_str().unwrap_or("?").to_owned(),
@@ -527,4 +514,11 @@ pub(crate) async fn link(a: LinkArgs) -> Result<ExitCode> {
     }
     println!("{table}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// An empty table with the CLI's border style and this header.
+pub(crate) fn table<T: Into<comfy_table::Cell>>(header: impl IntoIterator<Item = T>) -> Table {
+    let mut table = Table::new();
+    table.load_preset(UTF8_BORDERS_ONLY).set_header(header);
+    table
 }

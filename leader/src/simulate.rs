@@ -11,7 +11,6 @@ use std::process::{ExitCode, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use leader::Node;
 use leader::config::Config;
 use serde_json::Value as Json;
@@ -141,8 +140,7 @@ pub(crate) async fn run(config_path: &Path, duration_secs: Option<u64>) -> Resul
 }
 
 async fn print_table(client: &reqwest::Client, regions: &[Region], drawn: &mut usize) {
-    let mut table = Table::new();
-    table.load_preset(UTF8_BORDERS_ONLY).set_header([
+    let mut table = crate::cli::table([
         "region",
         "keys",
         "writes",
