@@ -648,7 +648,7 @@ def report(a) -> None:
     out.extend(lines)
     out.append("")
     out.append("sustained repl./s = writes / (load time + time until the replica/all regions had them all)")
-    out.append("anchors' lag: position sampling (origin position every ~1 ms -> first replica poll showing it applied);")
+    out.append("anchors' lag: replication positions (origin position, sampled in rounds of ~0.3-1 ms -> first replica poll showing it applied);")
     out.append("meridian's lag: its own lag phase (ack at the origin -> read at each other region), --lag-rate auto")
     out.append("")
     out.append("ratios of sustained replicated rates:")
@@ -657,6 +657,18 @@ def report(a) -> None:
     out.append("issue 7 targets:")
     for k, v in targets.items():
         out.append(f"  {k:<32} {'not measured' if v is None else ('met' if v else 'NOT met')}")
+    for name, r in rows.items():
+        if r.get("converged") is False:
+            out.append(f"WARNING: {name} reports converged: false")
+        elif r.get("sustained_replicated_per_sec") is None:
+            out.append(f"WARNING: {name}: the replica did not catch up in time, no sustained rate")
+    for name, part in parts.items():
+        for phase in ("throughput", "lag_under_load", "fixed"):
+            ph = part.get(phase) or {}
+            if ph.get("lag_samples_unresolved"):
+                out.append(f"WARNING: {name} {phase}: {ph['lag_samples_unresolved']} lag samples never reached the replica")
+            if ph.get("failed_transactions"):
+                out.append(f"WARNING: {name} {phase}: {ph['failed_transactions']} failed transactions")
     text = "\n".join(out)
     print(text)
     doc.update({"rows": rows, "ratios": ratios, "targets": targets, "anchors": parts, "meridian": meridian, "table": text})

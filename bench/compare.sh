@@ -36,8 +36,11 @@
 #                       the previous one carry no write and are skipped.
 #   lag at fixed rate   the same sampler while the origin takes FIXED_RATE writes/s for FIXED_SECS
 #                       (Redis: an open-loop pipelined writer in bench/anchors.py; PG: pgbench -R).
-#                       Meridian's column is its own lag phase at --lag-rate auto (time from the
-#                       origin's ack to a successful read at each other region), so the rates differ.
+#                       FIXED_RATE=auto (default): the rate meridian-3's lag phase used, when its
+#                       JSON says (summary.lag_rate_per_sec, lag.rate_per_sec or args.lag_rate),
+#                       else 1000 (500 with --quick). Meridian's column is its own lag phase at
+#                       --lag-rate auto (time from the origin's ack to a successful read at each
+#                       other region).
 # Limits:
 #   - Everything shares this machine's cores: servers, replicas, load tools and the sampler. The
 #     sampler itself costs CPU (a few thousand tiny queries/s). Figures from a loaded machine are
@@ -50,7 +53,8 @@
 #   - One run, no repetitions: run it several times on a quiet machine before quoting figures.
 #
 # Usage: bench/compare.sh [--quick] [--out FILE] [--skip-meridian]
-#   env: KEYS=10000 VALUE_BYTES=100 CONCURRENCY=64 WRITES=200000 FIXED_RATE=1000 FIXED_SECS=10
+#   env: KEYS=10000 VALUE_BYTES=100 CONCURRENCY=64 WRITES=200000 FIXED_RATE=auto FIXED_SECS=10
+#        (--quick: WRITES=12800 FIXED_SECS=2, others the same; Meridian's own phases as it sets them)
 #        MERIDIAN_BIN (default: cargo build --release -p leader, then $CARGO_TARGET_DIR/release/meridian)
 #        MERIDIAN_JSON2 / MERIDIAN_JSON3: use these meridian bench outputs instead of running it
 #        SKIP_MERIDIAN=1: anchors only
@@ -75,10 +79,10 @@ done
 
 if [ "$quick" = 1 ]; then
   KEYS=${KEYS:-10000}; VALUE_BYTES=${VALUE_BYTES:-100}; CONCURRENCY=${CONCURRENCY:-64}
-  WRITES=${WRITES:-12800}; FIXED_RATE=${FIXED_RATE:-500}; FIXED_SECS=${FIXED_SECS:-2}
+  WRITES=${WRITES:-12800}; FIXED_RATE=${FIXED_RATE:-auto}; FIXED_SECS=${FIXED_SECS:-2}; fixed_default=500
 else
   KEYS=${KEYS:-10000}; VALUE_BYTES=${VALUE_BYTES:-100}; CONCURRENCY=${CONCURRENCY:-64}
-  WRITES=${WRITES:-200000}; FIXED_RATE=${FIXED_RATE:-1000}; FIXED_SECS=${FIXED_SECS:-10}
+  WRITES=${WRITES:-200000}; FIXED_RATE=${FIXED_RATE:-auto}; FIXED_SECS=${FIXED_SECS:-10}; fixed_default=1000
 fi
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 out=${out:-${TMPDIR:-/tmp}/meridian-compare-$stamp.json}
@@ -110,6 +114,14 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# wait for one child we started and forget its pid (so cleanup never signals a reused pid)
+reap() {
+  local pid=$1 rc=0 keep=() p
+  wait "$pid" || rc=$?
+  for p in "${pids[@]}"; do [ "$p" = "$pid" ] || keep+=("$p"); done
+  pids=("${keep[@]}")
+  return $rc
+}
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # ---------------------------------------------------------------- meridian binary (fail early)
@@ -144,12 +156,40 @@ load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
 fsync=$(py fsync-probe --dir "$work" --secs 1)
 say "machine: $(nproc) cpus, $cpu; load average $load_before; fsync probe $fsync"
-common=(--keys "$KEYS" --value-bytes "$VALUE_BYTES" --concurrency "$CONCURRENCY" --writes "$WRITES"
-        --rate "$FIXED_RATE" --secs "$FIXED_SECS")
+
+# ---------------------------------------------------------------- Meridian (first: its lag rate
+# can set the anchors' fixed rate)
+m2=${MERIDIAN_JSON2:-}; m3=${MERIDIAN_JSON3:-}
+if [ "$meridian_ok" = 1 ]; then
+  for n in 2 3; do
+    say "meridian bench --regions $n"
+    "$MERIDIAN_BIN" bench --regions "$n" --keys "$KEYS" --value-bytes "$VALUE_BYTES" \
+      --concurrency "$CONCURRENCY" --writes "$WRITES" --mix write-only --phases throughput,lag \
+      --lag-rate auto --out "$work/meridian-$n.json" >"$work/meridian-$n.txt" 2>&1 &
+    pids+=($!)
+    if ! reap $!; then cat "$work/meridian-$n.txt" >&2; die "meridian bench --regions $n failed"; fi
+  done
+  m2=$work/meridian-2.json; m3=$work/meridian-3.json
+fi
+if [ "$FIXED_RATE" = auto ]; then
+  # the rate of meridian-3's lag phase when its JSON tells it, else a default
+  FIXED_RATE=$(python3 -c '
+import json, sys
+try:
+    d = json.load(open(sys.argv[1]))
+    s, l = d.get("summary") or {}, d.get("lag") or {}
+    r = s.get("lag_rate_per_sec") or l.get("rate_per_sec") or (d.get("args") or {}).get("lag_rate")
+    print(int(float(r)) if isinstance(r, (int, float)) and r > 0 else sys.argv[2])
+except Exception:
+    print(sys.argv[2])' "${m3:-/nonexistent}" "$fixed_default")
+  say "anchors' fixed-rate lag load: $FIXED_RATE writes/s"
+fi
 
 # ---------------------------------------------------------------- Redis
+common=(--keys "$KEYS" --value-bytes "$VALUE_BYTES" --concurrency "$CONCURRENCY" --writes "$WRITES"
+        --rate "$FIXED_RATE" --secs "$FIXED_SECS")
 redis_pair() { # $1 = everysec|always
-  local mode=$1 pp rp d
+  local mode=$1 pp rp d ppid rpid
   pp=$(free_port); rp=$(free_port)
   for role in primary replica; do
     d="$work/redis-$mode-$role"; mkdir -p "$d"
@@ -159,6 +199,7 @@ redis_pair() { # $1 = everysec|always
       --appendfsync "$mode" --repl-diskless-sync-delay 0 --protected-mode no --daemonize no \
       --logfile "$d/redis.log" "${extra[@]}" &
     pids+=($!)
+    if [ $role = primary ]; then ppid=$!; else rpid=$!; fi
     local i=0
     until redis-cli -p "$port" ping >/dev/null 2>&1; do
       i=$((i + 1)); [ $i -gt 100 ] && die "redis on $port did not start (see $d/redis.log)"; sleep 0.05
@@ -168,6 +209,8 @@ redis_pair() { # $1 = everysec|always
   py redis-run --primary "$pp" --replica "$rp" --label "redis-$mode" "${common[@]}" --out "$work/redis-$mode.json"
   redis-cli -p "$rp" shutdown nosave >/dev/null 2>&1 || true
   redis-cli -p "$pp" shutdown nosave >/dev/null 2>&1 || true
+  reap "$rpid" || true
+  reap "$ppid" || true
 }
 redis_pair everysec
 redis_pair always
@@ -198,30 +241,19 @@ py pg-setup --pub "$pub" --sub "$sub"
 py pg-run --pub "$pub" --sub "$sub" --workdir "$work" "${common[@]}" --out "$work/pg-logical.json"
 for d in "${pgdirs[@]}"; do runuser -u postgres -- "$PGBIN/pg_ctl" -D "$d" stop -m fast >/dev/null 2>&1 || true; done
 
-# ---------------------------------------------------------------- Meridian
-m2=${MERIDIAN_JSON2:-}; m3=${MERIDIAN_JSON3:-}
-if [ "$meridian_ok" = 1 ]; then
-  for n in 2 3; do
-    say "meridian bench --regions $n"
-    "$MERIDIAN_BIN" bench --regions "$n" --keys "$KEYS" --value-bytes "$VALUE_BYTES" \
-      --concurrency "$CONCURRENCY" --writes "$WRITES" --mix write-only --phases throughput,lag \
-      --lag-rate auto --out "$work/meridian-$n.json" >"$work/meridian-$n.txt" 2>&1 &
-    pids+=($!)
-    wait "${pids[-1]}" || { cat "$work/meridian-$n.txt" >&2; die "meridian bench --regions $n failed"; }
-  done
-  m2=$work/meridian-2.json; m3=$work/meridian-3.json
-fi
-
 # ---------------------------------------------------------------- report
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
-python3 - "$work/machine.json" <<EOF
-import json, sys
+STAMP=$stamp CPU=$cpu LOAD_BEFORE=$load_before LOAD_AFTER=$load_after FSYNC=$fsync WORK=$work \
+KEYS=$KEYS VALUE_BYTES=$VALUE_BYTES CONCURRENCY=$CONCURRENCY WRITES=$WRITES FIXED_RATE=$FIXED_RATE \
+FIXED_SECS=$FIXED_SECS QUICK=$quick python3 - "$work/machine.json" <<'EOF'
+import json, os, sys
+e = os.environ
 json.dump({
-  "when_utc": "$stamp",
-  "machine": {"nproc": $(nproc), "cpu": "$cpu", "load_before": "$load_before", "load_after": "$load_after",
-              "fsync_dir": "$work", "fsync_probe": json.loads('$fsync')},
-  "params": {"keys": $KEYS, "value_bytes": $VALUE_BYTES, "concurrency": $CONCURRENCY, "writes": $WRITES,
-             "fixed_rate": $FIXED_RATE, "fixed_secs": $FIXED_SECS, "quick": bool($quick)},
+    "when_utc": e["STAMP"],
+    "machine": {"nproc": os.cpu_count(), "cpu": e["CPU"], "load_before": e["LOAD_BEFORE"],
+                "load_after": e["LOAD_AFTER"], "fsync_dir": e["WORK"], "fsync_probe": json.loads(e["FSYNC"])},
+    "params": {k.lower(): int(e[k]) for k in ("KEYS", "VALUE_BYTES", "CONCURRENCY", "WRITES", "FIXED_RATE", "FIXED_SECS")}
+              | {"quick": e["QUICK"] == "1"},
 }, open(sys.argv[1], "w"))
 EOF
 args=(--machine "$work/machine.json" --out "$out")
