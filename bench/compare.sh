@@ -137,6 +137,9 @@ if [ "$skip_meridian" != 1 ] && [ -z "${MERIDIAN_JSON2:-}${MERIDIAN_JSON3:-}" ];
   for flag in --writes --mix --phases --lag-rate; do
     grep -q -- "$flag" <<<"$help" || die "$MERIDIAN_BIN bench has no $flag flag: this script needs the issue-7 bench flags (--writes, --mix, --phases, --lag-rate auto, JSON summary). Update/rebuild, or run with --skip-meridian for the anchors only."
   done
+  # its lag phase as long as the anchors' fixed-rate phase, when it can be told
+  mextra=()
+  grep -q -- --lag-secs <<<"$help" && mextra=(--lag-secs "$FIXED_SECS")
   meridian_ok=1
 fi
 
@@ -165,7 +168,7 @@ if [ "$meridian_ok" = 1 ]; then
     say "meridian bench --regions $n"
     "$MERIDIAN_BIN" bench --regions "$n" --keys "$KEYS" --value-bytes "$VALUE_BYTES" \
       --concurrency "$CONCURRENCY" --writes "$WRITES" --mix write-only --phases throughput,lag \
-      --lag-rate auto --out "$work/meridian-$n.json" >"$work/meridian-$n.txt" 2>&1 &
+      --lag-rate auto "${mextra[@]}" --out "$work/meridian-$n.json" >"$work/meridian-$n.txt" 2>&1 &
     pids+=($!)
     if ! reap $!; then cat "$work/meridian-$n.txt" >&2; die "meridian bench --regions $n failed"; fi
   done
