@@ -7,6 +7,7 @@
 //! | `GET /v1/kv/{table}/{key}` | the resolved value (raw bytes), or JSON with every sibling |
 //! | `GET /v1/conflicts` | the conflict log, newest first (`table`, `limit`, `before`) |
 //! | `GET /v1/status` | region, replica id, peers with link state, RTT and lag, applied vector |
+//! | `GET /v1/status/digest` | SHA-256 over every key state and the applied vector: equal digests mean equal data |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /healthz` | liveness |
 //!
@@ -70,6 +71,7 @@ pub fn router(node: NodeHandle, limits: Limits, token: Option<String>) -> Router
         )
         .route("/v1/conflicts", get(conflicts))
         .route("/v1/status", get(status))
+        .route("/v1/status/digest", get(digest))
         .route("/metrics", get(metrics))
         .merge(crate::admin::routes())
         .method_not_allowed_fallback(method_not_allowed)
@@ -715,6 +717,23 @@ fn replica_regions(status: &crate::node::Status) -> BTreeMap<String, String> {
 async fn status(State(s): State<AppState>) -> Result<Response, ApiError> {
     let st = s.node.status().await?;
     Ok(axum::Json(st.to_json()).into_response())
+}
+
+/// The state digest, for convergence checks across regions (`meridian bench`). The applied
+/// vector is read just before the digest: compare digests once the vectors are equal.
+async fn digest(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let st = s.node.status().await?;
+    let digest = s.node.digest().await?;
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let applied: BTreeMap<&str, u64> = st
+        .applied
+        .iter()
+        .map(|(r, _, seq)| (r.as_str(), *seq))
+        .collect();
+    Ok(
+        axum::Json(serde_json::json!({ "region": st.region, "digest": hex, "applied": applied }))
+            .into_response(),
+    )
 }
 
 async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {

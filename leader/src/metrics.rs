@@ -204,6 +204,23 @@ impl Metrics {
             "Round-trip time to the peer (-1 when unknown)",
             rtt,
         );
+        let bytes_sent: Family<Vec<(String, String)>, Counter> = Family::default();
+        let bytes_recv: Family<Vec<(String, String)>, Counter> = Family::default();
+        for (peer, link) in &status.links {
+            let labels = vec![region[0].clone(), ("peer".to_owned(), peer.clone())];
+            bytes_sent.get_or_create(&labels).inc_by(link.bytes_sent);
+            bytes_recv.get_or_create(&labels).inc_by(link.bytes_recv);
+        }
+        reg.register(
+            "peer_sent_bytes",
+            "Frame bytes (length prefix and payload) written to the peer, over all connections",
+            bytes_sent,
+        );
+        reg.register(
+            "peer_received_bytes",
+            "Frame bytes read from the peer, over all connections",
+            bytes_recv,
+        );
         let offset: Family<Vec<(String, String)>, Gauge> = Family::default();
         for p in &status.peers {
             if let Some(ms) = p.clock_offset_ms {

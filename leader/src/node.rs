@@ -1216,6 +1216,8 @@ impl Status {
                     "replicating": p.connected,
                     "link": link.map(|l| format!("{:?}", l.state).to_lowercase()),
                     "rtt_ms": link.and_then(|l| l.rtt).map(|d| d.as_secs_f64() * 1000.0),
+                    "bytes_sent": link.map(|l| l.bytes_sent),
+                    "bytes_recv": link.map(|l| l.bytes_recv),
                     "lag_writes": p.lag_writes,
                     "lag_ms": p.lag_ms,
                     "unacked_bytes": p.unacked_bytes,

@@ -561,6 +561,24 @@ async fn metrics_count_writes_and_fsyncs() {
 }
 
 #[tokio::test]
+async fn status_digest_is_hex_sha256_and_follows_the_data() {
+    let s = Solo::start(None).await;
+    s.put_ok("default", "a", "1", None).await;
+    let first: serde_json::Value = s.get("/v1/status/digest").await.json().await.unwrap();
+    let hex = first["digest"].as_str().unwrap();
+    assert_eq!(hex.len(), 64, "{first}");
+    assert!(hex.bytes().all(|b| b.is_ascii_hexdigit()), "{first}");
+    assert_eq!(first["region"], "solo");
+    assert_eq!(first["applied"]["solo"], 1, "{first}");
+    let again: serde_json::Value = s.get("/v1/status/digest").await.json().await.unwrap();
+    assert_eq!(first["digest"], again["digest"], "no write, same digest");
+    s.put_ok("default", "b", "2", None).await;
+    let after: serde_json::Value = s.get("/v1/status/digest").await.json().await.unwrap();
+    assert_ne!(first["digest"], after["digest"]);
+    s.stop().await;
+}
+
+#[tokio::test]
 async fn status_shows_the_region_its_writes_and_no_peers() {
     let s = Solo::start(None).await;
     let w = s.put_ok("default", "a", "1", None).await;

@@ -102,6 +102,66 @@ async fn three_regions_exchange_frames_in_every_direction() {
     shutdown_all(nodes).await;
 }
 
+/// The byte counters of a link (what `meridian bench` divides by replicated writes) grow by
+/// exactly the encoded frame sizes: length prefix and payload, on both ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn byte_counters_grow_by_the_encoded_frame_sizes() {
+    init_tracing();
+    let ids = generate_identities("test", &names(&["a", "b"]), KeyAlgorithm::EcdsaP256)
+        .expect("certificates");
+    let mut nodes = start_cluster(&ids).await;
+    wait_converged(&mut nodes).await;
+    let sent_before = nodes["a"].mesh.links()["b"].clone();
+    let recv_before = nodes["b"].mesh.links()["a"].clone();
+
+    let msgs: Vec<Msg> = (0..20u32)
+        .map(|n| Msg::Numbered {
+            n,
+            pad: vec![1; (n as usize) * 37],
+        })
+        .collect();
+    let mut expected = 0u64;
+    for msg in &msgs {
+        expected += transport::encode_frame(msg, usize::MAX >> 1)
+            .expect("encodes")
+            .len() as u64;
+        nodes["a"].mesh.send("b", msg).await.expect("send");
+    }
+    let b = nodes.get_mut("b").expect("b");
+    for n in 0..20u32 {
+        b.wait_event(
+            "numbered frame",
+            |e| matches!(e, MeshEvent::Frame { msg: Msg::Numbered { n: m, .. }, .. } if *m == n),
+        )
+        .await;
+    }
+    // The writer counts a frame once the stream took it, which can trail the delivery.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let sent = loop {
+        let now = nodes["a"].mesh.links()["b"].clone();
+        if now.bytes_sent - sent_before.bytes_sent >= expected
+            || tokio::time::Instant::now() > deadline
+        {
+            break now;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let recv = nodes["b"].mesh.links()["a"].clone();
+    assert_eq!(
+        sent.bytes_sent - sent_before.bytes_sent,
+        expected,
+        "{sent:?}"
+    );
+    assert_eq!(sent.frames_sent - sent_before.frames_sent, 20);
+    assert_eq!(
+        recv.bytes_recv - recv_before.bytes_recv,
+        expected,
+        "{recv:?}"
+    );
+    assert_eq!(recv.frames_recv - recv_before.frames_recv, 20);
+    shutdown_all(nodes).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simultaneous_dials_leave_exactly_one_connection_per_pair() {
     init_tracing();
