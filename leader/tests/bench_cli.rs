@@ -1,0 +1,109 @@
+//! `meridian bench` end to end: the real binary starts two regions, runs every phase briefly,
+//! and leaves a JSON report and a PNG chart.
+
+use std::process::Command;
+
+#[test]
+fn bench_runs_every_phase_and_writes_json_and_chart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json_path = dir.path().join("bench.json");
+    let png_path = dir.path().join("bench.png");
+    let out = Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .current_dir(dir.path())
+        .args([
+            "bench",
+            "--regions",
+            "2",
+            "--keys",
+            "500",
+            "--key-dist",
+            "zipfian",
+            "--conflict-share",
+            "0.1",
+            "--concurrency",
+            "8",
+            "--duration-secs",
+            "1",
+            "--latency-secs",
+            "1",
+            "--latency-rate",
+            "50",
+            "--lag-secs",
+            "1",
+            "--lag-rate",
+            "100",
+            "--backlog",
+            "2000",
+            "--backlog-concurrency",
+            "32",
+        ])
+        .arg("--out")
+        .arg(&json_path)
+        .arg("--chart")
+        .arg(&png_path)
+        .output()
+        .expect("run meridian bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "bench failed:\n{stderr}\n{stdout}");
+    assert!(stdout.contains("sustained writes/s"), "{stdout}");
+
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json_path).expect("the JSON report"))
+            .expect("valid JSON");
+    let s = &doc["summary"];
+    for key in [
+        "regions",
+        "sustained_writes_per_sec",
+        "total_writes_per_sec",
+        "lag_p50_ms",
+        "lag_p99_ms",
+        "lag_max_ms",
+        "catchup_ms",
+        "catchup_writes_per_sec",
+        "bytes_per_replicated_write",
+        "converged",
+    ] {
+        assert!(s.get(key).is_some(), "summary lacks {key}: {s}");
+    }
+    assert_eq!(s["regions"], 2);
+    assert_eq!(s["converged"], true, "{s}");
+    assert!(s["total_writes_per_sec"].as_f64().unwrap() > 0.0, "{s}");
+    assert!(s["catchup_ms"].as_f64().unwrap() > 0.0, "{s}");
+    assert!(s["catchup_writes_per_sec"].as_f64().unwrap() > 0.0, "{s}");
+    assert!(
+        s["bytes_per_replicated_write"].as_f64().unwrap() > 0.0,
+        "{s}"
+    );
+    assert_eq!(doc["catchup"]["missing_writes"], 2000, "{}", doc["catchup"]);
+    let pairs = doc["lag"]["pairs"].as_object().expect("lag pairs");
+    for pair in ["r0 -> r1", "r1 -> r0"] {
+        assert!(
+            pairs[pair]["count"].as_u64().unwrap() > 0,
+            "{pair}: {pairs:?}"
+        );
+    }
+    let levels: Vec<&str> = doc["latency"]
+        .as_array()
+        .expect("latency levels")
+        .iter()
+        .map(|l| l["durability"].as_str().unwrap())
+        .collect();
+    assert_eq!(levels, ["local", "one", "quorum", "all"]);
+    assert!(doc["timeseries"].as_array().unwrap().len() > 4);
+
+    let png = std::fs::read(&png_path).expect("the chart");
+    assert!(png.len() > 1000, "{} bytes", png.len());
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+}
+
+#[test]
+fn bad_flag_combinations_fail_with_advice() {
+    let out = Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(["bench", "--phases", "lag"])
+        .output()
+        .expect("run meridian bench");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("add throughput to --phases"), "{stderr}");
+}
