@@ -14,8 +14,9 @@
 //!    origin (rotating over the regions) and reads the key at every other region with the
 //!    write's session token; that read answers once the destination has applied the write, so
 //!    "ack at origin → answer at destination" is the lag, timed on this one machine's clock (it
-//!    includes one local HTTP round trip). Open loop at `--lag-rate`; `auto` is half the
-//!    sustained rate of phase 1, the target condition.
+//!    includes one local HTTP round trip). Open loop at `--lag-rate` writes/s in total, of
+//!    which `--lag-probe-rate` are probes and the rest plain writes at every region; `auto` is
+//!    half the sustained rate of phase 1, the target condition.
 //! 4. **catchup**: one region is cut off from all its peers through `/v1/admin/links`, a
 //!    backlog of `--backlog` writes is written at the others as fast as they take it, the links
 //!    are healed, and the time until the cut region has applied everything (equal applied
@@ -104,14 +105,18 @@ pub(crate) struct BenchArgs {
     #[arg(long, default_value_t = 200.0)]
     latency_rate: f64,
     /// Length of each durability level in the latency phase, seconds.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 2)]
     latency_secs: u64,
-    /// Probe rate of the lag phase, writes/s over all origins (open loop), or `auto`: half
+    /// Write rate of the lag phase, writes/s over all regions (open loop), or `auto`: half
     /// the sustained rate of the throughput phase.
     #[arg(long, default_value = "auto")]
     lag_rate: LagRate,
+    /// Of the lag phase's writes, how many per second are probes (each read back at every
+    /// other region); the rest are plain writes, so probing does not add its own load.
+    #[arg(long, default_value_t = 200.0)]
+    lag_probe_rate: f64,
     /// Length of the lag phase, seconds.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 8)]
     lag_secs: u64,
     /// Writes made at the other regions while one region is cut off (catchup phase).
     #[arg(long, default_value_t = 100_000)]
@@ -252,6 +257,9 @@ impl BenchArgs {
         if self.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
             bail!("--rate must be a positive number of requests/s");
         }
+        if !(self.lag_probe_rate > 0.0 && self.lag_probe_rate.is_finite()) {
+            bail!("--lag-probe-rate must be a positive number of probes/s");
+        }
         if !(self.latency_rate > 0.0 && self.latency_rate.is_finite()) {
             bail!("--latency-rate must be a positive number of writes/s");
         }
@@ -299,7 +307,7 @@ impl BenchArgs {
             "duration_secs": self.duration_secs, "writes": self.writes, "rate": self.rate,
             "latency_rate": self.latency_rate, "latency_secs": self.latency_secs,
             "lag_rate": match self.lag_rate { LagRate::Auto => json!("auto"), LagRate::Fixed(r) => json!(r) },
-            "lag_secs": self.lag_secs, "backlog": self.backlog, "backlog_concurrency": self.backlog_concurrency,
+            "lag_secs": self.lag_secs, "lag_probe_rate": self.lag_probe_rate, "backlog": self.backlog, "backlog_concurrency": self.backlog_concurrency,
         })
     }
 }

@@ -331,15 +331,26 @@ impl Bench {
                 ((t.sustained_writes_per_sec / 2.0).max(1.0), "auto")
             }
         };
+        let probe_rate = rate.min(args.lag_probe_rate);
         self.progress.line(format!(
-            "bench: lag phase ({} s at {rate:.0} probes/s{}, every ordered pair)",
+            "bench: lag phase ({} s at {rate:.0} writes/s{}, {probe_rate:.0}/s of them probes of every ordered pair)",
             args.lag_secs,
-            if source == "auto" {
-                ", half the sustained rate"
-            } else {
-                ""
-            }
+            if source == "auto" { ", half the sustained rate" } else { "" }
         ));
+        let background = (rate > probe_rate).then(|| {
+            let load = Load {
+                targets: self.cluster.targets(),
+                clients: args.concurrency,
+                rate: Some(rate - probe_rate),
+                until: Until::Stopped,
+                workload: args.workload(None, workload::Mix::WriteOnly, 0.0),
+                seed: 4,
+            };
+            let control = Arc::new(LoadControl::default());
+            let (client, c) = (self.client.clone(), control.clone());
+            let task = tokio::spawn(async move { workload::run(&client, load, c).await });
+            (control, task)
+        });
         let targets = Arc::new(self.cluster.targets());
         let hists: Arc<Mutex<BTreeMap<String, Histogram<u64>>>> = Arc::default();
         let failed = Arc::new(AtomicU64::new(0));
@@ -348,7 +359,7 @@ impl Bench {
         let slots = Arc::new(tokio::sync::Semaphore::new(PROBES_IN_FLIGHT_MAX));
         let value: Arc<[u8]> = Arc::from(vec![b'y'; args.value_bytes]);
         let started = Instant::now();
-        let schedule = Schedule::new(started, rate);
+        let schedule = Schedule::new(started, probe_rate);
         let end = started + Duration::from_secs(args.lag_secs);
         let mut tasks = tokio::task::JoinSet::new();
         let mut i = 0u64;
@@ -386,6 +397,13 @@ impl Bench {
             while tasks.try_join_next().is_some() {}
             i += 1;
         }
+        let (mut background_writes, mut background_errors) = (0, 0);
+        if let Some((control, task)) = background {
+            control.stop.store(true, Ordering::Relaxed);
+            let (results, _) = task.await?;
+            background_writes = results.iter().map(|r| r.writes.len()).sum();
+            background_errors = results.iter().map(|r| r.errors).sum();
+        }
         while tasks.join_next().await.is_some() {}
         ticker.abort();
         bar.finish_and_clear();
@@ -398,6 +416,9 @@ impl Bench {
         let all = Quantiles::of(&all);
         Ok(Lag {
             rate_per_sec: rate,
+            probe_rate_per_sec: probe_rate,
+            background_writes,
+            background_errors,
             rate_source: source.to_owned(),
             secs,
             probes: i,

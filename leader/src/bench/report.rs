@@ -123,8 +123,14 @@ pub(crate) struct LatencyLevel {
 /// Phase 3: replication lag per ordered pair.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Lag {
-    /// Probe rate over all origins, writes/s.
+    /// Write rate over all regions (probes and plain writes), writes/s.
     pub(crate) rate_per_sec: f64,
+    /// Of those, probes/s (over all origins).
+    pub(crate) probe_rate_per_sec: f64,
+    /// Plain writes acknowledged beside the probes.
+    pub(crate) background_writes: u64,
+    /// Plain writes that failed.
+    pub(crate) background_errors: u64,
     /// `"auto"` (half the sustained rate of phase 1) or `"flag"`.
     pub(crate) rate_source: String,
     /// Seconds of probing.
@@ -347,8 +353,8 @@ impl Report {
             }
             row(
                 format!(
-                    "lag all pairs @ {:.0}/s ({})",
-                    lag.rate_per_sec, lag.rate_source
+                    "lag all pairs @ {:.0} writes/s ({}), {:.0} probes/s",
+                    lag.rate_per_sec, lag.rate_source, lag.probe_rate_per_sec
                 ),
                 format!(
                     "{:.2} / {:.2} / {:.2} (p99 − injected {} ms = {:.2} ms)",
@@ -443,6 +449,9 @@ mod tests {
         };
         let lag = Lag {
             rate_per_sec: 1000.0,
+            probe_rate_per_sec: 200.0,
+            background_writes: 4000,
+            background_errors: 0,
             rate_source: "auto".into(),
             secs: 5.0,
             probes: 5000,
