@@ -1,5 +1,6 @@
 //! The PNG chart of a run (`--chart FILE.png`): writes/s on top, lag per ordered pair below,
-//! both over the run's time, from the 250 ms samples.
+//! both over the run's time, from the 250 ms samples; a grey vertical line marks where each
+//! phase begins.
 //!
 //! Text goes through plotters' pure-Rust `ab_glyph` rasteriser, which needs a TrueType font
 //! file: `MERIDIAN_CHART_FONT` (`none` for no text), or DejaVu Sans / Liberation Sans where Debian, Fedora and Arch
@@ -75,6 +76,8 @@ fn draw_with(path: &Path, samples: &[Sample], text: bool) -> Result<()> {
     let mut chart =
         panel(&top, text, "writes/s (all regions)", w_max, t_max).map_err(|e| err(&e))?;
     mesh(&mut chart, text, "s", "writes/s").map_err(|e| err(&e))?;
+    let starts = phase_starts(samples);
+    markers(&mut chart, &starts, w_max, text).map_err(|e| err(&e))?;
     chart
         .draw_series(LineSeries::new(
             samples.iter().map(|s| (s.t_s, s.writes_per_sec)),
@@ -96,6 +99,7 @@ fn draw_with(path: &Path, samples: &[Sample], text: bool) -> Result<()> {
     let title = "replication lag per pair (ms, lag matrix)";
     let mut chart = panel(&bottom, text, title, l_max, t_max).map_err(|e| err(&e))?;
     mesh(&mut chart, text, "s", "ms").map_err(|e| err(&e))?;
+    markers(&mut chart, &starts, l_max, false).map_err(|e| err(&e))?;
     for (i, pair) in pairs.iter().enumerate() {
         let points = samples
             .iter()
@@ -148,6 +152,37 @@ fn panel<'b>(
             .y_label_area_size(70);
     }
     chart.build_cartesian_2d(0.0..t_max, 0.0..y_max)
+}
+
+/// When each phase began: (seconds, phase).
+fn phase_starts(samples: &[Sample]) -> Vec<(f64, &str)> {
+    let mut starts: Vec<(f64, &str)> = Vec::new();
+    for s in samples {
+        if starts.last().is_none_or(|(_, p)| *p != s.phase) {
+            starts.push((s.t_s, &s.phase));
+        }
+    }
+    starts
+}
+
+/// A grey vertical line where each phase begins, named when text can be drawn.
+fn markers(
+    chart: &mut Chart<'_>,
+    starts: &[(f64, &str)],
+    y_max: f64,
+    text: bool,
+) -> Result<(), DrawError> {
+    let grey = RGBColor(150, 150, 150);
+    for (i, (t, phase)) in starts.iter().enumerate() {
+        chart.draw_series(LineSeries::new([(*t, 0.0), (*t, y_max)], grey))?;
+        if text {
+            // Alternate heights so names of short phases do not overlap.
+            let y = y_max * if i % 2 == 0 { 0.97 } else { 0.90 };
+            let label = Text::new(phase.to_string(), (*t, y), ("sans-serif", 13).into_font());
+            chart.draw_series(std::iter::once(label))?;
+        }
+    }
+    Ok(())
 }
 
 /// Grid, and axis labels when text can be drawn.

@@ -467,6 +467,7 @@ impl Bench {
         let (backlog, (acked, backlog_secs), errors, missing, healed) = result?;
         let bar = self.progress.bar("catch-up", missing, "writes");
         let deadline = healed + CATCHUP_WAIT;
+        let mut first_progress = None;
         let catchup = loop {
             let s = cluster::status(&self.client, &cut_api).await?;
             let have = cluster::applied(&s);
@@ -475,6 +476,9 @@ impl Bench {
                 .map(|(o, seq)| seq.saturating_sub(have.get(o).copied().unwrap_or(0)))
                 .sum();
             bar.set_position(missing.saturating_sub(lacking));
+            if lacking < missing && first_progress.is_none() {
+                first_progress = Some(healed.elapsed());
+            }
             if lacking == 0 {
                 break healed.elapsed();
             }
@@ -490,7 +494,10 @@ impl Bench {
         bar.finish_and_clear();
         let secs = catchup.as_secs_f64();
         let rate = per(missing as f64, secs);
+        let first_progress = first_progress.unwrap_or(catchup).as_secs_f64();
         Ok(Some(Catchup {
+            first_progress_ms: first_progress * 1000.0,
+            apply_writes_per_sec: per(missing as f64, secs - first_progress),
             cut_region: cut_name,
             backlog_writes: acked,
             backlog_secs,
@@ -546,7 +553,7 @@ impl Bench {
             .iter()
             .map(|(o, seq)| seq.saturating_sub(have.get(o).copied().unwrap_or(0)))
             .sum();
-        self.phase("catch-up");
+        self.phase("healed");
         for p in peers {
             cluster::set_blocked(&self.client, cut_api, p, false).await?;
         }

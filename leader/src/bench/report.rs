@@ -167,6 +167,13 @@ pub(crate) struct Catchup {
     pub(crate) catchup_ms: f64,
     /// `missing_writes / catchup`, writes/s.
     pub(crate) catchup_writes_per_sec: f64,
+    /// From the heal until the cut region had applied its first missing write, ms: the
+    /// links' reconnection (a cut longer than the QUIC idle timeout closes them, and the
+    /// redial waits out its backoff) and the first batch.
+    pub(crate) first_progress_ms: f64,
+    /// `missing_writes` over the time from the first progress to the end, writes/s: the
+    /// apply rate once data flows.
+    pub(crate) apply_writes_per_sec: f64,
     /// `catchup_writes_per_sec` ÷ the total write rate of phase 1.
     pub(crate) ratio_to_steady_state: Option<f64>,
 }
@@ -377,10 +384,12 @@ impl Report {
             row(
                 format!("{} catch-up after heal", c.cut_region),
                 format!(
-                    "{:.0} ms · {:.0} writes/s · {}× steady state",
+                    "{:.0} ms · {:.0} writes/s · {}× steady state (first write applied after {:.0} ms; {:.0} writes/s from then)",
                     c.catchup_ms,
                     c.catchup_writes_per_sec,
-                    opt(c.ratio_to_steady_state, 2)
+                    opt(c.ratio_to_steady_state, 2),
+                    c.first_progress_ms,
+                    c.apply_writes_per_sec
                 ),
             );
         }
