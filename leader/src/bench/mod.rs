@@ -382,8 +382,16 @@ fn finish(args: &BenchArgs, report: Report) -> Result<ExitCode> {
             .iter()
             .map(|(r, d)| format!("{r}={d}"))
             .collect();
+        let why = if report.convergence.after_ms.is_none() {
+            format!(
+                "their applied vectors still differed {} s after the last phase",
+                phases::DRAIN_WAIT.as_secs()
+            )
+        } else {
+            "they applied the same writes but their state digests differ".to_owned()
+        };
         eprintln!(
-            "meridian bench: FAILED: the regions did not converge: their state digests differ ({}); the replicas hold different data — keep the JSON and the region logs and file a bug",
+            "meridian bench: FAILED: the regions did not converge: {why} ({}); keep the JSON and the region logs and file a bug",
             digests.join(", ")
         );
         return Ok(ExitCode::FAILURE);

@@ -22,7 +22,7 @@ use super::{BenchArgs, Durability, LagRate, Phase, Progress, summarize};
 /// How often the sampler reads every region's status.
 const SAMPLE_EVERY: Duration = Duration::from_millis(250);
 /// How long the regions have to apply everything after a load.
-const DRAIN_WAIT: Duration = Duration::from_secs(120);
+pub(super) const DRAIN_WAIT: Duration = Duration::from_secs(120);
 /// How long a cut region has to catch up after the heal.
 const CATCHUP_WAIT: Duration = Duration::from_secs(300);
 /// Lag probes in flight at once; beyond it the dispatcher waits (and the wait shows as lag).
