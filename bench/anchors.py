@@ -570,11 +570,15 @@ def meridian_row(name: str, doc: dict) -> dict:
     lag = doc.get("lag")
     if isinstance(lag, dict):
         rate = lag.get("rate_per_sec")
+    # summary.catchup_ms is the catch-up of a cut-off region (its catchup phase); the column
+    # here is the drain after the throughput phase's load, as for the anchors
+    thr = doc.get("throughput")
+    drain = thr.get("drain_secs") if isinstance(thr, dict) else None
     return {
         "system": name,
         "write_rate_per_sec": s["total_writes_per_sec"],
         "sustained_replicated_per_sec": s["sustained_writes_per_sec"],
-        "catchup_ms": s["catchup_ms"],
+        "catchup_ms": None if drain is None else round(drain * 1000, 3),
         "lag_under_load": None,
         "lag_fixed_rate": {"count": 1, "p50_ms": s["lag_p50_ms"], "p99_ms": s["lag_p99_ms"], "max_ms": s["lag_max_ms"]},
         "fixed_rate_per_sec": rate,
@@ -649,7 +653,10 @@ def report(a) -> None:
     out.append("")
     out.append("sustained repl./s = writes / (load time + time until the replica/all regions had them all)")
     out.append("anchors' lag: replication positions (origin position, sampled in rounds of ~0.3-1 ms -> first replica poll showing it applied);")
-    out.append("meridian's lag: its own lag phase (ack at the origin -> read at each other region), --lag-rate auto")
+    out.append("meridian: clients write at every region at once (multi-leader); writes/s and sustained are totals over its")
+    out.append("  regions, catch-up is the drain after its load; lag is its own lag phase (ack at the origin -> read at each")
+    out.append("  other region, every ordered pair), --lag-rate auto = half its sustained rate")
+    out.append(f"anchors: one writable origin; fixed-rate lag load from {p.get('fixed_rate_source', 'FIXED_RATE')}")
     out.append("")
     out.append("ratios of sustained replicated rates:")
     for k, v in ratios.items():

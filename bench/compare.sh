@@ -7,7 +7,10 @@
 #   redis-always    the same with appendfsync always on both (a reply comes after the fsync)
 #   pg-logical      PostgreSQL 15 publisher -> subscriber, logical replication of kv(k bigint
 #                   primary key, v bytea); synchronous_commit=on at the publisher (durable there)
-#   meridian-2/-3   `meridian bench --regions 2|3 ... --mix write-only --phases throughput,lag`
+#   meridian-2/-3   `meridian bench --regions 2|3 ... --mix write-only --phases throughput,lag`:
+#                   multi-leader, its clients (CONCURRENCY in all) write at EVERY region at once,
+#                   each region to its own KEYS keys (bench's --keys is per region); writes/s and
+#                   sustained are totals over the regions. The anchors have one writable origin.
 #
 # What each figure means:
 #   writes/s            the load tool's own rate: redis-benchmark's requests/s (SET, random key
@@ -19,7 +22,10 @@
 #                       everything the origin had then (Redis: replica slave_repl_offset >=
 #                       primary master_repl_offset; PG: subscriber's applied remote commit LSN, or
 #                       replay_lsn reported in pg_stat_replication, >= publisher's
-#                       pg_current_wal_flush_lsn()). For Meridian: its sustained_writes_per_sec.
+#                       pg_current_wal_flush_lsn()). For Meridian: its sustained_writes_per_sec
+#                       (writes / (load + time until every region applied everything)); its
+#                       catch-up column is throughput.drain_secs (summary.catchup_ms is another
+#                       figure: a cut-off region's catch-up, a phase not run here).
 #   lag under load      anchors only: the same saturating load is run a SECOND time (the
 #                       throughput figures above come from the first, unsampled run, because
 #                       the sampler costs CPU); a sampler, in rounds of ~0.3-1 ms, records the
@@ -174,6 +180,7 @@ if [ "$meridian_ok" = 1 ]; then
   done
   m2=$work/meridian-2.json; m3=$work/meridian-3.json
 fi
+fixed_source="FIXED_RATE"
 if [ "$FIXED_RATE" = auto ]; then
   # the rate of meridian-3's lag phase when its JSON tells it, else a default
   FIXED_RATE=$(python3 -c '
@@ -185,6 +192,7 @@ try:
     print(int(float(r)) if isinstance(r, (int, float)) and r > 0 else sys.argv[2])
 except Exception:
     print(sys.argv[2])' "${m3:-/nonexistent}" "$fixed_default")
+  if [ "$FIXED_RATE" = "$fixed_default" ]; then fixed_source="default (no meridian-3 lag rate)"; else fixed_source="meridian-3's lag rate"; fi
   say "anchors' fixed-rate lag load: $FIXED_RATE writes/s"
 fi
 
@@ -248,7 +256,7 @@ for d in "${pgdirs[@]}"; do runuser -u postgres -- "$PGBIN/pg_ctl" -D "$d" stop 
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 STAMP=$stamp CPU=$cpu LOAD_BEFORE=$load_before LOAD_AFTER=$load_after FSYNC=$fsync WORK=$work \
 KEYS=$KEYS VALUE_BYTES=$VALUE_BYTES CONCURRENCY=$CONCURRENCY WRITES=$WRITES FIXED_RATE=$FIXED_RATE \
-FIXED_SECS=$FIXED_SECS QUICK=$quick python3 - "$work/machine.json" <<'EOF'
+FIXED_SECS=$FIXED_SECS QUICK=$quick FIXED_SOURCE=$fixed_source python3 - "$work/machine.json" <<'EOF'
 import json, os, sys
 e = os.environ
 json.dump({
@@ -256,7 +264,7 @@ json.dump({
     "machine": {"nproc": os.cpu_count(), "cpu": e["CPU"], "load_before": e["LOAD_BEFORE"],
                 "load_after": e["LOAD_AFTER"], "fsync_dir": e["WORK"], "fsync_probe": json.loads(e["FSYNC"])},
     "params": {k.lower(): int(e[k]) for k in ("KEYS", "VALUE_BYTES", "CONCURRENCY", "WRITES", "FIXED_RATE", "FIXED_SECS")}
-              | {"quick": e["QUICK"] == "1"},
+              | {"quick": e["QUICK"] == "1", "fixed_rate_source": e["FIXED_SOURCE"]},
 }, open(sys.argv[1], "w"))
 EOF
 args=(--machine "$work/machine.json" --out "$out")
