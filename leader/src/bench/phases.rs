@@ -225,35 +225,24 @@ impl Bench {
         let window = load_secs + drain.as_secs_f64();
         let after = cluster::statuses(&self.client, apis).await?;
         let cpu_after = proc_samples(pids.as_deref());
-        let mut regions = Vec::new();
-        for (i, r) in results.iter().enumerate() {
-            let delta =
-                |name: &str| cluster::counter(&after[i], name) - cluster::counter(&before[i], name);
-            let fsyncs = delta("fsyncs");
-            let cpu = match (&cpu_before, &cpu_after) {
-                (Some(b), Some(a)) => Some((b[i], a[i])),
-                _ => None,
-            };
-            let cpu_secs = cpu.map(|(b, a)| a.cpu_secs - b.cpu_secs);
-            regions.push(RegionThroughput {
-                region: self.cluster.names[i].clone(),
-                writes: r.writes.len(),
-                reads: r.reads.len(),
-                errors: r.errors,
-                writes_per_sec: per(r.writes.len() as f64, load_secs),
-                fsyncs,
-                fsyncs_per_sec: per(fsyncs as f64, window),
-                stored_writes_per_fsync: per(
-                    (delta("client_writes") + delta("remote_applied")) as f64,
-                    fsyncs as f64,
-                ),
-                cpu_secs,
-                cpu_pct: cpu_secs.map(|s| per(s * 100.0, window)),
-                peak_rss_mib: cpu.map(|(_, a)| a.peak_rss_kib as f64 / 1024.0),
-                write_latency: Quantiles::of(&r.writes),
-                read_latency: Quantiles::of(&r.reads),
-            });
-        }
+        let regions: Vec<RegionThroughput> = results
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let cpu = cpu_before
+                    .as_ref()
+                    .zip(cpu_after.as_ref())
+                    .map(|(b, a)| (b[i], a[i]));
+                let statuses = (&before[i], &after[i]);
+                region_figures(
+                    &self.cluster.names[i],
+                    r,
+                    statuses,
+                    cpu,
+                    (load_secs, window),
+                )
+            })
+            .collect();
         let writes: u64 = regions.iter().map(|r| r.writes).sum();
         let errors: u64 = results.iter().map(|r| r.errors).sum();
         let first_error = results.iter().find_map(|r| r.first_error.clone());
@@ -337,20 +326,71 @@ impl Bench {
             args.lag_secs,
             if source == "auto" { ", half the sustained rate" } else { "" }
         ));
-        let background = (rate > probe_rate).then(|| {
-            let load = Load {
-                targets: self.cluster.targets(),
-                clients: args.concurrency,
-                rate: Some(rate - probe_rate),
-                until: Until::Stopped,
-                workload: args.workload(None, workload::Mix::WriteOnly, 0.0),
-                seed: 4,
-            };
-            let control = Arc::new(LoadControl::default());
-            let (client, c) = (self.client.clone(), control.clone());
-            let task = tokio::spawn(async move { workload::run(&client, load, c).await });
-            (control, task)
-        });
+        let background = (rate > probe_rate).then(|| self.background(args, rate - probe_rate));
+        let started = Instant::now();
+        let (hists, probes, failed) = self.probes(args, probe_rate).await?;
+        let (mut background_writes, mut background_errors) = (0, 0);
+        if let Some((control, task)) = background {
+            control.stop.store(true, Ordering::Relaxed);
+            let (results, _) = task.await?;
+            background_writes = results.iter().map(|r| r.writes.len()).sum();
+            background_errors = results.iter().map(|r| r.errors).sum();
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let mut all = histogram();
+        for h in hists.values() {
+            let _ = all.add(h);
+        }
+        let all = Quantiles::of(&all);
+        Ok(Lag {
+            rate_per_sec: rate,
+            probe_rate_per_sec: probe_rate,
+            background_writes,
+            background_errors,
+            rate_source: source.to_owned(),
+            secs,
+            probes,
+            failed_probes: failed,
+            pairs: hists
+                .iter()
+                .map(|(p, h)| (p.clone(), Quantiles::of(h)))
+                .collect(),
+            all,
+            injected_one_way_ms: args.latency_ms,
+            p99_excess_ms: all.p99_ms - args.latency_ms as f64,
+        })
+    }
+
+    /// Plain writes at `rate` over every region (open loop) until its control is stopped.
+    fn background(
+        &self,
+        args: &BenchArgs,
+        rate: f64,
+    ) -> (
+        Arc<LoadControl>,
+        tokio::task::JoinHandle<(Vec<workload::RegionLoad>, f64)>,
+    ) {
+        let load = Load {
+            targets: self.cluster.targets(),
+            clients: args.concurrency,
+            rate: Some(rate),
+            until: Until::Stopped,
+            workload: args.workload(None, workload::Mix::WriteOnly, 0.0),
+            seed: 4,
+        };
+        let control = Arc::new(LoadControl::default());
+        let (client, c) = (self.client.clone(), control.clone());
+        let task = tokio::spawn(async move { workload::run(&client, load, c).await });
+        (control, task)
+    }
+
+    /// Lag probes at `rate` for `--lag-secs`, origins in turn: the lag histogram of every
+    /// ordered pair, the probes sent and those that failed.
+    async fn probes(
+        &self,
+        args: &BenchArgs,
+        rate: f64,
+    ) -> Result<(BTreeMap<String, Histogram<u64>>, u64, u64)> {
         let targets = Arc::new(self.cluster.targets());
         let hists: Arc<Mutex<BTreeMap<String, Histogram<u64>>>> = Arc::default();
         let failed = Arc::new(AtomicU64::new(0));
@@ -359,16 +399,12 @@ impl Bench {
         let slots = Arc::new(tokio::sync::Semaphore::new(PROBES_IN_FLIGHT_MAX));
         let value: Arc<[u8]> = Arc::from(vec![b'y'; args.value_bytes]);
         let started = Instant::now();
-        let schedule = Schedule::new(started, probe_rate);
+        let schedule = Schedule::new(started, rate);
         let end = started + Duration::from_secs(args.lag_secs);
         let mut tasks = tokio::task::JoinSet::new();
         let mut i = 0u64;
-        loop {
-            let due = schedule.intended(i);
-            if due >= end {
-                break;
-            }
-            tokio::time::sleep_until(due.into()).await;
+        while schedule.intended(i) < end {
+            tokio::time::sleep_until(schedule.intended(i).into()).await;
             let permit = slots.clone().acquire_owned().await?;
             let (client, targets, hists, failed, control, value) = (
                 self.client.clone(),
@@ -397,40 +433,11 @@ impl Bench {
             while tasks.try_join_next().is_some() {}
             i += 1;
         }
-        let (mut background_writes, mut background_errors) = (0, 0);
-        if let Some((control, task)) = background {
-            control.stop.store(true, Ordering::Relaxed);
-            let (results, _) = task.await?;
-            background_writes = results.iter().map(|r| r.writes.len()).sum();
-            background_errors = results.iter().map(|r| r.errors).sum();
-        }
         while tasks.join_next().await.is_some() {}
         ticker.abort();
         bar.finish_and_clear();
-        let secs = started.elapsed().as_secs_f64();
         let hists = std::mem::take(&mut *lock(&hists));
-        let mut all = histogram();
-        for h in hists.values() {
-            let _ = all.add(h);
-        }
-        let all = Quantiles::of(&all);
-        Ok(Lag {
-            rate_per_sec: rate,
-            probe_rate_per_sec: probe_rate,
-            background_writes,
-            background_errors,
-            rate_source: source.to_owned(),
-            secs,
-            probes: i,
-            failed_probes: failed.load(Ordering::Relaxed),
-            pairs: hists
-                .iter()
-                .map(|(p, h)| (p.clone(), Quantiles::of(h)))
-                .collect(),
-            all,
-            injected_one_way_ms: args.latency_ms,
-            p99_excess_ms: all.p99_ms - args.latency_ms as f64,
-        })
+        Ok((hists, i, failed.load(Ordering::Relaxed)))
     }
 
     async fn catchup(
@@ -584,6 +591,41 @@ impl Bench {
     }
 }
 
+/// One region's figures of the throughput phase: its clients' results, its statuses before
+/// and after, its process before and after, over `load_secs` of load and a `window` of load
+/// and drain.
+fn region_figures(
+    name: &str,
+    r: &workload::RegionLoad,
+    (before, after): (&Json, &Json),
+    cpu: Option<(ProcSample, ProcSample)>,
+    (load_secs, window): (f64, f64),
+) -> RegionThroughput {
+    let delta = |c: &str| cluster::counter(after, c).saturating_sub(cluster::counter(before, c));
+    let fsyncs = delta("fsyncs");
+    let cpu_secs = cpu.map(|(b, a)| a.cpu_secs - b.cpu_secs);
+    RegionThroughput {
+        region: name.to_owned(),
+        writes: r.writes.len(),
+        reads: r.reads.len(),
+        errors: r.errors,
+        accepted_not_reached: r.accepted,
+        writes_per_sec: per(r.writes.len() as f64, load_secs),
+        conflicts: delta("conflicts"),
+        fsyncs,
+        fsyncs_per_sec: per(fsyncs as f64, window),
+        stored_writes_per_fsync: per(
+            (delta("client_writes") + delta("remote_applied")) as f64,
+            fsyncs as f64,
+        ),
+        cpu_secs,
+        cpu_pct: cpu_secs.map(|s| per(s * 100.0, window)),
+        peak_rss_mib: cpu.map(|(_, a)| a.peak_rss_kib as f64 / 1024.0),
+        write_latency: Quantiles::of(&r.writes),
+        read_latency: Quantiles::of(&r.reads),
+    }
+}
+
 /// Reads every process, or `None` when not all can be read (or there are none).
 fn proc_samples(pids: Option<&[u32]>) -> Option<Vec<ProcSample>> {
     pids?.iter().map(|p| procstat::sample(*p)).collect()
@@ -695,5 +737,63 @@ async fn sample_loop(client: reqwest::Client, apis: Vec<String>, state: Arc<Samp
             writes_per_sec: rate,
             lag_ms,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn region_figures_come_from_counter_deltas_and_proc_samples() {
+        let status = |fsyncs: u64, writes: u64, applied: u64, conflicts: u64| {
+            json!({ "counters": { "fsyncs": fsyncs, "client_writes": writes,
+                                  "remote_applied": applied, "conflicts": conflicts } })
+        };
+        let (before, after) = (status(5, 10, 20, 1), status(15, 110, 120, 4));
+        let mut r = workload::RegionLoad::new();
+        for us in [1000, 2000, 3000, 4000] {
+            r.writes.record(us).unwrap();
+        }
+        let cpu = |secs: f64, kib: u64| ProcSample {
+            cpu_secs: secs,
+            peak_rss_kib: kib,
+        };
+        let f = region_figures(
+            "r0",
+            &r,
+            (&before, &after),
+            Some((cpu(1.0, 1024), cpu(2.0, 2048))),
+            (2.0, 4.0),
+        );
+        assert_eq!(f.writes, 4);
+        assert_eq!(f.writes_per_sec, 2.0);
+        assert_eq!(f.fsyncs, 10);
+        assert_eq!(f.fsyncs_per_sec, 2.5);
+        assert_eq!(f.stored_writes_per_fsync, 20.0);
+        assert_eq!(f.conflicts, 3);
+        assert_eq!(f.cpu_secs, Some(1.0));
+        assert_eq!(f.cpu_pct, Some(25.0));
+        assert_eq!(f.peak_rss_mib, Some(2.0));
+        let none = region_figures("r1", &r, (&before, &after), None, (2.0, 4.0));
+        assert_eq!(none.cpu_pct, None);
+        assert_eq!(none.peak_rss_mib, None);
+    }
+
+    #[test]
+    fn wire_divides_bytes_sent_by_replicated_writes() {
+        let status = |sent: u64, applied: u64| {
+            json!({ "peers": [{ "bytes_sent": sent }, { "bytes_sent": sent }],
+                    "counters": { "remote_applied": applied } })
+        };
+        let w = wire(&[status(100, 5)], &[status(1100, 15)]);
+        assert_eq!(w.bytes_sent, 2000);
+        assert_eq!(w.replicated_writes, 10);
+        assert_eq!(w.bytes_per_replicated_write, Some(200.0));
+        assert_eq!(
+            wire(&[status(1, 1)], &[status(1, 1)]).bytes_per_replicated_write,
+            None
+        );
     }
 }

@@ -62,8 +62,13 @@ pub(crate) struct RegionThroughput {
     pub(crate) reads: u64,
     /// Failed requests.
     pub(crate) errors: u64,
+    /// Writes answered 202: durable here, `--durability` not reached within 5 s.
+    pub(crate) accepted_not_reached: u64,
     /// Acknowledged writes per second of load.
     pub(crate) writes_per_sec: f64,
+    /// Concurrent writes that met at this region (its `conflicts` counter): the effect of
+    /// `--conflict-share`.
+    pub(crate) conflicts: u64,
     /// Storage commits (each one fsync) over load and drain.
     pub(crate) fsyncs: u64,
     /// `fsyncs` per second of load and drain.
@@ -327,6 +332,21 @@ impl Report {
                 row(
                     format!("{} write latency p50 / p99 / p999 ms", r.region),
                     r.write_latency.triple(),
+                );
+            }
+            if tp
+                .regions
+                .iter()
+                .any(|r| r.conflicts > 0 || r.accepted_not_reached > 0)
+            {
+                let each: Vec<String> = tp
+                    .regions
+                    .iter()
+                    .map(|r| format!("{} {} · {}", r.region, r.conflicts, r.accepted_not_reached))
+                    .collect();
+                row(
+                    "conflicts met · writes answered 202, per region".into(),
+                    each.join(" | "),
                 );
             }
             row(

@@ -259,7 +259,8 @@ pub(crate) struct RegionLoad {
 }
 
 impl RegionLoad {
-    fn new() -> Self {
+    /// Nothing seen yet.
+    pub(crate) fn new() -> Self {
         RegionLoad {
             writes: histogram(),
             reads: histogram(),
