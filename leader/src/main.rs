@@ -72,7 +72,8 @@ enum Command {
     /// Inspect or impair a region's links to its peers (simulations): `meridian link
     /// --region us-east eu-west --block`, then `--heal`.
     Link(cli::LinkArgs),
-    /// Start regions on localhost and measure write throughput, fsyncs and replication lag.
+    /// Benchmark regions started on localhost (or running ones, --target): throughput,
+    /// latency per durability level, lag per region pair, catch-up after a cut; JSON and PNG.
     Bench(bench::BenchArgs),
 }
 

@@ -57,7 +57,7 @@ pub(crate) struct BenchArgs {
     #[arg(long)]
     regions: Option<usize>,
     /// Run against regions already running at this API URL instead of starting any (repeat
-    /// it once per region, e.g. --target http://10.0.0.1:8101).
+    /// it once per region, e.g. --target http://us-east.example:8101).
     #[arg(long, value_name = "URL")]
     target: Vec<String>,
     /// Injected one-way latency between every pair of started regions, ms.
