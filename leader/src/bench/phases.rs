@@ -462,6 +462,11 @@ impl Bench {
             "bench: catchup phase ({cut_name} cut off; {} writes at the others, {} concurrent)",
             args.backlog, args.backlog_concurrency
         ));
+        // Start from a settled state, so the backlog is all the cut region misses.
+        let apis = &self.cluster.apis;
+        if let Err(v) = cluster::wait_applied_equal(&self.client, apis, DRAIN_WAIT).await? {
+            bail!("the regions had not applied the same writes before the catchup phase: {v:?}");
+        }
         let peers: Vec<String> = self.cluster.names[..cut].to_vec();
         for p in &peers {
             cluster::set_blocked(&self.client, &cut_api, p, true).await?;
