@@ -169,12 +169,15 @@ say "machine: $(nproc) cpus, $cpu; load average $load_before; fsync probe $fsync
 # ---------------------------------------------------------------- Meridian (first: its lag rate
 # can set the anchors' fixed rate)
 m2=${MERIDIAN_JSON2:-}; m3=${MERIDIAN_JSON3:-}
+meridian_cmds=""
 if [ "$meridian_ok" = 1 ]; then
   for n in 2 3; do
     say "meridian bench --regions $n"
-    "$MERIDIAN_BIN" bench --regions "$n" --keys "$KEYS" --value-bytes "$VALUE_BYTES" \
-      --concurrency "$CONCURRENCY" --writes "$WRITES" --mix write-only --phases throughput,lag \
-      --lag-rate auto "${mextra[@]}" --out "$work/meridian-$n.json" >"$work/meridian-$n.txt" 2>&1 &
+    mcmd=("$MERIDIAN_BIN" bench --regions "$n" --keys "$KEYS" --value-bytes "$VALUE_BYTES"
+          --concurrency "$CONCURRENCY" --writes "$WRITES" --mix write-only --phases throughput,lag
+          --lag-rate auto "${mextra[@]}" --out "$work/meridian-$n.json")
+    meridian_cmds+="${mcmd[*]}"$'\n'
+    "${mcmd[@]}" >"$work/meridian-$n.txt" 2>&1 &
     pids+=($!)
     if ! reap $!; then cat "$work/meridian-$n.txt" >&2; die "meridian bench --regions $n failed"; fi
   done
@@ -256,7 +259,7 @@ for d in "${pgdirs[@]}"; do runuser -u postgres -- "$PGBIN/pg_ctl" -D "$d" stop 
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 STAMP=$stamp CPU=$cpu LOAD_BEFORE=$load_before LOAD_AFTER=$load_after FSYNC=$fsync WORK=$work \
 KEYS=$KEYS VALUE_BYTES=$VALUE_BYTES CONCURRENCY=$CONCURRENCY WRITES=$WRITES FIXED_RATE=$FIXED_RATE \
-FIXED_SECS=$FIXED_SECS QUICK=$quick FIXED_SOURCE=$fixed_source python3 - "$work/machine.json" <<'EOF'
+FIXED_SECS=$FIXED_SECS QUICK=$quick FIXED_SOURCE=$fixed_source MERIDIAN_CMDS=$meridian_cmds python3 - "$work/machine.json" <<'EOF'
 import json, os, sys
 e = os.environ
 json.dump({
@@ -265,6 +268,7 @@ json.dump({
                 "load_after": e["LOAD_AFTER"], "fsync_dir": e["WORK"], "fsync_probe": json.loads(e["FSYNC"])},
     "params": {k.lower(): int(e[k]) for k in ("KEYS", "VALUE_BYTES", "CONCURRENCY", "WRITES", "FIXED_RATE", "FIXED_SECS")}
               | {"quick": e["QUICK"] == "1", "fixed_rate_source": e["FIXED_SOURCE"]},
+    "meridian_commands": [c for c in e["MERIDIAN_CMDS"].splitlines() if c],
 }, open(sys.argv[1], "w"))
 EOF
 args=(--machine "$work/machine.json" --out "$out")
