@@ -31,9 +31,8 @@
 #                       the sampler costs CPU); a sampler, in rounds of ~0.3-1 ms, records the
 #                       origin's position (Redis master_repl_offset; PG pg_current_wal_flush_lsn(),
 #                       i.e. WAL durable at the publisher) and then polls the replica's APPLIED
-#                       position (Redis replica
-#                       slave_repl_offset; PG pg_replication_origin_status.remote_lsn on the
-#                       subscriber). Lag of a sample = time until the first replica poll showing a
+#                       position (Redis replica slave_repl_offset; PG
+#                       pg_replication_origin_status.remote_lsn on the subscriber). Lag of a sample = time until the first replica poll showing a
 #                       position >= it. Method: replication positions, not marker keys. Both
 #                       times are taken when the answer arrives, so a lag includes one local round
 #                       trip; a write reaches the sampler up to one round after the origin had it,
@@ -45,8 +44,8 @@
 #                       FIXED_RATE=auto (default): the rate meridian-3's lag phase used, when its
 #                       JSON says (summary.lag_rate_per_sec, lag.rate_per_sec or args.lag_rate),
 #                       else 1000 (500 with --quick). Meridian's column is its own lag phase at
-#                       --lag-rate auto (time from the origin's ack to a successful read at each
-#                       other region).
+#                       --lag-rate auto, half its sustained rate (time from the origin's ack to a
+#                       successful read at each other region, every ordered pair).
 # Limits:
 #   - Everything shares this machine's cores: servers, replicas, load tools and the sampler. The
 #     sampler itself costs CPU (a few thousand tiny queries/s). Figures from a loaded machine are
@@ -60,7 +59,8 @@
 #
 # Usage: bench/compare.sh [--quick] [--out FILE] [--skip-meridian]
 #   env: KEYS=10000 VALUE_BYTES=100 CONCURRENCY=64 WRITES=200000 FIXED_RATE=auto FIXED_SECS=10
-#        (--quick: WRITES=12800 FIXED_SECS=2, others the same; Meridian's own phases as it sets them)
+#        (--quick: WRITES=12800 FIXED_SECS=2, others the same); FIXED_SECS is also passed to
+#        meridian bench as --lag-secs when it takes that flag
 #        MERIDIAN_BIN (default: cargo build --release -p leader, then $CARGO_TARGET_DIR/release/meridian)
 #        MERIDIAN_JSON2 / MERIDIAN_JSON3: use these meridian bench outputs instead of running it
 #        SKIP_MERIDIAN=1: anchors only
