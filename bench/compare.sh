@@ -32,8 +32,8 @@
 #                       origin's position (Redis master_repl_offset; PG pg_current_wal_flush_lsn(),
 #                       i.e. WAL durable at the publisher) and then polls the replica's APPLIED
 #                       position (Redis replica slave_repl_offset; PG
-#                       pg_replication_origin_status.remote_lsn on the subscriber). Lag of a sample = time until the first replica poll showing a
-#                       position >= it. Method: replication positions, not marker keys. Both
+#                       pg_replication_origin_status.remote_lsn on the subscriber). Lag of a
+#                       sample = time until the first replica poll showing a position >= it. Method: replication positions, not marker keys. Both
 #                       times are taken when the answer arrives, so a lag includes one local round
 #                       trip; a write reaches the sampler up to one round after the origin had it,
 #                       so short lags read short by up to a round (Meridian's own lag is measured
