@@ -33,12 +33,13 @@
 #                       i.e. WAL durable at the publisher) and then polls the replica's APPLIED
 #                       position (Redis replica slave_repl_offset; PG
 #                       pg_replication_origin_status.remote_lsn on the subscriber). Lag of a
-#                       sample = time until the first replica poll showing a position >= it. Method: replication positions, not marker keys. Both
-#                       times are taken when the answer arrives, so a lag includes one local round
-#                       trip; a write reaches the sampler up to one round after the origin had it,
-#                       so short lags read short by up to a round (Meridian's own lag is measured
-#                       from the client's ack instead). Samples whose position did not move since
-#                       the previous one carry no write and are skipped.
+#                       sample = time until the first replica poll showing a position >= it.
+#                       Method: replication positions, not marker keys. Both times are taken
+#                       when the answer arrives, so a lag includes one local round trip; a write
+#                       reaches the sampler up to one round after the origin had it, so short
+#                       lags read short by up to a round (Meridian's own lag is measured from
+#                       the client's ack instead). Samples whose position did not move since the
+#                       previous one carry no write and are skipped.
 #   lag at fixed rate   the same sampler while the origin takes FIXED_RATE writes/s for FIXED_SECS
 #                       (Redis: an open-loop pipelined writer in bench/anchors.py; PG: pgbench -R).
 #                       FIXED_RATE=auto (default): the rate meridian-3's lag phase used, when its
