@@ -64,6 +64,7 @@ fn a_restart_recovers_exactly_what_was_persisted() {
         hlc_high: Hlc::new(1_700_000_000_500, 3),
         replicas: vec![(other, "eu-west".into())],
         peer_acked: vec![("eu-west".into(), acked.clone())],
+        checkpoint: true,
     };
     opened.store.persist(&batch).unwrap();
     assert_eq!(opened.store.commits(), 1, "one batch, one commit");
@@ -85,6 +86,10 @@ fn a_restart_recovers_exactly_what_was_persisted() {
         Some("eu-west")
     );
     assert_eq!(rec.peer_acked.get("eu-west"), Some(&acked));
+    assert!(
+        rec.replay.is_empty(),
+        "a checkpoint leaves nothing to replay"
+    );
     // The log is read back per origin, in order, within the range asked for.
     let log = again
         .store
@@ -146,4 +151,68 @@ fn a_directory_in_use_by_another_process_is_refused() {
         Store::open(dir.path(), "c1", "us-east").is_ok(),
         "free again once closed"
     );
+}
+
+/// A batch of one write `me:seq` to key `k{seq}`, with its key state, that is or is not a
+/// checkpoint.
+fn one_write(me: ReplicaId, seq: u64, checkpoint: bool) -> (PersistBatch, KeyState) {
+    let mut state = KeyState::default();
+    state.apply(&entry(me, seq).write, &Lww);
+    let mut applied = VersionVector::new();
+    applied.add_dot(&Dot {
+        replica: me,
+        seq: Seq(seq),
+    });
+    let batch = PersistBatch {
+        id: seq,
+        keys: vec![(
+            "default".into(),
+            format!("k{seq}").into_bytes(),
+            state.clone(),
+        )],
+        log: vec![entry(me, seq)],
+        applied,
+        own_seq: Seq(seq),
+        hlc_high: Hlc::new(1_700_000_000_000 + seq, 0),
+        checkpoint,
+        ..PersistBatch::default()
+    };
+    (batch, state)
+}
+
+/// Key states wait for a checkpoint; until then a restart hands back the log entries after
+/// the last one to replay, and a checkpoint writes every state kept back since.
+#[test]
+fn key_states_are_checkpointed_and_the_log_after_the_checkpoint_is_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let opened = Store::open(dir.path(), "c1", "us-east").unwrap();
+    let me = opened.replica;
+    let (b1, s1) = one_write(me, 1, false);
+    let (b2, s2) = one_write(me, 2, false);
+    opened.store.persist(&b1).unwrap();
+    opened.store.persist(&b2).unwrap();
+    drop(opened);
+
+    let again = Store::open(dir.path(), "c1", "us-east").unwrap();
+    let rec = again.recovered;
+    assert!(rec.keys.is_empty(), "no checkpoint yet: {:?}", rec.keys);
+    assert_eq!(rec.replay, vec![entry(me, 1), entry(me, 2)]);
+    assert_eq!(rec.own_seq, Seq(2));
+
+    // After a restart the state machine's first batch is a checkpoint carrying the states it
+    // rebuilt by replaying (see `Replica::new`), so the log before it is never needed again.
+    let (mut b3, s3) = one_write(me, 3, true);
+    b3.keys
+        .insert(0, ("default".into(), b"k1".to_vec(), s1.clone()));
+    b3.keys
+        .insert(1, ("default".into(), b"k2".to_vec(), s2.clone()));
+    again.store.persist(&b3).unwrap();
+    drop(again.store);
+    let third = Store::open(dir.path(), "c1", "us-east").unwrap();
+    let rec = third.recovered;
+    assert!(rec.replay.is_empty(), "{:?}", rec.replay);
+    let key = |n: u64| ("default".to_owned(), format!("k{n}").into_bytes());
+    assert_eq!(rec.keys.get(&key(1)), Some(&s1));
+    assert_eq!(rec.keys.get(&key(2)), Some(&s2));
+    assert_eq!(rec.keys.get(&key(3)), Some(&s3));
 }

@@ -92,6 +92,11 @@ pub struct Recovered {
     pub replicas: BTreeMap<ReplicaId, String>,
     /// Each peer's last acknowledged applied vector, per region.
     pub peer_acked: BTreeMap<String, VersionVector>,
+    /// Durable log entries that `keys` does not reflect yet (storage wrote the key states
+    /// back lazily), each origin's in sequence order: [`Replica::new`] applies them to `keys`.
+    /// Key states are a join-semilattice, so replaying them in any interleaving of origins
+    /// rebuilds exactly the states the region had.
+    pub replay: Vec<LogEntry>,
 }
 
 /// An input to the state machine.
@@ -246,6 +251,12 @@ pub struct PersistBatch {
     pub replicas: Vec<(ReplicaId, String)>,
     /// Peers' acknowledged vectors that changed since the last batch.
     pub peer_acked: Vec<(String, VersionVector)>,
+    /// The key states of this batch, and of every earlier one, must be durable once this
+    /// batch is. Storage may otherwise keep key states back and rebuild them after a crash by
+    /// replaying the log ([`Recovered::replay`]); this batch logs a write that was *not*
+    /// applied to its key (quarantined: unknown table or mismatched resolver), which a replay
+    /// would wrongly apply.
+    pub checkpoint: bool,
 }
 
 /// What a client learns when its write is durable here.
@@ -429,6 +440,8 @@ struct Staged {
     log: Vec<LogEntry>,
     replies: Vec<PendingReply>,
     replicas: Vec<(ReplicaId, String)>,
+    /// A staged log entry was quarantined: see [`PersistBatch::checkpoint`].
+    checkpoint: bool,
 }
 
 /// A persistence step in flight.
@@ -555,6 +568,25 @@ impl Replica {
                 )
             })
             .collect();
+        let mut keys = rec.keys;
+        // The replayed states exist only in memory: the first batch carries them and is a
+        // checkpoint, so storage never needs this part of the log to rebuild them again.
+        let mut staged = Staged {
+            checkpoint: !rec.replay.is_empty(),
+            ..Staged::default()
+        };
+        for e in &rec.replay {
+            // A write of a table no longer configured was quarantined when it arrived, and a
+            // batch holding a quarantined write is a checkpoint, so it is never replayed; this
+            // only skips writes whose table was removed from the configuration since.
+            if let Some(r) = resolvers.get(&e.table) {
+                let slot = (e.table.clone(), e.key.clone());
+                keys.entry(slot.clone())
+                    .or_default()
+                    .apply(&e.write, r.as_ref());
+                staged.keys.insert(slot);
+            }
+        }
         let mut replicas = rec.replicas;
         replicas.insert(opts.replica, opts.region.clone());
         let mut durable = rec.applied;
@@ -570,12 +602,12 @@ impl Replica {
             own_seq: rec.own_seq,
             received: durable.clone(),
             durable,
-            keys: rec.keys,
+            keys,
             replicas,
             peers,
             tail: BTreeMap::new(),
             own_commits: VecDeque::new(),
-            staged: Staged::default(),
+            staged,
             in_flight: None,
             next_persist_id: 1,
             conflicts: VecDeque::new(),
@@ -862,6 +894,7 @@ impl Replica {
             hlc_high: self.clock.last(),
             replicas: staged.replicas,
             peer_acked: dirty_peers,
+            checkpoint: staged.checkpoint,
         };
         self.in_flight = Some(InFlight {
             id,
@@ -1260,12 +1293,14 @@ impl Replica {
                 // stays in the log (nothing is lost, and it is relayed to regions that agree)
                 // and is counted, while the alarm tells the operator which resolvers differ.
                 self.counters.quarantined += 1;
+                self.staged.checkpoint = true;
             }
             Some(r) => {
                 self.apply(now, &e.table, &e.key, &e.write, r.as_ref());
             }
             None => {
                 self.counters.quarantined += 1;
+                self.staged.checkpoint = true;
                 out.push(Effect::Alarm(Alarm::UnknownTable {
                     table: e.table.clone(),
                     origin: origin_region.to_owned(),

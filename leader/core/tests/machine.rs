@@ -43,6 +43,8 @@ struct Node {
     id: ReplicaId,
     log: BTreeMap<(ReplicaId, Seq), leader_core::LogEntry>,
     persisting: VecDeque<PersistBatch>,
+    /// `checkpoint` of every batch persisted, in order.
+    checkpoints: Vec<bool>,
     replies: Vec<(u64, Result<leader_core::WriteReceipt, WriteError>)>,
     alarms: Vec<Alarm>,
     closed: Vec<(String, String)>,
@@ -86,6 +88,7 @@ impl World {
                 id,
                 log: BTreeMap::new(),
                 persisting: VecDeque::new(),
+                checkpoints: Vec::new(),
                 replies: Vec::new(),
                 alarms: Vec::new(),
                 closed: Vec::new(),
@@ -184,6 +187,7 @@ impl World {
     fn sync(&mut self, region: &str) {
         while let Some(batch) = self.nodes.get_mut(region).unwrap().persisting.pop_front() {
             let node = self.nodes.get_mut(region).unwrap();
+            node.checkpoints.push(batch.checkpoint);
             for e in &batch.log {
                 node.log
                     .insert((e.write.dot.replica, e.write.dot.seq), e.clone());
@@ -889,6 +893,69 @@ fn a_table_resolved_differently_elsewhere_is_not_applied_but_others_are() {
     );
     assert_eq!(w.nodes["a"].replica.counters().quarantined, 1);
     assert_eq!(w.nodes["a"].replica.resolver_mismatches().len(), 1);
+    // The batch that logged the held-back write also makes every key state durable: a
+    // restart replays only the log after the last checkpoint, and must not apply it.
+    let a = &w.nodes["a"];
+    assert_eq!(
+        a.checkpoints.iter().filter(|c| **c).count(),
+        1,
+        "{:?}",
+        a.checkpoints
+    );
+}
+
+/// Storage may write key states back lazily and rebuild them after a crash from the log
+/// ([`Recovered::replay`]): replaying a region's log, with origins interleaved in another
+/// order than they arrived, rebuilds exactly the states it had.
+#[test]
+fn a_restart_rebuilds_key_states_by_replaying_the_log() {
+    let mut w = World::new();
+    w.mesh();
+    w.deliver();
+    for (i, region) in REGIONS.iter().enumerate() {
+        for k in 0..6 {
+            let value = format!("{region}-{k}");
+            w.write(region, "default", &format!("k{}", k % 3), Some(&value));
+            w.write(region, "mv", &format!("k{}", (k + i) % 2), Some(&value));
+        }
+        w.write(region, "default", "k0", None);
+    }
+    w.deliver();
+    assert_eq!(w.digests().len(), 1, "the regions converged");
+    let node = &w.nodes["a"];
+    // Replayed origin by origin, last origin first.
+    let mut replay: Vec<leader_core::LogEntry> = Vec::new();
+    for origin in REGIONS.iter().rev() {
+        let id = w.nodes[*origin].id;
+        replay.extend(
+            node.log
+                .range((id, Seq(1))..=(id, Seq(u64::MAX)))
+                .map(|(_, e)| e.clone()),
+        );
+    }
+    assert_eq!(replay.len(), 3 * 13);
+    let rec = Recovered {
+        own_seq: node.replica.applied().get(node.id),
+        hlc_high: node.replica.hlc(),
+        applied: node.replica.applied().clone(),
+        replay,
+        ..Recovered::default()
+    };
+    let mut again = Replica::new(opts("a", node.id), &Registry::with_builtins(), rec).unwrap();
+    assert_eq!(again.digest(), node.replica.digest());
+    assert_eq!(again.keys().count(), node.replica.keys().count());
+    // The rebuilt states are only in memory: the first batch makes them durable, as a
+    // checkpoint, so the replayed log is never needed again.
+    let mut out = Vec::new();
+    again.handle(w.now, Event::Tick, &mut out);
+    let batch = out.iter().find_map(|e| match e {
+        Effect::Persist(b) => Some(b),
+        _ => None,
+    });
+    let batch = batch.expect("the replayed states are persisted at once");
+    assert!(batch.checkpoint);
+    assert!(batch.log.is_empty());
+    assert_eq!(batch.keys.len(), node.replica.keys().count());
 }
 
 #[test]

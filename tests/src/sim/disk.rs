@@ -134,6 +134,8 @@ impl Disk {
             keys: self.keys.clone(),
             replicas: self.replicas.clone(),
             peer_acked: self.peer_acked.clone(),
+            // This disk writes every batch's key states with it, so nothing is replayed.
+            replay: Vec::new(),
         }
     }
 
