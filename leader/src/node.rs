@@ -1128,8 +1128,9 @@ impl Driver {
                 let store = Arc::clone(&self.store);
                 let tx = self.completions_tx.clone();
                 tokio::task::spawn_blocking(move || {
-                    let completion = match store.persist(&batch) {
-                        Ok(()) => Completion::Persisted(batch.id),
+                    let id = batch.id;
+                    let completion = match store.persist(batch) {
+                        Ok(()) => Completion::Persisted(id),
                         Err(e) => Completion::PersistFailed(e),
                     };
                     // A closed channel means the driver has gone: nobody waits for the reply.

@@ -386,7 +386,7 @@ impl Store {
     /// Writes one batch atomically and durably: returns after the fsync. Its key states are
     /// written now if this commit is a checkpoint, else kept back for the next one (the log
     /// entries committed now rebuild them after a crash).
-    pub fn persist(&self, batch: &PersistBatch) -> Result<(), StorageError> {
+    pub fn persist(&self, batch: PersistBatch) -> Result<(), StorageError> {
         let dir = &self.dir;
         // Poisoned only if an earlier persist panicked; its commit never happened and the
         // node stopped, so what the lock holds is still what earlier commits kept back.
@@ -394,12 +394,10 @@ impl Store {
             .deferred
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for (table, key, state) in &batch.keys {
-            deferred
-                .keys
-                .insert((table.clone(), key.clone()), state.clone());
-        }
         deferred.entries += batch.log.len();
+        for (table, key, state) in batch.keys {
+            deferred.keys.insert((table, key), state);
+        }
         let checkpoint = batch.checkpoint
             || deferred.keys.len() >= CHECKPOINT_KEYS
             || deferred.entries >= CHECKPOINT_ENTRIES;

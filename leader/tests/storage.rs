@@ -66,7 +66,7 @@ fn a_restart_recovers_exactly_what_was_persisted() {
         peer_acked: vec![("eu-west".into(), acked.clone())],
         checkpoint: true,
     };
-    opened.store.persist(&batch).unwrap();
+    opened.store.persist(batch.clone()).unwrap();
     assert_eq!(opened.store.commits(), 1, "one batch, one commit");
     drop(opened);
 
@@ -189,8 +189,8 @@ fn key_states_are_checkpointed_and_the_log_after_the_checkpoint_is_replayed() {
     let me = opened.replica;
     let (b1, s1) = one_write(me, 1, false);
     let (b2, s2) = one_write(me, 2, false);
-    opened.store.persist(&b1).unwrap();
-    opened.store.persist(&b2).unwrap();
+    opened.store.persist(b1).unwrap();
+    opened.store.persist(b2).unwrap();
     drop(opened);
 
     let again = Store::open(dir.path(), "c1", "us-east").unwrap();
@@ -206,7 +206,7 @@ fn key_states_are_checkpointed_and_the_log_after_the_checkpoint_is_replayed() {
         .insert(0, ("default".into(), b"k1".to_vec(), s1.clone()));
     b3.keys
         .insert(1, ("default".into(), b"k2".to_vec(), s2.clone()));
-    again.store.persist(&b3).unwrap();
+    again.store.persist(b3).unwrap();
     drop(again.store);
     let third = Store::open(dir.path(), "c1", "us-east").unwrap();
     let rec = third.recovered;

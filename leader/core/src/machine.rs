@@ -794,9 +794,10 @@ impl Replica {
                 (!concurrent.is_empty()).then(|| concurrent.clone())
             }
         };
-        let resolved = state.resolve(r);
         self.staged.keys.insert(slot);
         if let Some(concurrent) = conflict {
+            // What readers see now, for the conflict log only: not worth computing otherwise.
+            let resolved = self.keys[&(table.to_owned(), key.to_vec())].resolve(r);
             self.record_conflict(now, table, key, w, &concurrent, r, &resolved);
             return true;
         }
