@@ -198,8 +198,13 @@ pub struct Timeouts {
     pub keep_alive_ms: u64,
     /// First delay before redialling a lost peer (default 100); doubles on each failure.
     pub reconnect_min_ms: u64,
-    /// Longest delay between redials (default 5000); at least `reconnect_min_ms`.
+    /// Longest delay between redials (default 1000); at least `reconnect_min_ms`. It bounds
+    /// how long a healed link stays down, so it is short: a redial is one handshake attempt.
     pub reconnect_max_ms: u64,
+    /// A dial whose QUIC/TLS handshake and hello have not completed after this long is abandoned
+    /// and retried after the reconnect delay (default 2000). Allow a few round trips of the
+    /// slowest link; a dial into a partition would otherwise retransmit ever more rarely.
+    pub dial_timeout_ms: u64,
     /// How long a write waits for the durability it asked for (`one`, `quorum`, `all`) before
     /// the reply says it is committed locally and still replicating (default 5000).
     pub write_timeout_ms: u64,
@@ -217,7 +222,8 @@ impl Default for Timeouts {
             idle_timeout_ms: 10_000,
             keep_alive_ms: 2000,
             reconnect_min_ms: 100,
-            reconnect_max_ms: 5000,
+            reconnect_max_ms: 1000,
+            dial_timeout_ms: 2000,
             write_timeout_ms: 5000,
             session_wait_ms: 1000,
         }
@@ -258,6 +264,11 @@ impl Timeouts {
     /// [`Timeouts::reconnect_max_ms`] as a duration.
     pub fn reconnect_max(&self) -> Duration {
         Duration::from_millis(self.reconnect_max_ms)
+    }
+
+    /// [`Timeouts::dial_timeout_ms`] as a duration.
+    pub fn dial_timeout(&self) -> Duration {
+        Duration::from_millis(self.dial_timeout_ms)
     }
 
     /// [`Timeouts::write_timeout_ms`] as a duration.
@@ -890,6 +901,7 @@ fn check_timeouts(t: &Timeouts) -> Result<(), Problem> {
             bound("keep_alive_ms", t.keep_alive_ms),
             bound("reconnect_min_ms", t.reconnect_min_ms),
             bound("reconnect_max_ms", t.reconnect_max_ms),
+            bound("dial_timeout_ms", t.dial_timeout_ms),
             bound("write_timeout_ms", t.write_timeout_ms),
             bound("session_wait_ms", t.session_wait_ms),
         ],

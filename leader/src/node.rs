@@ -608,6 +608,7 @@ pub async fn start(
     mesh_config.idle_timeout = t.idle_timeout();
     mesh_config.backoff_min = t.reconnect_min();
     mesh_config.backoff_max = t.reconnect_max();
+    mesh_config.dial_timeout = t.dial_timeout();
     mesh_config.rng_seed = wiring.rng_seed;
     let bind_err = |source| {
         NodeError::Transport(format!(

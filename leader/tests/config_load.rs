@@ -149,7 +149,8 @@ fn sections_are_optional_and_defaults_apply() {
     assert_eq!(t.idle_timeout(), Duration::from_secs(10));
     assert_eq!(t.keep_alive(), Duration::from_secs(2));
     assert_eq!(t.reconnect_min(), Duration::from_millis(100));
-    assert_eq!(t.reconnect_max(), Duration::from_secs(5));
+    assert_eq!(t.reconnect_max(), Duration::from_secs(1));
+    assert_eq!(t.dial_timeout(), Duration::from_secs(2));
     assert_eq!(t.write_timeout(), Duration::from_secs(5));
     assert_eq!(t.session_wait(), Duration::from_secs(1));
 }

@@ -63,6 +63,10 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// Default longest reconnect delay.
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Default bound on one dial attempt (QUIC and TLS handshake plus the transport hello). A dial
+/// into a partition otherwise waits out the whole idle timeout, retransmitting its first packet
+/// ever more rarely, so a healed link would stay down for seconds after the network is back.
+pub const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default per-connection send queue, in frames.
 pub const DEFAULT_SEND_QUEUE_FRAMES: usize = 1024;
 /// Default event channel capacity, in events.
@@ -99,6 +103,9 @@ pub struct MeshConfig {
     pub backoff_min: Duration,
     /// Longest reconnect delay.
     pub backoff_max: Duration,
+    /// A dial attempt that has not completed its handshake after this long is abandoned and
+    /// retried after the backoff delay.
+    pub dial_timeout: Duration,
     /// Per-connection send queue, in frames.
     pub send_queue_frames: usize,
     /// Event channel capacity, in events.
@@ -126,6 +133,7 @@ impl MeshConfig {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             backoff_min: DEFAULT_BACKOFF_MIN,
             backoff_max: DEFAULT_BACKOFF_MAX,
+            dial_timeout: DEFAULT_DIAL_TIMEOUT,
             send_queue_frames: DEFAULT_SEND_QUEUE_FRAMES,
             event_queue: DEFAULT_EVENT_QUEUE,
             hello_timeout: DEFAULT_HELLO_TIMEOUT,
@@ -168,6 +176,9 @@ impl MeshConfig {
                 "backoff_min ({:?}) must be non-zero and at most backoff_max ({:?})",
                 self.backoff_min, self.backoff_max
             ));
+        }
+        if self.dial_timeout.is_zero() {
+            return bad("dial_timeout must be non-zero".into());
         }
         if self.send_queue_frames == 0 || self.event_queue == 0 {
             return bad("send_queue_frames and event_queue must be at least 1".into());
@@ -282,6 +293,7 @@ pub(crate) struct Settings {
     pub(crate) send_queue_frames: usize,
     pub(crate) hello_timeout: Duration,
     pub(crate) shutdown_drain: Duration,
+    pub(crate) dial_timeout: Duration,
 }
 
 /// State shared by the handle and every task of one mesh.
@@ -437,6 +449,7 @@ impl<M: Message> Mesh<M> {
                 send_queue_frames: config.send_queue_frames,
                 hello_timeout: config.hello_timeout,
                 shutdown_drain: config.shutdown_drain,
+                dial_timeout: config.dial_timeout,
             },
             incarnation,
             endpoint,
@@ -688,9 +701,17 @@ async fn dial_once<M: Message>(
                 return Outcome::Failed(format!("cannot dial region {peer:?} at {addr}: {e}"));
             }
         };
+    let dial_timeout = shared.settings.dial_timeout;
     let result = tokio::select! {
         biased;
         result = connecting => result,
+        // Dropping the attempt closes it; the next one starts fresh after the backoff.
+        _ = tokio::time::sleep(dial_timeout) => {
+            let message = format!("dialing region {peer:?} at {addr}: no handshake within {dial_timeout:?} (dial_timeout)");
+            link.attempt_failed(message.clone());
+            debug!(region = %shared.settings.region, "{message}");
+            return Outcome::Failed(message);
+        }
         // set_peer_addr: stop waiting on the old address (dropping the attempt closes it).
         _ = addr_epoch.changed() => {
             return Outcome::Failed(format!("address of region {peer:?} changed while dialing {addr}"));
