@@ -470,33 +470,75 @@ async fn write(
         }
     };
     let receipt = &written.receipt;
-    let mut body = json!({
-        "region": s.node.region(),
-        "dot": { "replica": format!("{:#}", receipt.dot.replica), "seq": receipt.dot.seq.0 },
-        "hlc": receipt.hlc.to_string(),
-        "conflict": receipt.conflict,
-        "context": encode_context(&receipt.context),
-        "session": encode_context(&written.session),
-        "durability": receipt.durability.as_str(),
-        "durable_in": receipt.durable_in,
-    });
-    let status = if receipt.timed_out {
-        body["timed_out"] = json!(true);
-        body["message"] = json!(format!(
+    // Each token is encoded once, for the body and its header. The body is serialised from a
+    // struct rather than built as a `serde_json::Value` map: this runs once per write.
+    let context = encode_context(&receipt.context);
+    let session = encode_context(&written.session);
+    let headers = [
+        token_header(CONTEXT_HEADER, &context),
+        token_header(SESSION_HEADER, &session),
+    ];
+    let timed_out = receipt.timed_out;
+    let message = timed_out.then(|| {
+        format!(
             "the write is committed in {} and durable in {}; it did not reach durability '{}' in time and keeps replicating (it is not rolled back)",
             s.node.region(),
             receipt.durable_in.join(", "),
             receipt.durability
-        ));
+        )
+    });
+    let body = WriteBody {
+        conflict: receipt.conflict,
+        context,
+        dot: DotBody {
+            replica: format!("{:#}", receipt.dot.replica),
+            seq: receipt.dot.seq.0,
+        },
+        durability: receipt.durability.as_str(),
+        durable_in: &receipt.durable_in,
+        hlc: receipt.hlc.to_string(),
+        message,
+        region: s.node.region(),
+        session,
+        timed_out: timed_out.then_some(true),
+    };
+    let status = if timed_out {
         StatusCode::ACCEPTED
     } else {
         StatusCode::OK
     };
-    let headers = [
-        context_header(&receipt.context),
-        session_header(&written.session),
-    ];
     Ok((status, headers, axum::Json(body)).into_response())
+}
+
+/// The JSON body of a write's reply. Fields in alphabetical order, as the `serde_json::Value`
+/// map this replaced printed them.
+#[derive(Serialize)]
+struct WriteBody<'a> {
+    conflict: bool,
+    context: String,
+    dot: DotBody,
+    durability: &'a str,
+    durable_in: &'a [String],
+    hlc: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
+    region: &'a str,
+    session: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timed_out: Option<bool>,
+}
+
+/// A dot in a write's reply.
+#[derive(Serialize)]
+struct DotBody {
+    replica: String,
+    seq: u64,
+}
+
+/// A header carrying an encoded token (URL-safe base64: always a valid header value).
+fn token_header(name: &'static str, token: &str) -> (header::HeaderName, HeaderValue) {
+    let value = HeaderValue::from_str(token).unwrap_or_else(|_| HeaderValue::from_static(""));
+    (header::HeaderName::from_static(name), value)
 }
 
 fn refused(e: conflict::WriteRefused) -> ApiError {
