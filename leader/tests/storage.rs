@@ -216,3 +216,40 @@ fn key_states_are_checkpointed_and_the_log_after_the_checkpoint_is_replayed() {
     assert_eq!(rec.keys.get(&key(2)), Some(&s2));
     assert_eq!(rec.keys.get(&key(3)), Some(&s3));
 }
+
+/// A directory written by storage format 1 (every batch's key states written with it, no
+/// `keys_applied`) is upgraded on open: nothing is replayed, and batches after the upgrade are.
+#[test]
+fn a_format_1_directory_is_upgraded_and_nothing_before_it_is_replayed() {
+    const META: redb::TableDefinition<'_, &str, &[u8]> = redb::TableDefinition::new("meta");
+    let dir = tempfile::tempdir().unwrap();
+    let opened = Store::open(dir.path(), "c1", "us-east").unwrap();
+    let me = opened.replica;
+    let (b1, s1) = one_write(me, 1, true);
+    opened.store.persist(b1).unwrap();
+    drop(opened);
+    // What format 1 left: the same tables, no `keys_applied`, format 1.
+    {
+        let db = redb::Database::create(dir.path().join("meridian.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut meta = txn.open_table(META).unwrap();
+            meta.remove("keys_applied").unwrap();
+            meta.insert("format", 1u64.to_le_bytes().as_slice())
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+
+    let again = Store::open(dir.path(), "c1", "us-east").unwrap();
+    let key = |n: u64| ("default".to_owned(), format!("k{n}").into_bytes());
+    assert!(again.recovered.replay.is_empty());
+    assert_eq!(again.recovered.keys.get(&key(1)), Some(&s1));
+    let (b2, _) = one_write(me, 2, false);
+    again.store.persist(b2).unwrap();
+    drop(again);
+
+    let third = Store::open(dir.path(), "c1", "us-east").unwrap();
+    assert_eq!(third.recovered.replay, vec![entry(me, 2)]);
+    assert_eq!(third.recovered.keys.get(&key(1)), Some(&s1));
+}
