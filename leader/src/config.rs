@@ -198,12 +198,13 @@ pub struct Timeouts {
     pub keep_alive_ms: u64,
     /// First delay before redialling a lost peer (default 100); doubles on each failure.
     pub reconnect_min_ms: u64,
-    /// Longest delay between redials (default 1000); at least `reconnect_min_ms`. It bounds
-    /// how long a healed link stays down, so it is short: a redial is one handshake attempt.
+    /// Longest delay between redials after a lost connection or a refused dial (default 1000);
+    /// at least `reconnect_min_ms`.
     pub reconnect_max_ms: u64,
-    /// A dial whose QUIC/TLS handshake and hello have not completed after this long is abandoned
-    /// and retried after the reconnect delay (default 2000). Allow a few round trips of the
-    /// slowest link; a dial into a partition would otherwise retransmit ever more rarely.
+    /// A dial whose QUIC/TLS handshake has not completed after this long is abandoned and the
+    /// next one starts at once (default 2000), so a partitioned peer is probed about once a
+    /// second and a healed link is back within about a second. Allow a few round trips of the
+    /// slowest link.
     pub dial_timeout_ms: u64,
     /// How long a write waits for the durability it asked for (`one`, `quorum`, `all`) before
     /// the reply says it is committed locally and still replicating (default 5000).

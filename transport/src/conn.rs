@@ -104,6 +104,9 @@ pub(crate) enum Outcome {
     Duplicate,
     /// It never came up.
     Failed(String),
+    /// Its handshake got no answer within `dial_timeout`: the attempt itself was the wait, so
+    /// the next one starts at once (a partition or a dead peer is probed every `dial_timeout`).
+    TimedOut(String),
 }
 
 /// Runs an established connection to its end. `dialed` is the link dialed, for outgoing

@@ -63,9 +63,12 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// Default longest reconnect delay.
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// Default bound on one dial attempt (QUIC and TLS handshake plus the transport hello). A dial
-/// into a partition otherwise waits out the whole idle timeout, retransmitting its first packet
-/// ever more rarely, so a healed link would stay down for seconds after the network is back.
+/// Default bound on one dial attempt's QUIC and TLS handshake. A dial into a partition otherwise
+/// waits out the whole idle timeout, retransmitting its first packet ever more rarely (1 s,
+/// 2 s, 4 s ...), so a healed link would stay down for seconds after the network is back. An
+/// attempt that times out is followed at once by the next (no backoff: the attempt was the
+/// wait), so a partition is probed about once per second (QUIC's first retransmission) and a
+/// healed link is found within about one second.
 pub const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default per-connection send queue, in frames.
 pub const DEFAULT_SEND_QUEUE_FRAMES: usize = 1024;
@@ -104,7 +107,7 @@ pub struct MeshConfig {
     /// Longest reconnect delay.
     pub backoff_max: Duration,
     /// A dial attempt that has not completed its handshake after this long is abandoned and
-    /// retried after the backoff delay.
+    /// the next one starts at once (no backoff: the attempt itself was the wait).
     pub dial_timeout: Duration,
     /// Per-connection send queue, in frames.
     pub send_queue_frames: usize,
@@ -669,6 +672,13 @@ async fn dial_loop<M: Message>(shared: Arc<Shared<M>>, link: Arc<Link>, mut back
             Outcome::WasUp => backoff.reset(),
             Outcome::Duplicate => {}
             Outcome::Failed(reason) => link.attempt_failed(reason),
+            // QUIC retransmits a handshake's first packet ever more rarely; a fresh attempt
+            // sends one at once, so back-to-back attempts probe a partition at a steady pace
+            // and a healed link is found within about one dial_timeout.
+            Outcome::TimedOut(reason) => {
+                link.attempt_failed(reason);
+                continue;
+            }
         }
         // A new address is dialed at once; anything else waits out the backoff.
         if addr_epoch.has_changed().unwrap_or(false) {
@@ -705,12 +715,11 @@ async fn dial_once<M: Message>(
     let result = tokio::select! {
         biased;
         result = connecting => result,
-        // Dropping the attempt closes it; the next one starts fresh after the backoff.
+        // Dropping the attempt closes it; the next one starts fresh.
         _ = tokio::time::sleep(dial_timeout) => {
             let message = format!("dialing region {peer:?} at {addr}: no handshake within {dial_timeout:?} (dial_timeout)");
-            link.attempt_failed(message.clone());
             debug!(region = %shared.settings.region, "{message}");
-            return Outcome::Failed(message);
+            return Outcome::TimedOut(message);
         }
         // set_peer_addr: stop waiting on the old address (dropping the attempt closes it).
         _ = addr_epoch.changed() => {
