@@ -42,11 +42,10 @@ mod procs;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use procs::{Cluster, POLL, applied, http_client, status};
+use procs::{Cluster, POLL, applied, http_client, load, status};
 use serde_json::Value as Json;
 use tokio::task::JoinSet;
 
@@ -282,27 +281,8 @@ struct Ack {
     session: String,
 }
 
-/// What happened to the writes sent to one region.
-#[derive(Debug, Default)]
-struct Outcomes {
-    acked: Vec<Ack>,
-    /// Never reached the region (connection refused): it was down.
-    refused: u64,
-    /// Sent without a reply (key, value): in flight when the process died, or sent on a
-    /// connection it had reset. Not acknowledged, so not required, but it may have been
-    /// written.
-    unanswered: Vec<(String, String)>,
-    /// Answered with an error status, or a success without a dot.
-    rejected: Vec<String>,
-}
-
-/// The outcome of one PUT.
-enum Put {
-    Acked(Ack),
-    Refused,
-    Unanswered,
-    Rejected(String),
-}
+type Put = load::Put<Ack>;
+type Load = load::Load<Ack>;
 
 async fn put(
     client: &reqwest::Client,
@@ -364,109 +344,46 @@ async fn put(
 }
 
 /// Client load on every region until stopped; see the module documentation.
-struct Load {
-    stop: Arc<AtomicBool>,
-    outcomes: Vec<Arc<Mutex<Outcomes>>>,
-    tasks: JoinSet<()>,
-}
-
-impl Load {
-    fn start(client: &reqwest::Client, cluster: &Cluster, seed: u64) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut outcomes = Vec::new();
-        let mut tasks = JoinSet::new();
-        for (r, region) in cluster.regions.iter().enumerate() {
-            let out = Arc::new(Mutex::new(Outcomes::default()));
-            for w in 0..WRITERS_PER_REGION {
-                let (client, api) = (client.clone(), region.api.clone());
-                let (stop, out) = (Arc::clone(&stop), Arc::clone(&out));
-                let mut rng =
-                    Rng(seed
-                        ^ (0x1000 * (r as u64 + 1) + w as u64).wrapping_mul(0x5851_f42d_4c95_7f2d));
-                tasks.spawn(async move {
-                    let mut i = 0u64;
-                    while !stop.load(Ordering::Relaxed) {
-                        let key = if rng.percent(HOT_PERCENT) {
-                            format!("hot-{}", rng.below(HOT_KEYS))
-                        } else {
-                            format!("d-r{r}-w{w}-{i}")
-                        };
-                        let durability = if rng.percent(ONE_PERCENT) {
-                            Durability::One
-                        } else {
-                            Durability::Local
-                        };
-                        let value = format!("{key}={}/w{w}/{i}", REGIONS[r]);
-                        i += 1;
-                        let outcome = put(
-                            &client,
-                            &api,
-                            r,
-                            (&key, &value),
-                            durability,
-                            WRITER_ONE_TIMEOUT_MS,
-                        )
-                        .await;
-                        let failed = !matches!(outcome, Put::Acked(_));
-                        {
-                            let mut o = out.lock().expect("no writer panics holding the lock");
-                            match outcome {
-                                Put::Acked(ack) => o.acked.push(ack),
-                                Put::Refused => o.refused += 1,
-                                Put::Unanswered => o.unanswered.push((key, value)),
-                                Put::Rejected(why) => o.rejected.push(why),
-                            }
-                        }
-                        if failed {
-                            tokio::time::sleep(FAILED_WRITE_PAUSE).await;
-                        }
-                    }
-                });
-            }
-            outcomes.push(out);
-        }
-        Load {
-            stop,
-            outcomes,
-            tasks,
-        }
-    }
-
-    fn acked(&self, region: usize) -> usize {
-        self.outcomes[region].lock().expect("lock").acked.len()
-    }
-
-    fn acks_of(&self, region: usize) -> Vec<Ack> {
-        self.outcomes[region].lock().expect("lock").acked.clone()
-    }
-
-    /// Waits until each region of `targets` has acknowledged at least its target.
-    async fn wait_acked(&self, targets: &[(usize, usize)], what: &str) {
-        let deadline = Instant::now() + PHASE_BOUND;
-        while targets.iter().any(|&(r, n)| self.acked(r) < n) {
-            let have: Vec<(&str, usize)> = targets
-                .iter()
-                .map(|&(r, _)| (REGIONS[r], self.acked(r)))
-                .collect();
-            assert!(
-                Instant::now() < deadline,
-                "{what}: acknowledged writes stalled at {have:?}, wanted {targets:?}"
+fn start_load(client: &reqwest::Client, cluster: &Cluster, seed: u64) -> Load {
+    Load::start(
+        &REGIONS,
+        WRITERS_PER_REGION,
+        FAILED_WRITE_PAUSE,
+        PHASE_BOUND,
+        |r, w| {
+            let (client, api) = (client.clone(), cluster.regions[r].api.clone());
+            let mut rng = Rng(
+                seed ^ (0x1000 * (r as u64 + 1) + w as u64).wrapping_mul(0x5851_f42d_4c95_7f2d)
             );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Stops the writers after their current request and returns every region's outcomes.
-    async fn stop(mut self) -> Vec<Outcomes> {
-        self.stop.store(true, Ordering::Relaxed);
-        while let Some(done) = self.tasks.join_next().await {
-            done.expect("a writer task panicked");
-        }
-        self.outcomes
-            .into_iter()
-            .map(|o| std::mem::take(&mut *o.lock().expect("lock")))
-            .collect()
-    }
+            move |i| {
+                let key = if rng.percent(HOT_PERCENT) {
+                    format!("hot-{}", rng.below(HOT_KEYS))
+                } else {
+                    format!("d-r{r}-w{w}-{i}")
+                };
+                let durability = if rng.percent(ONE_PERCENT) {
+                    Durability::One
+                } else {
+                    Durability::Local
+                };
+                let value = format!("{key}={}/w{w}/{i}", REGIONS[r]);
+                let (client, api) = (client.clone(), api.clone());
+                let (k, v) = (key.clone(), value.clone());
+                let attempt = async move {
+                    put(
+                        &client,
+                        &api,
+                        r,
+                        (&k, &v),
+                        durability,
+                        WRITER_ONE_TIMEOUT_MS,
+                    )
+                    .await
+                };
+                (key, value, Box::pin(attempt))
+            }
+        },
+    )
 }
 
 /// Reads `key` at `api`, with a session token if given: the status and the body as text.
@@ -927,7 +844,7 @@ async fn random_kills_restarts_and_partitions_lose_no_acknowledged_write() {
     }
     let t_ready = t0.elapsed();
 
-    let load = Load::start(&client, &cluster, seed);
+    let load = start_load(&client, &cluster, seed);
     let mut chaos = Chaos {
         cluster,
         load,

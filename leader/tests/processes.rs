@@ -19,11 +19,10 @@
 mod procs;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use procs::{Cluster, POLL, applied, http_client, status};
+use procs::{Cluster, POLL, applied, http_client, load, status};
 use serde_json::Value as Json;
 use tokio::task::JoinSet;
 
@@ -63,26 +62,8 @@ struct Ack {
     seq: u64,
 }
 
-/// What happened to the writes sent to one region.
-#[derive(Debug, Default)]
-struct Outcomes {
-    acked: Vec<Ack>,
-    /// Never reached the region (connection refused): it was down.
-    refused: u64,
-    /// Sent without a reply (key, value): in flight when the process died, or sent on a
-    /// connection it had reset. Not acknowledged, so not required.
-    unanswered: Vec<(String, String)>,
-    /// Answered with an error status (status and body).
-    rejected: Vec<String>,
-}
-
-/// The outcome of one PUT.
-enum Put {
-    Acked(Ack),
-    Refused,
-    Unanswered,
-    Rejected(String),
-}
+type Put = load::Put<Ack>;
+type Load = load::Load<Ack>;
 
 async fn put(client: &reqwest::Client, api: &str, key: &str, value: &str) -> Put {
     let sent = client
@@ -117,90 +98,28 @@ async fn put(client: &reqwest::Client, api: &str, key: &str, value: &str) -> Put
 
 /// Client load: [`WRITERS_PER_REGION`] writers per region, each writing distinct keys until
 /// stopped.
-struct Load {
-    stop: Arc<AtomicBool>,
-    outcomes: Vec<Arc<Mutex<Outcomes>>>,
-    tasks: JoinSet<()>,
-}
-
-impl Load {
-    fn start(client: &reqwest::Client, cluster: &Cluster) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut outcomes = Vec::new();
-        let mut tasks = JoinSet::new();
-        for (r, region) in cluster.regions.iter().enumerate() {
-            let out = Arc::new(Mutex::new(Outcomes::default()));
-            for w in 0..WRITERS_PER_REGION {
-                let (client, api) = (client.clone(), region.api.clone());
-                let (stop, out) = (Arc::clone(&stop), Arc::clone(&out));
-                let name = region.name.clone();
-                tasks.spawn(async move {
-                    let mut i = 0u64;
-                    while !stop.load(Ordering::Relaxed) {
-                        let key = format!("r{r}-w{w}-{i}");
-                        let value = format!("{key}@{name}");
-                        i += 1;
-                        let outcome = put(&client, &api, &key, &value).await;
-                        let failed = !matches!(outcome, Put::Acked(_));
-                        {
-                            let mut o = out.lock().expect("no writer panics holding the lock");
-                            match outcome {
-                                Put::Acked(ack) => o.acked.push(ack),
-                                Put::Refused => o.refused += 1,
-                                Put::Unanswered => o.unanswered.push((key, value)),
-                                Put::Rejected(why) => o.rejected.push(why),
-                            }
-                        }
-                        if failed {
-                            tokio::time::sleep(FAILED_WRITE_PAUSE).await;
-                        }
-                    }
-                });
+fn start_load(client: &reqwest::Client, cluster: &Cluster) -> Load {
+    Load::start(
+        &REGIONS,
+        WRITERS_PER_REGION,
+        FAILED_WRITE_PAUSE,
+        PHASE_BOUND,
+        |r, w| {
+            let (client, region) = (client.clone(), &cluster.regions[r]);
+            let (api, name) = (region.api.clone(), region.name.clone());
+            move |i| {
+                let key = format!("r{r}-w{w}-{i}");
+                let value = format!("{key}@{name}");
+                let (client, api) = (client.clone(), api.clone());
+                let (k, v) = (key.clone(), value.clone());
+                (
+                    key,
+                    value,
+                    Box::pin(async move { put(&client, &api, &k, &v).await }),
+                )
             }
-            outcomes.push(out);
-        }
-        Load {
-            stop,
-            outcomes,
-            tasks,
-        }
-    }
-
-    fn acked(&self, region: usize) -> usize {
-        self.outcomes[region].lock().expect("lock").acked.len()
-    }
-
-    fn acks_of(&self, region: usize) -> Vec<Ack> {
-        self.outcomes[region].lock().expect("lock").acked.clone()
-    }
-
-    /// Waits until each region in `regions` has acknowledged at least its target.
-    async fn wait_acked(&self, targets: &[(usize, usize)], what: &str) {
-        let deadline = Instant::now() + PHASE_BOUND;
-        while targets.iter().any(|&(r, n)| self.acked(r) < n) {
-            let have: Vec<(&str, usize)> = targets
-                .iter()
-                .map(|&(r, _)| (REGIONS[r], self.acked(r)))
-                .collect();
-            assert!(
-                Instant::now() < deadline,
-                "{what}: acknowledged writes stalled at {have:?}, wanted {targets:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Stops the writers after their current request and returns every region's outcomes.
-    async fn stop(mut self) -> Vec<Outcomes> {
-        self.stop.store(true, Ordering::Relaxed);
-        while let Some(done) = self.tasks.join_next().await {
-            done.expect("a writer task panicked");
-        }
-        self.outcomes
-            .into_iter()
-            .map(|o| std::mem::take(&mut *o.lock().expect("lock")))
-            .collect()
-    }
+        },
+    )
 }
 
 /// The writes of `acks` that region `api` does not return with their value: `(key, what the
@@ -304,7 +223,7 @@ async fn sigkill_mid_load_loses_no_acknowledged_write() {
     let t_ready = t0.elapsed();
 
     // Load on every region until the victim has acknowledged enough writes, then SIGKILL it.
-    let load = Load::start(&client, &cluster);
+    let load = start_load(&client, &cluster);
     load.wait_acked(&[(VICTIM, ACKS_BEFORE_KILL)], "before the kill")
         .await;
     cluster.sigkill(VICTIM).await;

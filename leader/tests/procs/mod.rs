@@ -15,6 +15,8 @@
     reason = "each test binary that includes this module uses a different part of it"
 )]
 
+pub(crate) mod load;
+
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io::Write as _;
