@@ -460,6 +460,13 @@ async fn write(
                 e.to_string(),
             ));
         }
+        Err(RequestError::Write(e @ leader_core::WriteError::ContextTooLarge { .. })) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "context_too_large",
+                e.to_string(),
+            ));
+        }
         Err(RequestError::Write(leader_core::WriteError::Refused(e))) => return Err(refused(e)),
         Err(RequestError::Write(e @ leader_core::WriteError::InvalidValue { .. })) => {
             return Err(ApiError::new(

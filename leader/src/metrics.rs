@@ -17,13 +17,16 @@ use prometheus_client::registry::Registry;
 use crate::node::Status;
 
 /// Alarm kinds, in the order of [`Metrics::alarms`].
-const ALARM_KINDS: [&str; 6] = [
+const ALARM_KINDS: [&str; 9] = [
     "split_brain",
     "hello_refused",
     "clock_skew",
     "resolver_mismatch",
     "protocol_violation",
     "unknown_table",
+    "log_read_failed",
+    "causality_violation",
+    "context_too_large",
 ];
 
 /// Figures accumulated by the driver between scrapes.
@@ -61,6 +64,9 @@ impl Metrics {
             Alarm::ResolverMismatch { .. } => 3,
             Alarm::ProtocolViolation { .. } => 4,
             Alarm::UnknownTable { .. } => 5,
+            Alarm::LogReadFailed { .. } => 6,
+            Alarm::CausalityViolation { .. } => 7,
+            Alarm::ContextTooLarge { .. } => 8,
         };
         self.alarms[kind].fetch_add(1, Ordering::Relaxed);
     }
@@ -151,6 +157,30 @@ impl Metrics {
             "resyncs",
             "Resync requests sent after a gap",
             c.resyncs,
+        );
+        counter(
+            &mut reg,
+            "quarantined_writes",
+            "Replicated writes logged but not applied (unknown table, other resolver, context too large)",
+            c.quarantined,
+        );
+        counter(
+            &mut reg,
+            "log_read_failures",
+            "Log reads for a peer's stream that failed and were retried after a backoff",
+            c.log_read_failures,
+        );
+        counter(
+            &mut reg,
+            "causality_violations",
+            "Replicated writes whose HLC did not exceed a sibling they supersede",
+            c.causality_violations,
+        );
+        counter(
+            &mut reg,
+            "context_overflows",
+            "Writes not applied because their key's context would outgrow what storage reads back",
+            c.context_overflows,
         );
         counter(
             &mut reg,

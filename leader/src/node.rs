@@ -403,8 +403,6 @@ struct Driver {
     completions_tx: mpsc::Sender<Completion>,
     pending: BTreeMap<RequestId, PendingWrite>,
     parked: Vec<Parked>,
-    /// Reads waiting for this region's own writes in their key to become durable.
-    dirty_reads: Vec<Command>,
     table_durability: BTreeMap<String, Durability>,
     write_timeout: Duration,
     session_wait: Duration,
@@ -669,7 +667,6 @@ pub async fn start(
         completions_tx,
         pending: BTreeMap::new(),
         parked: Vec::new(),
-        dirty_reads: Vec::new(),
         table_durability: config.durability.clone(),
         write_timeout: t.write_timeout(),
         session_wait: t.session_wait(),
@@ -906,21 +903,17 @@ impl Driver {
     /// Serves parked requests whose session this region now covers, and answers those whose
     /// wait has run out with "behind your session".
     fn unpark(&mut self, effects: &mut Vec<Effect>) {
-        for cmd in std::mem::take(&mut self.dirty_reads) {
-            // Re-served: answered now if its key is durable, queued again if not.
-            let _ = self.serve(cmd);
-        }
         if self.parked.is_empty() {
             return;
         }
         let at = Instant::now();
         for p in std::mem::take(&mut self.parked) {
-            if self.replica.received().dominates(&p.need) {
+            if self.covers(&p.cmd, &p.need) {
                 if let Some(ev) = self.serve(p.cmd) {
                     self.handle(ev, effects);
                 }
             } else if at >= p.deadline {
-                let behind = self.behind(&p.need, at.duration_since(p.since));
+                let behind = self.behind(&p.cmd, &p.need, at.duration_since(p.since));
                 refuse_behind(p.cmd, behind);
             } else {
                 self.parked.push(p);
@@ -928,8 +921,23 @@ impl Driver {
         }
     }
 
-    fn behind(&self, need: &VersionVector, waited: Duration) -> Behind {
-        let have = self.replica.received();
+    /// Whether this region has what a session token needs for `cmd`. A write needs the
+    /// token's writes applied (its context is checked against what is applied). A read needs
+    /// them durable too: it is served from the newest durable state of its key
+    /// ([`Replica::read`]), which holds a write applied here only once it is persisted.
+    fn covers(&self, cmd: &Command, need: &VersionVector) -> bool {
+        self.have(cmd).dominates(need)
+    }
+
+    fn have(&self, cmd: &Command) -> &VersionVector {
+        match cmd {
+            Command::Read { .. } => self.replica.applied(),
+            _ => self.replica.received(),
+        }
+    }
+
+    fn behind(&self, cmd: &Command, need: &VersionVector, waited: Duration) -> Behind {
+        let have = self.have(cmd);
         let missing = need
             .iter()
             .filter(|(r, s)| have.get(*r) < *s)
@@ -956,9 +964,9 @@ impl Driver {
             Command::Read { session, .. } => session.as_ref(),
             _ => None,
         };
-        if let Some(need) = session.filter(|s| !self.replica.received().dominates(s)) {
+        if let Some(need) = session.filter(|s| !self.covers(&cmd, s)) {
             if self.parked.len() >= MAX_PARKED {
-                let behind = self.behind(need, Duration::ZERO);
+                let behind = self.behind(&cmd, need, Duration::ZERO);
                 refuse_behind(cmd, behind);
                 return None;
             }
@@ -1008,19 +1016,6 @@ impl Driver {
                 session,
                 reply,
             } => {
-                if !self.replica.read_ready(&table, &key) {
-                    // The key holds a write of ours that is not durable yet: answer after the
-                    // fsync in flight (see Replica::read_ready for why). Bounded: one entry per
-                    // queued command, and commands are bounded by COMMAND_QUEUE.
-                    let cmd = Command::Read {
-                        table,
-                        key,
-                        session,
-                        reply,
-                    };
-                    self.dirty_reads.push(cmd);
-                    return None;
-                }
                 let _ = reply.send(Ok(self.read(&table, &key, session)));
             }
             Command::Status { reply } => {
@@ -1045,7 +1040,8 @@ impl Driver {
         let Some(resolver) = self.replica.resolver(table) else {
             return (ReadResult::UnknownTable, session.unwrap_or_default());
         };
-        let state = self.replica.get(table, key).cloned().unwrap_or_default();
+        // The newest durable state: never waits for a commit (see Replica::read).
+        let state = self.replica.read(table, key).cloned().unwrap_or_default();
         let token = session_after(session.as_ref(), &state.context, self.replica.received());
         let regions = state
             .siblings
@@ -1277,6 +1273,9 @@ impl Status {
                 "writes_relayed": c.writes_relayed,
                 "resyncs": c.resyncs,
                 "quarantined": c.quarantined,
+                "log_read_failures": c.log_read_failures,
+                "causality_violations": c.causality_violations,
+                "context_overflows": c.context_overflows,
             },
         })
     }

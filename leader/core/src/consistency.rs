@@ -153,8 +153,8 @@ pub(crate) struct Matrix {
 }
 
 impl Matrix {
-    /// Keeps `row` if it is fresher than what we have for its region.
-    pub(crate) fn offer(&mut self, row: MatrixRow, now_mono: u64) {
+    /// Keeps `row` if it is fresher than what we have for its region; says whether it did.
+    pub(crate) fn offer(&mut self, row: MatrixRow, now_mono: u64) -> bool {
         let fresher = match self.rows.get(&row.region) {
             None => true,
             Some((have, _)) => row.version > have.version,
@@ -162,6 +162,7 @@ impl Matrix {
         if fresher {
             self.rows.insert(row.region.clone(), (row, now_mono));
         }
+        fresher
     }
 }
 

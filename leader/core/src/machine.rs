@@ -298,6 +298,14 @@ pub enum WriteError {
     /// The key's rules refused the write (context ahead of this region, value too large...).
     #[error(transparent)]
     Refused(conflict::WriteRefused),
+    /// The key's causal context would name more replicas than storage can read back.
+    #[error(
+        "the key's causal context would name more than {max} replicas; write it under a new key (this happens only after very many rebuilt regions wrote it)"
+    )]
+    ContextTooLarge {
+        /// The limit.
+        max: usize,
+    },
     /// The key would carry more siblings than the configured limit.
     #[error(
         "key has {count} concurrent siblings and the limit is {max}; read it with ?siblings=true and write back with its context to resolve them"
@@ -362,7 +370,55 @@ pub enum Alarm {
         /// The origin's region.
         origin: String,
     },
+    /// Reading the durable log to stream to a peer failed (storage error, or entries that
+    /// should be there are missing). The read is retried after `retry_ms`, doubling up to
+    /// [`LOG_READ_RETRY_MAX_MS`]; the peer's stream of that origin waits meanwhile.
+    LogReadFailed {
+        /// The peer the read was for.
+        peer: String,
+        /// The origin whose log was read.
+        origin: ReplicaId,
+        /// The first sequence number asked for.
+        from: Seq,
+        /// When the read is tried again, ms from now.
+        retry_ms: u64,
+    },
+    /// A replicated write broke the per-key causality rule: its HLC does not exceed the HLC
+    /// of a local sibling that its context supersedes. It is applied all the same (the key
+    /// state stays a join-semilattice, so every region still converges, and refusing it in
+    /// some regions but not others would diverge them), but last-write-wins may now rank it
+    /// wrongly: the origin's clock or code is broken. Rate-limited per origin region.
+    CausalityViolation {
+        /// The region the write came from (as the batch named it).
+        origin: String,
+        /// The write.
+        dot: Dot,
+        /// Its HLC.
+        hlc: Hlc,
+        /// The superseded sibling whose HLC is not below it.
+        sibling: Dot,
+        /// That sibling's HLC.
+        sibling_hlc: Hlc,
+    },
+    /// A replicated write would have grown its key's causal context past
+    /// [`conflict::limits::MAX_VV_ENTRIES`] replicas, beyond what storage can read back. It
+    /// was logged but not applied (quarantined).
+    ContextTooLarge {
+        /// The region the write came from.
+        origin: String,
+        /// The table.
+        table: String,
+        /// The write.
+        dot: Dot,
+    },
 }
+
+/// First retry delay after a failed log read ([`Alarm::LogReadFailed`]).
+pub const LOG_READ_RETRY_MIN_MS: u64 = 100;
+/// Largest retry delay after repeated failed log reads.
+pub const LOG_READ_RETRY_MAX_MS: u64 = 5_000;
+/// Minimum interval between two [`Alarm::CausalityViolation`]s about one origin region.
+const CAUSALITY_ALARM_INTERVAL_MS: u64 = 10_000;
 
 /// One entry of the conflict log.
 #[derive(Debug, Clone, PartialEq)]
@@ -414,6 +470,19 @@ struct Peer {
     skew: SkewEstimate,
     /// The peer's last heartbeat (its send time, our receive time), to echo in ours.
     echo: Option<(u64, u64)>,
+    /// Origins on which we asked the peer to restart its run ([`Resync`]), with the position
+    /// we asked from, until a batch of that origin makes progress. A `Resync` lost with a
+    /// full send queue is sent again after the rewind ([`Event::SendFailed`]); otherwise the
+    /// peer would keep its window full of writes we dropped and stall.
+    gaps: BTreeMap<ReplicaId, Seq>,
+    /// Origins whose last log read failed: (retry at, mono ms; current backoff, ms). Kept
+    /// across reconnections so a broken log is not re-read in a tight loop.
+    read_retry: BTreeMap<ReplicaId, (u64, u64)>,
+    /// The peer's resolvers were last set by its hello, and no heartbeat row has come from it
+    /// directly since. Until one does, rows of it relayed by third regions may predate the
+    /// hello (a stale row carries the resolvers of before a restart) and must not replace
+    /// what the hello said; once its own row is in the matrix, staler rows are refused there.
+    resolvers_from_hello: bool,
 }
 
 /// A write waiting for its persistence step, with the client to answer.
@@ -451,6 +520,9 @@ struct InFlight {
     log: Vec<LogEntry>,
     replies: Vec<PendingReply>,
     applied: VersionVector,
+    /// The states, as this batch writes them, of the keys that readers are served from
+    /// [`Replica::read`]'s durable copy: they become that copy when the batch is durable.
+    stable: Vec<((String, Vec<u8>), KeyState)>,
 }
 
 /// Minimum interval between two clock-skew alarms about one region.
@@ -468,6 +540,11 @@ pub struct Replica {
     /// Everything durably applied, per origin.
     durable: VersionVector,
     keys: BTreeMap<(String, Vec<u8>), KeyState>,
+    /// The newest durable state of every key whose in-memory state holds a write of ours that
+    /// is not durable yet: what readers see of it ([`Replica::read`]). An entry is made by the
+    /// first such write, advanced by each persisted batch that holds the key, and dropped once
+    /// the key's own writes are all durable. Bounded by the keys written since the last commit.
+    stable: BTreeMap<(String, Vec<u8>), KeyState>,
     replicas: BTreeMap<ReplicaId, String>,
     peers: BTreeMap<String, Peer>,
     tail: BTreeMap<ReplicaId, VecDeque<LogEntry>>,
@@ -489,6 +566,8 @@ pub struct Replica {
     mismatch_alarmed: BTreeSet<(String, String)>,
     /// Per region whose stamps ran too far ahead: (largest lead ms, when last alarmed, mono).
     skew_alarms: BTreeMap<String, (u64, u64)>,
+    /// Per origin region: when (mono ms) the last causality alarm about it was raised.
+    causality_alarmed: BTreeMap<String, u64>,
     /// Test-only negative control (see [`Replica::unsafe_stamp_with_wall_clock`]).
     wall_clock_stamps: bool,
     /// Monotonic time of the last event handled (every `handle` ends with `on_tick`).
@@ -519,6 +598,13 @@ pub struct Counters {
     /// Replicated writes logged but not applied: their table is unknown here or resolved
     /// differently by their origin.
     pub quarantined: u64,
+    /// Log reads that failed or returned nothing ([`Alarm::LogReadFailed`]).
+    pub log_read_failures: u64,
+    /// Replicated writes that broke the per-key causality rule ([`Alarm::CausalityViolation`]).
+    pub causality_violations: u64,
+    /// Writes not applied because their key's context would outgrow the storage limit
+    /// ([`Alarm::ContextTooLarge`]); replicated ones are also counted as quarantined.
+    pub context_overflows: u64,
 }
 
 /// Why a [`Replica`] could not be built.
@@ -603,6 +689,7 @@ impl Replica {
             received: durable.clone(),
             durable,
             keys,
+            stable: BTreeMap::new(),
             replicas,
             peers,
             tail: BTreeMap::new(),
@@ -618,6 +705,7 @@ impl Replica {
             region_resolvers: BTreeMap::new(),
             mismatch_alarmed: BTreeSet::new(),
             skew_alarms: BTreeMap::new(),
+            causality_alarmed: BTreeMap::new(),
             wall_clock_stamps: false,
             last_event_ms: 0,
             resolvers,
@@ -652,14 +740,14 @@ impl Replica {
             Event::PeerUp { peer, conn } => self.peer_up(peer, conn, out),
             Event::PeerDown { peer, conn } => self.peer_down(&peer, conn),
             Event::Frame { peer, conn, msg } => self.frame(now, peer, conn, msg, out),
-            Event::SendFailed { peer, conn } => self.send_failed(&peer, conn),
+            Event::SendFailed { peer, conn } => self.send_failed(&peer, conn, out),
             Event::Persisted { id } => self.persisted(now, id, out),
             Event::LogRead {
                 peer,
                 conn,
                 origin,
                 entries,
-            } => self.log_read(&peer, conn, origin, entries, out),
+            } => self.log_read(now, &peer, conn, origin, entries, out),
             Event::Tick => {}
         }
         self.flush(out);
@@ -692,6 +780,14 @@ impl Replica {
                 let due = since + self.opts.relay_delay_ms;
                 if due > self.last_event_ms {
                     consider(due);
+                }
+            }
+        }
+        for peer in self.peers.values().filter(|p| p.active.is_some()) {
+            for (due, _) in peer.read_retry.values() {
+                // As for relays: a deadline passed by the last event was acted on then.
+                if *due > self.last_event_ms {
+                    consider(*due);
                 }
             }
         }
@@ -758,8 +854,22 @@ impl Replica {
         if self.wall_clock_stamps {
             write.hlc = Hlc::new(now.wall_ms, 0);
         }
+        if self.context_overflows(&slot.0, &slot.1, &write) {
+            self.counters.context_overflows += 1;
+            let result = Err(WriteError::ContextTooLarge {
+                max: conflict::MAX_VV_ENTRIES,
+            });
+            out.push(Effect::Reply { id, result });
+            return;
+        }
         self.own_seq = dot.seq;
         let hlc = write.hlc;
+        if !self.stable.contains_key(&slot) {
+            // The key's own writes are all durable (an entry would exist otherwise): its
+            // current state is what readers keep seeing until this write is durable too.
+            let before = self.keys.get(&slot).cloned().unwrap_or_default();
+            self.stable.insert(slot.clone(), before);
+        }
         let (table, key) = slot;
         let conflict = self.apply(now, &table, &key, &write, resolver.as_ref());
         self.received.add_dot(&dot);
@@ -875,11 +985,15 @@ impl Replica {
             self.staged = staged;
             return;
         }
+        let mut stable = Vec::new();
         let keys = staged
             .keys
             .into_iter()
             .map(|slot| {
                 let state = self.keys.get(&slot).cloned().unwrap_or_default();
+                if self.stable.contains_key(&slot) {
+                    stable.push((slot.clone(), state.clone()));
+                }
                 (slot.0, slot.1, state)
             })
             .collect();
@@ -902,6 +1016,7 @@ impl Replica {
             log: staged.log,
             replies: staged.replies,
             applied: self.received.clone(),
+            stable,
         });
         out.push(Effect::Persist(batch));
     }
@@ -911,6 +1026,18 @@ impl Replica {
             return;
         };
         self.durable.join(&done.applied);
+        let own = self.opts.replica;
+        for (slot, state) in done.stable {
+            let pending = self
+                .keys
+                .get(&slot)
+                .is_some_and(|s| s.context.get(own) > self.durable.get(own));
+            if pending {
+                self.stable.insert(slot, state);
+            } else {
+                self.stable.remove(&slot);
+            }
+        }
         let regions = self.opts.peers.len() + 1;
         for reply in done.replies {
             let need = reply.receipt.durability.peers_needed(regions);
@@ -1002,6 +1129,8 @@ impl Replica {
         if peer.active == Some(conn) {
             Self::reset_stream(peer);
             peer.active = None;
+            // The next connection's sender restarts from our acks: no gap survives it.
+            peer.gaps.clear();
         }
     }
 
@@ -1014,15 +1143,29 @@ impl Replica {
         peer.last_ack_sent = None;
     }
 
-    fn send_failed(&mut self, name: &str, conn: ConnId) {
+    fn send_failed(&mut self, name: &str, conn: ConnId, out: &mut Vec<Effect>) {
         let Some(peer) = self.peers.get_mut(name) else {
             return;
         };
-        if peer.active == Some(conn) {
-            // Something was lost on the way out: rewind to what the peer acknowledged and
-            // resend from the log. The receiver drops anything it already has.
-            Self::reset_stream(peer);
+        if peer.active != Some(conn) {
+            return;
         }
+        // Something was lost on the way out: rewind to what the peer acknowledged and resend
+        // from the log (the receiver drops anything it already has). Besides data, the lost
+        // frames may include our last ack or a resync request; without them the peer keeps a
+        // full window of writes we have (or dropped) and the stream stalls, so both are sent
+        // again now.
+        Self::reset_stream(peer);
+        let gaps: Vec<ReplicaId> = peer.gaps.keys().copied().collect();
+        for origin in gaps {
+            let applied = self.received.get(origin);
+            out.push(Effect::Send {
+                peer: name.to_owned(),
+                conn,
+                msg: PeerMsg::Resync(Resync { origin, applied }),
+            });
+        }
+        self.send_ack(name, out);
     }
 
     fn refuse(
@@ -1115,6 +1258,10 @@ impl Replica {
         self.staged.replicas.extend(learned);
         let resolvers = hello.resolvers.iter().cloned().collect();
         self.region_resolvers.insert(name.to_owned(), resolvers);
+        if let Some(peer) = self.peers.get_mut(name) {
+            peer.resolvers_from_hello = true;
+            peer.gaps.clear();
+        }
         self.check_mismatches(out);
         self.send_ack(name, out);
         self.update_lag(now, name);
@@ -1246,6 +1393,9 @@ impl Replica {
                     origin: b.origin,
                     applied: self.received.get(b.origin),
                 };
+                if let Some(peer) = self.peers.get_mut(name) {
+                    peer.gaps.insert(b.origin, resync.applied);
+                }
                 out.push(Effect::Send {
                     peer: name.to_owned(),
                     conn,
@@ -1254,6 +1404,10 @@ impl Replica {
                 break;
             }
             self.apply_remote(now, &b.origin_region, entry, out);
+            if !applied_any && let Some(peer) = self.peers.get_mut(name) {
+                // The run continues where we stand: any resync of this origin was answered.
+                peer.gaps.remove(&b.origin);
+            }
             applied_any = true;
         }
         if !applied_any {
@@ -1296,7 +1450,20 @@ impl Replica {
                 self.counters.quarantined += 1;
                 self.staged.checkpoint = true;
             }
+            Some(_) if self.context_overflows(&e.table, &e.key, &e.write) => {
+                // Storage could not read the key back (see `context_overflows`): keep the
+                // write in the log, apply nothing, and say so.
+                self.counters.quarantined += 1;
+                self.counters.context_overflows += 1;
+                self.staged.checkpoint = true;
+                out.push(Effect::Alarm(Alarm::ContextTooLarge {
+                    origin: origin_region.to_owned(),
+                    table: e.table.clone(),
+                    dot: e.write.dot,
+                }));
+            }
             Some(r) => {
+                self.check_causality(now, origin_region, &e, out);
                 self.apply(now, &e.table, &e.key, &e.write, r.as_ref());
             }
             None => {
@@ -1311,6 +1478,56 @@ impl Replica {
         self.received.add_dot(&e.write.dot);
         self.counters.remote_applied += 1;
         self.staged.log.push(e);
+    }
+
+    /// Whether applying `w` would grow the key's causal context past
+    /// [`conflict::MAX_VV_ENTRIES`] replicas: storage refuses to decode a longer vector (a
+    /// hostile or broken peer could otherwise make the data directory unreadable at the next
+    /// start, two writes with long contexts at a time).
+    fn context_overflows(&self, table: &str, key: &[u8], w: &Write) -> bool {
+        let slot = (table.to_owned(), key.to_vec());
+        let current = self.keys.get(&slot).map(|s| &s.context);
+        let upper = current.map_or(0, VersionVector::len) + w.context.len() + 1;
+        if upper <= conflict::MAX_VV_ENTRIES {
+            return false; // the cheap bound settles nearly every write
+        }
+        let mut joined = current.cloned().unwrap_or_default();
+        joined.join(&w.context);
+        joined.add_dot(&w.dot);
+        joined.len() > conflict::MAX_VV_ENTRIES
+    }
+
+    /// Checks the per-key causality rule on a replicated write: its HLC must exceed that of
+    /// every local sibling its context supersedes (the origin stamps it so). A violation is
+    /// counted and alarmed (rate-limited per origin), not refused: see
+    /// [`Alarm::CausalityViolation`].
+    fn check_causality(&mut self, now: Time, origin: &str, e: &LogEntry, out: &mut Vec<Effect>) {
+        let slot = (e.table.clone(), e.key.clone());
+        let Some(state) = self.keys.get(&slot) else {
+            return;
+        };
+        let w = &e.write;
+        let Some(bad) = state
+            .siblings
+            .iter()
+            .find(|s| w.context.covers(&s.dot) && s.hlc >= w.hlc)
+        else {
+            return;
+        };
+        let (sibling, sibling_hlc) = (bad.dot, bad.hlc);
+        self.counters.causality_violations += 1;
+        let last = self.causality_alarmed.get(origin).copied();
+        if last.is_none_or(|t| now.mono_ms >= t.saturating_add(CAUSALITY_ALARM_INTERVAL_MS)) {
+            self.causality_alarmed
+                .insert(origin.to_owned(), now.mono_ms);
+            out.push(Effect::Alarm(Alarm::CausalityViolation {
+                origin: origin.to_owned(),
+                dot: w.dot,
+                hlc: w.hlc,
+                sibling,
+                sibling_hlc,
+            }));
+        }
     }
 
     /// Feeds a remote stamp to the clock; a stamp too far ahead raises a (rate-limited) alarm.
@@ -1345,12 +1562,25 @@ impl Replica {
     }
 
     fn on_ack(&mut self, now: Time, name: &str, a: Ack, out: &mut Vec<Effect>) {
+        self.acknowledged(now, name, &a.applied, out);
+    }
+
+    /// `name` has durably applied `applied`: from an [`Ack`], or from the peer's own row in
+    /// its heartbeat (the same vector, so an ack lost on the way is made good within one
+    /// heartbeat interval instead of stalling a full window until the peer's next commit).
+    fn acknowledged(
+        &mut self,
+        now: Time,
+        name: &str,
+        applied: &VersionVector,
+        out: &mut Vec<Effect>,
+    ) {
         let peer = self
             .peers
             .get_mut(name)
             .expect("frame() checked the peer exists");
         let before = peer.acked.clone();
-        peer.acked.join(&a.applied);
+        peer.acked.join(applied);
         if peer.acked != before {
             peer.acked_dirty = true;
         }
@@ -1379,12 +1609,30 @@ impl Replica {
         for row in h.rows {
             // Rows of regions outside the configuration would only grow the matrix without
             // bound (a hostile peer can invent a new name per heartbeat).
-            if row.region == self.opts.region || !self.peers.contains_key(&row.region) {
+            let Some(about) = self.peers.get(&row.region) else {
                 continue;
+            };
+            let direct = row.region == name;
+            // A row names the replica it describes: one of a predecessor (a region rebuilt
+            // since) says nothing about the region as it is now.
+            let current = about.replica.is_none_or(|r| r == row.replica);
+            let hello_pending = about.resolvers_from_hello;
+            if direct && current {
+                self.acknowledged(now, name, &row.applied.clone(), out);
             }
-            let resolvers = row.resolvers.iter().cloned().collect();
-            self.region_resolvers.insert(row.region.clone(), resolvers);
-            self.matrix.offer(row, now.mono_ms);
+            let resolvers: BTreeMap<String, String> = row.resolvers.iter().cloned().collect();
+            let region = row.region.clone();
+            // Only a row the matrix accepts as fresher may update what we know of the
+            // region's resolvers: a stale row relayed by a third region would otherwise
+            // overwrite a newer hello, and writes that match our resolvers would be
+            // quarantined during a resolver upgrade.
+            if self.matrix.offer(row, now.mono_ms) && current && (direct || !hello_pending) {
+                self.region_resolvers.insert(region.clone(), resolvers);
+            }
+            if direct && current {
+                let peer = self.peers.get_mut(&region).expect("looked up above");
+                peer.resolvers_from_hello = false;
+            }
         }
         self.check_mismatches(out);
         self.check_waits(now, out);
@@ -1588,6 +1836,14 @@ impl Replica {
         let Some(conn) = peer.active else { return };
         let origins = self.origins_for(peer, now);
         for origin in origins {
+            let peer = &self.peers[name];
+            if peer
+                .read_retry
+                .get(&origin)
+                .is_some_and(|(due, _)| *due > now.mono_ms)
+            {
+                continue;
+            }
             self.pump_origin(name, conn, origin, out);
         }
     }
@@ -1699,6 +1955,7 @@ impl Replica {
 
     fn log_read(
         &mut self,
+        now: Time,
         name: &str,
         conn: ConnId,
         origin: ReplicaId,
@@ -1712,6 +1969,35 @@ impl Replica {
             return;
         }
         peer.reading.remove(&origin);
+        if entries.is_empty() {
+            // A read is only asked for durable entries past what the tail holds, so nothing
+            // back means storage failed. Asking again at once would spin: back off, alarm.
+            let backoff = peer
+                .read_retry
+                .get(&origin)
+                .map_or(LOG_READ_RETRY_MIN_MS, |(_, b)| {
+                    (b.saturating_mul(2)).min(LOG_READ_RETRY_MAX_MS)
+                });
+            peer.read_retry
+                .insert(origin, (now.mono_ms.saturating_add(backoff), backoff));
+            let from = Seq(peer
+                .sent
+                .get(&origin)
+                .copied()
+                .unwrap_or_default()
+                .max(peer.acked.get(origin))
+                .0
+                .saturating_add(1));
+            self.counters.log_read_failures += 1;
+            out.push(Effect::Alarm(Alarm::LogReadFailed {
+                peer: name.to_owned(),
+                origin,
+                from,
+                retry_ms: backoff,
+            }));
+            return;
+        }
+        peer.read_retry.remove(&origin);
         // Saturating, as in `pump_origin`: the peer's ack may claim u64::MAX.
         let expected = Seq(peer
             .sent
@@ -1823,19 +2109,22 @@ impl Replica {
 
     // ---- queries -------------------------------------------------------------------------
 
-    /// Whether a client may read this key now: its context names no write of this region
-    /// that is not yet durable. A read that saw such a write, and a crash that lost it, would
-    /// let the restarted region hand the same sequence number to another write, and the
-    /// reader's context would then supersede a write it never saw. Writes of other regions
-    /// need no wait: a crash here cannot change them (their origin resends the same write).
-    pub fn read_ready(&self, table: &str, key: &[u8]) -> bool {
-        let own = self.opts.replica;
-        self.get(table, key)
-            .is_none_or(|s| s.context.get(own) <= self.durable.get(own))
+    /// The state of a key as a client may read it now: the newest state whose own writes are
+    /// all durable. A read that saw a write of this region that is not durable yet, and a
+    /// crash that lost it, would let the restarted region hand the same sequence number to
+    /// another write, and the reader's context would then supersede a write it never saw.
+    /// So while a key holds such a write, readers get the key as the last persisted batch
+    /// left it (never older than the last acknowledged write: acknowledgements follow the
+    /// same persistence) instead of waiting for the next fsync, which under a stream of
+    /// writes to one key could be any number of fsyncs away. Writes of other regions need no
+    /// wait: a crash here cannot change them (their origin resends the same write).
+    pub fn read(&self, table: &str, key: &[u8]) -> Option<&KeyState> {
+        let slot = (table.to_owned(), key.to_vec());
+        self.stable.get(&slot).or_else(|| self.keys.get(&slot))
     }
 
-    /// The state of a key (applied here, maybe not yet durable). Clients should read through
-    /// [`Replica::read_ready`]; see there why.
+    /// The state of a key as applied here, maybe holding writes that are not durable yet.
+    /// Clients read through [`Replica::read`]; see there why.
     pub fn get(&self, table: &str, key: &[u8]) -> Option<&KeyState> {
         self.keys.get(&(table.to_owned(), key.to_vec()))
     }

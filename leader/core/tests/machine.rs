@@ -999,3 +999,524 @@ fn a_value_the_tables_resolver_cannot_read_is_refused_before_anything_is_written
     );
     assert!(replica.get("counters", b"k").is_none());
 }
+
+/// Issue 11, item 5: a lag-matrix row relayed by a third region may be older than what a
+/// region's own hello said; it must not replace the resolvers the hello announced, or writes
+/// that match this region's resolvers are quarantined (and were never re-applied).
+#[test]
+fn a_stale_relayed_matrix_row_does_not_overwrite_the_resolvers_a_hello_announced() {
+    let mut w = World::new();
+    w.connect("a", "b");
+    w.connect("a", "c");
+    w.deliver();
+    let c_id = w.nodes["c"].id;
+    // b relays a row of c made before c's restart, when c resolved `mv` with lww. a has no
+    // row of c yet (no heartbeat came from c since its hello), so the matrix takes it.
+    let stale = leader_core::MatrixRow {
+        region: "c".into(),
+        replica: c_id,
+        version: conflict::Hlc::new(1_600_000_000_000, 0),
+        applied: conflict::VersionVector::new(),
+        lags: Vec::new(),
+        resolvers: vec![
+            ("default".into(), "lww@1".into()),
+            ("mv".into(), "lww@1".into()),
+        ],
+    };
+    let heartbeat = |rows| {
+        PeerMsg::Heartbeat(leader_core::msg::Heartbeat {
+            wall_ms: 1_700_000_000_000,
+            hlc: conflict::Hlc::new(1_700_000_000_000, 0),
+            echo: None,
+            rows,
+        })
+    };
+    let ab = w.conns[&pair("a", "b")];
+    w.handle(
+        "a",
+        Event::Frame {
+            peer: "b".into(),
+            conn: ab,
+            msg: heartbeat(vec![stale.clone()]),
+        },
+    );
+    assert!(
+        w.nodes["a"].replica.resolver_mismatches().is_empty(),
+        "a relayed row older than c's hello replaced its resolvers: {:?}",
+        w.nodes["a"].replica.resolver_mismatches()
+    );
+    w.write("c", "mv", "k", Some("from-c"));
+    w.deliver();
+    assert_eq!(w.read("a", "mv", "k"), bytes("from-c"));
+    assert_eq!(w.nodes["a"].replica.counters().quarantined, 0);
+
+    // Once c's own rows have come in, a staler one relayed later is refused by the matrix
+    // and leaves the resolvers alone too.
+    w.advance(600);
+    w.handle(
+        "a",
+        Event::Frame {
+            peer: "b".into(),
+            conn: ab,
+            msg: heartbeat(vec![stale]),
+        },
+    );
+    assert!(w.nodes["a"].replica.resolver_mismatches().is_empty());
+    w.write("c", "mv", "k2", Some("again"));
+    w.deliver();
+    assert_eq!(w.read("a", "mv", "k2"), bytes("again"));
+    assert_eq!(w.nodes["a"].replica.counters().quarantined, 0);
+}
+
+/// Fills a's window towards b with writes b has not acknowledged yet, on a two-region link.
+/// Returns the request ids of the writes.
+fn fill_window(w: &mut World, n: usize) -> Vec<u64> {
+    let value = "x".repeat(300);
+    (0..n)
+        .map(|i| w.write("a", "default", &format!("k{i}"), Some(&value)))
+        .collect()
+}
+
+/// Issue 11, item 7: an ack dropped by a full send queue (the receiver hears `SendFailed`)
+/// with the sender's window full used to stall the stream until the receiver's next commit.
+/// The ack is sent again after the rewind, and heartbeats carry the same vector.
+#[test]
+fn a_dropped_ack_with_a_full_window_does_not_stall_the_stream() {
+    let mut w = World::new();
+    w.connect("a", "b");
+    w.deliver();
+    fill_window(&mut w, 40); // 40 × ~350 bytes: far more than the 4 KiB window
+    let ab = w.conns[&pair("a", "b")];
+    // Deliver everything, but drop every ack b sends, as a full queue would, and tell b.
+    for _ in 0..10_000 {
+        let Some((from, to, conn, msg)) = w.wire.pop_front() else {
+            break;
+        };
+        if from == "b" && matches!(msg, PeerMsg::Ack(_)) {
+            w.handle(
+                "b",
+                Event::SendFailed {
+                    peer: "a".into(),
+                    conn,
+                },
+            );
+            continue;
+        }
+        w.handle(
+            &to,
+            Event::Frame {
+                peer: from,
+                conn,
+                msg,
+            },
+        );
+    }
+    // No new write anywhere: only timers and the retransmitted ack may move things now.
+    for _ in 0..6 {
+        w.advance(500);
+    }
+    let a_id = w.nodes["a"].id;
+    assert_eq!(
+        w.nodes["b"].replica.applied().get(a_id),
+        Seq(40),
+        "b got all of a's writes"
+    );
+    let view = w.nodes["a"].replica.peer_views(w.now);
+    let b = view.iter().find(|p| p.region == "b").unwrap();
+    assert_eq!(b.acked.get(a_id), Seq(40), "a learned that b has them");
+    assert_eq!(b.unacked_bytes, 0, "a's window towards b is free again");
+    let _ = ab;
+}
+
+/// Issue 11, item 7: the same with only heartbeats left (every ack lost and no rewind):
+/// the receiver's own row in its heartbeat acknowledges what it has.
+#[test]
+fn heartbeats_acknowledge_what_the_receiver_has_durably_applied() {
+    let mut w = World::new();
+    w.connect("a", "b");
+    w.deliver();
+    fill_window(&mut w, 40);
+    for round in 0..5 {
+        if round > 0 {
+            w.now.mono_ms += 500;
+            w.now.wall_ms += 500;
+            for r in REGIONS {
+                w.handle(r, Event::Tick);
+            }
+        }
+        for _ in 0..10_000 {
+            w.wire
+                .retain(|(f, _, _, m)| !(f == "b" && matches!(m, PeerMsg::Ack(_))));
+            let Some((from, to, conn, msg)) = w.wire.pop_front() else {
+                break;
+            };
+            w.handle(
+                &to,
+                Event::Frame {
+                    peer: from,
+                    conn,
+                    msg,
+                },
+            );
+        }
+    }
+    let a_id = w.nodes["a"].id;
+    let view = w.nodes["a"].replica.peer_views(w.now);
+    let b = view.iter().find(|p| p.region == "b").unwrap();
+    assert_eq!(
+        b.acked.get(a_id),
+        Seq(40),
+        "no ack arrived, yet b's heartbeat rows told a what b has"
+    );
+    assert_eq!(b.unacked_bytes, 0);
+}
+
+/// Issue 11, item 7: a `Resync` lost with the receiver's send queue is asked for again
+/// after the rewind, so the sender does not keep a window of writes the receiver dropped.
+#[test]
+fn a_dropped_resync_is_sent_again_after_the_rewind() {
+    let mut w = World::new();
+    w.connect("a", "b");
+    w.deliver();
+    w.write("a", "default", "k1", Some("1"));
+    w.write("a", "default", "k2", Some("2"));
+    let entry = w.nodes["a"].log.values().nth(1).unwrap().clone();
+    w.wire.clear();
+    let conn = w.conns[&pair("a", "b")];
+    let a_id = w.nodes["a"].id;
+    let batch = PeerMsg::Batch(leader_core::Batch {
+        origin: a_id,
+        origin_region: "a".into(),
+        entries: vec![entry],
+    });
+    w.handle(
+        "b",
+        Event::Frame {
+            peer: "a".into(),
+            conn,
+            msg: batch,
+        },
+    );
+    // The resync never leaves b: its queue was full.
+    let before = w.wire.len();
+    w.wire
+        .retain(|(f, _, _, m)| !(f == "b" && matches!(m, PeerMsg::Resync(_))));
+    assert_eq!(w.wire.len() + 1, before, "b asked for a resync");
+    w.handle(
+        "b",
+        Event::SendFailed {
+            peer: "a".into(),
+            conn,
+        },
+    );
+    let again = w
+        .wire
+        .iter()
+        .any(|(f, _, _, m)| f == "b" && matches!(m, PeerMsg::Resync(r) if r.origin == a_id));
+    assert!(again, "b asks again after the rewind");
+}
+
+/// Issue 11, item 8: a failed log read (storage error: nothing came back) used to be asked
+/// for again at once, a tight loop. It is retried after a growing backoff, with an alarm.
+#[test]
+fn a_failed_log_read_backs_off_and_raises_an_alarm() {
+    let mut w = World::new();
+    // a writes more than its 8-entry tail while b is away, so b's catch-up reads the log.
+    for i in 0..20 {
+        w.write("a", "default", &format!("k{i}"), Some("v"));
+    }
+    let conn = 99;
+    w.conns.insert(pair("a", "b"), conn);
+    let mut out = Vec::new();
+    let now = w.now;
+    let node = w.nodes.get_mut("a").unwrap();
+    node.replica.handle(
+        now,
+        Event::PeerUp {
+            peer: "b".into(),
+            conn,
+        },
+        &mut out,
+    );
+    let b_hello = {
+        let mut o = Vec::new();
+        let b = w.nodes.get_mut("b").unwrap();
+        b.replica.handle(
+            now,
+            Event::PeerUp {
+                peer: "a".into(),
+                conn,
+            },
+            &mut o,
+        );
+        o.into_iter()
+            .find_map(|e| match e {
+                Effect::Send {
+                    msg: m @ PeerMsg::Hello(_),
+                    ..
+                } => Some(m),
+                _ => None,
+            })
+            .unwrap()
+    };
+    out.clear();
+    let node = w.nodes.get_mut("a").unwrap();
+    node.replica.handle(
+        now,
+        Event::Frame {
+            peer: "b".into(),
+            conn,
+            msg: b_hello,
+        },
+        &mut out,
+    );
+    let read = out.iter().find_map(|e| match e {
+        Effect::ReadLog { origin, .. } => Some(*origin),
+        _ => None,
+    });
+    let origin = read.expect("b's catch-up starts with a log read");
+    // Storage fails: nothing comes back.
+    out.clear();
+    let ev = Event::LogRead {
+        peer: "b".into(),
+        conn,
+        origin,
+        entries: Vec::new(),
+    };
+    node.replica.handle(now, ev, &mut out);
+    assert!(
+        !out.iter().any(|e| matches!(e, Effect::ReadLog { .. })),
+        "no immediate re-read: {out:?}"
+    );
+    assert!(
+        out.iter()
+            .any(|e| matches!(e, Effect::Alarm(Alarm::LogReadFailed { retry_ms: 100, .. })))
+    );
+    assert_eq!(node.replica.counters().log_read_failures, 1);
+    let due = node.replica.poll_timeout().expect("a retry is scheduled");
+    assert!(due <= now.mono_ms + 100, "retry due at {due}");
+    // Before the backoff has passed nothing is read; after it, the read is retried.
+    out.clear();
+    node.replica.handle(
+        Time {
+            mono_ms: now.mono_ms + 50,
+            ..now
+        },
+        Event::Tick,
+        &mut out,
+    );
+    assert!(!out.iter().any(|e| matches!(e, Effect::ReadLog { .. })));
+    out.clear();
+    node.replica.handle(
+        Time {
+            mono_ms: now.mono_ms + 100,
+            ..now
+        },
+        Event::Tick,
+        &mut out,
+    );
+    assert!(
+        out.iter().any(|e| matches!(e, Effect::ReadLog { .. })),
+        "retried: {out:?}"
+    );
+    // A second failure doubles the backoff.
+    out.clear();
+    let ev = Event::LogRead {
+        peer: "b".into(),
+        conn,
+        origin,
+        entries: Vec::new(),
+    };
+    node.replica.handle(
+        Time {
+            mono_ms: now.mono_ms + 100,
+            ..now
+        },
+        ev,
+        &mut out,
+    );
+    assert!(
+        out.iter()
+            .any(|e| matches!(e, Effect::Alarm(Alarm::LogReadFailed { retry_ms: 200, .. })))
+    );
+}
+
+/// Issue 11, item 8: a replicated write whose HLC does not exceed a sibling its context
+/// supersedes breaks the per-key causality rule; it is counted and alarmed on receipt (and
+/// still applied: every region converges either way).
+#[test]
+fn a_replicated_write_breaking_the_causality_rule_is_counted_and_alarmed() {
+    let mut w = World::new();
+    w.connect("a", "b");
+    w.deliver();
+    w.write("b", "default", "k", Some("from-b"));
+    w.deliver();
+    let b_write = w.nodes["a"].replica.get("default", b"k").unwrap().siblings[0].clone();
+    // A buggy a-like peer: a write that supersedes b's write with an older stamp.
+    let c_id = w.nodes["c"].id;
+    let mut context = conflict::VersionVector::new();
+    context.add_dot(&b_write.dot);
+    let bad = leader_core::LogEntry {
+        table: "default".into(),
+        key: b"k".to_vec(),
+        write: conflict::Write {
+            dot: conflict::Dot {
+                replica: c_id,
+                seq: Seq(1),
+            },
+            hlc: conflict::Hlc::new(b_write.hlc.physical_ms() - 1000, 0),
+            context,
+            value: Value::Bytes(b"from-c".to_vec()),
+        },
+    };
+    w.connect("a", "c");
+    w.deliver();
+    let conn = w.conns[&pair("a", "c")];
+    let batch = PeerMsg::Batch(leader_core::Batch {
+        origin: c_id,
+        origin_region: "c".into(),
+        entries: vec![bad],
+    });
+    w.handle(
+        "a",
+        Event::Frame {
+            peer: "c".into(),
+            conn,
+            msg: batch,
+        },
+    );
+    let a = &w.nodes["a"];
+    assert_eq!(a.replica.counters().causality_violations, 1);
+    assert!(a.alarms.iter().any(|x| matches!(
+        x,
+        Alarm::CausalityViolation { origin, sibling, .. } if origin == "c" && *sibling == b_write.dot
+    )));
+    assert_eq!(
+        w.read("a", "default", "k"),
+        bytes("from-c"),
+        "applied all the same"
+    );
+}
+
+/// Issue 11, item 8: a key's context may not grow past what storage decodes
+/// (`MAX_VV_ENTRIES`): a replicated write that would make it so is logged, not applied.
+#[test]
+fn a_replicated_write_that_would_overgrow_its_keys_context_is_quarantined() {
+    let mut w = World::new();
+    w.connect("a", "c");
+    w.deliver();
+    let c_id = w.nodes["c"].id;
+    // Two writes whose contexts together name more replicas than storage reads back; each
+    // alone is within the wire limit.
+    let context = |base: u128| {
+        let mut vv = conflict::VersionVector::new();
+        for i in 0..(conflict::MAX_VV_ENTRIES as u128 - 1) {
+            vv.add_dot(&conflict::Dot {
+                replica: ReplicaId::from_u128(base + i),
+                seq: Seq(1),
+            });
+        }
+        vv
+    };
+    let entry = |seq, ctx| leader_core::LogEntry {
+        table: "mv".into(),
+        key: b"k".to_vec(),
+        write: conflict::Write {
+            dot: conflict::Dot {
+                replica: c_id,
+                seq: Seq(seq),
+            },
+            hlc: conflict::Hlc::new(1_700_000_000_000 + seq, 0),
+            context: ctx,
+            value: Value::Bytes(b"v".to_vec()),
+        },
+    };
+    let conn = w.conns[&pair("a", "c")];
+    let batch = PeerMsg::Batch(leader_core::Batch {
+        origin: c_id,
+        origin_region: "c".into(),
+        entries: vec![entry(1, context(1_000)), entry(2, context(10_000))],
+    });
+    w.handle(
+        "a",
+        Event::Frame {
+            peer: "c".into(),
+            conn,
+            msg: batch,
+        },
+    );
+    let a = &w.nodes["a"];
+    let state = a.replica.get("mv", b"k").unwrap();
+    assert!(
+        state.context.len() <= conflict::MAX_VV_ENTRIES,
+        "{}",
+        state.context.len()
+    );
+    assert_eq!(a.replica.counters().context_overflows, 1);
+    assert_eq!(a.replica.applied().get(c_id), Seq(2), "logged all the same");
+    assert!(
+        a.alarms
+            .iter()
+            .any(|x| matches!(x, Alarm::ContextTooLarge { .. }))
+    );
+}
+
+/// Issue 11, item 3: under a stream of writes to one key, a read never waits for a commit.
+/// Before, a read waited while the key held a write of this region that was not durable
+/// (`read_ready` false), which with a write in every batch could be any number of commits;
+/// now it is served at once from the newest durable state, which is never older than the
+/// last acknowledged write and never holds a write that is not durable.
+#[test]
+fn reads_of_a_hot_key_are_served_from_its_newest_durable_state_without_waiting() {
+    let mut w = World::new();
+    w.auto_sync = false;
+    let a_id = w.nodes["a"].id;
+    let mut last_acked = None;
+    for round in 0..20 {
+        // Two writes per commit: one in the batch in flight, one staged behind it.
+        w.write("a", "default", "hot", Some(&format!("v{round}")));
+        w.write("a", "default", "hot", Some(&format!("w{round}")));
+        let r = &w.nodes["a"].replica;
+        let state = r.read("default", b"hot").cloned().unwrap_or_default();
+        assert!(
+            state.context.get(a_id) <= r.applied().get(a_id),
+            "round {round}: the read shows a write that is not durable"
+        );
+        if let Some(dot) = last_acked {
+            assert!(
+                state.context.covers(&dot),
+                "round {round}: older than the last ack"
+            );
+        }
+        // One commit completes: its writes are acknowledged.
+        let batch = w
+            .nodes
+            .get_mut("a")
+            .unwrap()
+            .persisting
+            .pop_front()
+            .unwrap();
+        for e in &batch.log {
+            w.nodes
+                .get_mut("a")
+                .unwrap()
+                .log
+                .insert((e.write.dot.replica, e.write.dot.seq), e.clone());
+        }
+        w.handle("a", Event::Persisted { id: batch.id });
+        let acked = w.nodes["a"]
+            .replies
+            .iter()
+            .filter_map(|(_, r)| r.as_ref().ok())
+            .map(|r| r.dot)
+            .max();
+        last_acked = acked;
+        let r = &w.nodes["a"].replica;
+        let state = r.read("default", b"hot").cloned().unwrap_or_default();
+        assert!(
+            state.context.covers(&acked.unwrap()),
+            "round {round}: sees the ack"
+        );
+        assert!(state.context.get(a_id) <= r.applied().get(a_id));
+    }
+}

@@ -124,7 +124,7 @@ pub struct RunOptions {
     /// "What it found"): reads serve state that is not durable yet, and a crash lets a region
     /// give the lost write's sequence number to another write, which an old context then
     /// supersedes unseen (seed 147). On by default since reads wait for the region's own writes
-    /// to be durable (`Replica::read_ready`).
+    /// to be durable; since then reads are served from the newest durable state (`Replica::read`).
     pub check_dirty_context: bool,
     /// Also inject faults the protocol is not designed for (soak/diagnosis only): frames lost
     /// silently inside a live connection, hellos overtaken by later frames, hellos refused

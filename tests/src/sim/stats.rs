@@ -131,6 +131,8 @@ pub struct WorkCounts {
     pub abandoned: u64,
     /// Client operations that found their region down.
     pub unavailable: u64,
+    /// Client reads served (each checked against the last write acknowledged there).
+    pub reads: u64,
     /// Conflicts the machines logged.
     pub conflicts: u64,
     /// Resync requests (gaps seen by receivers).
@@ -164,6 +166,7 @@ impl AddAssign<&WorkCounts> for WorkCounts {
         self.refused_siblings += o.refused_siblings;
         self.abandoned += o.abandoned;
         self.unavailable += o.unavailable;
+        self.reads += o.reads;
         self.conflicts += o.conflicts;
         self.resyncs += o.resyncs;
         self.relayed += o.relayed;
@@ -181,7 +184,7 @@ impl fmt::Display for WorkCounts {
         write!(
             f,
             "events {}, writes {} (acked local {}, one {}, quorum {}, all {}; timed out {}; \
-             refused: context ahead {}, siblings {}; abandoned {}; region down {}), conflicts {}, \
+             refused: context ahead {}, siblings {}; abandoned {}; region down {}), reads {}, conflicts {}, \
              resyncs {}, relayed {}, duplicates dropped {}, persists {}, log reads {}, \
              connections {}, spin ticks {}, longest settle {} ms",
             self.events,
@@ -195,6 +198,7 @@ impl fmt::Display for WorkCounts {
             self.refused_siblings,
             self.abandoned,
             self.unavailable,
+            self.reads,
             self.conflicts,
             self.resyncs,
             self.relayed,

@@ -3,11 +3,11 @@
 //! of three tables, at every durability level; and what each request was answered.
 
 use conflict::examples::Counter;
-use conflict::{Dot, Resolved, Value, VersionVector, WriteRefused};
+use conflict::{Dot, KeyState, Resolved, Value, VersionVector, WriteRefused};
 use leader_core::{Durability, Event, WriteError, WriteReceipt};
 
 use super::Failure;
-use super::truth::Slot;
+use super::truth::{Slot, show};
 use super::world::{Ev, Phase, World};
 
 /// What became of a client write.
@@ -83,7 +83,7 @@ impl World {
                 self.issue(r, slot, value, Some(VersionVector::new()), None, None)
             }
             42..58 => {
-                let context = self.context_at(r, &slot);
+                let context = self.context_at(r, &slot)?;
                 let value = if self.rng_work.chance(0.1) {
                     Value::Tombstone
                 } else {
@@ -91,10 +91,7 @@ impl World {
                 };
                 self.issue(r, slot, value, Some(context), None, Some(self.now))
             }
-            58..68 => {
-                self.read_for_later(r, slot);
-                Ok(())
-            }
+            58..68 => self.read_for_later(r, slot),
             _ => self.increment(r),
         }
     }
@@ -110,32 +107,39 @@ impl World {
         Value::Bytes(format!("{}-{}", self.regions[r].name, self.ops.len() + 1).into_bytes())
     }
 
-    /// Whether a client may read `slot` at `r` now, as the API decides it.
-    fn read_ready(&self, r: usize, slot: &Slot) -> bool {
-        self.regions[r]
+    /// A client read of `slot` at live region `r`, served as the API serves it
+    /// ([`Replica::read`](leader_core::Replica::read)): at once, from the newest durable state
+    /// of the key, which never waits for a commit. Like a real client it never gives up (an
+    /// earlier simulator skipped reads the API would have parked until a commit, which is how
+    /// unbounded read waits on a hot key went unseen); a state older than the last write this
+    /// region acknowledged to the key fails the run (`stale-read`).
+    fn read_state(&mut self, r: usize, slot: &Slot) -> Result<KeyState, Failure> {
+        let m = self.regions[r]
             .replica
             .as_ref()
-            .is_some_and(|m| m.read_ready(&slot.0, &slot.1))
+            .expect("callers check alive");
+        let state = m.read(&slot.0, &slot.1).cloned().unwrap_or_default();
+        if let Some(dot) = self.last_acked.get(&(r, slot.clone()))
+            && !state.context.covers(dot)
+        {
+            let detail = format!(
+                "a read of {} at {} does not see {dot}, which that region acknowledged to its client",
+                show(slot),
+                self.regions[r].name
+            );
+            return Err(self.fail(("stale-read", detail)));
+        }
+        self.work.reads += 1;
+        Ok(state)
     }
 
-    fn context_at(&self, r: usize, slot: &Slot) -> VersionVector {
-        self.regions[r]
-            .replica
-            .as_ref()
-            .and_then(|m| m.get(&slot.0, &slot.1))
-            .map(|s| s.context.clone())
-            .unwrap_or_default()
+    fn context_at(&mut self, r: usize, slot: &Slot) -> Result<VersionVector, Failure> {
+        Ok(self.read_state(r, slot)?.context)
     }
 
     /// Reads at `r` and writes back, with the context read, at another region later.
-    fn read_for_later(&mut self, r: usize, slot: (String, Vec<u8>)) {
-        if !self.read_ready(r, &slot) {
-            // The API answers this read only after the region's own write in the key is
-            // durable (Replica::read_ready); this client gives up instead of waiting.
-            self.work.unavailable += 1;
-            return;
-        }
-        let context = self.context_at(r, &slot);
+    fn read_for_later(&mut self, r: usize, slot: (String, Vec<u8>)) -> Result<(), Failure> {
+        let context = self.context_at(r, &slot)?;
         let others: Vec<usize> = (0..self.regions.len()).filter(|q| *q != r).collect();
         let region = others[self.rng_work.index(others.len())];
         let value = self.fresh_value(r);
@@ -154,6 +158,7 @@ impl World {
             },
         );
         self.push(at, Ev::OpWrite(token));
+        Ok(())
     }
 
     pub(super) fn deferred_write(&mut self, token: u64) -> Result<(), Failure> {
@@ -179,12 +184,7 @@ impl World {
     fn increment(&mut self, r: usize) -> Result<(), Failure> {
         let key = self.pick_key();
         let slot = ("ctr".to_owned(), key);
-        if !self.read_ready(r, &slot) {
-            self.work.unavailable += 1;
-            return Ok(());
-        }
-        let m = self.regions[r].replica.as_ref().expect("checked alive");
-        let state = m.get(&slot.0, &slot.1).cloned().unwrap_or_default();
+        let state = self.read_state(r, &slot)?;
         let current = match state.resolve(&Counter) {
             Resolved::Value(b) => Some(b),
             Resolved::Absent | Resolved::Siblings(_) => None,
@@ -305,6 +305,12 @@ impl World {
             if doom_due && receipt.durability >= Durability::One && self.pending_doom.is_none() {
                 self.pending_doom = Some(r);
             }
+        }
+        let last = self.last_acked.entry((r, self.ops[idx].slot.clone()));
+        let last = last.or_insert(receipt.dot);
+        if receipt.dot.seq > last.seq || receipt.dot.replica != last.replica {
+            // A restarted region keeps its replica id; a newer dot of it is the newer write.
+            *last = receipt.dot;
         }
         self.ops[idx].outcome = OpOutcome::Acked(receipt);
         Ok(())

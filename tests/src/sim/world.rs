@@ -15,7 +15,7 @@ use super::params::{Doom, MAX_CLOCK_OFFSET_MS, Params, REGION_NAMES};
 use super::rng::Rng;
 use super::stats::{FaultCounts, WorkCounts};
 use super::trace::Trace;
-use super::truth::{Broken, TableKind, Truth};
+use super::truth::{Broken, Slot, TableKind, Truth};
 use super::workload::{Deferred, OpRec};
 use super::{Failure, Outcome, RunOptions, Sabotage};
 
@@ -135,6 +135,9 @@ pub(super) struct World {
     /// Client writes by request id - 1.
     pub(super) ops: Vec<OpRec>,
     pub(super) deferred: BTreeMap<u64, Deferred>,
+    /// Per (region, key): the newest write of that region to the key acknowledged to its
+    /// client (a successful reply, timed out or not). A read there must see it.
+    pub(super) last_acked: BTreeMap<(usize, Slot), Dot>,
     /// When each dot was last handed to a client write at its origin.
     pub(super) created: BTreeMap<Dot, u64>,
     /// Dots handed out a second time (after a crash lost the first write), and when.
@@ -229,6 +232,7 @@ impl World {
             truth: Truth::default(),
             ops: Vec::new(),
             deferred: BTreeMap::new(),
+            last_acked: BTreeMap::new(),
             created: BTreeMap::new(),
             reused: BTreeMap::new(),
             rng_net: Rng::stream(seed, 2),
