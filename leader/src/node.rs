@@ -237,7 +237,18 @@ pub struct Status {
     pub resolver_mismatches: Vec<(String, String, Option<String>, Option<String>)>,
     /// The configured bound on clock offsets, ms.
     pub max_clock_offset_ms: u64,
+    /// Regions two live processes claim, as seen in the last
+    /// [`SPLIT_BRAIN_SHOWN_FOR`]: (region, live replica, refused replica, ms since last seen).
+    pub split_brain: Vec<(String, String, String, u64)>,
 }
+
+/// A peer region counts as dead, and a new process for it is let in, once no frame has come
+/// from the current one for this many heartbeat intervals.
+const SPLIT_BRAIN_LIVENESS_HEARTBEATS: u64 = 4;
+
+/// How long a split brain stays in `/v1/status` after it was last seen (the refused process
+/// redials about once a second while it lives, and each refusal renews it).
+pub const SPLIT_BRAIN_SHOWN_FOR: Duration = Duration::from_secs(30);
 
 /// Errors of starting or running a node. Each says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -403,6 +414,8 @@ struct Driver {
     completions_tx: mpsc::Sender<Completion>,
     pending: BTreeMap<RequestId, PendingWrite>,
     parked: Vec<Parked>,
+    /// Split brains seen, per region: (live, refused, when last seen).
+    split_brain: BTreeMap<String, (String, String, Instant)>,
     table_durability: BTreeMap<String, Durability>,
     write_timeout: Duration,
     session_wait: Duration,
@@ -608,6 +621,13 @@ pub async fn start(
     mesh_config.backoff_max = t.reconnect_max();
     mesh_config.dial_timeout = t.dial_timeout();
     mesh_config.rng_seed = wiring.rng_seed;
+    // Split-brain fencing: a second live process claiming a peer region is refused while the
+    // first one's heartbeats keep arriving (see docs/design.md, "Refinements").
+    mesh_config.instance = format!("{:#}", opened.replica);
+    mesh_config.peer_liveness = Some(Duration::from_millis(
+        t.heartbeat_interval_ms
+            .saturating_mul(SPLIT_BRAIN_LIVENESS_HEARTBEATS),
+    ));
     let bind_err = |source| {
         NodeError::Transport(format!(
             "cannot bind the peer address {}: {source}; is another process using the port?",
@@ -676,6 +696,7 @@ pub async fn start(
         wall_clock_start_ms: wiring.wall_clock_start_ms,
         metrics,
         broken: BTreeMap::new(),
+        split_brain: BTreeMap::new(),
     };
     let driver = tokio::spawn(driver.run(
         commands_rx,
@@ -1083,6 +1104,15 @@ impl Driver {
             skew_alarms: self.replica.skew_alarms(),
             resolver_mismatches: self.replica.resolver_mismatches(),
             max_clock_offset_ms: self.replica.options().max_clock_offset_ms,
+            split_brain: self
+                .split_brain
+                .iter()
+                .filter(|(_, (_, _, at))| at.elapsed() < SPLIT_BRAIN_SHOWN_FOR)
+                .map(|(region, (live, refused, at))| {
+                    let ago = at.elapsed().as_millis() as u64;
+                    (region.clone(), live.clone(), refused.clone(), ago)
+                })
+                .collect(),
         }
     }
 
@@ -1113,6 +1143,27 @@ impl Driver {
             },
             MeshEvent::Rejected { remote, reason } => {
                 warn!(%remote, %reason, "refused a peer connection");
+                return None;
+            }
+            MeshEvent::SplitBrain {
+                peer,
+                live,
+                refused,
+            } => {
+                // The transport refused the second process already; here it is counted,
+                // logged and shown (the state machine never saw that connection).
+                let parse = |s: &str| s.parse::<uuid::Uuid>().ok().map(conflict::ReplicaId);
+                if let (Some(l), Some(r)) = (parse(&live), parse(&refused)) {
+                    self.perform(Effect::Alarm(Alarm::SplitBrain {
+                        region: peer,
+                        live: l,
+                        refused: r,
+                    }));
+                } else {
+                    warn!(%peer, %live, %refused, "split brain: two live processes claim one region");
+                    self.split_brain
+                        .insert(peer, (live, refused, Instant::now()));
+                }
                 return None;
             }
         })
@@ -1190,6 +1241,15 @@ impl Driver {
             }
             Effect::Alarm(alarm) => {
                 self.metrics.alarm(&alarm);
+                if let Alarm::SplitBrain {
+                    region,
+                    live,
+                    refused,
+                } = &alarm
+                {
+                    let seen = (format!("{live:#}"), format!("{refused:#}"), Instant::now());
+                    self.split_brain.insert(region.clone(), seen);
+                }
                 match &alarm {
                     Alarm::ClockSkew { .. } => debug!(?alarm, "alarm"),
                     _ => warn!(?alarm, "alarm"),
@@ -1213,6 +1273,7 @@ impl Status {
                     "replica": p.replica.map(|r| format!("{r:#}")),
                     "replicating": p.connected,
                     "link": link.map(|l| format!("{:?}", l.state).to_lowercase()),
+                    "connections": link.map(|l| l.connections),
                     "rtt_ms": link.and_then(|l| l.rtt).map(|d| d.as_secs_f64() * 1000.0),
                     "bytes_sent": link.map(|l| l.bytes_sent),
                     "bytes_recv": link.map(|l| l.bytes_recv),
@@ -1255,7 +1316,16 @@ impl Status {
         let c = &self.counters;
         json!({
             "matrix": matrix,
-            "alarms": { "clock_skew": skew, "resolver_mismatch": mismatches },
+            "alarms": {
+                "clock_skew": skew,
+                "resolver_mismatch": mismatches,
+                "split_brain": self.split_brain.iter().map(|(region, live, refused, ago)| json!({
+                    "region": region,
+                    "live_replica": live,
+                    "refused_replica": refused,
+                    "last_seen_ms_ago": ago,
+                })).collect::<Vec<_>>(),
+            },
             "region": self.region,
             "replica": format!("{:#}", self.replica),
             "hlc": self.hlc.to_string(),

@@ -288,6 +288,7 @@ impl Attacker {
             region: ATTACKER.into(),
             // A new incarnation each time: every connection replaces the previous one.
             incarnation: rand_incarnation(),
+            instance: String::new(),
         };
         send.write_all(&encode_preamble()).await.unwrap();
         send.write_all(&encode_frame(&hello, HELLO_MAX_BYTES).unwrap())

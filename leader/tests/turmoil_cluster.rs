@@ -327,6 +327,7 @@ async fn rogue(
             MeshEvent::Down { peer, reason, .. } => format!("down {peer}: {reason}"),
             MeshEvent::Frame { peer, .. } => format!("frame from {peer}"),
             MeshEvent::Rejected { remote, reason } => format!("rejected {remote}: {reason}"),
+            MeshEvent::SplitBrain { peer, .. } => format!("split brain {peer}"),
         };
         lock(&env.world).rogue_events.push((name, event));
     }

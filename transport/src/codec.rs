@@ -29,7 +29,7 @@ pub const MAGIC: [u8; 4] = *b"MRDN";
 ///
 /// It covers the preamble, the framing and [`Hello`]; the messages carried in frames are
 /// versioned by the application above.
-pub const TRANSPORT_VERSION: u16 = 1;
+pub const TRANSPORT_VERSION: u16 = 2;
 
 /// Length of the preamble: magic and version.
 pub const PREAMBLE_BYTES: usize = 6;
@@ -97,6 +97,12 @@ pub struct Hello {
     /// A random number drawn once per mesh start. Two connections from the same incarnation
     /// are a simultaneous dial; a new incarnation means the peer restarted.
     pub incarnation: u64,
+    /// What the application calls this process ([`MeshConfig::instance`]; Meridian: its
+    /// replica id), so that a split-brain report can name both processes. Added in
+    /// transport version 2.
+    ///
+    /// [`MeshConfig::instance`]: crate::MeshConfig::instance
+    pub instance: String,
 }
 
 /// The preamble that opens every stream.

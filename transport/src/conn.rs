@@ -138,6 +138,7 @@ pub(crate) async fn run<M: Message>(
             dialer,
             peer_incarnation: hello.incarnation,
         },
+        peer_instance: hello.instance.clone(),
         tx: None,
         close_reason: close_reason.clone(),
         done: done_rx,
@@ -147,6 +148,14 @@ pub(crate) async fn run<M: Message>(
             debug!(peer, conn_id, %remote, "{reason}");
             conn.close(close::DUPLICATE.into(), reason.as_bytes());
             Outcome::Duplicate
+        }
+        Install::Fenced { reason, report } => {
+            warn!(region = %shared.settings.region, peer, %remote, instance = %hello.instance, "refused: {reason}");
+            conn.close(close::SPLIT_BRAIN.into(), reason.as_bytes());
+            if let Some((live, refused)) = report {
+                shared.report_split_brain(peer, live, refused);
+            }
+            Outcome::Failed(reason)
         }
         Install::Accepted { replaced } => {
             if let Some(mut old_done) = replaced {
@@ -249,6 +258,7 @@ async fn exchange_hello<M: Message>(
         cluster: settings.cluster.clone(),
         region: settings.region.clone(),
         incarnation: shared.incarnation,
+        instance: settings.instance.clone(),
     };
     let exchange = async {
         let lost = |e: &dyn std::fmt::Display| {
@@ -349,13 +359,26 @@ impl<M: Message> Served<'_, M> {
         let reason = self.end_reason(reason);
         info!(region = %self.shared.settings.region, peer, conn_id, "link down: {reason}");
         self.link.finished(conn_id, &reason);
+        let fenced = matches!(
+            self.conn.close_reason(),
+            Some(quinn::ConnectionError::ApplicationClosed(c))
+                if c.error_code == close::SPLIT_BRAIN.into()
+        );
         self.shared
             .emit(MeshEvent::Down {
                 peer,
                 conn_id,
-                reason,
+                reason: reason.clone(),
             })
             .await;
+        if fenced {
+            // The peer keeps another live process of this region: this one is the impostor
+            // (or the other is). Back off as after a failed dial instead of redialing at once.
+            warn!(region = %self.shared.settings.region, peer = %self.link.peer, "{reason}");
+            self.shared
+                .report_rejected(self.conn.remote_address(), reason.clone());
+            return Outcome::Failed(reason);
+        }
         Outcome::WasUp
     }
 

@@ -123,6 +123,8 @@ pub(crate) mod close {
     pub(crate) const REPLACED: u32 = 4;
     /// The application above the mesh refused the connection (e.g. its replication hello).
     pub(crate) const APPLICATION: u32 = 5;
+    /// Another live process already holds this region's link (split brain).
+    pub(crate) const SPLIT_BRAIN: u32 = 6;
 }
 
 /// The connection a link currently uses.
@@ -130,6 +132,8 @@ pub(crate) struct Current {
     pub(crate) conn_id: u64,
     pub(crate) conn: quinn::Connection,
     pub(crate) origin: ConnOrigin,
+    /// The peer process's name for itself, from its transport hello.
+    pub(crate) peer_instance: String,
     /// The bounded send queue, set just before the `Up` event is emitted.
     pub(crate) tx: Option<mpsc::Sender<Bytes>>,
     /// Why the mesh closed this connection, for its `Down` event (quinn only reports
@@ -155,7 +159,26 @@ pub(crate) enum Install {
     },
     /// The existing connection stays; the candidate must be closed with this reason.
     Duplicate(String),
+    /// The existing connection's process is alive, so the candidate, from another process
+    /// claiming the same region, is refused with this reason ([`close::SPLIT_BRAIN`]).
+    /// `report` holds (live, refused) instances once the split brain is confirmed.
+    Fenced {
+        reason: String,
+        report: Option<(String, String)>,
+    },
 }
+
+/// A process that tried to take over a link whose current process is alive.
+struct Contender {
+    incarnation: u64,
+    /// When it first tried.
+    first_seen: Instant,
+    /// When a confirmed split brain with it was last reported.
+    reported: Option<Instant>,
+}
+
+/// Minimum interval between two split-brain reports about one link.
+const SPLIT_BRAIN_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Default)]
 struct Counters {
@@ -172,6 +195,9 @@ struct State {
     current: Option<Current>,
     last_error: Option<String>,
     connections: u64,
+    /// When the current connection last delivered a frame (or was installed).
+    last_recv: Instant,
+    contender: Option<Contender>,
 }
 
 /// The link to one peer region. Shared by its dialer, the connection tasks and the handle.
@@ -184,6 +210,8 @@ pub(crate) struct Link {
     up: watch::Sender<bool>,
     /// Bumped by `set_peer_addr`, so the dialer skips its backoff and dials the new address.
     addr_epoch: watch::Sender<u64>,
+    /// See [`MeshConfig::peer_liveness`](crate::MeshConfig::peer_liveness).
+    liveness: Option<Duration>,
 }
 
 /// Locks a mutex, ignoring poisoning: the state behind these mutexes is updated in single
@@ -193,7 +221,12 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Link {
-    pub(crate) fn new(local: &str, peer: &str, addr: SocketAddr) -> Self {
+    pub(crate) fn new(
+        local: &str,
+        peer: &str,
+        addr: SocketAddr,
+        liveness: Option<Duration>,
+    ) -> Self {
         Link {
             local: local.to_owned(),
             peer: peer.to_owned(),
@@ -204,10 +237,13 @@ impl Link {
                 current: None,
                 last_error: None,
                 connections: 0,
+                last_recv: Instant::now(),
+                contender: None,
             }),
             counters: Counters::default(),
             up: watch::channel(false).0,
             addr_epoch: watch::channel(0).0,
+            liveness,
         }
     }
 
@@ -248,6 +284,9 @@ impl Link {
     /// Offers an authenticated connection to the link; see the dial rule.
     pub(crate) fn install(&self, candidate: Current) -> Install {
         let mut s = lock(&self.state);
+        if let Some(fenced) = self.fence(&mut s, &candidate) {
+            return fenced;
+        }
         let replaced = match s.current.take() {
             None => None,
             Some(existing) => {
@@ -276,6 +315,8 @@ impl Link {
             }
         };
         s.current = Some(candidate);
+        s.last_recv = Instant::now();
+        s.contender = None;
         // Up once sendable (`set_sender`); until then the connection is still arriving.
         set_state(&mut s, LinkState::Connecting);
         drop(s);
@@ -356,7 +397,57 @@ impl Link {
         self.counters.frames_sent.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The split-brain fence: refuses a candidate from a new incarnation of the peer while
+    /// the current connection's process is alive (a frame within `liveness`). A restarted
+    /// peer's old process is dead and silent, so its successor gets in once `liveness` has
+    /// passed since the old one's last frame; a second live process never does.
+    fn fence(&self, s: &mut State, candidate: &Current) -> Option<Install> {
+        let liveness = self.liveness?;
+        let existing = s.current.as_ref()?;
+        if existing.origin.peer_incarnation == candidate.origin.peer_incarnation
+            || existing.conn.close_reason().is_some()
+        {
+            return None; // a redial of the same process, or a connection already ending
+        }
+        let now = Instant::now();
+        if now.duration_since(s.last_recv) >= liveness {
+            return None; // silent: the peer restarted and this is its successor
+        }
+        let incarnation = candidate.origin.peer_incarnation;
+        let contender = match &mut s.contender {
+            Some(c) if c.incarnation == incarnation => c,
+            slot => slot.insert(Contender {
+                incarnation,
+                first_seen: now,
+                reported: None,
+            }),
+        };
+        // Frames that arrived after the newcomer first showed up prove the current process
+        // outlived its arrival: two live processes, not a restart.
+        let confirmed = s.last_recv > contender.first_seen;
+        let due = contender
+            .reported
+            .is_none_or(|t| now.duration_since(t) >= SPLIT_BRAIN_REPORT_INTERVAL);
+        let report = (confirmed && due).then(|| {
+            contender.reported = Some(now);
+            (
+                existing.peer_instance.clone(),
+                candidate.peer_instance.clone(),
+            )
+        });
+        let quiet = now.duration_since(s.last_recv);
+        let reason = format!(
+            "region {peer} is connected from another process (instance {live:?}) that was heard from {quiet:?} ago; \
+             if that process has just stopped, this one is let in once it has been silent for {liveness:?}; \
+             if both keep running, two processes are running as region {peer}: stop one of them",
+            peer = self.peer,
+            live = existing.peer_instance,
+        );
+        Some(Install::Fenced { reason, report })
+    }
+
     pub(crate) fn count_recv(&self, bytes: u64) {
+        lock(&self.state).last_recv = Instant::now();
         self.counters.bytes_recv.fetch_add(bytes, Ordering::Relaxed);
         self.counters.frames_recv.fetch_add(1, Ordering::Relaxed);
     }

@@ -120,6 +120,17 @@ pub struct MeshConfig {
     /// Seed for quinn's endpoint randomness, the incarnation and backoff jitter; set it for
     /// reproducible simulations, leave it `None` in production.
     pub rng_seed: Option<[u8; 32]>,
+    /// What the application calls this process, sent in the transport hello and named in
+    /// split-brain reports (Meridian: the replica id). Empty by default.
+    pub instance: String,
+    /// Split-brain fencing. `None` (the default): a connection from a new incarnation of a
+    /// peer always replaces the current one (the peer restarted). `Some(d)`: it replaces the
+    /// current one only once no frame has arrived on that for `d`; while the current process
+    /// is alive the newcomer is refused, and once the current one is seen alive after the
+    /// newcomer first came, [`MeshEvent::SplitBrain`] reports two live processes for one
+    /// region. Set it to a few times the interval at which the application sends frames
+    /// (Meridian: 4 heartbeats).
+    pub peer_liveness: Option<Duration>,
 }
 
 impl MeshConfig {
@@ -142,6 +153,8 @@ impl MeshConfig {
             hello_timeout: DEFAULT_HELLO_TIMEOUT,
             shutdown_drain: DEFAULT_SHUTDOWN_DRAIN,
             rng_seed: None,
+            instance: String::new(),
+            peer_liveness: None,
         }
     }
 
@@ -285,6 +298,17 @@ pub enum MeshEvent<M> {
         /// Why, in words.
         reason: String,
     },
+    /// Two live processes claim region `peer` (split brain; see
+    /// [`MeshConfig::peer_liveness`]). The one connected first keeps the link; the other's
+    /// connections are refused. Repeated at most once a second while the other keeps dialing.
+    SplitBrain {
+        /// The region both claim.
+        peer: String,
+        /// The live connection's process ([`MeshConfig::instance`] of it).
+        live: String,
+        /// The refused process.
+        refused: String,
+    },
 }
 
 /// The validated settings connections consult.
@@ -297,6 +321,7 @@ pub(crate) struct Settings {
     pub(crate) hello_timeout: Duration,
     pub(crate) shutdown_drain: Duration,
     pub(crate) dial_timeout: Duration,
+    pub(crate) instance: String,
 }
 
 /// State shared by the handle and every task of one mesh.
@@ -339,6 +364,21 @@ impl<M: Message> Shared<M> {
         if let Some(sender) = sender {
             // A closed channel means the application stopped listening; nothing to do.
             let _ = sender.send(event).await;
+        }
+    }
+
+    /// Reports a split brain without waiting (see [`Shared::report_rejected`]).
+    pub(crate) fn report_split_brain(&self, peer: &str, live: String, refused: String) {
+        let sender = lock(&self.events).clone();
+        let event = MeshEvent::SplitBrain {
+            peer: peer.to_owned(),
+            live,
+            refused,
+        };
+        if let Some(sender) = sender
+            && let Err(mpsc::error::TrySendError::Full(_)) = sender.try_send(event)
+        {
+            warn!(region = %self.settings.region, peer, "event queue full: dropped a SplitBrain event");
         }
     }
 
@@ -438,7 +478,7 @@ impl<M: Message> Mesh<M> {
             .map(|(peer, addr)| {
                 (
                     peer.clone(),
-                    Arc::new(Link::new(&config.region, peer, *addr)),
+                    Arc::new(Link::new(&config.region, peer, *addr, config.peer_liveness)),
                 )
             })
             .collect();
@@ -453,6 +493,7 @@ impl<M: Message> Mesh<M> {
                 hello_timeout: config.hello_timeout,
                 shutdown_drain: config.shutdown_drain,
                 dial_timeout: config.dial_timeout,
+                instance: config.instance.clone(),
             },
             incarnation,
             endpoint,

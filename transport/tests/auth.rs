@@ -281,6 +281,7 @@ fn hello(region: &str) -> Vec<u8> {
         cluster: "test".into(),
         region: region.into(),
         incarnation: 1,
+        instance: String::new(),
     };
     encode_frame(&hello, HELLO_MAX_BYTES)
         .expect("hello frame")
@@ -301,21 +302,30 @@ async fn broken_transport_hellos_are_refused_with_typed_reasons() {
     config.hello_timeout = Duration::from_millis(500);
     let mut a = start_on(socket, config).await;
 
+    let mismatch = format!(
+        "transport protocol version mismatch: the peer speaks version 99, this build speaks version {}",
+        transport::codec::TRANSPORT_VERSION
+    );
     let cases: Vec<(Vec<u8>, &str)> = vec![
-        (
-            [preamble(b"MRDN", 99), hello("b")].concat(),
-            "transport protocol version mismatch: the peer speaks version 99, this build speaks version 1",
-        ),
+        ([preamble(b"MRDN", 99), hello("b")].concat(), &mismatch),
         (
             b"GET / HTTP/1.1\r\n".to_vec(),
             "does not start with the Meridian magic",
         ),
         (
-            [preamble(b"MRDN", 1), hello("c")].concat(),
+            [
+                preamble(b"MRDN", transport::codec::TRANSPORT_VERSION),
+                hello("c"),
+            ]
+            .concat(),
             "the peer's hello claims region \"c\" but its certificate names \"b\"",
         ),
         (
-            [preamble(b"MRDN", 1), u32::MAX.to_be_bytes().to_vec()].concat(),
+            [
+                preamble(b"MRDN", transport::codec::TRANSPORT_VERSION),
+                u32::MAX.to_be_bytes().to_vec(),
+            ]
+            .concat(),
             "frame of 4294967295 bytes exceeds the limit of 1024 bytes",
         ),
         // Nothing at all: QUIC does not even announce an empty stream.

@@ -164,6 +164,13 @@ async fn record_events(
             MeshEvent::Rejected { remote, reason } => {
                 trace.record(format!("{name}: rejected {remote}: {reason}"));
             }
+            MeshEvent::SplitBrain {
+                peer,
+                live,
+                refused,
+            } => {
+                trace.record(format!("{name}: split brain {peer}: {live} / {refused}"));
+            }
         }
     }
 }

@@ -1292,6 +1292,17 @@ impl Replica {
                 hello.region
             ));
         }
+        let have = self.received.get(hello.replica);
+        let claims = hello.applied.get(hello.replica);
+        if claims < have {
+            // Nothing is sent before it is durable, so a live or restarted replica always
+            // claims at least what it sent us. Less means its data directory is an older
+            // copy, which would hand out sequence numbers we already hold for other writes.
+            return Some(format!(
+                "replica {:#} of region '{name}' announces {} writes of its own, but this region already holds its writes up to {}: its data directory is an older copy (a restored backup or a copied directory) and would reuse sequence numbers. Start it with a new, empty data directory",
+                hello.replica, claims.0, have.0
+            ));
+        }
         if hello.replica == self.opts.replica {
             return Some(format!(
                 "peer uses this region's own replica id {}; its data directory is a copy of this one. Give it its own empty data directory",

@@ -73,6 +73,8 @@ pub(crate) struct Cluster {
     config: PathBuf,
     /// Whether children run with `--simulate-links` (link control through the admin API).
     simulate_links: bool,
+    /// (region, peer port, API port) as written to regions.toml.
+    layout: Vec<(String, u16, u16)>,
     // Kept last so the directory outlives the children during `Drop`.
     dir: TempDir,
 }
@@ -138,6 +140,15 @@ fn free_ports(n: usize) -> Vec<u16> {
 /// region killed for longer than that has its links time out at the live regions, as after a
 /// real crash, rather than being replaced only when it comes back.
 fn config_text(cluster: &str, regions: &[(String, u16, u16)]) -> String {
+    config_text_with(cluster, regions, &BTreeMap::new())
+}
+
+/// [`config_text`] with some regions' data directories replaced (region → directory).
+fn config_text_with(
+    cluster: &str,
+    regions: &[(String, u16, u16)],
+    data_dirs: &BTreeMap<String, String>,
+) -> String {
     let mut text = format!(
         r#"cluster = "{cluster}"
 tls_dir = "certs"
@@ -155,13 +166,17 @@ default = "lww"
 "#
     );
     for (name, peer, api) in regions {
+        let data_dir = data_dirs
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| format!("data/{name}"));
         text.push_str(&format!(
             r#"
 [[region]]
 name = "{name}"
 peer_addr = "127.0.0.1:{peer}"
 api_addr = "127.0.0.1:{api}"
-data_dir = "data/{name}"
+data_dir = "{data_dir}"
 "#
         ));
     }
@@ -219,6 +234,7 @@ impl Cluster {
             regions,
             config,
             simulate_links,
+            layout,
             dir,
         };
         for i in 0..names.len() {
@@ -230,42 +246,46 @@ impl Cluster {
     /// Starts region `i`'s process, appending its log to the region's log file.
     pub(crate) fn spawn(&mut self, i: usize) {
         let config = self.config.clone();
+        let simulate_links = self.simulate_links;
         let r = &mut self.regions[i];
         assert!(r.child.is_none(), "region {} is already running", r.name);
-        let mut log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&r.log)
-            .expect("opening the region's log file");
-        writeln!(log, "===== test: starting {} =====", r.name).expect("writing the log file");
-        let mut command = Command::new(meridian());
-        command
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
-            .arg("--region")
-            .arg(&r.name)
-            .arg("--exit-with-stdin");
-        if self.simulate_links {
-            command.arg("--simulate-links");
-        }
-        let mut child = command
-            .env("MERIDIAN_LOG", "info")
-            .env("NO_COLOR", "1")
-            .env_remove("MERIDIAN_API_TOKEN")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::from(
-                log.try_clone().expect("duplicating the log file handle"),
-            ))
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true)
-            .spawn()
-            .expect("starting `meridian run`");
-        r.stdin = child.stdin.take();
+        let (child, stdin) = start_child(&config, &r.name, &r.log, simulate_links);
+        r.stdin = Some(stdin);
         r.child = Some(child);
     }
 
     /// Sends SIGKILL to region `i` and reaps it: no shutdown path of the leader runs.
+    /// The data directory of region `i`.
+    pub(crate) fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join("data").join(&self.regions[i].name)
+    }
+
+    /// Starts a second process that claims region `i` (split brain), with its own ports and
+    /// the data directory `data/<data_dir>` (empty, or a copy the caller made): same
+    /// certificate, same peers. It stops when the returned [`Region`] is dropped.
+    pub(crate) fn spawn_impostor(&mut self, i: usize, data_dir: &str) -> Region {
+        let ports = free_ports(2);
+        let mut layout = self.layout.clone();
+        layout[i].1 = ports[0];
+        layout[i].2 = ports[1];
+        let name = layout[i].0.clone();
+        let dirs = BTreeMap::from([(name.clone(), format!("data/{data_dir}"))]);
+        let config = self.dir.path().join(format!("regions-{data_dir}.toml"));
+        std::fs::write(&config, config_text_with("procs-test", &layout, &dirs))
+            .expect("writing the impostor's regions.toml");
+        let mut r = Region {
+            name: name.clone(),
+            api: format!("http://127.0.0.1:{}", ports[1]),
+            log: self.dir.path().join(format!("{data_dir}.log")),
+            child: None,
+            stdin: None,
+        };
+        let (child, stdin) = start_child(&config, &name, &r.log, self.simulate_links);
+        r.child = Some(child);
+        r.stdin = Some(stdin);
+        r
+    }
+
     pub(crate) async fn sigkill(&mut self, i: usize) {
         let r = &mut self.regions[i];
         let mut child = r.child.take().expect("the region to kill is running");
@@ -353,6 +373,40 @@ impl Cluster {
     }
 
     /// Waits until every region reports every peer as replicating, failing at `deadline`.
+    /// Waits until `r` (a region process outside the cluster's list, e.g. an impostor)
+    /// answers `/healthz`.
+    pub(crate) async fn wait_healthy_region(
+        &self,
+        client: &reqwest::Client,
+        r: &mut Region,
+        deadline: Instant,
+    ) {
+        let url = format!("{}/healthz", r.api);
+        loop {
+            if let Ok(resp) = client.get(&url).send().await
+                && resp.status().is_success()
+            {
+                return;
+            }
+            if let Some(child) = r.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!("process of {} exited early: {status}", r.name);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not become healthy",
+                r.api
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// The log of region `r` so far.
+    pub(crate) fn log_of(&self, r: &Region) -> String {
+        std::fs::read_to_string(&r.log).unwrap_or_default()
+    }
+
     pub(crate) async fn wait_replicating(&mut self, client: &reqwest::Client, deadline: Instant) {
         loop {
             let mut lagging = Vec::new();
@@ -488,6 +542,46 @@ fn append_marker(log: &Path, marker: &str) {
     if let Ok(mut f) = OpenOptions::new().append(true).open(log) {
         let _ = writeln!(f, "{marker}");
     }
+}
+
+/// Starts `meridian run` for `region` with `config`, appending its output to `log`.
+fn start_child(
+    config: &Path,
+    region: &str,
+    log: &Path,
+    simulate_links: bool,
+) -> (Child, ChildStdin) {
+    let mut log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("opening the region's log file");
+    writeln!(log, "===== test: starting {region} =====").expect("writing the log file");
+    let mut command = Command::new(meridian());
+    command
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .arg("--region")
+        .arg(region)
+        .arg("--exit-with-stdin");
+    if simulate_links {
+        command.arg("--simulate-links");
+    }
+    let mut child = command
+        .env("MERIDIAN_LOG", "info")
+        .env("NO_COLOR", "1")
+        .env_remove("MERIDIAN_API_TOKEN")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::from(
+            log.try_clone().expect("duplicating the log file handle"),
+        ))
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting `meridian run`");
+    let stdin = child.stdin.take().expect("stdin is piped");
+    (child, stdin)
 }
 
 /// `GET /v1/status` of the region at `api`.
