@@ -35,7 +35,7 @@ use transport::{Mesh, MeshEvent};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::storage::{StorageError, Store};
+use crate::storage::{StorageError, Store, StoreLimits};
 
 /// Bound on queued client commands: beyond it HTTP handlers wait (backpressure).
 const COMMAND_QUEUE: usize = 4096;
@@ -555,7 +555,12 @@ pub async fn start(
     let names: Vec<&str> = registry.names().collect();
     config.check_resolvers(&names)?;
     config.check_tls(region)?;
-    let opened = Store::open(&me.data_dir, &config.cluster, region)?;
+    let store_limits = StoreLimits {
+        checkpoint_bytes: config.limits.checkpoint_bytes,
+        replay_chunk_bytes: config.limits.replay_chunk_bytes,
+        cache_bytes: config.limits.storage_cache_bytes,
+    };
+    let opened = Store::open_with(&me.data_dir, &config.cluster, region, store_limits)?;
     if opened.created {
         info!(region, replica = %opened.replica, dir = %me.data_dir.display(), "initialised a new data directory");
     }
@@ -580,9 +585,17 @@ pub async fn start(
         max_batch_bytes: (config.limits.max_frame_bytes / 2).max(64 * 1024),
         max_siblings: config.limits.max_siblings,
         conflict_log_capacity: config.limits.conflict_log_entries,
-        log_tail_entries: 65_536,
+        log_tail_bytes: config.limits.log_tail_bytes,
     };
-    let replica = Replica::new(opts, registry, opened.recovered)?;
+    let mut replica = Replica::new(opts, registry, opened.recovered)?;
+    let replayed = store.replay(|chunk| replica.replay(chunk))?;
+    if replayed > 0 {
+        info!(
+            region,
+            entries = replayed,
+            "replayed the log after the last checkpoint"
+        );
+    }
 
     let identity = transport::certs::load(&config.tls_dir, region)
         .map_err(|e| NodeError::Certs(e.to_string()))?;

@@ -3,7 +3,7 @@
 //! refused with an error that says what to do.
 
 use conflict::{Dot, Hlc, KeyState, Lww, ReplicaId, Seq, Value, VersionVector, Write};
-use leader::storage::{StorageError, Store};
+use leader::storage::{Opened, StorageError, Store, StoreLimits};
 use leader_core::{LogEntry, PersistBatch};
 
 fn write(replica: ReplicaId, seq: u64, value: &str) -> Write {
@@ -24,6 +24,13 @@ fn entry(replica: ReplicaId, seq: u64) -> LogEntry {
         key: format!("k{seq}").into_bytes(),
         write: write(replica, seq, "v"),
     }
+}
+
+/// Everything [`Store::replay`] hands over, chunks joined.
+fn replayed(opened: &Opened) -> Vec<LogEntry> {
+    let mut all = Vec::new();
+    opened.store.replay(|chunk| all.extend(chunk)).unwrap();
+    all
 }
 
 #[test]
@@ -73,7 +80,11 @@ fn a_restart_recovers_exactly_what_was_persisted() {
     let again = Store::open(dir.path(), "c1", "us-east").unwrap();
     assert!(!again.created);
     assert_eq!(again.replica, me, "the replica id is kept in the directory");
-    let rec = again.recovered;
+    assert!(
+        replayed(&again).is_empty(),
+        "a checkpoint leaves nothing to replay"
+    );
+    let rec = &again.recovered;
     assert_eq!(rec.own_seq, Seq(2));
     assert_eq!(rec.hlc_high, Hlc::new(1_700_000_000_500, 3));
     assert_eq!(rec.applied, applied);
@@ -86,10 +97,6 @@ fn a_restart_recovers_exactly_what_was_persisted() {
         Some("eu-west")
     );
     assert_eq!(rec.peer_acked.get("eu-west"), Some(&acked));
-    assert!(
-        rec.replay.is_empty(),
-        "a checkpoint leaves nothing to replay"
-    );
     // The log is read back per origin, in order, within the range asked for.
     let log = again
         .store
@@ -194,13 +201,13 @@ fn key_states_are_checkpointed_and_the_log_after_the_checkpoint_is_replayed() {
     drop(opened);
 
     let again = Store::open(dir.path(), "c1", "us-east").unwrap();
+    assert_eq!(replayed(&again), vec![entry(me, 1), entry(me, 2)]);
     let rec = again.recovered;
     assert!(rec.keys.is_empty(), "no checkpoint yet: {:?}", rec.keys);
-    assert_eq!(rec.replay, vec![entry(me, 1), entry(me, 2)]);
     assert_eq!(rec.own_seq, Seq(2));
 
     // After a restart the state machine's first batch is a checkpoint carrying the states it
-    // rebuilt by replaying (see `Replica::new`), so the log before it is never needed again.
+    // rebuilt by replaying (see `Replica::replay`), so the log before it is never needed again.
     let (mut b3, s3) = one_write(me, 3, true);
     b3.keys
         .insert(0, ("default".into(), b"k1".to_vec(), s1.clone()));
@@ -209,8 +216,8 @@ fn key_states_are_checkpointed_and_the_log_after_the_checkpoint_is_replayed() {
     again.store.persist(b3).unwrap();
     drop(again.store);
     let third = Store::open(dir.path(), "c1", "us-east").unwrap();
+    assert_eq!(replayed(&third), vec![]);
     let rec = third.recovered;
-    assert!(rec.replay.is_empty(), "{:?}", rec.replay);
     let key = |n: u64| ("default".to_owned(), format!("k{n}").into_bytes());
     assert_eq!(rec.keys.get(&key(1)), Some(&s1));
     assert_eq!(rec.keys.get(&key(2)), Some(&s2));
@@ -243,13 +250,91 @@ fn a_format_1_directory_is_upgraded_and_nothing_before_it_is_replayed() {
 
     let again = Store::open(dir.path(), "c1", "us-east").unwrap();
     let key = |n: u64| ("default".to_owned(), format!("k{n}").into_bytes());
-    assert!(again.recovered.replay.is_empty());
+    assert_eq!(replayed(&again), vec![]);
     assert_eq!(again.recovered.keys.get(&key(1)), Some(&s1));
     let (b2, _) = one_write(me, 2, false);
     again.store.persist(b2).unwrap();
     drop(again);
 
     let third = Store::open(dir.path(), "c1", "us-east").unwrap();
-    assert_eq!(third.recovered.replay, vec![entry(me, 2)]);
+    assert_eq!(replayed(&third), vec![entry(me, 2)]);
     assert_eq!(third.recovered.keys.get(&key(1)), Some(&s1));
+}
+
+/// A batch of one write `me:seq` of `value_bytes` bytes to key `k{key}`, not a checkpoint.
+fn big_write(me: ReplicaId, seq: u64, key: u64, value_bytes: usize) -> PersistBatch {
+    let mut e = entry(me, seq);
+    e.key = format!("k{key}").into_bytes();
+    e.write.value = Value::Bytes(vec![b'x'; value_bytes]);
+    let mut state = KeyState::default();
+    state.apply(&e.write, &Lww);
+    let mut applied = VersionVector::new();
+    applied.add_dot(&e.write.dot);
+    PersistBatch {
+        id: seq,
+        keys: vec![("default".into(), e.key.clone(), state)],
+        log: vec![e],
+        applied,
+        own_seq: Seq(seq),
+        hlc_high: Hlc::new(1_700_000_000_000 + seq, 0),
+        ..PersistBatch::default()
+    }
+}
+
+/// Issue 11, item 4: the checkpoint is due by bytes, not only by entry or key counts, and the
+/// replay is handed over in chunks bounded in bytes, never collected whole. Forty 256 KiB
+/// writes to one key (10 MiB) stayed far below the old triggers (65 536 entries, 4096 keys).
+#[test]
+fn checkpoints_and_replay_chunks_are_bounded_in_bytes() {
+    const VALUE: usize = 256 * 1024;
+    let limits = StoreLimits {
+        checkpoint_bytes: 4 * 1024 * 1024,
+        replay_chunk_bytes: 1024 * 1024,
+        cache_bytes: 4 * 1024 * 1024,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let opened = Store::open_with(dir.path(), "c1", "us-east", limits).unwrap();
+    let me = opened.replica;
+    for seq in 1..=40 {
+        opened.store.persist(big_write(me, seq, 1, VALUE)).unwrap();
+    }
+    drop(opened);
+    let again = Store::open_with(dir.path(), "c1", "us-east", limits).unwrap();
+    assert!(
+        again
+            .recovered
+            .keys
+            .contains_key(&("default".to_owned(), b"k1".to_vec())),
+        "a checkpoint was written by bytes"
+    );
+    let mut chunks = Vec::new();
+    let count = again
+        .store
+        .replay(|chunk| {
+            chunks.push((
+                chunk.len(),
+                chunk.iter().map(LogEntry::wire_size).sum::<usize>(),
+                chunk.first().map(|e| e.seq().0),
+            ))
+        })
+        .unwrap();
+    let bytes: usize = chunks.iter().map(|c| c.1).sum();
+    assert!(
+        bytes < limits.checkpoint_bytes + VALUE + 1024,
+        "the replay is at most one checkpoint interval: {bytes} bytes in {chunks:?}"
+    );
+    assert_eq!(count as usize, chunks.iter().map(|c| c.0).sum::<usize>());
+    assert!(
+        count > 0,
+        "the writes after the last checkpoint are replayed"
+    );
+    for (len, bytes, _) in &chunks {
+        assert!(
+            *bytes <= limits.replay_chunk_bytes,
+            "a chunk of {len} entries holds {bytes} bytes: {chunks:?}"
+        );
+    }
+    // Contiguous and in order, ending at the last write.
+    let first = chunks[0].2.unwrap();
+    assert_eq!(first + count - 1, 40, "{chunks:?}");
 }

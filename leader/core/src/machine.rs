@@ -73,8 +73,10 @@ pub struct Options {
     pub max_siblings: usize,
     /// Capacity of the in-memory conflict log (oldest entries are dropped first).
     pub conflict_log_capacity: usize,
-    /// Durable writes kept in memory per origin to stream without reading the disk log.
-    pub log_tail_entries: usize,
+    /// Bytes of durable writes (by [`LogEntry::wire_size`]) kept in memory per origin to
+    /// stream without reading the disk log; the oldest go first. A write larger than this is
+    /// never kept: it is streamed from the log.
+    pub log_tail_bytes: usize,
 }
 
 /// What a region recovered from its data directory on start.
@@ -92,11 +94,6 @@ pub struct Recovered {
     pub replicas: BTreeMap<ReplicaId, String>,
     /// Each peer's last acknowledged applied vector, per region.
     pub peer_acked: BTreeMap<String, VersionVector>,
-    /// Durable log entries that `keys` does not reflect yet (storage wrote the key states
-    /// back lazily), each origin's in sequence order: [`Replica::new`] applies them to `keys`.
-    /// Key states are a join-semilattice, so replaying them in any interleaving of origins
-    /// rebuilds exactly the states the region had.
-    pub replay: Vec<LogEntry>,
 }
 
 /// An input to the state machine.
@@ -253,7 +250,7 @@ pub struct PersistBatch {
     pub peer_acked: Vec<(String, VersionVector)>,
     /// The key states of this batch, and of every earlier one, must be durable once this
     /// batch is. Storage may otherwise keep key states back and rebuild them after a crash by
-    /// replaying the log ([`Recovered::replay`]); this batch logs a write that was *not*
+    /// replaying the log ([`Replica::replay`]); this batch logs a write that was *not*
     /// applied to its key (quarantined: unknown table or mismatched resolver), which a replay
     /// would wrongly apply.
     pub checkpoint: bool,
@@ -453,6 +450,33 @@ struct InFlight {
     applied: VersionVector,
 }
 
+/// The durable writes of one origin kept in memory for live streaming: a contiguous run.
+#[derive(Debug, Default)]
+struct Tail {
+    entries: VecDeque<LogEntry>,
+    /// Sum of the entries' [`LogEntry::wire_size`].
+    bytes: usize,
+}
+
+impl Tail {
+    /// Appends the next entry of the origin and drops the oldest ones beyond `max_bytes`
+    /// (the new one too, when it alone is larger: the run stays contiguous either way).
+    fn push(&mut self, entry: LogEntry, max_bytes: usize) {
+        self.bytes += entry.wire_size();
+        self.entries.push_back(entry);
+        while self.bytes > max_bytes {
+            let Some(old) = self.entries.pop_front() else {
+                break;
+            };
+            self.bytes -= old.wire_size();
+        }
+    }
+}
+
+/// Bound on `own_commits`: 16 bytes each, so 1 MiB. Past it the oldest commit times are
+/// dropped and a peer lagging further back shows the oldest time kept (an underestimate).
+const OWN_COMMITS_MAX: usize = 65_536;
+
 /// Minimum interval between two clock-skew alarms about one region.
 const SKEW_ALARM_INTERVAL_MS: u64 = 10_000;
 
@@ -470,8 +494,10 @@ pub struct Replica {
     keys: BTreeMap<(String, Vec<u8>), KeyState>,
     replicas: BTreeMap<ReplicaId, String>,
     peers: BTreeMap<String, Peer>,
-    tail: BTreeMap<ReplicaId, VecDeque<LogEntry>>,
-    /// When (mono ms) recent own writes became durable, for lag in milliseconds.
+    /// Recent durable writes per origin, within [`Options::log_tail_bytes`] each.
+    tail: BTreeMap<ReplicaId, Tail>,
+    /// When (mono ms) recent own writes became durable, for lag in milliseconds; at most
+    /// [`OWN_COMMITS_MAX`].
     own_commits: VecDeque<(Seq, u64)>,
     staged: Staged,
     in_flight: Option<InFlight>,
@@ -568,25 +594,6 @@ impl Replica {
                 )
             })
             .collect();
-        let mut keys = rec.keys;
-        // The replayed states exist only in memory: the first batch carries them and is a
-        // checkpoint, so storage never needs this part of the log to rebuild them again.
-        let mut staged = Staged {
-            checkpoint: !rec.replay.is_empty(),
-            ..Staged::default()
-        };
-        for e in &rec.replay {
-            // A write of a table no longer configured was quarantined when it arrived, and a
-            // batch holding a quarantined write is a checkpoint, so it is never replayed; this
-            // only skips writes whose table was removed from the configuration since.
-            if let Some(r) = resolvers.get(&e.table) {
-                let slot = (e.table.clone(), e.key.clone());
-                keys.entry(slot.clone())
-                    .or_default()
-                    .apply(&e.write, r.as_ref());
-                staged.keys.insert(slot);
-            }
-        }
         let mut replicas = rec.replicas;
         replicas.insert(opts.replica, opts.region.clone());
         let mut durable = rec.applied;
@@ -602,12 +609,12 @@ impl Replica {
             own_seq: rec.own_seq,
             received: durable.clone(),
             durable,
-            keys,
+            keys: rec.keys,
             replicas,
             peers,
             tail: BTreeMap::new(),
             own_commits: VecDeque::new(),
-            staged,
+            staged: Staged::default(),
             in_flight: None,
             next_persist_id: 1,
             conflicts: VecDeque::new(),
@@ -624,6 +631,33 @@ impl Replica {
             resolver_ids,
             opts,
         })
+    }
+
+    /// Applies durable log entries that the recovered key states do not reflect yet (storage
+    /// writes key states back lazily and rebuilds them after a crash from the log after its
+    /// last checkpoint). The driver calls it **before the first [`Replica::handle`]**, once
+    /// per chunk, so the replay never has to be held in memory at once; each origin's entries
+    /// come in sequence order. Key states are a join-semilattice, so any interleaving of
+    /// origins, and any chunking, rebuilds exactly the states the region had.
+    ///
+    /// The replayed states exist only in memory: the first batch carries them and is a
+    /// checkpoint, so storage never needs this part of the log to rebuild them again.
+    pub fn replay(&mut self, entries: impl IntoIterator<Item = LogEntry>) {
+        for e in entries {
+            // A write of a table no longer configured was quarantined when it arrived, and a
+            // batch holding a quarantined write is a checkpoint, so it is never replayed; this
+            // only skips writes whose table was removed from the configuration since.
+            let Some(r) = self.resolvers.get(&e.table) else {
+                continue;
+            };
+            let slot = (e.table, e.key);
+            self.keys
+                .entry(slot.clone())
+                .or_default()
+                .apply(&e.write, r.as_ref());
+            self.staged.keys.insert(slot);
+            self.staged.checkpoint = true;
+        }
     }
 
     /// Handles one event, pushing the effects to perform onto `out`.
@@ -925,16 +959,15 @@ impl Replica {
         self.check_waits(now, out);
         for entry in done.log {
             if entry.write.dot.replica == self.opts.replica {
-                if self.own_commits.len() == self.opts.log_tail_entries {
+                if self.own_commits.len() == OWN_COMMITS_MAX {
                     self.own_commits.pop_front();
                 }
                 self.own_commits.push_back((entry.seq(), now.mono_ms));
             }
-            let tail = self.tail.entry(entry.write.dot.replica).or_default();
-            if tail.len() == self.opts.log_tail_entries {
-                tail.pop_front();
-            }
-            tail.push_back(entry);
+            self.tail
+                .entry(entry.write.dot.replica)
+                .or_default()
+                .push(entry, self.opts.log_tail_bytes);
         }
         let names: Vec<String> = self.peers.keys().cloned().collect();
         for name in names {
@@ -1636,7 +1669,7 @@ impl Replica {
 
     /// Contiguous durable entries of `origin` from `from` held in memory, within `budget`.
     fn tail_run(&self, origin: ReplicaId, from: Seq, to: Seq, budget: usize) -> Vec<LogEntry> {
-        let Some(tail) = self.tail.get(&origin) else {
+        let Some(tail) = self.tail.get(&origin).map(|t| &t.entries) else {
             return Vec::new();
         };
         let Some(first) = tail.front().map(LogEntry::seq) else {

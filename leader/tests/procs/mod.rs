@@ -73,6 +73,9 @@ pub(crate) struct Cluster {
     config: PathBuf,
     /// Whether children run with `--simulate-links` (link control through the admin API).
     simulate_links: bool,
+    /// A cap on each child's data segment and private writable mappings (`RLIMIT_DATA`, set
+    /// by `prlimit`): its heap, whatever allocator it uses. Allocations beyond it fail.
+    data_limit_bytes: Option<u64>,
     // Kept last so the directory outlives the children during `Drop`.
     dir: TempDir,
 }
@@ -181,7 +184,21 @@ impl Cluster {
         Cluster::start_with(names, true)
     }
 
+    /// [`Cluster::start`], with every process (and every restart) capped at `bytes` of heap
+    /// (`RLIMIT_DATA`): a region that needs more fails an allocation and aborts.
+    pub(crate) fn start_with_data_limit(names: &[&str], bytes: u64) -> Cluster {
+        Cluster::start_with_options(names, false, Some(bytes))
+    }
+
     fn start_with(names: &[&str], simulate_links: bool) -> Cluster {
+        Cluster::start_with_options(names, simulate_links, None)
+    }
+
+    fn start_with_options(
+        names: &[&str],
+        simulate_links: bool,
+        data_limit_bytes: Option<u64>,
+    ) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("meridian-procs-")
             .tempdir()
@@ -219,6 +236,7 @@ impl Cluster {
             regions,
             config,
             simulate_links,
+            data_limit_bytes,
             dir,
         };
         for i in 0..names.len() {
@@ -238,7 +256,18 @@ impl Cluster {
             .open(&r.log)
             .expect("opening the region's log file");
         writeln!(log, "===== test: starting {} =====", r.name).expect("writing the log file");
-        let mut command = Command::new(meridian());
+        let mut command = match self.data_limit_bytes {
+            None => Command::new(meridian()),
+            Some(bytes) => {
+                // prlimit sets the limit and execs the binary: the child is meridian itself.
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--data={bytes}")).arg("--").arg(meridian());
+                // glibc's per-thread arenas each map 64 MiB; two keep the cap about the
+                // program's own memory rather than the allocator's spread over threads.
+                c.env("MALLOC_ARENA_MAX", "2");
+                c
+            }
+        };
         command
             .arg("run")
             .arg("--config")

@@ -125,7 +125,8 @@ impl Disk {
         Ok(())
     }
 
-    /// What a restart recovers.
+    /// What a restart recovers. This disk writes every batch's key states with it, so there
+    /// is no log to replay ([`leader_core::Replica::replay`]).
     pub fn recovered(&self) -> Recovered {
         Recovered {
             own_seq: self.own_seq,
@@ -134,8 +135,6 @@ impl Disk {
             keys: self.keys.clone(),
             replicas: self.replicas.clone(),
             peer_acked: self.peer_acked.clone(),
-            // This disk writes every batch's key states with it, so nothing is replayed.
-            replay: Vec::new(),
         }
     }
 

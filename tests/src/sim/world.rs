@@ -178,7 +178,7 @@ fn options(p: &Params, r: usize) -> Options {
         max_batch_bytes: k.max_batch_bytes,
         max_siblings: k.max_siblings,
         conflict_log_capacity: 64,
-        log_tail_entries: k.log_tail_entries,
+        log_tail_bytes: k.log_tail_bytes,
     }
 }
 
