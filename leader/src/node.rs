@@ -237,6 +237,10 @@ pub struct Status {
     pub resolver_mismatches: Vec<(String, String, Option<String>, Option<String>)>,
     /// The configured bound on clock offsets, ms.
     pub max_clock_offset_ms: u64,
+    /// Replicated writes logged here but not applied (quarantined), per table: the table is
+    /// unknown here, or its origin resolves it differently. Applied at a start whose
+    /// configuration accepts them (see docs/config.md, "Changing tables and resolvers").
+    pub held_back: BTreeMap<String, u64>,
 }
 
 /// Errors of starting or running a node. Each says what to do.
@@ -594,6 +598,24 @@ pub async fn start(
             region,
             entries = replayed,
             "replayed the log after the last checkpoint"
+        );
+    }
+    let release = replica.to_release();
+    if !release.is_empty() {
+        store.read_writes(&release, |chunk| replica.replay(chunk))?;
+        info!(
+            region,
+            writes = release.len(),
+            "applied the writes held back (quarantined) until this configuration: their table is now configured with a resolver their origin's writes accept"
+        );
+    }
+    let held: u64 = replica.held_back().values().sum();
+    if held > 0 {
+        warn!(
+            region,
+            writes = held,
+            tables = ?replica.held_back(),
+            "writes stay held back (quarantined): their table is not configured here, or their origin resolved it with a resolver this one does not accept; see docs/config.md"
         );
     }
 
@@ -1099,6 +1121,7 @@ impl Driver {
             matrix: self.replica.matrix(self.now()),
             skew_alarms: self.replica.skew_alarms(),
             resolver_mismatches: self.replica.resolver_mismatches(),
+            held_back: self.replica.held_back().clone(),
             max_clock_offset_ms: self.replica.options().max_clock_offset_ms,
         }
     }
@@ -1290,7 +1313,9 @@ impl Status {
                 "writes_relayed": c.writes_relayed,
                 "resyncs": c.resyncs,
                 "quarantined": c.quarantined,
+                "released": c.released,
             },
+            "held_back": self.held_back,
         })
     }
 }

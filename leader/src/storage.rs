@@ -31,8 +31,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use conflict::{Hlc, KeyState, ReplicaId, Seq, VersionVector};
-use leader_core::{LogEntry, PersistBatch, Recovered};
+use conflict::{Dot, Hlc, KeyState, ReplicaId, Seq, VersionVector};
+use leader_core::{LogEntry, PersistBatch, Quarantined, Recovered};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
@@ -41,11 +41,23 @@ const LOG: TableDefinition<'_, (u128, u64), &[u8]> = TableDefinition::new("log")
 const APPLIED: TableDefinition<'_, u128, u64> = TableDefinition::new("applied");
 const PEERS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("peers");
 const REPLICAS: TableDefinition<'_, u128, &str> = TableDefinition::new("replicas");
+/// Logged writes that were not applied (quarantined), by (origin, seq): postcard of
+/// [`QuarantineRecord`]. A record goes when a start applies the write.
+const QUARANTINE: TableDefinition<'_, (u128, u64), &[u8]> = TableDefinition::new("quarantine");
 
 /// Version of the on-disk layout; a directory written by a newer layout is refused.
 /// 2: key states are checkpointed (`keys_applied` in `meta`); a version-1 directory, whose key
 /// states are all current, is upgraded on open.
-const FORMAT_VERSION: u64 = 2;
+/// 3: quarantined writes are recorded (`quarantine`); an older directory is upgraded on open
+/// by finding the logged writes that their keys never applied.
+const FORMAT_VERSION: u64 = 3;
+
+/// What the `quarantine` table stores of a [`Quarantined`] write (its dot is the key).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct QuarantineRecord {
+    table: String,
+    origin_resolver: Option<String>,
+}
 /// A checkpoint is due once this many key states are kept back: bounds the memory they take
 /// and the size of one checkpoint commit.
 const CHECKPOINT_KEYS: usize = 4096;
@@ -383,15 +395,41 @@ impl Store {
             },
             None => None,
         };
+        let format = match open_read(&txn, META, dir)? {
+            Some(meta) => match meta.get("format").map_err(|e| engine(dir, e))? {
+                Some(v) => decode_u64(v.value(), dir)?,
+                None => 0,
+            },
+            None => 0,
+        };
         let replay_from = match keys_applied {
             Some(checkpoint) => checkpoint,
             // A version-1 directory: its key states are current. Record that before any batch
             // keeps states back, so a crash after it replays from here.
-            None => {
-                self.upgrade(&rec.applied)?;
-                rec.applied.clone()
-            }
+            None => rec.applied.clone(),
         };
+        if format < FORMAT_VERSION {
+            self.upgrade(&txn, &replay_from)?;
+        }
+        if let Some(quarantine) = open_read(
+            &self.db.begin_read().map_err(|e| engine(dir, e))?,
+            QUARANTINE,
+            dir,
+        )? {
+            for item in quarantine.iter().map_err(|e| engine(dir, e))? {
+                let (k, v) = item.map_err(|e| engine(dir, e))?;
+                let (origin, seq) = k.value();
+                let record: QuarantineRecord = decode(v.value(), "quarantine", dir)?;
+                rec.quarantined.push(Quarantined {
+                    dot: Dot {
+                        replica: ReplicaId(uuid::Uuid::from_u128(origin)),
+                        seq: Seq(seq),
+                    },
+                    table: record.table,
+                    origin_resolver: record.origin_resolver,
+                });
+            }
+        }
         if let Some(replicas) = open_read(&txn, REPLICAS, dir)? {
             for item in replicas.iter().map_err(|e| engine(dir, e))? {
                 let (k, v) = item.map_err(|e| engine(dir, e))?;
@@ -438,18 +476,89 @@ impl Store {
         Ok(count)
     }
 
-    /// Upgrades a version-1 directory: its key states are current as of `applied`.
-    fn upgrade(&self, applied: &VersionVector) -> Result<(), StorageError> {
+    /// Upgrades a directory of an older format, whose key table reflects `keys_applied` (for
+    /// format 1, everything applied). Formats before 3 kept no record of quarantined writes:
+    /// they are the logged writes up to `keys_applied` whose dot their key's context lacks
+    /// (applying a write joins its dot into the context for good, superseded or not), and
+    /// whose origin's resolver is unknown now. Reads the whole log once.
+    fn upgrade(
+        &self,
+        read: &redb::ReadTransaction,
+        keys_applied: &VersionVector,
+    ) -> Result<(), StorageError> {
         let dir = &self.dir;
+        let mut found = Vec::new();
+        if let (Some(log), keys) = (open_read(read, LOG, dir)?, open_read(read, KEYS, dir)?) {
+            for item in log.iter().map_err(|e| engine(dir, e))? {
+                let (_, v) = item.map_err(|e| engine(dir, e))?;
+                let entry: LogEntry = decode(v.value(), "log", dir)?;
+                if !keys_applied.covers(&entry.write.dot) {
+                    continue;
+                }
+                let state = match &keys {
+                    Some(keys) => keys
+                        .get((entry.table.as_str(), entry.key.as_slice()))
+                        .map_err(|e| engine(dir, e))?
+                        .map(|v| decode::<KeyState>(v.value(), "keys", dir))
+                        .transpose()?,
+                    None => None,
+                };
+                if !state.is_some_and(|s| s.context.covers(&entry.write.dot)) {
+                    found.push((entry.write.dot, entry.table));
+                }
+            }
+        }
         let txn = self.db.begin_write().map_err(|e| engine(dir, e))?;
         {
+            let mut quarantine = txn.open_table(QUARANTINE).map_err(|e| engine(dir, e))?;
+            for (dot, table) in found {
+                let record = QuarantineRecord {
+                    table,
+                    origin_resolver: None,
+                };
+                quarantine
+                    .insert(
+                        (dot.replica.0.as_u128(), dot.seq.0),
+                        encode(&record).as_slice(),
+                    )
+                    .map_err(|e| engine(dir, e))?;
+            }
             let mut meta = txn.open_table(META).map_err(|e| engine(dir, e))?;
-            meta.insert("keys_applied", applied.to_bytes().as_slice())
+            meta.insert("keys_applied", keys_applied.to_bytes().as_slice())
                 .map_err(|e| engine(dir, e))?;
             meta.insert("format", FORMAT_VERSION.to_le_bytes().as_slice())
                 .map_err(|e| engine(dir, e))?;
         }
         txn.commit().map_err(|e| engine(dir, e))
+    }
+
+    /// Hands the logged writes `dots` (each origin's in sequence order, as
+    /// [`leader_core::Replica::to_release`] lists them) to `apply`, in chunks of at most
+    /// [`StoreLimits::replay_chunk_bytes`]. A dot missing from the log is skipped.
+    pub fn read_writes(
+        &self,
+        dots: &[Dot],
+        mut apply: impl FnMut(Vec<LogEntry>),
+    ) -> Result<u64, StorageError> {
+        let dir = &self.dir;
+        let txn = self.db.begin_read().map_err(|e| engine(dir, e))?;
+        let Some(log) = open_read(&txn, LOG, dir)? else {
+            return Ok(0);
+        };
+        let mut chunk = Chunk::new(self.limits.replay_chunk_bytes);
+        let mut count = 0;
+        for dot in dots {
+            let Some(v) = log
+                .get((dot.replica.0.as_u128(), dot.seq.0))
+                .map_err(|e| engine(dir, e))?
+            else {
+                continue;
+            };
+            chunk.push(decode(v.value(), "log", dir)?, &mut apply);
+            count += 1;
+        }
+        chunk.finish(&mut apply);
+        Ok(count)
     }
 
     /// Writes one batch atomically and durably: returns after the fsync. Its key states are
@@ -502,6 +611,24 @@ impl Store {
             for (peer, vv) in &batch.peer_acked {
                 peers
                     .insert(peer.as_str(), vv.to_bytes().as_slice())
+                    .map_err(|e| engine(dir, e))?;
+            }
+            let mut quarantine = txn.open_table(QUARANTINE).map_err(|e| engine(dir, e))?;
+            for q in &batch.quarantined {
+                let record = QuarantineRecord {
+                    table: q.table.clone(),
+                    origin_resolver: q.origin_resolver.clone(),
+                };
+                quarantine
+                    .insert(
+                        (q.dot.replica.0.as_u128(), q.dot.seq.0),
+                        encode(&record).as_slice(),
+                    )
+                    .map_err(|e| engine(dir, e))?;
+            }
+            for dot in &batch.released {
+                quarantine
+                    .remove((dot.replica.0.as_u128(), dot.seq.0))
                     .map_err(|e| engine(dir, e))?;
             }
             let mut replicas = txn.open_table(REPLICAS).map_err(|e| engine(dir, e))?;

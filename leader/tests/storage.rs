@@ -2,9 +2,12 @@
 //! a restart recovers; a directory of another region or cluster, or one already open, is
 //! refused with an error that says what to do.
 
-use conflict::{Dot, Hlc, KeyState, Lww, ReplicaId, Seq, Value, VersionVector, Write};
+use conflict::{Dot, Hlc, KeyState, Lww, Registry, ReplicaId, Seq, Value, VersionVector, Write};
 use leader::storage::{Opened, StorageError, Store, StoreLimits};
-use leader_core::{LogEntry, PersistBatch};
+use leader_core::{
+    Batch, Effect, Event, Hello, LogEntry, Options, PROTOCOL_VERSION, PeerMsg, PersistBatch,
+    Quarantined, Replica, Time,
+};
 
 fn write(replica: ReplicaId, seq: u64, value: &str) -> Write {
     Write {
@@ -59,6 +62,8 @@ fn a_restart_recovers_exactly_what_was_persisted() {
     let batch = PersistBatch {
         id: 1,
         keys: vec![("default".into(), b"k1".to_vec(), state.clone())],
+        quarantined: Vec::new(),
+        released: Vec::new(),
         log: vec![
             entry(me, 1),
             entry(me, 2),
@@ -337,4 +342,197 @@ fn checkpoints_and_replay_chunks_are_bounded_in_bytes() {
     // Contiguous and in order, ending at the last write.
     let first = chunks[0].2.unwrap();
     assert_eq!(first + count - 1, 40, "{chunks:?}");
+}
+
+/// A state machine of region `us-east` (peer `eu-west`) with `tables`, rebuilt from `opened`
+/// as `leader::node` does: replay, then the quarantined writes this configuration accepts.
+fn machine(opened: &Opened, tables: &[(&str, &str)]) -> Replica {
+    let opts = Options {
+        cluster: "c1".into(),
+        region: "us-east".into(),
+        replica: opened.replica,
+        peers: vec!["eu-west".into()],
+        tables: tables
+            .iter()
+            .map(|(t, r)| ((*t).to_owned(), (*r).to_owned()))
+            .collect(),
+        max_clock_offset_ms: 500,
+        relay_delay_ms: 1000,
+        heartbeat_interval_ms: 500,
+        peer_window_bytes: 1 << 20,
+        max_batch_bytes: 1 << 16,
+        max_siblings: 8,
+        conflict_log_capacity: 10,
+        log_tail_bytes: 1 << 16,
+    };
+    let mut replica =
+        Replica::new(opts, &Registry::with_builtins(), opened.recovered.clone()).unwrap();
+    opened.store.replay(|c| replica.replay(c)).unwrap();
+    let release = replica.to_release();
+    opened
+        .store
+        .read_writes(&release, |c| replica.replay(c))
+        .unwrap();
+    replica
+}
+
+/// Hands `ev` to `replica` and performs its persists on `store` at once.
+fn drive(replica: &mut Replica, store: &Store, ev: Event) {
+    let now = Time {
+        wall_ms: 1_700_000_000_000,
+        mono_ms: 1,
+    };
+    let mut out = Vec::new();
+    replica.handle(now, ev, &mut out);
+    for effect in out {
+        if let Effect::Persist(batch) = effect {
+            let id = batch.id;
+            store.persist(batch).unwrap();
+            drive(replica, store, Event::Persisted { id });
+        }
+    }
+}
+
+/// Issue 11, item 6: a replicated write to a table this region does not know is logged and
+/// held back (quarantined); storage records it, and once the region restarts with the table
+/// configured, the write is applied from the log and the record released. Before, a
+/// quarantined write was never applied: the table stayed empty here for good.
+#[test]
+fn a_quarantined_write_is_applied_after_a_restart_with_its_table_added() {
+    let dir = tempfile::tempdir().unwrap();
+    let opened = Store::open(dir.path(), "c1", "us-east").unwrap();
+    let mut replica = machine(&opened, &[("default", "lww")]);
+    let peer = ReplicaId::from_u128(7);
+    let conn = 1;
+    drive(
+        &mut replica,
+        &opened.store,
+        Event::PeerUp {
+            peer: "eu-west".into(),
+            conn,
+        },
+    );
+    let hello = Hello {
+        protocol: PROTOCOL_VERSION,
+        cluster: "c1".into(),
+        region: "eu-west".into(),
+        replica: peer,
+        applied: VersionVector::new(),
+        resolvers: vec![
+            ("carts".into(), "lww@1".into()),
+            ("default".into(), "lww@1".into()),
+        ],
+        replicas: Vec::new(),
+    };
+    let frame = |msg| Event::Frame {
+        peer: "eu-west".into(),
+        conn,
+        msg,
+    };
+    drive(&mut replica, &opened.store, frame(PeerMsg::Hello(hello)));
+    let mut cart = entry(peer, 1);
+    cart.table = "carts".into();
+    cart.key = b"cart-1".to_vec();
+    let batch = Batch {
+        origin: peer,
+        origin_region: "eu-west".into(),
+        entries: vec![cart, entry(peer, 2)],
+    };
+    drive(&mut replica, &opened.store, frame(PeerMsg::Batch(batch)));
+    assert_eq!(replica.counters().quarantined, 1);
+    assert_eq!(replica.held_back().get("carts"), Some(&1));
+    assert_eq!(replica.applied().get(peer), Seq(2), "logged, gap-free");
+    assert!(replica.get("default", b"k2").is_some());
+    drop(replica);
+    drop(opened);
+
+    // Restarted with the same configuration: still held back, still recorded.
+    let again = Store::open(dir.path(), "c1", "us-east").unwrap();
+    assert_eq!(again.recovered.quarantined.len(), 1);
+    assert_eq!(
+        again.recovered.quarantined[0].origin_resolver.as_deref(),
+        Some("lww@1"),
+        "the record names the resolver the origin used"
+    );
+    let replica = machine(&again, &[("default", "lww")]);
+    assert!(replica.to_release().is_empty());
+    assert_eq!(replica.held_back().get("carts"), Some(&1));
+    drop(replica);
+    drop(again);
+
+    // With a resolver the origin's writes do not accept, it stays held back too.
+    let third = Store::open(dir.path(), "c1", "us-east").unwrap();
+    let replica = machine(&third, &[("default", "lww"), ("carts", "multi-value")]);
+    assert!(replica.get("carts", b"cart-1").is_none());
+    assert_eq!(replica.held_back().get("carts"), Some(&1));
+    drop(replica);
+    drop(third);
+
+    // With the table added as its origin has it: applied, and the record goes with the first
+    // batch (a checkpoint).
+    let fourth = Store::open(dir.path(), "c1", "us-east").unwrap();
+    let mut replica = machine(&fourth, &[("default", "lww"), ("carts", "lww")]);
+    let state = replica
+        .get("carts", b"cart-1")
+        .expect("the held-back write is applied");
+    assert_eq!(state.siblings.len(), 1);
+    assert_eq!(replica.counters().released, 1);
+    assert!(replica.held_back().is_empty());
+    drive(&mut replica, &fourth.store, Event::Tick);
+    drop(replica);
+    drop(fourth);
+    let fifth = Store::open(dir.path(), "c1", "us-east").unwrap();
+    assert!(fifth.recovered.quarantined.is_empty(), "released for good");
+    assert!(
+        fifth
+            .recovered
+            .keys
+            .contains_key(&("carts".to_owned(), b"cart-1".to_vec())),
+        "and checkpointed"
+    );
+}
+
+/// A directory of format 2 kept no quarantine records: the upgrade finds the logged writes
+/// their keys never applied (dot missing from the key's context) and records them, origin
+/// resolver unknown.
+#[test]
+fn a_format_2_directory_is_upgraded_with_its_quarantined_writes_recorded() {
+    const META: redb::TableDefinition<'_, &str, &[u8]> = redb::TableDefinition::new("meta");
+    let dir = tempfile::tempdir().unwrap();
+    let opened = Store::open(dir.path(), "c1", "us-east").unwrap();
+    let me = opened.replica;
+    let (mut b1, _) = one_write(me, 1, false);
+    let mut held = entry(me, 2);
+    held.table = "carts".into();
+    b1.log.push(held);
+    b1.applied.add_dot(&Dot {
+        replica: me,
+        seq: Seq(2),
+    });
+    b1.own_seq = Seq(2);
+    b1.checkpoint = true;
+    opened.store.persist(b1).unwrap();
+    drop(opened);
+    {
+        let db = redb::Database::create(dir.path().join("meridian.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut meta = txn.open_table(META).unwrap();
+            meta.insert("format", 2u64.to_le_bytes().as_slice())
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let again = Store::open(dir.path(), "c1", "us-east").unwrap();
+    assert_eq!(
+        again.recovered.quarantined,
+        vec![Quarantined {
+            dot: Dot {
+                replica: me,
+                seq: Seq(2)
+            },
+            table: "carts".into(),
+            origin_resolver: None,
+        }]
+    );
 }

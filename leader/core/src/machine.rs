@@ -94,6 +94,43 @@ pub struct Recovered {
     pub replicas: BTreeMap<ReplicaId, String>,
     /// Each peer's last acknowledged applied vector, per region.
     pub peer_acked: BTreeMap<String, VersionVector>,
+    /// Logged writes that were not applied (quarantined) and not released since. Those that
+    /// this region's configuration now accepts are applied at start: see
+    /// [`Replica::to_release`].
+    pub quarantined: Vec<Quarantined>,
+}
+
+/// A replicated write that was logged but not applied here, because its table was unknown or
+/// its origin resolved the table differently. Storage keeps the record until the write is
+/// applied (released) by a start whose configuration accepts it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Quarantined {
+    /// The write.
+    pub dot: Dot,
+    /// Its table.
+    pub table: String,
+    /// The resolver id (`name@version`) its origin region used for the table, as this region
+    /// knew it when the write arrived; `None` when it did not know.
+    pub origin_resolver: Option<String>,
+}
+
+/// Whether a write made under resolver `theirs` may be applied with resolver `ours` (both
+/// `name@version`): the same resolver, or a newer version of it. A version changes what
+/// `resolve` answers, never what a key stores (siblings and context), so a write made under an
+/// older version becomes exactly the key state its origin will have once it upgrades too;
+/// a resolver of another name may prune differently and is never mixed.
+pub fn resolver_accepts(ours: &str, theirs: &str) -> bool {
+    if ours == theirs {
+        return true;
+    }
+    let split = |id: &str| {
+        id.rsplit_once('@')
+            .and_then(|(n, v)| Some((n.to_owned(), v.parse::<u32>().ok()?)))
+    };
+    match (split(ours), split(theirs)) {
+        (Some((on, ov)), Some((tn, tv))) => on == tn && tv < ov,
+        _ => false,
+    }
 }
 
 /// An input to the state machine.
@@ -254,6 +291,11 @@ pub struct PersistBatch {
     /// applied to its key (quarantined: unknown table or mismatched resolver), which a replay
     /// would wrongly apply.
     pub checkpoint: bool,
+    /// Writes of this batch's log that were not applied: storage records them so a later
+    /// start can apply them once the configuration accepts them.
+    pub quarantined: Vec<Quarantined>,
+    /// Quarantined writes applied since the last batch (at start): their records go.
+    pub released: Vec<Dot>,
 }
 
 /// What a client learns when its write is durable here.
@@ -439,6 +481,8 @@ struct Staged {
     replicas: Vec<(ReplicaId, String)>,
     /// A staged log entry was quarantined: see [`PersistBatch::checkpoint`].
     checkpoint: bool,
+    quarantined: Vec<Quarantined>,
+    released: Vec<Dot>,
 }
 
 /// A persistence step in flight.
@@ -515,6 +559,10 @@ pub struct Replica {
     mismatch_alarmed: BTreeSet<(String, String)>,
     /// Per region whose stamps ran too far ahead: (largest lead ms, when last alarmed, mono).
     skew_alarms: BTreeMap<String, (u64, u64)>,
+    /// Quarantined writes this configuration accepts, to apply at start ([`Replica::replay`]).
+    release: BTreeSet<Dot>,
+    /// Writes held back (quarantined and not released), per table.
+    held_back: BTreeMap<String, u64>,
     /// Test-only negative control (see [`Replica::unsafe_stamp_with_wall_clock`]).
     wall_clock_stamps: bool,
     /// Monotonic time of the last event handled (every `handle` ends with `on_tick`).
@@ -545,6 +593,8 @@ pub struct Counters {
     /// Replicated writes logged but not applied: their table is unknown here or resolved
     /// differently by their origin.
     pub quarantined: u64,
+    /// Quarantined writes applied at a start whose configuration accepts them.
+    pub released: u64,
 }
 
 /// Why a [`Replica`] could not be built.
@@ -594,6 +644,21 @@ impl Replica {
                 )
             })
             .collect();
+        let mut release = BTreeSet::new();
+        let mut held_back: BTreeMap<String, u64> = BTreeMap::new();
+        for q in rec.quarantined {
+            let ours = resolver_ids.iter().find(|(t, _)| *t == q.table);
+            let accepted = ours.is_some_and(|(_, ours)| {
+                q.origin_resolver
+                    .as_deref()
+                    .is_none_or(|theirs| resolver_accepts(ours, theirs))
+            });
+            if accepted {
+                release.insert(q.dot);
+            } else {
+                *held_back.entry(q.table).or_default() += 1;
+            }
+        }
         let mut replicas = rec.replicas;
         replicas.insert(opts.replica, opts.region.clone());
         let mut durable = rec.applied;
@@ -625,6 +690,8 @@ impl Replica {
             region_resolvers: BTreeMap::new(),
             mismatch_alarmed: BTreeSet::new(),
             skew_alarms: BTreeMap::new(),
+            release,
+            held_back,
             wall_clock_stamps: false,
             last_event_ms: 0,
             resolvers,
@@ -642,8 +709,16 @@ impl Replica {
     ///
     /// The replayed states exist only in memory: the first batch carries them and is a
     /// checkpoint, so storage never needs this part of the log to rebuild them again.
+    ///
+    /// The driver then hands over, the same way, the quarantined writes that this
+    /// configuration accepts ([`Replica::to_release`]): they are applied, and the first batch
+    /// (a checkpoint) releases their records.
     pub fn replay(&mut self, entries: impl IntoIterator<Item = LogEntry>) {
         for e in entries {
+            if self.release.remove(&e.write.dot) {
+                self.staged.released.push(e.write.dot);
+                self.counters.released += 1;
+            }
             // A write of a table no longer configured was quarantined when it arrived, and a
             // batch holding a quarantined write is a checkpoint, so it is never replayed; this
             // only skips writes whose table was removed from the configuration since.
@@ -658,6 +733,23 @@ impl Replica {
             self.staged.keys.insert(slot);
             self.staged.checkpoint = true;
         }
+    }
+
+    /// The quarantined writes ([`Recovered::quarantined`]) that this configuration accepts,
+    /// each origin's in sequence order: their table is configured here, and with the resolver
+    /// their origin used, or a newer version of it ([`resolver_accepts`]), or their origin's
+    /// resolver was not known. The driver reads them from the log and hands them to
+    /// [`Replica::replay`] before the first event. This is how adding a table, or upgrading a
+    /// resolver, region by region converges: what a region held back while its configuration
+    /// lagged is applied when it starts with the new one.
+    pub fn to_release(&self) -> Vec<Dot> {
+        self.release.iter().copied().collect()
+    }
+
+    /// Writes held back here (logged, not applied) per table: quarantined since this start,
+    /// or earlier and still not accepted by this configuration.
+    pub fn held_back(&self) -> &BTreeMap<String, u64> {
+        &self.held_back
     }
 
     /// Handles one event, pushing the effects to perform onto `out`.
@@ -905,7 +997,11 @@ impl Replica {
             })
             .collect();
         let staged = std::mem::take(&mut self.staged);
-        if staged.keys.is_empty() && staged.log.is_empty() && dirty_peers.is_empty() {
+        if staged.keys.is_empty()
+            && staged.log.is_empty()
+            && staged.released.is_empty()
+            && dirty_peers.is_empty()
+        {
             self.staged = staged;
             return;
         }
@@ -930,6 +1026,8 @@ impl Replica {
             replicas: staged.replicas,
             peer_acked: dirty_peers,
             checkpoint: staged.checkpoint,
+            quarantined: staged.quarantined,
+            released: staged.released,
         };
         self.in_flight = Some(InFlight {
             id,
@@ -1326,15 +1424,13 @@ impl Replica {
                 // Applying it with a different resolver would silently diverge the table. It
                 // stays in the log (nothing is lost, and it is relayed to regions that agree)
                 // and is counted, while the alarm tells the operator which resolvers differ.
-                self.counters.quarantined += 1;
-                self.staged.checkpoint = true;
+                self.quarantine(origin_region, &e);
             }
             Some(r) => {
                 self.apply(now, &e.table, &e.key, &e.write, r.as_ref());
             }
             None => {
-                self.counters.quarantined += 1;
-                self.staged.checkpoint = true;
+                self.quarantine(origin_region, &e);
                 out.push(Effect::Alarm(Alarm::UnknownTable {
                     table: e.table.clone(),
                     origin: origin_region.to_owned(),
@@ -1364,17 +1460,45 @@ impl Replica {
         }
     }
 
-    /// Whether `region` resolves `table` differently from us (as far as we know).
+    /// Logs a write without applying it, and records what its origin resolved the table with,
+    /// so that a start whose configuration accepts it applies it ([`Replica::to_release`]).
+    fn quarantine(&mut self, origin_region: &str, e: &LogEntry) {
+        self.counters.quarantined += 1;
+        *self.held_back.entry(e.table.clone()).or_default() += 1;
+        self.staged.checkpoint = true;
+        let origin_resolver = self
+            .region_resolvers
+            .get(origin_region)
+            .and_then(|theirs| theirs.get(&e.table))
+            .cloned();
+        self.staged.quarantined.push(Quarantined {
+            dot: e.write.dot,
+            table: e.table.clone(),
+            origin_resolver,
+        });
+    }
+
+    /// Whether writes of `region` to `table` must not be applied here: as far as we know, it
+    /// resolves the table with another resolver, or with a newer version of ours. Writes made
+    /// under an older version of our resolver are applied ([`resolver_accepts`]), so a region
+    /// that upgrades first takes the others' writes during a rolling upgrade. When we do not
+    /// know the origin's resolver for the table (no hello or row yet, or a row older than the
+    /// origin's configuration, which cannot name a table the origin writes) the write is
+    /// applied, as a release at start would apply it.
     fn mismatched(&self, region: &str, table: &str) -> bool {
-        let Some(theirs) = self.region_resolvers.get(region) else {
-            return false;
-        };
         let ours = self
             .resolver_ids
             .iter()
             .find(|(t, _)| t == table)
             .map(|(_, r)| r);
-        theirs.get(table) != ours
+        let theirs = self
+            .region_resolvers
+            .get(region)
+            .and_then(|theirs| theirs.get(table));
+        match (ours, theirs) {
+            (Some(ours), Some(theirs)) => !resolver_accepts(ours, theirs),
+            _ => false,
+        }
     }
 
     fn on_ack(&mut self, now: Time, name: &str, a: Ack, out: &mut Vec<Effect>) {

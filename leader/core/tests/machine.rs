@@ -1034,3 +1034,20 @@ fn a_value_the_tables_resolver_cannot_read_is_refused_before_anything_is_written
     );
     assert!(replica.get("counters", b"k").is_none());
 }
+
+/// Issue 11, item 6: which resolver's writes a region applies. The same resolver, or an older
+/// version of it (a version changes what `resolve` answers, not what a key stores); never a
+/// newer version (the region must upgrade first) nor another resolver (it may prune
+/// differently).
+#[test]
+fn a_resolver_accepts_its_own_and_older_versions_only() {
+    use leader_core::resolver_accepts;
+    assert!(resolver_accepts("lww@1", "lww@1"));
+    assert!(resolver_accepts("counter@2", "counter@1"));
+    assert!(!resolver_accepts("counter@1", "counter@2"));
+    assert!(!resolver_accepts("lww@1", "multi-value@1"));
+    assert!(!resolver_accepts("multi-value@2", "lww@1"));
+    assert!(!resolver_accepts("lww@2", "lww"), "an id without a version");
+    assert!(!resolver_accepts("my@res@2", "my@res@x"));
+    assert!(resolver_accepts("my@res@2", "my@res@1"));
+}
