@@ -26,6 +26,15 @@
 //! the log is appended; measured, a commit of ~26 writes wrote ~187 KB. A checkpoint rewrites
 //! a dirty leaf once for all the writes that touched it since the last one.
 
+//!
+//! # Quarantined writes are recorded
+//! A replicated write the state machine logged without applying (its table unknown here, or
+//! resolved differently by its origin) is recorded in the `quarantine` table, with the resolver
+//! its origin used, by the batch that logs it ([`PersistBatch::quarantined`]). A start hands
+//! the records to the state machine ([`Recovered::quarantined`]), which picks those its
+//! configuration accepts; [`Store::read_writes`] reads them from the log for it, and the batch
+//! that carries their applied key states deletes the records ([`PersistBatch::released`]).
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
