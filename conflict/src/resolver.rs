@@ -86,7 +86,10 @@ pub trait Resolver: Send + Sync + 'static {
     /// [`crate::limits::MAX_RESOLVER_NAME_BYTES`] characters from `[a-z0-9_-]`.
     fn name(&self) -> &str;
 
-    /// The version of the resolver's semantics; see [`ResolverId`].
+    /// The version of the resolver's semantics; see [`ResolverId`]. A new version may change
+    /// what `resolve` answers, never `prunes_losers`: during a rolling upgrade a region applies
+    /// writes made under an older version of its resolver (the key state they make is the
+    /// same), so a change of what a key keeps needs a new name.
     fn version(&self) -> u32;
 
     /// Whether the merge is a join-semilattice over values: the answer depends only on the set

@@ -161,6 +161,20 @@ pub struct Limits {
     pub peer_window_bytes: usize,
     /// Entries kept in the in-memory conflict log (default 10 000); the oldest go first.
     pub conflict_log_entries: usize,
+    /// Bytes of recent durable writes kept in memory per origin region, so live peers are
+    /// streamed from memory rather than from the disk log (default 16 MiB; 0 keeps none).
+    pub log_tail_bytes: usize,
+    /// A checkpoint (key states written to the key table) is due once the log written since
+    /// the last one, or the key states kept back for it, reach this many bytes (default
+    /// 64 MiB). Bounds the memory kept-back states take and the log a restart replays.
+    pub checkpoint_bytes: usize,
+    /// A restart replays the log after the last checkpoint in chunks of at most this many
+    /// bytes (default 8 MiB; one write always fits, so at least `max_key_bytes +
+    /// max_value_bytes`).
+    pub replay_chunk_bytes: usize,
+    /// Memory the storage engine (redb) may use to cache pages it read and buffer pages it
+    /// writes (default 64 MiB).
+    pub storage_cache_bytes: usize,
 }
 
 impl Default for Limits {
@@ -173,6 +187,10 @@ impl Default for Limits {
             max_request_body_bytes: 4 * 1024 * 1024,
             peer_window_bytes: 16 * 1024 * 1024,
             conflict_log_entries: 10_000,
+            log_tail_bytes: 16 * 1024 * 1024,
+            checkpoint_bytes: 64 * 1024 * 1024,
+            replay_chunk_bytes: 8 * 1024 * 1024,
+            storage_cache_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -842,6 +860,20 @@ fn check_limits(l: &Limits) -> Result<(), Problem> {
             ),
             bound("peer_window_bytes", l.peer_window_bytes, 1, 1024 * MIB),
             bound("conflict_log_entries", l.conflict_log_entries, 1, 1_000_000),
+            bound("log_tail_bytes", l.log_tail_bytes, 0, 1024 * MIB),
+            bound("checkpoint_bytes", l.checkpoint_bytes, MIB, 16 * 1024 * MIB),
+            bound(
+                "replay_chunk_bytes",
+                l.replay_chunk_bytes,
+                64 * 1024,
+                1024 * MIB,
+            ),
+            bound(
+                "storage_cache_bytes",
+                l.storage_cache_bytes,
+                MIB,
+                64 * 1024 * MIB,
+            ),
         ],
     )?;
     let limits = KeyPath::of("limits");
@@ -879,6 +911,19 @@ fn check_limits(l: &Limits) -> Result<(), Problem> {
             ),
             "raise peer_window_bytes to at least max_frame_bytes, or the largest frame could \
              never be sent"
+                .to_owned(),
+        ));
+    }
+    if l.replay_chunk_bytes < l.max_key_bytes + l.max_value_bytes {
+        return Err(Problem::invalid(
+            limits.key("replay_chunk_bytes"),
+            format!(
+                "{} is less than max_key_bytes + max_value_bytes ({})",
+                l.replay_chunk_bytes,
+                l.max_key_bytes + l.max_value_bytes
+            ),
+            "raise replay_chunk_bytes (8 MiB suits a 1 MiB value) or lower max_value_bytes: a \
+             restart replays the log in chunks and the largest write must fit one"
                 .to_owned(),
         ));
     }

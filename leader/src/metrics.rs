@@ -184,6 +184,22 @@ impl Metrics {
         );
         counter(
             &mut reg,
+            "released_writes",
+            "Quarantined writes applied at a start whose configuration accepts them",
+            c.released,
+        );
+        let held: Family<Vec<(String, String)>, Gauge> = Family::default();
+        for (table, n) in &status.held_back {
+            let labels = vec![region[0].clone(), ("table".to_owned(), table.clone())];
+            held.get_or_create(&labels).set(*n as i64);
+        }
+        reg.register(
+            "held_back_writes",
+            "Quarantined writes not applied yet, per table",
+            held,
+        );
+        counter(
+            &mut reg,
             "persisted_log_entries",
             "Log entries written",
             self.persisted_log_entries.load(Ordering::Relaxed),

@@ -35,7 +35,7 @@ use transport::{Mesh, MeshEvent};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::storage::{StorageError, Store};
+use crate::storage::{StorageError, Store, StoreLimits};
 
 /// Bound on queued client commands: beyond it HTTP handlers wait (backpressure).
 const COMMAND_QUEUE: usize = 4096;
@@ -240,11 +240,28 @@ pub struct Status {
     /// Regions two live processes claim, as seen in the last
     /// [`SPLIT_BRAIN_SHOWN_FOR`]: (region, live replica, refused replica, ms since last seen).
     pub split_brain: Vec<(String, String, String, u64)>,
+    /// Replicated writes logged here but not applied (quarantined), per table: the table is
+    /// unknown here, or its origin resolves it differently. Applied at a start whose
+    /// configuration accepts them (see docs/config.md, "Changing tables and resolvers").
+    pub held_back: BTreeMap<String, u64>,
 }
 
 /// A peer region counts as dead, and a new process for it is let in, once no frame has come
-/// from the current one for this many heartbeat intervals.
+/// from the current one for this many heartbeat intervals…
 const SPLIT_BRAIN_LIVENESS_HEARTBEATS: u64 = 4;
+/// …but never less than this: a live process on a loaded machine can miss a few heartbeats,
+/// and letting an impostor in on such a pause is worse than a restart waiting a second.
+const SPLIT_BRAIN_LIVENESS_MIN: Duration = Duration::from_secs(1);
+
+/// How long a peer's current process must be silent before a new one may take its place:
+/// 4 heartbeats, at least 1 s, at most the idle timeout (by then the connection is gone).
+fn split_brain_liveness(t: &crate::config::Timeouts) -> Duration {
+    let beats = Duration::from_millis(
+        t.heartbeat_interval_ms
+            .saturating_mul(SPLIT_BRAIN_LIVENESS_HEARTBEATS),
+    );
+    beats.max(SPLIT_BRAIN_LIVENESS_MIN).min(t.idle_timeout())
+}
 
 /// How long a split brain stays in `/v1/status` after it was last seen (the refused process
 /// redials about once a second while it lives, and each refusal renews it).
@@ -566,7 +583,12 @@ pub async fn start(
     let names: Vec<&str> = registry.names().collect();
     config.check_resolvers(&names)?;
     config.check_tls(region)?;
-    let opened = Store::open(&me.data_dir, &config.cluster, region)?;
+    let store_limits = StoreLimits {
+        checkpoint_bytes: config.limits.checkpoint_bytes,
+        replay_chunk_bytes: config.limits.replay_chunk_bytes,
+        cache_bytes: config.limits.storage_cache_bytes,
+    };
+    let opened = Store::open_with(&me.data_dir, &config.cluster, region, store_limits)?;
     if opened.created {
         info!(region, replica = %opened.replica, dir = %me.data_dir.display(), "initialised a new data directory");
     }
@@ -591,9 +613,35 @@ pub async fn start(
         max_batch_bytes: (config.limits.max_frame_bytes / 2).max(64 * 1024),
         max_siblings: config.limits.max_siblings,
         conflict_log_capacity: config.limits.conflict_log_entries,
-        log_tail_entries: 65_536,
+        log_tail_bytes: config.limits.log_tail_bytes,
     };
-    let replica = Replica::new(opts, registry, opened.recovered)?;
+    let mut replica = Replica::new(opts, registry, opened.recovered)?;
+    let replayed = store.replay(|chunk| replica.replay(chunk))?;
+    if replayed > 0 {
+        info!(
+            region,
+            entries = replayed,
+            "replayed the log after the last checkpoint"
+        );
+    }
+    let release = replica.to_release();
+    if !release.is_empty() {
+        store.read_writes(&release, |chunk| replica.replay(chunk))?;
+        info!(
+            region,
+            writes = release.len(),
+            "applied the writes held back (quarantined) until this configuration: their table is now configured with a resolver their origin's writes accept"
+        );
+    }
+    let held: u64 = replica.held_back().values().sum();
+    if held > 0 {
+        warn!(
+            region,
+            writes = held,
+            tables = ?replica.held_back(),
+            "writes stay held back (quarantined): their table is not configured here, or their origin resolved it with a resolver this one does not accept; see docs/config.md"
+        );
+    }
 
     let identity = transport::certs::load(&config.tls_dir, region)
         .map_err(|e| NodeError::Certs(e.to_string()))?;
@@ -624,10 +672,7 @@ pub async fn start(
     // Split-brain fencing: a second live process claiming a peer region is refused while the
     // first one's heartbeats keep arriving (see docs/design.md, "Refinements").
     mesh_config.instance = format!("{:#}", opened.replica);
-    mesh_config.peer_liveness = Some(Duration::from_millis(
-        t.heartbeat_interval_ms
-            .saturating_mul(SPLIT_BRAIN_LIVENESS_HEARTBEATS),
-    ));
+    mesh_config.peer_liveness = Some(split_brain_liveness(t));
     let bind_err = |source| {
         NodeError::Transport(format!(
             "cannot bind the peer address {}: {source}; is another process using the port?",
@@ -1103,6 +1148,7 @@ impl Driver {
             matrix: self.replica.matrix(self.now()),
             skew_alarms: self.replica.skew_alarms(),
             resolver_mismatches: self.replica.resolver_mismatches(),
+            held_back: self.replica.held_back().clone(),
             max_clock_offset_ms: self.replica.options().max_clock_offset_ms,
             split_brain: self
                 .split_brain
@@ -1346,7 +1392,9 @@ impl Status {
                 "log_read_failures": c.log_read_failures,
                 "causality_violations": c.causality_violations,
                 "context_overflows": c.context_overflows,
+                "released": c.released,
             },
+            "held_back": self.held_back,
         })
     }
 }

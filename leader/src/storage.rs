@@ -15,21 +15,33 @@
 //! states of the batch are kept back in memory and written at the next *checkpoint* (a commit
 //! that writes every kept-back state and records, as `keys_applied`, the applied vector they
 //! reflect): when [`CHECKPOINT_KEYS`] states or [`CHECKPOINT_ENTRIES`] log entries have
-//! accumulated, or when the batch asks for one ([`PersistBatch::checkpoint`]). A write is
-//! durable once its log entry is: recovery loads the checkpointed states and hands the log
-//! entries after `keys_applied` to the state machine to replay ([`Recovered::replay`]).
+//! accumulated, or when either the log written since the last checkpoint or the states kept
+//! back reach [`StoreLimits::checkpoint_bytes`], or when the batch asks for one
+//! ([`PersistBatch::checkpoint`]). A write is durable once its log entry is: recovery loads the
+//! checkpointed states, and [`Store::replay`] hands the log entries after `keys_applied` to the
+//! state machine in chunks of at most [`StoreLimits::replay_chunk_bytes`]
+//! ([`leader_core::Replica::replay`]), so a restart never holds the whole replay in memory.
 //! Why: a key state lives in a random leaf page of the key table, so writing each batch's
 //! states dirtied about one 4 KiB page per write (plus the branch pages above them), while
 //! the log is appended; measured, a commit of ~26 writes wrote ~187 KB. A checkpoint rewrites
 //! a dirty leaf once for all the writes that touched it since the last one.
+
+//!
+//! # Quarantined writes are recorded
+//! A replicated write the state machine logged without applying (its table unknown here, or
+//! resolved differently by its origin) is recorded in the `quarantine` table, with the resolver
+//! its origin used, by the batch that logs it ([`PersistBatch::quarantined`]). A start hands
+//! the records to the state machine ([`Recovered::quarantined`]), which picks those its
+//! configuration accepts; [`Store::read_writes`] reads them from the log for it, and the batch
+//! that carries their applied key states deletes the records ([`PersistBatch::released`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use conflict::{Hlc, KeyState, ReplicaId, Seq, VersionVector};
-use leader_core::{LogEntry, PersistBatch, Recovered};
+use conflict::{Dot, Hlc, KeyState, ReplicaId, Seq, VersionVector};
+use leader_core::{LogEntry, PersistBatch, Quarantined, Recovered};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
@@ -38,11 +50,23 @@ const LOG: TableDefinition<'_, (u128, u64), &[u8]> = TableDefinition::new("log")
 const APPLIED: TableDefinition<'_, u128, u64> = TableDefinition::new("applied");
 const PEERS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("peers");
 const REPLICAS: TableDefinition<'_, u128, &str> = TableDefinition::new("replicas");
+/// Logged writes that were not applied (quarantined), by (origin, seq): postcard of
+/// [`QuarantineRecord`]. A record goes when a start applies the write.
+const QUARANTINE: TableDefinition<'_, (u128, u64), &[u8]> = TableDefinition::new("quarantine");
 
 /// Version of the on-disk layout; a directory written by a newer layout is refused.
 /// 2: key states are checkpointed (`keys_applied` in `meta`); a version-1 directory, whose key
 /// states are all current, is upgraded on open.
-const FORMAT_VERSION: u64 = 2;
+/// 3: quarantined writes are recorded (`quarantine`); an older directory is upgraded on open
+/// by finding the logged writes that their keys never applied.
+const FORMAT_VERSION: u64 = 3;
+
+/// What the `quarantine` table stores of a [`Quarantined`] write (its dot is the key).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct QuarantineRecord {
+    table: String,
+    origin_resolver: Option<String>,
+}
 /// A checkpoint is due once this many key states are kept back: bounds the memory they take
 /// and the size of one checkpoint commit.
 const CHECKPOINT_KEYS: usize = 4096;
@@ -51,6 +75,29 @@ const CHECKPOINT_KEYS: usize = 4096;
 const CHECKPOINT_ENTRIES: usize = 65_536;
 /// Name of the database file inside the data directory.
 const DB_FILE: &str = "meridian.redb";
+
+/// Memory bounds of the store, in bytes (`[limits]` in regions.toml).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreLimits {
+    /// A checkpoint is due once the log committed since the last one, or the key states kept
+    /// back for it, reach this many bytes.
+    pub checkpoint_bytes: usize,
+    /// Largest chunk of log entries [`Store::replay`] hands over at once (at least one entry).
+    pub replay_chunk_bytes: usize,
+    /// redb's page cache and write buffer.
+    pub cache_bytes: usize,
+}
+
+impl Default for StoreLimits {
+    /// The defaults of `[limits]`.
+    fn default() -> Self {
+        StoreLimits {
+            checkpoint_bytes: 64 * 1024 * 1024,
+            replay_chunk_bytes: 8 * 1024 * 1024,
+            cache_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
 
 /// Errors of the storage layer. Each says what happened and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +171,9 @@ pub struct Store {
     /// Key states committed in the log but not yet in the key table. Only [`Store::persist`]
     /// takes the lock, and persists run one at a time, so it is never contended.
     deferred: Mutex<Deferred>,
+    limits: StoreLimits,
+    /// The log a restart must replay: after `keys_applied` (first), up to `applied` (second).
+    replay_range: (VersionVector, VersionVector),
 }
 
 /// Key states kept back until the next checkpoint.
@@ -131,8 +181,22 @@ pub struct Store {
 struct Deferred {
     /// The newest state of every key changed since the last checkpoint.
     keys: BTreeMap<(String, Vec<u8>), KeyState>,
+    /// Estimated bytes of `keys` ([`state_bytes`]).
+    key_bytes: usize,
     /// Log entries committed since the last checkpoint.
     entries: usize,
+    /// Their bytes ([`LogEntry::wire_size`]).
+    entry_bytes: usize,
+}
+
+/// Estimated memory of a key state: its values, plus room for dots, stamps and context.
+fn state_bytes(state: &KeyState) -> usize {
+    let values: usize = state
+        .siblings
+        .iter()
+        .map(|s| 48 + s.value.as_bytes().map_or(0, <[u8]>::len))
+        .sum();
+    64 + values + 24 * state.context.len()
 }
 
 impl std::fmt::Debug for Store {
@@ -157,30 +221,47 @@ pub struct Opened {
 }
 
 impl Store {
-    /// Opens (or initialises) the data directory of `region` in `cluster`.
+    /// Opens (or initialises) the data directory of `region` in `cluster`, with the default
+    /// [`StoreLimits`].
     ///
     /// A directory initialised for another region or cluster is refused, so a misconfigured
     /// process can never mix two regions' histories.
     pub fn open(dir: &Path, cluster: &str, region: &str) -> Result<Opened, StorageError> {
+        Store::open_with(dir, cluster, region, StoreLimits::default())
+    }
+
+    /// [`Store::open`] with explicit memory bounds.
+    pub fn open_with(
+        dir: &Path,
+        cluster: &str,
+        region: &str,
+        limits: StoreLimits,
+    ) -> Result<Opened, StorageError> {
         std::fs::create_dir_all(dir).map_err(|source| StorageError::Io {
             dir: dir.to_owned(),
             source,
         })?;
-        let db = match Database::create(dir.join(DB_FILE)) {
+        let db = match Database::builder()
+            .set_cache_size(limits.cache_bytes)
+            .create(dir.join(DB_FILE))
+        {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
                 return Err(StorageError::InUse(dir.to_owned()));
             }
             Err(e) => return Err(engine(dir, e)),
         };
-        let store = Store {
+        let mut store = Store {
             db,
             dir: dir.to_owned(),
             commits: AtomicU64::new(0),
             deferred: Mutex::new(Deferred::default()),
+            limits,
+            replay_range: Default::default(),
         };
         let (replica, created) = store.identity(cluster, region)?;
-        let recovered = store.recover()?;
+        let (recovered, replay_from) = store.recover()?;
+        store.replay_range = (replay_from, recovered.applied.clone());
         Ok(Opened {
             store,
             replica,
@@ -266,8 +347,9 @@ impl Store {
         Ok(result)
     }
 
-    /// Loads everything the state machine needs.
-    fn recover(&self) -> Result<Recovered, StorageError> {
+    /// Loads everything the state machine needs but the replay, and where the replay starts
+    /// (the checkpoint's `keys_applied`).
+    fn recover(&self) -> Result<(Recovered, VersionVector), StorageError> {
         let dir = &self.dir;
         let txn = self.db.begin_read().map_err(|e| engine(dir, e))?;
         let mut rec = Recovered::default();
@@ -322,11 +404,40 @@ impl Store {
             },
             None => None,
         };
-        match keys_applied {
-            Some(checkpoint) => rec.replay = self.replay(&txn, &checkpoint, &rec.applied)?,
+        let format = match open_read(&txn, META, dir)? {
+            Some(meta) => match meta.get("format").map_err(|e| engine(dir, e))? {
+                Some(v) => decode_u64(v.value(), dir)?,
+                None => 0,
+            },
+            None => 0,
+        };
+        let replay_from = match keys_applied {
+            Some(checkpoint) => checkpoint,
             // A version-1 directory: its key states are current. Record that before any batch
             // keeps states back, so a crash after it replays from here.
-            None => self.upgrade(&rec.applied)?,
+            None => rec.applied.clone(),
+        };
+        if format < FORMAT_VERSION {
+            self.upgrade(&txn, &replay_from)?;
+        }
+        if let Some(quarantine) = open_read(
+            &self.db.begin_read().map_err(|e| engine(dir, e))?,
+            QUARANTINE,
+            dir,
+        )? {
+            for item in quarantine.iter().map_err(|e| engine(dir, e))? {
+                let (k, v) = item.map_err(|e| engine(dir, e))?;
+                let (origin, seq) = k.value();
+                let record: QuarantineRecord = decode(v.value(), "quarantine", dir)?;
+                rec.quarantined.push(Quarantined {
+                    dot: Dot {
+                        replica: ReplicaId(uuid::Uuid::from_u128(origin)),
+                        seq: Seq(seq),
+                    },
+                    table: record.table,
+                    origin_resolver: record.origin_resolver,
+                });
+            }
         }
         if let Some(replicas) = open_read(&txn, REPLICAS, dir)? {
             for item in replicas.iter().map_err(|e| engine(dir, e))? {
@@ -337,23 +448,26 @@ impl Store {
                 );
             }
         }
-        Ok(rec)
+        Ok((rec, replay_from))
     }
 
-    /// The log entries after the checkpoint `keys_applied`, up to `applied`, per origin.
-    fn replay(
-        &self,
-        txn: &redb::ReadTransaction,
-        keys_applied: &VersionVector,
-        applied: &VersionVector,
-    ) -> Result<Vec<LogEntry>, StorageError> {
+    /// Hands the log entries that the recovered key states do not reflect (after the last
+    /// checkpoint, up to the recovered applied vector) to `apply`, each origin's in sequence
+    /// order, in chunks of at most [`StoreLimits::replay_chunk_bytes`] (by
+    /// [`LogEntry::wire_size`]; a larger entry comes alone). Call it once, after
+    /// [`Store::open`] and before the first [`Store::persist`]; feed each chunk to
+    /// [`leader_core::Replica::replay`]. Returns the number of entries replayed.
+    pub fn replay(&self, mut apply: impl FnMut(Vec<LogEntry>)) -> Result<u64, StorageError> {
         let dir = &self.dir;
-        let mut out = Vec::new();
-        let Some(log) = open_read(txn, LOG, dir)? else {
-            return Ok(out);
+        let (from_vv, to_vv) = &self.replay_range;
+        let txn = self.db.begin_read().map_err(|e| engine(dir, e))?;
+        let Some(log) = open_read(&txn, LOG, dir)? else {
+            return Ok(0);
         };
-        for (origin, last) in applied.iter() {
-            let from = keys_applied.get(origin).next();
+        let mut chunk = Chunk::new(self.limits.replay_chunk_bytes);
+        let mut count = 0;
+        for (origin, last) in to_vv.iter() {
+            let from = from_vv.get(origin).next();
             if from > last {
                 continue;
             }
@@ -363,24 +477,97 @@ impl Store {
                 .map_err(|e| engine(dir, e))?
             {
                 let (_, v) = item.map_err(|e| engine(dir, e))?;
-                out.push(decode(v.value(), "log", dir)?);
+                chunk.push(decode(v.value(), "log", dir)?, &mut apply);
+                count += 1;
             }
         }
-        Ok(out)
+        chunk.finish(&mut apply);
+        Ok(count)
     }
 
-    /// Upgrades a version-1 directory: its key states are current as of `applied`.
-    fn upgrade(&self, applied: &VersionVector) -> Result<(), StorageError> {
+    /// Upgrades a directory of an older format, whose key table reflects `keys_applied` (for
+    /// format 1, everything applied). Formats before 3 kept no record of quarantined writes:
+    /// they are the logged writes up to `keys_applied` whose dot their key's context lacks
+    /// (applying a write joins its dot into the context for good, superseded or not), and
+    /// whose origin's resolver is unknown now. Reads the whole log once.
+    fn upgrade(
+        &self,
+        read: &redb::ReadTransaction,
+        keys_applied: &VersionVector,
+    ) -> Result<(), StorageError> {
         let dir = &self.dir;
+        let mut found = Vec::new();
+        if let (Some(log), keys) = (open_read(read, LOG, dir)?, open_read(read, KEYS, dir)?) {
+            for item in log.iter().map_err(|e| engine(dir, e))? {
+                let (_, v) = item.map_err(|e| engine(dir, e))?;
+                let entry: LogEntry = decode(v.value(), "log", dir)?;
+                if !keys_applied.covers(&entry.write.dot) {
+                    continue;
+                }
+                let state = match &keys {
+                    Some(keys) => keys
+                        .get((entry.table.as_str(), entry.key.as_slice()))
+                        .map_err(|e| engine(dir, e))?
+                        .map(|v| decode::<KeyState>(v.value(), "keys", dir))
+                        .transpose()?,
+                    None => None,
+                };
+                if !state.is_some_and(|s| s.context.covers(&entry.write.dot)) {
+                    found.push((entry.write.dot, entry.table));
+                }
+            }
+        }
         let txn = self.db.begin_write().map_err(|e| engine(dir, e))?;
         {
+            let mut quarantine = txn.open_table(QUARANTINE).map_err(|e| engine(dir, e))?;
+            for (dot, table) in found {
+                let record = QuarantineRecord {
+                    table,
+                    origin_resolver: None,
+                };
+                quarantine
+                    .insert(
+                        (dot.replica.0.as_u128(), dot.seq.0),
+                        encode(&record).as_slice(),
+                    )
+                    .map_err(|e| engine(dir, e))?;
+            }
             let mut meta = txn.open_table(META).map_err(|e| engine(dir, e))?;
-            meta.insert("keys_applied", applied.to_bytes().as_slice())
+            meta.insert("keys_applied", keys_applied.to_bytes().as_slice())
                 .map_err(|e| engine(dir, e))?;
             meta.insert("format", FORMAT_VERSION.to_le_bytes().as_slice())
                 .map_err(|e| engine(dir, e))?;
         }
         txn.commit().map_err(|e| engine(dir, e))
+    }
+
+    /// Hands the logged writes `dots` (each origin's in sequence order, as
+    /// [`leader_core::Replica::to_release`] lists them) to `apply`, in chunks of at most
+    /// [`StoreLimits::replay_chunk_bytes`]. A dot missing from the log is skipped.
+    pub fn read_writes(
+        &self,
+        dots: &[Dot],
+        mut apply: impl FnMut(Vec<LogEntry>),
+    ) -> Result<u64, StorageError> {
+        let dir = &self.dir;
+        let txn = self.db.begin_read().map_err(|e| engine(dir, e))?;
+        let Some(log) = open_read(&txn, LOG, dir)? else {
+            return Ok(0);
+        };
+        let mut chunk = Chunk::new(self.limits.replay_chunk_bytes);
+        let mut count = 0;
+        for dot in dots {
+            let Some(v) = log
+                .get((dot.replica.0.as_u128(), dot.seq.0))
+                .map_err(|e| engine(dir, e))?
+            else {
+                continue;
+            };
+            chunk.push(decode(v.value(), "log", dir)?, &mut apply);
+            count += 1;
+        }
+        chunk.finish(&mut apply);
+        Ok(count)
     }
 
     /// Writes one batch atomically and durably: returns after the fsync. Its key states are
@@ -395,12 +582,18 @@ impl Store {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         deferred.entries += batch.log.len();
+        deferred.entry_bytes += batch.log.iter().map(LogEntry::wire_size).sum::<usize>();
         for (table, key, state) in batch.keys {
-            deferred.keys.insert((table, key), state);
+            deferred.key_bytes += state_bytes(&state);
+            if let Some(old) = deferred.keys.insert((table, key), state) {
+                deferred.key_bytes -= state_bytes(&old);
+            }
         }
         let checkpoint = batch.checkpoint
             || deferred.keys.len() >= CHECKPOINT_KEYS
-            || deferred.entries >= CHECKPOINT_ENTRIES;
+            || deferred.entries >= CHECKPOINT_ENTRIES
+            || deferred.key_bytes >= self.limits.checkpoint_bytes
+            || deferred.entry_bytes >= self.limits.checkpoint_bytes;
         let txn = self.db.begin_write().map_err(|e| engine(dir, e))?;
         {
             if checkpoint {
@@ -429,6 +622,24 @@ impl Store {
                     .insert(peer.as_str(), vv.to_bytes().as_slice())
                     .map_err(|e| engine(dir, e))?;
             }
+            let mut quarantine = txn.open_table(QUARANTINE).map_err(|e| engine(dir, e))?;
+            for q in &batch.quarantined {
+                let record = QuarantineRecord {
+                    table: q.table.clone(),
+                    origin_resolver: q.origin_resolver.clone(),
+                };
+                quarantine
+                    .insert(
+                        (q.dot.replica.0.as_u128(), q.dot.seq.0),
+                        encode(&record).as_slice(),
+                    )
+                    .map_err(|e| engine(dir, e))?;
+            }
+            for dot in &batch.released {
+                quarantine
+                    .remove((dot.replica.0.as_u128(), dot.seq.0))
+                    .map_err(|e| engine(dir, e))?;
+            }
             let mut replicas = txn.open_table(REPLICAS).map_err(|e| engine(dir, e))?;
             for (replica, region) in &batch.replicas {
                 replicas
@@ -450,8 +661,7 @@ impl Store {
         }
         txn.commit().map_err(|e| engine(dir, e))?;
         if checkpoint {
-            deferred.keys.clear();
-            deferred.entries = 0;
+            *deferred = Deferred::default();
         }
         self.commits.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -487,6 +697,40 @@ impl Store {
             }
         }
         Ok(out)
+    }
+}
+
+/// Log entries gathered for a callback, handed over whenever the next one would pass the
+/// byte budget.
+struct Chunk {
+    entries: Vec<LogEntry>,
+    bytes: usize,
+    max_bytes: usize,
+}
+
+impl Chunk {
+    fn new(max_bytes: usize) -> Self {
+        Chunk {
+            entries: Vec::new(),
+            bytes: 0,
+            max_bytes,
+        }
+    }
+
+    fn push(&mut self, entry: LogEntry, apply: &mut impl FnMut(Vec<LogEntry>)) {
+        let size = entry.wire_size();
+        if !self.entries.is_empty() && self.bytes + size > self.max_bytes {
+            apply(std::mem::take(&mut self.entries));
+            self.bytes = 0;
+        }
+        self.bytes += size;
+        self.entries.push(entry);
+    }
+
+    fn finish(self, apply: &mut impl FnMut(Vec<LogEntry>)) {
+        if !self.entries.is_empty() {
+            apply(self.entries);
+        }
     }
 }
 

@@ -405,6 +405,53 @@ fn limits_must_be_consistent() {
     );
 }
 
+/// Issue 11, item 4: the memory bounds are named in bytes, range-checked, and a restart's
+/// replay chunk must hold the largest write.
+#[test]
+fn memory_bounds_are_bytes_in_range_and_a_replay_chunk_holds_the_largest_write() {
+    let with = |limits: &str| {
+        BASE.replace(
+            "tls_dir = \"certs\"\n",
+            &format!("tls_dir = \"certs\"\n[limits]\n{limits}\n"),
+        )
+    };
+    let config = parse(&with(
+        "log_tail_bytes = 0\ncheckpoint_bytes = 1048576\nreplay_chunk_bytes = 2097152\n\
+         storage_cache_bytes = 1048576",
+    ))
+    .unwrap();
+    assert_eq!(config.limits.log_tail_bytes, 0);
+    assert_eq!(config.limits.checkpoint_bytes, 1 << 20);
+    assert_eq!(config.limits.replay_chunk_bytes, 2 << 20);
+    assert_eq!(config.limits.storage_cache_bytes, 1 << 20);
+    let defaults = parse(BASE).unwrap().limits;
+    assert_eq!(defaults.log_tail_bytes, 16 << 20);
+    assert_eq!(defaults.checkpoint_bytes, 64 << 20);
+    assert_eq!(defaults.replay_chunk_bytes, 8 << 20);
+    assert_eq!(defaults.storage_cache_bytes, 64 << 20);
+
+    let err = parse(&with("replay_chunk_bytes = 65536")).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "/etc/meridian/regions.toml:4:22: limits.replay_chunk_bytes: 65536 is less than \
+         max_key_bytes + max_value_bytes (1049600). raise replay_chunk_bytes (8 MiB suits a \
+         1 MiB value) or lower max_value_bytes: a restart replays the log in chunks and the \
+         largest write must fit one"
+    );
+    let err = parse(&with("checkpoint_bytes = 1000")).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "/etc/meridian/regions.toml:4:20: limits.checkpoint_bytes: 1000 is out of range. use a \
+         value from 1048576 to 17179869184"
+    );
+    let err = parse(&with("log_tail_entries = 65536")).unwrap_err();
+    assert!(
+        err.to_string().contains("unknown key `log_tail_entries`")
+            && err.to_string().contains("log_tail_bytes"),
+        "{err}"
+    );
+}
+
 #[test]
 fn timeouts_must_be_consistent() {
     let text = BASE.replace(

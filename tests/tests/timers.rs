@@ -22,7 +22,7 @@ fn replica(region: &str, peer: &str, id: u128) -> Replica {
         max_batch_bytes: 1_024,
         max_siblings: 4,
         conflict_log_capacity: 10,
-        log_tail_entries: 8,
+        log_tail_bytes: 8 * 200,
     };
     Replica::new(opts, &Registry::with_builtins(), Recovered::default()).unwrap()
 }

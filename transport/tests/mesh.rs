@@ -606,3 +606,117 @@ async fn an_application_close_reaches_the_peer_and_the_link_redials() {
     a.mesh.shutdown().await;
     b.mesh.shutdown().await;
 }
+
+/// Split-brain fencing (`MeshConfig::peer_liveness`): while the process connected first keeps
+/// sending, a second process with the same certificate (a new incarnation) is refused, its
+/// connection never replaces the live one, and the split brain is reported naming both
+/// instances. Once the first process falls silent (cut off like a crash), the second one gets
+/// in on a redial.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_live_process_for_a_region_is_fenced_until_the_first_falls_silent() {
+    init_tracing();
+    let ids = generate_identities("test", &names(&["a", "b"]), KeyAlgorithm::EcdsaP256)
+        .expect("certificates");
+    let (sock_a, sock_b) = (bind_loopback(), bind_loopback());
+    let (addr_a, addr_b) = (
+        sock_a.local_addr().expect("addr"),
+        sock_b.local_addr().expect("addr"),
+    );
+    let liveness = Duration::from_millis(400);
+    let mut config_a = test_config(
+        ids["a"].clone(),
+        addr_a,
+        BTreeMap::from([("b".to_owned(), addr_b)]),
+    );
+    config_a.peer_liveness = Some(liveness);
+    config_a.idle_timeout = Duration::from_secs(120); // only liveness may retire the first b
+    let mut a = start_on(sock_a, config_a).await;
+    let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
+    let (socket_b, cut_b) = ImpairedSocket::wrap(runtime.wrap_udp_socket(sock_b).expect("wrap"), 1);
+    let mut config_b = test_config(
+        ids["b"].clone(),
+        addr_b,
+        BTreeMap::from([("a".to_owned(), addr_a)]),
+    );
+    config_b.instance = "b-first".into();
+    let (first_b, mut first_events) = Mesh::<Msg>::start_with_socket(config_b, socket_b, runtime)
+        .await
+        .expect("b starts");
+    // Let the dial rule settle on the connection a dialed (both sides dial at first).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let live = loop {
+        a.drain();
+        let status = &a.mesh.links()["b"];
+        if status.state == LinkState::Up && status.dialer.as_deref() == Some("a") {
+            break status.conn_id.expect("up");
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no a-dialed link: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    a.wait_up(live).await;
+    a.drain();
+    a.log.clear();
+    // The first b keeps talking, as a region's heartbeats do.
+    let talker = {
+        let mesh = first_b.clone();
+        tokio::spawn(async move {
+            loop {
+                // A send fails once the link is cut; the loop just keeps going.
+                let _ = mesh.send("a", &Msg::Blob(vec![7])).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let drain_first = tokio::spawn(async move { while first_events.recv().await.is_some() {} });
+
+    let mut config = test_config(
+        ids["b"].clone(),
+        "127.0.0.1:0".parse().expect("addr"),
+        BTreeMap::from([("a".to_owned(), addr_a)]),
+    );
+    config.instance = "b-second".into();
+    let (second_b, second_events) = Mesh::<Msg>::start(config).await.expect("second b starts");
+    let mut second_b = Node {
+        mesh: second_b,
+        events: second_events,
+        log: Vec::new(),
+    };
+    let report = a
+        .wait_event("a split-brain report", |e| {
+            matches!(e, MeshEvent::SplitBrain { .. })
+        })
+        .await;
+    assert_eq!(
+        report,
+        MeshEvent::SplitBrain {
+            peer: "b".into(),
+            live: "b-first".into(),
+            refused: "b-second".into(),
+        }
+    );
+    // Some more redials of the second b: the live connection is never replaced.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    a.drain();
+    let replaced = a.log.iter().any(|e| matches!(e, MeshEvent::Down { .. }));
+    assert!(!replaced, "the live connection was replaced: {:?}", a.log);
+    assert_eq!(a.mesh.links()["b"].conn_id, Some(live));
+
+    // The first b dies without a word: after `liveness` of silence the second one gets in.
+    talker.abort();
+    cut_b.partition(addr_a);
+    a.wait_event(
+        "Up from the second b",
+        |e| matches!(e, MeshEvent::Up { conn_id, .. } if *conn_id != live),
+    )
+    .await;
+    second_b
+        .wait_event("Up from a", |e| matches!(e, MeshEvent::Up { .. }))
+        .await;
+    first_b.shutdown().await;
+    drain_first.abort();
+    second_b.mesh.shutdown().await;
+    a.mesh.shutdown().await;
+}

@@ -21,6 +21,7 @@ pub mod msg;
 pub use consistency::{Durability, MatrixCell, MatrixRow, PeerLag, UnknownDurability};
 pub use machine::{
     Alarm, BuildError, ConflictRecord, ConnId, Counters, Effect, Event, Options, PeerView,
-    PersistBatch, Recovered, Replica, RequestId, Time, WriteError, WriteReceipt,
+    PersistBatch, Quarantined, Recovered, Replica, RequestId, Time, WriteError, WriteReceipt,
+    resolver_accepts,
 };
 pub use msg::{Batch, Hello, LogEntry, PROTOCOL_VERSION, PeerMsg};

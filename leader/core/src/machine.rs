@@ -73,8 +73,10 @@ pub struct Options {
     pub max_siblings: usize,
     /// Capacity of the in-memory conflict log (oldest entries are dropped first).
     pub conflict_log_capacity: usize,
-    /// Durable writes kept in memory per origin to stream without reading the disk log.
-    pub log_tail_entries: usize,
+    /// Bytes of durable writes (by [`LogEntry::wire_size`]) kept in memory per origin to
+    /// stream without reading the disk log; the oldest go first. A write larger than this is
+    /// never kept: it is streamed from the log.
+    pub log_tail_bytes: usize,
 }
 
 /// What a region recovered from its data directory on start.
@@ -92,11 +94,43 @@ pub struct Recovered {
     pub replicas: BTreeMap<ReplicaId, String>,
     /// Each peer's last acknowledged applied vector, per region.
     pub peer_acked: BTreeMap<String, VersionVector>,
-    /// Durable log entries that `keys` does not reflect yet (storage wrote the key states
-    /// back lazily), each origin's in sequence order: [`Replica::new`] applies them to `keys`.
-    /// Key states are a join-semilattice, so replaying them in any interleaving of origins
-    /// rebuilds exactly the states the region had.
-    pub replay: Vec<LogEntry>,
+    /// Logged writes that were not applied (quarantined) and not released since. Those that
+    /// this region's configuration now accepts are applied at start: see
+    /// [`Replica::to_release`].
+    pub quarantined: Vec<Quarantined>,
+}
+
+/// A replicated write that was logged but not applied here, because its table was unknown or
+/// its origin resolved the table differently. Storage keeps the record until the write is
+/// applied (released) by a start whose configuration accepts it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Quarantined {
+    /// The write.
+    pub dot: Dot,
+    /// Its table.
+    pub table: String,
+    /// The resolver id (`name@version`) its origin region used for the table, as this region
+    /// knew it when the write arrived; `None` when it did not know.
+    pub origin_resolver: Option<String>,
+}
+
+/// Whether a write made under resolver `theirs` may be applied with resolver `ours` (both
+/// `name@version`): the same resolver, or a newer version of it. A version changes what
+/// `resolve` answers, never what a key stores (siblings and context), so a write made under an
+/// older version becomes exactly the key state its origin will have once it upgrades too;
+/// a resolver of another name may prune differently and is never mixed.
+pub fn resolver_accepts(ours: &str, theirs: &str) -> bool {
+    if ours == theirs {
+        return true;
+    }
+    let split = |id: &str| {
+        id.rsplit_once('@')
+            .and_then(|(n, v)| Some((n.to_owned(), v.parse::<u32>().ok()?)))
+    };
+    match (split(ours), split(theirs)) {
+        (Some((on, ov)), Some((tn, tv))) => on == tn && tv < ov,
+        _ => false,
+    }
 }
 
 /// An input to the state machine.
@@ -253,10 +287,15 @@ pub struct PersistBatch {
     pub peer_acked: Vec<(String, VersionVector)>,
     /// The key states of this batch, and of every earlier one, must be durable once this
     /// batch is. Storage may otherwise keep key states back and rebuild them after a crash by
-    /// replaying the log ([`Recovered::replay`]); this batch logs a write that was *not*
+    /// replaying the log ([`Replica::replay`]); this batch logs a write that was *not*
     /// applied to its key (quarantined: unknown table or mismatched resolver), which a replay
     /// would wrongly apply.
     pub checkpoint: bool,
+    /// Writes of this batch's log that were not applied: storage records them so a later
+    /// start can apply them once the configuration accepts them.
+    pub quarantined: Vec<Quarantined>,
+    /// Quarantined writes applied since the last batch (at start): their records go.
+    pub released: Vec<Dot>,
 }
 
 /// What a client learns when its write is durable here.
@@ -511,6 +550,8 @@ struct Staged {
     replicas: Vec<(ReplicaId, String)>,
     /// A staged log entry was quarantined: see [`PersistBatch::checkpoint`].
     checkpoint: bool,
+    quarantined: Vec<Quarantined>,
+    released: Vec<Dot>,
 }
 
 /// A persistence step in flight.
@@ -524,6 +565,33 @@ struct InFlight {
     /// [`Replica::read`]'s durable copy: they become that copy when the batch is durable.
     stable: Vec<((String, Vec<u8>), KeyState)>,
 }
+
+/// The durable writes of one origin kept in memory for live streaming: a contiguous run.
+#[derive(Debug, Default)]
+struct Tail {
+    entries: VecDeque<LogEntry>,
+    /// Sum of the entries' [`LogEntry::wire_size`].
+    bytes: usize,
+}
+
+impl Tail {
+    /// Appends the next entry of the origin and drops the oldest ones beyond `max_bytes`
+    /// (the new one too, when it alone is larger: the run stays contiguous either way).
+    fn push(&mut self, entry: LogEntry, max_bytes: usize) {
+        self.bytes += entry.wire_size();
+        self.entries.push_back(entry);
+        while self.bytes > max_bytes {
+            let Some(old) = self.entries.pop_front() else {
+                break;
+            };
+            self.bytes -= old.wire_size();
+        }
+    }
+}
+
+/// Bound on `own_commits`: 16 bytes each, so 1 MiB. Past it the oldest commit times are
+/// dropped and a peer lagging further back shows the oldest time kept (an underestimate).
+const OWN_COMMITS_MAX: usize = 65_536;
 
 /// Minimum interval between two clock-skew alarms about one region.
 const SKEW_ALARM_INTERVAL_MS: u64 = 10_000;
@@ -547,8 +615,10 @@ pub struct Replica {
     stable: BTreeMap<(String, Vec<u8>), KeyState>,
     replicas: BTreeMap<ReplicaId, String>,
     peers: BTreeMap<String, Peer>,
-    tail: BTreeMap<ReplicaId, VecDeque<LogEntry>>,
-    /// When (mono ms) recent own writes became durable, for lag in milliseconds.
+    /// Recent durable writes per origin, within [`Options::log_tail_bytes`] each.
+    tail: BTreeMap<ReplicaId, Tail>,
+    /// When (mono ms) recent own writes became durable, for lag in milliseconds; at most
+    /// [`OWN_COMMITS_MAX`].
     own_commits: VecDeque<(Seq, u64)>,
     staged: Staged,
     in_flight: Option<InFlight>,
@@ -568,6 +638,10 @@ pub struct Replica {
     skew_alarms: BTreeMap<String, (u64, u64)>,
     /// Per origin region: when (mono ms) the last causality alarm about it was raised.
     causality_alarmed: BTreeMap<String, u64>,
+    /// Quarantined writes this configuration accepts, to apply at start ([`Replica::replay`]).
+    release: BTreeSet<Dot>,
+    /// Writes held back (quarantined and not released), per table.
+    held_back: BTreeMap<String, u64>,
     /// Test-only negative control (see [`Replica::unsafe_stamp_with_wall_clock`]).
     wall_clock_stamps: bool,
     /// Monotonic time of the last event handled (every `handle` ends with `on_tick`).
@@ -605,6 +679,8 @@ pub struct Counters {
     /// Writes not applied because their key's context would outgrow the storage limit
     /// ([`Alarm::ContextTooLarge`]); replicated ones are also counted as quarantined.
     pub context_overflows: u64,
+    /// Quarantined writes applied at a start whose configuration accepts them.
+    pub released: u64,
 }
 
 /// Why a [`Replica`] could not be built.
@@ -654,23 +730,19 @@ impl Replica {
                 )
             })
             .collect();
-        let mut keys = rec.keys;
-        // The replayed states exist only in memory: the first batch carries them and is a
-        // checkpoint, so storage never needs this part of the log to rebuild them again.
-        let mut staged = Staged {
-            checkpoint: !rec.replay.is_empty(),
-            ..Staged::default()
-        };
-        for e in &rec.replay {
-            // A write of a table no longer configured was quarantined when it arrived, and a
-            // batch holding a quarantined write is a checkpoint, so it is never replayed; this
-            // only skips writes whose table was removed from the configuration since.
-            if let Some(r) = resolvers.get(&e.table) {
-                let slot = (e.table.clone(), e.key.clone());
-                keys.entry(slot.clone())
-                    .or_default()
-                    .apply(&e.write, r.as_ref());
-                staged.keys.insert(slot);
+        let mut release = BTreeSet::new();
+        let mut held_back: BTreeMap<String, u64> = BTreeMap::new();
+        for q in rec.quarantined {
+            let ours = resolver_ids.iter().find(|(t, _)| *t == q.table);
+            let accepted = ours.is_some_and(|(_, ours)| {
+                q.origin_resolver
+                    .as_deref()
+                    .is_none_or(|theirs| resolver_accepts(ours, theirs))
+            });
+            if accepted {
+                release.insert(q.dot);
+            } else {
+                *held_back.entry(q.table).or_default() += 1;
             }
         }
         let mut replicas = rec.replicas;
@@ -688,13 +760,13 @@ impl Replica {
             own_seq: rec.own_seq,
             received: durable.clone(),
             durable,
-            keys,
+            keys: rec.keys,
             stable: BTreeMap::new(),
             replicas,
             peers,
             tail: BTreeMap::new(),
             own_commits: VecDeque::new(),
-            staged,
+            staged: Staged::default(),
             in_flight: None,
             next_persist_id: 1,
             conflicts: VecDeque::new(),
@@ -706,12 +778,66 @@ impl Replica {
             mismatch_alarmed: BTreeSet::new(),
             skew_alarms: BTreeMap::new(),
             causality_alarmed: BTreeMap::new(),
+            release,
+            held_back,
             wall_clock_stamps: false,
             last_event_ms: 0,
             resolvers,
             resolver_ids,
             opts,
         })
+    }
+
+    /// Applies durable log entries that the recovered key states do not reflect yet (storage
+    /// writes key states back lazily and rebuilds them after a crash from the log after its
+    /// last checkpoint). The driver calls it **before the first [`Replica::handle`]**, once
+    /// per chunk, so the replay never has to be held in memory at once; each origin's entries
+    /// come in sequence order. Key states are a join-semilattice, so any interleaving of
+    /// origins, and any chunking, rebuilds exactly the states the region had.
+    ///
+    /// The replayed states exist only in memory: the first batch carries them and is a
+    /// checkpoint, so storage never needs this part of the log to rebuild them again.
+    ///
+    /// The driver then hands over, the same way, the quarantined writes that this
+    /// configuration accepts ([`Replica::to_release`]): they are applied, and the first batch
+    /// (a checkpoint) releases their records.
+    pub fn replay(&mut self, entries: impl IntoIterator<Item = LogEntry>) {
+        for e in entries {
+            if self.release.remove(&e.write.dot) {
+                self.staged.released.push(e.write.dot);
+                self.counters.released += 1;
+            }
+            // A write of a table no longer configured was quarantined when it arrived, and a
+            // batch holding a quarantined write is a checkpoint, so it is never replayed; this
+            // only skips writes whose table was removed from the configuration since.
+            let Some(r) = self.resolvers.get(&e.table) else {
+                continue;
+            };
+            let slot = (e.table, e.key);
+            self.keys
+                .entry(slot.clone())
+                .or_default()
+                .apply(&e.write, r.as_ref());
+            self.staged.keys.insert(slot);
+            self.staged.checkpoint = true;
+        }
+    }
+
+    /// The quarantined writes ([`Recovered::quarantined`]) that this configuration accepts,
+    /// each origin's in sequence order: their table is configured here, and with the resolver
+    /// their origin used, or a newer version of it ([`resolver_accepts`]), or their origin's
+    /// resolver was not known. The driver reads them from the log and hands them to
+    /// [`Replica::replay`] before the first event. This is how adding a table, or upgrading a
+    /// resolver, region by region converges: what a region held back while its configuration
+    /// lagged is applied when it starts with the new one.
+    pub fn to_release(&self) -> Vec<Dot> {
+        self.release.iter().copied().collect()
+    }
+
+    /// Writes held back here (logged, not applied) per table: quarantined since this start,
+    /// or earlier and still not accepted by this configuration.
+    pub fn held_back(&self) -> &BTreeMap<String, u64> {
+        &self.held_back
     }
 
     /// Handles one event, pushing the effects to perform onto `out`.
@@ -981,7 +1107,11 @@ impl Replica {
             })
             .collect();
         let staged = std::mem::take(&mut self.staged);
-        if staged.keys.is_empty() && staged.log.is_empty() && dirty_peers.is_empty() {
+        if staged.keys.is_empty()
+            && staged.log.is_empty()
+            && staged.released.is_empty()
+            && dirty_peers.is_empty()
+        {
             self.staged = staged;
             return;
         }
@@ -1010,6 +1140,8 @@ impl Replica {
             replicas: staged.replicas,
             peer_acked: dirty_peers,
             checkpoint: staged.checkpoint,
+            quarantined: staged.quarantined,
+            released: staged.released,
         };
         self.in_flight = Some(InFlight {
             id,
@@ -1052,16 +1184,15 @@ impl Replica {
         self.check_waits(now, out);
         for entry in done.log {
             if entry.write.dot.replica == self.opts.replica {
-                if self.own_commits.len() == self.opts.log_tail_entries {
+                if self.own_commits.len() == OWN_COMMITS_MAX {
                     self.own_commits.pop_front();
                 }
                 self.own_commits.push_back((entry.seq(), now.mono_ms));
             }
-            let tail = self.tail.entry(entry.write.dot.replica).or_default();
-            if tail.len() == self.opts.log_tail_entries {
-                tail.pop_front();
-            }
-            tail.push_back(entry);
+            self.tail
+                .entry(entry.write.dot.replica)
+                .or_default()
+                .push(entry, self.opts.log_tail_bytes);
         }
         let names: Vec<String> = self.peers.keys().cloned().collect();
         for name in names {
@@ -1458,8 +1589,7 @@ impl Replica {
                 // Applying it with a different resolver would silently diverge the table. It
                 // stays in the log (nothing is lost, and it is relayed to regions that agree)
                 // and is counted, while the alarm tells the operator which resolvers differ.
-                self.counters.quarantined += 1;
-                self.staged.checkpoint = true;
+                self.quarantine(origin_region, &e);
             }
             Some(_) if self.context_overflows(&e.table, &e.key, &e.write) => {
                 // Storage could not read the key back (see `context_overflows`): keep the
@@ -1478,8 +1608,7 @@ impl Replica {
                 self.apply(now, &e.table, &e.key, &e.write, r.as_ref());
             }
             None => {
-                self.counters.quarantined += 1;
-                self.staged.checkpoint = true;
+                self.quarantine(origin_region, &e);
                 out.push(Effect::Alarm(Alarm::UnknownTable {
                     table: e.table.clone(),
                     origin: origin_region.to_owned(),
@@ -1559,17 +1688,45 @@ impl Replica {
         }
     }
 
-    /// Whether `region` resolves `table` differently from us (as far as we know).
+    /// Logs a write without applying it, and records what its origin resolved the table with,
+    /// so that a start whose configuration accepts it applies it ([`Replica::to_release`]).
+    fn quarantine(&mut self, origin_region: &str, e: &LogEntry) {
+        self.counters.quarantined += 1;
+        *self.held_back.entry(e.table.clone()).or_default() += 1;
+        self.staged.checkpoint = true;
+        let origin_resolver = self
+            .region_resolvers
+            .get(origin_region)
+            .and_then(|theirs| theirs.get(&e.table))
+            .cloned();
+        self.staged.quarantined.push(Quarantined {
+            dot: e.write.dot,
+            table: e.table.clone(),
+            origin_resolver,
+        });
+    }
+
+    /// Whether writes of `region` to `table` must not be applied here: as far as we know, it
+    /// resolves the table with another resolver, or with a newer version of ours. Writes made
+    /// under an older version of our resolver are applied ([`resolver_accepts`]), so a region
+    /// that upgrades first takes the others' writes during a rolling upgrade. When we do not
+    /// know the origin's resolver for the table (no hello or row yet, or a row older than the
+    /// origin's configuration, which cannot name a table the origin writes) the write is
+    /// applied, as a release at start would apply it.
     fn mismatched(&self, region: &str, table: &str) -> bool {
-        let Some(theirs) = self.region_resolvers.get(region) else {
-            return false;
-        };
         let ours = self
             .resolver_ids
             .iter()
             .find(|(t, _)| t == table)
             .map(|(_, r)| r);
-        theirs.get(table) != ours
+        let theirs = self
+            .region_resolvers
+            .get(region)
+            .and_then(|theirs| theirs.get(table));
+        match (ours, theirs) {
+            (Some(ours), Some(theirs)) => !resolver_accepts(ours, theirs),
+            _ => false,
+        }
     }
 
     fn on_ack(&mut self, now: Time, name: &str, a: Ack, out: &mut Vec<Effect>) {
@@ -1903,7 +2060,7 @@ impl Replica {
 
     /// Contiguous durable entries of `origin` from `from` held in memory, within `budget`.
     fn tail_run(&self, origin: ReplicaId, from: Seq, to: Seq, budget: usize) -> Vec<LogEntry> {
-        let Some(tail) = self.tail.get(&origin) else {
+        let Some(tail) = self.tail.get(&origin).map(|t| &t.entries) else {
             return Vec::new();
         };
         let Some(first) = tail.front().map(LogEntry::seq) else {

@@ -50,7 +50,7 @@ fn opts() -> Options {
         max_batch_bytes: 1024,
         max_siblings: 4,
         conflict_log_capacity: 16,
-        log_tail_entries: 8,
+        log_tail_bytes: 8 * 200,
     }
 }
 

@@ -33,7 +33,7 @@ fn opts(region: &str, replica: ReplicaId) -> Options {
         max_batch_bytes: 1024,
         max_siblings: 4,
         conflict_log_capacity: 100,
-        log_tail_entries: 8,
+        log_tail_bytes: 8 * 200,
     }
 }
 
@@ -48,6 +48,8 @@ struct Node {
     replies: Vec<(u64, Result<leader_core::WriteReceipt, WriteError>)>,
     alarms: Vec<Alarm>,
     closed: Vec<(String, String)>,
+    /// `Effect::ReadLog`s performed: each streams from the disk log, not the memory tail.
+    log_reads: usize,
 }
 
 /// An in-memory world of regions with per-pair links that are up or cut.
@@ -92,6 +94,7 @@ impl World {
                 replies: Vec::new(),
                 alarms: Vec::new(),
                 closed: Vec::new(),
+                log_reads: 0,
             };
             nodes.insert((*r).to_owned(), node);
         }
@@ -150,6 +153,7 @@ impl World {
                 to,
                 max_bytes,
             } => {
+                self.nodes.get_mut(region).unwrap().log_reads += 1;
                 let node = &self.nodes[region];
                 let mut used = 0;
                 let entries: Vec<_> = node
@@ -905,7 +909,7 @@ fn a_table_resolved_differently_elsewhere_is_not_applied_but_others_are() {
 }
 
 /// Storage may write key states back lazily and rebuild them after a crash from the log
-/// ([`Recovered::replay`]): replaying a region's log, with origins interleaved in another
+/// ([`Replica::replay`]): replaying a region's log, with origins interleaved in another
 /// order than they arrived, rebuilds exactly the states it had.
 #[test]
 fn a_restart_rebuilds_key_states_by_replaying_the_log() {
@@ -938,10 +942,13 @@ fn a_restart_rebuilds_key_states_by_replaying_the_log() {
         own_seq: node.replica.applied().get(node.id),
         hlc_high: node.replica.hlc(),
         applied: node.replica.applied().clone(),
-        replay,
         ..Recovered::default()
     };
     let mut again = Replica::new(opts("a", node.id), &Registry::with_builtins(), rec).unwrap();
+    // In chunks, as storage hands them over (never the whole replay at once).
+    for chunk in replay.chunks(5) {
+        again.replay(chunk.to_vec());
+    }
     assert_eq!(again.digest(), node.replica.digest());
     assert_eq!(again.keys().count(), node.replica.keys().count());
     // The rebuilt states are only in memory: the first batch makes them durable, as a
@@ -956,6 +963,34 @@ fn a_restart_rebuilds_key_states_by_replaying_the_log() {
     assert!(batch.checkpoint);
     assert!(batch.log.is_empty());
     assert_eq!(batch.keys.len(), node.replica.keys().count());
+}
+
+/// Issue 11, item 4: the in-memory log tail is bounded in bytes (`log_tail_bytes`, 1600 here),
+/// not in entries. Small writes stream to a live peer from the tail; a write larger than the
+/// whole tail is never held in memory and reaches the peer from the disk log. With a bound of
+/// 8 entries, the large write was kept in the tail and streamed from memory.
+#[test]
+fn the_log_tail_is_bounded_in_bytes_and_a_larger_write_streams_from_the_log() {
+    let mut w = World::new();
+    w.mesh();
+    w.deliver();
+    w.write("a", "default", "small", Some("v"));
+    w.deliver();
+    assert_eq!(
+        w.nodes["a"].log_reads, 0,
+        "a small write streams from the tail"
+    );
+    let big = "x".repeat(4_000);
+    w.write("a", "default", "big", Some(&big));
+    w.deliver();
+    assert!(
+        w.nodes["a"].log_reads > 0,
+        "the large write came from the log"
+    );
+    for r in ["b", "c"] {
+        assert_eq!(w.read(r, "default", "big"), bytes(&big), "{r}");
+    }
+    assert_eq!(w.digests().len(), 1);
 }
 
 #[test]
@@ -1519,4 +1554,21 @@ fn reads_of_a_hot_key_are_served_from_its_newest_durable_state_without_waiting()
         );
         assert!(state.context.get(a_id) <= r.applied().get(a_id));
     }
+}
+
+/// Issue 11, item 6: which resolver's writes a region applies. The same resolver, or an older
+/// version of it (a version changes what `resolve` answers, not what a key stores); never a
+/// newer version (the region must upgrade first) nor another resolver (it may prune
+/// differently).
+#[test]
+fn a_resolver_accepts_its_own_and_older_versions_only() {
+    use leader_core::resolver_accepts;
+    assert!(resolver_accepts("lww@1", "lww@1"));
+    assert!(resolver_accepts("counter@2", "counter@1"));
+    assert!(!resolver_accepts("counter@1", "counter@2"));
+    assert!(!resolver_accepts("lww@1", "multi-value@1"));
+    assert!(!resolver_accepts("multi-value@2", "lww@1"));
+    assert!(!resolver_accepts("lww@2", "lww"), "an id without a version");
+    assert!(!resolver_accepts("my@res@2", "my@res@x"));
+    assert!(resolver_accepts("my@res@2", "my@res@1"));
 }

@@ -571,6 +571,17 @@ impl Cluster {
         }
     }
 
+    /// From its next restart on, `region` runs the configuration `other` runs (as an operator
+    /// rolling out a changed file region by region would).
+    pub(crate) fn adopt_config_of(&mut self, region: &str, other: &str) {
+        let config = self
+            .region_configs
+            .get(other)
+            .unwrap_or(&self.config)
+            .clone();
+        self.region_configs.insert(region.to_owned(), config);
+    }
+
     /// Starts `region` again from its data directory, on the same QUIC address (so the other
     /// regions' configuration stays right). The new node has a fresh impairment layer.
     pub(crate) async fn restart(&mut self, region: &str) {

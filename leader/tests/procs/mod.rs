@@ -75,6 +75,9 @@ pub(crate) struct Cluster {
     simulate_links: bool,
     /// (region, peer port, API port) as written to regions.toml.
     layout: Vec<(String, u16, u16)>,
+    /// A cap on each child's data segment and private writable mappings (`RLIMIT_DATA`, set
+    /// by `prlimit`): its heap, whatever allocator it uses. Allocations beyond it fail.
+    data_limit_bytes: Option<u64>,
     // Kept last so the directory outlives the children during `Drop`.
     dir: TempDir,
 }
@@ -196,7 +199,21 @@ impl Cluster {
         Cluster::start_with(names, true)
     }
 
+    /// [`Cluster::start`], with every process (and every restart) capped at `bytes` of heap
+    /// (`RLIMIT_DATA`): a region that needs more fails an allocation and aborts.
+    pub(crate) fn start_with_data_limit(names: &[&str], bytes: u64) -> Cluster {
+        Cluster::start_with_options(names, false, Some(bytes))
+    }
+
     fn start_with(names: &[&str], simulate_links: bool) -> Cluster {
+        Cluster::start_with_options(names, simulate_links, None)
+    }
+
+    fn start_with_options(
+        names: &[&str],
+        simulate_links: bool,
+        data_limit_bytes: Option<u64>,
+    ) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("meridian-procs-")
             .tempdir()
@@ -235,6 +252,7 @@ impl Cluster {
             config,
             simulate_links,
             layout,
+            data_limit_bytes,
             dir,
         };
         for i in 0..names.len() {
@@ -247,9 +265,11 @@ impl Cluster {
     pub(crate) fn spawn(&mut self, i: usize) {
         let config = self.config.clone();
         let simulate_links = self.simulate_links;
+        let data_limit_bytes = self.data_limit_bytes;
         let r = &mut self.regions[i];
         assert!(r.child.is_none(), "region {} is already running", r.name);
-        let (child, stdin) = start_child(&config, &r.name, &r.log, simulate_links);
+        let (child, stdin) =
+            start_child(&config, &r.name, &r.log, simulate_links, data_limit_bytes);
         r.stdin = Some(stdin);
         r.child = Some(child);
     }
@@ -280,7 +300,13 @@ impl Cluster {
             child: None,
             stdin: None,
         };
-        let (child, stdin) = start_child(&config, &name, &r.log, self.simulate_links);
+        let (child, stdin) = start_child(
+            &config,
+            &name,
+            &r.log,
+            self.simulate_links,
+            self.data_limit_bytes,
+        );
         r.child = Some(child);
         r.stdin = Some(stdin);
         r
@@ -550,6 +576,7 @@ fn start_child(
     region: &str,
     log: &Path,
     simulate_links: bool,
+    data_limit_bytes: Option<u64>,
 ) -> (Child, ChildStdin) {
     let mut log = OpenOptions::new()
         .create(true)
@@ -557,7 +584,18 @@ fn start_child(
         .open(log)
         .expect("opening the region's log file");
     writeln!(log, "===== test: starting {region} =====").expect("writing the log file");
-    let mut command = Command::new(meridian());
+    let mut command = match data_limit_bytes {
+        None => Command::new(meridian()),
+        Some(bytes) => {
+            // prlimit sets the limit and execs the binary: the child is meridian itself.
+            let mut c = Command::new("prlimit");
+            c.arg(format!("--data={bytes}")).arg("--").arg(meridian());
+            // glibc's per-thread arenas each map 64 MiB; two keep the cap about the
+            // program's own memory rather than the allocator's spread over threads.
+            c.env("MALLOC_ARENA_MAX", "2");
+            c
+        }
+    };
     command
         .arg("run")
         .arg("--config")

@@ -8,8 +8,8 @@
 
 use std::collections::BTreeMap;
 
-use conflict::{Hlc, KeyState, ReplicaId, Seq, VersionVector};
-use leader_core::{LogEntry, PersistBatch, Recovered};
+use conflict::{Dot, Hlc, KeyState, ReplicaId, Seq, VersionVector};
+use leader_core::{LogEntry, PersistBatch, Quarantined, Recovered};
 
 /// The durable state of one region.
 #[derive(Debug, Default)]
@@ -28,6 +28,9 @@ pub struct Disk {
     pub replicas: BTreeMap<ReplicaId, String>,
     /// Peers' acknowledged vectors.
     pub peer_acked: BTreeMap<String, VersionVector>,
+    /// Logged writes held back (quarantined) and not released yet, as storage records them
+    /// (`leader::storage`'s `quarantine` table).
+    pub quarantined: BTreeMap<Dot, Quarantined>,
     /// Batches committed.
     pub commits: u64,
 }
@@ -52,6 +55,12 @@ impl Disk {
         }
         for (peer, vv) in &b.peer_acked {
             self.peer_acked.insert(peer.clone(), vv.clone());
+        }
+        for q in &b.quarantined {
+            self.quarantined.insert(q.dot, q.clone());
+        }
+        for dot in &b.released {
+            self.quarantined.remove(dot);
         }
         self.commits += 1;
         Ok(())
@@ -114,6 +123,40 @@ impl Disk {
                 ));
             }
         }
+        // A quarantine record names a write logged by the same batch (storage could not tell
+        // it from an applied one later); a release names a recorded write whose key state
+        // the same batch writes, applied.
+        for q in &b.quarantined {
+            if !b
+                .log
+                .iter()
+                .any(|e| e.write.dot == q.dot && e.table == q.table)
+            {
+                return Err(format!(
+                    "quarantine record {q:?} for a write this batch does not log"
+                ));
+            }
+            if self.quarantined.contains_key(&q.dot) {
+                return Err(format!("write {} quarantined twice", q.dot));
+            }
+        }
+        for dot in &b.released {
+            let Some(q) = self.quarantined.get(dot) else {
+                return Err(format!("released write {dot} was not quarantined"));
+            };
+            let Some(e) = self.log.get(&(dot.replica, dot.seq)) else {
+                return Err(format!("released write {dot} is not in the log"));
+            };
+            let applied = b
+                .keys
+                .iter()
+                .any(|(t, k, s)| *t == q.table && *k == e.key && s.context.covers(dot));
+            if !applied {
+                return Err(format!(
+                    "released write {dot} is not applied to its key in the batch"
+                ));
+            }
+        }
         for (table, key, state) in &b.keys {
             state.check_invariants().map_err(|e| {
                 format!(
@@ -125,7 +168,8 @@ impl Disk {
         Ok(())
     }
 
-    /// What a restart recovers.
+    /// What a restart recovers. This disk writes every batch's key states with it, so there
+    /// is no log to replay ([`leader_core::Replica::replay`]).
     pub fn recovered(&self) -> Recovered {
         Recovered {
             own_seq: self.own_seq,
@@ -134,8 +178,7 @@ impl Disk {
             keys: self.keys.clone(),
             replicas: self.replicas.clone(),
             peer_acked: self.peer_acked.clone(),
-            // This disk writes every batch's key states with it, so nothing is replayed.
-            replay: Vec::new(),
+            quarantined: self.quarantined.values().cloned().collect(),
         }
     }
 

@@ -105,6 +105,20 @@ impl Sabotage {
     }
 }
 
+/// A configuration change rolled out region by region during the workload: each region in
+/// turn is restarted with the new configuration (docs/config.md, "Changing tables and
+/// resolvers"), while clients keep writing everywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rollout {
+    /// Table `new` (last-write-wins) is added. Clients write it only where it is configured;
+    /// regions that lack it log its writes without applying them until they restart with it.
+    AddTable,
+    /// Table `ctr`'s resolver goes from `counter@1` to `counter@2` (same semantics, new
+    /// version). Regions still at version 1 hold back the upgraded regions' writes until they
+    /// upgrade; upgraded regions apply the older version's writes.
+    UpgradeResolver,
+}
+
 /// How to run a seed.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -130,6 +144,9 @@ pub struct RunOptions {
     /// silently inside a live connection, hellos overtaken by later frames, hellos refused
     /// by the send queue. Off in CI: see docs/testing.md for what they do.
     pub beyond_contract: bool,
+    /// A configuration change to roll out during the workload (alarms about the mismatch it
+    /// causes meanwhile are expected, not failures).
+    pub rollout: Option<Rollout>,
 }
 
 impl Default for RunOptions {
@@ -142,6 +159,7 @@ impl Default for RunOptions {
             echo: false,
             check_dirty_context: true,
             beyond_contract: false,
+            rollout: None,
         }
     }
 }

@@ -24,8 +24,9 @@ pub struct MachineKnobs {
     pub max_batch_bytes: usize,
     /// [`leader_core::Options::max_siblings`].
     pub max_siblings: usize,
-    /// [`leader_core::Options::log_tail_entries`].
-    pub log_tail_entries: usize,
+    /// [`leader_core::Options::log_tail_bytes`]: a few to a few dozen of the simulator's
+    /// small writes, and sometimes less than one sibling-heavy write.
+    pub log_tail_bytes: usize,
 }
 
 /// A permanent loss: the first write acknowledged at `one` or above after `after_ms` costs its
@@ -111,7 +112,7 @@ impl Params {
             peer_window_bytes: rng.range(600, 16_384) as usize,
             max_batch_bytes: rng.range(150, 4_096) as usize,
             max_siblings: rng.range(2, 8) as usize,
-            log_tail_entries: rng.range(1, 32) as usize,
+            log_tail_bytes: rng.range(1, 32) as usize * 128,
         };
         let delays = (0..regions)
             .map(|_| {

@@ -141,6 +141,11 @@ pub struct WorkCounts {
     pub relayed: u64,
     /// Duplicate writes dropped by receivers.
     pub duplicates_dropped: u64,
+    /// Replicated writes logged but held back (quarantined): table unknown or resolver
+    /// mismatched at the receiver (rolling configuration changes only).
+    pub quarantined: u64,
+    /// Quarantined writes applied by a start whose configuration accepts them.
+    pub released: u64,
     /// Persists completed.
     pub persists: u64,
     /// Log reads served from disk.
@@ -171,6 +176,8 @@ impl AddAssign<&WorkCounts> for WorkCounts {
         self.resyncs += o.resyncs;
         self.relayed += o.relayed;
         self.duplicates_dropped += o.duplicates_dropped;
+        self.quarantined += o.quarantined;
+        self.released += o.released;
         self.persists += o.persists;
         self.log_reads += o.log_reads;
         self.spin_ticks += o.spin_ticks;
@@ -185,8 +192,8 @@ impl fmt::Display for WorkCounts {
             f,
             "events {}, writes {} (acked local {}, one {}, quorum {}, all {}; timed out {}; \
              refused: context ahead {}, siblings {}; abandoned {}; region down {}), reads {}, conflicts {}, \
-             resyncs {}, relayed {}, duplicates dropped {}, persists {}, log reads {}, \
-             connections {}, spin ticks {}, longest settle {} ms",
+             resyncs {}, relayed {}, duplicates dropped {}, held back {}, released {}, \
+             persists {}, log reads {}, connections {}, spin ticks {}, longest settle {} ms",
             self.events,
             self.writes,
             self.acked[0],
@@ -203,6 +210,8 @@ impl fmt::Display for WorkCounts {
             self.resyncs,
             self.relayed,
             self.duplicates_dropped,
+            self.quarantined,
+            self.released,
             self.persists,
             self.log_reads,
             self.connections,

@@ -6,9 +6,10 @@ use conflict::examples::Counter;
 use conflict::{Dot, KeyState, Resolved, Value, VersionVector, WriteRefused};
 use leader_core::{Durability, Event, WriteError, WriteReceipt};
 
-use super::Failure;
 use super::truth::{Slot, show};
+use super::world::NEW_TABLE;
 use super::world::{Ev, Phase, World};
+use super::{Failure, Rollout};
 
 /// What became of a client write.
 #[derive(Debug, Clone)]
@@ -68,6 +69,15 @@ impl World {
             "lww"
         } else {
             "mv"
+        };
+        // During a table's rollout, a client writes it where it is configured.
+        let table = if self.opts.rollout == Some(Rollout::AddTable)
+            && self.regions[r].opts.tables.contains_key(NEW_TABLE)
+            && self.rng_work.chance(0.4)
+        {
+            NEW_TABLE
+        } else {
+            table
         };
         let slot = (table.to_owned(), key);
         match roll {
@@ -283,6 +293,11 @@ impl World {
                     WriteError::TooManySiblings { .. }
                     | WriteError::Refused(WriteRefused::TooManySiblings { .. }) => {
                         self.work.refused_siblings += 1;
+                    }
+                    // A read-modify-write of the new table, written back at a region that
+                    // does not have it yet.
+                    WriteError::UnknownTable(_) if self.opts.rollout == Some(Rollout::AddTable) => {
+                        self.work.unavailable += 1;
                     }
                     other => {
                         let detail = format!("request #{id} refused unexpectedly: {other}");

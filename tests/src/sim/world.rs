@@ -17,7 +17,7 @@ use super::stats::{FaultCounts, WorkCounts};
 use super::trace::Trace;
 use super::truth::{Broken, Slot, TableKind, Truth};
 use super::workload::{Deferred, OpRec};
-use super::{Failure, Outcome, RunOptions, Sabotage};
+use super::{Failure, Outcome, Rollout, RunOptions, Sabotage};
 
 /// Wall-clock time at virtual time zero (Unix ms, November 2023).
 pub(super) const BASE_WALL_MS: i64 = 1_700_000_000_000;
@@ -29,6 +29,37 @@ const QUIESCE_LIMIT_MS: u64 = 60_000;
 const HUGE_JUMP_MS: u64 = 3_600_000;
 /// Interval between convergence probes once the workload has ended.
 const PROBE_MS: u64 = 250;
+/// The table [`Rollout::AddTable`] adds.
+pub(super) const NEW_TABLE: &str = "new";
+/// Longest a region being reconfigured stays down, ms.
+const RECONFIGURE_DOWN_MS: u64 = 500;
+
+/// Version 2 of the example counter resolver: the same merge under a new version, as a
+/// release that changes what `resolve` answers for some input would ship it
+/// ([`Rollout::UpgradeResolver`]).
+#[derive(Debug)]
+struct CounterV2;
+
+impl conflict::Resolver for CounterV2 {
+    fn name(&self) -> &str {
+        Counter.name()
+    }
+    fn version(&self) -> u32 {
+        Counter.version() + 1
+    }
+    fn is_semilattice(&self) -> bool {
+        Counter.is_semilattice()
+    }
+    fn prunes_losers(&self) -> bool {
+        Counter.prunes_losers()
+    }
+    fn resolve(&self, siblings: &[conflict::Sibling]) -> conflict::Resolved {
+        Counter.resolve(siblings)
+    }
+    fn check_value(&self, value: &[u8]) -> Result<(), conflict::InvalidValue> {
+        Counter.check_value(value)
+    }
+}
 
 /// One region: its machine (while its process lives), its disk, its clock.
 pub(super) struct Region {
@@ -55,6 +86,8 @@ pub(super) struct Region {
     pub(super) seen_received: VersionVector,
     /// Log reads outstanding.
     pub(super) reads_out: u32,
+    /// Whether the region runs the new configuration of the run's [`Rollout`].
+    pub(super) reconfigured: bool,
 }
 
 impl Region {
@@ -105,6 +138,8 @@ pub(super) enum Ev {
     Heal,
     Crash,
     Restart(usize),
+    /// Region `r` takes the new configuration of the rollout (restarted with it).
+    Reconfigure(usize),
     ClockJump,
     ConnReset,
     EndWorkload,
@@ -152,6 +187,8 @@ pub(super) struct World {
     quiesce_from: u64,
     pub(super) trace: Trace,
     registry: Registry,
+    /// The registry of regions that took [`Rollout::UpgradeResolver`]'s new configuration.
+    registry_v2: Registry,
     pub(super) tables: BTreeMap<String, TableKind>,
     /// A region to lose for good once the current event is fully handled.
     pub(super) pending_doom: Option<usize>,
@@ -181,7 +218,7 @@ fn options(p: &Params, r: usize) -> Options {
         max_batch_bytes: k.max_batch_bytes,
         max_siblings: k.max_siblings,
         conflict_log_capacity: 64,
-        log_tail_entries: k.log_tail_entries,
+        log_tail_bytes: k.log_tail_bytes,
     }
 }
 
@@ -199,6 +236,10 @@ impl World {
         let mut registry = Registry::with_builtins();
         registry
             .register(Arc::new(Counter))
+            .expect("the counter's name is valid and free");
+        let mut registry_v2 = Registry::with_builtins();
+        registry_v2
+            .register(Arc::new(CounterV2))
             .expect("the counter's name is valid and free");
         let regions = (0..p.regions)
             .map(|r| Region {
@@ -218,6 +259,7 @@ impl World {
                 seen_applied: VersionVector::new(),
                 seen_received: VersionVector::new(),
                 reads_out: 0,
+                reconfigured: false,
             })
             .collect();
         World {
@@ -244,10 +286,12 @@ impl World {
             phase: Phase::Workload,
             quiesce_from: 0,
             registry,
+            registry_v2,
             tables: BTreeMap::from([
                 ("lww".to_owned(), TableKind::Lww),
                 ("mv".to_owned(), TableKind::MultiValue),
                 ("ctr".to_owned(), TableKind::Counter),
+                (NEW_TABLE.to_owned(), TableKind::Lww),
             ]),
             pending_doom: None,
             doom,
@@ -336,6 +380,14 @@ impl World {
                 self.push(at, ev);
             }
         }
+        if self.opts.rollout.is_some() {
+            // One region after another, spread over the workload, the last well before its end.
+            let n = self.regions.len() as u64;
+            for r in 0..self.regions.len() {
+                let at = self.p.workload_ms * (r as u64 + 1) / (n + 2);
+                self.push(at, Ev::Reconfigure(r));
+            }
+        }
         self.push(self.p.workload_ms, Ev::EndWorkload);
         Ok(())
     }
@@ -343,14 +395,27 @@ impl World {
     /// Builds region `r`'s machine from its disk.
     fn start_process(&mut self, r: usize) -> Result<(), Failure> {
         let g = &mut self.regions[r];
-        let replica =
-            Replica::new(g.opts.clone(), &self.registry, g.disk.recovered()).map_err(|e| {
-                Failure {
-                    oracle: "build",
-                    detail: e.to_string(),
-                    at_ms: self.now,
-                }
+        let registry = if g.reconfigured && self.opts.rollout == Some(Rollout::UpgradeResolver) {
+            &self.registry_v2
+        } else {
+            &self.registry
+        };
+        let mut replica =
+            Replica::new(g.opts.clone(), registry, g.disk.recovered()).map_err(|e| Failure {
+                oracle: "build",
+                detail: e.to_string(),
+                at_ms: self.now,
             })?;
+        // As `leader::node` does: the quarantined writes this configuration accepts are read
+        // from the log and applied before the first event, in small chunks.
+        let release: Vec<_> = replica
+            .to_release()
+            .iter()
+            .filter_map(|d| g.disk.log.get(&(d.replica, d.seq)).cloned())
+            .collect();
+        for chunk in release.chunks(3) {
+            replica.replay(chunk.to_vec());
+        }
         g.replica = Some(replica);
         if self.opts.sabotage == Some(Sabotage::WallClockLww) {
             g.replica
@@ -427,6 +492,10 @@ impl World {
             Ev::Heal => self.heal(),
             Ev::Crash => self.random_crash(),
             Ev::Restart(r) => self.restart(r),
+            Ev::Reconfigure(r) => {
+                self.reconfigure(r);
+                Ok(())
+            }
             Ev::ClockJump => {
                 self.clock_jump();
                 Ok(())
@@ -623,6 +692,8 @@ impl World {
             self.work.resyncs += c.resyncs;
             self.work.relayed += c.writes_relayed;
             self.work.duplicates_dropped += c.duplicates;
+            self.work.quarantined += c.quarantined;
+            self.work.released += c.released;
         }
     }
 
@@ -685,6 +756,26 @@ impl World {
             }
         }
         self.schedule_tick(r)
+    }
+
+    /// Gives region `r` the rollout's new configuration: a live region is stopped (a crash:
+    /// the disk is all that survives, as for an operator's restart) and started again with it
+    /// shortly; a crashed region gets it at its next start.
+    fn reconfigure(&mut self, r: usize) {
+        let Some(rollout) = self.opts.rollout else {
+            return;
+        };
+        let g = &mut self.regions[r];
+        g.reconfigured = true;
+        if rollout == Rollout::AddTable {
+            g.opts.tables.insert(NEW_TABLE.to_owned(), "lww".to_owned());
+        }
+        self.trace.note(self.now, &format!("reconfigure {r}"));
+        if self.alive(r) {
+            self.crash(r);
+            let back = self.now + self.rng_fault.range(1, RECONFIGURE_DOWN_MS);
+            self.push(back, Ev::Restart(r));
+        }
     }
 
     /// Loses region `r` for good, right after one of its writes was acknowledged at `one` or
