@@ -1256,9 +1256,11 @@ fn a_dropped_resync_is_sent_again_after_the_rewind() {
 #[test]
 fn a_failed_log_read_backs_off_and_raises_an_alarm() {
     let mut w = World::new();
-    // a writes more than its 8-entry tail while b is away, so b's catch-up reads the log.
+    // a writes more than its in-memory tail holds while b is away, so b's catch-up reads
+    // the log.
+    let value = "v".repeat(200);
     for i in 0..20 {
-        w.write("a", "default", &format!("k{i}"), Some("v"));
+        w.write("a", "default", &format!("k{i}"), Some(&value));
     }
     let conn = 99;
     w.conns.insert(pair("a", "b"), conn);
@@ -1571,4 +1573,39 @@ fn a_resolver_accepts_its_own_and_older_versions_only() {
     assert!(!resolver_accepts("lww@2", "lww"), "an id without a version");
     assert!(!resolver_accepts("my@res@2", "my@res@x"));
     assert!(resolver_accepts("my@res@2", "my@res@1"));
+}
+
+/// Issue 11, item 2: a replica that announces fewer writes of its own than this region
+/// already holds from it runs on an older copy of its data directory (a restored backup, a
+/// copied directory) and would hand out sequence numbers that name other writes here: its
+/// hello is refused, with advice.
+#[test]
+fn a_hello_from_an_older_copy_of_a_replica_is_refused() {
+    let mut w = World::new();
+    w.connect("a", "b");
+    w.deliver();
+    w.write("b", "default", "k1", Some("1"));
+    w.write("b", "default", "k2", Some("2"));
+    w.deliver();
+    let b_id = w.nodes["b"].id;
+    assert_eq!(w.nodes["a"].replica.applied().get(b_id), Seq(2));
+    w.cut("a", "b");
+    // b comes back from a copy taken before its two writes: same replica id, nothing in it.
+    let node = w.nodes.get_mut("b").unwrap();
+    node.replica = Replica::new(
+        opts("b", b_id),
+        &Registry::with_builtins(),
+        Recovered::default(),
+    )
+    .unwrap();
+    w.connect("a", "b");
+    w.deliver();
+    let refused = w.nodes["a"].alarms.iter().find_map(|x| match x {
+        Alarm::HelloRefused { peer, reason } if peer == "b" => Some(reason.clone()),
+        _ => None,
+    });
+    let reason = refused.expect("a refuses b's hello");
+    assert!(reason.contains("older copy"), "{reason}");
+    let view = w.nodes["a"].replica.peer_views(w.now);
+    assert!(!view.iter().any(|p| p.region == "b" && p.connected));
 }
