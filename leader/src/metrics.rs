@@ -184,6 +184,12 @@ impl Metrics {
         );
         counter(
             &mut reg,
+            "dots_reused",
+            "Duplicates that differ from the write held under the same dot (two processes share a replica id)",
+            c.dots_reused,
+        );
+        counter(
+            &mut reg,
             "released_writes",
             "Quarantined writes applied at a start whose configuration accepts them",
             c.released,

@@ -1392,6 +1392,7 @@ impl Status {
                 "log_read_failures": c.log_read_failures,
                 "causality_violations": c.causality_violations,
                 "context_overflows": c.context_overflows,
+                "dots_reused": c.dots_reused,
                 "released": c.released,
             },
             "held_back": self.held_back,

@@ -361,7 +361,9 @@ pub enum WriteError {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Alarm {
     /// A second live replica claims a region that is already connected: two processes run as
-    /// one region (split brain). The newcomer was refused.
+    /// one region (split brain). The newcomer was refused. `live == refused` when the two
+    /// share a replica id (a copied data directory) and were told apart by two different
+    /// writes under one dot.
     SplitBrain {
         /// The region.
         region: String,
@@ -676,6 +678,9 @@ pub struct Counters {
     pub log_read_failures: u64,
     /// Replicated writes that broke the per-key causality rule ([`Alarm::CausalityViolation`]).
     pub causality_violations: u64,
+    /// Duplicates that were not the write this region holds under the same dot: two processes
+    /// write as one replica ([`Alarm::SplitBrain`] with the same id twice).
+    pub dots_reused: u64,
     /// Writes not applied because their key's context would outgrow the storage limit
     /// ([`Alarm::ContextTooLarge`]); replicated ones are also counted as quarantined.
     pub context_overflows: u64,
@@ -1423,17 +1428,6 @@ impl Replica {
                 hello.region
             ));
         }
-        let have = self.received.get(hello.replica);
-        let claims = hello.applied.get(hello.replica);
-        if claims < have {
-            // Nothing is sent before it is durable, so a live or restarted replica always
-            // claims at least what it sent us. Less means its data directory is an older
-            // copy, which would hand out sequence numbers we already hold for other writes.
-            return Some(format!(
-                "replica {:#} of region '{name}' announces {} writes of its own, but this region already holds its writes up to {}: its data directory is an older copy (a restored backup or a copied directory) and would reuse sequence numbers. Start it with a new, empty data directory",
-                hello.replica, claims.0, have.0
-            ));
-        }
         if hello.replica == self.opts.replica {
             return Some(format!(
                 "peer uses this region's own replica id {}; its data directory is a copy of this one. Give it its own empty data directory",
@@ -1527,6 +1521,7 @@ impl Replica {
             let seq = entry.seq();
             if seq < expected {
                 self.counters.duplicates += 1;
+                self.check_duplicate(now, &b.origin_region, &entry, out);
                 continue;
             }
             if seq > expected {
@@ -1666,6 +1661,45 @@ impl Replica {
                 hlc: w.hlc,
                 sibling,
                 sibling_hlc,
+            }));
+        }
+    }
+
+    /// A duplicate of a write we hold must be that write. Two different writes under one dot
+    /// mean two processes use one replica id (a copied data directory running beside the
+    /// original): the first one to arrive was applied, the other is dropped like any
+    /// duplicate, and regions that got them in the other order diverge. That cannot be
+    /// undone here, but it must not go unseen: a split-brain alarm names the replica, at most
+    /// every [`CAUSALITY_ALARM_INTERVAL_MS`] per origin region. Checked against the in-memory
+    /// tail (recent writes, where two processes' writes meet).
+    fn check_duplicate(&mut self, now: Time, origin: &str, e: &LogEntry, out: &mut Vec<Effect>) {
+        let replica = e.write.dot.replica;
+        let Some(tail) = self.tail.get(&replica).map(|t| &t.entries) else {
+            return;
+        };
+        let Some(first) = tail.front().map(LogEntry::seq) else {
+            return;
+        };
+        let Some(ours) = e
+            .seq()
+            .0
+            .checked_sub(first.0)
+            .and_then(|i| tail.get(usize::try_from(i).ok()?))
+        else {
+            return;
+        };
+        if ours.seq() != e.seq() || ours == e {
+            return;
+        }
+        self.counters.dots_reused += 1;
+        let key = format!("reused:{origin}");
+        let last = self.causality_alarmed.get(&key).copied();
+        if last.is_none_or(|t| now.mono_ms >= t.saturating_add(CAUSALITY_ALARM_INTERVAL_MS)) {
+            self.causality_alarmed.insert(key, now.mono_ms);
+            out.push(Effect::Alarm(Alarm::SplitBrain {
+                region: origin.to_owned(),
+                live: replica,
+                refused: replica,
             }));
         }
     }
