@@ -225,6 +225,9 @@ pub struct Status {
     pub counters: Counters,
     /// Storage commits (fsyncs) since start.
     pub commits: u64,
+    /// Frames that found a peer's send queue full, each followed by a rewind of that stream
+    /// to what the peer acknowledged.
+    pub send_queue_full: u64,
     /// Keys stored.
     pub keys: usize,
     /// Latest HLC.
@@ -1081,6 +1084,7 @@ impl Driver {
             links: self.mesh.links(),
             counters: self.replica.counters().clone(),
             commits: self.store.commits(),
+            send_queue_full: self.metrics.send_queue_full(),
             keys: self.replica.keys().count(),
             hlc: self.replica.hlc(),
             matrix: self.replica.matrix(self.now()),
@@ -1145,6 +1149,7 @@ impl Driver {
                     return;
                 }
                 if let Err(e) = self.mesh.try_send(&stream.0, &msg) {
+                    self.metrics.count_send_queue_full();
                     debug!(peer = %stream.0, conn, "send failed: {e}; rewinding in {SEND_RETRY_DELAY:?}");
                     self.broken
                         .insert(stream, Instant::now() + SEND_RETRY_DELAY);
@@ -1273,9 +1278,11 @@ impl Status {
                 "conflicts": c.conflicts,
                 "persists": c.persists,
                 "fsyncs": self.commits,
+                "send_queue_full": self.send_queue_full,
                 "writes_sent": c.writes_sent,
                 "writes_relayed": c.writes_relayed,
                 "resyncs": c.resyncs,
+                "gaps_dropped": c.gaps_dropped,
                 "quarantined": c.quarantined,
             },
         })

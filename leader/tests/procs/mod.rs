@@ -137,19 +137,13 @@ fn free_ports(n: usize) -> Vec<u16> {
 /// restart is noticed and healed within a second or two, and a 1 s idle timeout so that a
 /// region killed for longer than that has its links time out at the live regions, as after a
 /// real crash, rather than being replaced only when it comes back.
-fn config_text(cluster: &str, regions: &[(String, u16, u16)]) -> String {
+fn config_text(cluster: &str, regions: &[(String, u16, u16)], timeouts: &str) -> String {
     let mut text = format!(
         r#"cluster = "{cluster}"
 tls_dir = "certs"
 
 [timeouts]
-heartbeat_interval_ms = 100
-relay_delay_ms = 300
-reconnect_min_ms = 50
-reconnect_max_ms = 500
-idle_timeout_ms = 1000
-keep_alive_ms = 250
-
+{timeouts}
 [tables]
 default = "lww"
 "#
@@ -168,20 +162,35 @@ data_dir = "data/{name}"
     text
 }
 
+/// The `[timeouts]` of a test deployment (see [`config_text`]).
+const FAST_TIMEOUTS: &str = "heartbeat_interval_ms = 100
+relay_delay_ms = 300
+reconnect_min_ms = 50
+reconnect_max_ms = 500
+idle_timeout_ms = 1000
+keep_alive_ms = 250
+";
+
 impl Cluster {
     /// Writes a deployment of `names` into a new temporary directory, creates its certificates
     /// and starts every region. Does not wait for anything: see [`Cluster::wait_healthy`].
     pub(crate) fn start(names: &[&str]) -> Cluster {
-        Cluster::start_with(names, false)
+        Cluster::start_with(names, false, FAST_TIMEOUTS)
     }
 
     /// [`Cluster::start`], with every region (and every restart of one) run over the impairment
     /// layer, so that links can be cut and healed through the admin API.
     pub(crate) fn start_simulated(names: &[&str]) -> Cluster {
-        Cluster::start_with(names, true)
+        Cluster::start_with(names, true, FAST_TIMEOUTS)
     }
 
-    fn start_with(names: &[&str], simulate_links: bool) -> Cluster {
+    /// [`Cluster::start_simulated`] with the production timers (the defaults of
+    /// `[timeouts]`) instead of the fast ones of the other tests.
+    pub(crate) fn start_simulated_default_timeouts(names: &[&str]) -> Cluster {
+        Cluster::start_with(names, true, "")
+    }
+
+    fn start_with(names: &[&str], simulate_links: bool, timeouts: &str) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("meridian-procs-")
             .tempdir()
@@ -194,7 +203,8 @@ impl Cluster {
             .map(|(n, (p, a))| ((*n).to_owned(), *p, *a))
             .collect();
         let config = dir.path().join("regions.toml");
-        std::fs::write(&config, config_text("procs-test", &layout)).expect("writing regions.toml");
+        std::fs::write(&config, config_text("procs-test", &layout, timeouts))
+            .expect("writing regions.toml");
         let out = std::process::Command::new(meridian())
             .args(["certs", "init", "--config"])
             .arg(&config)
