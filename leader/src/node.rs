@@ -1225,6 +1225,12 @@ impl Status {
                     "rtt_ms": link.and_then(|l| l.rtt).map(|d| d.as_secs_f64() * 1000.0),
                     "bytes_sent": link.map(|l| l.bytes_sent),
                     "bytes_recv": link.map(|l| l.bytes_recv),
+                    "quic": link.and_then(|l| l.path).map(|q| json!({
+                        "sent_packets": q.sent_packets,
+                        "lost_packets": q.lost_packets,
+                        "congestion_events": q.congestion_events,
+                        "cwnd": q.cwnd,
+                    })),
                     "lag_writes": p.lag_writes,
                     "lag_ms": p.lag_ms,
                     "unacked_bytes": p.unacked_bytes,
