@@ -50,7 +50,7 @@ impl Metrics {
         }
     }
 
-    /// Counts a frame that found its peer's send queue full (the stream is rewound).
+    /// Counts a frame that found its peer's send queue full (the stream pauses).
     pub fn count_send_queue_full(&self) {
         self.send_queue_full.fetch_add(1, Ordering::Relaxed);
     }
@@ -167,7 +167,7 @@ impl Metrics {
         counter(
             &mut reg,
             "send_queue_full",
-            "Frames that found a peer's send queue full; each rewinds that stream",
+            "Frames that found a peer's send queue full (the stream pauses until it drains)",
             status.send_queue_full,
         );
         counter(
