@@ -87,10 +87,12 @@ pub const MAX_PENDING_HANDSHAKES: usize = 64;
 /// alone instead ([`REORDER_TIME_THRESHOLD`], as RACK does in TCP).
 pub const REORDER_PACKET_THRESHOLD: u32 = 1 << 20;
 /// QUIC loss detection: an unacknowledged packet counts as lost once a later one is
-/// acknowledged and this many round trips have passed since it was sent. RFC 9002 says 9/8;
-/// 3/2 leaves half a round trip for a packet that jitter held back and for the peer's
-/// delayed acknowledgement of it. Real loss is detected half a round trip later.
-pub const REORDER_TIME_THRESHOLD: f32 = 1.5;
+/// acknowledged and this many round trips have passed since it was sent. RFC 9002 says 9/8.
+/// Under sustained load over 20 ms ± 2 ms links 3/2 was not enough: connections fell into a
+/// state of hundreds of window cuts a minute without losing a packet (the window then sits
+/// at a few packets, sent in bursts that jitter reorders); with 2 they did not (A/B in
+/// docs/benchmarks.md). Real loss is detected one round trip later than RFC 9002's.
+pub const REORDER_TIME_THRESHOLD: f32 = 2.0;
 /// Default bound on how long [`Mesh::shutdown`] waits for closing connections to drain.
 /// The close frames go out at once; the wait only absorbs retransmissions, and a dial still
 /// in its handshake would otherwise hold shutdown for three probe timeouts (seconds).

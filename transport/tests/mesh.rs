@@ -691,7 +691,7 @@ async fn reordering_by_jitter_is_not_taken_for_loss() {
     eprintln!("{lost} of {sent} packets declared lost: {after:?}");
     // About 3 MB in some 2,200 datagrams. RFC 9002's thresholds (3 packets, 9/8 round trips)
     // declared 121–151 of them lost and cut the congestion window 91–114 times, leaving it
-    // at about 6 kB (5 packets); these declare a few lost at most, with a few cuts. A packet
+    // at about 6 kB (5 packets); these declare one lost, with one cut (three runs). A packet
     // really lost (the receiving socket's buffer overflowing while a loaded machine does not
     // schedule the receiver) is loss, so the bound leaves room for some.
     let events = after.congestion_events - before.congestion_events;
