@@ -588,6 +588,33 @@ def meridian_row(name: str, doc: dict) -> dict:
     }
 
 
+def meridian_wan_row(name: str, doc: dict) -> dict:
+    """The row of a `meridian bench --phases wan,lag` run over links with latency and jitter."""
+    w = doc.get("wan")
+    s = doc.get("summary")
+    if not isinstance(w, dict) or not isinstance(s, dict):
+        raise SystemExit(f"anchors: {name}: the meridian bench JSON has no \"wan\" phase (needs --phases wan)")
+    lag = doc.get("lag") if isinstance(doc.get("lag"), dict) else {}
+    window = (w.get("secs") or 0) + (w.get("drain_secs") or 0)
+    return {
+        "system": name,
+        "write_rate_per_sec": w["writes_per_sec"],
+        "sustained_replicated_per_sec": w["writes"] / window if window > 0 else None,
+        "catchup_ms": round(w["drain_secs"] * 1000, 3),
+        "lag_under_load": None,
+        "lag_fixed_rate": {"count": 1, "p50_ms": s["lag_p50_ms"], "p99_ms": s["lag_p99_ms"], "max_ms": s["lag_max_ms"]} if lag else None,
+        "fixed_rate_per_sec": lag.get("rate_per_sec"),
+        "converged": s["converged"],
+        "bytes_per_replicated_write": s.get("bytes_per_replicated_write"),
+        "links": {"latency_ms": w["injected_one_way_ms"], "jitter_ms": w["jitter_ms"]},
+        "relayed_per_client_write": w["relayed_per_client_write"],
+        "trend_pct_per_min": w["trend_pct_per_min"],
+        "first_third_writes_per_sec": w["first_third_writes_per_sec"],
+        "last_third_writes_per_sec": w["last_third_writes_per_sec"],
+        "summary": s,
+    }
+
+
 def ratio(a: dict | None, b: dict | None) -> float | None:
     if not a or not b:
         return None
@@ -611,11 +638,15 @@ def report(a) -> None:
             m = json.load(open(path))
             meridian[n] = m
             rows[n] = meridian_row(n, m)
+    if a.meridian3_wan:
+        m = json.load(open(a.meridian3_wan))
+        meridian["meridian-3-wan"] = m
+        rows["meridian-3-wan"] = meridian_wan_row("meridian-3-wan", m)
 
     cols = ["system", "writes/s", "sustained repl./s", "catch-up ms", "lag under load p50/p99/max ms",
             "lag at fixed rate p50/p99/max ms", "fixed rate/s"]
     table = [cols]
-    for name in ["redis-everysec", "redis-always", "pg-logical", "meridian-2", "meridian-3"]:
+    for name in ["redis-everysec", "redis-always", "pg-logical", "meridian-2", "meridian-3", "meridian-3-wan"]:
         r = rows.get(name)
         if not r:
             table.append([name, "not run", "", "", "", "", ""])
@@ -657,6 +688,21 @@ def report(a) -> None:
     out.append("  regions, catch-up is the drain after its load; lag is its own lag phase (ack at the origin -> read at each")
     out.append("  other region, every ordered pair), --lag-rate auto = half its sustained rate")
     out.append(f"anchors: one writable origin; fixed-rate lag load from {p.get('fixed_rate_source', 'FIXED_RATE')}")
+    wan = rows.get("meridian-3-wan")
+    if wan:
+        base = rows.get("meridian-3")
+        share = None
+        if base and base.get("write_rate_per_sec"):
+            share = wan["write_rate_per_sec"] / base["write_rate_per_sec"]
+        out.append(
+            f"meridian-3-wan: links {wan['links']['latency_ms']} ms ± {wan['links']['jitter_ms']} ms one way; closed loop, then"
+            f" its lag phase at half that rate; writes relayed per client write {wan['relayed_per_client_write']:.4f};"
+        )
+        out.append(
+            f"  writes/s first third {fmt(wan['first_third_writes_per_sec'])}, last third {fmt(wan['last_third_writes_per_sec'])},"
+            f" trend {wan['trend_pct_per_min']:+.1f} %/min; "
+            + ("vs meridian-3 (no latency): —" if share is None else f"{share * 100:.0f} % of meridian-3's writes/s (no latency)")
+        )
     out.append("")
     out.append("ratios of sustained replicated rates:")
     for k, v in ratios.items():
@@ -737,6 +783,7 @@ def main() -> None:
     p.add_argument("--part", action="append", default=[])
     p.add_argument("--meridian2")
     p.add_argument("--meridian3")
+    p.add_argument("--meridian3-wan")
     p.add_argument("--out", required=True)
     p.set_defaults(fn=report)
 

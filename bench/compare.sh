@@ -11,6 +11,12 @@
 #                   multi-leader, its clients (CONCURRENCY in all) write at EVERY region at once,
 #                   each region to its own KEYS keys (bench's --keys is per region); writes/s and
 #                   sustained are totals over the regions. The anchors have one writable origin.
+#   meridian-3-wan  the same three regions with WAN_LATENCY_MS one-way links and WAN_JITTER_MS
+#                   jitter on every link (what a geo-distributed store exists for), `--phases
+#                   wan,lag`: a closed loop (CONCURRENCY clients) for WAN_SECS, then the lag
+#                   phase at half that rate. writes/s is the wan phase's rate; sustained is
+#                   writes / (WAN_SECS + drain); below the table: writes relayed per client
+#                   write, the throughput trend and its ratio to meridian-3's writes/s.
 #
 # What each figure means:
 #   writes/s            the load tool's own rate: redis-benchmark's requests/s (SET, random key
@@ -60,10 +66,12 @@
 #
 # Usage: bench/compare.sh [--quick] [--out FILE] [--skip-meridian]
 #   env: KEYS=10000 VALUE_BYTES=100 CONCURRENCY=64 WRITES=200000 FIXED_RATE=auto FIXED_SECS=10
-#        (--quick: WRITES=12800 FIXED_SECS=2, others the same); FIXED_SECS is also passed to
-#        meridian bench as --lag-secs when it takes that flag
+#        WAN_LATENCY_MS=20 WAN_JITTER_MS=2 WAN_SECS=60
+#        (--quick: WRITES=12800 FIXED_SECS=2 WAN_SECS=10, others the same); FIXED_SECS is also
+#        passed to meridian bench as --lag-secs when it takes that flag
 #        MERIDIAN_BIN (default: cargo build --release -p leader, then $CARGO_TARGET_DIR/release/meridian)
-#        MERIDIAN_JSON2 / MERIDIAN_JSON3: use these meridian bench outputs instead of running it
+#        MERIDIAN_JSON2 / MERIDIAN_JSON3 / MERIDIAN_JSON3_WAN: use these meridian bench outputs
+#        instead of running it
 #        SKIP_MERIDIAN=1: anchors only
 set -euo pipefail
 
@@ -87,10 +95,13 @@ done
 if [ "$quick" = 1 ]; then
   KEYS=${KEYS:-10000}; VALUE_BYTES=${VALUE_BYTES:-100}; CONCURRENCY=${CONCURRENCY:-64}
   WRITES=${WRITES:-12800}; FIXED_RATE=${FIXED_RATE:-auto}; FIXED_SECS=${FIXED_SECS:-2}; fixed_default=500
+  WAN_SECS=${WAN_SECS:-10}
 else
   KEYS=${KEYS:-10000}; VALUE_BYTES=${VALUE_BYTES:-100}; CONCURRENCY=${CONCURRENCY:-64}
   WRITES=${WRITES:-200000}; FIXED_RATE=${FIXED_RATE:-auto}; FIXED_SECS=${FIXED_SECS:-10}; fixed_default=1000
+  WAN_SECS=${WAN_SECS:-60}
 fi
+WAN_LATENCY_MS=${WAN_LATENCY_MS:-20}; WAN_JITTER_MS=${WAN_JITTER_MS:-2}
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 out=${out:-${TMPDIR:-/tmp}/meridian-compare-$stamp.json}
 PGBIN=/usr/lib/postgresql/15/bin
@@ -133,7 +144,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 # ---------------------------------------------------------------- meridian binary (fail early)
 meridian_ok=0
-if [ "$skip_meridian" != 1 ] && [ -z "${MERIDIAN_JSON2:-}${MERIDIAN_JSON3:-}" ]; then
+if [ "$skip_meridian" != 1 ] && [ -z "${MERIDIAN_JSON2:-}${MERIDIAN_JSON3:-}${MERIDIAN_JSON3_WAN:-}" ]; then
   if [ -z "${MERIDIAN_BIN:-}" ]; then
     say "building meridian (cargo build --release -p leader)"
     (cd "$repo" && cargo build --release -p leader) >&2 || die "cargo build --release -p leader failed"
@@ -147,6 +158,9 @@ if [ "$skip_meridian" != 1 ] && [ -z "${MERIDIAN_JSON2:-}${MERIDIAN_JSON3:-}" ];
   # its lag phase as long as the anchors' fixed-rate phase, when it can be told
   mextra=()
   grep -q -- --lag-secs <<<"$help" && mextra=(--lag-secs "$FIXED_SECS")
+  # the WAN row needs the wan phase (issue 11); an older binary runs the other rows only
+  wan_ok=0
+  grep -q -- --jitter-ms <<<"$help" && wan_ok=1
   meridian_ok=1
 fi
 
@@ -169,7 +183,7 @@ say "machine: $(nproc) cpus, $cpu; load average $load_before; fsync probe $fsync
 
 # ---------------------------------------------------------------- Meridian (first: its lag rate
 # can set the anchors' fixed rate)
-m2=${MERIDIAN_JSON2:-}; m3=${MERIDIAN_JSON3:-}
+m2=${MERIDIAN_JSON2:-}; m3=${MERIDIAN_JSON3:-}; m3w=${MERIDIAN_JSON3_WAN:-}
 meridian_cmds=""
 if [ "$meridian_ok" = 1 ]; then
   for n in 2 3; do
@@ -183,6 +197,20 @@ if [ "$meridian_ok" = 1 ]; then
     if ! reap $!; then cat "$work/meridian-$n.txt" >&2; die "meridian bench --regions $n failed"; fi
   done
   m2=$work/meridian-2.json; m3=$work/meridian-3.json
+  if [ "$wan_ok" = 1 ]; then
+    say "meridian bench --regions 3 over ${WAN_LATENCY_MS} ms ± ${WAN_JITTER_MS} ms links"
+    mcmd=("$MERIDIAN_BIN" bench --regions 3 --keys "$KEYS" --value-bytes "$VALUE_BYTES"
+          --concurrency "$CONCURRENCY" --latency-ms "$WAN_LATENCY_MS" --jitter-ms "$WAN_JITTER_MS"
+          --mix write-only --phases wan,lag --wan-secs "$WAN_SECS" --lag-rate auto "${mextra[@]}"
+          --out "$work/meridian-3-wan.json")
+    meridian_cmds+="${mcmd[*]}"$'\n'
+    "${mcmd[@]}" >"$work/meridian-3-wan.txt" 2>&1 &
+    pids+=($!)
+    if ! reap $!; then cat "$work/meridian-3-wan.txt" >&2; die "meridian bench (wan) failed"; fi
+    m3w=$work/meridian-3-wan.json
+  else
+    say "$MERIDIAN_BIN bench has no --jitter-ms: the meridian-3-wan row is skipped"
+  fi
 fi
 fixed_source="FIXED_RATE"
 if [ "$FIXED_RATE" = auto ]; then
@@ -276,6 +304,7 @@ args=(--machine "$work/machine.json" --out "$out")
 for s in redis-everysec redis-always pg-logical; do args+=(--part "$work/$s.json"); done
 [ -n "$m2" ] && args+=(--meridian2 "$m2")
 [ -n "$m3" ] && args+=(--meridian3 "$m3")
+[ -n "$m3w" ] && args+=(--meridian3-wan "$m3w")
 echo
 py report "${args[@]}"
 echo

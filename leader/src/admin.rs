@@ -87,7 +87,7 @@ fn view(c: &LinkControl) -> serde_json::Value {
         })
         .collect();
     let stats = c.impairment.stats();
-    json!({ "links": links, "dropped_loss": stats.dropped_loss, "blocked_outbound": stats.blocked_outbound, "blocked_inbound": stats.blocked_inbound })
+    json!({ "links": links, "dropped_loss": stats.dropped_loss, "dropped_queue_full": stats.dropped_queue_full, "blocked_outbound": stats.blocked_outbound, "blocked_inbound": stats.blocked_inbound })
 }
 
 async fn list(State(s): State<AppState>) -> Result<Response, ApiError> {

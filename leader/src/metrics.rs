@@ -37,6 +37,7 @@ pub struct Metrics {
     persisted_keys: AtomicU64,
     persisted_log_entries: AtomicU64,
     max_skew_ahead_ms: AtomicU64,
+    send_queue_full: AtomicU64,
 }
 
 impl Metrics {
@@ -48,7 +49,18 @@ impl Metrics {
             persisted_keys: AtomicU64::new(0),
             persisted_log_entries: AtomicU64::new(0),
             max_skew_ahead_ms: AtomicU64::new(0),
+            send_queue_full: AtomicU64::new(0),
         }
+    }
+
+    /// Counts a frame that found its peer's send queue full (the stream pauses).
+    pub fn count_send_queue_full(&self) {
+        self.send_queue_full.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Frames that found a send queue full so far.
+    pub fn send_queue_full(&self) -> u64 {
+        self.send_queue_full.load(Ordering::Relaxed)
     }
 
     /// Counts an alarm by kind.
@@ -203,6 +215,18 @@ impl Metrics {
             "held_back_writes",
             "Quarantined writes not applied yet, per table",
             held,
+        );
+        counter(
+            &mut reg,
+            "send_queue_full",
+            "Frames that found a peer's send queue full (the stream pauses until it drains)",
+            status.send_queue_full,
+        );
+        counter(
+            &mut reg,
+            "gaps_dropped",
+            "Gapped batches dropped while a resync of their origin was unanswered",
+            c.gaps_dropped,
         );
         counter(
             &mut reg,

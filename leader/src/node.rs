@@ -17,7 +17,7 @@
 //! Every timer and the monotonic time given to the core read tokio's clock ([`Instant`] is
 //! `tokio::time::Instant`): the OS's monotonic clock in production, virtual time under turmoil.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -55,6 +55,11 @@ const SOCKET_CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// again (a stack overflow when a peer's link timed out under load). The pause also keeps a
 /// congested link from spinning the driver.
 const SEND_RETRY_DELAY: Duration = Duration::from_millis(20);
+/// Bound on the frames held back for one stream whose send queue is full (see
+/// [`Driver::held`]). Batches are bounded by the core's window (`peer_window_bytes`) and the
+/// other frames come a few per commit and heartbeat, so this is reached only when a link stays
+/// stuck for long; then the stream is rewound as for a lost link.
+const HELD_FRAMES_MAX: usize = 65_536;
 
 /// A request to the driver from the API or an embedding program.
 #[derive(Debug)]
@@ -225,6 +230,9 @@ pub struct Status {
     pub counters: Counters,
     /// Storage commits (fsyncs) since start.
     pub commits: u64,
+    /// Frames that found a peer's send queue full: that stream pauses, and its frames are held
+    /// here until the queue drains.
+    pub send_queue_full: u64,
     /// Keys stored.
     pub keys: usize,
     /// Latest HLC.
@@ -446,6 +454,12 @@ struct Driver {
     /// ([`Event::SendFailed`]). Until then nothing more is sent on them, so the peer never
     /// sees a gap: the core's rewind resends everything from the peer's acknowledged position.
     broken: BTreeMap<(String, ConnId), Instant>,
+    /// Streams whose send queue was full: the frames not queued yet, in order, and when to
+    /// try again. They are sent as the queue drains. (Dropping them and rewinding the stream
+    /// to the peer's acknowledged position, as for a lost link, resent everything the peer had
+    /// not acknowledged yet, most of it still queued: on a congested link every rewind added
+    /// up to a window of duplicates, which congested it further.)
+    held: BTreeMap<(String, ConnId), (VecDeque<PeerMsg>, Instant)>,
 }
 
 /// A running region leader.
@@ -742,6 +756,7 @@ pub async fn start(
         metrics,
         broken: BTreeMap::new(),
         split_brain: BTreeMap::new(),
+        held: BTreeMap::new(),
     };
     let driver = tokio::spawn(driver.run(
         commands_rx,
@@ -881,6 +896,7 @@ impl Driver {
                 .into_iter()
                 .chain(parked_deadline)
                 .chain(self.broken.values().min().copied())
+                .chain(self.held.values().map(|(_, at)| *at).min())
                 .min();
             let sleep = async {
                 match wake {
@@ -911,6 +927,7 @@ impl Driver {
             self.handle(event, &mut effects);
             self.unpark(&mut effects);
             self.rewind_broken(&mut effects);
+            self.flush_held();
         };
         self.finish(completions).await;
         result
@@ -963,6 +980,39 @@ impl Driver {
             self.broken.remove(&stream);
             let (peer, conn) = stream;
             self.handle(Event::SendFailed { peer, conn }, effects);
+        }
+    }
+
+    /// Queues the held frames of every stream whose retry time has come, in order, until its
+    /// queue is full again; a stream whose link is gone is rewound instead.
+    fn flush_held(&mut self) {
+        let at = Instant::now();
+        let due: Vec<(String, ConnId)> = self
+            .held
+            .iter()
+            .filter(|(_, (_, when))| *when <= at)
+            .map(|(stream, _)| stream.clone())
+            .collect();
+        for stream in due {
+            let Some((mut frames, _)) = self.held.remove(&stream) else {
+                continue;
+            };
+            while let Some(msg) = frames.pop_front() {
+                match self.mesh.try_send(&stream.0, &msg) {
+                    Ok(()) => {}
+                    Err(transport::SendError::Full(_)) => {
+                        frames.push_front(msg);
+                        self.held
+                            .insert(stream.clone(), (frames, at + SEND_RETRY_DELAY));
+                        break;
+                    }
+                    Err(e) => {
+                        debug!(peer = %stream.0, conn = stream.1, "held frames not sent: {e}; rewinding in {SEND_RETRY_DELAY:?}");
+                        self.broken.insert(stream.clone(), at + SEND_RETRY_DELAY);
+                        break;
+                    }
+                }
+            }
         }
     }
 
@@ -1143,6 +1193,7 @@ impl Driver {
             links: self.mesh.links(),
             counters: self.replica.counters().clone(),
             commits: self.store.commits(),
+            send_queue_full: self.metrics.send_queue_full(),
             keys: self.replica.keys().count(),
             hlc: self.replica.hlc(),
             matrix: self.replica.matrix(self.now()),
@@ -1177,6 +1228,9 @@ impl Driver {
                 reason,
             } => {
                 info!(%peer, conn_id, %reason, "link down");
+                // Frames held for it would go out on the peer's next connection, ahead of its
+                // hello: the core restarts that stream from the acknowledgements anyway.
+                self.held.remove(&(peer.clone(), conn_id));
                 Event::PeerDown {
                     peer,
                     conn: conn_id,
@@ -1237,10 +1291,29 @@ impl Driver {
                     // Behind a lost frame: dropped, the rewind resends it.
                     return;
                 }
-                if let Err(e) = self.mesh.try_send(&stream.0, &msg) {
-                    debug!(peer = %stream.0, conn, "send failed: {e}; rewinding in {SEND_RETRY_DELAY:?}");
+                if let Some((frames, _)) = self.held.get_mut(&stream) {
+                    if frames.len() < HELD_FRAMES_MAX {
+                        frames.push_back(msg);
+                        return;
+                    }
+                    warn!(peer = %stream.0, conn, "{HELD_FRAMES_MAX} frames held for a full send queue; dropping them and rewinding the stream");
+                    self.held.remove(&stream);
                     self.broken
                         .insert(stream, Instant::now() + SEND_RETRY_DELAY);
+                    return;
+                }
+                match self.mesh.try_send(&stream.0, &msg) {
+                    Ok(()) => {}
+                    Err(transport::SendError::Full(_)) => {
+                        self.metrics.count_send_queue_full();
+                        let retry = Instant::now() + SEND_RETRY_DELAY;
+                        self.held.insert(stream, (VecDeque::from([msg]), retry));
+                    }
+                    Err(e) => {
+                        debug!(peer = %stream.0, conn, "send failed: {e}; rewinding in {SEND_RETRY_DELAY:?}");
+                        self.broken
+                            .insert(stream, Instant::now() + SEND_RETRY_DELAY);
+                    }
                 }
             }
             Effect::Close { peer, conn, reason } => {
@@ -1323,6 +1396,12 @@ impl Status {
                     "rtt_ms": link.and_then(|l| l.rtt).map(|d| d.as_secs_f64() * 1000.0),
                     "bytes_sent": link.map(|l| l.bytes_sent),
                     "bytes_recv": link.map(|l| l.bytes_recv),
+                    "quic": link.and_then(|l| l.path).map(|q| json!({
+                        "sent_packets": q.sent_packets,
+                        "lost_packets": q.lost_packets,
+                        "congestion_events": q.congestion_events,
+                        "cwnd": q.cwnd,
+                    })),
                     "lag_writes": p.lag_writes,
                     "lag_ms": p.lag_ms,
                     "unacked_bytes": p.unacked_bytes,
@@ -1385,9 +1464,11 @@ impl Status {
                 "conflicts": c.conflicts,
                 "persists": c.persists,
                 "fsyncs": self.commits,
+                "send_queue_full": self.send_queue_full,
                 "writes_sent": c.writes_sent,
                 "writes_relayed": c.writes_relayed,
                 "resyncs": c.resyncs,
+                "gaps_dropped": c.gaps_dropped,
                 "quarantined": c.quarantined,
                 "log_read_failures": c.log_read_failures,
                 "causality_violations": c.causality_violations,

@@ -606,6 +606,7 @@ async fn status_shows_the_region_its_writes_and_no_peers() {
         "writes_sent",
         "writes_relayed",
         "resyncs",
+        "gaps_dropped",
     ] {
         assert!(c[counter].is_u64(), "counters.{counter} in {st}");
     }

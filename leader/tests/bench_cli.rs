@@ -107,3 +107,100 @@ fn bad_flag_combinations_fail_with_advice() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("add throughput to --phases"), "{stderr}");
 }
+
+/// The wan phase: closed-loop load over links with latency and jitter, sampled every second,
+/// with `--lag-rate auto` taken from it when there is no throughput phase.
+#[test]
+fn the_wan_phase_reports_throughput_over_time_lag_and_relays() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json_path = dir.path().join("bench.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .current_dir(dir.path())
+        .args([
+            "bench",
+            "--regions",
+            "3",
+            "--latency-ms",
+            "5",
+            "--jitter-ms",
+            "1",
+            "--phases",
+            "wan,lag",
+            "--wan-secs",
+            "4",
+            "--concurrency",
+            "6",
+            "--keys",
+            "200",
+            "--lag-secs",
+            "1",
+        ])
+        .arg("--out")
+        .arg(&json_path)
+        .output()
+        .expect("run meridian bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "bench failed:\n{stderr}\n{stdout}");
+    assert!(stdout.contains("wan writes/s over time"), "{stdout}");
+    assert!(stdout.contains("wan writes relayed"), "{stdout}");
+
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json_path).expect("the JSON report"))
+            .expect("valid JSON");
+    assert_eq!(doc["args"]["jitter_ms"], 1, "{}", doc["args"]);
+    let wan = &doc["wan"];
+    assert_eq!(
+        (
+            wan["injected_one_way_ms"].as_u64(),
+            wan["jitter_ms"].as_u64()
+        ),
+        (Some(5), Some(1))
+    );
+    assert!(wan["writes"].as_u64().unwrap() > 0, "{wan}");
+    let samples = wan["samples"].as_array().expect("samples");
+    assert!(
+        (3..=5).contains(&samples.len()),
+        "one a second: {}",
+        samples.len()
+    );
+    for s in samples {
+        assert_eq!(
+            s["region_writes_per_sec"].as_array().unwrap().len(),
+            3,
+            "{s}"
+        );
+        assert_eq!(
+            s["lag_ms"].as_object().unwrap().len(),
+            6,
+            "every ordered pair: {s}"
+        );
+    }
+    for key in [
+        "relayed",
+        "relayed_per_client_write",
+        "resyncs",
+        "trend_pct_per_min",
+        "drain_secs",
+    ] {
+        assert!(
+            wan.get(key).is_some_and(|v| !v.is_null()),
+            "wan lacks {key}: {wan}"
+        );
+    }
+    assert!(wan["lag"]["count"].as_u64().unwrap() > 0, "{wan}");
+    let s = &doc["summary"];
+    assert_eq!(s["converged"], true, "{s}");
+    assert!(s["wan_writes_per_sec"].as_f64().unwrap() > 0.0, "{s}");
+    assert!(s["wan_relayed_per_client_write"].is_f64(), "{s}");
+    assert_eq!(doc["lag"]["rate_source"], "auto", "{}", doc["lag"]);
+    assert!(
+        (doc["lag"]["rate_per_sec"].as_f64().unwrap()
+            - wan["writes_per_sec"].as_f64().unwrap() / 2.0)
+            .abs()
+            < 1.0,
+        "auto is half the wan rate: {} vs {}",
+        doc["lag"]["rate_per_sec"],
+        wan["writes_per_sec"]
+    );
+}

@@ -42,6 +42,6 @@ mod tls;
 pub use certs::{CertError, Identity, KeyAlgorithm};
 pub use codec::{FrameDecoder, FrameError, FrameReader, Hello, encode_frame};
 pub use conn::HandshakeError;
-pub use link::{LinkState, LinkStatus};
+pub use link::{LinkState, LinkStatus, PathStats};
 pub use mesh::{Mesh, MeshConfig, MeshEvent, Message, SendError, TransportError};
 pub use tls::{ALPN, TlsError};

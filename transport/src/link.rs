@@ -71,6 +71,22 @@ pub struct LinkStatus {
     pub frames_sent: u64,
     /// Frames received from the peer, over all connections.
     pub frames_recv: u64,
+    /// QUIC's view of the current connection's path, while up.
+    pub path: Option<PathStats>,
+}
+
+/// QUIC loss detection and congestion control on one connection, since it came up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathStats {
+    /// UDP datagrams sent.
+    pub sent_packets: u64,
+    /// Packets declared lost. On a path without loss these are reordered packets taken for
+    /// lost (see [`crate::mesh::REORDER_PACKET_THRESHOLD`]).
+    pub lost_packets: u64,
+    /// Times the congestion window was cut for a loss.
+    pub congestion_events: u64,
+    /// The congestion window now, bytes.
+    pub cwnd: u64,
 }
 
 /// Which side dialed a connection.
@@ -468,6 +484,15 @@ impl Link {
             bytes_recv: self.counters.bytes_recv.load(Ordering::Relaxed),
             frames_sent: self.counters.frames_sent.load(Ordering::Relaxed),
             frames_recv: self.counters.frames_recv.load(Ordering::Relaxed),
+            path: c.map(|c| {
+                let p = c.conn.stats().path;
+                PathStats {
+                    sent_packets: p.sent_packets,
+                    lost_packets: p.lost_packets,
+                    congestion_events: p.congestion_events,
+                    cwnd: p.cwnd,
+                }
+            }),
         }
     }
 

@@ -78,6 +78,21 @@ pub const DEFAULT_EVENT_QUEUE: usize = 1024;
 pub const DEFAULT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Incoming handshakes served at once; beyond this, new connection attempts are refused.
 pub const MAX_PENDING_HANDSHAKES: usize = 64;
+/// QUIC loss detection: how many later packets must be acknowledged before an unacknowledged
+/// one counts as lost. RFC 9002's 3 assumes paths that hardly reorder; WAN paths with jitter
+/// (and the impairment layer, like Linux netem) reorder datagrams sent less than the jitter
+/// apart, which at replication rates is dozens of packets. Each such packet was declared lost,
+/// retransmitted, and cut the congestion window (quinn has no undo for spurious losses), so a
+/// jittery 20 ms link carried a small fraction of what it could. Loss is detected by time
+/// alone instead ([`REORDER_TIME_THRESHOLD`], as RACK does in TCP).
+pub const REORDER_PACKET_THRESHOLD: u32 = 1 << 20;
+/// QUIC loss detection: an unacknowledged packet counts as lost once a later one is
+/// acknowledged and this many round trips have passed since it was sent. RFC 9002 says 9/8.
+/// Under sustained load over 20 ms ± 2 ms links 3/2 was not enough: connections fell into a
+/// state of hundreds of window cuts a minute without losing a packet (the window then sits
+/// at a few packets, sent in bursts that jitter reorders); with 2 they did not (A/B in
+/// docs/benchmarks.md). Real loss is detected one round trip later than RFC 9002's.
+pub const REORDER_TIME_THRESHOLD: f32 = 2.0;
 /// Default bound on how long [`Mesh::shutdown`] waits for closing connections to drain.
 /// The close frames go out at once; the wait only absorbs retransmissions, and a dial still
 /// in its handshake would otherwise hold shutdown for three probe timeouts (seconds).
@@ -652,6 +667,8 @@ fn transport_config(config: &MeshConfig) -> Result<quinn::TransportConfig, Trans
     transport
         .keep_alive_interval(Some(config.keep_alive))
         .max_idle_timeout(Some(idle))
+        .packet_threshold(REORDER_PACKET_THRESHOLD)
+        .time_threshold(REORDER_TIME_THRESHOLD)
         // One uni stream per direction; nothing else may be opened, which bounds what a
         // peer can make this side buffer.
         .max_concurrent_uni_streams(1u8.into())

@@ -499,8 +499,13 @@ struct Peer {
     inflight_bytes: usize,
     /// Origins with a log read outstanding.
     reading: BTreeSet<ReplicaId>,
-    /// Per origin, since when (mono ms) the peer has lagged behind us on it.
-    lag_since: BTreeMap<ReplicaId, u64>,
+    /// Per origin the peer lags behind us on: since when (mono ms) it has made no progress on
+    /// it, and what it had acknowledged then. Progress (a higher ack) restarts the clock.
+    stalled: BTreeMap<ReplicaId, Stall>,
+    /// Receive side: per origin, the `Resync` we sent this peer that it has not answered yet
+    /// (our applied position then, and when, mono ms). Further gapped batches of that origin
+    /// are the rest of the run already on the wire: they are dropped without asking again.
+    resync_asked: BTreeMap<ReplicaId, (Seq, u64)>,
     /// When the last heartbeat went out (mono ms).
     last_heartbeat_ms: u64,
     /// Our applied vector as last acknowledged to this peer.
@@ -511,11 +516,6 @@ struct Peer {
     skew: SkewEstimate,
     /// The peer's last heartbeat (its send time, our receive time), to echo in ours.
     echo: Option<(u64, u64)>,
-    /// Origins on which we asked the peer to restart its run ([`Resync`]), with the position
-    /// we asked from, until a batch of that origin makes progress. A `Resync` lost with a
-    /// full send queue is sent again after the rewind ([`Event::SendFailed`]); otherwise the
-    /// peer would keep its window full of writes we dropped and stall.
-    gaps: BTreeMap<ReplicaId, Seq>,
     /// Origins whose last log read failed: (retry at, mono ms; current backoff, ms). Kept
     /// across reconnections so a broken log is not re-read in a tight loop.
     read_retry: BTreeMap<ReplicaId, (u64, u64)>,
@@ -524,6 +524,15 @@ struct Peer {
     /// hello (a stale row carries the resolvers of before a restart) and must not replace
     /// what the hello said; once its own row is in the matrix, staler rows are refused there.
     resolvers_from_hello: bool,
+}
+
+/// How long a peer has lagged on one origin without progress.
+#[derive(Debug, Clone, Copy)]
+struct Stall {
+    /// Since when (mono ms).
+    since_ms: u64,
+    /// The peer's acknowledged position on the origin at that time.
+    acked: Seq,
 }
 
 /// A write waiting for its persistence step, with the client to answer.
@@ -598,6 +607,12 @@ const OWN_COMMITS_MAX: usize = 65_536;
 /// Minimum interval between two clock-skew alarms about one region.
 const SKEW_ALARM_INTERVAL_MS: u64 = 10_000;
 
+/// How long a receiver waits for the answer to a `Resync` before it asks again (the first
+/// may have been lost with a full send queue). Gapped batches that arrive meanwhile are the
+/// rest of a run the sender sent before it saw the request: asking again for each of them
+/// would rewind the sender once per batch in flight, each rewind resending the whole run.
+const RESYNC_REPEAT_MS: u64 = 1_000;
+
 /// The replication state machine of one region. See the module docs for the call order.
 pub struct Replica {
     opts: Options,
@@ -671,6 +686,9 @@ pub struct Counters {
     pub writes_relayed: u64,
     /// Resync requests sent after a gap.
     pub resyncs: u64,
+    /// Batches (their rest from the first gap) dropped for a gap while a `Resync` of their
+    /// origin to their sender was still unanswered: no further request was sent.
+    pub gaps_dropped: u64,
     /// Replicated writes logged but not applied: their table is unknown here or resolved
     /// differently by their origin.
     pub quarantined: u64,
@@ -871,7 +889,7 @@ impl Replica {
             Event::PeerUp { peer, conn } => self.peer_up(peer, conn, out),
             Event::PeerDown { peer, conn } => self.peer_down(&peer, conn),
             Event::Frame { peer, conn, msg } => self.frame(now, peer, conn, msg, out),
-            Event::SendFailed { peer, conn } => self.send_failed(&peer, conn, out),
+            Event::SendFailed { peer, conn } => self.send_failed(now, &peer, conn, out),
             Event::Persisted { id } => self.persisted(now, id, out),
             Event::LogRead {
                 peer,
@@ -904,11 +922,11 @@ impl Replica {
                 continue;
             }
             consider(peer.last_heartbeat_ms + self.opts.heartbeat_interval_ms);
-            for since in peer.lag_since.values() {
+            for stall in peer.stalled.values() {
                 // A relay deadline that had passed by the last event was acted on then (its
                 // `on_tick` pumps every due relay; acks drive it from there). Naming it again
                 // would wake the driver at once, forever, while the peer lags: a busy loop.
-                let due = since + self.opts.relay_delay_ms;
+                let due = stall.since_ms + self.opts.relay_delay_ms;
                 if due > self.last_event_ms {
                     consider(due);
                 }
@@ -1265,8 +1283,6 @@ impl Replica {
         if peer.active == Some(conn) {
             Self::reset_stream(peer);
             peer.active = None;
-            // The next connection's sender restarts from our acks: no gap survives it.
-            peer.gaps.clear();
         }
     }
 
@@ -1277,9 +1293,10 @@ impl Replica {
         peer.inflight_bytes = 0;
         peer.reading.clear();
         peer.last_ack_sent = None;
+        peer.resync_asked.clear();
     }
 
-    fn send_failed(&mut self, name: &str, conn: ConnId, out: &mut Vec<Effect>) {
+    fn send_failed(&mut self, now: Time, name: &str, conn: ConnId, out: &mut Vec<Effect>) {
         let Some(peer) = self.peers.get_mut(name) else {
             return;
         };
@@ -1291,15 +1308,10 @@ impl Replica {
         // frames may include our last ack or a resync request; without them the peer keeps a
         // full window of writes we have (or dropped) and the stream stalls, so both are sent
         // again now.
+        let asked: Vec<ReplicaId> = peer.resync_asked.keys().copied().collect();
         Self::reset_stream(peer);
-        let gaps: Vec<ReplicaId> = peer.gaps.keys().copied().collect();
-        for origin in gaps {
-            let applied = self.received.get(origin);
-            out.push(Effect::Send {
-                peer: name.to_owned(),
-                conn,
-                msg: PeerMsg::Resync(Resync { origin, applied }),
-            });
+        for origin in asked {
+            self.ask_resync(now, name, conn, origin, out);
         }
         self.send_ack(name, out);
     }
@@ -1396,7 +1408,6 @@ impl Replica {
         self.region_resolvers.insert(name.to_owned(), resolvers);
         if let Some(peer) = self.peers.get_mut(name) {
             peer.resolvers_from_hello = true;
-            peer.gaps.clear();
         }
         self.check_mismatches(out);
         self.send_ack(name, out);
@@ -1516,6 +1527,9 @@ impl Replica {
                 .push((b.origin, b.origin_region.clone()));
         }
         let mut applied_any = false;
+        if let Some(first) = b.entries.first().map(LogEntry::seq) {
+            self.resync_answered(name, b.origin, first);
+        }
         for entry in b.entries {
             let expected = self.received.get(b.origin).next();
             let seq = entry.seq();
@@ -1525,26 +1539,10 @@ impl Replica {
                 continue;
             }
             if seq > expected {
-                self.counters.resyncs += 1;
-                let resync = Resync {
-                    origin: b.origin,
-                    applied: self.received.get(b.origin),
-                };
-                if let Some(peer) = self.peers.get_mut(name) {
-                    peer.gaps.insert(b.origin, resync.applied);
-                }
-                out.push(Effect::Send {
-                    peer: name.to_owned(),
-                    conn,
-                    msg: PeerMsg::Resync(resync),
-                });
+                self.ask_resync(now, name, conn, b.origin, out);
                 break;
             }
             self.apply_remote(now, &b.origin_region, entry, out);
-            if !applied_any && let Some(peer) = self.peers.get_mut(name) {
-                // The run continues where we stand: any resync of this origin was answered.
-                peer.gaps.remove(&b.origin);
-            }
             applied_any = true;
         }
         if !applied_any {
@@ -1553,6 +1551,53 @@ impl Replica {
                 peer.last_ack_sent = None;
             }
             self.send_ack(name, out);
+        }
+    }
+
+    /// Asks the sender of a batch that skipped sequence numbers of `origin` to restart the
+    /// origin's run after what we have, unless an earlier request is still unanswered: the
+    /// gapped batches that follow it were on the wire before the sender saw it.
+    fn ask_resync(
+        &mut self,
+        now: Time,
+        name: &str,
+        conn: ConnId,
+        origin: ReplicaId,
+        out: &mut Vec<Effect>,
+    ) {
+        let applied = self.received.get(origin);
+        let peer = self
+            .peers
+            .get_mut(name)
+            .expect("frame() checked the peer exists");
+        let pending = peer
+            .resync_asked
+            .get(&origin)
+            .is_some_and(|(_, at)| now.mono_ms < at.saturating_add(RESYNC_REPEAT_MS));
+        if pending {
+            self.counters.gaps_dropped += 1;
+            return;
+        }
+        peer.resync_asked.insert(origin, (applied, now.mono_ms));
+        self.counters.resyncs += 1;
+        out.push(Effect::Send {
+            peer: name.to_owned(),
+            conn,
+            msg: PeerMsg::Resync(Resync { origin, applied }),
+        });
+    }
+
+    /// Forgets an unanswered `Resync` of `origin` once `name` sends a batch of it that starts
+    /// no later than the position we asked from: the sender has rewound.
+    fn resync_answered(&mut self, name: &str, origin: ReplicaId, first: Seq) {
+        let peer = self
+            .peers
+            .get_mut(name)
+            .expect("frame() checked the peer exists");
+        if let Some((asked, _)) = peer.resync_asked.get(&origin)
+            && first <= asked.next()
+        {
+            peer.resync_asked.remove(&origin);
         }
     }
 
@@ -2000,34 +2045,72 @@ impl Replica {
 
     // ---- streaming -----------------------------------------------------------------------
 
-    /// Keeps `lag_since` up to date: when did the peer start lagging on each origin.
+    /// Keeps `stalled` up to date: since when has the peer lagged on each origin without
+    /// progress. Progress restarts the clock unless the lag matrix shows the origin's direct
+    /// link to the peer down: then the progress is our relay's, which must go on.
     fn update_lag(&mut self, now: Time, name: &str) {
+        let peer = &self.peers[name];
+        let down: BTreeSet<ReplicaId> = peer
+            .stalled
+            .keys()
+            .copied()
+            .filter(|o| self.link_down(*o, name, peer))
+            .collect();
         let durable = &self.durable;
         let peer = self
             .peers
             .get_mut(name)
             .expect("peer names come from self.peers");
         for (origin, seq) in durable.iter() {
-            if peer.acked.get(origin) >= seq {
-                peer.lag_since.remove(&origin);
-            } else {
-                peer.lag_since.entry(origin).or_insert(now.mono_ms);
+            let acked = peer.acked.get(origin);
+            if acked >= seq {
+                peer.stalled.remove(&origin);
+                continue;
+            }
+            let stall = peer.stalled.entry(origin).or_insert(Stall {
+                since_ms: now.mono_ms,
+                acked,
+            });
+            if stall.acked != acked {
+                stall.acked = acked;
+                if !down.contains(&origin) {
+                    stall.since_ms = now.mono_ms;
+                }
             }
         }
     }
 
-    /// Origins whose writes this region streams to `peer` right now.
+    /// Origins whose writes this region streams to `peer` right now: its own, and each third
+    /// region's that the peer has lacked, without progress, for the relay delay. A peer that
+    /// merely lags (it always does, under sustained load over links with latency) but keeps
+    /// progressing gets them from their origin: relaying them too would only duplicate that
+    /// stream. See "Refinements" in docs/design.md.
     fn origins_for(&self, peer: &Peer, now: Time) -> Vec<ReplicaId> {
         let mut origins = vec![self.opts.replica];
-        for (origin, since) in &peer.lag_since {
+        for (origin, stall) in &peer.stalled {
             let relay = *origin != self.opts.replica
                 && Some(*origin) != peer.replica
-                && now.mono_ms.saturating_sub(*since) >= self.opts.relay_delay_ms;
+                && now.mono_ms.saturating_sub(stall.since_ms) >= self.opts.relay_delay_ms;
             if relay {
                 origins.push(*origin);
             }
         }
         origins
+    }
+
+    /// Whether the lag matrix shows the direct link between `origin` and the peer `name` down:
+    /// the origin's latest row, or the peer's, says it does not replicate to the other.
+    fn link_down(&self, origin: ReplicaId, name: &str, peer: &Peer) -> bool {
+        let Some(origin_region) = self.replicas.get(&origin) else {
+            return false;
+        };
+        let says_down = |region: &str, replica: Option<ReplicaId>, other: &str| {
+            self.matrix.rows.get(region).is_some_and(|(row, _)| {
+                replica.is_none_or(|id| id == row.replica)
+                    && row.lags.iter().any(|l| l.peer == other && !l.connected)
+            })
+        };
+        says_down(origin_region, Some(origin), name) || says_down(name, peer.replica, origin_region)
     }
 
     /// Sends whatever `peer` lacks, within its window, from the tail or via log reads.

@@ -33,9 +33,9 @@ struct Local {
 }
 
 impl Cluster {
-    /// Starts `regions` regions on localhost, every link with `latency_ms` of one-way latency,
-    /// always over the impairment layer so the catch-up phase can cut links.
-    pub(crate) async fn start(regions: usize, latency_ms: u64) -> Result<Cluster> {
+    /// Starts `regions` regions on localhost, every link with `latency_ms` ± `jitter_ms` of
+    /// one-way latency, always over the impairment layer so the catch-up phase can cut links.
+    pub(crate) async fn start(regions: usize, latency_ms: u64, jitter_ms: u64) -> Result<Cluster> {
         let dir = tempfile::tempdir()?;
         let names: Vec<String> = (0..regions).map(|i| format!("r{i}")).collect();
         let mut text =
@@ -48,12 +48,12 @@ impl Cluster {
             ));
             apis.push(format!("http://{api}"));
         }
-        if latency_ms > 0 {
+        if latency_ms > 0 || jitter_ms > 0 {
             text.push_str("[simulation]\n");
             for (i, a) in names.iter().enumerate() {
                 for b in &names[i + 1..] {
                     text.push_str(&format!(
-                        "[[simulation.link]]\nfrom = \"{a}\"\nto = \"{b}\"\nlatency_ms = {latency_ms}\n"
+                        "[[simulation.link]]\nfrom = \"{a}\"\nto = \"{b}\"\nlatency_ms = {latency_ms}\njitter_ms = {jitter_ms}\n"
                     ));
                 }
             }

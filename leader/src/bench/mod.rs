@@ -16,11 +16,17 @@
 //!    "ack at origin → answer at destination" is the lag, timed on this one machine's clock (it
 //!    includes one local HTTP round trip). Open loop at `--lag-rate` writes/s in total, of
 //!    which `--lag-probe-rate` are probes and the rest plain writes at every region; `auto` is
-//!    half the sustained rate of phase 1, the target condition.
+//!    half the sustained rate of phase 1 (without it, of phase 5), the target
+//!    condition.
 //! 4. **catchup**: one region is cut off from all its peers through `/v1/admin/links`, a
 //!    backlog of `--backlog` writes is written at the others as fast as they take it, the links
 //!    are healed, and the time until the cut region has applied everything (equal applied
 //!    vectors) gives the catch-up time and apply rate.
+//! 5. **wan**: a closed loop at every region for `--wan-secs` (minutes, for a soak), meant
+//!    for links with latency and jitter (`--latency-ms`, `--jitter-ms`): every second, client
+//!    writes/s per region, writes relayed and `Resync`s, and the lag matrix; reported as
+//!    throughput over time with its trend, lag quantiles over the samples, and writes relayed
+//!    per client write (with every link up, relaying must stay a rare event).
 //!
 //! Bytes on the wire per replicated write come from the regions' link counters and applied
 //! counters over the whole run. At the end every region must have equal applied vectors and
@@ -63,7 +69,13 @@ pub(crate) struct BenchArgs {
     /// Injected one-way latency between every pair of started regions, ms.
     #[arg(long, default_value_t = 0)]
     latency_ms: u64,
-    /// Phases to run, comma-separated: throughput, latency, lag, catchup.
+    /// Jitter on every link of the started regions, ms: each packet's delay is drawn from
+    /// latency ± jitter, which reorders packets sent closer together than that (as Linux
+    /// netem does).
+    #[arg(long, default_value_t = 0)]
+    jitter_ms: u64,
+    /// Phases to run, comma-separated: throughput, latency, lag, catchup, wan (wan is not in
+    /// the default set: it runs for minutes).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = Phase::all())]
     phases: Vec<Phase>,
     /// Distinct keys per region.
@@ -108,7 +120,7 @@ pub(crate) struct BenchArgs {
     #[arg(long, default_value_t = 2)]
     latency_secs: u64,
     /// Write rate of the lag phase, writes/s over all regions (open loop), or `auto`: half
-    /// the sustained rate of the throughput phase.
+    /// the sustained rate of the throughput phase (without it, of the wan phase).
     #[arg(long, default_value = "auto")]
     lag_rate: LagRate,
     /// Of the lag phase's writes, how many per second are probes (each read back at every
@@ -124,6 +136,10 @@ pub(crate) struct BenchArgs {
     /// Concurrent client requests writing the backlog.
     #[arg(long, default_value_t = 256)]
     backlog_concurrency: usize,
+    /// Length of the wan phase (closed loop at every region, `--concurrency` clients),
+    /// seconds.
+    #[arg(long, default_value_t = 60)]
+    wan_secs: u64,
     /// Write the results as JSON here.
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
@@ -143,6 +159,9 @@ pub(crate) enum Phase {
     Lag,
     /// Catch-up of a region cut off and healed.
     Catchup,
+    /// Closed-loop load for minutes over links with latency and jitter: throughput over
+    /// time, lag, relays.
+    Wan,
 }
 
 impl Phase {
@@ -192,7 +211,7 @@ impl Durability {
 /// `--lag-rate`: a number or `auto`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum LagRate {
-    /// Half the sustained rate of the throughput phase.
+    /// Half the sustained rate of the throughput phase (or, without it, of the wan phase).
     Auto,
     /// This many probes/s.
     Fixed(f64),
@@ -222,9 +241,9 @@ impl BenchArgs {
                     "--regions starts regions here, --target uses running ones: give one of them"
                 );
             }
-            if self.latency_ms > 0 {
+            if self.latency_ms > 0 || self.jitter_ms > 0 {
                 bail!(
-                    "--latency-ms applies to regions the bench starts; with --target, set link latency with `meridian link --latency-ms`"
+                    "--latency-ms and --jitter-ms apply to regions the bench starts; with --target, set links with `meridian link --latency-ms --jitter-ms`"
                 );
             }
         }
@@ -235,7 +254,7 @@ impl BenchArgs {
             bail!("give --target at least twice: one URL per region, 2 regions or more");
         }
         if self.phases.is_empty() {
-            bail!("--phases is empty: name at least one of throughput, latency, lag, catchup");
+            bail!("--phases is empty: name at least one of throughput, latency, lag, catchup, wan");
         }
         if self.keys == 0 {
             bail!("--keys must be at least 1");
@@ -266,9 +285,15 @@ impl BenchArgs {
         if self.lag_rate == LagRate::Auto
             && self.phases.contains(&Phase::Lag)
             && !self.phases.contains(&Phase::Throughput)
+            && !self.phases.contains(&Phase::Wan)
         {
             bail!(
-                "--lag-rate auto is half the sustained rate of the throughput phase: add throughput to --phases, or give --lag-rate a number"
+                "--lag-rate auto is half the sustained rate of the throughput (or wan) phase: add throughput to --phases, or give --lag-rate a number"
+            );
+        }
+        if self.phases.contains(&Phase::Wan) && self.wan_secs < 3 {
+            bail!(
+                "--wan-secs must be at least 3 (the phase reports throughput over time, sampled every second)"
             );
         }
         if self.phases.contains(&Phase::Catchup) && self.backlog == 0 {
@@ -299,7 +324,7 @@ impl BenchArgs {
 
     fn to_json(&self, regions: usize) -> serde_json::Value {
         json!({
-            "regions": regions, "target": self.target, "latency_ms": self.latency_ms,
+            "regions": regions, "target": self.target, "latency_ms": self.latency_ms, "jitter_ms": self.jitter_ms, "wan_secs": self.wan_secs,
             "phases": self.phases.iter().map(|p| format!("{p:?}").to_lowercase()).collect::<Vec<_>>(),
             "keys": self.keys, "key_dist": format!("{:?}", self.key_dist).to_lowercase(),
             "value_bytes": self.value_bytes, "mix": self.mix, "conflict_share": self.conflict_share,
@@ -331,7 +356,7 @@ async fn run_inner(args: BenchArgs) -> Result<ExitCode> {
         .pool_max_idle_per_host(pool)
         .build()?;
     let cluster = if args.target.is_empty() {
-        Cluster::start(args.regions.unwrap_or(3), args.latency_ms).await?
+        Cluster::start(args.regions.unwrap_or(3), args.latency_ms, args.jitter_ms).await?
     } else {
         Cluster::target(&client, &args.target).await?
     };
@@ -443,6 +468,7 @@ pub(crate) fn summarize(report: &mut Report, regions: usize, convergence: Conver
         report.throughput.as_ref(),
         report.lag.as_ref(),
         report.catchup.as_ref(),
+        report.wan.as_ref(),
         report.wire.as_ref(),
         convergence.converged,
     );
@@ -526,5 +552,46 @@ mod tests {
         assert!(err(&["--chart", "x.svg"]).contains(".png"));
         assert!(err(&["--lag-rate", "fast"]).contains("auto"));
         assert!(parse(&["--phases", "lag", "--lag-rate", "500"]).is_ok());
+        assert!(
+            err(&[
+                "--target",
+                "http://a",
+                "--target",
+                "http://b",
+                "--jitter-ms",
+                "2"
+            ])
+            .contains("--jitter-ms")
+        );
+        assert!(err(&["--phases", "wan", "--wan-secs", "2"]).contains("at least 3"));
+    }
+
+    #[test]
+    fn the_wan_phase_takes_latency_jitter_and_length_and_sets_the_auto_lag_rate() {
+        let a = parse(&[
+            "--phases",
+            "wan,lag",
+            "--latency-ms",
+            "20",
+            "--jitter-ms",
+            "2",
+            "--wan-secs",
+            "300",
+            "--concurrency",
+            "18",
+        ])
+        .unwrap();
+        assert_eq!(a.phases, vec![Phase::Wan, Phase::Lag]);
+        assert_eq!((a.latency_ms, a.jitter_ms, a.wan_secs), (20, 2, 300));
+        assert_eq!(a.lag_rate, LagRate::Auto);
+        assert!(
+            !Phase::all().contains(&Phase::Wan),
+            "minutes long: not a default"
+        );
+        let json = a.to_json(3);
+        assert_eq!(
+            (json["jitter_ms"].as_u64(), json["wan_secs"].as_u64()),
+            (Some(2), Some(300))
+        );
     }
 }

@@ -14,7 +14,7 @@ use super::cluster::{self, Cluster};
 use super::procstat::{self, ProcSample};
 use super::report::{
     Catchup, Convergence, Lag, LatencyLevel, Quantiles, RegionThroughput, Report, Sample, Summary,
-    Throughput, Wire, per,
+    Throughput, Wan, WanSample, Wire, per,
 };
 use super::workload::{self, Load, LoadControl, Schedule, Until, histogram};
 use super::{BenchArgs, Durability, LagRate, Phase, Progress, summarize};
@@ -29,6 +29,8 @@ const CATCHUP_WAIT: Duration = Duration::from_secs(300);
 const PROBES_IN_FLIGHT_MAX: usize = 4096;
 /// A lag probe's read waits for the write to arrive; past this it counts as failed.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the wan phase reads every region's status.
+const WAN_SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
 /// A run in progress.
 pub(crate) struct Bench {
@@ -92,8 +94,18 @@ impl Bench {
         } else {
             None
         };
+        // Before lag, whose `auto` rate it sets when there is no throughput phase.
+        let wan = if on(Phase::Wan) {
+            Some(self.wan(args).await?)
+        } else {
+            None
+        };
         let lag = if on(Phase::Lag) {
-            Some(self.lag(args, throughput.as_ref()).await?)
+            let auto = throughput
+                .as_ref()
+                .map(|t| t.sustained_writes_per_sec)
+                .or(wan.as_ref().map(|w| w.writes_per_sec));
+            Some(self.lag(args, auto).await?)
         } else {
             None
         };
@@ -109,13 +121,14 @@ impl Bench {
         let last = cluster::statuses(&self.client, &self.cluster.apis).await?;
         let wire = wire(&first, &last);
         let mut report = Report {
-            summary: Summary::of(0, None, None, None, None, false),
+            summary: Summary::of(0, None, None, None, None, None, false),
             machine: super::machine(),
             args: args.to_json(self.cluster.names.len()),
             throughput,
             latency,
             lag,
             catchup,
+            wan,
             wire: Some(wire),
             convergence: convergence.clone(),
             notes,
@@ -311,13 +324,15 @@ impl Bench {
         Ok(levels)
     }
 
-    async fn lag(&self, args: &BenchArgs, throughput: Option<&Throughput>) -> Result<Lag> {
+    /// Phase 3; `sustained` is the rate `--lag-rate auto` halves (of the throughput phase,
+    /// or else of the wan phase).
+    async fn lag(&self, args: &BenchArgs, sustained: Option<f64>) -> Result<Lag> {
         self.phase("lag");
         let (rate, source) = match args.lag_rate {
             LagRate::Fixed(r) => (r, "flag"),
             LagRate::Auto => {
-                let t = throughput.context("--lag-rate auto needs the throughput phase")?;
-                ((t.sustained_writes_per_sec / 2.0).max(1.0), "auto")
+                let t = sustained.context("--lag-rate auto needs the throughput phase")?;
+                ((t / 2.0).max(1.0), "auto")
             }
         };
         let probe_rate = rate.min(args.lag_probe_rate);
@@ -358,6 +373,107 @@ impl Bench {
             all,
             injected_one_way_ms: args.latency_ms,
             p99_excess_ms: all.p99_ms - args.latency_ms as f64,
+        })
+    }
+
+    /// Phase 5: a closed loop at every region for `--wan-secs`, every region's status read
+    /// every second; then the drain until every region has applied everything.
+    async fn wan(&self, args: &BenchArgs) -> Result<Wan> {
+        self.phase("wan");
+        self.progress.line(format!(
+            "bench: wan phase ({} s, {} concurrent, all regions, links {} ± {} ms)",
+            args.wan_secs, args.concurrency, args.latency_ms, args.jitter_ms
+        ));
+        let apis = &self.cluster.apis;
+        let load = Load {
+            targets: self.cluster.targets(),
+            clients: args.concurrency,
+            rate: None,
+            until: Until::Stopped,
+            workload: args.workload(Some(args.durability), args.mix, args.conflict_share),
+            seed: 5,
+        };
+        let control = Arc::new(LoadControl::default());
+        let (bar, ticker) = self.follow("wan", args.wan_secs, false, control.clone());
+        let task = {
+            let (client, control) = (self.client.clone(), control.clone());
+            tokio::spawn(async move { workload::run(&client, load, control).await })
+        };
+        let started = Instant::now();
+        let mut prev = (started, cluster::statuses(&self.client, apis).await?);
+        let first = prev.1.clone();
+        let mut samples = Vec::new();
+        let mut tick =
+            tokio::time::interval_at((started + WAN_SAMPLE_EVERY).into(), WAN_SAMPLE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while started.elapsed() < Duration::from_secs(args.wan_secs) {
+            tick.tick().await;
+            let now_statuses = cluster::statuses(&self.client, apis).await?;
+            let now = Instant::now();
+            samples.push(wan_sample(
+                (now - started).as_secs_f64(),
+                (now - prev.0).as_secs_f64(),
+                &prev.1,
+                &now_statuses,
+            ));
+            prev = (now, now_statuses);
+        }
+        control.stop.store(true, Ordering::Relaxed);
+        let (results, load_secs) = task.await?;
+        ticker.abort();
+        bar.finish_and_clear();
+        let last = cluster::statuses(&self.client, apis).await?;
+        self.phase("wan drain");
+        let drain = cluster::wait_applied_equal(&self.client, apis, DRAIN_WAIT)
+            .await?
+            .map_err(|v| {
+                anyhow::anyhow!(
+                    "the regions had not applied the same writes {} s after the wan load ({v:?}); replication is stuck — see the region logs",
+                    DRAIN_WAIT.as_secs()
+                )
+            })?;
+        let delta = |name: &str| -> u64 {
+            let sum = |ss: &[Json]| ss.iter().map(|s| cluster::counter(s, name)).sum::<u64>();
+            sum(&last).saturating_sub(sum(&first))
+        };
+        let writes: u64 = results.iter().map(|r| r.writes.len()).sum();
+        let errors: u64 = results.iter().map(|r| r.errors).sum();
+        let relayed = delta("writes_relayed");
+        let mut lag = histogram();
+        let mut lag_writes_max = 0;
+        for s in &samples {
+            for ms in s.lag_ms.values() {
+                let _ = lag.record(((ms * 1000.0) as u64).max(1));
+            }
+            lag_writes_max = lag_writes_max.max(s.lag_writes.values().copied().max().unwrap_or(0));
+        }
+        let (first_third, last_third, trend) = Wan::trend(&samples);
+        Ok(Wan {
+            secs: load_secs,
+            injected_one_way_ms: args.latency_ms,
+            jitter_ms: args.jitter_ms,
+            clients: args.concurrency,
+            writes,
+            writes_per_sec: per(writes as f64, load_secs),
+            region_writes_per_sec: self
+                .cluster
+                .names
+                .iter()
+                .zip(&results)
+                .map(|(n, r)| (n.clone(), per(r.writes.len() as f64, load_secs)))
+                .collect(),
+            first_third_writes_per_sec: first_third,
+            last_third_writes_per_sec: last_third,
+            trend_pct_per_min: trend,
+            relayed,
+            relayed_per_client_write: per(relayed as f64, writes as f64),
+            resyncs: delta("resyncs"),
+            lag: Quantiles::of(&lag),
+            lag_writes_max,
+            drain_secs: drain.as_secs_f64(),
+            errors,
+            first_error: results.iter().find_map(|r| r.first_error.clone()),
+            samples,
         })
     }
 
@@ -701,6 +817,49 @@ async fn probe(
     Ok(out)
 }
 
+/// One second of the wan phase from the statuses at its start and end (region order).
+fn wan_sample(t_s: f64, secs: f64, before: &[Json], after: &[Json]) -> WanSample {
+    let delta = |b: &Json, a: &Json, name: &str| {
+        cluster::counter(a, name).saturating_sub(cluster::counter(b, name))
+    };
+    let sum = |name: &str| -> u64 {
+        before
+            .iter()
+            .zip(after)
+            .map(|(b, a)| delta(b, a, name))
+            .sum()
+    };
+    let region_writes_per_sec: Vec<f64> = before
+        .iter()
+        .zip(after)
+        .map(|(b, a)| per(delta(b, a, "client_writes") as f64, secs))
+        .collect();
+    let (mut lag_writes, mut lag_ms) = (BTreeMap::new(), BTreeMap::new());
+    for s in after {
+        let me = s["region"].as_str().unwrap_or_default();
+        for cell in s["matrix"].as_array().into_iter().flatten() {
+            let Some(d) = cell["destination"].as_str() else {
+                continue;
+            };
+            if cell["origin"] != me {
+                continue;
+            }
+            let pair = format!("{me} -> {d}");
+            lag_writes.insert(pair.clone(), cell["lag_writes"].as_u64().unwrap_or(0));
+            lag_ms.insert(pair, cell["lag_ms"].as_f64().unwrap_or(0.0));
+        }
+    }
+    WanSample {
+        t_s,
+        writes_per_sec: region_writes_per_sec.iter().sum(),
+        region_writes_per_sec,
+        relayed: sum("writes_relayed"),
+        resyncs: sum("resyncs"),
+        lag_writes,
+        lag_ms,
+    }
+}
+
 /// Every [`SAMPLE_EVERY`]: client writes/s over all regions and each origin's lag matrix row.
 async fn sample_loop(client: reqwest::Client, apis: Vec<String>, state: Arc<Sampler>) {
     let started = Instant::now();
@@ -784,6 +943,31 @@ mod tests {
         let none = region_figures("r1", &r, (&before, &after), None, (2.0, 4.0));
         assert_eq!(none.cpu_pct, None);
         assert_eq!(none.peak_rss_mib, None);
+    }
+
+    #[test]
+    fn a_wan_sample_is_the_counter_deltas_and_the_origins_own_matrix_cells() {
+        let status = |region: &str, writes: u64, relayed: u64, resyncs: u64| {
+            json!({ "region": region,
+                    "counters": { "client_writes": writes, "writes_relayed": relayed, "resyncs": resyncs },
+                    "matrix": [
+                        { "origin": region, "destination": "x", "lag_writes": writes / 10, "lag_ms": 25.0 },
+                        { "origin": "x", "destination": region, "lag_writes": 999, "lag_ms": 999.0 },
+                    ] })
+        };
+        let before = [status("a", 100, 5, 1), status("b", 200, 0, 0)];
+        let after = [status("a", 1100, 5, 1), status("b", 2200, 10, 2)];
+        let s = wan_sample(3.0, 2.0, &before, &after);
+        assert_eq!(s.t_s, 3.0);
+        assert_eq!(s.region_writes_per_sec, vec![500.0, 1000.0]);
+        assert_eq!(s.writes_per_sec, 1500.0);
+        assert_eq!((s.relayed, s.resyncs), (10, 2));
+        assert_eq!(
+            s.lag_writes,
+            BTreeMap::from([("a -> x".to_owned(), 110), ("b -> x".to_owned(), 220)])
+        );
+        assert_eq!(s.lag_ms["a -> x"], 25.0);
+        assert_eq!(s.lag_ms.len(), 2);
     }
 
     #[test]

@@ -183,6 +183,96 @@ pub(crate) struct Catchup {
     pub(crate) ratio_to_steady_state: Option<f64>,
 }
 
+/// Phase 5, one second of it.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct WanSample {
+    /// Seconds since the phase began (end of this second).
+    pub(crate) t_s: f64,
+    /// Client writes/s accepted over all regions during this second.
+    pub(crate) writes_per_sec: f64,
+    /// The same, per region (region order).
+    pub(crate) region_writes_per_sec: Vec<f64>,
+    /// Writes relayed during this second, over all regions.
+    pub(crate) relayed: u64,
+    /// `Resync` requests sent during this second, over all regions.
+    pub(crate) resyncs: u64,
+    /// `"origin -> destination"` → writes of the origin the destination lacks (the origin's
+    /// lag matrix row).
+    pub(crate) lag_writes: BTreeMap<String, u64>,
+    /// `"origin -> destination"` → age of the oldest such write, ms.
+    pub(crate) lag_ms: BTreeMap<String, f64>,
+}
+
+/// Phase 5: closed-loop load for minutes over links with latency and jitter.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Wan {
+    /// Seconds of load.
+    pub(crate) secs: f64,
+    /// The injected one-way latency and jitter of every link (started regions), ms.
+    pub(crate) injected_one_way_ms: u64,
+    /// See `injected_one_way_ms`.
+    pub(crate) jitter_ms: u64,
+    /// Concurrent clients over all regions.
+    pub(crate) clients: usize,
+    /// Client writes acknowledged.
+    pub(crate) writes: u64,
+    /// `writes / secs`.
+    pub(crate) writes_per_sec: f64,
+    /// Per region, writes/s over the phase (region order).
+    pub(crate) region_writes_per_sec: Vec<(String, f64)>,
+    /// Mean writes/s over the first and the last third of the phase.
+    pub(crate) first_third_writes_per_sec: f64,
+    /// See `first_third_writes_per_sec`.
+    pub(crate) last_third_writes_per_sec: f64,
+    /// Least-squares slope of writes/s over the samples, in % of the mean per minute:
+    /// negative is a downward trend.
+    pub(crate) trend_pct_per_min: f64,
+    /// Writes relayed by all regions during the phase.
+    pub(crate) relayed: u64,
+    /// `relayed / writes`; with every link up it should be far below 0.01.
+    pub(crate) relayed_per_client_write: f64,
+    /// `Resync` requests during the phase.
+    pub(crate) resyncs: u64,
+    /// Lag of every pair, sampled every second (origin's view: age of its oldest write the
+    /// destination lacks), quantiles over all samples.
+    pub(crate) lag: Quantiles,
+    /// Largest lag in writes of any pair in any sample.
+    pub(crate) lag_writes_max: u64,
+    /// From the end of the load until every region had applied everything, s.
+    pub(crate) drain_secs: f64,
+    /// Failed requests.
+    pub(crate) errors: u64,
+    /// The first failure, if any.
+    pub(crate) first_error: Option<String>,
+    /// Every second of the phase.
+    pub(crate) samples: Vec<WanSample>,
+}
+
+impl Wan {
+    /// The throughput figures of `samples`: (first third, last third, trend in % of the mean
+    /// per minute). Zero when there are fewer than three samples.
+    pub(crate) fn trend(samples: &[WanSample]) -> (f64, f64, f64) {
+        let n = samples.len();
+        if n < 3 {
+            return (0.0, 0.0, 0.0);
+        }
+        let mean = |s: &[WanSample]| per(s.iter().map(|x| x.writes_per_sec).sum(), s.len() as f64);
+        let third = n / 3;
+        let (first, last) = (mean(&samples[..third]), mean(&samples[n - third..]));
+        let (mx, my) = (
+            samples.iter().map(|s| s.t_s).sum::<f64>() / n as f64,
+            mean(samples),
+        );
+        let (mut sxy, mut sxx) = (0.0, 0.0);
+        for s in samples {
+            sxy += (s.t_s - mx) * (s.writes_per_sec - my);
+            sxx += (s.t_s - mx) * (s.t_s - mx);
+        }
+        let slope_per_sec = per(sxy, sxx);
+        (first, last, per(slope_per_sec * 60.0 * 100.0, my))
+    }
+}
+
 /// Bytes on the wire per replicated write, over the whole run.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Wire {
@@ -237,6 +327,14 @@ pub(crate) struct Summary {
     pub(crate) catchup_ms: Option<f64>,
     /// Phase 4.
     pub(crate) catchup_writes_per_sec: Option<f64>,
+    /// Phase 5: client writes/s over the phase.
+    pub(crate) wan_writes_per_sec: Option<f64>,
+    /// Phase 5: writes relayed per client write.
+    pub(crate) wan_relayed_per_client_write: Option<f64>,
+    /// Phase 5: throughput trend, % of the mean per minute.
+    pub(crate) wan_trend_pct_per_min: Option<f64>,
+    /// Phase 5: lag p99 over the samples of every pair, ms.
+    pub(crate) wan_lag_p99_ms: Option<f64>,
     /// Over the whole run.
     pub(crate) bytes_per_replicated_write: Option<f64>,
     /// The final check.
@@ -260,6 +358,8 @@ pub(crate) struct Report {
     pub(crate) lag: Option<Lag>,
     /// Phase 4.
     pub(crate) catchup: Option<Catchup>,
+    /// Phase 5.
+    pub(crate) wan: Option<Wan>,
     /// Bytes per replicated write.
     pub(crate) wire: Option<Wire>,
     /// The final check.
@@ -277,6 +377,7 @@ impl Summary {
         throughput: Option<&Throughput>,
         lag: Option<&Lag>,
         catchup: Option<&Catchup>,
+        wan: Option<&Wan>,
         wire: Option<&Wire>,
         converged: bool,
     ) -> Summary {
@@ -289,6 +390,10 @@ impl Summary {
             lag_max_ms: lag.map_or(0.0, |l| l.all.max_ms),
             catchup_ms: catchup.map(|c| c.catchup_ms),
             catchup_writes_per_sec: catchup.map(|c| c.catchup_writes_per_sec),
+            wan_writes_per_sec: wan.map(|w| w.writes_per_sec),
+            wan_relayed_per_client_write: wan.map(|w| w.relayed_per_client_write),
+            wan_trend_pct_per_min: wan.map(|w| w.trend_pct_per_min),
+            wan_lag_p99_ms: wan.map(|w| w.lag.p99_ms),
             bytes_per_replicated_write: wire.and_then(|w| w.bytes_per_replicated_write),
             converged,
         }
@@ -418,6 +523,9 @@ impl Report {
                 ),
             );
         }
+        if let Some(w) = &self.wan {
+            wan_rows(w, &mut row);
+        }
         if let Some(w) = &self.wire {
             row(
                 "bytes on the wire per replicated write".into(),
@@ -436,6 +544,69 @@ impl Report {
         );
         t.to_string()
     }
+}
+
+/// The rows of the wan phase: totals, throughput over time (ten spans), lag, relays.
+fn wan_rows(w: &Wan, row: &mut impl FnMut(String, String)) {
+    row(
+        format!(
+            "wan: {} s, {} clients, links {} ± {} ms",
+            w.secs.round(),
+            w.clients,
+            w.injected_one_way_ms,
+            w.jitter_ms
+        ),
+        format!("{} writes · {:.0} writes/s", w.writes, w.writes_per_sec),
+    );
+    let each: Vec<String> = w
+        .region_writes_per_sec
+        .iter()
+        .map(|(r, x)| format!("{r} {x:.0}"))
+        .collect();
+    row("wan writes/s per region".into(), each.join(" · "));
+    let spans = w.samples.len().min(10);
+    if spans > 0 {
+        let len = w.samples.len().div_ceil(spans);
+        let over_time: Vec<String> = w
+            .samples
+            .chunks(len)
+            .map(|c| {
+                format!(
+                    "{:.0}",
+                    per(c.iter().map(|s| s.writes_per_sec).sum(), c.len() as f64)
+                )
+            })
+            .collect();
+        row(
+            format!("wan writes/s over time ({len} s spans)"),
+            over_time.join(" "),
+        );
+    }
+    row(
+        "wan writes/s first third · last third · trend".into(),
+        format!(
+            "{:.0} · {:.0} · {:+.1} %/min",
+            w.first_third_writes_per_sec, w.last_third_writes_per_sec, w.trend_pct_per_min
+        ),
+    );
+    row(
+        "wan lag (sampled, all pairs) p50 / p99 / max ms · max writes".into(),
+        format!(
+            "{:.0} / {:.0} / {:.0} · {}",
+            w.lag.p50_ms, w.lag.p99_ms, w.lag.max_ms, w.lag_writes_max
+        ),
+    );
+    row(
+        "wan writes relayed · per client write · resyncs".into(),
+        format!(
+            "{} · {:.4} · {}",
+            w.relayed, w.relayed_per_client_write, w.resyncs
+        ),
+    );
+    row(
+        "wan drain after the load".into(),
+        format!("{:.2} s", w.drain_secs),
+    );
 }
 
 #[cfg(test)]
@@ -500,7 +671,7 @@ mod tests {
             replicated_writes: 10,
             bytes_per_replicated_write: Some(100.0),
         };
-        let s = Summary::of(3, Some(&tp), Some(&lag), None, Some(&wire), true);
+        let s = Summary::of(3, Some(&tp), Some(&lag), None, None, Some(&wire), true);
         assert_eq!(
             s,
             Summary {
@@ -512,6 +683,10 @@ mod tests {
                 lag_max_ms: 9.0,
                 catchup_ms: None,
                 catchup_writes_per_sec: None,
+                wan_writes_per_sec: None,
+                wan_relayed_per_client_write: None,
+                wan_trend_pct_per_min: None,
+                wan_lag_p99_ms: None,
                 bytes_per_replicated_write: Some(100.0),
                 converged: true,
             }
@@ -523,12 +698,40 @@ mod tests {
             .keys()
             .map(String::as_str)
             .collect();
-        assert_eq!(keys.len(), 10, "{keys:?}");
+        assert_eq!(keys.len(), 14, "{keys:?}");
         assert!(json["catchup_ms"].is_null());
-        let none = Summary::of(2, None, None, None, None, false);
+        let none = Summary::of(2, None, None, None, None, None, false);
         assert_eq!(none.total_writes_per_sec, 0.0);
         assert_eq!(none.lag_p99_ms, 0.0);
         assert_eq!(per(10.0, 0.0), 0.0);
         assert_eq!(per(10.0, 4.0), 2.5);
+    }
+
+    fn wan_sample(t_s: f64, writes_per_sec: f64) -> WanSample {
+        WanSample {
+            t_s,
+            writes_per_sec,
+            region_writes_per_sec: vec![writes_per_sec],
+            relayed: 0,
+            resyncs: 0,
+            lag_writes: BTreeMap::new(),
+            lag_ms: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn wan_trend_is_the_slope_in_percent_of_the_mean_per_minute() {
+        // Flat: no trend, both thirds equal.
+        let flat: Vec<WanSample> = (1..=6).map(|t| wan_sample(t as f64, 100.0)).collect();
+        assert_eq!(Wan::trend(&flat), (100.0, 100.0, 0.0));
+        // Falling by 1 write/s every second around a mean of 100: -60 %/min.
+        let falling: Vec<WanSample> = (0..=10)
+            .map(|t| wan_sample(t as f64, 105.0 - t as f64))
+            .collect();
+        let (first, last, trend) = Wan::trend(&falling);
+        assert!((first - 104.0).abs() < 1e-9, "{first}");
+        assert!((last - 96.0).abs() < 1e-9, "{last}");
+        assert!((trend + 60.0).abs() < 1e-9, "{trend}");
+        assert_eq!(Wan::trend(&falling[..2]), (0.0, 0.0, 0.0));
     }
 }

@@ -75,6 +75,8 @@ pub(crate) struct Cluster {
     simulate_links: bool,
     /// (region, peer port, API port) as written to regions.toml.
     layout: Vec<(String, u16, u16)>,
+    /// The `[timeouts]` text of regions.toml.
+    timeouts: String,
     /// A cap on each child's data segment and private writable mappings (`RLIMIT_DATA`, set
     /// by `prlimit`): its heap, whatever allocator it uses. Allocations beyond it fail.
     data_limit_bytes: Option<u64>,
@@ -142,14 +144,15 @@ fn free_ports(n: usize) -> Vec<u16> {
 /// restart is noticed and healed within a second or two, and a 1 s idle timeout so that a
 /// region killed for longer than that has its links time out at the live regions, as after a
 /// real crash, rather than being replaced only when it comes back.
-fn config_text(cluster: &str, regions: &[(String, u16, u16)]) -> String {
-    config_text_with(cluster, regions, &BTreeMap::new())
+fn config_text(cluster: &str, regions: &[(String, u16, u16)], timeouts: &str) -> String {
+    config_text_with(cluster, regions, timeouts, &BTreeMap::new())
 }
 
 /// [`config_text`] with some regions' data directories replaced (region → directory).
 fn config_text_with(
     cluster: &str,
     regions: &[(String, u16, u16)],
+    timeouts: &str,
     data_dirs: &BTreeMap<String, String>,
 ) -> String {
     let mut text = format!(
@@ -157,13 +160,7 @@ fn config_text_with(
 tls_dir = "certs"
 
 [timeouts]
-heartbeat_interval_ms = 100
-relay_delay_ms = 300
-reconnect_min_ms = 50
-reconnect_max_ms = 500
-idle_timeout_ms = 1000
-keep_alive_ms = 250
-
+{timeouts}
 [tables]
 default = "lww"
 "#
@@ -186,32 +183,48 @@ data_dir = "{data_dir}"
     text
 }
 
+/// The `[timeouts]` of a test deployment (see [`config_text`]).
+const FAST_TIMEOUTS: &str = "heartbeat_interval_ms = 100
+relay_delay_ms = 300
+reconnect_min_ms = 50
+reconnect_max_ms = 500
+idle_timeout_ms = 1000
+keep_alive_ms = 250
+";
+
 impl Cluster {
     /// Writes a deployment of `names` into a new temporary directory, creates its certificates
     /// and starts every region. Does not wait for anything: see [`Cluster::wait_healthy`].
     pub(crate) fn start(names: &[&str]) -> Cluster {
-        Cluster::start_with(names, false)
+        Cluster::start_with(names, false, FAST_TIMEOUTS)
     }
 
     /// [`Cluster::start`], with every region (and every restart of one) run over the impairment
     /// layer, so that links can be cut and healed through the admin API.
     pub(crate) fn start_simulated(names: &[&str]) -> Cluster {
-        Cluster::start_with(names, true)
+        Cluster::start_with(names, true, FAST_TIMEOUTS)
+    }
+
+    /// [`Cluster::start_simulated`] with the production timers (the defaults of
+    /// `[timeouts]`) instead of the fast ones of the other tests.
+    pub(crate) fn start_simulated_default_timeouts(names: &[&str]) -> Cluster {
+        Cluster::start_with_options(names, true, "", None)
     }
 
     /// [`Cluster::start`], with every process (and every restart) capped at `bytes` of heap
     /// (`RLIMIT_DATA`): a region that needs more fails an allocation and aborts.
     pub(crate) fn start_with_data_limit(names: &[&str], bytes: u64) -> Cluster {
-        Cluster::start_with_options(names, false, Some(bytes))
+        Cluster::start_with_options(names, false, FAST_TIMEOUTS, Some(bytes))
     }
 
-    fn start_with(names: &[&str], simulate_links: bool) -> Cluster {
-        Cluster::start_with_options(names, simulate_links, None)
+    fn start_with(names: &[&str], simulate_links: bool, timeouts: &str) -> Cluster {
+        Cluster::start_with_options(names, simulate_links, timeouts, None)
     }
 
     fn start_with_options(
         names: &[&str],
         simulate_links: bool,
+        timeouts: &str,
         data_limit_bytes: Option<u64>,
     ) -> Cluster {
         let dir = tempfile::Builder::new()
@@ -226,7 +239,8 @@ impl Cluster {
             .map(|(n, (p, a))| ((*n).to_owned(), *p, *a))
             .collect();
         let config = dir.path().join("regions.toml");
-        std::fs::write(&config, config_text("procs-test", &layout)).expect("writing regions.toml");
+        std::fs::write(&config, config_text("procs-test", &layout, timeouts))
+            .expect("writing regions.toml");
         let out = std::process::Command::new(meridian())
             .args(["certs", "init", "--config"])
             .arg(&config)
@@ -252,6 +266,7 @@ impl Cluster {
             config,
             simulate_links,
             layout,
+            timeouts: timeouts.to_owned(),
             data_limit_bytes,
             dir,
         };
@@ -291,8 +306,11 @@ impl Cluster {
         let name = layout[i].0.clone();
         let dirs = BTreeMap::from([(name.clone(), format!("data/{data_dir}"))]);
         let config = self.dir.path().join(format!("regions-{data_dir}.toml"));
-        std::fs::write(&config, config_text_with("procs-test", &layout, &dirs))
-            .expect("writing the impostor's regions.toml");
+        std::fs::write(
+            &config,
+            config_text_with("procs-test", &layout, &self.timeouts, &dirs),
+        )
+        .expect("writing the impostor's regions.toml");
         let mut r = Region {
             name: name.clone(),
             api: format!("http://127.0.0.1:{}", ports[1]),
