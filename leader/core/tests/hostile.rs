@@ -134,9 +134,7 @@ impl Rig {
     }
 
     fn valid_hello(&self) -> Hello {
-        // A live b has made at least every write of its own that reached `a`: a hello that
-        // claims fewer comes from an older copy of b's data directory and is refused
-        // (`machine.rs`, `a_hello_from_an_older_copy_of_a_replica_is_refused`).
+        // A live b has made at least every write of its own that reached `a`.
         let mut applied = VersionVector::new();
         let own = self.replica.received().get(B);
         if own > Seq::ZERO {
