@@ -535,6 +535,16 @@ struct Stall {
     acked: Seq,
 }
 
+impl Peer {
+    /// The next sequence number of `origin` to send this peer: one past what was sent on the
+    /// active connection or what it acknowledged, whichever is further. Saturating: a peer's
+    /// ack may claim anything, up to `u64::MAX`.
+    fn next_seq(&self, origin: ReplicaId) -> Seq {
+        let sent = self.sent.get(&origin).copied().unwrap_or_default();
+        Seq(sent.max(self.acked.get(origin)).0.saturating_add(1))
+    }
+}
+
 /// A write waiting for its persistence step, with the client to answer.
 #[derive(Debug)]
 struct PendingReply {
@@ -2141,15 +2151,7 @@ impl Replica {
             if peer.reading.contains(&origin) || peer.inflight_bytes >= window {
                 return;
             }
-            // Saturating: a peer's ack may claim anything, up to u64::MAX.
-            let next = Seq(peer
-                .sent
-                .get(&origin)
-                .copied()
-                .unwrap_or_default()
-                .max(peer.acked.get(origin))
-                .0
-                .saturating_add(1));
+            let next = peer.next_seq(origin);
             if next > last {
                 return;
             }
@@ -2265,14 +2267,7 @@ impl Replica {
                 });
             peer.read_retry
                 .insert(origin, (now.mono_ms.saturating_add(backoff), backoff));
-            let from = Seq(peer
-                .sent
-                .get(&origin)
-                .copied()
-                .unwrap_or_default()
-                .max(peer.acked.get(origin))
-                .0
-                .saturating_add(1));
+            let from = peer.next_seq(origin);
             self.counters.log_read_failures += 1;
             out.push(Effect::Alarm(Alarm::LogReadFailed {
                 peer: name.to_owned(),
@@ -2283,15 +2278,7 @@ impl Replica {
             return;
         }
         peer.read_retry.remove(&origin);
-        // Saturating, as in `pump_origin`: the peer's ack may claim u64::MAX.
-        let expected = Seq(peer
-            .sent
-            .get(&origin)
-            .copied()
-            .unwrap_or_default()
-            .max(peer.acked.get(origin))
-            .0
-            .saturating_add(1));
+        let expected = peer.next_seq(origin);
         // Keep only the contiguous run that starts where the stream stands now.
         let run: Vec<LogEntry> = entries
             .into_iter()

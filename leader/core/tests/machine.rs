@@ -327,6 +327,24 @@ impl World {
             .resolve(resolver.as_ref())
     }
 
+    /// Hands `to` a batch of `from`'s own writes, as if `from` sent it on their connection.
+    fn inject_batch(&mut self, to: &str, from: &str, entries: Vec<leader_core::LogEntry>) {
+        let conn = self.conns[&pair(to, from)];
+        let msg = PeerMsg::Batch(leader_core::Batch {
+            origin: self.nodes[from].id,
+            origin_region: from.into(),
+            entries,
+        });
+        self.handle(
+            to,
+            Event::Frame {
+                peer: from.into(),
+                conn,
+                msg,
+            },
+        );
+    }
+
     fn digests(&self) -> BTreeSet<[u8; 32]> {
         self.nodes.values().map(|n| n.replica.digest()).collect()
     }
@@ -589,21 +607,7 @@ fn a_gap_in_a_run_is_answered_with_a_resync_and_nothing_is_applied_out_of_order(
     // Take a's second write off the wire and hand b only that one on a fresh view.
     let entry = w.nodes["a"].log.values().nth(1).unwrap().clone();
     w.wire.clear();
-    let conn = w.conns[&pair("a", "b")];
-    let a_id = w.nodes["a"].id;
-    let batch = PeerMsg::Batch(leader_core::Batch {
-        origin: a_id,
-        origin_region: "a".into(),
-        entries: vec![entry],
-    });
-    w.handle(
-        "b",
-        Event::Frame {
-            peer: "a".into(),
-            conn,
-            msg: batch,
-        },
-    );
+    w.inject_batch("b", "a", vec![entry]);
     assert_eq!(
         w.read("b", "default", "k2"),
         Resolved::Absent,
@@ -1219,19 +1223,7 @@ fn a_dropped_resync_is_sent_again_after_the_rewind() {
     w.wire.clear();
     let conn = w.conns[&pair("a", "b")];
     let a_id = w.nodes["a"].id;
-    let batch = PeerMsg::Batch(leader_core::Batch {
-        origin: a_id,
-        origin_region: "a".into(),
-        entries: vec![entry],
-    });
-    w.handle(
-        "b",
-        Event::Frame {
-            peer: "a".into(),
-            conn,
-            msg: batch,
-        },
-    );
+    w.inject_batch("b", "a", vec![entry]);
     // The resync never leaves b: its queue was full.
     let before = w.wire.len();
     w.wire
@@ -1408,20 +1400,7 @@ fn a_replicated_write_breaking_the_causality_rule_is_counted_and_alarmed() {
     };
     w.connect("a", "c");
     w.deliver();
-    let conn = w.conns[&pair("a", "c")];
-    let batch = PeerMsg::Batch(leader_core::Batch {
-        origin: c_id,
-        origin_region: "c".into(),
-        entries: vec![bad],
-    });
-    w.handle(
-        "a",
-        Event::Frame {
-            peer: "c".into(),
-            conn,
-            msg: batch,
-        },
-    );
+    w.inject_batch("a", "c", vec![bad]);
     let a = &w.nodes["a"];
     assert_eq!(a.replica.counters().causality_violations, 1);
     assert!(a.alarms.iter().any(|x| matches!(
@@ -1468,19 +1447,10 @@ fn a_replicated_write_that_would_overgrow_its_keys_context_is_quarantined() {
             value: Value::Bytes(b"v".to_vec()),
         },
     };
-    let conn = w.conns[&pair("a", "c")];
-    let batch = PeerMsg::Batch(leader_core::Batch {
-        origin: c_id,
-        origin_region: "c".into(),
-        entries: vec![entry(1, context(1_000)), entry(2, context(10_000))],
-    });
-    w.handle(
+    w.inject_batch(
         "a",
-        Event::Frame {
-            peer: "c".into(),
-            conn,
-            msg: batch,
-        },
+        "c",
+        vec![entry(1, context(1_000)), entry(2, context(10_000))],
     );
     let a = &w.nodes["a"];
     let state = a.replica.get("mv", b"k").unwrap();
