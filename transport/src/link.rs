@@ -426,7 +426,8 @@ impl Link {
             return None; // a redial of the same process, or a connection already ending
         }
         let now = Instant::now();
-        if now.duration_since(s.last_recv) >= liveness {
+        let quiet = now.duration_since(s.last_recv);
+        if quiet >= liveness {
             return None; // silent: the peer restarted and this is its successor
         }
         let incarnation = candidate.origin.peer_incarnation;
@@ -451,7 +452,6 @@ impl Link {
                 candidate.peer_instance.clone(),
             )
         });
-        let quiet = now.duration_since(s.last_recv);
         let reason = format!(
             "region {peer} is connected from another process (instance {live:?}) that was heard from {quiet:?} ago; \
              if that process has just stopped, this one is let in once it has been silent for {liveness:?}; \
@@ -463,7 +463,10 @@ impl Link {
     }
 
     pub(crate) fn count_recv(&self, bytes: u64) {
-        lock(&self.state).last_recv = Instant::now();
+        if self.liveness.is_some() {
+            // Only the split-brain fence reads it: no lock per frame without one.
+            lock(&self.state).last_recv = Instant::now();
+        }
         self.counters.bytes_recv.fetch_add(bytes, Ordering::Relaxed);
         self.counters.frames_recv.fetch_add(1, Ordering::Relaxed);
     }

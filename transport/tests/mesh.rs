@@ -344,20 +344,7 @@ async fn crashed_peer_that_returns_replaces_its_stale_connection() {
     .await
     .expect("b starts");
     // Let the dial rule settle on the connection a dialed before cutting b off.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let stale = loop {
-        a.drain();
-        let status = &a.mesh.links()["b"];
-        if status.state == LinkState::Up && status.dialer.as_deref() == Some("a") {
-            break status.conn_id.expect("up");
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no a-dialed link: {status:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
-    a.wait_up(stale).await;
+    let stale = a.wait_dialed_by("b", "a").await;
 
     cut_b.partition(addr_a);
     // A new b, same certificate, new port and incarnation: a still holds the stale
@@ -643,20 +630,7 @@ async fn a_second_live_process_for_a_region_is_fenced_until_the_first_falls_sile
         .await
         .expect("b starts");
     // Let the dial rule settle on the connection a dialed (both sides dial at first).
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let live = loop {
-        a.drain();
-        let status = &a.mesh.links()["b"];
-        if status.state == LinkState::Up && status.dialer.as_deref() == Some("a") {
-            break status.conn_id.expect("up");
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no a-dialed link: {status:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
-    a.wait_up(live).await;
+    let live = a.wait_dialed_by("b", "a").await;
     a.drain();
     a.log.clear();
     // The first b keeps talking, as a region's heartbeats do.

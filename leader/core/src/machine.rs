@@ -458,8 +458,21 @@ pub enum Alarm {
 pub const LOG_READ_RETRY_MIN_MS: u64 = 100;
 /// Largest retry delay after repeated failed log reads.
 pub const LOG_READ_RETRY_MAX_MS: u64 = 5_000;
-/// Minimum interval between two [`Alarm::CausalityViolation`]s about one origin region.
+/// Minimum interval between two [`Alarm::CausalityViolation`]s (or two reused-dot
+/// [`Alarm::SplitBrain`]s) about one origin region.
 const CAUSALITY_ALARM_INTERVAL_MS: u64 = 10_000;
+
+/// Whether an alarm about `region` may be raised now (none in the last
+/// [`CAUSALITY_ALARM_INTERVAL_MS`]); if so, records that it is.
+fn alarm_due(last: &mut BTreeMap<String, u64>, region: &str, now: Time) -> bool {
+    let due = last
+        .get(region)
+        .is_none_or(|t| now.mono_ms >= t.saturating_add(CAUSALITY_ALARM_INTERVAL_MS));
+    if due {
+        last.insert(region.to_owned(), now.mono_ms);
+    }
+    due
+}
 
 /// One entry of the conflict log.
 #[derive(Debug, Clone, PartialEq)]
@@ -665,6 +678,8 @@ pub struct Replica {
     skew_alarms: BTreeMap<String, (u64, u64)>,
     /// Per origin region: when (mono ms) the last causality alarm about it was raised.
     causality_alarmed: BTreeMap<String, u64>,
+    /// Per origin region: when (mono ms) the last reused-dot split-brain alarm was raised.
+    reuse_alarmed: BTreeMap<String, u64>,
     /// Quarantined writes this configuration accepts, to apply at start ([`Replica::replay`]).
     release: BTreeSet<Dot>,
     /// Writes held back (quarantined and not released), per table.
@@ -811,6 +826,7 @@ impl Replica {
             mismatch_alarmed: BTreeSet::new(),
             skew_alarms: BTreeMap::new(),
             causality_alarmed: BTreeMap::new(),
+            reuse_alarmed: BTreeMap::new(),
             release,
             held_back,
             wall_clock_stamps: false,
@@ -1706,10 +1722,7 @@ impl Replica {
         };
         let (sibling, sibling_hlc) = (bad.dot, bad.hlc);
         self.counters.causality_violations += 1;
-        let last = self.causality_alarmed.get(origin).copied();
-        if last.is_none_or(|t| now.mono_ms >= t.saturating_add(CAUSALITY_ALARM_INTERVAL_MS)) {
-            self.causality_alarmed
-                .insert(origin.to_owned(), now.mono_ms);
+        if alarm_due(&mut self.causality_alarmed, origin, now) {
             out.push(Effect::Alarm(Alarm::CausalityViolation {
                 origin: origin.to_owned(),
                 dot: w.dot,
@@ -1747,10 +1760,7 @@ impl Replica {
             return;
         }
         self.counters.dots_reused += 1;
-        let key = format!("reused:{origin}");
-        let last = self.causality_alarmed.get(&key).copied();
-        if last.is_none_or(|t| now.mono_ms >= t.saturating_add(CAUSALITY_ALARM_INTERVAL_MS)) {
-            self.causality_alarmed.insert(key, now.mono_ms);
+        if alarm_due(&mut self.reuse_alarmed, origin, now) {
             out.push(Effect::Alarm(Alarm::SplitBrain {
                 region: origin.to_owned(),
                 live: replica,

@@ -597,8 +597,9 @@ fn a_hello_claiming_another_region_or_cluster_is_refused() {
     assert!(w.nodes["a"].closed[1].1.contains("cluster 'other'"));
 }
 
-#[test]
-fn a_gap_in_a_run_is_answered_with_a_resync_and_nothing_is_applied_out_of_order() {
+/// a and b connected; a wrote k1 and k2, and b got only the second (a gap at b), with
+/// the wire empty: what b does next is on the wire.
+fn gap_at_b() -> World {
     let mut w = World::new();
     w.connect("a", "b");
     w.deliver();
@@ -608,6 +609,12 @@ fn a_gap_in_a_run_is_answered_with_a_resync_and_nothing_is_applied_out_of_order(
     let entry = w.nodes["a"].log.values().nth(1).unwrap().clone();
     w.wire.clear();
     w.inject_batch("b", "a", vec![entry]);
+    w
+}
+
+#[test]
+fn a_gap_in_a_run_is_answered_with_a_resync_and_nothing_is_applied_out_of_order() {
+    let mut w = gap_at_b();
     assert_eq!(
         w.read("b", "default", "k2"),
         Resolved::Absent,
@@ -1214,16 +1221,9 @@ fn heartbeats_acknowledge_what_the_receiver_has_durably_applied() {
 /// after the rewind, so the sender does not keep a window of writes the receiver dropped.
 #[test]
 fn a_dropped_resync_is_sent_again_after_the_rewind() {
-    let mut w = World::new();
-    w.connect("a", "b");
-    w.deliver();
-    w.write("a", "default", "k1", Some("1"));
-    w.write("a", "default", "k2", Some("2"));
-    let entry = w.nodes["a"].log.values().nth(1).unwrap().clone();
-    w.wire.clear();
+    let mut w = gap_at_b();
     let conn = w.conns[&pair("a", "b")];
     let a_id = w.nodes["a"].id;
-    w.inject_batch("b", "a", vec![entry]);
     // The resync never leaves b: its queue was full.
     let before = w.wire.len();
     w.wire

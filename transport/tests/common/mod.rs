@@ -152,6 +152,27 @@ impl Node {
         }
     }
 
+    /// Waits until the link to `peer` is up on a connection `dialer` dialed (both sides dial
+    /// at first; this waits for the dial rule to settle) and its `Up` has arrived; returns
+    /// that connection.
+    pub async fn wait_dialed_by(&mut self, peer: &str, dialer: &str) -> u64 {
+        let deadline = Instant::now() + WAIT;
+        let conn = loop {
+            self.drain();
+            let status = &self.mesh.links()[peer];
+            if status.state == LinkState::Up && status.dialer.as_deref() == Some(dialer) {
+                break status.conn_id.expect("up");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {dialer}-dialed link: {status:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        self.wait_up(conn).await;
+        conn
+    }
+
     /// Waits for the `Up` of `conn_id`, which may already be in the log.
     pub async fn wait_up(&mut self, conn_id: u64) {
         self.seen_or_wait(
