@@ -69,7 +69,7 @@
 #        WAN_LATENCY_MS=20 WAN_JITTER_MS=2 WAN_SECS=60
 #        (--quick: WRITES=12800 FIXED_SECS=2 WAN_SECS=10, others the same); FIXED_SECS is also
 #        passed to meridian bench as --lag-secs when it takes that flag
-#        MERIDIAN_BIN (default: cargo build --release -p leader, then $CARGO_TARGET_DIR/release/meridian)
+#        MERIDIAN_BIN (default: cargo build --release -p meridian, then $CARGO_TARGET_DIR/release/meridian)
 #        MERIDIAN_JSON2 / MERIDIAN_JSON3 / MERIDIAN_JSON3_WAN: use these meridian bench outputs
 #        instead of running it
 #        SKIP_MERIDIAN=1: anchors only
@@ -146,8 +146,8 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 meridian_ok=0
 if [ "$skip_meridian" != 1 ] && [ -z "${MERIDIAN_JSON2:-}${MERIDIAN_JSON3:-}${MERIDIAN_JSON3_WAN:-}" ]; then
   if [ -z "${MERIDIAN_BIN:-}" ]; then
-    say "building meridian (cargo build --release -p leader)"
-    (cd "$repo" && cargo build --release -p leader) >&2 || die "cargo build --release -p leader failed"
+    say "building meridian (cargo build --release -p meridian)"
+    (cd "$repo" && cargo build --release -p meridian) >&2 || die "cargo build --release -p meridian failed"
     MERIDIAN_BIN=${CARGO_TARGET_DIR:-$repo/target}/release/meridian
   fi
   [ -x "$MERIDIAN_BIN" ] || die "no meridian binary at $MERIDIAN_BIN"

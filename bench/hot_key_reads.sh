@@ -7,7 +7,7 @@
 # Env: WRITERS (16), SECONDS_PER_RUN (10). Prints one line per run from the example client.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -q -p leader --bin meridian --example hot_key_reads
+cargo build --release -q -p meridian --bin meridian --example hot_key_reads
 MERIDIAN=${MERIDIAN:-target/release/meridian}
 CLIENT=target/release/examples/hot_key_reads
 dir=$(mktemp -d)

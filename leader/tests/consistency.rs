@@ -2,7 +2,8 @@
 //! for the harness): the durability ladder (`one`, `quorum`, `all`, and what a timed-out wait
 //! answers), session tokens (read-your-writes across regions, "behind your session"), the lag
 //! matrix as a third region sees it, a region whose clock runs 10 s ahead, two regions that
-//! disagree on a table's resolver, and the CLI's `--session FILE`.
+//! disagree on a table's resolver. (The CLI's `--session FILE` is tested with the binary, in
+//! `leader/cli/tests/processes/cli_session.rs`.)
 //!
 //! Partitions are made with the impairment layer under each region's QUIC endpoint, so a cut
 //! region is really unreachable (packets are dropped both ways), not merely told so. Every
@@ -11,7 +12,6 @@
 
 mod common;
 
-use std::process::Output;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{Cluster, Read, wait_until};
@@ -905,7 +905,8 @@ async fn wait_logged(c: &Cluster, region: &str, origin: &str, seq: u64) {
 }
 
 /// ap-south resolves `carts` with `lww` where the others use `multi-value`. Each side reports
-/// the mismatch naming the table and both resolvers (status, HTTP, `meridian status`); the
+/// the mismatch naming the table and both resolvers (status and HTTP; `meridian status` renders
+/// this JSON in a unit test of the `meridian` crate); the
 /// `carts` writes crossing between them are logged (the sequence stays gap-free) but never
 /// applied, and counted as quarantined; `carts` still replicates between the regions that
 /// agree, and every other table replicates everywhere.
@@ -976,105 +977,6 @@ async fn resolver_mismatch_quarantines_that_table_only() {
                 ]),
                 "{body}"
             );
-            let out = meridian(&["status", "--api", &c.api_url(US)], None).await;
-            assert!(out.status.success(), "{}", text(&out.stderr));
-            let stdout = text(&out.stdout);
-            assert!(
-                stdout.contains(
-                    "ALARM resolver mismatch: table \"carts\" is \"multi-value@1\" here and \
-                     \"lww@1\" in ap-south; its writes are not replicated between them"
-                ),
-                "{stdout}"
-            );
-        })
-        .await;
-}
-
-// ---- the CLI's session file ---------------------------------------------------------------
-
-/// Runs the `meridian` binary with `args` (and nothing from the environment that would point
-/// it elsewhere), optionally with an extra `--session FILE`.
-async fn meridian(args: &[&str], session: Option<&std::path::Path>) -> Output {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_meridian"));
-    cmd.args(args);
-    if let Some(file) = session {
-        cmd.arg("--session").arg(file);
-    }
-    for var in [
-        "MERIDIAN_API",
-        "MERIDIAN_REGION",
-        "MERIDIAN_CONFIG",
-        "MERIDIAN_API_TOKEN",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.kill_on_drop(true)
-        .output()
-        .await
-        .expect("run the meridian binary")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// The token stored in a session file.
-fn session_file(path: &std::path::Path) -> VersionVector {
-    let token = std::fs::read_to_string(path).expect("the session file exists");
-    decode_context(&token).unwrap_or_else(|e| panic!("the session file holds a token: {e}"))
-}
-
-/// `meridian put/get --session FILE` against running regions: the put stores the token it got
-/// in FILE; a get at a region cut off from the writer sends it and fails with "behind your
-/// session" (while the same get without the file just finds nothing); after the heal it
-/// returns the write and keeps the token in FILE.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cli_session_file_carries_the_token_between_commands() {
-    let cluster = Cluster::builder(&REGIONS)
-        .timeout("session_wait_ms", SESSION_WAIT_MS)
-        .start()
-        .await;
-    cluster
-        .run(async |c| {
-            c.wait_connected().await;
-            isolate(c, AP);
-            let file = c.dir().join("session.token");
-            let (us, ap) = (c.api_url(US), c.api_url(AP));
-
-            let out = meridian(&["put", "--api", &us, LWW, "cli-key", "hello"], Some(&file)).await;
-            assert!(out.status.success(), "{}", text(&out.stderr));
-            let body: Json = serde_json::from_slice(&out.stdout).expect("put prints JSON");
-            let seq = body["dot"]["seq"].as_u64().expect("a dot");
-            let token = session_file(&file);
-            let us_replica = c.status(US).await.replica;
-            let dot = Dot {
-                replica: us_replica,
-                seq: conflict::Seq(seq),
-            };
-            assert!(token.covers(&dot), "{token:?} lacks {dot:?}");
-
-            // Without the session, ap-south simply has nothing (exit code 4: absent).
-            let out = meridian(&["get", "--api", &ap, LWW, "cli-key"], None).await;
-            assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
-            // With it, ap-south waits and then says it is behind.
-            let out = meridian(&["get", "--api", &ap, LWW, "cli-key"], Some(&file)).await;
-            assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
-            let stderr = text(&out.stderr);
-            assert!(
-                stderr.starts_with(
-                    "meridian: 503 Service Unavailable: region ap-south is behind your session: \
-                     us-east applied up to 0, session needs 1; waited "
-                ),
-                "{stderr}"
-            );
-            assert_eq!(session_file(&file), token, "a failed read keeps the token");
-
-            rejoin(c, AP);
-            c.wait_key_in(&[AP], LWW, "cli-key", &[dot]).await;
-            let out = meridian(&["get", "--api", &ap, LWW, "cli-key"], Some(&file)).await;
-            assert!(out.status.success(), "{}", text(&out.stderr));
-            assert_eq!(text(&out.stdout), "hello\n");
-            assert!(session_file(&file).covers(&dot));
         })
         .await;
 }

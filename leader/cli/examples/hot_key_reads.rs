@@ -7,7 +7,7 @@
 //! the key's newest durable state. `bench/hot_key_reads.sh` starts a region and runs this.
 //!
 //! ```text
-//! cargo run --release -p leader --example hot_key_reads -- --target http://127.0.0.1:7070
+//! cargo run --release -p meridian --example hot_key_reads -- --target http://127.0.0.1:7070
 //! ```
 
 use std::sync::Arc;

@@ -15,11 +15,10 @@
 //! - `Resync` requests stay below [`RESYNCS_MAX`] in all;
 //! - once the load stops, every region has applied every write within [`CONVERGENCE_BOUND`].
 
-mod procs;
-
 use std::time::{Duration, Instant};
 
-use procs::{Cluster, POLL, applied, http_client, load, status};
+use crate::harness::{Cluster, POLL, applied, http_client, status};
+use crate::load;
 use serde_json::Value as Json;
 
 const REGIONS: [&str; 3] = ["us-east", "eu-west", "ap-south"];

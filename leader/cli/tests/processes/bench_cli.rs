@@ -3,12 +3,15 @@
 
 use std::process::Command;
 
+use crate::harness::{meridian, one_at_a_time};
+
 #[test]
 fn bench_runs_every_phase_and_writes_json_and_chart() {
+    let _turn = one_at_a_time();
     let dir = tempfile::tempdir().expect("tempdir");
     let json_path = dir.path().join("bench.json");
     let png_path = dir.path().join("bench.png");
-    let out = Command::new(env!("CARGO_BIN_EXE_meridian"))
+    let out = Command::new(meridian())
         .current_dir(dir.path())
         .args([
             "bench",
@@ -99,7 +102,7 @@ fn bench_runs_every_phase_and_writes_json_and_chart() {
 
 #[test]
 fn bad_flag_combinations_fail_with_advice() {
-    let out = Command::new(env!("CARGO_BIN_EXE_meridian"))
+    let out = Command::new(meridian())
         .args(["bench", "--phases", "lag"])
         .output()
         .expect("run meridian bench");
@@ -112,9 +115,10 @@ fn bad_flag_combinations_fail_with_advice() {
 /// with `--lag-rate auto` taken from it when there is no throughput phase.
 #[test]
 fn the_wan_phase_reports_throughput_over_time_lag_and_relays() {
+    let _turn = one_at_a_time();
     let dir = tempfile::tempdir().expect("tempdir");
     let json_path = dir.path().join("bench.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_meridian"))
+    let out = Command::new(meridian())
         .current_dir(dir.path())
         .args([
             "bench",

@@ -16,13 +16,12 @@
 //! how many of the in-flight ones turned out durable anyway. Writes to live regions must never
 //! fail. Keys are distinct (each is written once), so "present" means exactly the value written.
 
-mod procs;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use procs::{Cluster, POLL, applied, http_client, load, status};
+use crate::harness::{Cluster, POLL, applied, http_client, status};
+use crate::load;
 use serde_json::Value as Json;
 use tokio::task::JoinSet;
 
@@ -36,7 +35,7 @@ const ACKS_BEFORE_KILL: usize = 200;
 /// While the victim is down, each live region acknowledges at least this many more writes…
 const ACKS_WHILE_DOWN: usize = 150;
 /// …and the victim stays down at least this long: longer than the idle timeout (1 s, see
-/// `procs`), so the live regions' links to it time out while they are under load. (That path
+/// `harness`), so the live regions' links to it time out while they are under load. (That path
 /// once overflowed the driver's stack: a failed send was fed back at once, and the resend it
 /// caused failed again, without bound.)
 const MIN_DOWNTIME: Duration = Duration::from_millis(1500);

@@ -13,17 +13,15 @@
 //! so the state machine saw `Down` before the newcomer's hello and forgot the first replica
 //! id: no alarm, and a link that flapped on every redial of either process.
 
-mod procs;
-
 use std::time::{Duration, Instant};
 
-use procs::{Cluster, POLL, http_client, status};
+use crate::harness::{Cluster, POLL, http_client, status};
 use serde_json::Value as Json;
 
 const REGIONS: [&str; 3] = ["us-east", "eu-west", "ap-south"];
 /// The region that gets a second process.
 const TWIN: usize = 2;
-/// Everything here happens within a few heartbeats (100 ms in `procs`) and redials
+/// Everything here happens within a few heartbeats (100 ms in `harness`) and redials
 /// (50–500 ms); reaching a bound fails the test.
 const START_BOUND: Duration = Duration::from_secs(15);
 const ALARM_BOUND: Duration = Duration::from_secs(10);

@@ -38,14 +38,13 @@
 //!
 //! Waits poll with deadlines that only matter on failure; nothing is retried.
 
-mod procs;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use procs::{Cluster, POLL, applied, http_client, load, status};
+use crate::harness::{Cluster, POLL, applied, http_client, status};
+use crate::load;
 use serde_json::Value as Json;
 use tokio::task::JoinSet;
 
@@ -819,7 +818,7 @@ async fn random_kills_restarts_and_partitions_lose_no_acknowledged_write() {
     let schedule = plan(seed);
     eprintln!("chaos: seed {seed} ({} steps)", schedule.len());
     eprintln!(
-        "chaos: replay with `{SEED_ENV}={seed} cargo test -p leader --test chaos -- --nocapture`"
+        "chaos: replay with `{SEED_ENV}={seed} cargo test -p meridian --test processes -- chaos:: --nocapture`"
     );
     for (n, (pause, step)) in schedule.iter().enumerate() {
         eprintln!("chaos: plan {n}: after {pause:?}, {step}");

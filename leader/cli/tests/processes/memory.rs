@@ -10,11 +10,9 @@
 //! the first process died of a failed allocation after some 50 writes, and a restart after
 //! writing without the cap died replaying.
 
-mod procs;
-
 use std::time::{Duration, Instant};
 
-use procs::{Cluster, http_client};
+use crate::harness::{Cluster, http_client};
 
 /// Heap cap of the process. The defaults (16 MiB tail per origin, 64 MiB checkpoints, 8 MiB
 /// replay chunks, 64 MiB storage cache) keep a region under about 130 MiB here.

@@ -10,12 +10,6 @@
 //! [`Cluster::start_simulated`] runs the regions over the impairment layer
 //! (`--simulate-links`), so a test can partition them through `/v1/admin/links`
 //! ([`Cluster::block_link`], [`Cluster::heal_link`]).
-#![allow(
-    dead_code,
-    reason = "each test binary that includes this module uses a different part of it"
-)]
-
-pub(crate) mod load;
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
@@ -23,6 +17,7 @@ use std::io::Write as _;
 use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
@@ -40,7 +35,7 @@ const LOG_TAIL_LINES: usize = 60;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The `meridian` binary built for this test run.
-fn meridian() -> &'static str {
+pub(crate) fn meridian() -> &'static str {
     env!("CARGO_BIN_EXE_meridian")
 }
 
@@ -82,6 +77,24 @@ pub(crate) struct Cluster {
     data_limit_bytes: Option<u64>,
     // Kept last so the directory outlives the children during `Drop`.
     dir: TempDir,
+    /// This test's turn on the machine (see [`one_at_a_time`]), held until the children are
+    /// gone.
+    _turn: MutexGuard<'static, ()>,
+}
+
+/// Taken by every test that starts regions (or a benchmark of them) for as long as they run.
+/// These tests share one binary, whose tests run in parallel, but each expects the machine
+/// to itself, as when every file was its own test binary (run one after another): timing
+/// bounds and rates measured by one must not depend on another's load.
+static ONE_DEPLOYMENT: Mutex<()> = Mutex::new(());
+
+/// Waits for the machine to be free of other tests' regions; it is again when the guard is
+/// dropped. A test that panicked while holding it has stopped its regions (they are killed on
+/// drop), so a poisoned lock is still a free machine.
+pub(crate) fn one_at_a_time() -> MutexGuard<'static, ()> {
+    ONE_DEPLOYMENT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Lowest port [`free_ports`] considers: clear of the fixed ports that example deployments
@@ -227,6 +240,7 @@ impl Cluster {
         timeouts: &str,
         data_limit_bytes: Option<u64>,
     ) -> Cluster {
+        let turn = one_at_a_time();
         let dir = tempfile::Builder::new()
             .prefix("meridian-procs-")
             .tempdir()
@@ -269,6 +283,7 @@ impl Cluster {
             timeouts: timeouts.to_owned(),
             data_limit_bytes,
             dir,
+            _turn: turn,
         };
         for i in 0..names.len() {
             cluster.spawn(i);
