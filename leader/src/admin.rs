@@ -22,28 +22,17 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use serde::Deserialize;
-use serde_json::json;
 use transport::impair::LinkImpairment;
 
 use crate::api::{ApiError, AppState};
 use crate::node::LinkControl;
+use crate::status::{Link, LinkChange, Links};
 
 pub(crate) fn routes() -> Router<AppState> {
     Router::new().route("/v1/admin/links", get(list)).route(
         "/v1/admin/links/{peer}",
         axum::routing::put(set).delete(clear),
     )
-}
-
-/// The body of `PUT /v1/admin/links/{peer}`; a field left out keeps its current value.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LinkBody {
-    latency_ms: Option<u64>,
-    jitter_ms: Option<u64>,
-    loss: Option<f64>,
-    blocked: Option<bool>,
 }
 
 fn control(s: &AppState) -> Result<&LinkControl, ApiError> {
@@ -70,24 +59,30 @@ fn peer_addr(c: &LinkControl, peer: &str) -> Result<std::net::SocketAddr, ApiErr
     })
 }
 
-fn view(c: &LinkControl) -> serde_json::Value {
-    let links: Vec<serde_json::Value> = c
+fn view(c: &LinkControl) -> Links {
+    let links = c
         .peers
         .iter()
         .map(|(name, addr)| {
             let l = c.impairment.get(*addr).unwrap_or_default();
-            json!({
-                "peer": name,
-                "addr": addr.to_string(),
-                "latency_ms": l.latency.as_millis() as u64,
-                "jitter_ms": l.jitter.as_millis() as u64,
-                "loss": l.loss,
-                "blocked": l.blocked || c.impairment.is_inbound_blocked(*addr),
-            })
+            Link {
+                addr: addr.to_string(),
+                blocked: l.blocked || c.impairment.is_inbound_blocked(*addr),
+                jitter_ms: l.jitter.as_millis() as u64,
+                latency_ms: l.latency.as_millis() as u64,
+                loss: l.loss,
+                peer: name.clone(),
+            }
         })
         .collect();
     let stats = c.impairment.stats();
-    json!({ "links": links, "dropped_loss": stats.dropped_loss, "dropped_queue_full": stats.dropped_queue_full, "blocked_outbound": stats.blocked_outbound, "blocked_inbound": stats.blocked_inbound })
+    Links {
+        blocked_inbound: stats.blocked_inbound,
+        blocked_outbound: stats.blocked_outbound,
+        dropped_loss: stats.dropped_loss,
+        dropped_queue_full: stats.dropped_queue_full,
+        links,
+    }
 }
 
 async fn list(State(s): State<AppState>) -> Result<Response, ApiError> {
@@ -97,7 +92,7 @@ async fn list(State(s): State<AppState>) -> Result<Response, ApiError> {
 async fn set(
     State(s): State<AppState>,
     path: Result<Path<String>, PathRejection>,
-    body: Result<axum::Json<LinkBody>, axum::extract::rejection::JsonRejection>,
+    body: Result<axum::Json<LinkChange>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Path(peer) = path.map_err(crate::api::bad_path)?;
     let c = control(&s)?;

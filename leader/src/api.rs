@@ -29,12 +29,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use conflict::{Resolved, Sibling, Value, VersionVector};
+use conflict::{ReplicaId, Resolved, Sibling, Value, VersionVector};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::config::Limits;
 use crate::node::{Behind, NodeHandle, ReadResult, RequestError, WriteOptions};
+use crate::status::{ConflictPage, ConflictWrite, Digest, LoggedConflict, Status};
 use leader_core::Durability;
 
 /// Header carrying a key's causal context.
@@ -707,65 +708,64 @@ async fn conflicts(
     let limit = p.limit.unwrap_or(50).min(MAX_CONFLICT_PAGE);
     let regions = replica_regions(&s.node.status().await?);
     let all = s.node.conflicts().await?;
-    let page: Vec<serde_json::Value> = all
+    let page: Vec<LoggedConflict> = all
         .iter()
         .rev()
         .filter(|c| p.before.is_none_or(|b| c.id < b))
         .filter(|c| p.table.as_ref().is_none_or(|t| &c.table == t))
         .take(limit)
-        .map(|c| {
-            let siblings: Vec<serde_json::Value> = c
+        .map(|c| LoggedConflict {
+            detected_ms: c.detected_ms,
+            id: c.id,
+            key: String::from_utf8_lossy(&c.key).into_owned(),
+            outcome: c.outcome.clone(),
+            resolver: c.resolver.clone(),
+            siblings: c
                 .siblings
                 .iter()
-                .map(|(dot, hlc, kept)| {
-                    let replica = format!("{:#}", dot.replica);
-                    json!({
-                        "region": regions.get(&replica).cloned().unwrap_or_else(|| "unknown".into()),
-                        "replica": replica,
-                        "seq": dot.seq.0,
-                        "hlc": hlc.to_string(),
-                        "kept": kept,
-                    })
+                .map(|(dot, hlc, kept)| ConflictWrite {
+                    hlc: hlc.to_string(),
+                    kept: *kept,
+                    region: regions
+                        .get(&dot.replica)
+                        .cloned()
+                        .unwrap_or_else(|| "unknown".into()),
+                    replica: dot.replica,
+                    seq: dot.seq.0,
                 })
-                .collect();
-            json!({
-                "id": c.id,
-                "detected_ms": c.detected_ms,
-                "table": c.table,
-                "key": String::from_utf8_lossy(&c.key),
-                "resolver": c.resolver,
-                "siblings": siblings,
-                "outcome": c.outcome,
-            })
+                .collect(),
+            table: c.table.clone(),
         })
         .collect();
-    let next = page.last().and_then(|c| c["id"].as_u64());
-    Ok(
-        axum::Json(json!({ "conflicts": page, "next_before": next, "total_logged": all.len() }))
-            .into_response(),
-    )
+    let next_before = page.last().map(|c| c.id);
+    let page = ConflictPage {
+        conflicts: page,
+        next_before,
+        total_logged: all.len() as u64,
+    };
+    Ok(axum::Json(page).into_response())
 }
 
 /// Region names by replica id (full UUID), for naming the writes in conflict records: this
 /// region, every peer whose hello named its replica, and every origin durably applied here.
 /// The applied vector alone is not enough: a conflict is logged when a peer's write is
 /// applied, before the fsync that makes it durable, and a read can come in between.
-fn replica_regions(status: &crate::node::Status) -> BTreeMap<String, String> {
-    let own = (format!("{:#}", status.replica), status.region.clone());
+fn replica_regions(status: &crate::node::Status) -> BTreeMap<ReplicaId, String> {
+    let own = (status.replica, status.region.clone());
     let peers = status
         .peers
         .iter()
-        .filter_map(|p| Some((format!("{:#}", p.replica?), p.region.clone())));
+        .filter_map(|p| Some((p.replica?, p.region.clone())));
     let applied = status
         .applied
         .iter()
-        .map(|(region, replica, _)| (format!("{replica:#}"), region.clone()));
+        .map(|(region, replica, _)| (*replica, region.clone()));
     std::iter::once(own).chain(peers).chain(applied).collect()
 }
 
 async fn status(State(s): State<AppState>) -> Result<Response, ApiError> {
     let st = s.node.status().await?;
-    Ok(axum::Json(st.to_json()).into_response())
+    Ok(axum::Json(Status::from(&st)).into_response())
 }
 
 /// The state digest, for convergence checks across regions (`meridian bench`). The applied
@@ -773,16 +773,16 @@ async fn status(State(s): State<AppState>) -> Result<Response, ApiError> {
 async fn digest(State(s): State<AppState>) -> Result<Response, ApiError> {
     let st = s.node.status().await?;
     let digest = s.node.digest().await?;
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    let applied: BTreeMap<&str, u64> = st
-        .applied
-        .iter()
-        .map(|(r, _, seq)| (r.as_str(), *seq))
-        .collect();
-    Ok(
-        axum::Json(serde_json::json!({ "region": st.region, "digest": hex, "applied": applied }))
-            .into_response(),
-    )
+    let doc = Digest {
+        applied: st
+            .applied
+            .iter()
+            .map(|(r, _, seq)| (r.clone(), *seq))
+            .collect(),
+        digest: digest.iter().map(|b| format!("{b:02x}")).collect(),
+        region: st.region,
+    };
+    Ok(axum::Json(doc).into_response())
 }
 
 async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {

@@ -32,6 +32,7 @@ pub mod api;
 pub mod config;
 pub mod metrics;
 pub mod node;
+pub mod status;
 pub mod storage;
 
 use std::path::Path;

@@ -213,7 +213,8 @@ impl std::fmt::Debug for ReadResult {
     }
 }
 
-/// A region's view of itself and its peers.
+/// A region's view of itself and its peers, as the runtime holds it; the API shows it as
+/// [`crate::status::Status`].
 #[derive(Debug, Clone)]
 pub struct Status {
     /// This region.
@@ -1375,109 +1376,6 @@ impl Driver {
                 }
             }
         }
-    }
-}
-
-impl Status {
-    /// The JSON shape of `GET /v1/status`.
-    pub fn to_json(&self) -> serde_json::Value {
-        use serde_json::json;
-        let peers: Vec<serde_json::Value> = self
-            .peers
-            .iter()
-            .map(|p| {
-                let link = self.links.get(&p.region);
-                json!({
-                    "region": p.region,
-                    "replica": p.replica.map(|r| format!("{r:#}")),
-                    "replicating": p.connected,
-                    "link": link.map(|l| format!("{:?}", l.state).to_lowercase()),
-                    "connections": link.map(|l| l.connections),
-                    "rtt_ms": link.and_then(|l| l.rtt).map(|d| d.as_secs_f64() * 1000.0),
-                    "bytes_sent": link.map(|l| l.bytes_sent),
-                    "bytes_recv": link.map(|l| l.bytes_recv),
-                    "quic": link.and_then(|l| l.path).map(|q| json!({
-                        "sent_packets": q.sent_packets,
-                        "lost_packets": q.lost_packets,
-                        "congestion_events": q.congestion_events,
-                        "cwnd": q.cwnd,
-                    })),
-                    "lag_writes": p.lag_writes,
-                    "lag_ms": p.lag_ms,
-                    "unacked_bytes": p.unacked_bytes,
-                    "clock_offset_ms": p.clock_offset_ms,
-                })
-            })
-            .collect();
-        let applied: Vec<serde_json::Value> = self
-            .applied
-            .iter()
-            .map(|(region, replica, seq)| json!({ "region": region, "replica": format!("{replica:#}"), "seq": seq }))
-            .collect();
-        let matrix: Vec<serde_json::Value> = self
-            .matrix
-            .iter()
-            .map(|m| {
-                json!({
-                    "origin": m.origin,
-                    "destination": m.destination,
-                    "lag_writes": m.lag_writes,
-                    "lag_ms": m.lag_ms,
-                    "replicating": m.connected,
-                    "row_age_ms": m.row_age_ms,
-                })
-            })
-            .collect();
-        let skew: Vec<serde_json::Value> = self
-            .skew_alarms
-            .iter()
-            .map(|(r, ms)| json!({ "region": r, "ahead_ms": ms, "bound_ms": self.max_clock_offset_ms }))
-            .collect();
-        let mismatches: Vec<serde_json::Value> = self
-            .resolver_mismatches
-            .iter()
-            .map(|(r, t, o, th)| json!({ "region": r, "table": t, "ours": o, "theirs": th }))
-            .collect();
-        let c = &self.counters;
-        json!({
-            "matrix": matrix,
-            "alarms": {
-                "clock_skew": skew,
-                "resolver_mismatch": mismatches,
-                "split_brain": self.split_brain.iter().map(|(region, live, refused, ago)| json!({
-                    "region": region,
-                    "live_replica": live,
-                    "refused_replica": refused,
-                    "last_seen_ms_ago": ago,
-                })).collect::<Vec<_>>(),
-            },
-            "region": self.region,
-            "replica": format!("{:#}", self.replica),
-            "hlc": self.hlc.to_string(),
-            "keys": self.keys,
-            "applied": applied,
-            "peers": peers,
-            "counters": {
-                "client_writes": c.client_writes,
-                "remote_applied": c.remote_applied,
-                "duplicates": c.duplicates,
-                "conflicts": c.conflicts,
-                "persists": c.persists,
-                "fsyncs": self.commits,
-                "send_queue_full": self.send_queue_full,
-                "writes_sent": c.writes_sent,
-                "writes_relayed": c.writes_relayed,
-                "resyncs": c.resyncs,
-                "gaps_dropped": c.gaps_dropped,
-                "quarantined": c.quarantined,
-                "log_read_failures": c.log_read_failures,
-                "causality_violations": c.causality_violations,
-                "context_overflows": c.context_overflows,
-                "dots_reused": c.dots_reused,
-                "released": c.released,
-            },
-            "held_back": self.held_back,
-        })
     }
 }
 

@@ -595,6 +595,9 @@ async fn status_shows_the_region_its_writes_and_no_peers() {
         serde_json::json!([{ "region": "solo", "replica": w["dot"]["replica"], "seq": 2 }])
     );
     assert_eq!(st["peers"], serde_json::json!([]));
+    // The document is `leader::status::Status`, field for field, both ways.
+    let typed: leader::status::Status = serde_json::from_value(st.clone()).unwrap();
+    assert_eq!(serde_json::to_value(&typed).unwrap(), st);
     let c = &st["counters"];
     assert_eq!(c["client_writes"], 2);
     assert_eq!(c["remote_applied"], 0);

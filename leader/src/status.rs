@@ -1,0 +1,496 @@
+//! The JSON documents a region's API answers with about itself, as types: what the API
+//! serialises and what the CLI, `meridian bench`, `meridian simulate` and the tests
+//! deserialise, so that no side spells a field name on its own.
+//!
+//! | document | route |
+//! |---|---|
+//! | [`Status`] | `GET /v1/status` |
+//! | [`Digest`] | `GET /v1/status/digest` |
+//! | [`ConflictPage`] | `GET /v1/conflicts` |
+//! | [`Links`] | `GET`, `PUT`, `DELETE /v1/admin/links…` (the body of a `PUT` is a [`LinkChange`]) |
+//!
+//! Fields are declared in alphabetical order: serde writes them in declaration order, and
+//! these documents were built with `serde_json::json!` before, which sorts keys, so the bytes
+//! on the wire are the same as then. Every field is required when reading: a document from a
+//! region of another version fails to parse with the field named, rather than reading as 0.
+
+use std::collections::BTreeMap;
+
+use conflict::ReplicaId;
+use serde::{Deserialize, Serialize};
+
+use crate::node;
+
+/// `GET /v1/status`: a region's view of itself and its peers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// What an operator should look at.
+    pub alarms: Alarms,
+    /// Durably applied writes per origin.
+    pub applied: Vec<Applied>,
+    /// The state machine's and the node's counters since the process started.
+    pub counters: Counters,
+    /// Replicated writes logged here but not applied (quarantined), per table.
+    pub held_back: BTreeMap<String, u64>,
+    /// The latest HLC, as text (`2026-11-27T12:19:59.182Z+0`).
+    pub hlc: String,
+    /// Keys stored.
+    pub keys: u64,
+    /// The lag matrix as this region knows it (every origin → destination).
+    pub matrix: Vec<MatrixEntry>,
+    /// Replication and link state towards each peer.
+    pub peers: Vec<Peer>,
+    /// This region.
+    pub region: String,
+    /// This region's replica id.
+    pub replica: ReplicaId,
+}
+
+/// The highest durably applied sequence number of one origin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    /// The origin's region.
+    pub region: String,
+    /// The origin's replica id.
+    pub replica: ReplicaId,
+    /// Its writes 1..=seq are applied here.
+    pub seq: u64,
+}
+
+/// One peer as [`Status::peers`] shows it: the state machine's view and the transport link.
+/// The link fields are `None` while the transport knows no link to the peer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Peer {
+    /// Frame bytes received from the peer.
+    pub bytes_recv: Option<u64>,
+    /// Frame bytes sent to the peer.
+    pub bytes_sent: Option<u64>,
+    /// Estimated offset of the peer's wall clock from ours, ms (positive: the peer is ahead).
+    pub clock_offset_ms: Option<i64>,
+    /// Connections established with the peer since start.
+    pub connections: Option<u64>,
+    /// How long the oldest of this region's writes that the peer lacks has been durable, ms.
+    pub lag_ms: u64,
+    /// Writes durable here that the peer has not acknowledged.
+    pub lag_writes: u64,
+    /// Where the transport link stands.
+    pub link: Option<LinkState>,
+    /// QUIC path statistics of the current connection.
+    pub quic: Option<Quic>,
+    /// The peer's region.
+    pub region: String,
+    /// Its replica id, once a hello was accepted.
+    pub replica: Option<ReplicaId>,
+    /// Whether a connection with an accepted hello is up.
+    pub replicating: bool,
+    /// Round-trip time of the current connection, ms.
+    pub rtt_ms: Option<f64>,
+    /// Bytes sent and not yet acknowledged.
+    pub unacked_bytes: u64,
+}
+
+/// Where a peer link stands (the transport's [`transport::LinkState`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkState {
+    /// A dial (or an incoming connection) is in progress.
+    Connecting,
+    /// Connected, hello exchanged.
+    Up,
+    /// Not connected; waiting to redial.
+    Down,
+}
+
+impl LinkState {
+    /// The name the API uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkState::Connecting => "connecting",
+            LinkState::Up => "up",
+            LinkState::Down => "down",
+        }
+    }
+}
+
+impl From<transport::LinkState> for LinkState {
+    fn from(s: transport::LinkState) -> Self {
+        match s {
+            transport::LinkState::Connecting => LinkState::Connecting,
+            transport::LinkState::Up => LinkState::Up,
+            transport::LinkState::Down => LinkState::Down,
+        }
+    }
+}
+
+/// QUIC path statistics of a peer's current connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quic {
+    /// Congestion events.
+    pub congestion_events: u64,
+    /// The congestion window, bytes.
+    pub cwnd: u64,
+    /// Packets declared lost.
+    pub lost_packets: u64,
+    /// Packets sent.
+    pub sent_packets: u64,
+}
+
+/// One cell of the lag matrix: how far `destination` is behind `origin`'s own writes, as
+/// computed by the origin on its own clock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MatrixEntry {
+    /// The region behind.
+    pub destination: String,
+    /// How long the oldest write it lacks has been durable at the origin, ms.
+    pub lag_ms: u64,
+    /// Writes it lacks.
+    pub lag_writes: u64,
+    /// The region whose writes are counted.
+    pub origin: String,
+    /// Whether the origin replicates to the destination.
+    pub replicating: bool,
+    /// How old the origin's row is where this region got it, ms.
+    pub row_age_ms: u64,
+}
+
+/// What an operator should look at.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Alarms {
+    /// Peers whose clocks ran further ahead than `max_clock_offset_ms`.
+    pub clock_skew: Vec<ClockSkew>,
+    /// Tables another region resolves differently.
+    pub resolver_mismatch: Vec<ResolverMismatch>,
+    /// Regions two live processes claim.
+    pub split_brain: Vec<SplitBrain>,
+}
+
+/// A peer whose clock ran ahead of the bound.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClockSkew {
+    /// How far ahead, ms.
+    pub ahead_ms: u64,
+    /// The configured bound, ms.
+    pub bound_ms: u64,
+    /// The peer.
+    pub region: String,
+}
+
+/// A table that `region` resolves differently from this one: their writes to it are logged
+/// but not applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolverMismatch {
+    /// This region's resolver (`name@version`), `None` if the table is unknown here.
+    pub ours: Option<String>,
+    /// The other region.
+    pub region: String,
+    /// The table.
+    pub table: String,
+    /// The other region's resolver, `None` if the table is unknown there.
+    pub theirs: Option<String>,
+}
+
+/// A region that a second live process claimed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitBrain {
+    /// How long ago the refused process was last seen, ms.
+    pub last_seen_ms_ago: u64,
+    /// The replica id of the process kept.
+    pub live_replica: String,
+    /// The replica id of the process refused.
+    pub refused_replica: String,
+    /// The region claimed twice.
+    pub region: String,
+}
+
+/// Counters since the process started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Replicated writes that broke the per-key causality rule.
+    pub causality_violations: u64,
+    /// Client writes accepted.
+    pub client_writes: u64,
+    /// Conflicts detected (every resolver, including last-write-wins).
+    pub conflicts: u64,
+    /// Writes not applied because their key's context would outgrow the storage limit.
+    pub context_overflows: u64,
+    /// Duplicates that were not the write held under the same dot: two processes write as
+    /// one replica.
+    pub dots_reused: u64,
+    /// Remote writes dropped as duplicates.
+    pub duplicates: u64,
+    /// Storage commits (fsyncs).
+    pub fsyncs: u64,
+    /// Batches dropped for a gap while a resync for it was still unanswered.
+    pub gaps_dropped: u64,
+    /// Log reads that failed or returned nothing.
+    pub log_read_failures: u64,
+    /// Persistence steps issued.
+    pub persists: u64,
+    /// Replicated writes logged but not applied (quarantined).
+    pub quarantined: u64,
+    /// Quarantined writes applied at a start whose configuration accepts them.
+    pub released: u64,
+    /// Remote writes applied.
+    pub remote_applied: u64,
+    /// Resync requests sent after a gap.
+    pub resyncs: u64,
+    /// Frames that found a peer's send queue full (held until it drains).
+    pub send_queue_full: u64,
+    /// Writes relayed for a third region.
+    pub writes_relayed: u64,
+    /// Writes sent (own and relayed).
+    pub writes_sent: u64,
+}
+
+impl From<&node::Status> for Status {
+    fn from(s: &node::Status) -> Self {
+        let peers = s
+            .peers
+            .iter()
+            .map(|p| {
+                let link = s.links.get(&p.region);
+                Peer {
+                    bytes_recv: link.map(|l| l.bytes_recv),
+                    bytes_sent: link.map(|l| l.bytes_sent),
+                    clock_offset_ms: p.clock_offset_ms,
+                    connections: link.map(|l| l.connections),
+                    lag_ms: p.lag_ms,
+                    lag_writes: p.lag_writes,
+                    link: link.map(|l| l.state.into()),
+                    quic: link.and_then(|l| l.path).map(|q| Quic {
+                        congestion_events: q.congestion_events,
+                        cwnd: q.cwnd,
+                        lost_packets: q.lost_packets,
+                        sent_packets: q.sent_packets,
+                    }),
+                    region: p.region.clone(),
+                    replica: p.replica,
+                    replicating: p.connected,
+                    rtt_ms: link.and_then(|l| l.rtt).map(|d| d.as_secs_f64() * 1000.0),
+                    unacked_bytes: p.unacked_bytes as u64,
+                }
+            })
+            .collect();
+        let c = &s.counters;
+        Status {
+            alarms: Alarms {
+                clock_skew: s
+                    .skew_alarms
+                    .iter()
+                    .map(|(region, ahead_ms)| ClockSkew {
+                        ahead_ms: *ahead_ms,
+                        bound_ms: s.max_clock_offset_ms,
+                        region: region.clone(),
+                    })
+                    .collect(),
+                resolver_mismatch: s
+                    .resolver_mismatches
+                    .iter()
+                    .map(|(region, table, ours, theirs)| ResolverMismatch {
+                        ours: ours.clone(),
+                        region: region.clone(),
+                        table: table.clone(),
+                        theirs: theirs.clone(),
+                    })
+                    .collect(),
+                split_brain: s
+                    .split_brain
+                    .iter()
+                    .map(|(region, live, refused, ago)| SplitBrain {
+                        last_seen_ms_ago: *ago,
+                        live_replica: live.clone(),
+                        refused_replica: refused.clone(),
+                        region: region.clone(),
+                    })
+                    .collect(),
+            },
+            applied: s
+                .applied
+                .iter()
+                .map(|(region, replica, seq)| Applied {
+                    region: region.clone(),
+                    replica: *replica,
+                    seq: *seq,
+                })
+                .collect(),
+            counters: Counters {
+                causality_violations: c.causality_violations,
+                client_writes: c.client_writes,
+                conflicts: c.conflicts,
+                context_overflows: c.context_overflows,
+                dots_reused: c.dots_reused,
+                duplicates: c.duplicates,
+                fsyncs: s.commits,
+                gaps_dropped: c.gaps_dropped,
+                log_read_failures: c.log_read_failures,
+                persists: c.persists,
+                quarantined: c.quarantined,
+                released: c.released,
+                remote_applied: c.remote_applied,
+                resyncs: c.resyncs,
+                send_queue_full: s.send_queue_full,
+                writes_relayed: c.writes_relayed,
+                writes_sent: c.writes_sent,
+            },
+            held_back: s.held_back.clone(),
+            hlc: s.hlc.to_string(),
+            keys: s.keys as u64,
+            matrix: s
+                .matrix
+                .iter()
+                .map(|m| MatrixEntry {
+                    destination: m.destination.clone(),
+                    lag_ms: m.lag_ms,
+                    lag_writes: m.lag_writes,
+                    origin: m.origin.clone(),
+                    replicating: m.connected,
+                    row_age_ms: m.row_age_ms,
+                })
+                .collect(),
+            peers,
+            region: s.region.clone(),
+            replica: s.replica,
+        }
+    }
+}
+
+impl Status {
+    /// The applied vector by origin region: the highest applied sequence number of each.
+    pub fn applied_by_region(&self) -> BTreeMap<String, u64> {
+        self.applied
+            .iter()
+            .map(|a| (a.region.clone(), a.seq))
+            .collect()
+    }
+
+    /// Whether every peer is replicating (true with no peers).
+    pub fn all_peers_replicating(&self) -> bool {
+        self.peers.iter().all(|p| p.replicating)
+    }
+}
+
+/// `GET /v1/status/digest`: the state digest, for convergence checks across regions. The
+/// applied vector is read just before the digest: compare digests once the vectors are equal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Digest {
+    /// The applied vector by origin region.
+    pub applied: BTreeMap<String, u64>,
+    /// SHA-256 over every key state, hex.
+    pub digest: String,
+    /// The region.
+    pub region: String,
+}
+
+/// `GET /v1/conflicts`: one page of the conflict log, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConflictPage {
+    /// The conflicts of this page.
+    pub conflicts: Vec<LoggedConflict>,
+    /// The `before` of the next page (the last id of this one), `None` on an empty page.
+    pub next_before: Option<u64>,
+    /// Conflicts in the log in all.
+    pub total_logged: u64,
+}
+
+/// One meeting of concurrent writes, as the conflict log records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoggedConflict {
+    /// When it was detected, Unix ms.
+    pub detected_ms: u64,
+    /// Its id, increasing.
+    pub id: u64,
+    /// The key (lossy UTF-8).
+    pub key: String,
+    /// What the resolver made of it.
+    pub outcome: String,
+    /// The table's resolver (`name@version`).
+    pub resolver: String,
+    /// The writes that met.
+    pub siblings: Vec<ConflictWrite>,
+    /// The table.
+    pub table: String,
+}
+
+/// One of the writes of a [`LoggedConflict`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConflictWrite {
+    /// Its HLC, as text.
+    pub hlc: String,
+    /// Whether the resolver kept it.
+    pub kept: bool,
+    /// Its origin's region (`unknown` when this region has not learnt it).
+    pub region: String,
+    /// Its origin's replica id.
+    pub replica: ReplicaId,
+    /// Its sequence number at the origin.
+    pub seq: u64,
+}
+
+/// `/v1/admin/links`: the impairment of every outgoing link and what the layer dropped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Links {
+    /// Packets dropped from blocked peers.
+    pub blocked_inbound: u64,
+    /// Packets dropped to blocked peers.
+    pub blocked_outbound: u64,
+    /// Packets dropped by the configured loss.
+    pub dropped_loss: u64,
+    /// Packets dropped because the delay line was full.
+    pub dropped_queue_full: u64,
+    /// One per peer.
+    pub links: Vec<Link>,
+}
+
+impl Links {
+    /// The link to `peer`, if it is a peer.
+    pub fn to(&self, peer: &str) -> Option<&Link> {
+        self.links.iter().find(|l| l.peer == peer)
+    }
+}
+
+/// The impairment of one outgoing link.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Link {
+    /// The peer's address.
+    pub addr: String,
+    /// Whether the link is cut (either direction).
+    pub blocked: bool,
+    /// Jitter on the latency, ms.
+    pub jitter_ms: u64,
+    /// Added one-way latency, ms.
+    pub latency_ms: u64,
+    /// Share of packets dropped, 0 to 1.
+    pub loss: f64,
+    /// The peer's region.
+    pub peer: String,
+}
+
+/// The body of `PUT /v1/admin/links/{peer}`; a field left out keeps its current value. (Its
+/// fields keep the order they had before this type existed, which the error for an unknown
+/// field lists.)
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkChange {
+    /// Added one-way latency, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<u64>,
+    /// Jitter on the latency, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jitter_ms: Option<u64>,
+    /// Share of packets to drop, 0 to 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss: Option<f64>,
+    /// Cut (`true`) or heal (`false`) the link.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blocked: Option<bool>,
+}
+
+impl LinkChange {
+    /// Cut the link.
+    pub const BLOCK: LinkChange = LinkChange {
+        latency_ms: None,
+        jitter_ms: None,
+        loss: None,
+        blocked: Some(true),
+    };
+}
