@@ -9,6 +9,7 @@ use clap::Args;
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use leader::api::{CONTEXT_HEADER, DURABILITY_HEADER, SESSION_HEADER, TIMEOUT_HEADER};
 use leader::config::Config;
+use leader::status::{Alarms, ConflictPage, LinkChange, LinkState, Links, MatrixEntry, Status};
 use serde_json::Value as Json;
 
 /// Which region's API to talk to.
@@ -264,7 +265,7 @@ pub(crate) async fn get(a: KeyArgs) -> Result<ExitCode> {
 
 pub(crate) async fn status(t: Target) -> Result<ExitCode> {
     let base = t.base()?;
-    let body: Json = t
+    let status: Status = t
         .client()?
         .get(format!("{base}/v1/status"))
         .send()
@@ -273,14 +274,18 @@ pub(crate) async fn status(t: Target) -> Result<ExitCode> {
         .error_for_status()?
         .json()
         .await?;
-    println!(
-        "region {} (replica {}), {} keys, hlc {}",
-        body["region"].as_str().unwrap_or("?"),
-        body["replica"].as_str().unwrap_or("?"),
-        body["keys"],
-        body["hlc"].as_str().unwrap_or("?")
+    print!("{}", status_text(&status));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `meridian status` prints: the region, its peers, its applied vector, the lag matrix
+/// and one line per alarm.
+fn status_text(s: &Status) -> String {
+    let mut out = format!(
+        "region {} (replica {:#}), {} keys, hlc {}\n",
+        s.region, s.replica, s.keys, s.hlc
     );
-    let mut table = crate::cli::table([
+    let mut peers = table([
         "peer",
         "link",
         "rtt ms",
@@ -289,56 +294,60 @@ pub(crate) async fn status(t: Target) -> Result<ExitCode> {
         "lag ms",
         "unacked bytes",
     ]);
-    for p in body["peers"].as_array().into_iter().flatten() {
-        table.add_row([
-            p["region"].as_str().unwrap_or("?").to_owned(),
-            p["link"].as_str().unwrap_or("-").to_owned(),
-            p["rtt_ms"]
-                .as_f64()
-                .map_or("-".into(), |v| format!("{v:.1}")),
-            p["replicating"].to_string(),
-            p["lag_writes"].to_string(),
-            p["lag_ms"].to_string(),
-            p["unacked_bytes"].to_string(),
+    for p in &s.peers {
+        peers.add_row([
+            p.region.clone(),
+            p.link.map_or("-", LinkState::as_str).to_owned(),
+            p.rtt_ms.map_or("-".into(), |v| format!("{v:.1}")),
+            p.replicating.to_string(),
+            p.lag_writes.to_string(),
+            p.lag_ms.to_string(),
+            p.unacked_bytes.to_string(),
         ]);
     }
-    println!("{table}");
-    let mut applied = crate::cli::table(["origin", "replica", "applied seq"]);
-    for a in body["applied"].as_array().into_iter().flatten() {
+    out.push_str(&format!("{peers}\n"));
+    let mut applied = table(["origin", "replica", "applied seq"]);
+    for a in &s.applied {
         applied.add_row([
-            a["region"].as_str().unwrap_or("?").to_owned(),
-            a["replica"].as_str().unwrap_or("?").to_owned(),
-            a["seq"].to_string(),
+            a.region.clone(),
+            format!("{:#}", a.replica),
+            a.seq.to_string(),
         ]);
     }
-    println!("{applied}");
-    print_matrix(&body);
-    for a in body["alarms"]["clock_skew"]
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
-        println!(
+    out.push_str(&format!("{applied}\n"));
+    out.push_str(&matrix_text(&s.matrix));
+    for line in alarm_lines(&s.alarms) {
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+/// `v` as JSON text (a quoted string, `null`, `0.0`), as the API sent it.
+fn json_text<T: serde::Serialize + ?Sized>(v: &T) -> String {
+    // Strings, options and numbers have no map keys or custom serialisers that could fail.
+    serde_json::to_string(v).expect("a string, option or number always serialises")
+}
+
+/// One line per clock-skew and resolver-mismatch alarm. Names of tables and resolvers are
+/// quoted as JSON strings (`null` for a table a region does not know).
+fn alarm_lines(alarms: &Alarms) -> Vec<String> {
+    let skew = alarms.clock_skew.iter().map(|a| {
+        format!(
             "ALARM clock skew: {} ran {} ms ahead (bound {} ms)",
-            a["region"].as_str().unwrap_or("?"),
-            a["ahead_ms"],
-            a["bound_ms"]
-        );
-    }
-    for m in body["alarms"]["resolver_mismatch"]
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
-        println!(
+            a.region, a.ahead_ms, a.bound_ms
+        )
+    });
+    let mismatch = alarms.resolver_mismatch.iter().map(|m| {
+        format!(
             "ALARM resolver mismatch: table {} is {} here and {} in {}; its writes are not replicated between them",
-            m["table"],
-            m["ours"],
-            m["theirs"],
-            m["region"].as_str().unwrap_or("?")
-        );
-    }
-    Ok(ExitCode::SUCCESS)
+            json_text(&m.table),
+            json_text(&m.ours),
+            json_text(&m.theirs),
+            m.region
+        )
+    });
+    skew.chain(mismatch).collect()
 }
 
 pub(crate) async fn conflicts(a: ConflictArgs) -> Result<ExitCode> {
@@ -347,7 +356,7 @@ pub(crate) async fn conflicts(a: ConflictArgs) -> Result<ExitCode> {
     if let Some(t) = &a.table {
         url.push_str(&format!("&table={}", encode_segment(t)));
     }
-    let body: Json = a
+    let page: ConflictPage = a
         .target
         .client()?
         .get(url)
@@ -357,7 +366,7 @@ pub(crate) async fn conflicts(a: ConflictArgs) -> Result<ExitCode> {
         .error_for_status()?
         .json()
         .await?;
-    let mut table = crate::cli::table([
+    let mut rows = table([
         "id",
         "table",
         "key",
@@ -365,77 +374,60 @@ pub(crate) async fn conflicts(a: ConflictArgs) -> Result<ExitCode> {
         "writes (region:seq)",
         "outcome",
     ]);
-    for c in body["conflicts"].as_array().into_iter().flatten() {
-        let writes: Vec<String> = c["siblings"]
-            .as_array()
-            .into_iter()
-            .flatten()
+    for c in page.conflicts {
+        let writes: Vec<String> = c
+            .siblings
+            .iter()
             .map(|s| {
-                format!(
-                    "{}:{}{}",
-                    s["region"].as_str().unwrap_or("?"),
-                    s["seq"],
-                    if s["kept"] == true { "" } else { " (lost)" }
-                )
+                let lost = if s.kept { "" } else { " (lost)" };
+                format!("{}:{}{lost}", s.region, s.seq)
             })
             .collect();
-        table.add_row([
-            c["id"].to_string(),
-            c["table"].as_str().unwrap_or("").to_owned(),
-            c["key"].as_str().unwrap_or("").to_owned(),
-            c["resolver"].as_str().unwrap_or("").to_owned(),
+        rows.add_row([
+            c.id.to_string(),
+            c.table,
+            c.key,
+            c.resolver,
             writes.join(", "),
-            c["outcome"].as_str().unwrap_or("").to_owned(),
+            c.outcome,
         ]);
     }
-    println!("{table}");
+    println!("{rows}");
     Ok(ExitCode::SUCCESS)
 }
 
 /// The lag matrix: one row per origin region, one column per destination. Each cell is
 /// "writes / ms" as computed by the origin on its own clock, so skewed clocks never distort it.
-fn print_matrix(body: &Json) {
-    let cells: Vec<&Json> = body["matrix"].as_array().into_iter().flatten().collect();
-    let mut regions: Vec<String> = cells
+fn matrix_text(cells: &[MatrixEntry]) -> String {
+    let mut regions: Vec<&str> = cells
         .iter()
-        .flat_map(|c| [c["origin"].as_str(), c["destination"].as_str()])
-        .flatten()
-        .map(str::to_owned)
+        .flat_map(|c| [c.origin.as_str(), c.destination.as_str()])
         .collect();
     regions.sort();
     regions.dedup();
     let mut header = vec!["origin \\ destination".to_owned()];
-    header.extend(regions.iter().cloned());
+    header.extend(regions.iter().map(|r| (*r).to_owned()));
     header.push("row age ms".to_owned());
-    let mut table = table(header);
+    let mut rows = table(header);
     for origin in &regions {
-        let row: Vec<&&Json> = cells
-            .iter()
-            .filter(|c| c["origin"] == origin.as_str())
-            .collect();
-        if row.is_empty() {
+        let row: Vec<&MatrixEntry> = cells.iter().filter(|c| c.origin == *origin).collect();
+        let Some(first) = row.first() else {
             continue;
-        }
-        let mut line = vec![origin.clone()];
+        };
+        let mut line = vec![(*origin).to_owned()];
         for dest in &regions {
-            let cell = row.iter().find(|c| c["destination"] == dest.as_str());
-            line.push(match cell {
+            line.push(match row.iter().find(|c| c.destination == *dest) {
                 None => "-".to_owned(),
                 Some(c) => {
-                    let down = if c["replicating"] == true {
-                        ""
-                    } else {
-                        " (down)"
-                    };
-                    format!("{} w / {} ms{down}", c["lag_writes"], c["lag_ms"])
+                    let down = if c.replicating { "" } else { " (down)" };
+                    format!("{} w / {} ms{down}", c.lag_writes, c.lag_ms)
                 }
             });
         }
-        line.push(row[0]["row_age_ms"].to_string());
-        table.add_row(line);
+        line.push(first.row_age_ms.to_string());
+        rows.add_row(line);
     }
-    println!("replication lag (writes / ms behind each origin's own writes):");
-    println!("{table}");
+    format!("replication lag (writes / ms behind each origin's own writes):\n{rows}\n")
 }
 
 /// Options of `meridian link`.
@@ -475,22 +467,15 @@ pub(crate) async fn link(a: LinkArgs) -> Result<ExitCode> {
                 .await
         }
         Some(peer) => {
-            let mut body = serde_json::json!({});
-            if a.block {
-                body["blocked"] = true.into();
-            }
-            if let Some(v) = a.latency_ms {
-                body["latency_ms"] = v.into();
-            }
-            if let Some(v) = a.jitter_ms {
-                body["jitter_ms"] = v.into();
-            }
-            if let Some(v) = a.loss {
-                body["loss"] = v.into();
-            }
+            let change = LinkChange {
+                latency_ms: a.latency_ms,
+                jitter_ms: a.jitter_ms,
+                loss: a.loss,
+                blocked: a.block.then_some(true),
+            };
             client
                 .put(format!("{base}/v1/admin/links/{}", encode_segment(peer)))
-                .json(&body)
+                .json(&change)
                 .send()
                 .await
         }
@@ -499,20 +484,19 @@ pub(crate) async fn link(a: LinkArgs) -> Result<ExitCode> {
     if !resp.status().is_success() {
         return Err(error_of(resp).await);
     }
-    let body: Json = resp.json().await?;
-    let mut table =
-        crate::cli::table(["peer", "addr", "latency ms", "jitter ms", "loss", "blocked"]);
-    for l in body["links"].as_array().into_iter().flatten() {
-        table.add_row([
-            l["peer"].as_str().unwrap_or("?").to_owned(),
-            l["addr"].as_str().unwrap_or("?").to_owned(),
-            l["latency_ms"].to_string(),
-            l["jitter_ms"].to_string(),
-            l["loss"].to_string(),
-            l["blocked"].to_string(),
+    let links: Links = resp.json().await?;
+    let mut rows = table(["peer", "addr", "latency ms", "jitter ms", "loss", "blocked"]);
+    for l in links.links {
+        rows.add_row([
+            l.peer,
+            l.addr,
+            l.latency_ms.to_string(),
+            l.jitter_ms.to_string(),
+            json_text(&l.loss),
+            l.blocked.to_string(),
         ]);
     }
-    println!("{table}");
+    println!("{rows}");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -521,4 +505,39 @@ pub(crate) fn table<T: Into<comfy_table::Cell>>(header: impl IntoIterator<Item =
     let mut table = Table::new();
     table.load_preset(UTF8_BORDERS_ONLY).set_header(header);
     table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use leader::status::{ClockSkew, ResolverMismatch};
+
+    /// What `meridian status` at us-east prints for the mismatch of
+    /// `leader/tests/consistency.rs::resolver_mismatch_quarantines_that_table_only` (which
+    /// asserts the JSON), and for a clock-skew alarm.
+    #[test]
+    fn alarms_name_the_table_both_resolvers_and_the_skew() {
+        let alarms = Alarms {
+            clock_skew: vec![ClockSkew {
+                ahead_ms: 10_012,
+                bound_ms: 500,
+                region: "ap-south".into(),
+            }],
+            resolver_mismatch: vec![ResolverMismatch {
+                ours: Some("multi-value@1".into()),
+                region: "ap-south".into(),
+                table: "carts".into(),
+                theirs: Some("lww@1".into()),
+            }],
+            split_brain: Vec::new(),
+        };
+        assert_eq!(
+            alarm_lines(&alarms),
+            [
+                "ALARM clock skew: ap-south ran 10012 ms ahead (bound 500 ms)",
+                "ALARM resolver mismatch: table \"carts\" is \"multi-value@1\" here and \
+                 \"lww@1\" in ap-south; its writes are not replicated between them",
+            ]
+        );
+    }
 }

@@ -4,16 +4,16 @@
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use serde_json::{Value as Json, json};
-use tokio::process::{Child, Command};
+use leader::status::{Digest, LinkChange, Status};
+use meridian::launch::{Launcher, RegionProcess, stop_all};
 
 /// How long regions have to connect to each other after start.
 const CONNECT_WAIT: Duration = Duration::from_secs(30);
+/// How long started regions get to stop once asked, before they are killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// The regions of a run.
 pub(crate) struct Cluster {
@@ -28,7 +28,7 @@ pub(crate) struct Cluster {
 /// Regions started by this run; `kill_on_drop` makes sure none outlives it, also on error or
 /// Ctrl-C (and each child exits by itself when its stdin pipe closes).
 struct Local {
-    children: Vec<Child>,
+    children: Vec<RegionProcess>,
     _dir: tempfile::TempDir,
 }
 
@@ -61,9 +61,18 @@ impl Cluster {
         let config = dir.path().join("regions.toml");
         std::fs::write(&config, text)?;
         crate::certs_init(&config, false)?;
+        let launcher = Launcher::this_binary(&config)
+            .context("finding the meridian executable")?
+            .simulate_links(true)
+            .log_filter("warn");
         let children = names
             .iter()
-            .map(|name| spawn_region(&config, name, dir.path()))
+            .map(|name| {
+                let log = std::fs::File::create(dir.path().join(format!("{name}.log")))?;
+                launcher
+                    .spawn(name, Some(log))
+                    .with_context(|| format!("starting region {name}"))
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(Cluster {
             names,
@@ -82,7 +91,7 @@ impl Cluster {
             let s = status(client, api)
                 .await
                 .with_context(|| format!("reading the status of --target {api}"))?;
-            let name = s["region"].as_str().unwrap_or_default().to_owned();
+            let name = s.region;
             if names.contains(&name) {
                 bail!("--target {api} is region {name} again; give each region once");
             }
@@ -106,7 +115,7 @@ impl Cluster {
     /// The child PIDs, in region order, when this run started the regions.
     pub(crate) fn pids(&self) -> Option<Vec<u32>> {
         let local = self.local.as_ref()?;
-        local.children.iter().map(Child::id).collect()
+        local.children.iter().map(RegionProcess::id).collect()
     }
 
     /// (name, API) of every region.
@@ -124,12 +133,9 @@ impl Cluster {
         loop {
             let mut down = Vec::new();
             for (name, api) in self.names.iter().zip(&self.apis) {
-                let up = match status(client, api).await {
-                    Ok(s) => s["peers"]
-                        .as_array()
-                        .is_some_and(|p| p.iter().all(|p| p["replicating"] == true)),
-                    Err(_) => false,
-                };
+                let up = status(client, api)
+                    .await
+                    .is_ok_and(|s| s.all_peers_replicating());
                 if !up {
                     down.push(name.as_str());
                 }
@@ -150,20 +156,9 @@ impl Cluster {
 
     /// Stops the started regions (stdin closed, then a kill after 10 s); nothing with
     /// `--target`.
-    pub(crate) async fn stop(mut self) {
-        let Some(local) = self.local.as_mut() else {
-            return;
-        };
-        for c in &mut local.children {
-            drop(c.stdin.take());
-        }
-        for c in &mut local.children {
-            if tokio::time::timeout(Duration::from_secs(10), c.wait())
-                .await
-                .is_err()
-            {
-                let _ = c.kill().await;
-            }
+    pub(crate) async fn stop(self) {
+        if let Some(local) = self.local {
+            stop_all(local.children, STOP_GRACE).await;
         }
     }
 }
@@ -176,28 +171,8 @@ fn free_port_pair() -> Result<(SocketAddr, SocketAddr)> {
     Ok((udp, tcp))
 }
 
-fn spawn_region(config: &Path, region: &str, dir: &Path) -> Result<Child> {
-    let exe = std::env::current_exe().context("finding the meridian executable")?;
-    let log = std::fs::File::create(dir.join(format!("{region}.log")))?;
-    Command::new(exe)
-        .arg("run")
-        .arg("--config")
-        .arg(config)
-        .arg("--region")
-        .arg(region)
-        .arg("--exit-with-stdin")
-        .arg("--simulate-links")
-        .env("MERIDIAN_LOG", "warn")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting region {region}"))
-}
-
 /// `GET /v1/status`.
-pub(crate) async fn status(client: &reqwest::Client, api: &str) -> Result<Json> {
+pub(crate) async fn status(client: &reqwest::Client, api: &str) -> Result<Status> {
     Ok(client
         .get(format!("{api}/v1/status"))
         .send()
@@ -208,7 +183,7 @@ pub(crate) async fn status(client: &reqwest::Client, api: &str) -> Result<Json> 
 }
 
 /// Every region's status, in region order, asked concurrently.
-pub(crate) async fn statuses(client: &reqwest::Client, apis: &[String]) -> Result<Vec<Json>> {
+pub(crate) async fn statuses(client: &reqwest::Client, apis: &[String]) -> Result<Vec<Status>> {
     let tasks: Vec<_> = apis
         .iter()
         .map(|api| {
@@ -223,29 +198,9 @@ pub(crate) async fn statuses(client: &reqwest::Client, apis: &[String]) -> Resul
     Ok(out)
 }
 
-/// The applied vector of a status: origin region → highest applied sequence.
-pub(crate) fn applied(status: &Json) -> BTreeMap<String, u64> {
-    status["applied"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|a| Some((a["region"].as_str()?.to_owned(), a["seq"].as_u64()?)))
-        .collect()
-}
-
-/// A counter of a status (`counters.<name>`), 0 when absent.
-pub(crate) fn counter(status: &Json, name: &str) -> u64 {
-    status["counters"][name].as_u64().unwrap_or(0)
-}
-
 /// Frame bytes this region sent to all its peers.
-pub(crate) fn bytes_sent(status: &Json) -> u64 {
-    status["peers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|p| p["bytes_sent"].as_u64())
-        .sum()
+pub(crate) fn bytes_sent(status: &Status) -> u64 {
+    status.peers.iter().filter_map(|p| p.bytes_sent).sum()
 }
 
 /// Waits until every region has applied the same writes (equal applied vectors), up to
@@ -257,7 +212,11 @@ pub(crate) async fn wait_applied_equal(
 ) -> Result<Result<Duration, Vec<BTreeMap<String, u64>>>> {
     let started = Instant::now();
     loop {
-        let vectors: Vec<_> = statuses(client, apis).await?.iter().map(applied).collect();
+        let vectors: Vec<_> = statuses(client, apis)
+            .await?
+            .iter()
+            .map(Status::applied_by_region)
+            .collect();
         if vectors.windows(2).all(|w| w[0] == w[1]) {
             return Ok(Ok(started.elapsed()));
         }
@@ -268,14 +227,11 @@ pub(crate) async fn wait_applied_equal(
     }
 }
 
-/// `GET /v1/status/digest` of every region: (digest hex, applied vector).
-pub(crate) async fn digests(
-    client: &reqwest::Client,
-    apis: &[String],
-) -> Result<Vec<(String, Json)>> {
+/// `GET /v1/status/digest` of every region.
+pub(crate) async fn digests(client: &reqwest::Client, apis: &[String]) -> Result<Vec<Digest>> {
     let mut out = Vec::new();
     for api in apis {
-        let d: Json = client
+        let d: Digest = client
             .get(format!("{api}/v1/status/digest"))
             .send()
             .await?
@@ -283,7 +239,7 @@ pub(crate) async fn digests(
             .with_context(|| format!("{api}/v1/status/digest (a region older than this bench?)"))?
             .json()
             .await?;
-        out.push((d["digest"].as_str().unwrap_or_default().to_owned(), d));
+        out.push(d);
     }
     Ok(out)
 }
@@ -310,7 +266,7 @@ pub(crate) async fn set_blocked(
 ) -> Result<()> {
     let url = format!("{api}/v1/admin/links/{peer}");
     let req = if blocked {
-        client.put(url).json(&json!({ "blocked": true }))
+        client.put(url).json(&LinkChange::BLOCK)
     } else {
         client.delete(url)
     };

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use hdrhistogram::Histogram;
 use leader::api::SESSION_HEADER;
-use serde_json::Value as Json;
+use leader::status::{Counters, MatrixEntry, Status};
 
 use super::cluster::{self, Cluster};
 use super::procstat::{self, ProcSample};
@@ -432,13 +432,13 @@ impl Bench {
                     DRAIN_WAIT.as_secs()
                 )
             })?;
-        let delta = |name: &str| -> u64 {
-            let sum = |ss: &[Json]| ss.iter().map(|s| cluster::counter(s, name)).sum::<u64>();
+        let delta = |counter: Counter| -> u64 {
+            let sum = |ss: &[Status]| ss.iter().map(|s| counter(&s.counters)).sum::<u64>();
             sum(&last).saturating_sub(sum(&first))
         };
         let writes: u64 = results.iter().map(|r| r.writes.len()).sum();
         let errors: u64 = results.iter().map(|r| r.errors).sum();
-        let relayed = delta("writes_relayed");
+        let relayed = delta(|c| c.writes_relayed);
         let mut lag = histogram();
         let mut lag_writes_max = 0;
         for s in &samples {
@@ -467,7 +467,7 @@ impl Bench {
             trend_pct_per_min: trend,
             relayed,
             relayed_per_client_write: per(relayed as f64, writes as f64),
-            resyncs: delta("resyncs"),
+            resyncs: delta(|c| c.resyncs),
             lag: Quantiles::of(&lag),
             lag_writes_max,
             drain_secs: drain.as_secs_f64(),
@@ -598,7 +598,7 @@ impl Bench {
         let mut first_progress = None;
         let catchup = loop {
             let s = cluster::status(&self.client, &cut_api).await?;
-            let have = cluster::applied(&s);
+            let have = s.applied_by_region();
             let lacking: u64 = backlog
                 .iter()
                 .map(|(o, seq)| seq.saturating_sub(have.get(o).copied().unwrap_or(0)))
@@ -670,13 +670,15 @@ impl Bench {
         let others = cluster::statuses(&self.client, &self.cluster.apis[..cut]).await?;
         let mut want: BTreeMap<String, u64> = BTreeMap::new();
         for s in &others {
-            for (o, seq) in cluster::applied(s) {
+            for (o, seq) in s.applied_by_region() {
                 let e = want.entry(o).or_default();
                 *e = (*e).max(seq);
             }
         }
         let cut_api = &self.cluster.apis[cut];
-        let have = cluster::applied(&cluster::status(&self.client, cut_api).await?);
+        let have = cluster::status(&self.client, cut_api)
+            .await?
+            .applied_by_region();
         let missing = want
             .iter()
             .map(|(o, seq)| seq.saturating_sub(have.get(o).copied().unwrap_or(0)))
@@ -697,7 +699,7 @@ impl Bench {
         let digests: BTreeMap<String, String> = names
             .iter()
             .cloned()
-            .zip(digests.into_iter().map(|(d, _)| d))
+            .zip(digests.into_iter().map(|d| d.digest))
             .collect();
         let equal = digests
             .values()
@@ -718,12 +720,12 @@ impl Bench {
 fn region_figures(
     name: &str,
     r: &workload::RegionLoad,
-    (before, after): (&Json, &Json),
+    (before, after): (&Status, &Status),
     cpu: Option<(ProcSample, ProcSample)>,
     (load_secs, window): (f64, f64),
 ) -> RegionThroughput {
-    let delta = |c: &str| cluster::counter(after, c).saturating_sub(cluster::counter(before, c));
-    let fsyncs = delta("fsyncs");
+    let delta = |c: Counter| growth(before, after, c);
+    let fsyncs = delta(|c| c.fsyncs);
     let cpu_secs = cpu.map(|(b, a)| a.cpu_secs - b.cpu_secs);
     RegionThroughput {
         region: name.to_owned(),
@@ -732,11 +734,11 @@ fn region_figures(
         errors: r.errors,
         accepted_not_reached: r.accepted,
         writes_per_sec: per(r.writes.len() as f64, load_secs),
-        conflicts: delta("conflicts"),
+        conflicts: delta(|c| c.conflicts),
         fsyncs,
         fsyncs_per_sec: per(fsyncs as f64, window),
         stored_writes_per_fsync: per(
-            (delta("client_writes") + delta("remote_applied")) as f64,
+            (delta(|c| c.client_writes) + delta(|c| c.remote_applied)) as f64,
             fsyncs as f64,
         ),
         cpu_secs,
@@ -753,10 +755,10 @@ fn proc_samples(pids: Option<&[u32]>) -> Option<Vec<ProcSample>> {
 }
 
 /// Bytes sent between regions over replicated writes, from the first and last statuses.
-fn wire(first: &[Json], last: &[Json]) -> Wire {
-    let sum = |ss: &[Json], f: &dyn Fn(&Json) -> u64| ss.iter().map(f).sum::<u64>();
+fn wire(first: &[Status], last: &[Status]) -> Wire {
+    let sum = |ss: &[Status], f: &dyn Fn(&Status) -> u64| ss.iter().map(f).sum::<u64>();
     let bytes_sent = sum(last, &cluster::bytes_sent) - sum(first, &cluster::bytes_sent);
-    let applied = |s: &Json| cluster::counter(s, "remote_applied");
+    let applied = |s: &Status| s.counters.remote_applied;
     let replicated = sum(last, &applied) - sum(first, &applied);
     Wire {
         bytes_sent,
@@ -818,46 +820,50 @@ async fn probe(
 }
 
 /// One second of the wan phase from the statuses at its start and end (region order).
-fn wan_sample(t_s: f64, secs: f64, before: &[Json], after: &[Json]) -> WanSample {
-    let delta = |b: &Json, a: &Json, name: &str| {
-        cluster::counter(a, name).saturating_sub(cluster::counter(b, name))
-    };
-    let sum = |name: &str| -> u64 {
+fn wan_sample(t_s: f64, secs: f64, before: &[Status], after: &[Status]) -> WanSample {
+    let sum = |counter: Counter| -> u64 {
         before
             .iter()
             .zip(after)
-            .map(|(b, a)| delta(b, a, name))
+            .map(|(b, a)| growth(b, a, counter))
             .sum()
     };
     let region_writes_per_sec: Vec<f64> = before
         .iter()
         .zip(after)
-        .map(|(b, a)| per(delta(b, a, "client_writes") as f64, secs))
+        .map(|(b, a)| per(growth(b, a, |c| c.client_writes) as f64, secs))
         .collect();
     let (mut lag_writes, mut lag_ms) = (BTreeMap::new(), BTreeMap::new());
-    for s in after {
-        let me = s["region"].as_str().unwrap_or_default();
-        for cell in s["matrix"].as_array().into_iter().flatten() {
-            let Some(d) = cell["destination"].as_str() else {
-                continue;
-            };
-            if cell["origin"] != me {
-                continue;
-            }
-            let pair = format!("{me} -> {d}");
-            lag_writes.insert(pair.clone(), cell["lag_writes"].as_u64().unwrap_or(0));
-            lag_ms.insert(pair, cell["lag_ms"].as_f64().unwrap_or(0.0));
-        }
+    for (pair, cell) in after.iter().flat_map(own_rows) {
+        lag_writes.insert(pair.clone(), cell.lag_writes);
+        lag_ms.insert(pair, cell.lag_ms as f64);
     }
     WanSample {
         t_s,
         writes_per_sec: region_writes_per_sec.iter().sum(),
         region_writes_per_sec,
-        relayed: sum("writes_relayed"),
-        resyncs: sum("resyncs"),
+        relayed: sum(|c| c.writes_relayed),
+        resyncs: sum(|c| c.resyncs),
         lag_writes,
         lag_ms,
     }
+}
+
+/// Picks one counter of a status.
+type Counter = fn(&Counters) -> u64;
+
+/// How much `counter` grew from `before` to `after` (0 if the region restarted meanwhile).
+fn growth(before: &Status, after: &Status, counter: Counter) -> u64 {
+    counter(&after.counters).saturating_sub(counter(&before.counters))
+}
+
+/// The cells of a region's lag matrix about its own writes ("origin -> destination", cell):
+/// the ones it computed itself, on its own clock.
+fn own_rows(s: &Status) -> impl Iterator<Item = (String, &MatrixEntry)> {
+    s.matrix
+        .iter()
+        .filter(move |c| c.origin == s.region)
+        .map(|c| (format!("{} -> {}", c.origin, c.destination), c))
 }
 
 /// Every [`SAMPLE_EVERY`]: client writes/s over all regions and each origin's lag matrix row.
@@ -874,26 +880,16 @@ async fn sample_loop(client: reqwest::Client, apis: Vec<String>, state: Arc<Samp
             continue;
         };
         let now = Instant::now();
-        let writes: u64 = statuses
-            .iter()
-            .map(|s| cluster::counter(s, "client_writes"))
-            .sum();
+        let writes: u64 = statuses.iter().map(|s| s.counters.client_writes).sum();
         let rate = prev.map_or(0.0, |(t, w)| {
             per(writes.saturating_sub(w) as f64, (now - t).as_secs_f64())
         });
         prev = Some((now, writes));
-        let mut lag_ms = BTreeMap::new();
-        for s in &statuses {
-            let me = s["region"].as_str().unwrap_or_default();
-            for cell in s["matrix"].as_array().into_iter().flatten() {
-                if cell["origin"] == me
-                    && let (Some(d), Some(ms)) =
-                        (cell["destination"].as_str(), cell["lag_ms"].as_f64())
-                {
-                    lag_ms.insert(format!("{me} -> {d}"), ms);
-                }
-            }
-        }
+        let lag_ms = statuses
+            .iter()
+            .flat_map(own_rows)
+            .map(|(pair, cell)| (pair, cell.lag_ms as f64))
+            .collect();
         let phase = lock(&state.phase).clone();
         lock(&state.samples).push(Sample {
             t_s: (now - started).as_secs_f64(),
@@ -907,13 +903,47 @@ async fn sample_loop(client: reqwest::Client, apis: Vec<String>, state: Arc<Samp
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use conflict::ReplicaId;
+    use leader::status::{Alarms, Peer};
+
+    /// A status with these counters, lag matrix and peers, the rest empty.
+    fn doc(region: &str, counters: Counters, matrix: Vec<MatrixEntry>, peers: Vec<Peer>) -> Status {
+        Status {
+            alarms: Alarms::default(),
+            applied: Vec::new(),
+            counters,
+            held_back: BTreeMap::new(),
+            hlc: String::new(),
+            keys: 0,
+            matrix,
+            peers,
+            region: region.to_owned(),
+            replica: ReplicaId::from_u128(1),
+        }
+    }
+
+    fn cell(origin: &str, destination: &str, lag_writes: u64, lag_ms: u64) -> MatrixEntry {
+        MatrixEntry {
+            destination: destination.to_owned(),
+            lag_ms,
+            lag_writes,
+            origin: origin.to_owned(),
+            replicating: true,
+            row_age_ms: 0,
+        }
+    }
 
     #[test]
     fn region_figures_come_from_counter_deltas_and_proc_samples() {
-        let status = |fsyncs: u64, writes: u64, applied: u64, conflicts: u64| {
-            json!({ "counters": { "fsyncs": fsyncs, "client_writes": writes,
-                                  "remote_applied": applied, "conflicts": conflicts } })
+        let status = |fsyncs: u64, client_writes: u64, remote_applied: u64, conflicts: u64| {
+            let counters = Counters {
+                fsyncs,
+                client_writes,
+                remote_applied,
+                conflicts,
+                ..Counters::default()
+            };
+            doc("r0", counters, Vec::new(), Vec::new())
         };
         let (before, after) = (status(5, 10, 20, 1), status(15, 110, 120, 4));
         let mut r = workload::RegionLoad::new();
@@ -947,13 +977,18 @@ mod tests {
 
     #[test]
     fn a_wan_sample_is_the_counter_deltas_and_the_origins_own_matrix_cells() {
-        let status = |region: &str, writes: u64, relayed: u64, resyncs: u64| {
-            json!({ "region": region,
-                    "counters": { "client_writes": writes, "writes_relayed": relayed, "resyncs": resyncs },
-                    "matrix": [
-                        { "origin": region, "destination": "x", "lag_writes": writes / 10, "lag_ms": 25.0 },
-                        { "origin": "x", "destination": region, "lag_writes": 999, "lag_ms": 999.0 },
-                    ] })
+        let status = |region: &str, client_writes: u64, writes_relayed: u64, resyncs: u64| {
+            let counters = Counters {
+                client_writes,
+                writes_relayed,
+                resyncs,
+                ..Counters::default()
+            };
+            let matrix = vec![
+                cell(region, "x", client_writes / 10, 25),
+                cell("x", region, 999, 999),
+            ];
+            doc(region, counters, matrix, Vec::new())
         };
         let before = [status("a", 100, 5, 1), status("b", 200, 0, 0)];
         let after = [status("a", 1100, 5, 1), status("b", 2200, 10, 2)];
@@ -972,9 +1007,27 @@ mod tests {
 
     #[test]
     fn wire_divides_bytes_sent_by_replicated_writes() {
-        let status = |sent: u64, applied: u64| {
-            json!({ "peers": [{ "bytes_sent": sent }, { "bytes_sent": sent }],
-                    "counters": { "remote_applied": applied } })
+        let status = |sent: u64, remote_applied: u64| {
+            let peer = Peer {
+                bytes_recv: None,
+                bytes_sent: Some(sent),
+                clock_offset_ms: None,
+                connections: None,
+                lag_ms: 0,
+                lag_writes: 0,
+                link: None,
+                quic: None,
+                region: "x".to_owned(),
+                replica: None,
+                replicating: true,
+                rtt_ms: None,
+                unacked_bytes: 0,
+            };
+            let counters = Counters {
+                remote_applied,
+                ..Counters::default()
+            };
+            doc("r0", counters, Vec::new(), vec![peer.clone(), peer])
         };
         let w = wire(&[status(100, 5)], &[status(1100, 15)]);
         assert_eq!(w.bytes_sent, 2000);

@@ -617,8 +617,8 @@ impl Chaos {
             .expect("status of the restarted region");
         let replica = &self.replicas[r];
         assert_eq!(
-            st["replica"].as_str(),
-            Some(replica.as_str()),
+            &format!("{:#}", st.replica),
+            replica,
             "{} must keep its replica id across a restart (same data directory)",
             REGIONS[r]
         );
@@ -834,12 +834,7 @@ async fn random_kills_restarts_and_partitions_lose_no_acknowledged_write() {
     let mut replicas = Vec::new();
     for r in &cluster.regions {
         let st = status(&client, &r.api).await.expect("status at start");
-        replicas.push(
-            st["replica"]
-                .as_str()
-                .expect("status names the replica")
-                .to_owned(),
-        );
+        replicas.push(format!("{:#}", st.replica));
     }
     let t_ready = t0.elapsed();
 
@@ -963,10 +958,7 @@ async fn random_kills_restarts_and_partitions_lose_no_acknowledged_write() {
         let st = status(&client, &r.api)
             .await
             .expect("status after the checks");
-        conflicts_logged.push((
-            r.name.clone(),
-            st["counters"]["conflicts"].as_u64().unwrap_or_default(),
-        ));
+        conflicts_logged.push((r.name.clone(), st.counters.conflicts));
     }
     let mut cluster = cluster;
     let exits = cluster.shutdown().await;

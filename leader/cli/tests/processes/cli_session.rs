@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use conflict::{Dot, VersionVector};
+use conflict::{Dot, ReplicaId, VersionVector};
 use leader::api::decode_context;
 
 use crate::harness::{Cluster, POLL, http_client, meridian, status};
@@ -78,10 +78,12 @@ async fn cli_session_file_carries_the_token_between_commands() {
     let body: serde_json::Value = serde_json::from_slice(&out.stdout).expect("put prints JSON");
     let seq = body["dot"]["seq"].as_u64().expect("a dot");
     let token = session_file(&file);
-    let us_status = status(&client, &us).await.expect("us-east's status");
-    let replica = us_status["replica"].as_str().expect("a replica id");
+    let replica = status(&client, &us)
+        .await
+        .expect("us-east's status")
+        .replica;
     let dot = Dot {
-        replica: serde_json::from_value(us_status["replica"].clone()).expect("a replica id"),
+        replica,
         seq: conflict::Seq(seq),
     };
     assert!(token.covers(&dot), "{token:?} lacks {dot:?}");
@@ -113,16 +115,15 @@ async fn cli_session_file_carries_the_token_between_commands() {
 }
 
 /// Waits until the region at `api` has applied `replica`'s writes up to `seq`.
-async fn wait_applied(client: &reqwest::Client, api: &str, replica: &str, seq: u64) {
+async fn wait_applied(client: &reqwest::Client, api: &str, replica: ReplicaId, seq: u64) {
     let deadline = Instant::now() + START_BOUND;
     loop {
         let st = status(client, api).await.expect("the region's status");
-        let have = st["applied"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|a| a["replica"] == replica)
-            .and_then(|a| a["seq"].as_u64());
+        let have = st
+            .applied
+            .iter()
+            .find(|a| a.replica == replica)
+            .map(|a| a.seq);
         if have >= Some(seq) {
             return;
         }

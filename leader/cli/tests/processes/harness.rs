@@ -16,13 +16,12 @@ use std::fs::OpenOptions;
 use std::io::Write as _;
 use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use serde_json::Value as Json;
+use leader::status::{LinkChange, Links, Status};
+use meridian::launch::{Launcher, RegionProcess, Stopped, stop_all};
 use tempfile::TempDir;
-use tokio::process::{Child, ChildStdin, Command};
 
 /// How often readiness is polled.
 pub(crate) const POLL: Duration = Duration::from_millis(50);
@@ -56,25 +55,21 @@ pub(crate) struct Region {
     /// Base URL of its API, e.g. `http://127.0.0.1:40123`.
     pub(crate) api: String,
     log: PathBuf,
-    child: Option<Child>,
-    /// Held open for the child's `--exit-with-stdin`; dropping it asks the child to stop.
-    stdin: Option<ChildStdin>,
+    /// Its process, while it runs.
+    process: Option<RegionProcess>,
 }
 
 /// A deployment of real processes in a temporary directory.
 pub(crate) struct Cluster {
     /// The regions, in the order of regions.toml.
     pub(crate) regions: Vec<Region>,
-    config: PathBuf,
-    /// Whether children run with `--simulate-links` (link control through the admin API).
-    simulate_links: bool,
+    /// How regions (and impostors) are started: with `--simulate-links` or not, a heap cap or
+    /// not.
+    launcher: Launcher,
     /// (region, peer port, API port) as written to regions.toml.
     layout: Vec<(String, u16, u16)>,
     /// The `[timeouts]` text of regions.toml.
     timeouts: String,
-    /// A cap on each child's data segment and private writable mappings (`RLIMIT_DATA`, set
-    /// by `prlimit`): its heap, whatever allocator it uses. Allocations beyond it fail.
-    data_limit_bytes: Option<u64>,
     // Kept last so the directory outlives the children during `Drop`.
     dir: TempDir,
     /// This test's turn on the machine (see [`one_at_a_time`]), held until the children are
@@ -271,17 +266,17 @@ impl Cluster {
                 name: name.clone(),
                 api: format!("http://127.0.0.1:{api}"),
                 log: dir.path().join(format!("{name}.log")),
-                child: None,
-                stdin: None,
+                process: None,
             })
             .collect();
         let mut cluster = Cluster {
             regions,
-            config,
-            simulate_links,
+            launcher: Launcher::new(meridian(), config)
+                .log_filter("info")
+                .simulate_links(simulate_links)
+                .data_limit_bytes(data_limit_bytes),
             layout,
             timeouts: timeouts.to_owned(),
-            data_limit_bytes,
             dir,
             _turn: turn,
         };
@@ -293,15 +288,9 @@ impl Cluster {
 
     /// Starts region `i`'s process, appending its log to the region's log file.
     pub(crate) fn spawn(&mut self, i: usize) {
-        let config = self.config.clone();
-        let simulate_links = self.simulate_links;
-        let data_limit_bytes = self.data_limit_bytes;
         let r = &mut self.regions[i];
-        assert!(r.child.is_none(), "region {} is already running", r.name);
-        let (child, stdin) =
-            start_child(&config, &r.name, &r.log, simulate_links, data_limit_bytes);
-        r.stdin = Some(stdin);
-        r.child = Some(child);
+        assert!(r.process.is_none(), "region {} is already running", r.name);
+        r.process = Some(start_child(&self.launcher, &r.name, &r.log));
     }
 
     /// Sends SIGKILL to region `i` and reaps it: no shutdown path of the leader runs.
@@ -326,38 +315,27 @@ impl Cluster {
             config_text_with("procs-test", &layout, &self.timeouts, &dirs),
         )
         .expect("writing the impostor's regions.toml");
-        let mut r = Region {
-            name: name.clone(),
+        let log = self.dir.path().join(format!("{data_dir}.log"));
+        let process = start_child(&self.launcher.for_config(config), &name, &log);
+        Region {
+            name,
             api: format!("http://127.0.0.1:{}", ports[1]),
-            log: self.dir.path().join(format!("{data_dir}.log")),
-            child: None,
-            stdin: None,
-        };
-        let (child, stdin) = start_child(
-            &config,
-            &name,
-            &r.log,
-            self.simulate_links,
-            self.data_limit_bytes,
-        );
-        r.child = Some(child);
-        r.stdin = Some(stdin);
-        r
+            log,
+            process: Some(process),
+        }
     }
 
     pub(crate) async fn sigkill(&mut self, i: usize) {
         let r = &mut self.regions[i];
-        let mut child = r.child.take().expect("the region to kill is running");
-        // `Child::kill` is SIGKILL on Unix, and waits for the process to be gone.
-        child.kill().await.expect("sending SIGKILL");
-        drop(r.stdin.take());
+        let process = r.process.take().expect("the region to kill is running");
+        process.kill().await.expect("sending SIGKILL");
         append_marker(&r.log, "===== test: SIGKILL =====");
     }
 
     /// Whether region `i`'s process was started and not killed since (it may have exited by
     /// itself: [`Cluster::wait_healthy`] and [`Cluster::wait_replicating`] check that).
     pub(crate) fn is_running(&self, i: usize) -> bool {
-        self.regions[i].child.is_some()
+        self.regions[i].process.is_some()
     }
 
     /// Cuts region `i` off from region `peer` in both directions at `i`'s socket
@@ -367,7 +345,7 @@ impl Cluster {
         let (r, p) = (&self.regions[i], &self.regions[peer].name);
         let resp = client
             .put(format!("{}/v1/admin/links/{p}", r.api))
-            .json(&serde_json::json!({ "blocked": true }))
+            .json(&LinkChange::BLOCK)
             .send()
             .await;
         expect_link_state(resp, &r.name, p, true).await;
@@ -388,7 +366,7 @@ impl Cluster {
     /// started, both directions (`GET /v1/admin/links`): the proof that a partition fired.
     pub(crate) async fn blocked_packets(&self, client: &reqwest::Client, i: usize) -> u64 {
         let r = &self.regions[i];
-        let view: Json = async {
+        let view: Links = async {
             client
                 .get(format!("{}/v1/admin/links", r.api))
                 .send()
@@ -399,12 +377,7 @@ impl Cluster {
         }
         .await
         .unwrap_or_else(|e: reqwest::Error| panic!("{}: reading its links: {e}", r.name));
-        let count = |field: &str| {
-            view[field]
-                .as_u64()
-                .unwrap_or_else(|| panic!("{}: the links view has no {field}: {view}", r.name))
-        };
-        count("blocked_outbound") + count("blocked_inbound")
+        view.blocked_outbound + view.blocked_inbound
     }
 
     /// Waits until `/healthz` answers on region `i`, failing the test at `deadline`.
@@ -447,8 +420,8 @@ impl Cluster {
             {
                 return;
             }
-            if let Some(child) = r.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
+            if let Some(process) = r.process.as_mut()
+                && let Ok(Some(status)) = process.try_wait()
             {
                 panic!("process of {} exited early: {status}", r.name);
             }
@@ -472,10 +445,8 @@ impl Cluster {
             for r in &self.regions {
                 match status(client, &r.api).await {
                     Ok(st) => {
-                        for p in st["peers"].as_array().into_iter().flatten() {
-                            if p["replicating"] != Json::Bool(true) {
-                                lagging.push(format!("{} -> {}", r.name, p["region"]));
-                            }
+                        for p in st.peers.iter().filter(|p| !p.replicating) {
+                            lagging.push(format!("{} -> {:?}", r.name, p.region));
                         }
                     }
                     Err(e) => lagging.push(format!("{}: {e}", r.name)),
@@ -498,8 +469,8 @@ impl Cluster {
     /// Fails the test if region `i`'s process has exited.
     fn assert_running(&mut self, i: usize) {
         let r = &mut self.regions[i];
-        if let Some(child) = r.child.as_mut()
-            && let Ok(Some(status)) = child.try_wait()
+        if let Some(process) = r.process.as_mut()
+            && let Ok(Some(status)) = process.try_wait()
         {
             panic!("region {} exited early: {status}", r.name);
         }
@@ -509,24 +480,15 @@ impl Cluster {
     /// does, and returns each region's exit status (`None`: it had to be killed after
     /// [`STOP_BOUND`]).
     pub(crate) async fn shutdown(&mut self) -> BTreeMap<String, Option<std::process::ExitStatus>> {
-        for r in &mut self.regions {
-            drop(r.stdin.take());
-        }
-        let mut result = BTreeMap::new();
-        for r in &mut self.regions {
-            let Some(mut child) = r.child.take() else {
-                continue;
-            };
-            let status = match tokio::time::timeout(STOP_BOUND, child.wait()).await {
-                Ok(Ok(status)) => Some(status),
-                _ => {
-                    let _ = child.kill().await;
-                    None
-                }
-            };
-            result.insert(r.name.clone(), status);
-        }
-        result
+        let running = self.regions.iter_mut().filter_map(|r| r.process.take());
+        stop_all(running.collect(), STOP_BOUND)
+            .await
+            .into_iter()
+            .map(|(name, stopped)| match stopped {
+                Stopped::Exited(status) => (name, Some(status)),
+                Stopped::Killed | Stopped::Lost(_) => (name, None),
+            })
+            .collect()
     }
 
     /// The last lines of every region's log, for a failure message.
@@ -554,8 +516,8 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         for r in &mut self.regions {
-            if let Some(child) = r.child.as_mut() {
-                let _ = child.start_kill();
+            if let Some(process) = r.process.as_mut() {
+                process.start_kill();
             }
         }
         if std::thread::panicking() {
@@ -582,17 +544,14 @@ async fn expect_link_state(
     let what = if blocked { "block" } else { "heal" };
     let resp = resp.unwrap_or_else(|e| panic!("{region}: {what} link to {peer}: {e}"));
     let code = resp.status();
-    let body: Json = resp.json().await.unwrap_or_else(|e| {
+    let body = resp.text().await.unwrap_or_else(|e| {
         panic!("{region}: {what} link to {peer}: {code}, body unreadable: {e}")
     });
-    let shown = body["links"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|l| l["peer"] == peer)
-        .map(|l| l["blocked"].clone());
+    let shown = serde_json::from_str::<Links>(&body)
+        .ok()
+        .and_then(|links| Some(links.to(peer)?.blocked));
     assert!(
-        code.is_success() && shown == Some(Json::Bool(blocked)),
+        code.is_success() && shown == Some(blocked),
         "{region}: {what} link to {peer} answered {code}: {body}"
     );
 }
@@ -603,60 +562,26 @@ fn append_marker(log: &Path, marker: &str) {
     }
 }
 
-/// Starts `meridian run` for `region` with `config`, appending its output to `log`.
-fn start_child(
-    config: &Path,
-    region: &str,
-    log: &Path,
-    simulate_links: bool,
-    data_limit_bytes: Option<u64>,
-) -> (Child, ChildStdin) {
+/// Starts `region` with `launcher`, appending its output to `log`, with no API token and no
+/// colours from this environment.
+fn start_child(launcher: &Launcher, region: &str, log: &Path) -> RegionProcess {
     let mut log = OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .expect("opening the region's log file");
     writeln!(log, "===== test: starting {region} =====").expect("writing the log file");
-    let mut command = match data_limit_bytes {
-        None => Command::new(meridian()),
-        Some(bytes) => {
-            // prlimit sets the limit and execs the binary: the child is meridian itself.
-            let mut c = Command::new("prlimit");
-            c.arg(format!("--data={bytes}")).arg("--").arg(meridian());
-            // glibc's per-thread arenas each map 64 MiB; two keep the cap about the
-            // program's own memory rather than the allocator's spread over threads.
-            c.env("MALLOC_ARENA_MAX", "2");
-            c
-        }
-    };
+    let mut command = launcher
+        .command(region, Some(log))
+        .expect("duplicating the log file handle");
     command
-        .arg("run")
-        .arg("--config")
-        .arg(config)
-        .arg("--region")
-        .arg(region)
-        .arg("--exit-with-stdin");
-    if simulate_links {
-        command.arg("--simulate-links");
-    }
-    let mut child = command
-        .env("MERIDIAN_LOG", "info")
         .env("NO_COLOR", "1")
-        .env_remove("MERIDIAN_API_TOKEN")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::from(
-            log.try_clone().expect("duplicating the log file handle"),
-        ))
-        .stderr(Stdio::from(log))
-        .kill_on_drop(true)
-        .spawn()
-        .expect("starting `meridian run`");
-    let stdin = child.stdin.take().expect("stdin is piped");
-    (child, stdin)
+        .env_remove("MERIDIAN_API_TOKEN");
+    RegionProcess::spawn(region, command).expect("starting `meridian run`")
 }
 
 /// `GET /v1/status` of the region at `api`.
-pub(crate) async fn status(client: &reqwest::Client, api: &str) -> Result<Json, reqwest::Error> {
+pub(crate) async fn status(client: &reqwest::Client, api: &str) -> Result<Status, reqwest::Error> {
     client
         .get(format!("{api}/v1/status"))
         .send()
@@ -666,20 +591,12 @@ pub(crate) async fn status(client: &reqwest::Client, api: &str) -> Result<Json, 
         .await
 }
 
-/// The `applied` vector of a status: seq per replica id, with the origin's region name.
-pub(crate) fn applied(status: &Json) -> BTreeMap<String, (String, u64)> {
-    status["applied"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|e| {
-            (
-                e["replica"].as_str().unwrap_or_default().to_owned(),
-                (
-                    e["region"].as_str().unwrap_or_default().to_owned(),
-                    e["seq"].as_u64().unwrap_or_default(),
-                ),
-            )
-        })
+/// The `applied` vector of a status: seq per replica id (the full UUID, as write receipts
+/// name it), with the origin's region name.
+pub(crate) fn applied(status: &Status) -> BTreeMap<String, (String, u64)> {
+    status
+        .applied
+        .iter()
+        .map(|e| (format!("{:#}", e.replica), (e.region.clone(), e.seq)))
         .collect()
 }

@@ -215,10 +215,9 @@ async fn sigkill_mid_load_loses_no_acknowledged_write() {
     cluster.wait_replicating(&client, start_deadline).await;
     let victim_replica = status(&client, &cluster.regions[VICTIM].api)
         .await
-        .expect("status of the victim")["replica"]
-        .as_str()
-        .expect("status names the replica")
-        .to_owned();
+        .expect("status of the victim")
+        .replica;
+    let victim_replica = format!("{victim_replica:#}");
     let t_ready = t0.elapsed();
 
     // Load on every region until the victim has acknowledged enough writes, then SIGKILL it.
@@ -255,8 +254,8 @@ async fn sigkill_mid_load_loses_no_acknowledged_write() {
         .await
         .expect("status of the restarted victim");
     assert_eq!(
-        st["replica"].as_str(),
-        Some(victim_replica.as_str()),
+        format!("{:#}", st.replica),
+        victim_replica,
         "the restarted victim must keep its replica id (same data directory)"
     );
     let own_applied = applied(&st).get(&victim_replica).map_or(0, |(_, s)| *s);

@@ -16,7 +16,7 @@
 use std::time::{Duration, Instant};
 
 use crate::harness::{Cluster, POLL, http_client, status};
-use serde_json::Value as Json;
+use leader::status::Status;
 
 const REGIONS: [&str; 3] = ["us-east", "eu-west", "ap-south"];
 /// The region that gets a second process.
@@ -55,7 +55,7 @@ async fn get(client: &reqwest::Client, api: &str, key: &str) -> Option<String> {
     }
 }
 
-async fn status_of(client: &reqwest::Client, api: &str) -> Json {
+async fn status_of(client: &reqwest::Client, api: &str) -> Status {
     status(client, api)
         .await
         .unwrap_or_else(|e| panic!("status of {api}: {e}"))
@@ -64,16 +64,11 @@ async fn status_of(client: &reqwest::Client, api: &str) -> Json {
 /// The split-brain alarm `/v1/status` of `api` shows for `region`, if any: (live, refused).
 async fn shown(client: &reqwest::Client, api: &str, region: &str) -> Option<(String, String)> {
     let st = status_of(client, api).await;
-    st["alarms"]["split_brain"]
-        .as_array()?
-        .iter()
-        .find(|a| a["region"] == region)
-        .map(|a| {
-            (
-                a["live_replica"].as_str().unwrap_or_default().to_owned(),
-                a["refused_replica"].as_str().unwrap_or_default().to_owned(),
-            )
-        })
+    st.alarms
+        .split_brain
+        .into_iter()
+        .find(|a| a.region == region)
+        .map(|a| (a.live_replica, a.refused_replica))
 }
 
 /// `meridian_alarms_total{kind="split_brain"}` of the region at `api`.
@@ -128,10 +123,7 @@ async fn scenario(copy_data_dir: bool) {
         cluster.wait_healthy(&client, TWIN, deadline).await;
         cluster.wait_replicating(&client, deadline).await;
     }
-    let live_replica = status_of(&client, &twin_api).await["replica"]
-        .as_str()
-        .expect("a replica id")
-        .to_owned();
+    let live_replica = format!("{:#}", status_of(&client, &twin_api).await.replica);
     // What the healthy regions log from here on is about the impostor.
     let marks: Vec<usize> = cluster.regions[..TWIN]
         .iter()
@@ -141,10 +133,7 @@ async fn scenario(copy_data_dir: bool) {
     cluster
         .wait_healthy_region(&client, &mut impostor, deadline)
         .await;
-    let impostor_replica = status_of(&client, &impostor.api).await["replica"]
-        .as_str()
-        .expect("a replica id")
-        .to_owned();
+    let impostor_replica = format!("{:#}", status_of(&client, &impostor.api).await.replica);
     assert_eq!(copy_data_dir, impostor_replica == live_replica);
     // Both processes take writes; only the first one's may reach the other regions.
     put(&client, &impostor.api, "impostor", "second").await;
@@ -165,9 +154,9 @@ async fn scenario(copy_data_dir: bool) {
             }
             assert!(
                 Instant::now() < until,
-                "{} shows no split-brain alarm for {twin}: {}",
+                "{} shows no split-brain alarm for {twin}: {:?}",
                 r.name,
-                status_of(&client, &r.api).await["alarms"]
+                status_of(&client, &r.api).await.alarms
             );
             tokio::time::sleep(POLL).await;
         }
@@ -184,14 +173,15 @@ async fn scenario(copy_data_dir: bool) {
     while Instant::now() < until {
         for r in &cluster.regions[..TWIN] {
             let st = status_of(&client, &r.api).await;
-            let peer = st["peers"]
-                .as_array()
-                .and_then(|ps| ps.iter().find(|p| p["region"] == twin).cloned())
-                .unwrap_or_else(|| panic!("{} shows no peer {twin}: {st}", r.name));
-            assert_eq!(peer["replicating"], Json::Bool(true), "{}: {peer}", r.name);
+            let peer = st
+                .peers
+                .iter()
+                .find(|p| p.region == *twin)
+                .unwrap_or_else(|| panic!("{} shows no peer {twin}: {st:?}", r.name));
+            assert!(peer.replicating, "{}: {peer:?}", r.name);
             assert_eq!(
-                peer["replica"],
-                Json::from(live_replica.clone()),
+                peer.replica.map(|id| format!("{id:#}")),
+                Some(live_replica.clone()),
                 "{}",
                 r.name
             );

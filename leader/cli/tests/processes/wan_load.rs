@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{Cluster, POLL, applied, http_client, status};
 use crate::load;
-use serde_json::Value as Json;
+use leader::status::{Counters, LinkChange};
 
 const REGIONS: [&str; 3] = ["us-east", "eu-west", "ap-south"];
 /// Closed-loop writers per region, each with one PUT in flight.
@@ -84,7 +84,11 @@ async fn impair_links(client: &reqwest::Client, cluster: &Cluster) {
         {
             let resp = client
                 .put(format!("{}/v1/admin/links/{peer}", r.api))
-                .json(&serde_json::json!({ "latency_ms": latency_ms, "jitter_ms": JITTER_MS }))
+                .json(&LinkChange {
+                    latency_ms: Some(latency_ms),
+                    jitter_ms: Some(JITTER_MS),
+                    ..LinkChange::default()
+                })
                 .send()
                 .await
                 .expect("setting a link's latency");
@@ -96,12 +100,6 @@ async fn impair_links(client: &reqwest::Client, cluster: &Cluster) {
             );
         }
     }
-}
-
-fn counter(st: &Json, name: &str) -> u64 {
-    st["counters"][name]
-        .as_u64()
-        .unwrap_or_else(|| panic!("counters.{name} in {st}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,17 +154,19 @@ async fn sustained_load_over_jittery_links_does_not_set_off_a_relay_storm() {
     for r in &cluster.regions {
         statuses.push(status(&client, &r.api).await.expect("status"));
     }
-    let sum = |name: &str| statuses.iter().map(|s| counter(s, name)).sum::<u64>();
-    let (writes, relayed, resyncs) = (sum("client_writes"), sum("writes_relayed"), sum("resyncs"));
+    let sum = |counter: fn(&Counters) -> u64| statuses.iter().map(|s| counter(&s.counters)).sum();
+    let (writes, relayed, resyncs): (u64, u64, u64) = (
+        sum(|c| c.client_writes),
+        sum(|c| c.writes_relayed),
+        sum(|c| c.resyncs),
+    );
     let per_region: Vec<String> = REGIONS
         .iter()
         .zip(&statuses)
         .map(|(r, s)| {
             format!(
                 "{r}: {} client writes, {} relayed, {} resyncs",
-                counter(s, "client_writes"),
-                counter(s, "writes_relayed"),
-                counter(s, "resyncs")
+                s.counters.client_writes, s.counters.writes_relayed, s.counters.resyncs
             )
         })
         .collect();
