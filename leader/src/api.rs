@@ -17,7 +17,10 @@
 //! Every error, including a malformed path or query, an unknown route and a method a route
 //! does not accept, is JSON `{"error": "<what happened and what to do>", "code": "<stable>"}`.
 
+pub mod admin;
+
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -34,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::config::Limits;
-use crate::node::{Behind, NodeHandle, ReadResult, RequestError, WriteOptions};
+use crate::node::{Behind, Node, NodeError, NodeHandle, ReadResult, RequestError, WriteOptions};
 use crate::status::{ConflictPage, ConflictWrite, Digest, LoggedConflict, Status};
 use leader_core::Durability;
 
@@ -57,6 +60,39 @@ pub(crate) struct AppState {
     token: Option<String>,
 }
 
+/// Binds the API of `node` at `addr` and serves it until the node stops (the node's shutdown
+/// signal ends the server, and [`Node::shutdown`] waits for it).
+pub async fn start(
+    node: &mut Node,
+    addr: SocketAddr,
+    limits: Limits,
+    token: Option<String>,
+) -> Result<(), NodeError> {
+    if !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "the API listens on a non-loopback address; set MERIDIAN_API_TOKEN to require a bearer token");
+    }
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| NodeError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| NodeError::Bind { addr, source })?;
+    let handle = node.handle();
+    let router = router(handle.clone(), limits, token);
+    let mut stop = node.stopping();
+    let task = tokio::spawn(async move {
+        let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        });
+        if let Err(e) = serve.await {
+            tracing::error!("API server failed: {e}");
+        }
+    });
+    tracing::info!(region = handle.region(), api = %bound, peer = %node.peer_addr(), "region leader started");
+    node.attach_api(task, bound);
+    Ok(())
+}
+
 /// Builds the API router for a node.
 pub fn router(node: NodeHandle, limits: Limits, token: Option<String>) -> Router {
     let body_limit = limits.max_value_bytes + 1;
@@ -74,7 +110,7 @@ pub fn router(node: NodeHandle, limits: Limits, token: Option<String>) -> Router
         .route("/v1/status", get(status))
         .route("/v1/status/digest", get(digest))
         .route("/metrics", get(metrics))
-        .merge(crate::admin::routes())
+        .merge(admin::routes())
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         .layer(DefaultBodyLimit::max(body_limit));
@@ -168,8 +204,8 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<crate::node::NodeError> for ApiError {
-    fn from(e: crate::node::NodeError) -> Self {
+impl From<NodeError> for ApiError {
+    fn from(e: NodeError) -> Self {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",

@@ -27,7 +27,6 @@
 //! # Ok(()) }
 //! ```
 
-pub mod admin;
 pub mod api;
 pub mod config;
 pub mod metrics;
@@ -90,8 +89,20 @@ impl LeaderBuilder {
         &self.config
     }
 
-    /// Opens storage, starts the transport, the driver and the API.
+    /// Opens storage, starts the transport and the driver ([`node::start`]), then the API
+    /// on top of them ([`api::start`]) unless [`Wiring::no_api`].
     pub async fn start(self) -> Result<Node, NodeError> {
-        node::start(&self.config, &self.region, &self.registry, self.wiring).await
+        let api =
+            (!self.wiring.no_api).then(|| (self.wiring.api_bind, self.wiring.api_token.clone()));
+        let mut node = node::start(&self.config, &self.region, &self.registry, self.wiring).await?;
+        if let Some((bind, token)) = api {
+            let addr = bind.unwrap_or(self.config.region(&self.region)?.api_addr);
+            if let Err(e) = api::start(&mut node, addr, self.config.limits, token).await {
+                // The runtime is up: stop it cleanly so the region can be started again.
+                let _ = node.shutdown().await;
+                return Err(e);
+            }
+        }
+        Ok(node)
     }
 }

@@ -533,6 +533,17 @@ impl Node {
         result
     }
 
+    /// A signal that turns `true` when the node is stopping (for the API server).
+    pub(crate) fn stopping(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Records the API server serving this node at `addr`; [`Node::shutdown`] waits for it.
+    pub(crate) fn attach_api(&mut self, task: JoinHandle<()>, addr: SocketAddr) {
+        self.api = Some(task);
+        self.api_addr = Some(addr);
+    }
+
     /// Waits until the node stops by itself (a fatal error) and returns why.
     pub async fn wait(&mut self) -> Result<(), NodeError> {
         (&mut self.driver).await.unwrap_or(Err(NodeError::Stopped))
@@ -586,8 +597,9 @@ fn now(start: Instant, clock_offset_ms: i64, wall_clock_start_ms: Option<u64>) -
     }
 }
 
-/// Starts a region leader: opens storage, builds the state machine, starts the transport,
-/// the driver and (unless disabled) the HTTP API.
+/// Starts a region leader: opens storage, builds the state machine, starts the transport and
+/// the driver. The HTTP API is started on top by [`crate::LeaderBuilder::start`] (see
+/// [`crate::api::start`]), so that the runtime does not depend on the API.
 pub async fn start(
     config: &Config,
     region: &str,
@@ -766,38 +778,12 @@ pub async fn start(
         shutdown_rx.clone(),
     ));
 
-    let (api, api_addr) = if wiring.no_api {
-        (None, None)
-    } else {
-        let addr = wiring.api_bind.unwrap_or(me.api_addr);
-        if !addr.ip().is_loopback() {
-            warn!(%addr, "the API listens on a non-loopback address; set MERIDIAN_API_TOKEN to require a bearer token");
-        }
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| NodeError::Bind { addr, source })?;
-        let bound = listener
-            .local_addr()
-            .map_err(|source| NodeError::Bind { addr, source })?;
-        let router = crate::api::router(handle.clone(), config.limits, wiring.api_token.clone());
-        let mut stop = shutdown_rx.clone();
-        let task = tokio::spawn(async move {
-            let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            });
-            if let Err(e) = serve.await {
-                error!("API server failed: {e}");
-            }
-        });
-        info!(region, api = %bound, peer = %peer_addr, "region leader started");
-        (Some(task), Some(bound))
-    };
     Ok(Node {
         handle,
         shutdown: shutdown_tx,
         driver,
-        api,
-        api_addr,
+        api: None,
+        api_addr: None,
         peer_addr,
         impairment,
         socket_closed,

@@ -24,7 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use transport::impair::LinkImpairment;
 
-use crate::api::{ApiError, AppState};
+use super::{ApiError, AppState, bad_path};
 use crate::node::LinkControl;
 use crate::status::{Link, LinkChange, Links};
 
@@ -94,7 +94,7 @@ async fn set(
     path: Result<Path<String>, PathRejection>,
     body: Result<axum::Json<LinkChange>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Path(peer) = path.map_err(crate::api::bad_path)?;
+    let Path(peer) = path.map_err(bad_path)?;
     let c = control(&s)?;
     let addr = peer_addr(c, &peer)?;
     let axum::Json(b) = body.map_err(|e| {
@@ -126,7 +126,7 @@ async fn clear(
     State(s): State<AppState>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let Path(peer) = path.map_err(crate::api::bad_path)?;
+    let Path(peer) = path.map_err(bad_path)?;
     let c = control(&s)?;
     let addr = peer_addr(c, &peer)?;
     c.impairment.heal(addr);
