@@ -1,5 +1,7 @@
-//! A Meridian region's leader: durable storage, the client API and the node runtime that
-//! wires them to the sans-IO replication state machine (`leader-core`) and the transport.
+//! A Meridian region's leader as a library a program embeds: durable storage, the client API
+//! and the node runtime that wires them to the sans-IO replication state machine
+//! (`leader-core`) and the transport. The `meridian` program (CLI, `simulate`, `bench`) is
+//! built on it in `leader/cli/`.
 //!
 //! # Layout
 //! - [`config`]: `regions.toml`, loaded and validated with errors that name the file and key.
@@ -7,9 +9,16 @@
 //!   vector, peer positions, HLC high-water mark, replica id); one fsync per batch.
 //! - [`node`]: the runtime — a driver task that owns the state machine and performs its
 //!   effects (persist on tokio's blocking pool, send over the transport, answer clients).
-//! - [`api`]: the HTTP/JSON client API (axum).
-//! - [`metrics`]: Prometheus text for `/metrics`.
+//! - [`metrics`]: Prometheus text for `/metrics`, recorded by the driver.
+//! - [`api`]: the HTTP/JSON client API (axum), started on a running node; [`api::admin`]: its
+//!   link-control routes for simulations.
+//! - [`status`]: the documents the API answers with about a region (status, digest, conflict
+//!   log, links) as serde types, shared with the programs and tests that read them.
 //! - [`LeaderBuilder`]: how a program embeds a leader and registers its own resolvers.
+//!
+//! Inside the crate, `LeaderBuilder` starts a node and then the API on it; `api` uses `node`
+//! and `status`, and nothing below it knows the API. The one circle left is `node` ↔
+//! `metrics`: the driver records into [`metrics::Metrics`], which renders [`node::Status`].
 //!
 //! The state machine itself lives in the `leader-core` crate (`leader/core/`), kept apart so
 //! that clippy can forbid clocks, I/O and unseeded randomness in it; see its docs.
