@@ -628,6 +628,7 @@ pub async fn start(
         max_siblings: config.limits.max_siblings,
         conflict_log_capacity: config.limits.conflict_log_entries,
         log_tail_bytes: config.limits.log_tail_bytes,
+        pace_lag_writes: config.limits.pace_lag_writes,
     };
     let mut replica = Replica::new(opts, registry, opened.recovered)?;
     let replayed = store.replay(|chunk| replica.replay(chunk))?;
@@ -1475,6 +1476,8 @@ impl Status {
                 "context_overflows": c.context_overflows,
                 "dots_reused": c.dots_reused,
                 "released": c.released,
+                "writes_paced": c.writes_paced,
+                "writes_overloaded": c.writes_overloaded,
             },
             "held_back": self.held_back,
         })

@@ -657,3 +657,58 @@ async fn writes_are_relayed_around_a_cut_link() {
         })
         .await;
 }
+
+/// Flow control over HTTP (issue 11, item 1): with `pace_lag_writes = 3`, once eu-west, in
+/// sync, lacks three of us-east's writes (the link is cut, the connection not yet timed out),
+/// a fourth write waits for it; when its `timeout_ms` passes first the client gets `503`
+/// `overloaded` with `Retry-After`, naming the lagging region, its lag and the limit, and the
+/// write is not made. Once the link heals, writes flow again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_paced_past_its_timeout_is_answered_503_overloaded() {
+    let cluster = Cluster::builder(&[US, EU])
+        .limit("pace_lag_writes", 3)
+        .start()
+        .await;
+    cluster
+        .run(async |c| {
+            c.wait_connected().await;
+            let first = c.put(US, LWW, "first", "v").await;
+            c.wait_key(LWW, "first", &[first.dot]).await;
+            // us-east must have eu-west's ack before the cut, or that write counts as lag.
+            common::wait_until("eu-west to acknowledge to us-east", async || {
+                let status = c.status(US).await;
+                let eu = status.peers.iter().find(|p| p.region == EU).unwrap();
+                match eu.lag_writes {
+                    0 => Ok(()),
+                    n => Err(format!("eu-west lacks {n} writes")),
+                }
+            })
+            .await;
+            c.partition(US, EU);
+            for i in 0..3 {
+                c.put(US, LWW, &format!("k{i}"), "v").await;
+            }
+            let http = reqwest::Client::new();
+            let url = format!("{}/v1/kv/{LWW}/paced?timeout_ms=300", c.api_url(US));
+            let resp = http.put(&url).body("v").send().await.unwrap();
+            assert_eq!(resp.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(resp.headers()["retry-after"], "1");
+            let body: serde_json::Value = resp.json().await.unwrap();
+            assert_eq!(body["code"], "overloaded", "{body}");
+            assert_eq!(body["lagging_region"], EU, "{body}");
+            assert_eq!(body["lag_writes"], 3, "{body}");
+            assert_eq!(body["limit"], 3, "{body}");
+            assert!(
+                body["error"].as_str().unwrap().contains("pace_lag_writes"),
+                "the message names the limit: {body}"
+            );
+            let read = c.read(US, LWW, "paced").await;
+            assert!(read.dots().is_empty(), "the refused write was not made");
+            let counters = c.status(US).await.counters;
+            assert_eq!(counters.writes_overloaded, 1);
+            c.heal(US, EU);
+            let after = c.put(US, LWW, "after", "v").await;
+            c.wait_key(LWW, "after", &[after.dot]).await;
+        })
+        .await;
+}

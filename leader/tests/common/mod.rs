@@ -93,6 +93,8 @@ impl Read {
 pub(crate) struct ClusterBuilder {
     regions: Vec<String>,
     timeouts: BTreeMap<String, u64>,
+    /// `[limits]` keys set by the test.
+    limits: BTreeMap<String, u64>,
     tables: BTreeMap<String, String>,
     /// `[durability]`: table → default durability.
     durability: BTreeMap<String, String>,
@@ -107,6 +109,12 @@ impl ClusterBuilder {
     /// Sets one key of `[timeouts]` (milliseconds), e.g. `relay_delay_ms`.
     pub(crate) fn timeout(mut self, key: &str, ms: u64) -> Self {
         self.timeouts.insert(key.to_owned(), ms);
+        self
+    }
+
+    /// Sets one key of `[limits]`, e.g. `pace_lag_writes`.
+    pub(crate) fn limit(mut self, key: &str, value: u64) -> Self {
+        self.limits.insert(key.to_owned(), value);
         self
     }
 
@@ -195,6 +203,12 @@ impl ClusterBuilder {
         for (key, ms) in &self.timeouts {
             writeln!(text, "{key} = {ms}").expect("writing to a String cannot fail");
         }
+        if !self.limits.is_empty() {
+            text.push_str("\n[limits]\n");
+            for (key, value) in &self.limits {
+                writeln!(text, "{key} = {value}").expect("writing to a String cannot fail");
+            }
+        }
         for region in &self.regions {
             write!(
                 text,
@@ -256,6 +270,7 @@ impl Cluster {
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v))
             .collect(),
+            limits: BTreeMap::new(),
             tables: [("default", "lww"), ("carts", "multi-value")]
                 .into_iter()
                 .map(|(t, r)| (t.to_owned(), r.to_owned()))
