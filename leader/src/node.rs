@@ -569,6 +569,9 @@ pub struct Wiring {
     /// Seed of the transport's randomness (QUIC connection ids, incarnation, redial jitter), so
     /// a simulation can repeat; `None` draws it from the OS.
     pub rng_seed: Option<[u8; 32]>,
+    /// Override of the transport's per-connection send queue, in frames (tests make it tiny
+    /// so that it fills); `None` keeps [`transport::mesh::DEFAULT_SEND_QUEUE_FRAMES`].
+    pub send_queue_frames: Option<usize>,
 }
 
 fn now(start: Instant, clock_offset_ms: i64, wall_clock_start_ms: Option<u64>) -> Time {
@@ -684,6 +687,9 @@ pub async fn start(
     mesh_config.backoff_max = t.reconnect_max();
     mesh_config.dial_timeout = t.dial_timeout();
     mesh_config.rng_seed = wiring.rng_seed;
+    if let Some(frames) = wiring.send_queue_frames {
+        mesh_config.send_queue_frames = frames;
+    }
     // Split-brain fencing: a second live process claiming a peer region is refused while the
     // first one's heartbeats keep arriving (see docs/design.md, "Refinements").
     mesh_config.instance = format!("{:#}", opened.replica);

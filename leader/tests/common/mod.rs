@@ -95,6 +95,8 @@ pub(crate) struct ClusterBuilder {
     timeouts: BTreeMap<String, u64>,
     /// `[limits]` keys set by the test.
     limits: BTreeMap<String, u64>,
+    /// [`Wiring::send_queue_frames`] of every region.
+    send_queue_frames: Option<usize>,
     tables: BTreeMap<String, String>,
     /// `[durability]`: table → default durability.
     durability: BTreeMap<String, String>,
@@ -115,6 +117,12 @@ impl ClusterBuilder {
     /// Sets one key of `[limits]`, e.g. `pace_lag_writes`.
     pub(crate) fn limit(mut self, key: &str, value: u64) -> Self {
         self.limits.insert(key.to_owned(), value);
+        self
+    }
+
+    /// Gives every region's transport a send queue of `frames` frames per connection.
+    pub(crate) fn send_queue_frames(mut self, frames: usize) -> Self {
+        self.send_queue_frames = Some(frames);
         self
     }
 
@@ -188,6 +196,7 @@ impl ClusterBuilder {
             config,
             region_configs,
             clock_offsets: self.clock_offsets.clone(),
+            send_queue_frames: self.send_queue_frames,
             peer_addrs,
             nodes: BTreeMap::new(),
         };
@@ -250,6 +259,8 @@ pub(crate) struct Cluster {
     region_configs: BTreeMap<String, Config>,
     /// Per region: ms added to its wall clock.
     clock_offsets: BTreeMap<String, i64>,
+    /// [`Wiring::send_queue_frames`] of every region.
+    send_queue_frames: Option<usize>,
     /// Every region's QUIC address; a restarted region binds the same one again.
     peer_addrs: BTreeMap<String, SocketAddr>,
     /// The running nodes (a stopped region is absent until it is restarted).
@@ -271,6 +282,7 @@ impl Cluster {
             .map(|(k, v)| (k.to_owned(), v))
             .collect(),
             limits: BTreeMap::new(),
+            send_queue_frames: None,
             tables: [("default", "lww"), ("carts", "multi-value")]
                 .into_iter()
                 .map(|(t, r)| (t.to_owned(), r.to_owned()))
@@ -288,6 +300,7 @@ impl Cluster {
             api_bind: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             impair: true,
             clock_offset_ms: self.clock_offsets.get(region).copied().unwrap_or(0),
+            send_queue_frames: self.send_queue_frames,
             ..Wiring::default()
         };
         let config = self.region_configs.get(region).unwrap_or(&self.config);
