@@ -720,6 +720,10 @@ pub async fn start(
                 .unwrap_or_default(),
         );
         let (impaired, handle) = transport::impair::ImpairedSocket::wrap(socket, seed);
+        // Before the mesh sends its first packet: a handshake over a link not yet impaired
+        // would start QUIC's round-trip estimate at loopback speed, and its loss detection
+        // would then take the first real round trips for losses (window cuts).
+        apply_simulated_links(config, region, &link_peers, &handle)?;
         (impaired as Arc<dyn quinn::AsyncUdpSocket>, Some(handle))
     } else {
         (socket, None)
@@ -1488,6 +1492,30 @@ impl Status {
             "held_back": self.held_back,
         })
     }
+}
+
+/// Applies the `[simulation]` links that leave `region` to its impairment layer.
+/// `peers` maps each peer region to the address it is dialled at.
+fn apply_simulated_links(
+    config: &Config,
+    region: &str,
+    peers: &BTreeMap<String, SocketAddr>,
+    handle: &transport::impair::ImpairmentHandle,
+) -> Result<(), NodeError> {
+    for (peer, addr) in peers {
+        if let Some(link) = config.link(region, peer) {
+            let impairment = transport::impair::LinkImpairment {
+                latency: Duration::from_millis(link.latency_ms),
+                jitter: Duration::from_millis(link.jitter_ms),
+                loss: link.loss,
+                blocked: false,
+            };
+            handle.set(*addr, impairment).map_err(|e| {
+                NodeError::Transport(format!("[simulation] link {region} -> {peer}: {e}"))
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// Answers a parked request with "behind your session".

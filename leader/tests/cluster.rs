@@ -768,3 +768,75 @@ async fn a_full_send_queue_holds_frames_and_sends_every_write_once() {
         })
         .await;
 }
+
+/// `[simulation]` links are in place before the node's first packet (issue 11, item 1): a
+/// node started over the impairment layer applies its region's links itself, before its
+/// transport dials. They used to be applied by the `meridian` binary after the node had
+/// started, so a peer could complete a handshake over the bare loopback, and QUIC then took
+/// the first real round trips for losses (early congestion-window cuts); an embedding program
+/// did not get them at all.
+#[tokio::test]
+async fn simulated_links_are_applied_before_the_node_dials() {
+    let dir = tempfile::tempdir().unwrap();
+    let b_socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let b_addr = b_socket.local_addr().unwrap();
+    let text = format!(
+        r#"cluster = "links"
+tls_dir = "certs"
+
+[[region]]
+name = "a"
+peer_addr = "127.0.0.1:1"
+api_addr = "127.0.0.1:0"
+data_dir = "data/a"
+
+[[region]]
+name = "b"
+peer_addr = "{b_addr}"
+api_addr = "127.0.0.1:0"
+data_dir = "data/b"
+
+[tables]
+default = "lww"
+
+[[simulation.link]]
+from = "a"
+to = "b"
+latency_ms = 25
+jitter_ms = 3
+"#
+    );
+    let path = dir.path().join("regions.toml");
+    std::fs::write(&path, text).unwrap();
+    let config = leader::config::Config::load(&path).unwrap();
+    transport::certs::generate(
+        &config.tls_dir,
+        &config.cluster,
+        &["a".to_owned(), "b".to_owned()],
+        transport::certs::KeyAlgorithm::Ed25519,
+    )
+    .unwrap();
+    let wiring = leader::Wiring {
+        peer_socket: Some(std::net::UdpSocket::bind("127.0.0.1:0").unwrap()),
+        no_api: true,
+        impair: true,
+        ..leader::Wiring::default()
+    };
+    let node = leader::LeaderBuilder::new(config, "a")
+        .wiring(wiring)
+        .start()
+        .await
+        .unwrap();
+    let link = node.impairment().unwrap().get(b_addr);
+    assert_eq!(
+        link,
+        Some(transport::impair::LinkImpairment {
+            latency: Duration::from_millis(25),
+            jitter: Duration::from_millis(3),
+            loss: 0.0,
+            blocked: false,
+        })
+    );
+    node.shutdown().await.unwrap();
+    drop(b_socket);
+}
