@@ -184,21 +184,7 @@ async fn sustained_load_over_jittery_links_does_not_set_off_a_relay_storm() {
     );
 
     // Lag is bounded: once the load stops, every region has everything within the bound.
-    let deadline = Instant::now() + CONVERGENCE_BOUND;
-    loop {
-        let mut vectors = Vec::new();
-        for r in &cluster.regions {
-            vectors.push(applied(&status(&client, &r.api).await.expect("status")));
-        }
-        if vectors.windows(2).all(|w| w[0] == w[1]) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "regions still differ {CONVERGENCE_BOUND:?} after the load stopped: {vectors:?}"
-        );
-        tokio::time::sleep(POLL).await;
-    }
+    wait_same_applied(&client, &cluster).await;
 }
 
 /// Writers at [`OVERLOAD_WRITER`] only, so the lag a region shows is exactly its lag on that
@@ -337,14 +323,21 @@ async fn a_region_slower_than_the_load_paces_writes_and_the_lag_stays_bounded() 
         "a second of the load acknowledged nothing (a stall): {per_second:?}"
     );
 
+    wait_same_applied(&client, &cluster).await;
+    cluster.shutdown().await;
+}
+
+/// Waits until every region has applied the same writes, failing the test after
+/// [`CONVERGENCE_BOUND`].
+async fn wait_same_applied(client: &reqwest::Client, cluster: &Cluster) {
     let deadline = Instant::now() + CONVERGENCE_BOUND;
     loop {
         let mut vectors = Vec::new();
         for r in &cluster.regions {
-            vectors.push(applied(&status(&client, &r.api).await.expect("status")));
+            vectors.push(applied(&status(client, &r.api).await.expect("status")));
         }
         if vectors.windows(2).all(|w| w[0] == w[1]) {
-            break;
+            return;
         }
         assert!(
             Instant::now() < deadline,
@@ -352,7 +345,6 @@ async fn a_region_slower_than_the_load_paces_writes_and_the_lag_stays_bounded() 
         );
         tokio::time::sleep(POLL).await;
     }
-    cluster.shutdown().await;
 }
 
 /// Sends signal `sig` (`STOP`, `CONT`) to our child `pid`, failing the test if it cannot. The
