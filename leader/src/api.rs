@@ -200,7 +200,15 @@ impl IntoResponse for ApiError {
                 body[k] = v;
             }
         }
-        (self.status, axum::Json(body)).into_response()
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            // Both 503s (a region behind a session, writes paced for a lagging region) clear
+            // on their own within about a second.
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 
@@ -449,6 +457,21 @@ fn session_header(vv: &VersionVector) -> (header::HeaderName, HeaderValue) {
     (header::HeaderName::from_static(SESSION_HEADER), value)
 }
 
+/// `503 overloaded`: writes here are paced for a region that lags (`[limits] pace_lag_writes`).
+fn overloaded(e: &leader_core::WriteError) -> ApiError {
+    let mut err = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", e.to_string());
+    if let leader_core::WriteError::Overloaded {
+        peer,
+        lag_writes,
+        limit,
+    } = e
+    {
+        err.extra =
+            Some(json!({ "lagging_region": peer, "lag_writes": lag_writes, "limit": limit }));
+    }
+    err
+}
+
 fn behind(b: &Behind) -> ApiError {
     let mut e = ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -505,6 +528,9 @@ async fn write(
             ));
         }
         Err(RequestError::Write(leader_core::WriteError::Refused(e))) => return Err(refused(e)),
+        Err(RequestError::Write(e @ leader_core::WriteError::Overloaded { .. })) => {
+            return Err(overloaded(&e));
+        }
         Err(RequestError::Write(e @ leader_core::WriteError::InvalidValue { .. })) => {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,

@@ -175,6 +175,13 @@ pub struct Limits {
     /// Memory the storage engine (redb) may use to cache pages it read and buffer pages it
     /// writes (default 64 MiB).
     pub storage_cache_bytes: usize,
+    /// Flow control (default 10 000; 0 turns it off): the most of this region's own writes a
+    /// connected peer that keeps up may lack. Past it, client writes here wait for the peer to
+    /// catch up — at most their timeout, then `503 overloaded` — so a region slower than the
+    /// load bounds the lag instead of letting it grow without end. A peer that is away, or
+    /// makes no progress for `relay_delay_ms`, does not slow writes here; it catches up and
+    /// paces them again once within the bound. See docs/design.md "Flow control".
+    pub pace_lag_writes: u64,
 }
 
 impl Default for Limits {
@@ -191,6 +198,7 @@ impl Default for Limits {
             checkpoint_bytes: 64 * 1024 * 1024,
             replay_chunk_bytes: 8 * 1024 * 1024,
             storage_cache_bytes: 64 * 1024 * 1024,
+            pace_lag_writes: 10_000,
         }
     }
 }
@@ -874,6 +882,12 @@ fn check_limits(l: &Limits) -> Result<(), Problem> {
                 MIB,
                 64 * 1024 * MIB,
             ),
+            Bound {
+                key: "pace_lag_writes",
+                value: l.pace_lag_writes,
+                min: 0,
+                max: 1_000_000_000,
+            },
         ],
     )?;
     let limits = KeyPath::of("limits");

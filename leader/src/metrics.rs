@@ -206,6 +206,18 @@ impl Metrics {
             "Quarantined writes applied at a start whose configuration accepts them",
             c.released,
         );
+        counter(
+            &mut reg,
+            "writes_paced",
+            "Client writes that waited for an in-sync region to catch up ([limits] pace_lag_writes)",
+            c.writes_paced,
+        );
+        counter(
+            &mut reg,
+            "writes_overloaded",
+            "Client writes refused (503) because a region stayed too far behind for their whole timeout",
+            c.writes_overloaded,
+        );
         let held: Family<Vec<(String, String)>, Gauge> = Family::default();
         for (table, n) in &status.held_back {
             let labels = vec![region[0].clone(), ("table".to_owned(), table.clone())];

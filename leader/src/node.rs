@@ -581,6 +581,9 @@ pub struct Wiring {
     /// Seed of the transport's randomness (QUIC connection ids, incarnation, redial jitter), so
     /// a simulation can repeat; `None` draws it from the OS.
     pub rng_seed: Option<[u8; 32]>,
+    /// Override of the transport's per-connection send queue, in frames (tests make it tiny
+    /// so that it fills); `None` keeps [`transport::mesh::DEFAULT_SEND_QUEUE_FRAMES`].
+    pub send_queue_frames: Option<usize>,
 }
 
 fn now(start: Instant, clock_offset_ms: i64, wall_clock_start_ms: Option<u64>) -> Time {
@@ -641,6 +644,7 @@ pub async fn start(
         max_siblings: config.limits.max_siblings,
         conflict_log_capacity: config.limits.conflict_log_entries,
         log_tail_bytes: config.limits.log_tail_bytes,
+        pace_lag_writes: config.limits.pace_lag_writes,
     };
     let mut replica = Replica::new(opts, registry, opened.recovered)?;
     let replayed = store.replay(|chunk| replica.replay(chunk))?;
@@ -696,6 +700,9 @@ pub async fn start(
     mesh_config.backoff_max = t.reconnect_max();
     mesh_config.dial_timeout = t.dial_timeout();
     mesh_config.rng_seed = wiring.rng_seed;
+    if let Some(frames) = wiring.send_queue_frames {
+        mesh_config.send_queue_frames = frames;
+    }
     // Split-brain fencing: a second live process claiming a peer region is refused while the
     // first one's heartbeats keep arriving (see docs/design.md, "Refinements").
     mesh_config.instance = format!("{:#}", opened.replica);
@@ -726,6 +733,10 @@ pub async fn start(
                 .unwrap_or_default(),
         );
         let (impaired, handle) = transport::impair::ImpairedSocket::wrap(socket, seed);
+        // Before the mesh sends its first packet: a handshake over a link not yet impaired
+        // would start QUIC's round-trip estimate at loopback speed, and its loss detection
+        // would then take the first real round trips for losses (window cuts).
+        apply_simulated_links(config, region, &link_peers, &handle)?;
         (impaired as Arc<dyn quinn::AsyncUdpSocket>, Some(handle))
     } else {
         (socket, None)
@@ -1363,6 +1374,30 @@ impl Driver {
             }
         }
     }
+}
+
+/// Applies the `[simulation]` links that leave `region` to its impairment layer.
+/// `peers` maps each peer region to the address it is dialled at.
+fn apply_simulated_links(
+    config: &Config,
+    region: &str,
+    peers: &BTreeMap<String, SocketAddr>,
+    handle: &transport::impair::ImpairmentHandle,
+) -> Result<(), NodeError> {
+    for (peer, addr) in peers {
+        if let Some(link) = config.link(region, peer) {
+            let impairment = transport::impair::LinkImpairment {
+                latency: Duration::from_millis(link.latency_ms),
+                jitter: Duration::from_millis(link.jitter_ms),
+                loss: link.loss,
+                blocked: false,
+            };
+            handle.set(*addr, impairment).map_err(|e| {
+                NodeError::Transport(format!("[simulation] link {region} -> {peer}: {e}"))
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// Answers a parked request with "behind your session".

@@ -236,6 +236,11 @@ pub struct Counters {
     pub resyncs: u64,
     /// Frames that found a peer's send queue full (held until it drains).
     pub send_queue_full: u64,
+    /// Client writes refused because a peer stayed too far behind for their whole timeout, or
+    /// the queue of paced writes was full.
+    pub writes_overloaded: u64,
+    /// Client writes that waited for an in-sync peer to catch up (`[limits] pace_lag_writes`).
+    pub writes_paced: u64,
     /// Writes relayed for a third region.
     pub writes_relayed: u64,
     /// Writes sent (own and relayed).
@@ -329,6 +334,8 @@ impl From<&node::Status> for Status {
                 remote_applied: c.remote_applied,
                 resyncs: c.resyncs,
                 send_queue_full: s.send_queue_full,
+                writes_overloaded: c.writes_overloaded,
+                writes_paced: c.writes_paced,
                 writes_relayed: c.writes_relayed,
                 writes_sent: c.writes_sent,
             },

@@ -364,6 +364,7 @@ fn machine(opened: &Opened, tables: &[(&str, &str)]) -> Replica {
         max_siblings: 8,
         conflict_log_capacity: 10,
         log_tail_bytes: 1 << 16,
+        pace_lag_writes: 0,
     };
     let mut replica =
         Replica::new(opts, &Registry::with_builtins(), opened.recovered.clone()).unwrap();

@@ -193,6 +193,7 @@ fn faults_fire() {
         ("durability timeouts", w.timed_out),
         ("context-ahead refusals", w.refused_context),
         ("sibling-cap refusals", w.refused_siblings),
+        ("paced writes", w.paced),
         ("abandoned requests", w.abandoned),
         ("conflicts", w.conflicts),
         ("resyncs", w.resyncs),

@@ -23,6 +23,7 @@ fn replica(region: &str, peer: &str, id: u128) -> Replica {
         max_siblings: 4,
         conflict_log_capacity: 10,
         log_tail_bytes: 8 * 200,
+        pace_lag_writes: 0,
     };
     Replica::new(opts, &Registry::with_builtins(), Recovered::default()).unwrap()
 }

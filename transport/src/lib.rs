@@ -18,6 +18,10 @@
 //! - [`mesh`]: the public handle. [`Mesh`] starts the endpoint, dials and accepts, and
 //!   delivers [`MeshEvent`]s; [`MeshConfig`] says how.
 //! - `backoff`: reconnect delays with seeded jitter.
+//! - [`impair`]: WAN impairment under a QUIC endpoint: `impair/mod.rs` (the model, link
+//!   settings, counters), `delay.rs` (the bounded delay line), `socket.rs` (the socket quinn
+//!   sends through), `handle.rs` (runtime control), `tests.rs`.
+//! - `sim` (feature `turmoil`): quinn over turmoil's virtual network.
 //!
 //! # Identities
 //!

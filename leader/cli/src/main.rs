@@ -201,11 +201,8 @@ async fn run(
         ..Wiring::default()
     };
     let builder = with_examples(builder)?.wiring(wiring);
-    let config = builder.config().clone();
+    // With `impair`, the node applies the `[simulation]` links itself, before its first packet.
     let node = builder.start().await?;
-    if simulate_links {
-        simulate::apply_links(&config, region, &node)?;
-    }
     eprintln!(
         "meridian: region {region} up; API http://{} ; peers on {}",
         node.api_addr()

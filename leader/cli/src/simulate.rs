@@ -12,7 +12,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use leader::Node;
 use leader::config::Config;
 use leader::status::Status;
 use meridian::launch::{Launcher, RegionProcess, Stopped, stop_all};
@@ -21,29 +20,6 @@ use meridian::launch::{Launcher, RegionProcess, Stopped, stop_all};
 const STOP_GRACE: Duration = Duration::from_secs(10);
 /// How often the live table is refreshed.
 const REFRESH: Duration = Duration::from_secs(1);
-
-/// Applies the `[simulation]` links that leave `region` to its impairment layer.
-pub(crate) fn apply_links(config: &Config, region: &str, node: &Node) -> Result<()> {
-    let Some(handle) = node.impairment() else {
-        anyhow::bail!("the node was started without the impairment layer");
-    };
-    for peer in config.regions.iter().filter(|r| r.name != region) {
-        if let Some(link) = config.link(region, &peer.name) {
-            handle
-                .set(
-                    peer.peer_addr,
-                    transport::impair::LinkImpairment {
-                        latency: Duration::from_millis(link.latency_ms),
-                        jitter: Duration::from_millis(link.jitter_ms),
-                        loss: link.loss,
-                        blocked: false,
-                    },
-                )
-                .with_context(|| format!("[simulation] link {region} -> {}", peer.name))?;
-        }
-    }
-    Ok(())
-}
 
 /// A region of the simulation: its process and its API.
 struct Region {

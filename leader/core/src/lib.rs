@@ -20,8 +20,8 @@ pub mod msg;
 
 pub use consistency::{Durability, MatrixCell, MatrixRow, PeerLag, UnknownDurability};
 pub use machine::{
-    Alarm, BuildError, ConflictRecord, ConnId, Counters, Effect, Event, Options, PeerView,
-    PersistBatch, Quarantined, Recovered, Replica, RequestId, Time, WriteError, WriteReceipt,
-    resolver_accepts,
+    Alarm, BuildError, ConflictRecord, ConnId, Counters, Effect, Event, MAX_PACED_WRITES, Options,
+    PeerView, PersistBatch, Quarantined, Recovered, Replica, RequestId, Time, WriteError,
+    WriteReceipt, resolver_accepts,
 };
 pub use msg::{Batch, Hello, LogEntry, PROTOCOL_VERSION, PeerMsg};

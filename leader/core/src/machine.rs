@@ -77,7 +77,18 @@ pub struct Options {
     /// stream without reading the disk log; the oldest go first. A write larger than this is
     /// never kept: it is streamed from the log.
     pub log_tail_bytes: usize,
+    /// Flow control: the most of this region's own writes an in-sync peer may lack. A client
+    /// write that would let one lack more waits (is *paced*) until the peer acknowledges
+    /// enough, or its timeout passes (then [`WriteError::Overloaded`]). A peer is in sync once
+    /// it lacks no more than this; it drops out while disconnected or after making no progress
+    /// on our writes for [`Options::relay_delay_ms`], and is back once it has caught up again.
+    /// 0 turns pacing off. See "Flow control" in docs/design.md.
+    pub pace_lag_writes: u64,
 }
+
+/// Bound on client writes waiting to be paced ([`Options::pace_lag_writes`]): one more is
+/// refused at once with [`WriteError::Overloaded`], so a flood of clients cannot grow the queue.
+pub const MAX_PACED_WRITES: usize = 16_384;
 
 /// What a region recovered from its data directory on start.
 #[derive(Debug, Clone, Default)]
@@ -345,6 +356,19 @@ pub enum WriteError {
         /// The limit.
         max: usize,
     },
+    /// A region in sync with this one lacks too many of its writes: writes here are paced
+    /// until it catches up, and this one waited its timeout (or the queue was full).
+    #[error(
+        "region '{peer}' lacks {lag_writes} of this region's writes (the limit is {limit}, [limits] pace_lag_writes): writes here are paced until it catches up; retry shortly, or write at another region"
+    )]
+    Overloaded {
+        /// The region that lags.
+        peer: String,
+        /// How many of this region's writes it lacks.
+        lag_writes: u64,
+        /// The limit.
+        limit: u64,
+    },
     /// The key would carry more siblings than the configured limit.
     #[error(
         "key has {count} concurrent siblings and the limit is {max}; read it with ?siblings=true and write back with its context to resolve them"
@@ -537,6 +561,9 @@ struct Peer {
     /// hello (a stale row carries the resolvers of before a restart) and must not replace
     /// what the hello said; once its own row is in the matrix, staler rows are refused there.
     resolvers_from_hello: bool,
+    /// Whether our client writes are paced to this peer ([`Options::pace_lag_writes`]): it
+    /// lacked no more than the limit since it last connected or last made progress.
+    in_sync: bool,
 }
 
 /// How long a peer has lagged on one origin without progress.
@@ -661,6 +688,9 @@ pub struct Replica {
     /// [`OWN_COMMITS_MAX`].
     own_commits: VecDeque<(Seq, u64)>,
     staged: Staged,
+    /// Client writes waiting for an in-sync peer to catch up, in arrival order, each with its
+    /// deadline (mono ms); at most [`MAX_PACED_WRITES`].
+    paced: VecDeque<(WriteRequest, u64)>,
     in_flight: Option<InFlight>,
     next_persist_id: u64,
     conflicts: VecDeque<ConflictRecord>,
@@ -729,6 +759,11 @@ pub struct Counters {
     pub context_overflows: u64,
     /// Quarantined writes applied at a start whose configuration accepts them.
     pub released: u64,
+    /// Client writes that waited for an in-sync peer to catch up ([`Options::pace_lag_writes`]).
+    pub writes_paced: u64,
+    /// Client writes refused because a peer stayed too far behind for their whole timeout, or
+    /// the queue of paced writes was full ([`WriteError::Overloaded`]).
+    pub writes_overloaded: u64,
 }
 
 /// Why a [`Replica`] could not be built.
@@ -815,6 +850,7 @@ impl Replica {
             tail: BTreeMap::new(),
             own_commits: VecDeque::new(),
             staged: Staged::default(),
+            paced: VecDeque::new(),
             in_flight: None,
             next_persist_id: 1,
             conflicts: VecDeque::new(),
@@ -910,7 +946,7 @@ impl Replica {
                     durability,
                     timeout_ms,
                 };
-                self.client_write(now, req, out)
+                self.client_write_paced(now, req, out)
             }
             Event::PeerUp { peer, conn } => self.peer_up(peer, conn, out),
             Event::PeerDown { peer, conn } => self.peer_down(&peer, conn),
@@ -925,6 +961,7 @@ impl Replica {
             } => self.log_read(now, &peer, conn, origin, entries, out),
             Event::Tick => {}
         }
+        self.admit_paced(now, out);
         self.flush(out);
         self.on_tick(now, out);
         self.last_event_ms = now.mono_ms;
@@ -969,10 +1006,110 @@ impl Replica {
         for w in &self.waits {
             consider(w.deadline_ms);
         }
+        if !self.paced.is_empty() {
+            for (_, deadline) in &self.paced {
+                consider(*deadline);
+            }
+            // An in-sync peer that stops making progress stops pacing after the relay delay.
+            let own = self.opts.replica;
+            for peer in self.peers.values().filter(|p| p.in_sync) {
+                if let Some(stall) = peer.stalled.get(&own) {
+                    let due = stall.since_ms + self.opts.relay_delay_ms;
+                    if due > self.last_event_ms {
+                        consider(due);
+                    }
+                }
+            }
+        }
         next
     }
 
     // ---- client writes -------------------------------------------------------------------
+
+    /// Takes a client write now, or queues it behind the writes already paced while an
+    /// in-sync peer lacks too many of ours (see "Flow control" in docs/design.md).
+    fn client_write_paced(&mut self, now: Time, req: WriteRequest, out: &mut Vec<Effect>) {
+        let pacer = if self.paced.is_empty() {
+            self.paced_by(now)
+        } else {
+            None
+        };
+        if self.paced.is_empty() && pacer.is_none() {
+            return self.client_write(now, req, out);
+        }
+        if self.paced.len() >= MAX_PACED_WRITES {
+            let (peer, lag_writes) = pacer.or_else(|| self.paced_by(now)).unwrap_or_default();
+            return self.refuse_overloaded(req.id, peer, lag_writes, out);
+        }
+        self.counters.writes_paced += 1;
+        let deadline = now.mono_ms.saturating_add(req.timeout_ms);
+        self.paced.push_back((req, deadline));
+    }
+
+    /// Admits paced writes, oldest first, while no in-sync peer lacks too many of ours; then
+    /// refuses those whose timeout has passed.
+    fn admit_paced(&mut self, now: Time, out: &mut Vec<Effect>) {
+        while !self.paced.is_empty() {
+            match self.paced_by(now) {
+                None => {
+                    let (req, _) = self.paced.pop_front().expect("not empty");
+                    self.client_write(now, req, out);
+                }
+                Some((peer, lag_writes)) => {
+                    while let Some(i) = self.paced.iter().position(|(_, d)| *d <= now.mono_ms) {
+                        let (req, _) = self.paced.remove(i).expect("position is in range");
+                        self.refuse_overloaded(req.id, peer.clone(), lag_writes, out);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn refuse_overloaded(&mut self, id: RequestId, peer: String, lag: u64, out: &mut Vec<Effect>) {
+        self.counters.writes_overloaded += 1;
+        let result = Err(WriteError::Overloaded {
+            peer,
+            lag_writes: lag,
+            limit: self.opts.pace_lag_writes,
+        });
+        out.push(Effect::Reply { id, result });
+    }
+
+    /// The in-sync peer (and how many of our writes it lacks) that the next client write must
+    /// wait for, if any; updates which peers are in sync. A peer is in sync while connected,
+    /// making progress on our writes, and lacking no more than [`Options::pace_lag_writes`]
+    /// of them since it last caught up. Like Kafka's in-sync replicas: a peer that fell
+    /// behind while away catches up without stopping writes here, and paces them once it has.
+    fn paced_by(&mut self, now: Time) -> Option<(String, u64)> {
+        let limit = self.opts.pace_lag_writes;
+        if limit == 0 {
+            return None;
+        }
+        let own = self.opts.replica;
+        let mut pacer: Option<(String, u64)> = None;
+        for (name, peer) in &mut self.peers {
+            let acked = peer.acked.get(own);
+            // A stall whose recorded position is not the current ack is stale: the peer has
+            // progressed since `update_lag` last looked.
+            let stalled = peer.stalled.get(&own).is_some_and(|s| {
+                s.acked == acked
+                    && now.mono_ms.saturating_sub(s.since_ms) >= self.opts.relay_delay_ms
+            });
+            if peer.active.is_none() || stalled {
+                peer.in_sync = false;
+                continue;
+            }
+            let lag = self.own_seq.0.saturating_sub(acked.0);
+            if lag <= limit {
+                peer.in_sync = true;
+            }
+            if peer.in_sync && lag >= limit && pacer.as_ref().is_none_or(|(_, l)| lag > *l) {
+                pacer = Some((name.clone(), lag));
+            }
+        }
+        pacer
+    }
 
     fn client_write(&mut self, now: Time, req: WriteRequest, out: &mut Vec<Effect>) {
         let WriteRequest {

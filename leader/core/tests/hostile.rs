@@ -51,6 +51,7 @@ fn opts() -> Options {
         max_siblings: 4,
         conflict_log_capacity: 16,
         log_tail_bytes: 8 * 200,
+        pace_lag_writes: 0,
     }
 }
 

@@ -34,6 +34,7 @@ fn opts(region: &str, replica: ReplicaId) -> Options {
         max_siblings: 4,
         conflict_log_capacity: 100,
         log_tail_bytes: 8 * 200,
+        pace_lag_writes: 0,
     }
 }
 
@@ -76,15 +77,18 @@ fn pair(a: &str, b: &str) -> (String, String) {
 
 impl World {
     fn new() -> Self {
+        Self::with(|_| {})
+    }
+
+    /// A world whose regions' options are adjusted by `tweak`.
+    fn with(tweak: impl Fn(&mut Options)) -> Self {
         let mut nodes = BTreeMap::new();
         for (i, r) in REGIONS.iter().enumerate() {
             let id = ReplicaId::from_u128(i as u128 + 1);
-            let replica = Replica::new(
-                opts(r, id),
-                &Registry::with_builtins(),
-                Recovered::default(),
-            )
-            .expect("builtins cover the tables");
+            let mut opts = opts(r, id);
+            tweak(&mut opts);
+            let replica = Replica::new(opts, &Registry::with_builtins(), Recovered::default())
+                .expect("builtins cover the tables");
             let node = Node {
                 replica,
                 id,
@@ -291,6 +295,18 @@ impl World {
         value: Value,
         durability: Durability,
     ) -> u64 {
+        self.write_timeout(region, table, key, value, durability, 1_000)
+    }
+
+    fn write_timeout(
+        &mut self,
+        region: &str,
+        table: &str,
+        key: &str,
+        value: Value,
+        durability: Durability,
+        timeout_ms: u64,
+    ) -> u64 {
         let id = self.next_request;
         self.next_request += 1;
         let ev = Event::ClientWrite {
@@ -300,7 +316,7 @@ impl World {
             value,
             context: None,
             durability,
-            timeout_ms: 1_000,
+            timeout_ms,
         };
         self.handle(region, ev);
         id
@@ -1602,5 +1618,204 @@ fn a_second_write_under_a_dot_already_held_raises_a_split_brain_alarm() {
         w.read("a", "default", "k"),
         bytes("from-b"),
         "the first write stays"
+    );
+}
+
+/// Issue 11, item 1 (bounded lag under overload): a region writes faster than peer `b` applies
+/// (b never fsyncs, so it never acknowledges). Before flow control, every write was taken and
+/// b's lag grew without bound (this test failed at the sixth write). Now, with
+/// `pace_lag_writes = 5`, the sixth write waits until b catches up, is refused `Overloaded`
+/// when its timeout passes first, and is taken at once when b makes no progress for the relay
+/// delay (b is no longer in sync) or when b disconnects; a peer that comes back far behind
+/// catches up without pacing writes, and paces them again once within the bound.
+#[test]
+fn writes_are_paced_to_an_in_sync_peer_that_lags_and_the_lag_stays_bounded() {
+    let mut w = World::with(|o| {
+        o.pace_lag_writes = 5;
+        o.relay_delay_ms = 5_000;
+    });
+    w.auto_sync = false;
+    w.mesh();
+    w.deliver();
+    let a_id = w.nodes["a"].id;
+    let lag_at = |w: &World, peer: &str| {
+        let acked = w.nodes["a"]
+            .replica
+            .peer_views(w.now)
+            .into_iter()
+            .find(|v| v.region == peer)
+            .unwrap()
+            .acked
+            .get(a_id);
+        w.nodes["a"].replica.received().get(a_id).0 - acked.0
+    };
+    let settle = |w: &mut World, regions: &[&str]| {
+        for _ in 0..4 {
+            for r in regions {
+                w.sync(r);
+            }
+            w.deliver();
+        }
+    };
+    // Five writes: c keeps up, b applies them in memory but never makes them durable.
+    for i in 0..5 {
+        w.write("a", "default", &format!("k{i}"), Some("v"));
+    }
+    settle(&mut w, &["a", "c"]);
+    assert_eq!(lag_at(&w, "b"), 5);
+    assert_eq!(lag_at(&w, "c"), 0);
+    assert_eq!(w.nodes["a"].replies.len(), 5);
+
+    // The sixth waits for b: nothing is taken (no dot), nothing is answered.
+    let paced = w.write("a", "default", "k5", Some("v"));
+    settle(&mut w, &["a", "c"]);
+    assert!(w.reply("a", paced).is_none(), "paced, not answered");
+    assert_eq!(
+        w.nodes["a"].replica.received().get(a_id),
+        Seq(5),
+        "no dot taken"
+    );
+    assert_eq!(w.nodes["a"].replica.counters().writes_paced, 1);
+    // b catches up: the write is taken, made durable and answered.
+    settle(&mut w, &["a", "b", "c"]);
+    let receipt = w.reply("a", paced).unwrap().as_ref().unwrap();
+    assert_eq!(receipt.dot.seq, Seq(6));
+    assert_eq!(lag_at(&w, "b"), 0);
+
+    // b falls behind again; a paced write whose timeout passes first is refused, unwritten.
+    for i in 0..5 {
+        w.write("a", "default", &format!("again{i}"), Some("v"));
+    }
+    settle(&mut w, &["a", "c"]);
+    let refused = w.write("a", "default", "late", Some("v"));
+    assert!(
+        w.nodes["a"].replica.poll_timeout() <= Some(w.now.mono_ms + 1_000),
+        "the machine asks to be woken for the paced write's deadline"
+    );
+    w.advance(1_000);
+    assert_eq!(
+        w.reply("a", refused),
+        Some(&Err(WriteError::Overloaded {
+            peer: "b".into(),
+            lag_writes: 5,
+            limit: 5
+        }))
+    );
+    assert_eq!(
+        w.nodes["a"].replica.received().get(a_id),
+        Seq(11),
+        "not written"
+    );
+    assert_eq!(w.nodes["a"].replica.counters().writes_overloaded, 1);
+    assert!(
+        w.reply("a", refused)
+            .unwrap()
+            .as_ref()
+            .unwrap_err()
+            .to_string()
+            .contains("pace_lag_writes"),
+        "the error names the limit"
+    );
+
+    // b makes no progress for the relay delay: it is out of sync and paces nothing; the write
+    // that was waiting is taken when that time comes, without any other event.
+    let waiting = w.write_timeout(
+        "a",
+        "default",
+        "waits",
+        Value::Bytes(b"v".to_vec()),
+        Durability::Local,
+        60_000,
+    );
+    let start = w.now.mono_ms;
+    while w.reply("a", waiting).is_none() && w.now.mono_ms < start + 10_000 {
+        // Only the machine's own timers move time here (no busy loop: each is in the future).
+        let due = w.nodes["a"].replica.poll_timeout().unwrap();
+        assert!(due > w.now.mono_ms, "no busy loop while paced");
+        w.now.wall_ms += due - w.now.mono_ms;
+        w.now.mono_ms = due;
+        w.handle("a", Event::Tick);
+        settle(&mut w, &["a", "c"]);
+    }
+    assert!(
+        matches!(w.reply("a", waiting), Some(Ok(_))),
+        "taken once b stalled for the relay delay: {:?}",
+        w.reply("a", waiting)
+    );
+    assert!(w.now.mono_ms - start <= 5_000, "within the relay delay");
+    for i in 0..20 {
+        let id = w.write("a", "default", &format!("free{i}"), Some("v"));
+        settle(&mut w, &["a", "c"]);
+        assert!(matches!(w.reply("a", id), Some(Ok(_))), "b is out of sync");
+    }
+    assert_eq!(lag_at(&w, "b"), 26);
+
+    // b comes back: it is far behind, so it catches up without pacing writes here...
+    w.cut("a", "b");
+    w.connect("a", "b");
+    let during = w.write("a", "default", "during", Some("v"));
+    w.sync("a");
+    assert!(
+        matches!(w.reply("a", during), Some(Ok(_))),
+        "a lagging returning peer paces nothing"
+    );
+    settle(&mut w, &["a", "b", "c"]);
+    assert_eq!(lag_at(&w, "b"), 0);
+    // ... and once caught up it is in sync again: six unacknowledged writes pace the sixth.
+    for i in 0..5 {
+        w.write("a", "default", &format!("sync{i}"), Some("v"));
+    }
+    settle(&mut w, &["a", "c"]);
+    let paced = w.write("a", "default", "sync5", Some("v"));
+    settle(&mut w, &["a", "c"]);
+    assert!(w.reply("a", paced).is_none(), "paced again");
+    // A disconnected peer paces nothing: the write is taken at once.
+    w.cut("a", "b");
+    w.sync("a");
+    assert!(matches!(w.reply("a", paced), Some(Ok(_))));
+}
+
+/// The queue of paced writes is bounded: the write past [`leader_core::MAX_PACED_WRITES`] is
+/// refused at once, and the queued ones keep their order.
+#[test]
+fn the_queue_of_paced_writes_is_bounded() {
+    let mut w = World::with(|o| o.pace_lag_writes = 1);
+    w.auto_sync = false;
+    w.mesh();
+    w.deliver();
+    w.write("a", "default", "first", Some("v"));
+    w.sync("a");
+    w.deliver();
+    let queued: Vec<u64> = (0..leader_core::MAX_PACED_WRITES)
+        .map(|i| w.write("a", "default", &format!("q{i}"), Some("v")))
+        .collect();
+    let over = w.write("a", "default", "over", Some("v"));
+    assert!(matches!(
+        w.reply("a", over),
+        Some(Err(WriteError::Overloaded { .. }))
+    ));
+    assert!(queued.iter().all(|id| w.reply("a", *id).is_none()));
+    // b and c catch up one write at a time: the queue drains in arrival order.
+    for _ in 0..3 {
+        for r in REGIONS {
+            w.sync(r);
+        }
+        w.deliver();
+    }
+    let answered: Vec<Seq> = queued
+        .iter()
+        .map_while(|id| w.reply("a", *id))
+        .map(|r| r.as_ref().unwrap().dot.seq)
+        .collect();
+    assert!(
+        !answered.is_empty(),
+        "the queue drains as the peers catch up"
+    );
+    let expected: Vec<Seq> = (2..2 + answered.len() as u64).map(Seq).collect();
+    assert_eq!(answered, expected, "in arrival order");
+    let later = &queued[answered.len()..];
+    assert!(
+        later.iter().all(|id| w.reply("a", *id).is_none()),
+        "a prefix is answered"
     );
 }

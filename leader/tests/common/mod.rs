@@ -93,6 +93,10 @@ impl Read {
 pub(crate) struct ClusterBuilder {
     regions: Vec<String>,
     timeouts: BTreeMap<String, u64>,
+    /// `[limits]` keys set by the test.
+    limits: BTreeMap<String, u64>,
+    /// [`Wiring::send_queue_frames`] of every region.
+    send_queue_frames: Option<usize>,
     tables: BTreeMap<String, String>,
     /// `[durability]`: table → default durability.
     durability: BTreeMap<String, String>,
@@ -107,6 +111,18 @@ impl ClusterBuilder {
     /// Sets one key of `[timeouts]` (milliseconds), e.g. `relay_delay_ms`.
     pub(crate) fn timeout(mut self, key: &str, ms: u64) -> Self {
         self.timeouts.insert(key.to_owned(), ms);
+        self
+    }
+
+    /// Sets one key of `[limits]`, e.g. `pace_lag_writes`.
+    pub(crate) fn limit(mut self, key: &str, value: u64) -> Self {
+        self.limits.insert(key.to_owned(), value);
+        self
+    }
+
+    /// Gives every region's transport a send queue of `frames` frames per connection.
+    pub(crate) fn send_queue_frames(mut self, frames: usize) -> Self {
+        self.send_queue_frames = Some(frames);
         self
     }
 
@@ -180,6 +196,7 @@ impl ClusterBuilder {
             config,
             region_configs,
             clock_offsets: self.clock_offsets.clone(),
+            send_queue_frames: self.send_queue_frames,
             peer_addrs,
             nodes: BTreeMap::new(),
         };
@@ -194,6 +211,12 @@ impl ClusterBuilder {
         let mut text = format!("cluster = \"{CLUSTER}\"\ntls_dir = \"certs\"\n\n[timeouts]\n");
         for (key, ms) in &self.timeouts {
             writeln!(text, "{key} = {ms}").expect("writing to a String cannot fail");
+        }
+        if !self.limits.is_empty() {
+            text.push_str("\n[limits]\n");
+            for (key, value) in &self.limits {
+                writeln!(text, "{key} = {value}").expect("writing to a String cannot fail");
+            }
         }
         for region in &self.regions {
             write!(
@@ -236,6 +259,8 @@ pub(crate) struct Cluster {
     region_configs: BTreeMap<String, Config>,
     /// Per region: ms added to its wall clock.
     clock_offsets: BTreeMap<String, i64>,
+    /// [`Wiring::send_queue_frames`] of every region.
+    send_queue_frames: Option<usize>,
     /// Every region's QUIC address; a restarted region binds the same one again.
     peer_addrs: BTreeMap<String, SocketAddr>,
     /// The running nodes (a stopped region is absent until it is restarted).
@@ -256,6 +281,8 @@ impl Cluster {
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v))
             .collect(),
+            limits: BTreeMap::new(),
+            send_queue_frames: None,
             tables: [("default", "lww"), ("carts", "multi-value")]
                 .into_iter()
                 .map(|(t, r)| (t.to_owned(), r.to_owned()))
@@ -273,6 +300,7 @@ impl Cluster {
             api_bind: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             impair: true,
             clock_offset_ms: self.clock_offsets.get(region).copied().unwrap_or(0),
+            send_queue_frames: self.send_queue_frames,
             ..Wiring::default()
         };
         let config = self.region_configs.get(region).unwrap_or(&self.config);

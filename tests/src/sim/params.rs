@@ -27,6 +27,10 @@ pub struct MachineKnobs {
     /// [`leader_core::Options::log_tail_bytes`]: a few to a few dozen of the simulator's
     /// small writes, and sometimes less than one sibling-heavy write.
     pub log_tail_bytes: usize,
+    /// [`leader_core::Options::pace_lag_writes`]: off for a third of the seeds, otherwise a
+    /// few writes, so in-sync peers pace client writes often. Drawn from its own stream so
+    /// that adding it left every other draw of a seed (and the regression seeds) unchanged.
+    pub pace_lag_writes: u64,
 }
 
 /// A permanent loss: the first write acknowledged at `one` or above after `after_ms` costs its
@@ -113,6 +117,14 @@ impl Params {
             max_batch_bytes: rng.range(150, 4_096) as usize,
             max_siblings: rng.range(2, 8) as usize,
             log_tail_bytes: rng.range(1, 32) as usize * 128,
+            pace_lag_writes: {
+                let mut own = Rng::stream(seed, 6);
+                if own.chance(0.33) {
+                    0
+                } else {
+                    own.range(2, 64)
+                }
+            },
         };
         let delays = (0..regions)
             .map(|_| {

@@ -127,6 +127,10 @@ pub struct WorkCounts {
     pub refused_context: u64,
     /// Refused: too many siblings.
     pub refused_siblings: u64,
+    /// Client writes that waited for an in-sync peer to catch up (flow control).
+    pub paced: u64,
+    /// Refused: a peer stayed too far behind for the write's whole timeout (flow control).
+    pub overloaded: u64,
     /// Never answered: the region crashed first.
     pub abandoned: u64,
     /// Client operations that found their region down.
@@ -169,6 +173,8 @@ impl AddAssign<&WorkCounts> for WorkCounts {
         self.timed_out += o.timed_out;
         self.refused_context += o.refused_context;
         self.refused_siblings += o.refused_siblings;
+        self.paced += o.paced;
+        self.overloaded += o.overloaded;
         self.abandoned += o.abandoned;
         self.unavailable += o.unavailable;
         self.reads += o.reads;
@@ -191,7 +197,7 @@ impl fmt::Display for WorkCounts {
         write!(
             f,
             "events {}, writes {} (acked local {}, one {}, quorum {}, all {}; timed out {}; \
-             refused: context ahead {}, siblings {}; abandoned {}; region down {}), reads {}, conflicts {}, \
+             refused: context ahead {}, siblings {}, overloaded {}; paced {}; abandoned {}; region down {}), reads {}, conflicts {}, \
              resyncs {}, relayed {}, duplicates dropped {}, held back {}, released {}, \
              persists {}, log reads {}, connections {}, spin ticks {}, longest settle {} ms",
             self.events,
@@ -203,6 +209,8 @@ impl fmt::Display for WorkCounts {
             self.timed_out,
             self.refused_context,
             self.refused_siblings,
+            self.overloaded,
+            self.paced,
             self.abandoned,
             self.unavailable,
             self.reads,

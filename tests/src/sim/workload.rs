@@ -3,7 +3,7 @@
 //! of three tables, at every durability level; and what each request was answered.
 
 use conflict::examples::Counter;
-use conflict::{Dot, KeyState, Resolved, Value, VersionVector, WriteRefused};
+use conflict::{Dot, KeyState, Resolved, Seq, Value, VersionVector, WriteRefused};
 use leader_core::{Durability, Event, WriteError, WriteReceipt};
 
 use super::truth::{Slot, show};
@@ -249,6 +249,7 @@ impl World {
         });
         let id = self.ops.len() as u64;
         self.work.writes += 1;
+        self.regions[r].untaken.push_back((id, slot.clone()));
         let ev = Event::ClientWrite {
             id,
             table: slot.0.clone(),
@@ -258,13 +259,23 @@ impl World {
             durability,
             timeout_ms,
         };
-        self.handle(r, ev)?;
-        let accepted = matches!(self.ops[id as usize - 1].outcome, OpOutcome::Pending);
-        if accepted {
-            // The dot the write just took; a crash before it is durable frees it for reuse.
-            let own = self.regions[r].id;
-            let m = self.regions[r].replica.as_ref().expect("just handled");
-            let dot = Dot::new(own, m.received().get(own));
+        self.handle(r, ev)
+    }
+
+    /// Region `r`'s step took its own dots `before + 1 ..= after`: they went to the oldest
+    /// client writes without one, in order. Each is checked against the sibling cap, and a dot
+    /// taken a second time (a crash freed it before it was durable) is recorded as reused.
+    pub(super) fn took_dots(&mut self, r: usize, before: Seq, after: Seq) -> Result<(), Failure> {
+        let own = self.regions[r].id;
+        for seq in before.0 + 1..=after.0 {
+            let Some((_, slot)) = self.regions[r].untaken.pop_front() else {
+                let detail = format!(
+                    "{} took dot {seq} with no client write waiting for one",
+                    self.regions[r].name
+                );
+                return Err(self.fail(("dots", detail)));
+            };
+            let dot = Dot::new(own, Seq(seq));
             if self.created.insert(dot, self.now).is_some() {
                 self.reused.insert(dot, self.now);
             }
@@ -286,6 +297,7 @@ impl World {
         self.ops[idx].answered_ms = Some(self.now);
         let receipt = match result {
             Err(e) => {
+                self.regions[r].untaken.retain(|(i, _)| *i != id);
                 match &e {
                     WriteError::Refused(WriteRefused::ContextAhead { .. }) => {
                         self.work.refused_context += 1;
@@ -294,6 +306,8 @@ impl World {
                     | WriteError::Refused(WriteRefused::TooManySiblings { .. }) => {
                         self.work.refused_siblings += 1;
                     }
+                    // Paced for a lagging in-sync peer past the write's timeout: not written.
+                    WriteError::Overloaded { .. } => self.work.overloaded += 1,
                     // A read-modify-write of the new table, written back at a region that
                     // does not have it yet.
                     WriteError::UnknownTable(_) if self.opts.rollout == Some(Rollout::AddTable) => {

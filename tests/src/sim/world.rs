@@ -2,7 +2,7 @@
 //! performs their effects, as `leader::node` does; plus crashes, restarts, clock jumps and
 //! the end of a run (healing, quiescence, final oracles).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use conflict::examples::Counter;
@@ -88,6 +88,9 @@ pub(super) struct Region {
     pub(super) reads_out: u32,
     /// Whether the region runs the new configuration of the run's [`Rollout`].
     pub(super) reconfigured: bool,
+    /// Client writes handed in that have not taken a dot yet (request id, key), in arrival
+    /// order: the machine takes them in this order, at once or when flow control admits them.
+    pub(super) untaken: VecDeque<(u64, Slot)>,
 }
 
 impl Region {
@@ -219,6 +222,7 @@ fn options(p: &Params, r: usize) -> Options {
         max_siblings: k.max_siblings,
         conflict_log_capacity: 64,
         log_tail_bytes: k.log_tail_bytes,
+        pace_lag_writes: k.pace_lag_writes,
     }
 }
 
@@ -260,6 +264,7 @@ impl World {
                 seen_received: VersionVector::new(),
                 reads_out: 0,
                 reconfigured: false,
+                untaken: VecDeque::new(),
             })
             .collect();
         World {
@@ -532,14 +537,18 @@ impl World {
             _ => None,
         };
         let mut out = Vec::new();
-        self.regions[r]
+        let own = self.regions[r].id;
+        let m = self.regions[r]
             .replica
             .as_mut()
-            .expect("events are only handed to live regions")
-            .handle(time, ev, &mut out);
+            .expect("events are only handed to live regions");
+        let taken_before = m.received().get(own);
+        m.handle(time, ev, &mut out);
+        let taken = m.received().get(own);
         for effect in out {
             self.perform(r, effect)?;
         }
+        self.took_dots(r, taken_before, taken)?;
         if let Some((peer, conn)) = early_ack {
             let applied = self.regions[r]
                 .replica
@@ -694,6 +703,7 @@ impl World {
             self.work.duplicates_dropped += c.duplicates;
             self.work.quarantined += c.quarantined;
             self.work.released += c.released;
+            self.work.paced += c.writes_paced;
         }
     }
 
@@ -708,6 +718,7 @@ impl World {
         g.reads_out = 0;
         g.tick_gen += 1;
         g.tick_at = None;
+        g.untaken.clear();
         self.faults.crashes += 1;
         self.trace.note(self.now, &format!("crash {r}"));
         if self.trace.verbose() {

@@ -225,6 +225,14 @@ impl Cluster {
         Cluster::start_with_options(names, false, FAST_TIMEOUTS, Some(bytes))
     }
 
+    /// [`Cluster::start`] with the production timers and a `[limits]` section (its lines,
+    /// e.g. `pace_lag_writes = 300`).
+    pub(crate) fn start_default_timeouts_with_limits(names: &[&str], limits: &str) -> Cluster {
+        // The text goes where `[timeouts]`'s lines would, so it opens its own section.
+        let sections = format!("\n[limits]\n{limits}\n");
+        Cluster::start_with(names, false, &sections)
+    }
+
     fn start_with(names: &[&str], simulate_links: bool, timeouts: &str) -> Cluster {
         Cluster::start_with_options(names, simulate_links, timeouts, None)
     }
@@ -294,6 +302,12 @@ impl Cluster {
     }
 
     /// Sends SIGKILL to region `i` and reaps it: no shutdown path of the leader runs.
+    /// The process id of region `i` (which must be running).
+    pub(crate) fn pid(&self, i: usize) -> u32 {
+        let process = self.regions[i].process.as_ref().expect("region is running");
+        process.id().expect("a running child has a pid")
+    }
+
     /// The data directory of region `i`.
     pub(crate) fn data_dir(&self, i: usize) -> PathBuf {
         self.dir.path().join("data").join(&self.regions[i].name)
