@@ -32,6 +32,7 @@ pub mod api;
 pub mod config;
 pub mod metrics;
 pub mod node;
+pub mod resp;
 pub mod storage;
 
 use std::path::Path;
@@ -40,7 +41,7 @@ use std::sync::Arc;
 use conflict::{Registry, Resolver};
 
 pub use leader_core;
-pub use node::{Node, NodeError, NodeHandle, ReadResult, Status, Wiring};
+pub use node::{Node, NodeError, NodeHandle, Pending, ReadResult, Status, Wiring};
 
 /// Builds a region leader: a configuration, the region to run, and the resolvers tables may
 /// name. `lww` and `multi-value` are always registered.
