@@ -15,6 +15,7 @@
 //! freely. The crate depends on `conflict` and `serde` and nothing that does I/O.
 
 pub mod consistency;
+pub mod limits;
 pub mod machine;
 pub mod msg;
 
