@@ -157,13 +157,7 @@ impl Replica {
             .iter()
             .map(|p| {
                 let acked = rec.peer_acked.get(p).cloned().unwrap_or_default();
-                (
-                    p.clone(),
-                    Peer {
-                        acked,
-                        ..Peer::default()
-                    },
-                )
+                (p.clone(), Peer::new(p.clone(), acked))
             })
             .collect();
         let mut release = BTreeSet::new();

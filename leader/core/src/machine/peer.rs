@@ -7,11 +7,17 @@ use conflict::{ReplicaId, Seq, VersionVector};
 
 use super::{Alarm, ConnId, Effect, Replica, Time};
 use crate::consistency::SkewEstimate;
-use crate::msg::{Ack, Hello, PROTOCOL_VERSION, PeerMsg, Refuse};
+use crate::limits::{LOG_READ_RETRY_MAX_MS, LOG_READ_RETRY_MIN_MS};
+use crate::msg::{Ack, Hello, LogEntry, PROTOCOL_VERSION, PeerMsg, Refuse};
 
-/// Per-peer replication state.
+/// One other region of the configuration: its connections, what it has acknowledged, what
+/// was sent to it and is not acknowledged yet, and the timers of its stream. `Replica` keeps
+/// one per configured peer, for its whole life; a reconnection resets the stream, not the
+/// peer.
 #[derive(Debug, Default)]
 pub(super) struct Peer {
+    /// The region's name, as its certificate names it.
+    pub(super) name: String,
     /// Connections the transport reported up, with the replica id their hello named.
     pub(super) conns: BTreeMap<ConnId, Option<ReplicaId>>,
     /// The connection we stream on: the one whose hello we accepted.
@@ -68,6 +74,213 @@ pub(super) struct Stall {
 }
 
 impl Peer {
+    /// A peer of this region's configuration, as recovered: what it had acknowledged.
+    pub(super) fn new(name: String, acked: VersionVector) -> Self {
+        Peer {
+            name,
+            acked,
+            ..Peer::default()
+        }
+    }
+
+    /// Whether a connection with an accepted hello is up.
+    pub(super) fn is_connected(&self) -> bool {
+        self.active.is_some()
+    }
+
+    /// Sends `msg` on the active connection, the one every frame after the hello goes on;
+    /// says whether there was one.
+    pub(super) fn send(&self, msg: PeerMsg, out: &mut Vec<Effect>) -> bool {
+        let Some(conn) = self.active else {
+            return false;
+        };
+        self.send_on(conn, msg, out);
+        true
+    }
+
+    /// Sends `msg` on `conn`, which need not be accepted yet (a hello, a refusal).
+    pub(super) fn send_on(&self, conn: ConnId, msg: PeerMsg, out: &mut Vec<Effect>) {
+        out.push(Effect::Send {
+            peer: self.name.clone(),
+            conn,
+            msg,
+        });
+    }
+
+    /// Acknowledges `durable` on the active connection, unless this peer has it already.
+    pub(super) fn send_ack(&mut self, durable: &VersionVector, out: &mut Vec<Effect>) {
+        if !self.is_connected() || self.last_ack_sent.as_ref() == Some(durable) {
+            return;
+        }
+        self.last_ack_sent = Some(durable.clone());
+        let applied = durable.clone();
+        self.send(PeerMsg::Ack(Ack { applied }), out);
+    }
+
+    /// The replica id of the live connection other than `conn`, if one has an accepted hello.
+    pub(super) fn live_other_than(&self, conn: ConnId) -> Option<ReplicaId> {
+        self.active
+            .filter(|a| *a != conn)
+            .and_then(|a| self.conns.get(&a).copied().flatten())
+    }
+
+    /// Makes `conn`, whose hello named `replica` and `applied`, the connection we stream on.
+    pub(super) fn accept(
+        &mut self,
+        now: Time,
+        conn: ConnId,
+        replica: ReplicaId,
+        applied: &VersionVector,
+    ) {
+        self.conns.insert(conn, Some(replica));
+        self.active = Some(conn);
+        if self.replica != Some(replica) {
+            // A new replica (or the first we meet): its own claim is the truth; a rebuilt region
+            // must not inherit what its predecessor had acknowledged.
+            self.acked = applied.clone();
+        } else {
+            self.acked.join(applied);
+        }
+        self.replica = Some(replica);
+        self.acked_dirty = true;
+        self.reset_stream();
+        self.last_heartbeat_ms = now.mono_ms;
+        self.resolvers_from_hello = true;
+    }
+
+    /// `conn` ended; if it was the active one, the stream stops.
+    pub(super) fn connection_down(&mut self, conn: ConnId) {
+        self.conns.remove(&conn);
+        if self.active == Some(conn) {
+            self.reset_stream();
+            self.active = None;
+        }
+    }
+
+    /// Forgets what was sent on the active connection: the next one starts from the acks.
+    pub(super) fn reset_stream(&mut self) {
+        self.sent.clear();
+        self.inflight.clear();
+        self.inflight_bytes = 0;
+        self.reading.clear();
+        self.last_ack_sent = None;
+        self.resync_asked.clear();
+    }
+
+    /// The peer has durably applied `applied` (an ack, or its own row in a heartbeat): what
+    /// it covers leaves the send window.
+    pub(super) fn acknowledge(&mut self, applied: &VersionVector) {
+        let before = self.acked.clone();
+        self.acked.join(applied);
+        if self.acked != before {
+            self.acked_dirty = true;
+        }
+        while let Some(&(origin, seq, bytes)) = self.inflight.front() {
+            if self.acked.get(origin) < seq {
+                break;
+            }
+            self.inflight.pop_front();
+            self.inflight_bytes -= bytes;
+        }
+        self.debug_check();
+    }
+
+    /// A batch of `origin`'s `entries` (contiguous, from [`Peer::next_seq`]) goes out: they
+    /// enter the send window.
+    pub(super) fn record_sent(&mut self, origin: ReplicaId, entries: &[LogEntry]) {
+        debug_assert!(
+            entries
+                .first()
+                .is_some_and(|e| e.seq() == self.next_seq(origin)),
+            "a batch starts where the stream of its origin stands"
+        );
+        for e in entries {
+            let size = e.wire_size();
+            self.inflight.push_back((origin, e.seq(), size));
+            self.inflight_bytes += size;
+        }
+        if let Some(last) = entries.last() {
+            self.sent.insert(origin, last.seq());
+        }
+        self.debug_check();
+    }
+
+    /// The peer asked (`Resync`) to restart `origin`'s run after `applied`: what was sent
+    /// beyond it leaves the window and is sent again.
+    pub(super) fn rewind(&mut self, origin: ReplicaId, applied: Seq) {
+        let sent = self.sent.entry(origin).or_default();
+        if *sent > applied {
+            *sent = applied;
+        }
+        let mut kept = VecDeque::with_capacity(self.inflight.len());
+        for item in self.inflight.drain(..) {
+            if item.0 == origin && item.1 > applied {
+                self.inflight_bytes -= item.2;
+            } else {
+                kept.push_back(item);
+            }
+        }
+        self.inflight = kept;
+        self.debug_check();
+    }
+
+    /// A log read of `origin` for this peer returned nothing (storage failed): backs off,
+    /// doubling from [`LOG_READ_RETRY_MIN_MS`] to [`LOG_READ_RETRY_MAX_MS`]; returns the delay.
+    pub(super) fn read_failed(&mut self, origin: ReplicaId, now: Time) -> u64 {
+        let backoff = self
+            .read_retry
+            .get(&origin)
+            .map_or(LOG_READ_RETRY_MIN_MS, |(_, b)| {
+                (b.saturating_mul(2)).min(LOG_READ_RETRY_MAX_MS)
+            });
+        self.read_retry
+            .insert(origin, (now.mono_ms.saturating_add(backoff), backoff));
+        backoff
+    }
+
+    /// Whether `origin`'s stream to this peer waits for a failed log read's retry.
+    pub(super) fn read_backing_off(&self, origin: ReplicaId, now: Time) -> bool {
+        self.read_retry
+            .get(&origin)
+            .is_some_and(|(due, _)| *due > now.mono_ms)
+    }
+
+    /// The invariants of the send side, checked where it changes (debug builds only).
+    pub(super) fn debug_check(&self) {
+        if !cfg!(debug_assertions) {
+            return;
+        }
+        let sum: usize = self.inflight.iter().map(|(_, _, bytes)| bytes).sum();
+        debug_assert_eq!(
+            self.inflight_bytes, sum,
+            "{}: in-flight bytes are their sum",
+            self.name
+        );
+        // (The active connection is not always in `conns`: a second, refused hello on it
+        // removes it there, and it stays active until the transport reports it down.)
+        if self.active.is_none() {
+            debug_assert!(
+                self.inflight.is_empty() && self.sent.is_empty(),
+                "{}: nothing in flight without a connection",
+                self.name
+            );
+        }
+        let mut last: BTreeMap<ReplicaId, Seq> = BTreeMap::new();
+        for (origin, seq, _) in &self.inflight {
+            let before = last.insert(*origin, *seq);
+            debug_assert!(
+                before.is_none_or(|b| b < *seq),
+                "{}: in flight in sequence order per origin",
+                self.name
+            );
+            debug_assert!(
+                self.sent.get(origin).is_some_and(|s| s >= seq),
+                "{}: in flight means sent",
+                self.name
+            );
+        }
+    }
+
     /// The next sequence number of `origin` to send this peer: one past what was sent on the
     /// active connection or what it acknowledged, whichever is further. Saturating: a peer's
     /// ack may claim anything, up to `u64::MAX`.
@@ -78,22 +291,13 @@ impl Peer {
 }
 
 impl Replica {
+    /// Acknowledges our durable vector to `name`, if connected and not acknowledged yet.
     pub(super) fn send_ack(&mut self, name: &str, out: &mut Vec<Effect>) {
-        let durable = self.durable.clone();
         let peer = self
             .peers
             .get_mut(name)
             .expect("peer names come from self.peers");
-        let Some(conn) = peer.active else { return };
-        if peer.last_ack_sent.as_ref() == Some(&durable) {
-            return;
-        }
-        peer.last_ack_sent = Some(durable.clone());
-        out.push(Effect::Send {
-            peer: name.to_owned(),
-            conn,
-            msg: PeerMsg::Ack(Ack { applied: durable }),
-        });
+        peer.send_ack(&self.durable, out);
     }
 
     pub(super) fn peer_up(&mut self, name: String, conn: ConnId, out: &mut Vec<Effect>) {
@@ -107,11 +311,7 @@ impl Replica {
             return;
         };
         peer.conns.insert(conn, None);
-        out.push(Effect::Send {
-            peer: name,
-            conn,
-            msg: PeerMsg::Hello(hello),
-        });
+        peer.send_on(conn, PeerMsg::Hello(hello), out);
     }
 
     fn hello(&self) -> Hello {
@@ -127,24 +327,9 @@ impl Replica {
     }
 
     pub(super) fn peer_down(&mut self, name: &str, conn: ConnId) {
-        let Some(peer) = self.peers.get_mut(name) else {
-            return;
-        };
-        peer.conns.remove(&conn);
-        if peer.active == Some(conn) {
-            Self::reset_stream(peer);
-            peer.active = None;
+        if let Some(peer) = self.peers.get_mut(name) {
+            peer.connection_down(conn);
         }
-    }
-
-    /// Forgets what was sent on the active connection: the next one starts from the acks.
-    fn reset_stream(peer: &mut Peer) {
-        peer.sent.clear();
-        peer.inflight.clear();
-        peer.inflight_bytes = 0;
-        peer.reading.clear();
-        peer.last_ack_sent = None;
-        peer.resync_asked.clear();
     }
 
     pub(super) fn send_failed(
@@ -166,13 +351,14 @@ impl Replica {
         // full window of writes we have (or dropped) and the stream stalls, so both are sent
         // again now.
         let asked: Vec<ReplicaId> = peer.resync_asked.keys().copied().collect();
-        Self::reset_stream(peer);
+        peer.reset_stream();
         for origin in asked {
-            self.ask_resync(now, name, conn, origin, out);
+            self.ask_resync(now, name, origin, out);
         }
         self.send_ack(name, out);
     }
 
+    /// Refuses `conn` of `name`: the alarm, the reason on the wire, and the close.
     fn refuse(
         &mut self,
         name: &str,
@@ -182,12 +368,14 @@ impl Replica {
         out: &mut Vec<Effect>,
     ) {
         out.push(Effect::Alarm(alarm));
+        let refuse = PeerMsg::Refuse(Refuse {
+            reason: reason.clone(),
+        });
+        // Not through `Peer`: a name that is not a peer is refused the same way.
         out.push(Effect::Send {
             peer: name.to_owned(),
             conn,
-            msg: PeerMsg::Refuse(Refuse {
-                reason: reason.clone(),
-            }),
+            msg: refuse,
         });
         out.push(Effect::Close {
             peer: name.to_owned(),
@@ -198,7 +386,6 @@ impl Replica {
             peer.conns.remove(&conn);
         }
     }
-
     fn on_hello(
         &mut self,
         now: Time,
@@ -219,10 +406,7 @@ impl Replica {
             .peers
             .get_mut(name)
             .expect("hello_problem checked the peer exists");
-        let live = peer
-            .active
-            .filter(|a| *a != conn)
-            .and_then(|a| peer.conns.get(&a).copied().flatten());
+        let live = peer.live_other_than(conn);
         if let Some(live) = live.filter(|l| *l != hello.replica) {
             let alarm = Alarm::SplitBrain {
                 region: name.to_owned(),
@@ -236,19 +420,7 @@ impl Replica {
             self.refuse(name, conn, alarm, reason, out);
             return;
         }
-        peer.conns.insert(conn, Some(hello.replica));
-        peer.active = Some(conn);
-        if peer.replica != Some(hello.replica) {
-            // A new replica (or the first we meet): its own claim is the truth; a rebuilt region
-            // must not inherit what its predecessor had acknowledged.
-            peer.acked = hello.applied.clone();
-        } else {
-            peer.acked.join(&hello.applied);
-        }
-        peer.replica = Some(hello.replica);
-        peer.acked_dirty = true;
-        Self::reset_stream(peer);
-        peer.last_heartbeat_ms = now.mono_ms;
+        peer.accept(now, conn, hello.replica, &hello.applied);
         let mut learned = Vec::new();
         for (replica, region) in hello
             .replicas
@@ -263,9 +435,6 @@ impl Replica {
         self.staged.replicas.extend(learned);
         let resolvers = hello.resolvers.iter().cloned().collect();
         self.region_resolvers.insert(name.to_owned(), resolvers);
-        if let Some(peer) = self.peers.get_mut(name) {
-            peer.resolvers_from_hello = true;
-        }
         self.check_mismatches(out);
         self.send_ack(name, out);
         self.update_lag(now, name);

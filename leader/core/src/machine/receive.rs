@@ -52,7 +52,7 @@ impl Replica {
                 continue;
             }
             if seq > expected {
-                self.ask_resync(now, name, conn, b.origin, out);
+                self.ask_resync(now, name, b.origin, out);
                 break;
             }
             self.apply_remote(now, &b.origin_region, entry, out);
@@ -74,7 +74,6 @@ impl Replica {
         &mut self,
         now: Time,
         name: &str,
-        conn: ConnId,
         origin: ReplicaId,
         out: &mut Vec<Effect>,
     ) {
@@ -93,11 +92,7 @@ impl Replica {
         }
         peer.resync_asked.insert(origin, (applied, now.mono_ms));
         self.counters.resyncs += 1;
-        out.push(Effect::Send {
-            peer: name.to_owned(),
-            conn,
-            msg: PeerMsg::Resync(Resync { origin, applied }),
-        });
+        peer.send(PeerMsg::Resync(Resync { origin, applied }), out);
     }
 
     /// Forgets an unanswered `Resync` of `origin` once `name` sends a batch of it that starts

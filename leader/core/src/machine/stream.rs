@@ -7,7 +7,6 @@ use conflict::{ReplicaId, Seq, VersionVector};
 
 use super::peer::{Peer, Stall};
 use super::{Alarm, ConnId, Effect, Replica, Time};
-use crate::limits::{LOG_READ_RETRY_MAX_MS, LOG_READ_RETRY_MIN_MS};
 use crate::msg::{Ack, Batch, LogEntry, PeerMsg, Resync};
 
 /// The durable writes of one origin kept in memory for live streaming: a contiguous run.
@@ -48,22 +47,10 @@ impl Replica {
         applied: &VersionVector,
         out: &mut Vec<Effect>,
     ) {
-        let peer = self
-            .peers
+        self.peers
             .get_mut(name)
-            .expect("frame() checked the peer exists");
-        let before = peer.acked.clone();
-        peer.acked.join(applied);
-        if peer.acked != before {
-            peer.acked_dirty = true;
-        }
-        while let Some(&(origin, seq, bytes)) = peer.inflight.front() {
-            if peer.acked.get(origin) < seq {
-                break;
-            }
-            peer.inflight.pop_front();
-            peer.inflight_bytes -= bytes;
-        }
+            .expect("frame() checked the peer exists")
+            .acknowledge(applied);
         self.update_lag(now, name);
         self.pump(name, now, out);
         self.check_waits(now, out);
@@ -74,19 +61,7 @@ impl Replica {
             .peers
             .get_mut(name)
             .expect("frame() checked the peer exists");
-        let sent = peer.sent.entry(r.origin).or_default();
-        if *sent > r.applied {
-            *sent = r.applied;
-        }
-        let mut kept = VecDeque::with_capacity(peer.inflight.len());
-        for item in peer.inflight.drain(..) {
-            if item.0 == r.origin && item.1 > r.applied {
-                peer.inflight_bytes -= item.2;
-            } else {
-                kept.push_back(item);
-            }
-        }
-        peer.inflight = kept;
+        peer.rewind(r.origin, r.applied);
         self.pump(name, now, out);
     }
 
@@ -163,22 +138,19 @@ impl Replica {
         let Some(peer) = self.peers.get(name) else {
             return;
         };
-        let Some(conn) = peer.active else { return };
+        if !peer.is_connected() {
+            return;
+        }
         let origins = self.origins_for(peer, now);
         for origin in origins {
-            let peer = &self.peers[name];
-            if peer
-                .read_retry
-                .get(&origin)
-                .is_some_and(|(due, _)| *due > now.mono_ms)
-            {
-                continue;
+            if !self.peers[name].read_backing_off(origin, now) {
+                self.pump_origin(name, origin, out);
             }
-            self.pump_origin(name, conn, origin, out);
         }
     }
 
-    fn pump_origin(&mut self, name: &str, conn: ConnId, origin: ReplicaId, out: &mut Vec<Effect>) {
+    /// Sends `origin`'s writes that `name` lacks on its active connection, within its window.
+    fn pump_origin(&mut self, name: &str, origin: ReplicaId, out: &mut Vec<Effect>) {
         let last = self.durable.get(origin);
         let window = self.opts.peer_window_bytes;
         loop {
@@ -197,6 +169,7 @@ impl Replica {
                     .peers
                     .get_mut(name)
                     .expect("pump checked the peer exists");
+                let Some(conn) = peer.active else { return };
                 peer.reading.insert(origin);
                 out.push(Effect::ReadLog {
                     peer: name.to_owned(),
@@ -208,7 +181,7 @@ impl Replica {
                 });
                 return;
             }
-            self.send_batch(name, conn, origin, entries, out);
+            self.send_batch(name, origin, entries, out);
         }
     }
 
@@ -236,10 +209,10 @@ impl Replica {
         entries
     }
 
+    /// Sends a contiguous run of `origin`'s writes to `name` on its active connection.
     fn send_batch(
         &mut self,
         name: &str,
-        conn: ConnId,
         origin: ReplicaId,
         entries: Vec<LogEntry>,
         out: &mut Vec<Effect>,
@@ -249,30 +222,23 @@ impl Replica {
             .peers
             .get_mut(name)
             .expect("callers checked the peer exists");
-        let Some(last) = entries.last().map(LogEntry::seq) else {
+        if entries.is_empty() {
             return;
-        };
-        for e in &entries {
-            let size = e.wire_size();
-            peer.inflight.push_back((origin, e.seq(), size));
-            peer.inflight_bytes += size;
         }
-        peer.sent.insert(origin, last);
+        debug_assert!(peer.is_connected(), "batches go on the active connection");
+        peer.record_sent(origin, &entries);
         self.counters.batches_sent += 1;
         self.counters.writes_sent += entries.len() as u64;
         if relayed {
             self.counters.writes_relayed += entries.len() as u64;
         }
         let origin_region = self.replicas.get(&origin).cloned().unwrap_or_default();
-        out.push(Effect::Send {
-            peer: name.to_owned(),
-            conn,
-            msg: PeerMsg::Batch(Batch {
-                origin,
-                origin_region,
-                entries,
-            }),
-        });
+        let batch = Batch {
+            origin,
+            origin_region,
+            entries,
+        };
+        peer.send(PeerMsg::Batch(batch), out);
     }
 
     pub(super) fn log_read(
@@ -294,14 +260,7 @@ impl Replica {
         if entries.is_empty() {
             // A read is only asked for durable entries past what the tail holds, so nothing
             // back means storage failed. Asking again at once would spin: back off, alarm.
-            let backoff = peer
-                .read_retry
-                .get(&origin)
-                .map_or(LOG_READ_RETRY_MIN_MS, |(_, b)| {
-                    (b.saturating_mul(2)).min(LOG_READ_RETRY_MAX_MS)
-                });
-            peer.read_retry
-                .insert(origin, (now.mono_ms.saturating_add(backoff), backoff));
+            let backoff = peer.read_failed(origin, now);
             let from = peer.next_seq(origin);
             self.counters.log_read_failures += 1;
             out.push(Effect::Alarm(Alarm::LogReadFailed {
@@ -325,8 +284,8 @@ impl Replica {
             .map(|(_, e)| e)
             .collect();
         if !run.is_empty() {
-            self.send_batch(name, conn, origin, run, out);
+            self.send_batch(name, origin, run, out);
         }
-        self.pump_origin(name, conn, origin, out);
+        self.pump_origin(name, origin, out);
     }
 }
