@@ -275,7 +275,7 @@ impl Replica {
             conflict::Resolved::Siblings(s) => format!("{} siblings kept for readers", s.len()),
         };
         self.counters.conflicts += 1;
-        if self.conflicts.len() == self.opts.conflict_log_capacity {
+        if self.conflicts.len() >= self.opts.conflict_log_capacity {
             self.conflicts.pop_front();
         }
         self.conflicts.push_back(ConflictRecord {

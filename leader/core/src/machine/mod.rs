@@ -57,6 +57,8 @@ pub use self::events::{
 pub use self::resolvers::resolver_accepts;
 pub use crate::limits::{LOG_READ_RETRY_MAX_MS, LOG_READ_RETRY_MIN_MS, MAX_PACED_WRITES};
 
+use crate::limits::OWN_COMMITS_MAX;
+
 use self::client::{Wait, WriteRequest};
 use self::peer::Peer;
 use self::persist::{InFlight, Staged};
@@ -312,6 +314,56 @@ impl Replica {
         self.flush(out);
         self.on_tick(now, out);
         self.last_event_ms = now.mono_ms;
+        self.debug_check();
+    }
+
+    /// The invariants that hold between events, checked after each one (debug builds only;
+    /// the simulator runs millions of events with them on). Cheap checks only: the costly
+    /// ones sit where their state changes (`Peer::debug_check`, a batch's log in `flush`, the
+    /// tail in `Tail::push`).
+    fn debug_check(&self) {
+        if !cfg!(debug_assertions) {
+            return;
+        }
+        for (origin, durable) in self.durable.iter() {
+            debug_assert!(
+                self.received.get(origin) >= durable,
+                "durable ⊆ received: {origin} durable to {durable}, received to {}",
+                self.received.get(origin)
+            );
+        }
+        debug_assert_eq!(
+            self.received.get(self.opts.replica),
+            self.own_seq,
+            "every write of this region is applied when it is made"
+        );
+        debug_assert!(
+            self.paced.len() <= MAX_PACED_WRITES,
+            "paced writes are bounded"
+        );
+        if let Some(f) = &self.in_flight {
+            debug_assert!(
+                f.id < self.next_persist_id,
+                "the batch in flight was issued"
+            );
+        }
+        debug_assert!(
+            self.conflicts.len() <= self.opts.conflict_log_capacity.max(1),
+            "the conflict log is bounded"
+        );
+        debug_assert!(
+            self.own_commits.len() <= OWN_COMMITS_MAX,
+            "own commit times are bounded"
+        );
+        let own = self.opts.replica;
+        for slot in self.stable.keys() {
+            debug_assert!(
+                self.keys
+                    .get(slot)
+                    .is_some_and(|k| k.context.get(own) > self.durable.get(own)),
+                "a durable copy is kept only while the key holds a write of ours not yet durable"
+            );
+        }
     }
 
     /// **Test-only; breaks convergence.** From now on, stamps local writes with the raw wall

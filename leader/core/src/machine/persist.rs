@@ -1,9 +1,9 @@
 //! Persistence and group commit: what is staged for the next [`Effect::Persist`], the one
 //! batch in flight, and what becomes true once it is durable (replies, acks, the log tail).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-use conflict::{Dot, KeyState, ReplicaId, VersionVector};
+use conflict::{Dot, KeyState, ReplicaId, Seq, VersionVector};
 
 use super::client::Wait;
 use super::{Effect, PersistBatch, Quarantined, Replica, RequestId, Time, WriteReceipt};
@@ -59,6 +59,7 @@ impl Replica {
             })
             .collect();
         let staged = std::mem::take(&mut self.staged);
+        self.debug_check_staged_log(&staged.log);
         if staged.keys.is_empty()
             && staged.log.is_empty()
             && staged.released.is_empty()
@@ -151,6 +152,37 @@ impl Replica {
             self.send_ack(&name, out);
             self.update_lag(now, &name);
             self.pump(&name, now, out);
+        }
+    }
+
+    /// A batch's log holds, per origin, exactly the writes applied since the last batch:
+    /// the contiguous run after what is durable up to what is received. Storage appends it to
+    /// the per-origin log, which must stay gap-free (debug builds only).
+    fn debug_check_staged_log(&self, log: &[LogEntry]) {
+        if !cfg!(debug_assertions) {
+            return;
+        }
+        let mut next: BTreeMap<ReplicaId, Seq> = BTreeMap::new();
+        for e in log {
+            let origin = e.write.dot.replica;
+            let expected = *next
+                .entry(origin)
+                .or_insert_with(|| self.durable.get(origin).next());
+            debug_assert_eq!(
+                e.seq(),
+                expected,
+                "persisted batches are contiguous per origin"
+            );
+            next.insert(origin, e.seq().next());
+        }
+        for (origin, received) in self.received.iter() {
+            let upto = next
+                .get(&origin)
+                .map_or(self.durable.get(origin), |n| Seq(n.0 - 1));
+            debug_assert_eq!(
+                upto, received,
+                "a batch logs every write received since the last"
+            );
         }
     }
 }

@@ -21,6 +21,12 @@ impl Tail {
     /// Appends the next entry of the origin and drops the oldest ones beyond `max_bytes`
     /// (the new one too, when it alone is larger: the run stays contiguous either way).
     pub(super) fn push(&mut self, entry: LogEntry, max_bytes: usize) {
+        debug_assert!(
+            self.entries
+                .back()
+                .is_none_or(|last| last.seq().next() == entry.seq()),
+            "the tail of an origin is a contiguous run"
+        );
         self.bytes += entry.wire_size();
         self.entries.push_back(entry);
         while self.bytes > max_bytes {
