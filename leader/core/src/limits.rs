@@ -8,6 +8,16 @@
 /// the queue.
 pub const MAX_PACED_WRITES: usize = 16_384;
 
+/// Bound on client writes this region accepted (each took a dot) and has not answered yet:
+/// staged for the next persistence step, in the step in flight, or durable here and waiting
+/// for other regions to have them durably (`one`, `quorum`, `all`) until their timeout. One
+/// more is refused at once with [`crate::WriteError::Backlogged`] (`503 overloaded`) before
+/// it takes a dot, so neither a slow disk nor a cut link with long timeouts can grow memory
+/// without bound. Replicated writes need no such bound: each peer's are bounded by its send
+/// window ([`crate::Options::peer_window_bytes`]), since it sends no more until we ack, and
+/// we ack only after persisting.
+pub const MAX_UNANSWERED_WRITES: usize = 65_536;
+
 /// First retry delay after a failed log read ([`crate::Alarm::LogReadFailed`]).
 pub const LOG_READ_RETRY_MIN_MS: u64 = 100;
 

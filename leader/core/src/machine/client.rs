@@ -11,6 +11,7 @@ use super::{
     ConflictRecord, Effect, MAX_PACED_WRITES, Replica, RequestId, Time, WriteError, WriteReceipt,
 };
 use crate::consistency::Durability;
+use crate::limits::MAX_UNANSWERED_WRITES;
 use crate::msg::LogEntry;
 
 /// The fields of [`Event::ClientWrite`], kept together on their way through the machine.
@@ -135,6 +136,14 @@ impl Replica {
             durability,
             timeout_ms,
         } = req;
+        if self.unanswered_writes() >= MAX_UNANSWERED_WRITES {
+            self.counters.writes_overloaded += 1;
+            let result = Err(WriteError::Backlogged {
+                limit: MAX_UNANSWERED_WRITES,
+            });
+            out.push(Effect::Reply { id, result });
+            return;
+        }
         let Some(resolver) = self.resolvers.get(&table).cloned() else {
             let result = Err(WriteError::UnknownTable(table));
             out.push(Effect::Reply { id, result });
@@ -295,6 +304,14 @@ impl Replica {
             Some(region) => format!("{region}:{}", dot.seq.0),
             None => format!("{}:{}", dot.replica, dot.seq.0),
         }
+    }
+
+    /// Client writes accepted (they took a dot) and not answered yet: staged for the next
+    /// persistence step, in the step in flight, or durable here and waiting for other regions.
+    /// Each is in exactly one of the three; [`MAX_UNANSWERED_WRITES`] bounds them together.
+    pub(super) fn unanswered_writes(&self) -> usize {
+        let in_flight = self.in_flight.as_ref().map_or(0, |f| f.replies.len());
+        self.staged.replies.len() + in_flight + self.waits.len()
     }
 
     /// Answers every durability wait that is met or past its deadline.

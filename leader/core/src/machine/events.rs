@@ -308,6 +308,16 @@ pub enum WriteError {
         /// The limit.
         max: usize,
     },
+    /// This region already holds [`crate::limits::MAX_UNANSWERED_WRITES`] client writes it
+    /// accepted and has not answered (waiting for the disk, or for other regions to have them
+    /// durably): one more would grow its memory without bound.
+    #[error(
+        "this region holds {limit} client writes not yet answered (waiting for its disk or for other regions); retry shortly, lower the durability asked for, or write at another region"
+    )]
+    Backlogged {
+        /// The limit ([`crate::limits::MAX_UNANSWERED_WRITES`]).
+        limit: usize,
+    },
 }
 
 /// Conditions an operator must know about.
@@ -468,7 +478,8 @@ pub struct Counters {
     /// Client writes that waited for an in-sync peer to catch up ([`Options::pace_lag_writes`]).
     pub writes_paced: u64,
     /// Client writes refused because a peer stayed too far behind for their whole timeout, or
-    /// the queue of paced writes was full ([`WriteError::Overloaded`]).
+    /// the queue of paced writes was full ([`WriteError::Overloaded`]), or too many writes
+    /// were not answered yet ([`WriteError::Backlogged`]).
     pub writes_overloaded: u64,
 }
 
