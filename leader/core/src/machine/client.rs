@@ -4,7 +4,9 @@
 
 use std::collections::BTreeSet;
 
-use conflict::{ApplyOutcome, Dot, Hlc, KeyState, Resolver, Sibling, Value, VersionVector, Write};
+use conflict::{
+    ApplyOutcome, Dot, Hlc, KeyState, Resolver, ResolverId, Sibling, Value, VersionVector, Write,
+};
 
 use super::persist::PendingReply;
 use super::{
@@ -292,7 +294,7 @@ impl Replica {
             detected_ms: now.wall_ms,
             table: table.to_owned(),
             key: key.to_vec(),
-            resolver: format!("{}@{}", r.name(), r.version()),
+            resolver: ResolverId::of(r).to_string(),
             siblings,
             outcome,
         });

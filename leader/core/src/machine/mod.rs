@@ -47,7 +47,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use conflict::{
-    Dot, Hlc, HybridClock, KeyState, Registry, ReplicaId, Resolver, Seq, VersionVector,
+    Dot, Hlc, HybridClock, KeyState, Registry, ReplicaId, Resolver, ResolverId, Seq, VersionVector,
 };
 
 pub use self::events::{
@@ -85,6 +85,10 @@ pub type ConnId = u64;
 pub struct Replica {
     opts: Options,
     resolvers: BTreeMap<String, Arc<dyn Resolver>>,
+    /// table → [`ResolverId`] of ours, in its wire form (`name@version`, as hellos and matrix
+    /// rows carry it), in table order. Not a [`conflict::Fingerprints`]: what we compare it
+    /// with is a peer's text, which need not parse, and comparing per replicated write in
+    /// the wire form costs no allocation.
     resolver_ids: Vec<(String, String)>,
     clock: HybridClock,
     own_seq: Seq,
@@ -151,7 +155,7 @@ impl Replica {
                     resolver: name.clone(),
                     known: registry.names().collect::<Vec<_>>().join(", "),
                 })?;
-            resolver_ids.push((table.clone(), format!("{}@{}", r.name(), r.version())));
+            resolver_ids.push((table.clone(), ResolverId::of(r.as_ref()).to_string()));
             resolvers.insert(table.clone(), r);
         }
         let peers = opts
