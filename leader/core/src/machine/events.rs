@@ -67,7 +67,7 @@ pub struct Recovered {
     pub peer_acked: BTreeMap<String, VersionVector>,
     /// Logged writes that were not applied (quarantined) and not released since. Those that
     /// this region's configuration now accepts are applied at start: see
-    /// [`Replica::to_release`].
+    /// [`Replica::to_release`](crate::Replica::to_release).
     pub quarantined: Vec<Quarantined>,
 }
 
@@ -227,7 +227,7 @@ pub struct PersistBatch {
     pub peer_acked: Vec<(String, VersionVector)>,
     /// The key states of this batch, and of every earlier one, must be durable once this
     /// batch is. Storage may otherwise keep key states back and rebuild them after a crash by
-    /// replaying the log ([`Replica::replay`]); this batch logs a write that was *not*
+    /// replaying the log ([`Replica::replay`](crate::Replica::replay)); this batch logs a write that was *not*
     /// applied to its key (quarantined: unknown table or mismatched resolver), which a replay
     /// would wrongly apply.
     pub checkpoint: bool,
@@ -376,7 +376,7 @@ pub enum Alarm {
     },
     /// Reading the durable log to stream to a peer failed (storage error, or entries that
     /// should be there are missing). The read is retried after `retry_ms`, doubling up to
-    /// [`LOG_READ_RETRY_MAX_MS`]; the peer's stream of that origin waits meanwhile.
+    /// [`LOG_READ_RETRY_MAX_MS`](crate::limits::LOG_READ_RETRY_MAX_MS); the peer's stream of that origin waits meanwhile.
     LogReadFailed {
         /// The peer the read was for.
         peer: String,
@@ -483,7 +483,7 @@ pub struct Counters {
     pub writes_overloaded: u64,
 }
 
-/// Why a [`Replica`] could not be built.
+/// Why a [`Replica`](crate::Replica) could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BuildError {
     /// A table names a resolver that is not registered.

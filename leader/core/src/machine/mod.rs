@@ -26,7 +26,7 @@
 //! - `events`: the public vocabulary ([`Event`], [`Effect`], [`Options`], [`Alarm`]...).
 //! - `client`: client writes, flow control, the conflict log, durability waits.
 //! - `persist`: staging and group commit; what a durable batch releases.
-//! - `peer`: [`Peer`](peer::Peer), one other region; connections, hellos, frames.
+//! - `peer`: `Peer`, one other region; connections, hellos, frames.
 //! - `receive`: batches in: gaps and `Resync`, validation, applying replicated writes.
 //! - `stream`: batches out: the log tail, the send window, catch-up, relays.
 //! - `matrix`: heartbeats, lag and the lag matrix.
