@@ -528,7 +528,10 @@ async fn write(
             ));
         }
         Err(RequestError::Write(leader_core::WriteError::Refused(e))) => return Err(refused(e)),
-        Err(RequestError::Write(e @ leader_core::WriteError::Overloaded { .. })) => {
+        Err(RequestError::Write(
+            e @ (leader_core::WriteError::Overloaded { .. }
+            | leader_core::WriteError::Backlogged { .. }),
+        )) => {
             return Err(overloaded(&e));
         }
         Err(RequestError::Write(e @ leader_core::WriteError::InvalidValue { .. })) => {

@@ -855,9 +855,26 @@ fn check_limits(l: &Limits) -> Result<(), Problem> {
     check_bounds(
         "limits",
         &[
-            bound("max_key_bytes", l.max_key_bytes, 1, 64 * 1024),
-            bound("max_value_bytes", l.max_value_bytes, 1, 64 * MIB),
-            bound("max_siblings", l.max_siblings, 1, 4096),
+            // The store itself refuses more than `conflict::limits` (keys, values, siblings):
+            // a larger value here would be accepted at load and refused at every write.
+            bound(
+                "max_key_bytes",
+                l.max_key_bytes,
+                1,
+                wide(conflict::limits::MAX_KEY_BYTES),
+            ),
+            bound(
+                "max_value_bytes",
+                l.max_value_bytes,
+                1,
+                wide(conflict::limits::MAX_VALUE_BYTES),
+            ),
+            bound(
+                "max_siblings",
+                l.max_siblings,
+                1,
+                wide(conflict::limits::MAX_SIBLINGS),
+            ),
             // The transport refuses frame limits above 256 MiB (transport::codec).
             bound("max_frame_bytes", l.max_frame_bytes, 64 * 1024, 256 * MIB),
             bound(

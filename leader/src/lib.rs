@@ -12,6 +12,7 @@
 //! - [`metrics`]: Prometheus text for `/metrics`, recorded by the driver.
 //! - [`api`]: the HTTP/JSON client API (axum), started on a running node; [`api::admin`]: its
 //!   link-control routes for simulations.
+//! - [`resp`]: the RESP (Redis protocol) front end, served on a running node's handle.
 //! - [`status`]: the documents the API answers with about a region (status, digest, conflict
 //!   log, links) as serde types, shared with the programs and tests that read them.
 //! - [`LeaderBuilder`]: how a program embeds a leader and registers its own resolvers.
@@ -40,6 +41,7 @@ pub mod api;
 pub mod config;
 pub mod metrics;
 pub mod node;
+pub mod resp;
 pub mod status;
 pub mod storage;
 
@@ -49,7 +51,7 @@ use std::sync::Arc;
 use conflict::{Registry, Resolver};
 
 pub use leader_core;
-pub use node::{Node, NodeError, NodeHandle, ReadResult, Status, Wiring};
+pub use node::{Node, NodeError, NodeHandle, Pending, ReadResult, Status, Wiring};
 
 /// Builds a region leader: a configuration, the region to run, and the resolvers tables may
 /// name. `lww` and `multi-value` are always registered.

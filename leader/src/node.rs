@@ -317,6 +317,17 @@ pub struct NodeHandle {
     pub(crate) links: Option<Arc<LinkControl>>,
 }
 
+/// The answer to a request handed over with [`NodeHandle::submit_write`].
+#[derive(Debug)]
+pub struct Pending<T>(oneshot::Receiver<T>);
+
+impl<T> Pending<T> {
+    /// Waits for the answer.
+    pub async fn wait(self) -> Result<T, NodeError> {
+        self.0.await.map_err(|_| NodeError::Stopped)
+    }
+}
+
 /// Runtime control of this region's outgoing links (simulations and fault tests).
 #[derive(Debug)]
 pub(crate) struct LinkControl {
@@ -334,12 +345,42 @@ impl NodeHandle {
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> Command,
     ) -> Result<T, NodeError> {
+        self.submit(make).await?.wait().await
+    }
+
+    /// Hands a request to the region's driver without waiting for its answer: requests are
+    /// taken in the order they are submitted.
+    async fn submit<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<Pending<T>, NodeError> {
         let (tx, rx) = oneshot::channel();
         self.commands
             .send(make(tx))
             .await
             .map_err(|_| NodeError::Stopped)?;
-        rx.await.map_err(|_| NodeError::Stopped)
+        Ok(Pending(rx))
+    }
+
+    /// [`NodeHandle::write_with`], handed over now and answered later: writes submitted one
+    /// after another (a client's pipeline) enter the state machine in that order and share
+    /// its group commits, while the caller waits for none of them until it needs the answers.
+    pub async fn submit_write(
+        &self,
+        table: &str,
+        key: &[u8],
+        value: Value,
+        opts: WriteOptions,
+    ) -> Result<Pending<Result<Written, RequestError>>, NodeError> {
+        let (table, key) = (table.to_owned(), key.to_vec());
+        self.submit(|reply| Command::Write {
+            table,
+            key,
+            value,
+            opts,
+            reply,
+        })
+        .await
     }
 
     /// Writes a value (or a tombstone) at durability `local`; resolves when the write is
@@ -371,15 +412,10 @@ impl NodeHandle {
         value: Value,
         opts: WriteOptions,
     ) -> Result<Result<Written, RequestError>, NodeError> {
-        let (table, key) = (table.to_owned(), key.to_vec());
-        self.ask(|reply| Command::Write {
-            table,
-            key,
-            value,
-            opts,
-            reply,
-        })
-        .await
+        self.submit_write(table, key, value, opts)
+            .await?
+            .wait()
+            .await
     }
 
     /// Reads a key's state.

@@ -401,7 +401,19 @@ fn limits_must_be_consistent() {
     assert_eq!(
         err.to_string(),
         "/etc/meridian/regions.toml:4:16: limits.max_siblings: 0 is out of range. use a value \
-         from 1 to 4096"
+         from 1 to 64"
+    );
+    // Past what the store itself accepts (conflict::limits): refused at load, not at every
+    // write.
+    let text = BASE.replace(
+        "tls_dir = \"certs\"\n",
+        "tls_dir = \"certs\"\n[limits]\nmax_value_bytes = 2097152\n",
+    );
+    let err = parse(&text).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "/etc/meridian/regions.toml:4:19: limits.max_value_bytes: 2097152 is out of range. use a \
+         value from 1 to 1048576"
     );
 }
 

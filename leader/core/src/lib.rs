@@ -3,9 +3,25 @@
 //! # Layout
 //! - [`consistency`]: the durability ladder and the lag matrix (rows, clock-offset estimates).
 //! - [`msg`]: the wire messages regions exchange (hello, batch, ack, heartbeat, resync, refuse).
+//! - [`limits`]: the core's own named bounds (queues, retries, alarm rates), each with its
+//!   policy; bounds on keys, values and siblings are `conflict::limits`.
 //! - [`machine`]: [`Replica`], the state machine of one region: it takes [`Event`]s with the
 //!   current [`Time`] and returns [`Effect`]s (persist this batch, send this frame, answer this
 //!   client, read the log, raise an alarm), plus [`Replica::poll_timeout`] for its next timer.
+//!   One type, its methods in rooms by what they do:
+//!   - `machine/mod.rs`: the struct, `new`, `handle`, the timers (`poll_timeout` and the tick
+//!     that serves them), getters, and the invariants checked after every event;
+//!   - `machine/events.rs`: the public vocabulary ([`Event`], [`Effect`], [`Options`],
+//!     [`PersistBatch`], [`WriteReceipt`], [`WriteError`], [`Alarm`], [`Counters`]...);
+//!   - `machine/client.rs`: client writes, flow control, the conflict log, durability waits;
+//!   - `machine/persist.rs`: staging and group commit, and what a durable batch releases;
+//!   - `machine/peer.rs`: `Peer`, one other region (connections, acks, send window), and
+//!     the connection life cycle (hellos, refusals, frames);
+//!   - `machine/receive.rs`: batches in: gaps and `Resync`, validation, applying;
+//!   - `machine/stream.rs`: batches out: the log tail, catch-up from the log, relays;
+//!   - `machine/matrix.rs`: heartbeats, lag, the lag matrix and peer views;
+//!   - `machine/resolvers.rs`: which regions' writes of a table are applied; quarantine;
+//!   - `machine/alarms.rs`: clock skew, causality violations, reused dots.
 //!
 //! # Why a separate crate
 //! The core must never read a clock, touch a socket or the disk, spawn or draw unseeded
@@ -15,6 +31,7 @@
 //! freely. The crate depends on `conflict` and `serde` and nothing that does I/O.
 
 pub mod consistency;
+pub mod limits;
 pub mod machine;
 pub mod msg;
 

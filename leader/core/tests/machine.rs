@@ -1819,3 +1819,33 @@ fn the_queue_of_paced_writes_is_bounded() {
         "a prefix is answered"
     );
 }
+
+/// Client writes accepted and not answered yet are bounded: with the disk stalled, the write
+/// past [`leader_core::limits::MAX_UNANSWERED_WRITES`] is refused at once (`503 overloaded`)
+/// without taking a dot, and the others are all answered once the disk catches up.
+#[test]
+fn unanswered_writes_are_bounded() {
+    let mut w = World::new();
+    w.auto_sync = false;
+    let taken: Vec<u64> = (0..leader_core::limits::MAX_UNANSWERED_WRITES)
+        .map(|i| w.write("a", "default", &format!("k{i}"), Some("v")))
+        .collect();
+    let over = w.write("a", "default", "over", Some("v"));
+    assert_eq!(
+        w.reply("a", over),
+        Some(&Err(WriteError::Backlogged {
+            limit: leader_core::limits::MAX_UNANSWERED_WRITES
+        }))
+    );
+    assert_eq!(w.nodes["a"].replica.counters().writes_overloaded, 1);
+    w.sync("a");
+    w.sync("a");
+    let replies: std::collections::BTreeMap<u64, Seq> = w.nodes["a"]
+        .replies
+        .iter()
+        .filter_map(|(id, r)| Some((*id, r.as_ref().ok()?.dot.seq)))
+        .collect();
+    let seqs: Vec<Seq> = taken.iter().map(|id| replies[id]).collect();
+    let expected: Vec<Seq> = (1..=taken.len() as u64).map(Seq).collect();
+    assert_eq!(seqs, expected, "the refused write took no dot");
+}

@@ -1,0 +1,43 @@
+//! The state machine's own named bounds: every queue, retry and rate limit of the core, each
+//! with its policy. Bounds on keys, values, siblings and names live in [`conflict::limits`];
+//! the tunables an operator sets are in [`crate::Options`] (validated at configuration load
+//! against the bounds here and there).
+
+/// Bound on client writes waiting to be paced ([`crate::Options::pace_lag_writes`]): one more
+/// is refused at once with [`crate::WriteError::Overloaded`], so a flood of clients cannot grow
+/// the queue.
+pub const MAX_PACED_WRITES: usize = 16_384;
+
+/// Bound on client writes this region accepted (each took a dot) and has not answered yet:
+/// staged for the next persistence step, in the step in flight, or durable here and waiting
+/// for other regions to have them durably (`one`, `quorum`, `all`) until their timeout. One
+/// more is refused at once with [`crate::WriteError::Backlogged`] (`503 overloaded`) before
+/// it takes a dot, so neither a slow disk nor a cut link with long timeouts can grow memory
+/// without bound. Replicated writes need no such bound: each peer's are bounded by its send
+/// window ([`crate::Options::peer_window_bytes`]), since it sends no more until we ack, and
+/// we ack only after persisting.
+pub const MAX_UNANSWERED_WRITES: usize = 65_536;
+
+/// First retry delay after a failed log read ([`crate::Alarm::LogReadFailed`]).
+pub const LOG_READ_RETRY_MIN_MS: u64 = 100;
+
+/// Largest retry delay after repeated failed log reads.
+pub const LOG_READ_RETRY_MAX_MS: u64 = 5_000;
+
+/// Minimum interval between two [`crate::Alarm::CausalityViolation`]s (or two reused-dot
+/// [`crate::Alarm::SplitBrain`]s) about one origin region.
+pub const CAUSALITY_ALARM_INTERVAL_MS: u64 = 10_000;
+
+/// Minimum interval between two clock-skew alarms about one region.
+pub const SKEW_ALARM_INTERVAL_MS: u64 = 10_000;
+
+/// Bound on the commit times of this region's own writes kept for lag in milliseconds: 16
+/// bytes each, so 1 MiB. Past it the oldest commit times are dropped and a peer lagging
+/// further back shows the oldest time kept (an underestimate).
+pub const OWN_COMMITS_MAX: usize = 65_536;
+
+/// How long a receiver waits for the answer to a `Resync` before it asks again (the first
+/// may have been lost with a full send queue). Gapped batches that arrive meanwhile are the
+/// rest of a run the sender sent before it saw the request: asking again for each of them
+/// would rewind the sender once per batch in flight, each rewind resending the whole run.
+pub const RESYNC_REPEAT_MS: u64 = 1_000;

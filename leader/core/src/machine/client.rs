@@ -1,0 +1,361 @@
+//! Client writes: flow control (pacing to the slowest in-sync region), stamping and applying
+//! a local write, the conflict log, and the durability waits that answer clients once enough
+//! regions have their write.
+
+use std::collections::BTreeSet;
+
+use conflict::{
+    ApplyOutcome, Dot, Hlc, KeyState, Resolver, ResolverId, Sibling, Value, VersionVector, Write,
+};
+
+use super::persist::PendingReply;
+use super::{
+    ConflictRecord, Effect, MAX_PACED_WRITES, Replica, RequestId, Time, WriteError, WriteReceipt,
+};
+use crate::consistency::Durability;
+use crate::limits::MAX_UNANSWERED_WRITES;
+use crate::msg::LogEntry;
+
+/// The fields of [`Event::ClientWrite`], kept together on their way through the machine.
+#[derive(Debug)]
+pub(super) struct WriteRequest {
+    pub(super) id: RequestId,
+    pub(super) table: String,
+    pub(super) key: Vec<u8>,
+    pub(super) value: Value,
+    pub(super) context: Option<VersionVector>,
+    pub(super) durability: Durability,
+    pub(super) timeout_ms: u64,
+}
+
+/// A durable write waiting for other regions to have it durably too.
+#[derive(Debug)]
+pub(super) struct Wait {
+    pub(super) id: RequestId,
+    pub(super) receipt: WriteReceipt,
+    pub(super) need: usize,
+    pub(super) deadline_ms: u64,
+}
+
+impl Replica {
+    /// Takes a client write now, or queues it behind the writes already paced while an
+    /// in-sync peer lacks too many of ours (see "Flow control" in docs/design.md).
+    pub(super) fn client_write_paced(
+        &mut self,
+        now: Time,
+        req: WriteRequest,
+        out: &mut Vec<Effect>,
+    ) {
+        let pacer = if self.paced.is_empty() {
+            self.paced_by(now)
+        } else {
+            None
+        };
+        if self.paced.is_empty() && pacer.is_none() {
+            return self.client_write(now, req, out);
+        }
+        if self.paced.len() >= MAX_PACED_WRITES {
+            let (peer, lag_writes) = pacer.or_else(|| self.paced_by(now)).unwrap_or_default();
+            return self.refuse_overloaded(req.id, peer, lag_writes, out);
+        }
+        self.counters.writes_paced += 1;
+        let deadline = now.mono_ms.saturating_add(req.timeout_ms);
+        self.paced.push_back((req, deadline));
+    }
+
+    /// Admits paced writes, oldest first, while no in-sync peer lacks too many of ours; then
+    /// refuses those whose timeout has passed.
+    pub(super) fn admit_paced(&mut self, now: Time, out: &mut Vec<Effect>) {
+        while !self.paced.is_empty() {
+            match self.paced_by(now) {
+                None => {
+                    let (req, _) = self.paced.pop_front().expect("not empty");
+                    self.client_write(now, req, out);
+                }
+                Some((peer, lag_writes)) => {
+                    while let Some(i) = self.paced.iter().position(|(_, d)| *d <= now.mono_ms) {
+                        let (req, _) = self.paced.remove(i).expect("position is in range");
+                        self.refuse_overloaded(req.id, peer.clone(), lag_writes, out);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn refuse_overloaded(&mut self, id: RequestId, peer: String, lag: u64, out: &mut Vec<Effect>) {
+        self.counters.writes_overloaded += 1;
+        let result = Err(WriteError::Overloaded {
+            peer,
+            lag_writes: lag,
+            limit: self.opts.pace_lag_writes,
+        });
+        out.push(Effect::Reply { id, result });
+    }
+
+    /// The in-sync peer (and how many of our writes it lacks) that the next client write must
+    /// wait for, if any; updates which peers are in sync. A peer is in sync while connected,
+    /// making progress on our writes, and lacking no more than [`Options::pace_lag_writes`]
+    /// of them since it last caught up. Like Kafka's in-sync replicas: a peer that fell
+    /// behind while away catches up without stopping writes here, and paces them once it has.
+    fn paced_by(&mut self, now: Time) -> Option<(String, u64)> {
+        let limit = self.opts.pace_lag_writes;
+        if limit == 0 {
+            return None;
+        }
+        let own = self.opts.replica;
+        let mut pacer: Option<(String, u64)> = None;
+        for (name, peer) in &mut self.peers {
+            let acked = peer.acked.get(own);
+            // A stall whose recorded position is not the current ack is stale: the peer has
+            // progressed since `update_lag` last looked.
+            let stalled = peer.stalled.get(&own).is_some_and(|s| {
+                s.acked == acked
+                    && now.mono_ms.saturating_sub(s.since_ms) >= self.opts.relay_delay_ms
+            });
+            if peer.active.is_none() || stalled {
+                peer.in_sync = false;
+                continue;
+            }
+            let lag = self.own_seq.0.saturating_sub(acked.0);
+            if lag <= limit {
+                peer.in_sync = true;
+            }
+            if peer.in_sync && lag >= limit && pacer.as_ref().is_none_or(|(_, l)| lag > *l) {
+                pacer = Some((name.clone(), lag));
+            }
+        }
+        pacer
+    }
+
+    fn client_write(&mut self, now: Time, req: WriteRequest, out: &mut Vec<Effect>) {
+        let WriteRequest {
+            id,
+            table,
+            key,
+            value,
+            context,
+            durability,
+            timeout_ms,
+        } = req;
+        if self.unanswered_writes() >= MAX_UNANSWERED_WRITES {
+            self.counters.writes_overloaded += 1;
+            let result = Err(WriteError::Backlogged {
+                limit: MAX_UNANSWERED_WRITES,
+            });
+            out.push(Effect::Reply { id, result });
+            return;
+        }
+        let Some(resolver) = self.resolvers.get(&table).cloned() else {
+            let result = Err(WriteError::UnknownTable(table));
+            out.push(Effect::Reply { id, result });
+            return;
+        };
+        if let Value::Bytes(bytes) = &value
+            && let Err(e) = resolver.check_value(bytes)
+        {
+            let result = Err(WriteError::InvalidValue {
+                table,
+                reason: e.reason,
+            });
+            out.push(Effect::Reply { id, result });
+            return;
+        }
+        let slot = (table, key);
+        let empty = KeyState::default();
+        let state = self.keys.get(&slot).unwrap_or(&empty);
+        let after = state.siblings_after(context.as_ref().unwrap_or(&state.context));
+        if after > self.opts.max_siblings {
+            let max = self.opts.max_siblings;
+            let result = Err(WriteError::TooManySiblings { count: after, max });
+            out.push(Effect::Reply { id, result });
+            return;
+        }
+        let dot = Dot {
+            replica: self.opts.replica,
+            seq: self.own_seq.next(),
+        };
+        // prepare_write stamps above every sibling of the key (the per-key causality rule).
+        // A refused write still consumed a tick, which is harmless: HLCs only need to grow.
+        let tick = self.clock.tick(now.wall_ms);
+        let mut write = match state.prepare_write(dot, tick, context.as_ref(), value) {
+            Ok(w) => w,
+            Err(e) => {
+                out.push(Effect::Reply {
+                    id,
+                    result: Err(WriteError::Refused(e)),
+                });
+                return;
+            }
+        };
+        if self.wall_clock_stamps {
+            write.hlc = Hlc::new(now.wall_ms, 0);
+        }
+        if self.context_overflows(&slot.0, &slot.1, &write) {
+            self.counters.context_overflows += 1;
+            let result = Err(WriteError::ContextTooLarge {
+                max: conflict::MAX_VV_ENTRIES,
+            });
+            out.push(Effect::Reply { id, result });
+            return;
+        }
+        self.own_seq = dot.seq;
+        let hlc = write.hlc;
+        if !self.stable.contains_key(&slot) {
+            // The key's own writes are all durable (an entry would exist otherwise): its
+            // current state is what readers keep seeing until this write is durable too.
+            let before = self.keys.get(&slot).cloned().unwrap_or_default();
+            self.stable.insert(slot.clone(), before);
+        }
+        let (table, key) = slot;
+        let conflict = self.apply(now, &table, &key, &write, resolver.as_ref());
+        self.received.add_dot(&dot);
+        let context = self.keys[&(table.clone(), key.clone())].context.clone();
+        let receipt = WriteReceipt {
+            dot,
+            hlc,
+            context,
+            conflict,
+            durability,
+            durable_in: Vec::new(),
+            timed_out: false,
+        };
+        self.counters.client_writes += 1;
+        self.staged.replies.push(PendingReply {
+            id,
+            receipt,
+            timeout_ms,
+        });
+        self.staged.log.push(LogEntry { table, key, write });
+    }
+
+    /// Applies a write to a key's in-memory state and stages the key for persistence.
+    /// Returns whether the write met concurrent siblings (a conflict, now logged).
+    pub(super) fn apply(
+        &mut self,
+        now: Time,
+        table: &str,
+        key: &[u8],
+        w: &Write,
+        r: &dyn Resolver,
+    ) -> bool {
+        let slot = (table.to_owned(), key.to_vec());
+        let state = self.keys.entry(slot.clone()).or_default();
+        let outcome = state.apply(w, r);
+        let conflict = match &outcome {
+            ApplyOutcome::Ignored => return false,
+            ApplyOutcome::Applied { concurrent, .. } => {
+                (!concurrent.is_empty()).then(|| concurrent.clone())
+            }
+        };
+        self.staged.keys.insert(slot);
+        if let Some(concurrent) = conflict {
+            // What readers see now, for the conflict log only: not worth computing otherwise.
+            let resolved = self.keys[&(table.to_owned(), key.to_vec())].resolve(r);
+            self.record_conflict(now, table, key, w, &concurrent, r, &resolved);
+            return true;
+        }
+        false
+    }
+
+    #[allow(clippy::too_many_arguments, reason = "one conflict's facts")]
+    fn record_conflict(
+        &mut self,
+        now: Time,
+        table: &str,
+        key: &[u8],
+        w: &Write,
+        concurrent: &[Sibling],
+        r: &dyn Resolver,
+        resolved: &conflict::Resolved,
+    ) {
+        let state = &self.keys[&(table.to_owned(), key.to_vec())];
+        let live: BTreeSet<Dot> = state.siblings.iter().map(|s| s.dot).collect();
+        let mut siblings = vec![(w.dot, w.hlc, live.contains(&w.dot))];
+        siblings.extend(
+            concurrent
+                .iter()
+                .map(|s| (s.dot, s.hlc, live.contains(&s.dot))),
+        );
+        let outcome = match resolved {
+            conflict::Resolved::Absent => "absent (a tombstone won)".to_owned(),
+            conflict::Resolved::Value(_) => {
+                let winners: Vec<String> = live.iter().map(|d| self.dot_name(d)).collect();
+                format!("resolved to one value (kept {})", winners.join(", "))
+            }
+            conflict::Resolved::Siblings(s) => format!("{} siblings kept for readers", s.len()),
+        };
+        self.counters.conflicts += 1;
+        if self.conflicts.len() >= self.opts.conflict_log_capacity {
+            self.conflicts.pop_front();
+        }
+        self.conflicts.push_back(ConflictRecord {
+            id: self.next_conflict_id,
+            detected_ms: now.wall_ms,
+            table: table.to_owned(),
+            key: key.to_vec(),
+            resolver: ResolverId::of(r).to_string(),
+            siblings,
+            outcome,
+        });
+        self.next_conflict_id += 1;
+    }
+
+    fn dot_name(&self, dot: &Dot) -> String {
+        match self.replicas.get(&dot.replica) {
+            Some(region) => format!("{region}:{}", dot.seq.0),
+            None => format!("{}:{}", dot.replica, dot.seq.0),
+        }
+    }
+
+    /// Client writes accepted (they took a dot) and not answered yet: staged for the next
+    /// persistence step, in the step in flight, or durable here and waiting for other regions.
+    /// Each is in exactly one of the three; [`MAX_UNANSWERED_WRITES`] bounds them together.
+    pub(super) fn unanswered_writes(&self) -> usize {
+        let in_flight = self.in_flight.as_ref().map_or(0, |f| f.replies.len());
+        self.staged.replies.len() + in_flight + self.waits.len()
+    }
+
+    /// Answers every durability wait that is met or past its deadline.
+    pub(super) fn check_waits(&mut self, now: Time, out: &mut Vec<Effect>) {
+        if self.waits.is_empty() {
+            return;
+        }
+        let waits = std::mem::take(&mut self.waits);
+        for mut w in waits {
+            let have = self.durable_at(&w.receipt.dot);
+            let met = have.len() > w.need;
+            if !met && now.mono_ms < w.deadline_ms {
+                self.waits.push(w);
+                continue;
+            }
+            w.receipt.timed_out = !met;
+            w.receipt.durable_in = have;
+            out.push(Effect::Reply {
+                id: w.id,
+                result: Ok(w.receipt),
+            });
+        }
+    }
+
+    /// Regions known to have `dot` durably: this one first, then peers by name. A peer counts
+    /// when its own ack says so, or when its latest matrix row (maybe relayed by a third
+    /// region) does: both report durable applies only.
+    fn durable_at(&self, dot: &Dot) -> Vec<String> {
+        let mut regions = Vec::new();
+        if self.durable.covers(dot) {
+            regions.push(self.opts.region.clone());
+        }
+        for (name, p) in &self.peers {
+            let by_row = self
+                .matrix
+                .rows
+                .get(name)
+                .is_some_and(|(r, _)| r.applied.covers(dot));
+            if p.acked.covers(dot) || by_row {
+                regions.push(name.clone());
+            }
+        }
+        regions
+    }
+}

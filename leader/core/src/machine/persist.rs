@@ -1,0 +1,188 @@
+//! Persistence and group commit: what is staged for the next [`Effect::Persist`], the one
+//! batch in flight, and what becomes true once it is durable (replies, acks, the log tail).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use conflict::{Dot, KeyState, ReplicaId, Seq, VersionVector};
+
+use super::client::Wait;
+use super::{Effect, PersistBatch, Quarantined, Replica, RequestId, Time, WriteReceipt};
+use crate::limits::OWN_COMMITS_MAX;
+use crate::msg::LogEntry;
+
+/// A write waiting for its persistence step, with the client to answer.
+#[derive(Debug)]
+pub(super) struct PendingReply {
+    pub(super) id: RequestId,
+    pub(super) receipt: WriteReceipt,
+    pub(super) timeout_ms: u64,
+}
+
+/// Work accumulated for the next persistence step.
+#[derive(Debug, Default)]
+pub(super) struct Staged {
+    pub(super) keys: BTreeSet<(String, Vec<u8>)>,
+    pub(super) log: Vec<LogEntry>,
+    pub(super) replies: Vec<PendingReply>,
+    pub(super) replicas: Vec<(ReplicaId, String)>,
+    /// A staged log entry was quarantined: see [`PersistBatch::checkpoint`].
+    pub(super) checkpoint: bool,
+    pub(super) quarantined: Vec<Quarantined>,
+    pub(super) released: Vec<Dot>,
+}
+
+/// A persistence step in flight.
+#[derive(Debug)]
+pub(super) struct InFlight {
+    pub(super) id: u64,
+    pub(super) log: Vec<LogEntry>,
+    pub(super) replies: Vec<PendingReply>,
+    pub(super) applied: VersionVector,
+    /// The states, as this batch writes them, of the keys that readers are served from
+    /// [`Replica::read`]'s durable copy: they become that copy when the batch is durable.
+    pub(super) stable: Vec<((String, Vec<u8>), KeyState)>,
+}
+
+impl Replica {
+    /// Issues the next persistence step if none is outstanding and anything is staged.
+    pub(super) fn flush(&mut self, out: &mut Vec<Effect>) {
+        if self.in_flight.is_some() {
+            return;
+        }
+        let dirty_peers: Vec<(String, VersionVector)> = self
+            .peers
+            .iter_mut()
+            .filter(|(_, p)| p.acked_dirty)
+            .map(|(name, p)| {
+                p.acked_dirty = false;
+                (name.clone(), p.acked.clone())
+            })
+            .collect();
+        let staged = std::mem::take(&mut self.staged);
+        self.debug_check_staged_log(&staged.log);
+        if staged.keys.is_empty()
+            && staged.log.is_empty()
+            && staged.released.is_empty()
+            && dirty_peers.is_empty()
+        {
+            self.staged = staged;
+            return;
+        }
+        let mut stable = Vec::new();
+        let keys = staged
+            .keys
+            .into_iter()
+            .map(|slot| {
+                let state = self.keys.get(&slot).cloned().unwrap_or_default();
+                if self.stable.contains_key(&slot) {
+                    stable.push((slot.clone(), state.clone()));
+                }
+                (slot.0, slot.1, state)
+            })
+            .collect();
+        let id = self.next_persist_id;
+        self.next_persist_id += 1;
+        self.counters.persists += 1;
+        let batch = PersistBatch {
+            id,
+            keys,
+            log: staged.log.clone(),
+            applied: self.received.clone(),
+            own_seq: self.own_seq,
+            hlc_high: self.clock.last(),
+            replicas: staged.replicas,
+            peer_acked: dirty_peers,
+            checkpoint: staged.checkpoint,
+            quarantined: staged.quarantined,
+            released: staged.released,
+        };
+        self.in_flight = Some(InFlight {
+            id,
+            log: staged.log,
+            replies: staged.replies,
+            applied: self.received.clone(),
+            stable,
+        });
+        out.push(Effect::Persist(batch));
+    }
+
+    pub(super) fn persisted(&mut self, now: Time, id: u64, out: &mut Vec<Effect>) {
+        let Some(done) = self.in_flight.take_if(|f| f.id == id) else {
+            return;
+        };
+        self.durable.join(&done.applied);
+        let own = self.opts.replica;
+        for (slot, state) in done.stable {
+            let pending = self
+                .keys
+                .get(&slot)
+                .is_some_and(|s| s.context.get(own) > self.durable.get(own));
+            if pending {
+                self.stable.insert(slot, state);
+            } else {
+                self.stable.remove(&slot);
+            }
+        }
+        let regions = self.opts.peers.len() + 1;
+        for reply in done.replies {
+            let need = reply.receipt.durability.peers_needed(regions);
+            let deadline_ms = now.mono_ms.saturating_add(reply.timeout_ms);
+            self.waits.push(Wait {
+                id: reply.id,
+                receipt: reply.receipt,
+                need,
+                deadline_ms,
+            });
+        }
+        self.check_waits(now, out);
+        for entry in done.log {
+            if entry.write.dot.replica == self.opts.replica {
+                if self.own_commits.len() == OWN_COMMITS_MAX {
+                    self.own_commits.pop_front();
+                }
+                self.own_commits.push_back((entry.seq(), now.mono_ms));
+            }
+            self.tail
+                .entry(entry.write.dot.replica)
+                .or_default()
+                .push(entry, self.opts.log_tail_bytes);
+        }
+        let names: Vec<String> = self.peers.keys().cloned().collect();
+        for name in names {
+            self.send_ack(&name, out);
+            self.update_lag(now, &name);
+            self.pump(&name, now, out);
+        }
+    }
+
+    /// A batch's log holds, per origin, exactly the writes applied since the last batch:
+    /// the contiguous run after what is durable up to what is received. Storage appends it to
+    /// the per-origin log, which must stay gap-free (debug builds only).
+    fn debug_check_staged_log(&self, log: &[LogEntry]) {
+        if !cfg!(debug_assertions) {
+            return;
+        }
+        let mut next: BTreeMap<ReplicaId, Seq> = BTreeMap::new();
+        for e in log {
+            let origin = e.write.dot.replica;
+            let expected = *next
+                .entry(origin)
+                .or_insert_with(|| self.durable.get(origin).next());
+            debug_assert_eq!(
+                e.seq(),
+                expected,
+                "persisted batches are contiguous per origin"
+            );
+            next.insert(origin, e.seq().next());
+        }
+        for (origin, received) in self.received.iter() {
+            let upto = next
+                .get(&origin)
+                .map_or(self.durable.get(origin), |n| Seq(n.0 - 1));
+            debug_assert_eq!(
+                upto, received,
+                "a batch logs every write received since the last"
+            );
+        }
+    }
+}

@@ -1,0 +1,494 @@
+//! What each command does. Names are matched case-insensitively, as Redis does; arity and
+//! argument errors use Redis's wording so clients report them as they would Redis's.
+
+use bytes::Bytes;
+use conflict::{Resolved, Value};
+use leader_core::WriteError;
+
+use super::conn::Connection;
+use super::reply::Reply;
+use crate::node::{Pending, ReadResult, RequestError, WriteOptions, Written};
+
+/// The answer to one command of a pipeline: given now, or once the writes it submitted are
+/// durable.
+pub(super) enum Step {
+    /// Answered.
+    Now(Reply),
+    /// Answered with `+OK` (or the first error) once every write is durable.
+    Writes(Vec<Pending<Result<Written, RequestError>>>, Reply),
+    /// `QUIT`: answered, then the connection closes.
+    Quit(Reply),
+}
+
+impl Step {
+    /// The reply, once it is known.
+    pub(super) async fn finish(self) -> Reply {
+        match self {
+            Step::Now(r) | Step::Quit(r) => r,
+            Step::Writes(pending, done) => {
+                let mut first_error = None;
+                for p in pending {
+                    let answer = match p.wait().await {
+                        Ok(Ok(_)) => continue,
+                        Ok(Err(RequestError::Write(e))) => write_error(&e),
+                        Ok(Err(RequestError::Behind(b))) => Reply::err(b),
+                        Err(e) => Reply::err(e),
+                    };
+                    first_error.get_or_insert(answer);
+                }
+                first_error.unwrap_or(done)
+            }
+        }
+    }
+}
+
+/// Whether a command only submits writes (it needs no answer from earlier writes first).
+pub(super) fn only_submits(name: &[u8]) -> bool {
+    name.eq_ignore_ascii_case(b"SET") || name.eq_ignore_ascii_case(b"MSET")
+}
+
+/// The commands this front end answers, for `COMMAND COUNT` and the docs.
+pub(super) const COMMANDS: &[&str] = &[
+    "PING", "ECHO", "HELLO", "AUTH", "SELECT", "CLIENT", "QUIT", "RESET", "COMMAND", "CONFIG",
+    "INFO", "GET", "SET", "MGET", "MSET", "DEL", "UNLINK", "EXISTS",
+];
+
+fn write_error(e: &WriteError) -> Reply {
+    match e {
+        // The client may retry at once, or write at another region.
+        WriteError::Overloaded { .. } => Reply::Error(format!("TRYAGAIN {e}")),
+        other => Reply::err(other),
+    }
+}
+
+fn arity(name: &str) -> Reply {
+    Reply::err(format!(
+        "wrong number of arguments for '{}' command",
+        name.to_ascii_lowercase()
+    ))
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Matches `pattern` (`*` for any run, `?` for one character, as Redis's glob) against `s`.
+fn glob(pattern: &[u8], s: &[u8]) -> bool {
+    match (pattern.first(), s.first()) {
+        (None, None) => true,
+        (Some(b'*'), _) => glob(&pattern[1..], s) || (!s.is_empty() && glob(pattern, &s[1..])),
+        (Some(b'?'), Some(_)) => glob(&pattern[1..], &s[1..]),
+        (Some(p), Some(c)) if p.eq_ignore_ascii_case(c) => glob(&pattern[1..], &s[1..]),
+        _ => false,
+    }
+}
+
+impl Connection {
+    /// Runs one command (its name is `args[0]`, never empty).
+    pub(super) async fn execute(&mut self, args: Vec<Bytes>) -> Step {
+        let name = text(&args[0]).to_ascii_uppercase();
+        let free = matches!(name.as_str(), "AUTH" | "HELLO" | "QUIT" | "RESET");
+        if !self.authed && !free {
+            return Step::Now(Reply::Error("NOAUTH Authentication required.".into()));
+        }
+        let a = &args[1..];
+        let reply = match name.as_str() {
+            "PING" => match a {
+                [] => Reply::Simple("PONG"),
+                [msg] => Reply::Bulk(msg.clone()),
+                _ => arity(&name),
+            },
+            "ECHO" => match a {
+                [msg] => Reply::Bulk(msg.clone()),
+                _ => arity(&name),
+            },
+            "QUIT" => return Step::Quit(Reply::OK),
+            "RESET" => {
+                self.resp3 = false;
+                self.db = 0;
+                self.name = None;
+                self.authed = self.settings.token.is_none();
+                Reply::Simple("RESET")
+            }
+            "AUTH" => match a {
+                [password] => self.auth(b"default", password),
+                [user, password] => self.auth(user, password),
+                _ => arity(&name),
+            },
+            "HELLO" => self.hello(a),
+            "SELECT" => match a {
+                [n] => self.select(n),
+                _ => arity(&name),
+            },
+            "CLIENT" => self.client(a),
+            "COMMAND" => command(a),
+            "CONFIG" => self.config(a),
+            "INFO" => self.info(a).await,
+            "GET" => match a {
+                [key] => self.get(key).await,
+                _ => arity(&name),
+            },
+            "MGET" if !a.is_empty() => {
+                let mut values = Vec::with_capacity(a.len());
+                for key in a {
+                    values.push(match self.get(key).await {
+                        // MGET answers nil for what GET refuses (Redis: for a non-string).
+                        Reply::Error(_) => Reply::Null,
+                        value => value,
+                    });
+                }
+                Reply::Array(values)
+            }
+            "SET" => match a {
+                [key, value] => return self.set(&[(key.clone(), value.clone())]).await,
+                [_, _, option, ..] => Reply::err(format!(
+                    "SET option '{}' is not supported: Meridian keys do not expire and writes are not conditional (every region takes writes at once); use plain SET",
+                    text(option)
+                )),
+                _ => arity(&name),
+            },
+            "MSET" if !a.is_empty() && a.len().is_multiple_of(2) => {
+                let pairs: Vec<(Bytes, Bytes)> = a
+                    .chunks(2)
+                    .map(|kv| (kv[0].clone(), kv[1].clone()))
+                    .collect();
+                return self.set(&pairs).await;
+            }
+            "DEL" | "UNLINK" if !a.is_empty() => return self.delete(a).await,
+            "EXISTS" if !a.is_empty() => {
+                let mut n = 0;
+                for key in a {
+                    n += i64::from(self.live(key).await);
+                }
+                Reply::Int(n)
+            }
+            "MGET" | "MSET" | "DEL" | "UNLINK" | "EXISTS" => arity(&name),
+            _ => {
+                let shown: Vec<String> =
+                    a.iter().take(3).map(|x| format!("'{}'", text(x))).collect();
+                Reply::err(format!(
+                    "unknown command '{}', with args beginning with: {}",
+                    text(&args[0]),
+                    shown.join(" ")
+                ))
+            }
+        };
+        Step::Now(reply)
+    }
+
+    fn table(&self) -> &str {
+        &self.settings.databases[self.db]
+    }
+
+    fn auth(&mut self, user: &[u8], password: &[u8]) -> Reply {
+        let Some(token) = &self.settings.token else {
+            return Reply::err(
+                "AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
+            );
+        };
+        if user == b"default" && password == token.as_bytes() {
+            self.authed = true;
+            Reply::OK
+        } else {
+            Reply::Error("WRONGPASS invalid username-password pair or user is disabled.".into())
+        }
+    }
+
+    fn hello(&mut self, a: &[Bytes]) -> Reply {
+        let mut rest = a;
+        let mut resp3 = self.resp3;
+        if let [version, tail @ ..] = a {
+            match version.as_ref() {
+                b"2" => resp3 = false,
+                b"3" => resp3 = true,
+                _ => return Reply::Error("NOPROTO unsupported protocol version".into()),
+            }
+            rest = tail;
+        }
+        let mut name = None;
+        while let [option, tail @ ..] = rest {
+            match (text(option).to_ascii_uppercase().as_str(), tail) {
+                ("AUTH", [user, password, more @ ..]) => {
+                    if let Reply::Error(e) = self.auth(user, password) {
+                        return Reply::Error(e);
+                    }
+                    rest = more;
+                }
+                ("SETNAME", [n, more @ ..]) => {
+                    name = Some(text(n));
+                    rest = more;
+                }
+                (other, _) => return Reply::err(format!("syntax error in HELLO option '{other}'")),
+            }
+        }
+        if !self.authed {
+            return Reply::Error("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time".into());
+        }
+        self.resp3 = resp3;
+        if name.is_some() {
+            self.name = name;
+        }
+        Reply::Map(vec![
+            (Reply::text("server"), Reply::text("meridian")),
+            (
+                Reply::text("version"),
+                Reply::text(env!("CARGO_PKG_VERSION")),
+            ),
+            (Reply::text("proto"), Reply::Int(if resp3 { 3 } else { 2 })),
+            (Reply::text("id"), Reply::Int(self.id as i64)),
+            (Reply::text("mode"), Reply::text("standalone")),
+            (Reply::text("role"), Reply::text("master")),
+            (Reply::text("modules"), Reply::Array(Vec::new())),
+        ])
+    }
+
+    fn select(&mut self, n: &[u8]) -> Reply {
+        let index = std::str::from_utf8(n)
+            .ok()
+            .and_then(|s| s.parse::<usize>().ok());
+        match index {
+            Some(i) if i < self.settings.databases.len() => {
+                self.db = i;
+                Reply::OK
+            }
+            Some(_) => Reply::err(format!(
+                "DB index is out of range: this region has databases 0..={} ({}), set in regions.toml [resp] databases",
+                self.settings.databases.len() - 1,
+                self.settings.databases.join(", ")
+            )),
+            None => Reply::err("value is not an integer or out of range"),
+        }
+    }
+
+    fn client(&mut self, a: &[Bytes]) -> Reply {
+        let Some((sub, rest)) = a.split_first() else {
+            return arity("client");
+        };
+        match (text(sub).to_ascii_uppercase().as_str(), rest) {
+            ("ID", []) => Reply::Int(self.id as i64),
+            ("GETNAME", []) => self.name.clone().map_or(Reply::Null, Reply::text),
+            ("SETNAME", [n]) => {
+                if n.iter().any(|b| *b == b' ' || *b == b'\n') {
+                    return Reply::err(
+                        "Client names cannot contain spaces, newlines or special characters.",
+                    );
+                }
+                self.name = (!n.is_empty()).then(|| text(n));
+                Reply::OK
+            }
+            // Client libraries announce themselves (redis-py, go-redis); nothing to keep.
+            ("SETINFO", [_, _]) => Reply::OK,
+            (other, _) => Reply::err(format!(
+                "unknown subcommand or wrong number of arguments for 'CLIENT|{other}'; Meridian answers CLIENT ID, GETNAME, SETNAME, SETINFO"
+            )),
+        }
+    }
+
+    fn config(&self, a: &[Bytes]) -> Reply {
+        let [sub, patterns @ ..] = a else {
+            return arity("config");
+        };
+        if !sub.eq_ignore_ascii_case(b"GET") || patterns.is_empty() {
+            return Reply::err(
+                "Meridian answers CONFIG GET only; its configuration is regions.toml",
+            );
+        }
+        // What redis-benchmark and redis-cli ask for, answered truthfully: every write is
+        // logged and fsynced before it is answered.
+        let known = [
+            ("appendonly", "yes".to_owned()),
+            ("appendfsync", "always".to_owned()),
+            ("save", String::new()),
+            ("databases", self.settings.databases.len().to_string()),
+        ];
+        let pairs = known
+            .into_iter()
+            .filter(|(k, _)| patterns.iter().any(|p| glob(p, k.as_bytes())))
+            .map(|(k, v)| (Reply::text(k), Reply::text(v)))
+            .collect();
+        Reply::Map(pairs)
+    }
+
+    async fn info(&self, a: &[Bytes]) -> Reply {
+        let want = |section: &str| {
+            a.is_empty()
+                || a.iter().any(|s| {
+                    s.eq_ignore_ascii_case(section.as_bytes())
+                        || s.eq_ignore_ascii_case(b"all")
+                        || s.eq_ignore_ascii_case(b"everything")
+                })
+        };
+        let mut text = String::new();
+        if want("server") {
+            text.push_str(&format!(
+                "# Server\r\nredis_version:7.2.0\r\nmeridian_version:{}\r\nredis_mode:standalone\r\nmeridian_region:{}\r\n\r\n",
+                env!("CARGO_PKG_VERSION"),
+                self.node.region()
+            ));
+        }
+        if want("replication") {
+            let status = match self.node.status().await {
+                Ok(s) => s,
+                Err(e) => return Reply::err(e),
+            };
+            // Every region takes writes (multi-leader): each is a master to the others.
+            text.push_str(&format!(
+                "# Replication\r\nrole:master\r\nconnected_slaves:{}\r\n",
+                status.peers.iter().filter(|p| p.connected).count()
+            ));
+            for (i, p) in status.peers.iter().enumerate() {
+                text.push_str(&format!(
+                    "slave{i}:region={},state={},lag_writes={},lag_ms={}\r\n",
+                    p.region,
+                    if p.connected {
+                        "online"
+                    } else {
+                        "disconnected"
+                    },
+                    p.lag_writes,
+                    p.lag_ms
+                ));
+            }
+            text.push_str("\r\n");
+        }
+        if want("keyspace") {
+            text.push_str("# Keyspace\r\n");
+            for (i, table) in self.settings.databases.iter().enumerate() {
+                text.push_str(&format!("db{i}:table={table}\r\n"));
+            }
+        }
+        Reply::text(text)
+    }
+
+    /// Reads `key` of the selected table: its value, nil, or an error for siblings.
+    async fn get(&self, key: &[u8]) -> Reply {
+        let table = self.table().to_owned();
+        let (state, resolver) = match self.node.read(&table, key).await {
+            Ok(ReadResult::Found {
+                state, resolver, ..
+            }) => (state, resolver),
+            Ok(ReadResult::UnknownTable) => {
+                return Reply::err(format!("table '{table}' is not configured here"));
+            }
+            Err(e) => return Reply::err(e),
+        };
+        let counter = self
+            .settings
+            .resolvers
+            .get(&table)
+            .is_some_and(|r| r == "counter");
+        match state.resolve(resolver.as_ref()) {
+            Resolved::Absent => Reply::Null,
+            Resolved::Value(v) if counter => {
+                Reply::text(conflict::examples::Counter::total(&v).to_string())
+            }
+            Resolved::Value(v) => Reply::Bulk(Bytes::from(v)),
+            Resolved::Siblings(s) => Reply::Error(format!(
+                "MULTIVALUE the key has {} concurrent values (siblings) in table '{table}'; read them with GET /v1/kv/{table}/<key>?siblings=true over HTTP and write back with their context to resolve them",
+                s.len()
+            )),
+        }
+    }
+
+    /// Whether `key` of the selected table has a live value (or siblings).
+    async fn live(&self, key: &[u8]) -> bool {
+        match self.node.read(self.table(), key).await {
+            Ok(ReadResult::Found {
+                state, resolver, ..
+            }) => !matches!(state.resolve(resolver.as_ref()), Resolved::Absent),
+            _ => false,
+        }
+    }
+
+    /// Checks a key's and a value's size against the limits.
+    fn check(&self, key: &[u8], value: Option<&[u8]>) -> Result<(), Reply> {
+        let s = &self.settings;
+        if key.is_empty() || key.len() > s.max_key_bytes {
+            return Err(Reply::err(format!(
+                "key of {} bytes: keys are 1 to {} bytes (max_key_bytes)",
+                key.len(),
+                s.max_key_bytes
+            )));
+        }
+        if let Some(v) = value
+            && v.len() > s.max_value_bytes
+        {
+            return Err(Reply::err(format!(
+                "value of {} bytes is above max_value_bytes ({})",
+                v.len(),
+                s.max_value_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// Submits blind writes of `pairs`, answered `+OK` once all are durable.
+    async fn set(&self, pairs: &[(Bytes, Bytes)]) -> Step {
+        for (key, value) in pairs {
+            if let Err(e) = self.check(key, Some(value)) {
+                return Step::Now(e);
+            }
+        }
+        let mut pending = Vec::with_capacity(pairs.len());
+        for (key, value) in pairs {
+            let value = Value::Bytes(value.to_vec());
+            match self
+                .node
+                .submit_write(self.table(), key, value, WriteOptions::default())
+                .await
+            {
+                Ok(p) => pending.push(p),
+                Err(e) => return Step::Now(Reply::err(e)),
+            }
+        }
+        Step::Writes(pending, Reply::OK)
+    }
+
+    /// Deletes the live keys among `keys` (tombstones); answers how many there were.
+    async fn delete(&self, keys: &[Bytes]) -> Step {
+        let mut pending = Vec::new();
+        for key in keys {
+            if let Err(e) = self.check(key, None) {
+                return Step::Now(e);
+            }
+            if !self.live(key).await {
+                continue;
+            }
+            match self
+                .node
+                .submit_write(self.table(), key, Value::Tombstone, WriteOptions::default())
+                .await
+            {
+                Ok(p) => pending.push(p),
+                Err(e) => return Step::Now(Reply::err(e)),
+            }
+        }
+        let n = pending.len() as i64;
+        Step::Writes(pending, Reply::Int(n))
+    }
+}
+
+/// `COMMAND`, `COMMAND COUNT`, `COMMAND DOCS`: enough for `redis-cli` to start.
+fn command(a: &[Bytes]) -> Reply {
+    match a.first().map(|s| text(s).to_ascii_uppercase()).as_deref() {
+        None | Some("INFO") => Reply::Array(Vec::new()),
+        Some("COUNT") => Reply::Int(COMMANDS.len() as i64),
+        Some("DOCS") => Reply::Map(Vec::new()),
+        Some(other) => Reply::err(format!("unknown subcommand 'COMMAND|{other}'")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob;
+
+    #[test]
+    fn glob_matches_as_redis_does() {
+        assert!(glob(b"*", b"save"));
+        assert!(glob(b"app*", b"appendonly"));
+        assert!(glob(b"s?ve", b"save"));
+        assert!(glob(b"SAVE", b"save"));
+        assert!(!glob(b"app*x", b"appendonly"));
+        assert!(!glob(b"save", b"saves"));
+    }
+}
