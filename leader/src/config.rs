@@ -94,6 +94,8 @@ pub struct Config {
     pub durability: BTreeMap<String, Durability>,
     /// WAN links for `meridian simulate`; empty when the file has no `[simulation]`.
     pub simulation: Simulation,
+    /// The Redis-protocol front end (`[resp]`): which table each database number is.
+    pub resp: Resp,
     /// The file this was read from, absolute. Errors name it, relative paths resolved against
     /// its directory, and `meridian certs init --config` is told to use it.
     pub source: PathBuf,
@@ -114,7 +116,24 @@ pub struct RegionConfig {
     /// The region's data directory (redb store, replica id); absolute. Defaults to
     /// `data/<name>` next to the configuration file.
     pub data_dir: PathBuf,
+    /// Where the region speaks the Redis protocol (RESP2/RESP3), if anywhere. Same rules as
+    /// `api_addr`.
+    pub resp_addr: Option<SocketAddr>,
 }
+
+/// The `[resp]` section: how the Redis-protocol front end maps `SELECT n` to tables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resp {
+    /// Database `n` is table `databases[n]`. Defaults to `default` as database 0, then the
+    /// other tables in name order.
+    pub databases: Vec<String>,
+    /// Redis connections served at once per region (default 10 000, as Redis's `maxclients`);
+    /// one more is told so and closed.
+    pub max_connections: usize,
+}
+
+/// Default of [`Resp::max_connections`].
+pub const RESP_MAX_CONNECTIONS: usize = 10_000;
 
 impl RegionConfig {
     /// Whether the API only accepts connections from this host. The API has no transport
@@ -640,6 +659,15 @@ struct RawConfig {
     durability: BTreeMap<String, String>,
     #[serde(default)]
     simulation: RawSimulation,
+    #[serde(default)]
+    resp: RawResp,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawResp {
+    databases: Option<Vec<String>>,
+    max_connections: Option<usize>,
 }
 
 fn default_tls_dir() -> String {
@@ -653,6 +681,7 @@ struct RawRegion {
     peer_addr: String,
     api_addr: String,
     data_dir: Option<String>,
+    resp_addr: Option<String>,
 }
 
 #[derive(Default, Deserialize)]
@@ -724,6 +753,7 @@ fn validate(raw: RawConfig, source: PathBuf) -> Result<Config, Problem> {
     check_tables(&raw.tables)?;
     let durability = check_durability(&raw.durability, &raw.tables)?;
     check_links(&raw.simulation.link, &regions)?;
+    let resp = check_resp(&raw.resp, &raw.tables)?;
     Ok(Config {
         cluster: raw.cluster,
         tls_dir,
@@ -735,6 +765,7 @@ fn validate(raw: RawConfig, source: PathBuf) -> Result<Config, Problem> {
         simulation: Simulation {
             links: raw.simulation.link,
         },
+        resp,
         source,
     })
 }
@@ -1052,11 +1083,27 @@ fn check_regions(raw: &[RawRegion], base: &Path) -> Result<Vec<RegionConfig>, Pr
             Some(dir) => resolve_dir(base, dir, at.key("data_dir"))?,
             None => base.join("data").join(&r.name),
         };
+        let resp_addr = match &r.resp_addr {
+            Some(text) => Some(parse_addr(text, AddrRole::Api, at.key("resp_addr"))?),
+            None => None,
+        };
+        if resp_addr.is_some_and(|resp| overlaps(resp, api_addr)) {
+            return Err(Problem::invalid(
+                at.key("resp_addr"),
+                format!(
+                    "the RESP address {} is the API's",
+                    r.resp_addr.as_deref().unwrap_or("")
+                ),
+                "give the Redis-protocol listener its own port (the example uses 8201, 8202, ...)"
+                    .to_owned(),
+            ));
+        }
         let region = RegionConfig {
             name: r.name.clone(),
             peer_addr,
             api_addr,
             data_dir,
+            resp_addr,
         };
         check_collisions(&regions, &region, &at)?;
         regions.push(region);
@@ -1140,6 +1187,26 @@ fn check_collisions(
                 "regions on one host need distinct API ports",
             ));
         }
+        let resp_clash = r.resp_addr.filter(|b| {
+            [Some(o.api_addr), o.resp_addr]
+                .into_iter()
+                .flatten()
+                .any(|a| overlaps(a, *b))
+        });
+        if let Some(resp) = resp_clash {
+            return Err(clash(
+                "resp_addr",
+                format!("RESP address {resp}"),
+                "regions on one host need distinct API and RESP ports",
+            ));
+        }
+        if o.resp_addr.is_some_and(|a| overlaps(a, r.api_addr)) {
+            return Err(clash(
+                "api_addr",
+                format!("API address {} (as its RESP address)", r.api_addr),
+                "regions on one host need distinct API and RESP ports",
+            ));
+        }
         if o.data_dir == r.data_dir {
             return Err(clash(
                 "data_dir",
@@ -1189,6 +1256,61 @@ fn check_tables(tables: &BTreeMap<String, String>) -> Result<(), Problem> {
         ));
     }
     Ok(())
+}
+
+/// Most databases `[resp] databases` may list (Redis's default is 16).
+const MAX_RESP_DATABASES: usize = 1024;
+
+fn check_resp(raw: &RawResp, tables: &BTreeMap<String, String>) -> Result<Resp, Problem> {
+    let at = KeyPath::of("resp");
+    let databases = match &raw.databases {
+        Some(list) => {
+            if list.is_empty() || list.len() > MAX_RESP_DATABASES {
+                return Err(Problem::invalid(
+                    at.key("databases"),
+                    format!("{} databases are listed", list.len()),
+                    format!(
+                        "list 1 to {MAX_RESP_DATABASES} tables; database n is the n-th, and 0 is what clients use unless they SELECT"
+                    ),
+                ));
+            }
+            for (i, table) in list.iter().enumerate() {
+                if !tables.contains_key(table) {
+                    return Err(Problem::invalid(
+                        at.key("databases"),
+                        format!("database {i} names table `{table}`, which is not under [tables]"),
+                        format!(
+                            "name configured tables only: {}",
+                            tables.keys().cloned().collect::<Vec<_>>().join(", ")
+                        ),
+                    ));
+                }
+                if let Some(j) = list[..i].iter().position(|t| t == table) {
+                    return Err(Problem::invalid(
+                        at.key("databases"),
+                        format!("table `{table}` is both database {j} and database {i}"),
+                        "give each table one database number".to_owned(),
+                    ));
+                }
+            }
+            list.clone()
+        }
+        None => std::iter::once(DEFAULT_TABLE.to_owned())
+            .chain(tables.keys().filter(|t| *t != DEFAULT_TABLE).cloned())
+            .collect(),
+    };
+    let max_connections = raw.max_connections.unwrap_or(RESP_MAX_CONNECTIONS);
+    if !(1..=1_000_000).contains(&max_connections) {
+        return Err(Problem::invalid(
+            at.key("max_connections"),
+            format!("{max_connections} is out of range"),
+            "use a value from 1 to 1000000".to_owned(),
+        ));
+    }
+    Ok(Resp {
+        databases,
+        max_connections,
+    })
 }
 
 fn check_durability(

@@ -103,16 +103,24 @@ impl LeaderBuilder {
     /// Opens storage, starts the transport and the driver ([`node::start`]), then the API
     /// on top of them ([`api::start`]) unless [`Wiring::no_api`].
     pub async fn start(self) -> Result<Node, NodeError> {
+        let me = self.config.region(&self.region)?.clone();
         let api =
             (!self.wiring.no_api).then(|| (self.wiring.api_bind, self.wiring.api_token.clone()));
+        let resp = self.wiring.resp_bind.or(me.resp_addr);
+        let token = self.wiring.api_token.clone();
         let mut node = node::start(&self.config, &self.region, &self.registry, self.wiring).await?;
+        let mut started = Ok(());
         if let Some((bind, token)) = api {
-            let addr = bind.unwrap_or(self.config.region(&self.region)?.api_addr);
-            if let Err(e) = api::start(&mut node, addr, self.config.limits, token).await {
-                // The runtime is up: stop it cleanly so the region can be started again.
-                let _ = node.shutdown().await;
-                return Err(e);
-            }
+            let addr = bind.unwrap_or(me.api_addr);
+            started = api::start(&mut node, addr, self.config.limits, token).await;
+        }
+        if let (Ok(()), Some(addr)) = (&started, resp) {
+            started = resp::start(&mut node, addr, &self.config, token).await;
+        }
+        if let Err(e) = started {
+            // The runtime is up: stop it cleanly so the region can be started again.
+            let _ = node.shutdown().await;
+            return Err(e);
         }
         Ok(node)
     }

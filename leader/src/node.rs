@@ -506,6 +506,9 @@ pub struct Node {
     driver: JoinHandle<Result<(), NodeError>>,
     api: Option<JoinHandle<()>>,
     api_addr: Option<SocketAddr>,
+    /// The Redis-protocol listener, if one runs; [`Node::shutdown`] waits for it too.
+    resp: Option<JoinHandle<()>>,
+    resp_addr: Option<SocketAddr>,
     peer_addr: SocketAddr,
     impairment: Option<transport::impair::ImpairmentHandle>,
     /// Resolves (with an error) once the QUIC socket is closed; see [`ClosingSocket`].
@@ -551,6 +554,9 @@ impl Node {
         if let Some(api) = self.api {
             let _ = api.await;
         }
+        if let Some(resp) = self.resp {
+            let _ = resp.await;
+        }
         let result = match self.driver.await {
             Ok(r) => r,
             Err(e) => {
@@ -580,6 +586,17 @@ impl Node {
         self.api_addr = Some(addr);
     }
 
+    /// Records the RESP listener serving this node at `addr`; [`Node::shutdown`] waits for it.
+    pub(crate) fn attach_resp(&mut self, task: JoinHandle<()>, addr: SocketAddr) {
+        self.resp = Some(task);
+        self.resp_addr = Some(addr);
+    }
+
+    /// Where the Redis-protocol listener is bound, if the region has one (`resp_addr`).
+    pub fn resp_addr(&self) -> Option<SocketAddr> {
+        self.resp_addr
+    }
+
     /// Waits until the node stops by itself (a fatal error) and returns why.
     pub async fn wait(&mut self) -> Result<(), NodeError> {
         (&mut self.driver).await.unwrap_or(Err(NodeError::Stopped))
@@ -602,8 +619,11 @@ pub struct Wiring {
     /// Put the impairment layer under the QUIC endpoint (simulations and partition tests);
     /// its handle is [`Node::impairment`].
     pub impair: bool,
-    /// Bearer token required by the API, if any.
+    /// Bearer token required by the API, if any (and by the RESP listener, as its password).
     pub api_token: Option<String>,
+    /// Override of the RESP bind address (tests use port 0); `None` uses the region's
+    /// `resp_addr`, and no RESP listener runs when that is absent too.
+    pub resp_bind: Option<SocketAddr>,
     /// Added to this node's wall clock (ms; may be negative): tests and simulations model a
     /// region whose clock is skewed. Monotonic timers are unaffected.
     pub clock_offset_ms: i64,
@@ -831,6 +851,8 @@ pub async fn start(
         driver,
         api: None,
         api_addr: None,
+        resp: None,
+        resp_addr: None,
         peer_addr,
         impairment,
         socket_closed,

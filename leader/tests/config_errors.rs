@@ -521,3 +521,81 @@ fn unreadable_file() {
         err.fix
     );
 }
+
+#[test]
+fn resp_databases_default_to_default_then_the_tables_by_name_and_must_name_tables() {
+    let config = parse(BASE).unwrap();
+    assert_eq!(config.resp.databases, ["default", "carts", "counters"]);
+    assert_eq!(config.resp.max_connections, 10_000);
+    assert_eq!(config.regions[0].resp_addr, None);
+    let listed = parse(&format!(
+        "{BASE}\n[resp]\ndatabases = [\"carts\", \"default\"]\n"
+    ))
+    .unwrap();
+    assert_eq!(listed.resp.databases, ["carts", "default"]);
+
+    let err = parse(&format!(
+        "{BASE}\n[resp]\ndatabases = [\"default\", \"nope\"]\n"
+    ))
+    .unwrap_err();
+    assert_eq!(err.key, "resp.databases");
+    assert!(
+        err.to_string().contains(
+            "database 1 names table `nope`, which is not under [tables]. name configured tables only: carts, counters, default"
+        ),
+        "{err}"
+    );
+    let err = parse(&format!(
+        "{BASE}\n[resp]\ndatabases = [\"carts\", \"carts\"]\n"
+    ))
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("table `carts` is both database 0 and database 1"),
+        "{err}"
+    );
+    let err = parse(&format!("{BASE}\n[resp]\ndatabases = []\n")).unwrap_err();
+    assert!(err.to_string().contains("0 databases are listed"), "{err}");
+    let err = parse(&format!("{BASE}\n[resp]\nmax_connections = 0\n")).unwrap_err();
+    assert_eq!(err.key, "resp.max_connections");
+}
+
+#[test]
+fn a_resp_address_must_not_take_an_api_port() {
+    let ok = parse(&BASE.replacen(
+        "api_addr = \"127.0.0.1:8101\"",
+        "api_addr = \"127.0.0.1:8101\"\nresp_addr = \"127.0.0.1:8201\"",
+        1,
+    ))
+    .unwrap();
+    assert_eq!(
+        ok.regions[0].resp_addr,
+        Some("127.0.0.1:8201".parse().unwrap())
+    );
+    let own = error_with(
+        "api_addr = \"127.0.0.1:8101\"",
+        "api_addr = \"127.0.0.1:8101\"\nresp_addr = \"127.0.0.1:8101\"",
+    );
+    assert_eq!(own.key, "region[0].resp_addr");
+    assert!(
+        own.to_string()
+            .contains("give the Redis-protocol listener its own port"),
+        "{own}"
+    );
+    let other = error_with(
+        "api_addr = \"127.0.0.1:8102\"",
+        "api_addr = \"127.0.0.1:8102\"\nresp_addr = \"127.0.0.1:8101\"",
+    );
+    assert_eq!(other.key, "region[1].resp_addr");
+    assert!(
+        other
+            .to_string()
+            .contains("RESP address 127.0.0.1:8101 is already used by region[0]"),
+        "{other}"
+    );
+    let bad = error_with(
+        "api_addr = \"127.0.0.1:8101\"",
+        "api_addr = \"127.0.0.1:8101\"\nresp_addr = \"localhost:8201\"",
+    );
+    assert_eq!(bad.key, "region[0].resp_addr");
+}

@@ -503,3 +503,124 @@ async fn a_client_that_never_reads_is_not_buffered_without_bound() {
     other.roundtrip(&["PING"], "+PONG\r\n").await;
     s.stop().await;
 }
+
+mod common;
+
+/// A Redis client no one here wrote (the `redis` crate, RESP2 and RESP3) against a two-region
+/// cluster whose RESP listeners come from the configuration path (`Wiring::resp_bind`, as
+/// `resp_addr` in regions.toml): a write through RESP at us-east is read through HTTP and
+/// through RESP at eu-west.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_client_writes_in_one_region_and_reads_in_another() {
+    let cluster = common::Cluster::builder(&["us-east", "eu-west"])
+        .start()
+        .await;
+    cluster
+        .run(async |c| {
+            c.wait_connected().await;
+            let (us, eu) = (c.resp_addr("us-east"), c.resp_addr("eu-west"));
+            tokio::task::spawn_blocking(move || {
+                let client = redis::Client::open(format!("redis://{us}/")).unwrap();
+                let mut con = client.get_connection().unwrap();
+                let _: () = redis::cmd("SET")
+                    .arg("greeting")
+                    .arg("hello")
+                    .query(&mut con)
+                    .unwrap();
+                let _: () = redis::cmd("MSET")
+                    .arg("a")
+                    .arg("1")
+                    .arg("b")
+                    .arg("2")
+                    .query(&mut con)
+                    .unwrap();
+                let got: Option<String> =
+                    redis::cmd("GET").arg("greeting").query(&mut con).unwrap();
+                assert_eq!(got.as_deref(), Some("hello"));
+            })
+            .await
+            .unwrap();
+            let http = reqwest::Client::new();
+            let url = format!("{}/v1/kv/default/greeting", c.api_url("eu-west"));
+            common::wait_until("eu-west to have the write made through RESP", async || {
+                let resp = http.get(&url).send().await.map_err(|e| e.to_string())?;
+                match resp.status() {
+                    reqwest::StatusCode::OK => Ok(resp.text().await.unwrap()),
+                    s => Err(format!("GET {url}: {s}")),
+                }
+            })
+            .await;
+            let body = http.get(&url).send().await.unwrap().text().await.unwrap();
+            assert_eq!(body, "hello");
+            tokio::task::spawn_blocking(move || {
+                let client = redis::Client::open(format!("redis://{eu}/?protocol=resp3")).unwrap();
+                let mut con = client.get_connection().unwrap();
+                let got: Option<String> =
+                    redis::cmd("GET").arg("greeting").query(&mut con).unwrap();
+                assert_eq!(got.as_deref(), Some("hello"));
+                let none: Option<String> =
+                    redis::cmd("GET").arg("missing").query(&mut con).unwrap();
+                assert_eq!(none, None);
+                let err = redis::cmd("SET")
+                    .arg("k")
+                    .arg("v")
+                    .arg("PX")
+                    .arg("10")
+                    .query::<()>(&mut con)
+                    .unwrap_err();
+                assert!(err.to_string().contains("not supported"), "{err}");
+            })
+            .await
+            .unwrap();
+        })
+        .await;
+}
+
+/// `redis-cli` itself (Debian's redis-tools; `scripts/test` installs it when missing) against
+/// a region, in RESP2 and with `-3` in RESP3: it starts cleanly (its `COMMAND DOCS` and
+/// `HELLO` at connect), writes, reads, and shows Meridian's errors as Redis's.
+#[tokio::test]
+async fn redis_cli_works_unmodified() {
+    let Ok(version) = std::process::Command::new("redis-cli")
+        .arg("--version")
+        .output()
+    else {
+        panic!("redis-cli is not installed: install Debian's redis-tools (scripts/test does)");
+    };
+    assert!(version.status.success());
+    let s = Solo::start(None, 16).await;
+    let port = s.resp.port().to_string();
+    let cli = |args: &[&str]| {
+        let port = port.clone();
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        async move {
+            let out = tokio::process::Command::new("redis-cli")
+                .args(["-h", "127.0.0.1", "-p", &port])
+                .args(&args)
+                .output()
+                .await
+                .expect("running redis-cli");
+            assert!(out.status.success(), "redis-cli {args:?}: {out:?}");
+            String::from_utf8_lossy(&out.stdout).trim_end().to_owned()
+        }
+    };
+    assert_eq!(cli(&["PING"]).await, "PONG");
+    assert_eq!(cli(&["SET", "city", "Lisbon"]).await, "OK");
+    assert_eq!(cli(&["GET", "city"]).await, "Lisbon");
+    // Without a terminal redis-cli prints raw values (a nil as an empty line).
+    assert_eq!(cli(&["-3", "GET", "city"]).await, "Lisbon");
+    assert_eq!(cli(&["-3", "GET", "nowhere"]).await, "");
+    let hello = cli(&["-3", "HELLO", "3"]).await;
+    assert!(hello.lines().any(|l| l == "proto 3"), "{hello}");
+    assert_eq!(cli(&["MSET", "x", "1", "y", "2"]).await, "OK");
+    assert_eq!(cli(&["MGET", "x", "y"]).await, "1\n2");
+    assert_eq!(
+        cli(&["-n", "1", "GET", "city"]).await,
+        "",
+        "database 1 is another table"
+    );
+    let err = cli(&["SET", "city", "Porto", "NX"]).await;
+    assert!(err.contains("SET option 'NX' is not supported"), "{err}");
+    assert_eq!(cli(&["DEL", "city", "x"]).await, "2");
+    s.stop().await;
+}

@@ -204,10 +204,14 @@ async fn run(
     // With `impair`, the node applies the `[simulation]` links itself, before its first packet.
     let node = builder.start().await?;
     eprintln!(
-        "meridian: region {region} up; API http://{} ; peers on {}",
+        "meridian: region {region} up; API http://{} ; peers on {}{}",
         node.api_addr()
             .map_or_else(|| "-".into(), |a| a.to_string()),
-        node.peer_addr()
+        node.peer_addr(),
+        node.resp_addr().map_or_else(String::new, |a| format!(
+            " ; RESP (redis-cli -p {}) on {a}",
+            a.port()
+        ))
     );
     let stdin_closed = async {
         if exit_with_stdin {

@@ -32,7 +32,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tracing::{debug, warn};
 
-use crate::NodeHandle;
+use crate::config::Config;
+use crate::{Node, NodeError, NodeHandle};
 
 /// How a region's RESP listener behaves.
 #[derive(Debug, Clone)]
@@ -51,6 +52,45 @@ pub struct RespSettings {
     pub max_key_bytes: usize,
     /// Largest value accepted.
     pub max_value_bytes: usize,
+}
+
+impl RespSettings {
+    /// The settings `config` gives, with the API's bearer token as the password.
+    pub fn from_config(config: &Config, token: Option<String>) -> Self {
+        RespSettings {
+            databases: config.resp.databases.clone(),
+            resolvers: config.tables.clone(),
+            token,
+            max_connections: config.resp.max_connections,
+            max_request_bytes: config.limits.max_request_body_bytes,
+            max_key_bytes: config.limits.max_key_bytes,
+            max_value_bytes: config.limits.max_value_bytes,
+        }
+    }
+}
+
+/// Binds `addr` and serves RESP for `node` until it stops; [`Node::resp_addr`] then tells
+/// where (the port the OS gave, for port 0).
+pub async fn start(
+    node: &mut Node,
+    addr: std::net::SocketAddr,
+    config: &Config,
+    token: Option<String>,
+) -> Result<(), NodeError> {
+    if !addr.ip().is_loopback() && token.is_none() {
+        warn!(%addr, "the RESP listener is on a non-loopback address without a password; set MERIDIAN_API_TOKEN (clients then AUTH with it)");
+    }
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| NodeError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| NodeError::Bind { addr, source })?;
+    let settings = RespSettings::from_config(config, token);
+    let task = tokio::spawn(serve(listener, node.handle(), settings, node.stopping()));
+    tracing::info!(region = node.handle().region(), resp = %bound, "RESP listener started");
+    node.attach_resp(task, bound);
+    Ok(())
 }
 
 /// Serves RESP on `listener` for the region behind `node` until `shutdown` turns true.

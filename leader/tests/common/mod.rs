@@ -298,6 +298,7 @@ impl Cluster {
             peer_socket: Some(peer_socket),
             peer_addrs: self.peer_addrs.clone(),
             api_bind: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            resp_bind: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             impair: true,
             clock_offset_ms: self.clock_offsets.get(region).copied().unwrap_or(0),
             send_queue_frames: self.send_queue_frames,
@@ -359,6 +360,13 @@ impl Cluster {
             .api_addr()
             .expect("harness nodes are started with their API");
         format!("http://{addr}")
+    }
+
+    /// Where `region` speaks the Redis protocol.
+    pub(crate) fn resp_addr(&self, region: &str) -> SocketAddr {
+        self.node(region)
+            .resp_addr()
+            .expect("harness nodes are started with a RESP listener")
     }
 
     /// The impairment layer under `region`'s QUIC endpoint.
