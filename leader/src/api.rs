@@ -106,6 +106,7 @@ pub fn router(node: NodeHandle, limits: Limits, token: Option<String>) -> Router
             "/v1/kv/{table}/{key}",
             get(get_key).put(put_key).delete(delete_key),
         )
+        .route("/v1/kv/{table}", get(list_keys))
         .route("/v1/conflicts", get(conflicts))
         .route("/v1/status", get(status))
         .route("/v1/status/digest", get(digest))
@@ -700,13 +701,7 @@ async fn get_key(
         regions,
     } = read
     else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_table",
-            format!(
-                "table '{table}' is not configured; add it under [tables] in regions.toml or use one of the configured tables"
-            ),
-        ));
+        return Err(unknown_table(&table));
     };
     let resolved = state.resolve(resolver.as_ref());
     let count = HeaderValue::from(state.siblings.len());
@@ -753,6 +748,61 @@ async fn get_key(
         )
             .into_response()),
     }
+}
+
+fn unknown_table(table: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "unknown_table",
+        format!(
+            "table '{table}' is not configured; add it under [tables] in regions.toml or use one of the configured tables"
+        ),
+    )
+}
+
+#[derive(Debug, Deserialize)]
+struct ListParams {
+    prefix: Option<String>,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+/// Most keys one page of `GET /v1/kv/{table}` lists.
+const MAX_KEY_PAGE: usize = 1000;
+
+/// One page of a table's keys.
+#[derive(Debug, Serialize)]
+struct KeyPage {
+    /// Keys that read as present, in byte order.
+    keys: Vec<String>,
+    /// Pass as `after` for the next page; `null` when this was the last.
+    next: Option<String>,
+}
+
+/// `GET /v1/kv/{table}?prefix=&after=&limit=`: the table's keys page by page.
+async fn list_keys(
+    State(s): State<AppState>,
+    Path(table): Path<String>,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(p) = params.map_err(bad_query)?;
+    let limit = p.limit.unwrap_or(100).clamp(1, MAX_KEY_PAGE);
+    let scan = crate::node::Scan {
+        table: table.clone(),
+        prefix: p.prefix.unwrap_or_default().into_bytes(),
+        after: p.after.map(String::into_bytes),
+        limit,
+    };
+    let Some(listing) = s.node.scan(scan).await? else {
+        return Err(unknown_table(&table));
+    };
+    let keys: Vec<String> = listing
+        .keys
+        .iter()
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .collect();
+    let next = listing.more.then(|| keys.last().cloned()).flatten();
+    Ok(axum::Json(KeyPage { keys, next }).into_response())
 }
 
 #[derive(Debug, Deserialize)]

@@ -86,6 +86,32 @@ pub(crate) enum Command {
     Digest {
         reply: oneshot::Sender<[u8; 32]>,
     },
+    Scan {
+        scan: Scan,
+        reply: oneshot::Sender<Option<Listing>>,
+    },
+}
+
+/// Which keys of a table to list ([`NodeHandle::scan`]).
+#[derive(Debug, Clone, Default)]
+pub struct Scan {
+    /// The table.
+    pub table: String,
+    /// Only keys that start with these bytes.
+    pub prefix: Vec<u8>,
+    /// Only keys after this one (the last key of the previous page).
+    pub after: Option<Vec<u8>>,
+    /// At most this many keys (at least 1 is asked for).
+    pub limit: usize,
+}
+
+/// One page of a key listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listing {
+    /// Keys that read as present, in key order.
+    pub keys: Vec<Vec<u8>>,
+    /// Whether more keys may follow: ask again with `after` = the last key.
+    pub more: bool,
 }
 
 /// How a write should be made. `Default` is a blind write at the table's durability.
@@ -457,6 +483,14 @@ impl NodeHandle {
     /// SHA-256 over every key state: equal digests mean equal data.
     pub async fn digest(&self) -> Result<[u8; 32], NodeError> {
         self.ask(|reply| Command::Digest { reply }).await
+    }
+
+    /// One page of the keys of a table that read as present (`None`: the table is not
+    /// configured). Resume with `after` = the last key returned: see [`Replica::scan`].
+    ///
+    /// [`Replica::scan`]: leader_core::Replica::scan
+    pub async fn scan(&self, scan: Scan) -> Result<Option<Listing>, NodeError> {
+        self.ask(|reply| Command::Scan { scan, reply }).await
     }
 }
 
@@ -1199,6 +1233,15 @@ impl Driver {
             Command::Digest { reply } => {
                 let _ = reply.send(self.replica.digest());
             }
+            Command::Scan { scan, reply } => {
+                let listing = self.replica.resolver(&scan.table).is_some().then(|| {
+                    let after = scan.after.as_deref();
+                    let limit = scan.limit.max(1);
+                    let (keys, more) = self.replica.scan(&scan.table, &scan.prefix, after, limit);
+                    Listing { keys, more }
+                });
+                let _ = reply.send(listing);
+            }
         }
         None
     }
@@ -1464,6 +1507,9 @@ fn refuse_behind(cmd: Command, behind: Behind) {
         Command::Write { reply, .. } => drop(reply.send(Err(behind.into()))),
         Command::Read { reply, .. } => drop(reply.send(Err(behind.into()))),
         // Only writes and reads carry session tokens.
-        Command::Status { .. } | Command::Conflicts { .. } | Command::Digest { .. } => {}
+        Command::Status { .. }
+        | Command::Conflicts { .. }
+        | Command::Digest { .. }
+        | Command::Scan { .. } => {}
     }
 }

@@ -716,3 +716,51 @@ async fn conflicts_are_listed_newest_first_with_limit_table_and_paging() {
     );
     s.stop().await;
 }
+
+#[tokio::test]
+async fn keys_are_listed_page_by_page_with_a_prefix() {
+    let s = Solo::start(None).await;
+    for key in ["a1", "a2", "a3", "b1"] {
+        s.put_ok("default", key, "v", None).await;
+    }
+    let del = s.http.delete(s.key("default", "a2")).send().await.unwrap();
+    assert!(del.status().is_success());
+    let page: Json = s
+        .get("/v1/kv/default?prefix=a&limit=1")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["keys"], serde_json::json!(["a1"]));
+    assert_eq!(page["next"], "a1");
+    let page: Json = s
+        .get("/v1/kv/default?prefix=a&limit=1&after=a1")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        page["keys"],
+        serde_json::json!(["a3"]),
+        "a deleted key is not listed"
+    );
+    let page: Json = s
+        .get("/v1/kv/default?prefix=a&limit=10&after=a3")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["keys"], serde_json::json!([]));
+    assert_eq!(page["next"], Json::Null, "the last page");
+    let all: Json = s.get("/v1/kv/default").await.json().await.unwrap();
+    assert_eq!(all["keys"], serde_json::json!(["a1", "a3", "b1"]));
+    assert_eq!(all["next"], Json::Null);
+    let (status, code, _) = error_of(s.get("/v1/kv/nope").await).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::NOT_FOUND, "unknown_table")
+    );
+    let (status, code, _) = error_of(s.get("/v1/kv/default?limit=x").await).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{code}");
+    s.stop().await;
+}

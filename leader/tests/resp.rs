@@ -200,7 +200,7 @@ async fn connection_commands_answer_as_redis_does() {
     c.roundtrip(&["SELECT", "1"], "+OK\r\n").await;
     c.cmd(&["SELECT", "2"]).await;
     assert!(c.line().await.starts_with("-ERR DB index is out of range"));
-    c.roundtrip(&["COMMAND", "COUNT"], ":18\r\n").await;
+    c.roundtrip(&["COMMAND", "COUNT"], ":20\r\n").await;
     c.roundtrip(&["COMMAND", "DOCS"], "*0\r\n").await;
     c.roundtrip(&["CONFIG", "GET", "save"], "*2\r\n$4\r\nsave\r\n$0\r\n\r\n")
         .await;
@@ -622,5 +622,73 @@ async fn redis_cli_works_unmodified() {
     let err = cli(&["SET", "city", "Porto", "NX"]).await;
     assert!(err.contains("SET option 'NX' is not supported"), "{err}");
     assert_eq!(cli(&["DEL", "city", "x"]).await, "2");
+    s.stop().await;
+}
+
+/// Sends `SCAN cursor [args...]` and returns the next cursor and the keys.
+async fn scan(c: &mut Client, cursor: &str, args: &[&str]) -> (String, Vec<String>) {
+    let mut cmd = vec!["SCAN", cursor];
+    cmd.extend_from_slice(args);
+    c.cmd(&cmd).await;
+    let frame = c.frame().await;
+    // *2 $n cursor *k ($len key)...
+    let lines: Vec<&str> = frame.split("\r\n").collect();
+    let next = lines[2].to_owned();
+    let keys = lines[4..]
+        .chunks(2)
+        .filter(|kv| kv.len() == 2 && !kv[1].is_empty())
+        .map(|kv| kv[1].to_owned())
+        .collect();
+    (next, keys)
+}
+
+#[tokio::test]
+async fn scan_lists_every_key_once_while_keys_change_and_dbsize_counts_them() {
+    let s = Solo::start(None, 16).await;
+    let mut c = s.client().await;
+    let mut expected = std::collections::BTreeSet::new();
+    for i in 0..25 {
+        let key = format!("user:{i:02}");
+        c.roundtrip(&["SET", &key, "v"], "+OK\r\n").await;
+        expected.insert(key);
+    }
+    c.roundtrip(&["SET", "order:1", "v"], "+OK\r\n").await;
+    c.roundtrip(&["DBSIZE"], ":26\r\n").await;
+    // Page through user:* ten at a time; between pages, add and delete keys elsewhere in the
+    // key space. Every key present throughout is listed exactly once.
+    let mut seen = Vec::new();
+    let mut cursor = "0".to_owned();
+    let mut pages = 0;
+    loop {
+        let (next, keys) = scan(&mut c, &cursor, &["MATCH", "user:*", "COUNT", "10"]).await;
+        seen.extend(keys);
+        pages += 1;
+        c.roundtrip(&["SET", &format!("new:{pages}"), "v"], "+OK\r\n")
+            .await;
+        c.roundtrip(
+            &["DEL", "order:1"],
+            if pages == 1 { ":1\r\n" } else { ":0\r\n" },
+        )
+        .await;
+        if next == "0" {
+            break;
+        }
+        assert_ne!(next, cursor);
+        cursor = next;
+    }
+    assert_eq!(pages, 3, "25 keys at 10 a page");
+    let listed: std::collections::BTreeSet<String> = seen.iter().cloned().collect();
+    assert_eq!(listed, expected);
+    assert_eq!(seen.len(), expected.len(), "no key twice");
+    // DBSIZE counts present keys only (order:1 was deleted, three new:* were added).
+    c.roundtrip(&["DBSIZE"], ":28\r\n").await;
+    // A cursor is a position, usable once, and only in its database.
+    let (next, _) = scan(&mut c, "0", &["COUNT", "5"]).await;
+    c.roundtrip(&["SELECT", "1"], "+OK\r\n").await;
+    c.cmd(&["SCAN", &next]).await;
+    assert!(c.line().await.starts_with("-ERR invalid cursor"));
+    c.cmd(&["SCAN", "nonsense"]).await;
+    assert_eq!(c.line().await, "-ERR invalid cursor\r\n");
+    c.roundtrip(&["DBSIZE"], ":0\r\n").await;
     s.stop().await;
 }

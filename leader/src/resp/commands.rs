@@ -50,8 +50,38 @@ pub(super) fn only_submits(name: &[u8]) -> bool {
 /// The commands this front end answers, for `COMMAND COUNT` and the docs.
 pub(super) const COMMANDS: &[&str] = &[
     "PING", "ECHO", "HELLO", "AUTH", "SELECT", "CLIENT", "QUIT", "RESET", "COMMAND", "CONFIG",
-    "INFO", "GET", "SET", "MGET", "MSET", "DEL", "UNLINK", "EXISTS",
+    "INFO", "GET", "SET", "MGET", "MSET", "DEL", "UNLINK", "EXISTS", "SCAN", "DBSIZE",
 ];
+
+/// `SCAN` cursors kept at once per region; the oldest is forgotten first (using it then is
+/// answered "invalid cursor": start again from 0).
+pub(super) const MAX_CURSORS: usize = 65_536;
+
+/// Keys one `DBSIZE` step lists at a time (it counts page by page, so memory stays bounded).
+const DBSIZE_PAGE: usize = 10_000;
+
+/// Open `SCAN` positions: cursor → (table, last key returned). A position is a key, not an
+/// offset, so a cursor stays valid whatever is written meanwhile.
+#[derive(Debug, Default)]
+pub(super) struct Cursors {
+    next: u64,
+    open: std::collections::BTreeMap<u64, (String, Vec<u8>)>,
+}
+
+impl Cursors {
+    fn save(&mut self, table: &str, last: Vec<u8>) -> u64 {
+        self.next += 1;
+        if self.open.len() >= MAX_CURSORS {
+            self.open.pop_first();
+        }
+        self.open.insert(self.next, (table.to_owned(), last));
+        self.next
+    }
+
+    fn take(&mut self, cursor: u64) -> Option<(String, Vec<u8>)> {
+        self.open.remove(&cursor)
+    }
+}
 
 fn write_error(e: &WriteError) -> Reply {
     match e {
@@ -72,13 +102,14 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// Matches `pattern` (`*` for any run, `?` for one character, as Redis's glob) against `s`.
+/// Matches `pattern` (`*` for any run, `?` for one character, as Redis's glob; case matters)
+/// against `s`.
 fn glob(pattern: &[u8], s: &[u8]) -> bool {
     match (pattern.first(), s.first()) {
         (None, None) => true,
         (Some(b'*'), _) => glob(&pattern[1..], s) || (!s.is_empty() && glob(pattern, &s[1..])),
         (Some(b'?'), Some(_)) => glob(&pattern[1..], &s[1..]),
-        (Some(p), Some(c)) if p.eq_ignore_ascii_case(c) => glob(&pattern[1..], &s[1..]),
+        (Some(p), Some(c)) if p == c => glob(&pattern[1..], &s[1..]),
         _ => false,
     }
 }
@@ -162,7 +193,9 @@ impl Connection {
                 }
                 Reply::Int(n)
             }
-            "MGET" | "MSET" | "DEL" | "UNLINK" | "EXISTS" => arity(&name),
+            "SCAN" if !a.is_empty() => self.scan(a).await,
+            "DBSIZE" if a.is_empty() => self.dbsize().await,
+            "MGET" | "MSET" | "DEL" | "UNLINK" | "EXISTS" | "SCAN" | "DBSIZE" => arity(&name),
             _ => {
                 let shown: Vec<String> =
                     a.iter().take(3).map(|x| format!("'{}'", text(x))).collect();
@@ -303,7 +336,12 @@ impl Connection {
         ];
         let pairs = known
             .into_iter()
-            .filter(|(k, _)| patterns.iter().any(|p| glob(p, k.as_bytes())))
+            // Parameter names are matched without regard to case, as Redis does.
+            .filter(|(k, _)| {
+                patterns
+                    .iter()
+                    .any(|p| glob(&p.to_ascii_lowercase(), k.as_bytes()))
+            })
             .map(|(k, v)| (Reply::text(k), Reply::text(v)))
             .collect();
         Reply::Map(pairs)
@@ -387,6 +425,104 @@ impl Connection {
                 "MULTIVALUE the key has {} concurrent values (siblings) in table '{table}'; read them with GET /v1/kv/{table}/<key>?siblings=true over HTTP and write back with their context to resolve them",
                 s.len()
             )),
+        }
+    }
+
+    /// `SCAN cursor [MATCH pattern] [COUNT n] [TYPE string]`.
+    async fn scan(&self, a: &[Bytes]) -> Reply {
+        let cursor = match std::str::from_utf8(&a[0])
+            .ok()
+            .and_then(|c| c.parse::<u64>().ok())
+        {
+            Some(c) => c,
+            None => return Reply::err("invalid cursor"),
+        };
+        let (mut pattern, mut count) = (None, 10usize);
+        let mut rest = &a[1..];
+        while let [option, value, more @ ..] = rest {
+            match text(option).to_ascii_uppercase().as_str() {
+                "MATCH" => pattern = Some(value.clone()),
+                "COUNT" => match text(value).parse::<usize>() {
+                    Ok(n) if n > 0 => count = n.min(DBSIZE_PAGE),
+                    _ => return Reply::err("value is not an integer or out of range"),
+                },
+                // Every Meridian value is a string.
+                "TYPE" if value.eq_ignore_ascii_case(b"string") => {}
+                "TYPE" => return Reply::Array(vec![Reply::text("0"), Reply::Array(Vec::new())]),
+                _ => return Reply::err("syntax error"),
+            }
+            rest = more;
+        }
+        if !rest.is_empty() {
+            return Reply::err("syntax error");
+        }
+        let table = self.table().to_owned();
+        let after = match cursor {
+            0 => None,
+            c => match self.cursors.lock().map(|mut t| t.take(c)).ok().flatten() {
+                Some((t, last)) if t == table => Some(last),
+                _ => {
+                    return Reply::err(
+                        "invalid cursor: it was never returned for this database, or it is too old; start again from 0",
+                    );
+                }
+            },
+        };
+        // The literal part of the pattern before its first wildcard narrows the listing.
+        let prefix: Vec<u8> = pattern.as_ref().map_or_else(Vec::new, |p| {
+            p.iter()
+                .take_while(|b| !matches!(b, b'*' | b'?' | b'[' | b'\\'))
+                .copied()
+                .collect()
+        });
+        let scan = crate::node::Scan {
+            table: table.clone(),
+            prefix,
+            after,
+            limit: count,
+        };
+        let listing = match self.node.scan(scan).await {
+            Ok(Some(l)) => l,
+            Ok(None) => return Reply::err(format!("table '{table}' is not configured here")),
+            Err(e) => return Reply::err(e),
+        };
+        let next = match (listing.more, listing.keys.last()) {
+            (true, Some(last)) => match self.cursors.lock() {
+                Ok(mut t) => t.save(&table, last.clone()),
+                Err(_) => return Reply::err("cursor table unavailable"),
+            },
+            _ => 0,
+        };
+        let keys = listing
+            .keys
+            .into_iter()
+            .filter(|k| pattern.as_ref().is_none_or(|p| glob(p, k)))
+            .map(|k| Reply::Bulk(Bytes::from(k)))
+            .collect();
+        Reply::Array(vec![Reply::text(next.to_string()), Reply::Array(keys)])
+    }
+
+    /// `DBSIZE`: the keys of the selected table that read as present, counted page by page.
+    async fn dbsize(&self) -> Reply {
+        let mut count = 0i64;
+        let mut after = None;
+        loop {
+            let scan = crate::node::Scan {
+                table: self.table().to_owned(),
+                prefix: Vec::new(),
+                after: after.take(),
+                limit: DBSIZE_PAGE,
+            };
+            let listing = match self.node.scan(scan).await {
+                Ok(Some(l)) => l,
+                Ok(None) => return Reply::err("the selected table is not configured here"),
+                Err(e) => return Reply::err(e),
+            };
+            count += listing.keys.len() as i64;
+            if !listing.more {
+                return Reply::Int(count);
+            }
+            after = listing.keys.last().cloned();
         }
     }
 
@@ -487,7 +623,10 @@ mod tests {
         assert!(glob(b"*", b"save"));
         assert!(glob(b"app*", b"appendonly"));
         assert!(glob(b"s?ve", b"save"));
-        assert!(glob(b"SAVE", b"save"));
+        assert!(
+            !glob(b"SAVE", b"save"),
+            "case matters, as in Redis's SCAN MATCH"
+        );
         assert!(!glob(b"app*x", b"appendonly"));
         assert!(!glob(b"save", b"saves"));
     }

@@ -39,10 +39,17 @@ pub(super) struct Connection {
     pub(super) authed: bool,
     /// `CLIENT SETNAME`.
     pub(super) name: Option<String>,
+    /// `SCAN` cursors, shared by the region's connections (a cursor works on any of them).
+    pub(super) cursors: Arc<std::sync::Mutex<super::commands::Cursors>>,
 }
 
 impl Connection {
-    pub(super) fn new(id: u64, node: NodeHandle, settings: Arc<RespSettings>) -> Self {
+    pub(super) fn new(
+        id: u64,
+        node: NodeHandle,
+        settings: Arc<RespSettings>,
+        cursors: Arc<std::sync::Mutex<super::commands::Cursors>>,
+    ) -> Self {
         let authed = settings.token.is_none();
         Connection {
             id,
@@ -52,6 +59,7 @@ impl Connection {
             db: 0,
             authed,
             name: None,
+            cursors,
         }
     }
 

@@ -101,6 +101,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let settings = Arc::new(settings);
+    let cursors = Arc::new(std::sync::Mutex::new(commands::Cursors::default()));
     let slots = Arc::new(Semaphore::new(settings.max_connections));
     let mut next_id: u64 = 1;
     loop {
@@ -125,8 +126,9 @@ pub async fn serve(
             continue;
         };
         let (node, settings, shutdown) = (node.clone(), Arc::clone(&settings), shutdown.clone());
+        let cursors = Arc::clone(&cursors);
         tokio::spawn(async move {
-            conn::Connection::new(id, node, settings)
+            conn::Connection::new(id, node, settings, cursors)
                 .run(stream, shutdown)
                 .await;
             drop(permit);

@@ -474,6 +474,40 @@ impl Replica {
         self.stable.get(&slot).or_else(|| self.keys.get(&slot))
     }
 
+    /// Lists keys of `table` that start with `prefix` and read as present ([`Replica::read`]'s
+    /// view: a key whose only value is a write not yet durable is not listed yet), in key
+    /// order, strictly after `after`, at most `limit` of them; with whether more may follow.
+    /// A listing resumed from the last key it returned stays valid whatever is written
+    /// meanwhile: a key present throughout is listed exactly once, one added or deleted meanwhile
+    /// may or may not be (Redis's `SCAN` guarantee).
+    pub fn scan(
+        &self,
+        table: &str,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> (Vec<Vec<u8>>, bool) {
+        use std::ops::Bound;
+        let start = match after {
+            Some(a) if a >= prefix => Bound::Excluded((table.to_owned(), a.to_vec())),
+            _ => Bound::Included((table.to_owned(), prefix.to_vec())),
+        };
+        let mut keys = Vec::new();
+        let candidates = self
+            .keys
+            .range((start, Bound::Unbounded))
+            .take_while(|((t, k), _)| t == table && k.starts_with(prefix));
+        for ((_, key), _) in candidates {
+            if keys.len() == limit {
+                return (keys, true);
+            }
+            if self.read(table, key).is_some_and(|s| !s.is_absent()) {
+                keys.push(key.clone());
+            }
+        }
+        (keys, false)
+    }
+
     /// The state of a key as applied here, maybe holding writes that are not durable yet.
     /// Clients read through [`Replica::read`]; see there why.
     pub fn get(&self, table: &str, key: &[u8]) -> Option<&KeyState> {
