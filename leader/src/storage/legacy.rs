@@ -196,5 +196,6 @@ fn append_entries(log: &SegmentLog, entries: Vec<LogEntry>) -> Result<(), Storag
         quarantined: Cow::Borrowed(&[]),
         released: Cow::Borrowed(&[]),
     };
-    log.append(&encode(&record), &record.ranges()).map(drop)
+    log.append(super::log::frame(&record), &record.ranges())
+        .map(drop)
 }

@@ -129,6 +129,14 @@ struct BadRecord {
     torn: bool,
 }
 
+/// `value` encoded after room for the record header, ready for [`SegmentLog::append`] (one
+/// buffer, no copy).
+pub(super) fn frame<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    // Serialising our own in-memory types into a Vec cannot fail (see `super::encode`).
+    postcard::to_extend(value, vec![0u8; RECORD_HEADER as usize])
+        .expect("postcard encoding of in-memory state cannot fail")
+}
+
 /// Origins of `entries` (each origin's in sequence order) with their first and last sequence
 /// numbers.
 pub(super) fn origin_ranges<'a>(
@@ -212,11 +220,12 @@ impl SegmentLog {
         })
     }
 
-    /// Appends one record and returns after `fdatasync`, with the position just after it.
-    /// `ranges` are the record's origins with their first and last sequence numbers.
+    /// Appends one record (made by [`frame`]) and returns after `fdatasync`, with the
+    /// position just after it. `ranges` are the record's origins with their first and last
+    /// sequence numbers.
     pub(super) fn append(
         &self,
-        payload: &[u8],
+        mut record: Vec<u8>,
         ranges: &[(u128, u64, u64)],
     ) -> Result<Pos, StorageError> {
         // Poisoned only if an append panicked; the node stops on that, and the length below
@@ -230,20 +239,19 @@ impl SegmentLog {
         }
         let offset = writer.len;
         let path = segment_path(&self.dir, writer.segment);
-        let len = u32::try_from(payload.len())
+        let payload_len = record.len().saturating_sub(RECORD_HEADER as usize);
+        let len = u32::try_from(payload_len)
             .ok()
-            .filter(|&n| u64::from(n) <= MAX_RECORD_BYTES)
+            .filter(|&n| u64::from(n) <= MAX_RECORD_BYTES && record.len() >= RECORD_HEADER as usize)
             .ok_or_else(|| StorageError::Io {
                 dir: path.clone(),
                 source: std::io::Error::other(format!(
-                    "a group commit of {} bytes is larger than a log record may be ({MAX_RECORD_BYTES})",
-                    payload.len()
+                    "a group commit of {payload_len} bytes is larger than a log record may be ({MAX_RECORD_BYTES})"
                 )),
             })?;
-        let mut record = Vec::with_capacity(payload.len() + RECORD_HEADER as usize);
-        record.extend_from_slice(&len.to_le_bytes());
-        record.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-        record.extend_from_slice(payload);
+        let crc = crc32fast::hash(&record[RECORD_HEADER as usize..]);
+        record[..4].copy_from_slice(&len.to_le_bytes());
+        record[4..8].copy_from_slice(&crc.to_le_bytes());
         let written = writer
             .file
             .write_all_at(&record, offset)

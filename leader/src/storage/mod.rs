@@ -45,7 +45,7 @@
 //! applied key states releases the records ([`PersistBatch::released`]).
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -85,7 +85,7 @@ struct QuarantineRecord {
 }
 /// A checkpoint is due once this many key states are kept back: bounds the memory they take
 /// and the size of one checkpoint commit.
-const CHECKPOINT_KEYS: usize = 4096;
+const CHECKPOINT_KEYS: usize = 65_536;
 /// A checkpoint is due once this many log entries were committed since the last one: bounds
 /// the replay on the next start.
 const CHECKPOINT_ENTRIES: usize = 65_536;
@@ -249,8 +249,10 @@ pub struct Store {
 /// Everything kept back until the next checkpoint.
 #[derive(Debug, Default)]
 struct Deferred {
-    /// The newest state of every key changed since the last checkpoint.
-    keys: BTreeMap<(String, Vec<u8>), KeyState>,
+    /// The newest state of every key changed since the last checkpoint. A hash map: each
+    /// commit inserts every key it changed, and comparing keys in a B-tree cost more than
+    /// hashing them (measured); a checkpoint sorts them before writing.
+    keys: HashMap<(String, Vec<u8>), KeyState>,
     /// Estimated bytes of `keys` ([`state_bytes`]).
     key_bytes: usize,
     /// Log entries committed since the last checkpoint.
@@ -593,7 +595,7 @@ impl Store {
             quarantined: Cow::Borrowed(&batch.quarantined),
             released: Cow::Borrowed(&batch.released),
         };
-        let end = self.log.append(&encode(&record), &record.ranges())?;
+        let end = self.log.append(log::frame(&record), &record.ranges())?;
         deferred.meta.add(&record);
         deferred.entries += batch.log.len();
         deferred.entry_bytes += batch.log.iter().map(LogEntry::wire_size).sum::<usize>();
@@ -636,7 +638,9 @@ impl Store {
         let txn = self.db.begin_write().map_err(|e| engine(dir, e))?;
         {
             let mut keys = txn.open_table(KEYS).map_err(|e| engine(dir, e))?;
-            for ((table, key), state) in &deferred.keys {
+            let mut sorted: Vec<_> = deferred.keys.iter().collect();
+            sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            for ((table, key), state) in sorted {
                 keys.insert((table.as_str(), key.as_slice()), encode(state).as_slice())
                     .map_err(|e| engine(dir, e))?;
             }
