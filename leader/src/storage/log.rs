@@ -154,7 +154,13 @@ impl SegmentLog {
     /// Opens the log in `dir` (created if missing): loads sealed segments' indexes, scans the
     /// last segment and cuts a torn tail.
     pub(super) fn open(dir: &Path, segment_bytes: u64) -> Result<SegmentLog, StorageError> {
-        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+            // The new directory's entry must be durable before any record in it is.
+            if let Some(parent) = dir.parent() {
+                sync_dir(parent)?;
+            }
+        }
         let mut numbers = Vec::new();
         for item in std::fs::read_dir(dir).map_err(|e| io(dir, e))? {
             let name = item.map_err(|e| io(dir, e))?.file_name();
@@ -319,8 +325,7 @@ impl SegmentLog {
         from: Pos,
         visit: impl FnMut(&Path, u64, &[u8]) -> Result<bool, StorageError>,
     ) -> Result<(), StorageError> {
-        let plan: Vec<(u64, u64, u64)> = {
-            let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        let plan = |index: &BTreeMap<u64, SegmentIndex>| {
             index
                 .range(from.segment..)
                 .map(|(&n, s)| {
@@ -329,7 +334,7 @@ impl SegmentLog {
                 })
                 .collect()
         };
-        self.read_plan(&plan, visit)
+        self.read_plan(plan, visit)
     }
 
     /// Hands the records that may hold `origin`'s writes from `from` to `to` to `visit`, in
@@ -341,8 +346,7 @@ impl SegmentLog {
         to: u64,
         visit: impl FnMut(&Path, u64, &[u8]) -> Result<bool, StorageError>,
     ) -> Result<(), StorageError> {
-        let plan: Vec<(u64, u64, u64)> = {
-            let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        let plan = |index: &BTreeMap<u64, SegmentIndex>| {
             index
                 .iter()
                 .filter_map(|(&n, s)| {
@@ -356,16 +360,18 @@ impl SegmentLog {
                 })
                 .collect()
         };
-        self.read_plan(&plan, visit)
+        self.read_plan(plan, visit)
     }
 
-    /// Reads (segment, from offset, to offset) ranges in order.
+    /// Reads the (segment, from offset, to offset) ranges that `plan` picks from the index in
+    /// order; the index is locked only while `plan` runs, not while reading.
     fn read_plan(
         &self,
-        plan: &[(u64, u64, u64)],
+        plan: impl FnOnce(&BTreeMap<u64, SegmentIndex>) -> Vec<(u64, u64, u64)>,
         mut visit: impl FnMut(&Path, u64, &[u8]) -> Result<bool, StorageError>,
     ) -> Result<(), StorageError> {
-        for &(segment, start, end) in plan {
+        let plan = plan(&self.index.read().unwrap_or_else(|e| e.into_inner()));
+        for (segment, start, end) in plan {
             let path = segment_path(&self.dir, segment);
             let file = File::open(&path).map_err(|e| io(&path, e))?;
             let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, file);
@@ -515,10 +521,15 @@ fn create_segment(dir: &Path, n: u64) -> Result<File, StorageError> {
         .map_err(|e| io(&path, e))?;
     file.write_all_at(MAGIC, 0).map_err(|e| io(&path, e))?;
     file.sync_all().map_err(|e| io(&path, e))?;
+    sync_dir(dir)?;
+    Ok(file)
+}
+
+/// Makes `dir`'s entries (a file created or renamed in it) durable.
+fn sync_dir(dir: &Path) -> Result<(), StorageError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| io(dir, e))?;
-    Ok(file)
+        .map_err(|e| io(dir, e))
 }
 
 fn segment_path(dir: &Path, n: u64) -> PathBuf {
