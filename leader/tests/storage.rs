@@ -753,6 +753,25 @@ fn damage_before_the_last_record_stops_the_region_naming_file_and_offset() {
     );
 }
 
+/// A header of zeros is a torn tail only when nothing whole follows it: zeroed bytes in the
+/// middle of the last segment (a lost page) are damage, not the end of the log.
+#[test]
+fn a_zeroed_record_header_with_records_after_it_is_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    persist_writes(dir.path(), StoreLimits::default(), 3, 0);
+    let seg = segments(dir.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[8..16].fill(0);
+    std::fs::write(&seg, &bytes).unwrap();
+    let err = Store::open(dir.path(), "c1", "us-east").unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(&err, StorageError::LogCorrupt { offset: 8, .. })
+            && msg.contains("a record header of zeros, with a whole record after it"),
+        "{msg}"
+    );
+}
+
 /// Small segments: the log rolls over, sealed segments get index files, reads for catch-up
 /// cross segments, a lost index is rebuilt, and damage in a sealed segment is an error on
 /// read, never a silent gap.

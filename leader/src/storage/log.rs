@@ -12,8 +12,8 @@
 //! Only the last segment can hold a record that was being written when the process died, and
 //! that record was never acknowledged (its `fdatasync` had not returned). Opening scans the last
 //! segment: a record that fails its checksum or runs past the end of the file, or a header of
-//! zeros (a page of the last write that never reached the disk), is a torn tail when nothing
-//! but it follows, and the file is cut there. Any other damage is an error naming the file and
+//! zeros (a page of the last write that never reached the disk) with no whole record anywhere
+//! after it, is a torn tail when nothing but it follows, and the file is cut there. Any other damage is an error naming the file and
 //! the offset, never skipped: a sealed segment, or a bad record with data after it, holds
 //! acknowledged writes.
 //!
@@ -425,11 +425,39 @@ fn scan(path: &Path, last: bool) -> Result<SegmentIndex, StorageError> {
                 offset += RECORD_HEADER + payload.len() as u64;
                 index.len = offset;
             }
-            Err(bad) if bad.torn && last => break,
+            Err(bad) if bad.torn && last => {
+                // A header of zeros says nothing of where its record ends: it is the torn
+                // tail only if no whole record follows it.
+                if let Some(at) = whole_record_after(path, offset + RECORD_HEADER, file_len)? {
+                    let detail =
+                        format!("{}, with a whole record after it at byte {at}", bad.detail);
+                    return Err(corrupt(path, offset, detail));
+                }
+                break;
+            }
             Err(bad) => return Err(corrupt(path, offset, bad.detail)),
         }
     }
     Ok(index)
+}
+
+/// The first offset from `from` on where a whole record (a length that fits and a checksum
+/// that holds) starts, if any. Only a damaged tail is searched this way.
+fn whole_record_after(path: &Path, from: u64, file_len: u64) -> Result<Option<u64>, StorageError> {
+    let file = File::open(path).map_err(|e| io(path, e))?;
+    let mut rest = vec![0u8; usize::try_from(file_len.saturating_sub(from)).unwrap_or(usize::MAX)];
+    file.read_exact_at(&mut rest, from)
+        .map_err(|e| io(path, e))?;
+    let header = RECORD_HEADER as usize;
+    for at in 0..rest.len().saturating_sub(header) {
+        let word = |i: usize| u32::from_le_bytes([rest[i], rest[i + 1], rest[i + 2], rest[i + 3]]);
+        let len = word(at) as usize;
+        let fits = len > 0 && len <= rest.len() - at - header;
+        if fits && crc32fast::hash(&rest[at + header..at + header + len]) == word(at + 4) {
+            return Ok(Some(from + at as u64));
+        }
+    }
+    Ok(None)
 }
 
 /// Reads the record at `offset` (the reader is there) of a file whose readable part ends at
