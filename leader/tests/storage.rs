@@ -728,18 +728,24 @@ fn a_torn_tail_is_cut_at_the_last_whole_record() {
     }
 }
 
+/// Writes three records, passes the segment's bytes through `damage`, and returns the
+/// segment and the error of opening the store again.
+fn open_damaged(damage: impl FnOnce(&mut Vec<u8>)) -> (std::path::PathBuf, StorageError) {
+    let dir = tempfile::tempdir().unwrap();
+    persist_writes(dir.path(), StoreLimits::default(), 3, 0);
+    let seg = segments(dir.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    damage(&mut bytes);
+    std::fs::write(&seg, &bytes).unwrap();
+    (seg, Store::open(dir.path(), "c1", "us-east").unwrap_err())
+}
+
 /// Damage before the last record is not a torn write: acknowledged writes follow it. The
 /// region refuses to start, naming the file and the offset, rather than skip them.
 #[test]
 fn damage_before_the_last_record_stops_the_region_naming_file_and_offset() {
-    let dir = tempfile::tempdir().unwrap();
-    persist_writes(dir.path(), StoreLimits::default(), 3, 0);
-    let seg = segments(dir.path()).pop().unwrap();
     // The first record starts after the 8-byte segment header; flip a byte of its payload.
-    let mut bytes = std::fs::read(&seg).unwrap();
-    bytes[8 + 8 + 3] ^= 0x40;
-    std::fs::write(&seg, &bytes).unwrap();
-    let err = Store::open(dir.path(), "c1", "us-east").unwrap_err();
+    let (seg, err) = open_damaged(|bytes| bytes[8 + 8 + 3] ^= 0x40);
     let StorageError::LogCorrupt { file, offset, .. } = &err else {
         panic!("{err:?}");
     };
@@ -757,13 +763,7 @@ fn damage_before_the_last_record_stops_the_region_naming_file_and_offset() {
 /// middle of the last segment (a lost page) are damage, not the end of the log.
 #[test]
 fn a_zeroed_record_header_with_records_after_it_is_damage() {
-    let dir = tempfile::tempdir().unwrap();
-    persist_writes(dir.path(), StoreLimits::default(), 3, 0);
-    let seg = segments(dir.path()).pop().unwrap();
-    let mut bytes = std::fs::read(&seg).unwrap();
-    bytes[8..16].fill(0);
-    std::fs::write(&seg, &bytes).unwrap();
-    let err = Store::open(dir.path(), "c1", "us-east").unwrap_err();
+    let (_, err) = open_damaged(|bytes| bytes[8..16].fill(0));
     let msg = err.to_string();
     assert!(
         matches!(&err, StorageError::LogCorrupt { offset: 8, .. })
