@@ -76,13 +76,20 @@ fn write_bytes() -> u64 {
         .unwrap_or(0)
 }
 
+/// Bytes of the files under `dir` (the log's segments are in a subdirectory).
 fn dir_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
         .map(|entries| {
             entries
                 .filter_map(Result::ok)
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.len())
+                .filter_map(|e| {
+                    let meta = e.metadata().ok()?;
+                    Some(if meta.is_dir() {
+                        dir_bytes(&e.path())
+                    } else {
+                        meta.len()
+                    })
+                })
                 .sum()
         })
         .unwrap_or(0)

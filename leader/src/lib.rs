@@ -5,8 +5,8 @@
 //!
 //! # Layout
 //! - [`config`]: `regions.toml`, loaded and validated with errors that name the file and key.
-//! - [`storage`]: the redb store of one data directory (key states, per-origin log, applied
-//!   vector, peer positions, HLC high-water mark, replica id); one fsync per batch.
+//! - [`storage`]: the store of one data directory: an append-only segmented write log (one
+//!   record and one fsync per batch) and redb checkpoints of key states and metadata.
 //! - [`node`]: the runtime — a driver task that owns the state machine and performs its
 //!   effects (persist on tokio's blocking pool, send over the transport, answer clients).
 //! - [`metrics`]: Prometheus text for `/metrics`, recorded by the driver.

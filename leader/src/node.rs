@@ -707,6 +707,7 @@ pub async fn start(
         checkpoint_bytes: config.limits.checkpoint_bytes,
         replay_chunk_bytes: config.limits.replay_chunk_bytes,
         cache_bytes: config.limits.storage_cache_bytes,
+        ..StoreLimits::default()
     };
     let opened = Store::open_with(&me.data_dir, &config.cluster, region, store_limits)?;
     if opened.created {

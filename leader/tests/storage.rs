@@ -1,6 +1,8 @@
-//! The redb store of one data directory: what a persisted batch leaves on disk is exactly what
-//! a restart recovers; a directory of another region or cluster, or one already open, is
-//! refused with an error that says what to do.
+//! The store of one data directory (segmented log + redb checkpoints): what a persisted batch
+//! leaves on disk is exactly what a restart recovers; a torn tail is cut, damage elsewhere is
+//! an error naming the file and offset; directories of older formats are upgraded; a directory
+//! of another region or cluster, or one already open, is refused with an error that says what
+//! to do.
 
 use conflict::{Dot, Hlc, KeyState, Lww, Registry, ReplicaId, Seq, Value, VersionVector, Write};
 use leader::storage::{Opened, StorageError, Store, StoreLimits};
@@ -229,43 +231,6 @@ fn key_states_are_checkpointed_and_the_log_after_the_checkpoint_is_replayed() {
     assert_eq!(rec.keys.get(&key(3)), Some(&s3));
 }
 
-/// A directory written by storage format 1 (every batch's key states written with it, no
-/// `keys_applied`) is upgraded on open: nothing is replayed, and batches after the upgrade are.
-#[test]
-fn a_format_1_directory_is_upgraded_and_nothing_before_it_is_replayed() {
-    const META: redb::TableDefinition<'_, &str, &[u8]> = redb::TableDefinition::new("meta");
-    let dir = tempfile::tempdir().unwrap();
-    let opened = Store::open(dir.path(), "c1", "us-east").unwrap();
-    let me = opened.replica;
-    let (b1, s1) = one_write(me, 1, true);
-    opened.store.persist(b1).unwrap();
-    drop(opened);
-    // What format 1 left: the same tables, no `keys_applied`, format 1.
-    {
-        let db = redb::Database::create(dir.path().join("meridian.redb")).unwrap();
-        let txn = db.begin_write().unwrap();
-        {
-            let mut meta = txn.open_table(META).unwrap();
-            meta.remove("keys_applied").unwrap();
-            meta.insert("format", 1u64.to_le_bytes().as_slice())
-                .unwrap();
-        }
-        txn.commit().unwrap();
-    }
-
-    let again = Store::open(dir.path(), "c1", "us-east").unwrap();
-    let key = |n: u64| ("default".to_owned(), format!("k{n}").into_bytes());
-    assert_eq!(replayed(&again), vec![]);
-    assert_eq!(again.recovered.keys.get(&key(1)), Some(&s1));
-    let (b2, _) = one_write(me, 2, false);
-    again.store.persist(b2).unwrap();
-    drop(again);
-
-    let third = Store::open(dir.path(), "c1", "us-east").unwrap();
-    assert_eq!(replayed(&third), vec![entry(me, 2)]);
-    assert_eq!(third.recovered.keys.get(&key(1)), Some(&s1));
-}
-
 /// A batch of one write `me:seq` of `value_bytes` bytes to key `k{key}`, not a checkpoint.
 fn big_write(me: ReplicaId, seq: u64, key: u64, value_bytes: usize) -> PersistBatch {
     let mut e = entry(me, seq);
@@ -296,6 +261,7 @@ fn checkpoints_and_replay_chunks_are_bounded_in_bytes() {
         checkpoint_bytes: 4 * 1024 * 1024,
         replay_chunk_bytes: 1024 * 1024,
         cache_bytes: 4 * 1024 * 1024,
+        ..StoreLimits::default()
     };
     let dir = tempfile::tempdir().unwrap();
     let opened = Store::open_with(dir.path(), "c1", "us-east", limits).unwrap();
@@ -493,37 +459,195 @@ fn a_quarantined_write_is_applied_after_a_restart_with_its_table_added() {
     );
 }
 
-/// A directory of format 2 kept no quarantine records: the upgrade finds the logged writes
-/// their keys never applied (dot missing from the key's context) and records them, origin
-/// resolver unknown.
-#[test]
-fn a_format_2_directory_is_upgraded_with_its_quarantined_writes_recorded() {
-    const META: redb::TableDefinition<'_, &str, &[u8]> = redb::TableDefinition::new("meta");
-    let dir = tempfile::tempdir().unwrap();
-    let opened = Store::open(dir.path(), "c1", "us-east").unwrap();
-    let me = opened.replica;
-    let (mut b1, _) = one_write(me, 1, false);
-    let mut held = entry(me, 2);
-    held.table = "carts".into();
-    b1.log.push(held);
-    b1.applied.add_dot(&Dot {
-        replica: me,
-        seq: Seq(2),
-    });
-    b1.own_seq = Seq(2);
-    b1.checkpoint = true;
-    opened.store.persist(b1).unwrap();
-    drop(opened);
+/// What storage formats 1 to 3 (before the segmented log) left in `meridian.redb`: identity,
+/// counters, the key table, the `log` table and the applied vector, written here with redb
+/// directly as that code did. `keys_applied: None` is format 1 (key states current).
+struct OldLayout<'a> {
+    format: u64,
+    replica: ReplicaId,
+    log: &'a [LogEntry],
+    keys: &'a [(&'a str, &'a [u8], KeyState)],
+    keys_applied: Option<VersionVector>,
+}
+
+fn write_old_layout(dir: &std::path::Path, old: &OldLayout<'_>) {
+    use redb::TableDefinition;
+    const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
+    const KEYS: TableDefinition<'_, (&str, &[u8]), &[u8]> = TableDefinition::new("keys");
+    const LOG: TableDefinition<'_, (u128, u64), &[u8]> = TableDefinition::new("log");
+    const APPLIED: TableDefinition<'_, u128, u64> = TableDefinition::new("applied");
+    let db = redb::Database::create(dir.join("meridian.redb")).unwrap();
+    let txn = db.begin_write().unwrap();
     {
-        let db = redb::Database::create(dir.path().join("meridian.redb")).unwrap();
-        let txn = db.begin_write().unwrap();
-        {
-            let mut meta = txn.open_table(META).unwrap();
-            meta.insert("format", 2u64.to_le_bytes().as_slice())
+        let mut meta = txn.open_table(META).unwrap();
+        meta.insert("replica", old.replica.0.as_bytes().as_slice())
+            .unwrap();
+        meta.insert("cluster", b"c1".as_slice()).unwrap();
+        meta.insert("region", b"us-east".as_slice()).unwrap();
+        meta.insert("format", old.format.to_le_bytes().as_slice())
+            .unwrap();
+        let own = old
+            .log
+            .iter()
+            .filter(|e| e.write.dot.replica == old.replica)
+            .map(|e| e.seq().0)
+            .max()
+            .unwrap_or(0);
+        meta.insert("own_seq", own.to_le_bytes().as_slice())
+            .unwrap();
+        meta.insert("hlc_high", 1_700_000_000_999u64.to_le_bytes().as_slice())
+            .unwrap();
+        if let Some(vv) = &old.keys_applied {
+            meta.insert("keys_applied", vv.to_bytes().as_slice())
                 .unwrap();
         }
-        txn.commit().unwrap();
+        let mut keys = txn.open_table(KEYS).unwrap();
+        for (table, key, state) in old.keys {
+            let bytes = postcard::to_stdvec(state).unwrap();
+            keys.insert((*table, *key), bytes.as_slice()).unwrap();
+        }
+        let mut log = txn.open_table(LOG).unwrap();
+        let mut applied = txn.open_table(APPLIED).unwrap();
+        for e in old.log {
+            let dot = e.write.dot;
+            let bytes = postcard::to_stdvec(e).unwrap();
+            log.insert((dot.replica.0.as_u128(), dot.seq.0), bytes.as_slice())
+                .unwrap();
+            applied.insert(dot.replica.0.as_u128(), dot.seq.0).unwrap();
+        }
     }
+    txn.commit().unwrap();
+}
+
+/// A key state of `entries` applied in order.
+fn state_of(entries: &[&LogEntry]) -> KeyState {
+    let mut state = KeyState::default();
+    for e in entries {
+        state.apply(&e.write, &Lww);
+    }
+    state
+}
+
+/// Issue 13, item 1: a format-3 directory (today's before the segmented log) is upgraded on
+/// open: its `log` table moves into the segmented log, the writes after its checkpoint are
+/// replayed, every origin's log reads back for catch-up, and the next start is format 4.
+#[test]
+fn a_format_3_directory_is_upgraded_and_its_log_moved_into_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let me = ReplicaId::from_u128(1);
+    let other = ReplicaId::from_u128(7);
+    let log: Vec<LogEntry> = (1..=3)
+        .map(|s| entry(me, s))
+        .chain((1..=2).map(|s| entry(other, s)))
+        .collect();
+    let mut keys_applied = VersionVector::new();
+    keys_applied.add_dot(&Dot::new(me, Seq(2)));
+    keys_applied.add_dot(&Dot::new(other, Seq(1)));
+    let keys = [
+        ("default", b"k1".as_slice(), state_of(&[&log[0], &log[3]])),
+        ("default", b"k2".as_slice(), state_of(&[&log[1]])),
+    ];
+    write_old_layout(
+        dir.path(),
+        &OldLayout {
+            format: 3,
+            replica: me,
+            log: &log,
+            keys: &keys,
+            keys_applied: Some(keys_applied),
+        },
+    );
+
+    let opened = Store::open(dir.path(), "c1", "us-east").unwrap();
+    assert_eq!(opened.replica, me);
+    assert_eq!(opened.recovered.own_seq, Seq(3));
+    assert_eq!(opened.recovered.applied.get(other), Seq(2));
+    assert_eq!(opened.recovered.keys.len(), 2);
+    assert_eq!(
+        replayed(&opened),
+        vec![entry(me, 3), entry(other, 2)],
+        "the writes after the old checkpoint"
+    );
+    assert_eq!(
+        opened
+            .store
+            .read_log(other, Seq(1), Seq(2), usize::MAX)
+            .unwrap(),
+        vec![entry(other, 1), entry(other, 2)]
+    );
+    let (mut b4, _) = one_write(me, 4, false);
+    b4.applied.join(&opened.recovered.applied);
+    opened.store.persist(b4).unwrap();
+    drop(opened);
+    assert!(dir.path().join("log").is_dir());
+
+    let again = Store::open(dir.path(), "c1", "us-east").unwrap();
+    assert_eq!(
+        replayed(&again),
+        vec![entry(me, 3), entry(other, 2), entry(me, 4)],
+        "upgraded once: the moved log and the new record"
+    );
+    assert_eq!(
+        again
+            .store
+            .read_log(me, Seq(1), Seq(9), usize::MAX)
+            .unwrap(),
+        (1..=4).map(|s| entry(me, s)).collect::<Vec<_>>()
+    );
+}
+
+/// Format 1 (every key state current, no `keys_applied`) is upgraded too: nothing before the
+/// upgrade is replayed, batches after it are.
+#[test]
+fn a_format_1_directory_is_upgraded_and_nothing_before_it_is_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let me = ReplicaId::from_u128(1);
+    let log = [entry(me, 1)];
+    let s1 = state_of(&[&log[0]]);
+    write_old_layout(
+        dir.path(),
+        &OldLayout {
+            format: 1,
+            replica: me,
+            log: &log,
+            keys: &[("default", b"k1", s1.clone())],
+            keys_applied: None,
+        },
+    );
+    let again = Store::open(dir.path(), "c1", "us-east").unwrap();
+    let key = |n: u64| ("default".to_owned(), format!("k{n}").into_bytes());
+    assert_eq!(replayed(&again), vec![]);
+    assert_eq!(again.recovered.keys.get(&key(1)), Some(&s1));
+    let (b2, _) = one_write(me, 2, false);
+    again.store.persist(b2).unwrap();
+    drop(again);
+
+    let third = Store::open(dir.path(), "c1", "us-east").unwrap();
+    assert_eq!(replayed(&third), vec![entry(me, 2)]);
+    assert_eq!(third.recovered.keys.get(&key(1)), Some(&s1));
+}
+
+/// Format 2 kept no quarantine records: the upgrade finds the logged writes their keys never
+/// applied (dot missing from the key's context) and records them, origin resolver unknown.
+#[test]
+fn a_format_2_directory_is_upgraded_with_its_quarantined_writes_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let me = ReplicaId::from_u128(1);
+    let mut held = entry(me, 2);
+    held.table = "carts".into();
+    let log = [entry(me, 1), held];
+    let mut keys_applied = VersionVector::new();
+    keys_applied.add_dot(&Dot::new(me, Seq(2)));
+    write_old_layout(
+        dir.path(),
+        &OldLayout {
+            format: 2,
+            replica: me,
+            log: &log,
+            keys: &[("default", b"k1", state_of(&[&log[0]]))],
+            keys_applied: Some(keys_applied),
+        },
+    );
     let again = Store::open(dir.path(), "c1", "us-east").unwrap();
     assert_eq!(
         again.recovered.quarantined,
@@ -535,5 +659,166 @@ fn a_format_2_directory_is_upgraded_with_its_quarantined_writes_recorded() {
             table: "carts".into(),
             origin_resolver: None,
         }]
+    );
+}
+
+/// The segment files of `dir`'s log, in order.
+fn segments(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir.join("log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Persists writes `me:1..=n`, one batch each, the one `checkpoint_at` a checkpoint; returns
+/// the replica id.
+fn persist_writes(
+    dir: &std::path::Path,
+    limits: StoreLimits,
+    n: u64,
+    checkpoint_at: u64,
+) -> ReplicaId {
+    let opened = Store::open_with(dir, "c1", "us-east", limits).unwrap();
+    let me = opened.replica;
+    for seq in 1..=n {
+        let batch = one_write(me, seq, seq == checkpoint_at).0;
+        opened.store.persist(batch).unwrap();
+    }
+    me
+}
+
+/// A crash in the middle of a group commit leaves a partial record at the end of the log: it
+/// was never acknowledged, so a restart cuts it and recovers exactly the whole records.
+#[test]
+fn a_torn_tail_is_cut_at_the_last_whole_record() {
+    for damage in ["truncated", "checksum", "zeros"] {
+        let dir = tempfile::tempdir().unwrap();
+        let me = persist_writes(dir.path(), StoreLimits::default(), 3, 0);
+        let seg = segments(dir.path()).pop().unwrap();
+        let len = std::fs::metadata(&seg).unwrap().len();
+        let file = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+        use std::os::unix::fs::FileExt;
+        match damage {
+            "truncated" => file.set_len(len - 5).unwrap(),
+            "checksum" => file.write_all_at(&[0xff], len - 1).unwrap(),
+            // A page of the last write that never reached the disk, then more of it.
+            _ => file.write_all_at(&[0; 16], len).unwrap(),
+        }
+        drop(file);
+        let again = Store::open(dir.path(), "c1", "us-east").unwrap();
+        let want_last = if damage == "zeros" { 3 } else { 2 };
+        assert_eq!(again.recovered.own_seq, Seq(want_last), "{damage}");
+        assert_eq!(
+            replayed(&again),
+            (1..=want_last).map(|s| entry(me, s)).collect::<Vec<_>>(),
+            "{damage}"
+        );
+        // Appends continue after the cut.
+        again
+            .store
+            .persist(one_write(me, want_last + 1, false).0)
+            .unwrap();
+        drop(again);
+        let third = Store::open(dir.path(), "c1", "us-east").unwrap();
+        assert_eq!(third.recovered.own_seq, Seq(want_last + 1), "{damage}");
+        assert_eq!(replayed(&third).len() as u64, want_last + 1, "{damage}");
+    }
+}
+
+/// Writes three records, passes the segment's bytes through `damage`, and returns the
+/// segment and the error of opening the store again.
+fn open_damaged(damage: impl FnOnce(&mut Vec<u8>)) -> (std::path::PathBuf, StorageError) {
+    let dir = tempfile::tempdir().unwrap();
+    persist_writes(dir.path(), StoreLimits::default(), 3, 0);
+    let seg = segments(dir.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    damage(&mut bytes);
+    std::fs::write(&seg, &bytes).unwrap();
+    (seg, Store::open(dir.path(), "c1", "us-east").unwrap_err())
+}
+
+/// Damage before the last record is not a torn write: acknowledged writes follow it. The
+/// region refuses to start, naming the file and the offset, rather than skip them.
+#[test]
+fn damage_before_the_last_record_stops_the_region_naming_file_and_offset() {
+    // The first record starts after the 8-byte segment header; flip a byte of its payload.
+    let (seg, err) = open_damaged(|bytes| bytes[8 + 8 + 3] ^= 0x40);
+    let StorageError::LogCorrupt { file, offset, .. } = &err else {
+        panic!("{err:?}");
+    };
+    assert_eq!((file, *offset), (&seg, 8));
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!("{} is damaged at byte 8", seg.display()))
+            && msg.contains("checksum mismatch")
+            && msg.contains("rebuild it from an empty directory"),
+        "{msg}"
+    );
+}
+
+/// A header of zeros is a torn tail only when nothing whole follows it: zeroed bytes in the
+/// middle of the last segment (a lost page) are damage, not the end of the log.
+#[test]
+fn a_zeroed_record_header_with_records_after_it_is_damage() {
+    let (_, err) = open_damaged(|bytes| bytes[8..16].fill(0));
+    let msg = err.to_string();
+    assert!(
+        matches!(&err, StorageError::LogCorrupt { offset: 8, .. })
+            && msg.contains("a record header of zeros, with a whole record after it"),
+        "{msg}"
+    );
+}
+
+/// Small segments: the log rolls over, sealed segments get index files, reads for catch-up
+/// cross segments, a lost index is rebuilt, and damage in a sealed segment is an error on
+/// read, never a silent gap.
+#[test]
+fn the_log_rolls_into_indexed_segments_that_reads_cross() {
+    let limits = StoreLimits {
+        segment_bytes: 4096,
+        ..StoreLimits::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // A checkpoint at the end: a start reads no record of the first segments.
+    let me = persist_writes(dir.path(), limits, 200, 200);
+    let segs = segments(dir.path());
+    assert!(segs.len() > 3, "{segs:?}");
+    for seg in &segs[..segs.len() - 1] {
+        assert!(seg.with_extension("idx").exists(), "{seg:?} has an index");
+    }
+    std::fs::remove_file(segs[1].with_extension("idx")).unwrap();
+    let again = Store::open_with(dir.path(), "c1", "us-east", limits).unwrap();
+    assert_eq!(again.recovered.own_seq, Seq(200));
+    assert_eq!(replayed(&again), vec![]);
+    assert!(segs[1].with_extension("idx").exists(), "rebuilt");
+    let all = again
+        .store
+        .read_log(me, Seq(1), Seq(200), usize::MAX)
+        .unwrap();
+    assert_eq!(all, (1..=200).map(|s| entry(me, s)).collect::<Vec<_>>());
+    let some = again
+        .store
+        .read_log(me, Seq(57), Seq(120), usize::MAX)
+        .unwrap();
+    assert_eq!(some, (57..=120).map(|s| entry(me, s)).collect::<Vec<_>>());
+    let one = again.store.read_log(me, Seq(150), Seq(200), 1).unwrap();
+    assert_eq!(one, vec![entry(me, 150)]);
+    drop(again);
+
+    let mut bytes = std::fs::read(&segs[0]).unwrap();
+    let at = bytes.len() - 3;
+    bytes[at] ^= 1;
+    std::fs::write(&segs[0], &bytes).unwrap();
+    let third = Store::open_with(dir.path(), "c1", "us-east", limits).unwrap();
+    let err = third
+        .store
+        .read_log(me, Seq(1), Seq(200), usize::MAX)
+        .unwrap_err();
+    assert!(
+        matches!(&err, StorageError::LogCorrupt { file, .. } if file == &segs[0]),
+        "{err:?}"
     );
 }
