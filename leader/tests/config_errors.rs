@@ -214,7 +214,7 @@ fn unknown_field_suggests_the_intended_key() {
         err.to_string(),
         "/etc/meridian/regions.toml:11:1: region[1].peer_adr: unknown key `peer_adr`. did you \
          mean `peer_addr`? remove it or use one of the keys allowed in region[1]: name, \
-         peer_addr, api_addr, data_dir"
+         peer_addr, api_addr, data_dir, resp_addr"
     );
 }
 
@@ -228,7 +228,7 @@ fn unknown_field_at_the_top_level_and_in_sections() {
         err.to_string(),
         "/etc/meridian/regions.toml:3:1: region_count: unknown key `region_count`. remove it or \
          use one of the keys allowed at the top level: cluster, tls_dir, limits, timeouts, \
-         region, tables, durability, simulation"
+         region, tables, durability, simulation, resp"
     );
     let err = error_with(
         "tls_dir = \"certs\"",

@@ -2,14 +2,14 @@
 //! both in the region's data directory.
 //!
 //! # Layout
-//! - [`log`]: the per-origin logs of writes, interleaved in one append-only sequence of
+//! - `log`: the per-origin logs of writes, interleaved in one append-only sequence of
 //!   segment files. Each group commit appends **one record** (its log entries and everything
 //!   else the commit must make durable: applied vector, own sequence, HLC high-water mark, peer
 //!   acks, replica names, quarantine records added and released), with a CRC32, and returns
 //!   after one `fdatasync`.
 //! - `meridian.redb`: identity (replica id, cluster, region, format), and, as of a *checkpoint*,
 //!   the key states and the metadata above, with `log_pos`, the log position they reflect.
-//! - [`legacy`]: the upgrade of directories written by older formats.
+//! - `legacy`: the upgrade of directories written by older formats.
 //!
 //! The state machine decides *what* to write ([`PersistBatch`]); [`Store::persist`] appends it
 //! and returns only once it is durable. Because the state machine keeps at most one batch
@@ -23,7 +23,7 @@
 //! A commit appends to the log only. Key states and the metadata are kept back in memory and
 //! written to redb at the next *checkpoint* (one redb transaction after the batch's record is
 //! durable, recording as `keys_applied` the applied vector the states reflect and as `log_pos`
-//! the end of that record): when [`CHECKPOINT_KEYS`] states or [`CHECKPOINT_ENTRIES`] log
+//! the end of that record): when `CHECKPOINT_KEYS` states or `CHECKPOINT_ENTRIES` log
 //! entries have accumulated, or when either the log written since the last checkpoint or the
 //! states kept back reach [`StoreLimits::checkpoint_bytes`], or when the batch asks for one
 //! ([`PersistBatch::checkpoint`]). A write is durable once its record is: recovery loads the
