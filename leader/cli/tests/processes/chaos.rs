@@ -43,8 +43,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::harness::{Cluster, POLL, applied, http_client, status};
+use crate::harness::{Cluster, applied, highest_acked, http_client, status};
 use crate::load;
+use crate::rng::Rng;
 use serde_json::Value as Json;
 use tokio::task::JoinSet;
 
@@ -84,32 +85,6 @@ const READERS: usize = 4;
 /// Bounds on each phase; reaching one fails the test.
 const START_BOUND: Duration = Duration::from_secs(20);
 const PHASE_BOUND: Duration = Duration::from_secs(20);
-const CONVERGENCE_BOUND: Duration = Duration::from_secs(30);
-
-/// SplitMix64: small, seedable, and the same everywhere, so a seed names one schedule.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn between(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.below(hi - lo + 1)
-    }
-
-    fn percent(&mut self, p: u64) -> bool {
-        self.below(100) < p
-    }
-}
 
 fn seed() -> u64 {
     match std::env::var(SEED_ENV) {
@@ -226,7 +201,7 @@ impl Faults {
 /// Draws the schedule of `seed`: pauses and steps. Redraws (from the same generator, so still
 /// one schedule per seed) until it holds a `kill-after-one-ack`, a restart and a partition.
 fn plan(seed: u64) -> Vec<(Duration, Step)> {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     loop {
         let n = rng.between(STEPS_MIN, STEPS_MAX);
         let mut faults = Faults::default();
@@ -351,8 +326,8 @@ fn start_load(client: &reqwest::Client, cluster: &Cluster, seed: u64) -> Load {
         PHASE_BOUND,
         |r, w| {
             let (client, api) = (client.clone(), cluster.regions[r].api.clone());
-            let mut rng = Rng(
-                seed ^ (0x1000 * (r as u64 + 1) + w as u64).wrapping_mul(0x5851_f42d_4c95_7f2d)
+            let mut rng = Rng::new(
+                seed ^ (0x1000 * (r as u64 + 1) + w as u64).wrapping_mul(0x5851_f42d_4c95_7f2d),
             );
             move |i| {
                 let key = if rng.percent(HOT_PERCENT) {
@@ -367,8 +342,7 @@ fn start_load(client: &reqwest::Client, cluster: &Cluster, seed: u64) -> Load {
                 };
                 let value = format!("{key}={}/w{w}/{i}", REGIONS[r]);
                 let (client, api) = (client.clone(), api.clone());
-                let (k, v) = (key.clone(), value.clone());
-                let attempt = async move {
+                load::attempt(key, value, move |k, v| async move {
                     put(
                         &client,
                         &api,
@@ -378,8 +352,7 @@ fn start_load(client: &reqwest::Client, cluster: &Cluster, seed: u64) -> Load {
                         WRITER_ONE_TIMEOUT_MS,
                     )
                     .await
-                };
-                (key, value, Box::pin(attempt))
+                })
             }
         },
     )
@@ -441,16 +414,6 @@ async fn not_readable(
 
 fn is_hot(key: &str) -> bool {
     key.starts_with("hot-")
-}
-
-/// Highest acknowledged seq per replica id.
-fn highest_acked<'a>(acks: impl IntoIterator<Item = &'a Ack>) -> BTreeMap<String, u64> {
-    let mut top = BTreeMap::new();
-    for a in acks {
-        let s = top.entry(a.replica.clone()).or_insert(0);
-        *s = (*s).max(a.seq);
-    }
-    top
 }
 
 /// The order of an HLC as the API prints it (`2026-11-27T11:03:36.123Z+5`): the fixed-width
@@ -623,7 +586,10 @@ impl Chaos {
             REGIONS[r]
         );
         let own_applied = applied(&st).get(replica).map_or(0, |(_, s)| *s);
-        let own_acked = highest_acked(&before).get(replica).copied().unwrap_or(0);
+        let own_acked = highest_acked(before.iter().map(|a| (a.replica.as_str(), a.seq)))
+            .get(replica)
+            .copied()
+            .unwrap_or(0);
         assert!(
             own_applied >= own_acked,
             "{} restarted with its own writes applied up to seq {own_applied}, but it had \
@@ -682,39 +648,6 @@ fn check_one_ack(ack: &Ack) {
         ack.durable_in.iter().any(|r| r == origin) && ack.durable_in.iter().any(|r| r != origin),
         "a `one` write answered 200 must be durable at its origin and another region: {ack:?}"
     );
-}
-
-/// Waits until every region's applied vector covers `expected` (highest acknowledged seq per
-/// replica id) and all applied vectors are equal. Returns the common vector.
-async fn wait_converged(
-    client: &reqwest::Client,
-    cluster: &Cluster,
-    expected: &BTreeMap<String, u64>,
-) -> BTreeMap<String, (String, u64)> {
-    let deadline = Instant::now() + CONVERGENCE_BOUND;
-    loop {
-        let mut vectors = Vec::new();
-        for r in &cluster.regions {
-            match status(client, &r.api).await {
-                Ok(st) => vectors.push(applied(&st)),
-                Err(e) => panic!("status of {} failed after the load: {e}", r.name),
-            }
-        }
-        let covers = |v: &BTreeMap<String, (String, u64)>| {
-            expected
-                .iter()
-                .all(|(replica, seq)| v.get(replica).is_some_and(|(_, s)| s >= seq))
-        };
-        if vectors.iter().all(covers) && vectors.windows(2).all(|w| w[0] == w[1]) {
-            return vectors.swap_remove(0);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no convergence within {CONVERGENCE_BOUND:?}: applied vectors {vectors:#?}, \
-             acknowledged up to {expected:#?}"
-        );
-        tokio::time::sleep(POLL).await;
-    }
 }
 
 /// `GET ?siblings=true` of a hot key at `api`: the status and the JSON body.
@@ -875,9 +808,9 @@ async fn random_kills_restarts_and_partitions_lose_no_acknowledged_write() {
         .flat_map(|o| &o.acked)
         .chain(&deliberate)
         .collect();
-    let expected = highest_acked(acks.iter().copied());
+    let expected = highest_acked(acks.iter().map(|a| (a.replica.as_str(), a.seq)));
     let client = http_client();
-    let common = wait_converged(&client, &cluster, &expected).await;
+    let common = cluster.wait_converged(&client, &expected).await;
     let convergence = load_stopped.elapsed();
     let heal_to_converged = settle_started.elapsed();
 

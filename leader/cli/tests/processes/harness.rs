@@ -614,3 +614,54 @@ pub(crate) fn applied(status: &Status) -> BTreeMap<String, (String, u64)> {
         .map(|e| (format!("{:#}", e.replica), (e.region.clone(), e.seq)))
         .collect()
 }
+
+/// How long the regions may take to apply the same writes once the load has stopped.
+pub(crate) const CONVERGENCE_BOUND: Duration = Duration::from_secs(30);
+
+impl Cluster {
+    /// Waits until every region's applied vector covers `expected` (highest acknowledged seq
+    /// per replica id, see [`highest_acked`]) and all applied vectors are equal, failing the
+    /// test after [`CONVERGENCE_BOUND`]. Returns the common vector.
+    pub(crate) async fn wait_converged(
+        &self,
+        client: &reqwest::Client,
+        expected: &BTreeMap<String, u64>,
+    ) -> BTreeMap<String, (String, u64)> {
+        let deadline = Instant::now() + CONVERGENCE_BOUND;
+        loop {
+            let mut vectors = Vec::new();
+            for r in &self.regions {
+                match status(client, &r.api).await {
+                    Ok(st) => vectors.push(applied(&st)),
+                    Err(e) => panic!("status of {} failed after the load: {e}", r.name),
+                }
+            }
+            let covers = |v: &BTreeMap<String, (String, u64)>| {
+                expected
+                    .iter()
+                    .all(|(replica, seq)| v.get(replica).is_some_and(|(_, s)| s >= seq))
+            };
+            if vectors.iter().all(covers) && vectors.windows(2).all(|w| w[0] == w[1]) {
+                return vectors.swap_remove(0);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no convergence within {CONVERGENCE_BOUND:?}: applied vectors {vectors:#?}, \
+                 acknowledged up to {expected:#?}"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+/// Highest acknowledged seq per replica id, from the `(replica, seq)` of each acknowledgement.
+pub(crate) fn highest_acked<'a>(
+    acks: impl IntoIterator<Item = (&'a str, u64)>,
+) -> BTreeMap<String, u64> {
+    let mut top = BTreeMap::new();
+    for (replica, seq) in acks {
+        let s = top.entry(replica.to_owned()).or_insert(0);
+        *s = (*s).max(seq);
+    }
+    top
+}

@@ -50,6 +50,19 @@ impl<A> Default for Outcomes<A> {
 /// One write in flight: its key, its value and the request.
 pub(crate) type Attempt<A> = (String, String, Pin<Box<dyn Future<Output = Put<A>> + Send>>);
 
+/// The attempt to write `value` at `key` with `put`, which is handed copies of both.
+pub(crate) fn attempt<A, F>(
+    key: String,
+    value: String,
+    put: impl FnOnce(String, String) -> F,
+) -> Attempt<A>
+where
+    F: Future<Output = Put<A>> + Send + 'static,
+{
+    let request = put(key.clone(), value.clone());
+    (key, value, Box::pin(request))
+}
+
 /// Writers at every region until stopped.
 pub(crate) struct Load<A> {
     regions: Vec<&'static str>,

@@ -4,6 +4,7 @@
 
 mod harness;
 mod load;
+mod rng;
 
 mod bench_cli;
 mod chaos;

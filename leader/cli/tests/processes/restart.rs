@@ -16,11 +16,10 @@
 //! how many of the in-flight ones turned out durable anyway. Writes to live regions must never
 //! fail. Keys are distinct (each is written once), so "present" means exactly the value written.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::harness::{Cluster, POLL, applied, http_client, status};
+use crate::harness::{Cluster, applied, highest_acked, http_client, status};
 use crate::load;
 use serde_json::Value as Json;
 use tokio::task::JoinSet;
@@ -50,7 +49,6 @@ const READERS: usize = 4;
 /// Bounds on each phase; reaching one fails the test.
 const START_BOUND: Duration = Duration::from_secs(15);
 const PHASE_BOUND: Duration = Duration::from_secs(15);
-const CONVERGENCE_BOUND: Duration = Duration::from_secs(30);
 
 /// A write a region acknowledged with 200: durable there, with its dot.
 #[derive(Debug, Clone)]
@@ -110,12 +108,9 @@ fn start_load(client: &reqwest::Client, cluster: &Cluster) -> Load {
                 let key = format!("r{r}-w{w}-{i}");
                 let value = format!("{key}@{name}");
                 let (client, api) = (client.clone(), api.clone());
-                let (k, v) = (key.clone(), value.clone());
-                (
-                    key,
-                    value,
-                    Box::pin(async move { put(&client, &api, &k, &v).await }),
-                )
+                load::attempt(key, value, move |k, v| async move {
+                    put(&client, &api, &k, &v).await
+                })
             }
         },
     )
@@ -157,49 +152,6 @@ async fn missing(client: &reqwest::Client, api: &str, acks: &[Ack]) -> Vec<(Stri
     }
     all.sort();
     all
-}
-
-/// Waits until every region's applied vector covers `expected` (highest acknowledged seq per
-/// replica id) and all applied vectors are equal. Returns the common vector.
-async fn wait_converged(
-    client: &reqwest::Client,
-    cluster: &Cluster,
-    expected: &BTreeMap<String, u64>,
-) -> BTreeMap<String, (String, u64)> {
-    let deadline = Instant::now() + CONVERGENCE_BOUND;
-    loop {
-        let mut vectors = Vec::new();
-        for r in &cluster.regions {
-            match status(client, &r.api).await {
-                Ok(st) => vectors.push(applied(&st)),
-                Err(e) => panic!("status of {} failed after the load: {e}", r.name),
-            }
-        }
-        let covers = |v: &BTreeMap<String, (String, u64)>| {
-            expected
-                .iter()
-                .all(|(replica, seq)| v.get(replica).is_some_and(|(_, s)| s >= seq))
-        };
-        if vectors.iter().all(covers) && vectors.windows(2).all(|w| w[0] == w[1]) {
-            return vectors.swap_remove(0);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no convergence within {CONVERGENCE_BOUND:?}: applied vectors {vectors:#?}, \
-             acknowledged up to {expected:#?}"
-        );
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-/// Highest acknowledged seq per replica id.
-fn highest_acked<'a>(acks: impl IntoIterator<Item = &'a Ack>) -> BTreeMap<String, u64> {
-    let mut top = BTreeMap::new();
-    for a in acks {
-        let s = top.entry(a.replica.clone()).or_insert(0);
-        *s = (*s).max(a.seq);
-    }
-    top
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -259,7 +211,7 @@ async fn sigkill_mid_load_loses_no_acknowledged_write() {
         "the restarted victim must keep its replica id (same data directory)"
     );
     let own_applied = applied(&st).get(&victim_replica).map_or(0, |(_, s)| *s);
-    let own_acked = highest_acked(&victim_acks)
+    let own_acked = highest_acked(victim_acks.iter().map(|a| (a.replica.as_str(), a.seq)))
         .get(&victim_replica)
         .copied()
         .unwrap_or(0);
@@ -293,8 +245,8 @@ async fn sigkill_mid_load_loses_no_acknowledged_write() {
 
     // Convergence: every applied vector reaches every acknowledged write, all equal.
     let all_acks: Vec<&Ack> = outcomes.iter().flat_map(|o| &o.acked).collect();
-    let expected = highest_acked(all_acks.iter().copied());
-    let common = wait_converged(&client, &cluster, &expected).await;
+    let expected = highest_acked(all_acks.iter().map(|a| (a.replica.as_str(), a.seq)));
+    let common = cluster.wait_converged(&client, &expected).await;
     let convergence = load_stopped.elapsed();
 
     // Every acknowledged write is readable, with its value, in every region.

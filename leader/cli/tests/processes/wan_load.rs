@@ -13,12 +13,14 @@
 //!
 //! - relayed writes stay below [`RELAYED_PER_CLIENT_WRITE_MAX`] per client write;
 //! - `Resync` requests stay below [`RESYNCS_MAX`] in all;
-//! - once the load stops, every region has applied every write within [`CONVERGENCE_BOUND`].
+//! - once the load stops, every region has applied every write within [`crate::harness::CONVERGENCE_BOUND`].
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::harness::{Cluster, POLL, applied, http_client, status};
+use crate::harness::{Cluster, http_client, status};
 use crate::load;
+use crate::rng::Rng;
 use leader::status::{Counters, LinkChange};
 
 const REGIONS: [&str; 3] = ["us-east", "eu-west", "ap-south"];
@@ -48,7 +50,6 @@ const RELAYED_PER_CLIENT_WRITE_MAX: f64 = 0.005;
 const RESYNCS_MAX: u64 = 20;
 /// Bounds on the phases; reaching one fails the test.
 const START_BOUND: Duration = Duration::from_secs(20);
-const CONVERGENCE_BOUND: Duration = Duration::from_secs(30);
 /// Pause of a writer after a failed request (none is expected: every region stays up).
 const FAILED_WRITE_PAUSE: Duration = Duration::from_millis(10);
 
@@ -120,21 +121,14 @@ async fn sustained_load_over_jittery_links_does_not_set_off_a_relay_storm() {
         LOAD,
         |r, w| {
             let (client, api) = (client.clone(), cluster.regions[r].api.clone());
-            let mut rng = 0x9e37_79b9_7f4a_7c15_u64 ^ ((r as u64) << 32 | w as u64);
+            let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15_u64 ^ ((r as u64) << 32 | w as u64));
             move |i| {
-                // xorshift: a cheap, seeded key choice.
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                let key = format!("r{r}-k{}", rng % KEYS_PER_REGION);
+                let key = format!("r{r}-k{}", rng.below(KEYS_PER_REGION));
                 let value = format!("w{w}-{i}");
                 let (client, api) = (client.clone(), api.clone());
-                let (k, v) = (key.clone(), value.clone());
-                (
-                    key,
-                    value,
-                    Box::pin(async move { put(&client, &api, &k, &v).await }),
-                )
+                load::attempt(key, value, move |k, v| async move {
+                    put(&client, &api, &k, &v).await
+                })
             }
         },
     );
@@ -183,7 +177,7 @@ async fn sustained_load_over_jittery_links_does_not_set_off_a_relay_storm() {
     );
 
     // Lag is bounded: once the load stops, every region has everything within the bound.
-    wait_same_applied(&client, &cluster).await;
+    cluster.wait_converged(&client, &BTreeMap::new()).await;
 }
 
 /// Writers at [`OVERLOAD_WRITER`] only, so the lag a region shows is exactly its lag on that
@@ -251,12 +245,9 @@ async fn a_region_slower_than_the_load_paces_writes_and_the_lag_stays_bounded() 
                 let key = format!("k{}", (i * 7 + w as u64) % KEYS_PER_REGION);
                 let value = format!("w{w}-{i}");
                 let (client, api) = (client.clone(), api.clone());
-                let (k, v) = (key.clone(), value.clone());
-                (
-                    key,
-                    value,
-                    Box::pin(async move { put(&client, &api, &k, &v).await }),
-                )
+                load::attempt(key, value, move |k, v| async move {
+                    put(&client, &api, &k, &v).await
+                })
             }
         },
     );
@@ -320,28 +311,8 @@ async fn a_region_slower_than_the_load_paces_writes_and_the_lag_stays_bounded() 
         "a second of the load acknowledged nothing (a stall): {per_second:?}"
     );
 
-    wait_same_applied(&client, &cluster).await;
+    cluster.wait_converged(&client, &BTreeMap::new()).await;
     cluster.shutdown().await;
-}
-
-/// Waits until every region has applied the same writes, failing the test after
-/// [`CONVERGENCE_BOUND`].
-async fn wait_same_applied(client: &reqwest::Client, cluster: &Cluster) {
-    let deadline = Instant::now() + CONVERGENCE_BOUND;
-    loop {
-        let mut vectors = Vec::new();
-        for r in &cluster.regions {
-            vectors.push(applied(&status(client, &r.api).await.expect("status")));
-        }
-        if vectors.windows(2).all(|w| w[0] == w[1]) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "regions still differ {CONVERGENCE_BOUND:?} after the load stopped: {vectors:?}"
-        );
-        tokio::time::sleep(POLL).await;
-    }
 }
 
 /// Sends signal `sig` (`STOP`, `CONT`) to our child `pid`, failing the test if it cannot. The

@@ -6,12 +6,10 @@
 //! - multi-value: the key holds exactly the writes no other write's context covers;
 //! - every region ends with the same data (equal digests) once it has applied the same writes.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::{Cluster, Read};
+use crate::common::{Cluster, Read};
 use conflict::{Dot, Resolved, Sibling, Value, VersionVector};
 use leader::leader_core::WriteReceipt;
 use tokio::time::Instant;
@@ -160,7 +158,7 @@ async fn write_rounds(c: &Cluster, region: &str, rounds: usize) -> Vec<Written> 
 /// sent to the other (both sides block their outbound half, so nothing reaches an inbound
 /// block).
 async fn wait_cut(c: &Cluster, a: &str, b: &str) {
-    common::wait_until("both sides to drop packets to each other", async || {
+    crate::common::wait_until("both sides to drop packets to each other", async || {
         let (sa, sb) = (c.impairment(a).stats(), c.impairment(b).stats());
         if sa.blocked_outbound > 0 && sb.blocked_outbound > 0 {
             Ok(())
@@ -675,7 +673,7 @@ async fn a_write_paced_past_its_timeout_is_answered_503_overloaded() {
             let first = c.put(US, LWW, "first", "v").await;
             c.wait_key(LWW, "first", &[first.dot]).await;
             // us-east must have eu-west's ack before the cut, or that write counts as lag.
-            common::wait_until("eu-west to acknowledge to us-east", async || {
+            crate::common::wait_until("eu-west to acknowledge to us-east", async || {
                 let status = c.status(US).await;
                 let eu = status.peers.iter().find(|p| p.region == EU).unwrap();
                 match eu.lag_writes {

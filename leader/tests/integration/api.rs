@@ -5,78 +5,36 @@
 //! Each test starts its own single-region leader (certificates in a temporary directory, the
 //! QUIC socket and the API bound on port 0), so tests run in parallel and every count is exact.
 
-use std::net::SocketAddr;
-
 use conflict::{ReplicaId, Seq, VersionVector};
 use leader::api::{CONTEXT_HEADER, SIBLINGS_HEADER, decode_context, encode_context};
-use leader::config::Config;
-use leader::{LeaderBuilder, Node, Wiring};
 use reqwest::StatusCode;
 use serde_json::Value as Json;
-use tempfile::TempDir;
 
-/// One region with small limits, so the limit errors are cheap to reach. `max_siblings = 2`
-/// makes the third concurrent version of a key the one that is refused.
-const CONFIG: &str = r#"
-cluster = "api-test"
-
-[limits]
-max_key_bytes = 64
-max_value_bytes = 1024
-max_siblings = 2
-max_frame_bytes = 65536
-max_request_body_bytes = 4096
-peer_window_bytes = 65536
-conflict_log_entries = 100
-
-[[region]]
-name = "solo"
-peer_addr = "127.0.0.1:7999"   # replaced by a socket bound on port 0 (Wiring::peer_socket)
-api_addr = "127.0.0.1:0"
-
-[tables]
-default = "lww"
-carts = "multi-value"
-"#;
+use crate::common::{Cluster, SOLO};
 
 /// A running single-region leader and an HTTP client for its API.
 struct Solo {
-    node: Node,
+    cluster: Cluster,
     base: String,
     http: reqwest::Client,
-    _dir: TempDir,
 }
 
 impl Solo {
+    /// The harness's solo region. `max_siblings = 2` makes the third concurrent version of a
+    /// key the one that is refused.
     async fn start(token: Option<&str>) -> Solo {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("regions.toml");
-        std::fs::write(&path, CONFIG).unwrap();
-        let config = Config::load(&path).unwrap();
-        transport::certs::generate(
-            &config.tls_dir,
-            &config.cluster,
-            &["solo".to_owned()],
-            transport::certs::KeyAlgorithm::Ed25519,
-        )
-        .unwrap();
-        let wiring = Wiring {
-            peer_socket: Some(std::net::UdpSocket::bind("127.0.0.1:0").unwrap()),
-            api_bind: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
-            api_token: token.map(str::to_owned),
-            ..Wiring::default()
-        };
-        let node = LeaderBuilder::new(config, "solo")
-            .wiring(wiring)
-            .start()
-            .await
-            .unwrap();
-        let base = format!("http://{}", node.api_addr().unwrap());
+        let mut builder = Cluster::solo()
+            .limit("max_siblings", 2)
+            .limit("conflict_log_entries", 100);
+        if let Some(token) = token {
+            builder = builder.api_token(token);
+        }
+        let cluster = builder.start().await;
+        let base = cluster.api_url(SOLO);
         Solo {
-            node,
+            cluster,
             base,
             http: reqwest::Client::new(),
-            _dir: dir,
         }
     }
 
@@ -122,7 +80,7 @@ impl Solo {
     }
 
     async fn stop(self) {
-        self.node.shutdown().await.unwrap();
+        self.cluster.shutdown().await;
     }
 }
 

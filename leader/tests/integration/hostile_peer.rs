@@ -15,240 +15,68 @@
 //! connections: writes made in every region during the attack converge (equal applied
 //! vectors, equal digests).
 //!
-//! The cluster is built here rather than with `common::Cluster` because the attacker needs a
-//! certificate of a region that is configured but not running.
-
-mod common;
+//! `x` is an idle region of the harness's cluster: configured and certified, never started.
+//! The test runs on a runtime of its own so that it reads its regions' warnings only.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, UdpSocket};
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use common::{hex_digests, wait_until};
+use crate::common::rng::Rng;
+use crate::common::{CLUSTER, Cluster, logs, wait_until};
 use conflict::{Dot, Hlc, ReplicaId, Seq, Value, VersionVector, Write};
-use leader::config::Config;
 use leader::leader_core::msg::{Ack, Heartbeat};
 use leader::leader_core::{Batch, Hello as PeerHello, LogEntry, PROTOCOL_VERSION, PeerMsg};
-use leader::{LeaderBuilder, Node, NodeHandle, Wiring};
 use quinn::rustls;
 use transport::codec::{
     FrameReader, HELLO_MAX_BYTES, Hello, TRANSPORT_VERSION, encode_frame, encode_preamble,
 };
 use transport::{Identity, LinkState};
 
-const CLUSTER: &str = "hostile-peer";
 const RUNNING: [&str; 3] = ["a", "b", "c"];
 /// Configured and certified, never started: the attacker holds its certificate.
 const ATTACKER: &str = "x";
 /// How long the client waits for `a` to close a connection.
 const CLOSE_DEADLINE: Duration = Duration::from_secs(10);
 
-// ---- log capture ---------------------------------------------------------------------------
-
-/// Everything logged at `warn` and above by the regions of this test.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl Logs {
-    fn install() -> Logs {
-        let logs = Logs::default();
-        let writer = logs.clone();
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .try_init()
-            .expect("this test binary installs the only subscriber");
-        logs
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        // Keep the test's own output useful too.
-        std::io::stderr().write_all(buf)?;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+/// The names of the test runtime's threads, whose warnings the test reads.
+const THREADS: &str = "hostile-peer";
 
 // ---- the cluster ---------------------------------------------------------------------------
 
-struct Cluster {
-    dir: tempfile::TempDir,
-    nodes: BTreeMap<String, Node>,
-    peer_addrs: BTreeMap<String, SocketAddr>,
-    /// Holds `x`'s configured address so the regions' dials to it go nowhere.
-    _x_silent: UdpSocket,
+/// `(conn_id, connections)` of every link between running regions, once all are up.
+async fn wait_links_up(cluster: &Cluster) -> BTreeMap<(String, String), (Option<u64>, u64)> {
+    wait_until("a, b and c to connect to each other", async || {
+        let mut links = BTreeMap::new();
+        for region in RUNNING {
+            let status = cluster
+                .handle(region)
+                .status()
+                .await
+                .map_err(|e| e.to_string())?;
+            for peer in RUNNING.iter().filter(|p| **p != region) {
+                let link = &status.links[*peer];
+                let accepted = status
+                    .peers
+                    .iter()
+                    .any(|v| v.region == *peer && v.connected);
+                if link.state != LinkState::Up || !accepted {
+                    return Err(format!("{region}->{peer}: {:?}", link.state));
+                }
+                links.insert(
+                    (region.to_owned(), (*peer).to_owned()),
+                    (link.conn_id, link.connections),
+                );
+            }
+        }
+        Ok(links)
+    })
+    .await
 }
 
-impl Cluster {
-    async fn start() -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let mut sockets = BTreeMap::new();
-        let mut peer_addrs = BTreeMap::new();
-        for region in RUNNING {
-            let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-            peer_addrs.insert(region.to_owned(), socket.local_addr().unwrap());
-            sockets.insert(region, socket);
-        }
-        let x_silent = UdpSocket::bind("127.0.0.1:0").unwrap();
-        peer_addrs.insert(ATTACKER.to_owned(), x_silent.local_addr().unwrap());
-        let all: Vec<String> = peer_addrs.keys().cloned().collect();
-        transport::certs::generate(
-            &dir.path().join("certs"),
-            CLUSTER,
-            &all,
-            transport::certs::KeyAlgorithm::Ed25519,
-        )
-        .unwrap();
-        let mut text = format!(
-            "cluster = \"{CLUSTER}\"\ntls_dir = \"certs\"\n\n[timeouts]\n\
-             heartbeat_interval_ms = 100\nreconnect_min_ms = 20\nreconnect_max_ms = 500\n"
-        );
-        for (region, addr) in &peer_addrs {
-            text.push_str(&format!(
-                "\n[[region]]\nname = \"{region}\"\npeer_addr = \"{addr}\"\n\
-                 api_addr = \"127.0.0.1:0\"\ndata_dir = \"data/{region}\"\n"
-            ));
-        }
-        text.push_str("\n[tables]\ndefault = \"lww\"\n");
-        let source = dir.path().join("regions.toml");
-        std::fs::write(&source, &text).unwrap();
-        let config = Config::parse(&text, &source).unwrap();
-        let mut nodes = BTreeMap::new();
-        for (region, socket) in sockets {
-            let wiring = Wiring {
-                peer_socket: Some(socket),
-                peer_addrs: peer_addrs.clone(),
-                no_api: true,
-                ..Wiring::default()
-            };
-            let node = LeaderBuilder::new(config.clone(), region)
-                .wiring(wiring)
-                .start()
-                .await
-                .unwrap_or_else(|e| panic!("region {region} failed to start: {e}"));
-            nodes.insert(region.to_owned(), node);
-        }
-        Cluster {
-            dir,
-            nodes,
-            peer_addrs,
-            _x_silent: x_silent,
-        }
-    }
-
-    fn handle(&self, region: &str) -> NodeHandle {
-        self.nodes[region].handle()
-    }
-
-    /// `(conn_id, connections)` of every link between running regions, once all are up.
-    async fn wait_links_up(&self) -> BTreeMap<(String, String), (Option<u64>, u64)> {
-        wait_until("a, b and c to connect to each other", async || {
-            let mut links = BTreeMap::new();
-            for region in RUNNING {
-                let status = self
-                    .handle(region)
-                    .status()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                for peer in RUNNING.iter().filter(|p| **p != region) {
-                    let link = &status.links[*peer];
-                    let accepted = status
-                        .peers
-                        .iter()
-                        .any(|v| v.region == *peer && v.connected);
-                    if link.state != LinkState::Up || !accepted {
-                        return Err(format!("{region}->{peer}: {:?}", link.state));
-                    }
-                    links.insert(
-                        (region.to_owned(), (*peer).to_owned()),
-                        (link.conn_id, link.connections),
-                    );
-                }
-            }
-            Ok(links)
-        })
-        .await
-    }
-
-    async fn put(&self, region: &str, key: &str, value: &str) -> Dot {
-        self.handle(region)
-            .write(
-                "default",
-                key.as_bytes(),
-                Value::Bytes(value.as_bytes().to_vec()),
-                None,
-            )
-            .await
-            .unwrap_or_else(|e| panic!("{region}: write {key}: {e}"))
-            .unwrap_or_else(|e| panic!("{region}: write {key} refused: {e}"))
-            .dot
-    }
-
-    /// Waits until a, b and c have durably applied the same writes, then asserts equal data.
-    async fn wait_converged(&self) {
-        let applied = wait_until("a, b and c to apply the same writes", async || {
-            let mut all = BTreeMap::new();
-            for region in RUNNING {
-                let status = self
-                    .handle(region)
-                    .status()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let vv: BTreeMap<String, u64> =
-                    status.applied.into_iter().map(|(r, _, s)| (r, s)).collect();
-                all.insert(region, vv);
-            }
-            let first = &all["a"];
-            if all.values().all(|v| v == first) {
-                Ok(all)
-            } else {
-                Err(format!("{all:?}"))
-            }
-        })
-        .await;
-        let mut digests = BTreeMap::new();
-        for region in RUNNING {
-            digests.insert(
-                region.to_owned(),
-                self.handle(region).digest().await.unwrap(),
-            );
-        }
-        let first = digests["a"];
-        assert!(
-            digests.values().all(|d| *d == first),
-            "same writes {applied:?} but different data: {}",
-            hex_digests(&digests)
-        );
-    }
-
-    /// Shuts every region down, concurrently (each may wait out its drain time for the
-    /// dials to `x` that never answer).
-    async fn shutdown(self) {
-        let mut set = tokio::task::JoinSet::new();
-        for (region, node) in self.nodes {
-            set.spawn(async move {
-                tokio::time::timeout(Duration::from_secs(15), node.shutdown())
-                    .await
-                    .unwrap_or_else(|_| panic!("{region} did not shut down in time"))
-                    .unwrap_or_else(|e| panic!("{region} shut down with an error: {e}"));
-            });
-        }
-        while let Some(done) = set.join_next().await {
-            done.expect("a shutdown task panicked");
-        }
-    }
+async fn put(cluster: &Cluster, region: &str, key: &str, value: &str) -> Dot {
+    cluster.put(region, "default", key, value).await.dot
 }
 
 // ---- the attacker --------------------------------------------------------------------------
@@ -360,20 +188,6 @@ fn rand_incarnation() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-/// SplitMix64, for reproducible garbage.
-fn garbage(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed;
-    (0..len)
-        .map(|_| {
-            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            (z ^ (z >> 31)) as u8
-        })
-        .collect()
-}
-
 fn framed(payload: &[u8]) -> Vec<u8> {
     let mut bytes = u32::try_from(payload.len()).unwrap().to_be_bytes().to_vec();
     bytes.extend_from_slice(payload);
@@ -421,7 +235,7 @@ fn transport_cases() -> Vec<(String, Vec<u8>, bool, &'static str)> {
     ];
     for seed in 0..4u64 {
         // A variant tag past the last one, then noise: never a valid message.
-        let mut payload = garbage(seed, 1 + (seed as usize * 97) % 300);
+        let mut payload = Rng::new(seed).bytes(1 + (seed as usize * 97) % 300);
         payload[0] = 6 + payload[0] % 100;
         cases.push((
             format!("random garbage, seed {seed}"),
@@ -433,13 +247,19 @@ fn transport_cases() -> Vec<(String, Vec<u8>, bool, &'static str)> {
     cases
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_peer_sending_garbage_is_disconnected_and_the_others_are_unaffected() {
-    let logs = Logs::install();
-    let cluster = Cluster::start().await;
-    let before = cluster.wait_links_up().await;
-    let identity = transport::certs::load(&cluster.dir.path().join("certs"), ATTACKER).unwrap();
-    let a_addr = cluster.peer_addrs["a"];
+#[test]
+fn a_peer_sending_garbage_is_disconnected_and_the_others_are_unaffected() {
+    logs::runtime(THREADS).block_on(attack());
+}
+
+async fn attack() {
+    let cluster = Cluster::builder(&RUNNING)
+        .idle_region(ATTACKER)
+        .start()
+        .await;
+    let before = wait_links_up(&cluster).await;
+    let identity = transport::certs::load(&cluster.dir().join("certs"), ATTACKER).unwrap();
+    let a_addr = cluster.peer_addr("a");
     let mut writes = Vec::new();
 
     // Transport level: every malformed frame closes the connection with its reason.
@@ -466,9 +286,9 @@ async fn a_peer_sending_garbage_is_disconnected_and_the_others_are_unaffected() 
         })
         .await;
         let region = RUNNING[i % RUNNING.len()];
-        writes.push(cluster.put(region, &format!("k{i}"), what.as_str()).await);
+        writes.push(put(&cluster, region, &format!("k{i}"), what.as_str()).await);
     }
-    let logged = logs.text();
+    let logged = logs::captured(THREADS);
     assert!(
         logged.contains("protocol error from the peer: malformed frame payload")
             && logged.contains("closing the connection")
@@ -544,7 +364,7 @@ async fn a_peer_sending_garbage_is_disconnected_and_the_others_are_unaffected() 
         }
     })
     .await;
-    writes.push(cluster.put("a", "after-ack", "still here").await);
+    writes.push(put(&cluster, "a", "after-ack", "still here").await);
     // A batch carrying another origin's write: a protocol violation.
     let stolen = Write {
         dot: Dot::new(a_replica, Seq(1)),
@@ -573,17 +393,17 @@ async fn a_peer_sending_garbage_is_disconnected_and_the_others_are_unaffected() 
     })
     .await;
     assert!(
-        logs.text().contains("carries a write of"),
+        logs::captured(THREADS).contains("carries a write of"),
         "a logs the protocol violation"
     );
     attacker.close().await;
 
     // The other regions never noticed: same connections, and everything converges.
     for region in RUNNING {
-        writes.push(cluster.put(region, &format!("last-{region}"), region).await);
+        writes.push(put(&cluster, region, &format!("last-{region}"), region).await);
     }
     cluster.wait_converged().await;
-    let after = cluster.wait_links_up().await;
+    let after = wait_links_up(&cluster).await;
     assert_eq!(
         before, after,
         "the links between a, b and c stayed on the same connections"

@@ -10,43 +10,28 @@
 //! pre-bound socket, the impairment layer under its QUIC endpoint (for partitions), and its
 //! HTTP API on `127.0.0.1:0`.
 //!
-//! # How tests wait
-//! Never by sleeping and then asserting: [`wait_until`] polls a condition every [`POLL`] until
-//! it holds or [`DEADLINE`] passes, and the deadline only matters when the test fails (the
-//! panic then shows the last observation).
-//!
 //! # Shutdown
 //! [`Cluster::run`] runs a test body and shuts every node down afterwards, also when the body
 //! panics, and only then lets the panic continue. On success every shutdown must return `Ok`.
-
-#![allow(
-    dead_code,
-    reason = "every test binary that includes this module uses a different subset of it"
-)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::future::Future;
 use std::net::{SocketAddr, UdpSocket};
 use std::panic::AssertUnwindSafe;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use conflict::{Dot, KeyState, Resolved, Value, VersionVector};
+use conflict::{Dot, KeyState, Resolved, Resolver, Value, VersionVector};
 use leader::config::Config;
 use leader::leader_core::{ConflictRecord, WriteReceipt};
 use leader::{LeaderBuilder, Node, NodeHandle, ReadResult, Status, Wiring};
-use tokio::time::Instant;
 use transport::impair::ImpairmentHandle;
 
-/// How long any wait may take before the test fails. Generous: it only matters on failure,
-/// and a loaded two-core machine can be slow.
-pub(crate) const DEADLINE: Duration = Duration::from_secs(20);
-
-/// How often a waiting test polls the nodes.
-pub(crate) const POLL: Duration = Duration::from_millis(15);
+use super::{hex_digests, wait_until};
 
 /// How long one node may take to shut down before the harness gives up on it.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(15);
@@ -54,23 +39,8 @@ const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(15);
 /// The cluster name every harness cluster uses.
 pub(crate) const CLUSTER: &str = "meridian-test";
 
-/// Polls `probe` until it returns `Ok`, at most for [`DEADLINE`]; panics with `what` and the
-/// last `Err` (a description of what was observed) when the deadline passes.
-pub(crate) async fn wait_until<T>(
-    what: &str,
-    mut probe: impl AsyncFnMut() -> Result<T, String>,
-) -> T {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        match probe().await {
-            Ok(v) => return v,
-            Err(last) if Instant::now() >= deadline => {
-                panic!("timed out after {DEADLINE:?} waiting for {what}; last seen: {last}")
-            }
-            Err(_) => tokio::time::sleep(POLL).await,
-        }
-    }
-}
+/// The region of [`Cluster::solo`].
+pub(crate) const SOLO: &str = "solo";
 
 /// One key as a read sees it: the stored state and what the table's resolver makes of it.
 #[derive(Debug, Clone)]
@@ -89,7 +59,7 @@ impl Read {
 }
 
 /// How to build a [`Cluster`]: the regions, and the timeouts and tables of its configuration.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct ClusterBuilder {
     regions: Vec<String>,
     timeouts: BTreeMap<String, u64>,
@@ -105,9 +75,35 @@ pub(crate) struct ClusterBuilder {
     /// Per region: tables whose resolver differs from `tables` in that region's own copy of
     /// the configuration.
     region_tables: BTreeMap<String, BTreeMap<String, String>>,
+    /// Regions configured and certified but never started (see [`ClusterBuilder::idle_region`]).
+    idle: Vec<String>,
+    /// Resolvers every region registers besides the built-in ones.
+    resolvers: Vec<Arc<dyn Resolver>>,
+    /// [`Wiring::api_token`] of every region.
+    api_token: Option<String>,
 }
 
 impl ClusterBuilder {
+    /// Adds a region to the configuration (with a certificate) that never starts: its address
+    /// is held by a socket that never answers, so the others' dials to it go nowhere, and a
+    /// test can play it with its certificate.
+    pub(crate) fn idle_region(mut self, region: &str) -> Self {
+        self.idle.push(region.to_owned());
+        self
+    }
+
+    /// Registers `resolver` in every region, for tables that name it.
+    pub(crate) fn register(mut self, resolver: Arc<dyn Resolver>) -> Self {
+        self.resolvers.push(resolver);
+        self
+    }
+
+    /// Protects every region's API with a bearer token.
+    pub(crate) fn api_token(mut self, token: &str) -> Self {
+        self.api_token = Some(token.to_owned());
+        self
+    }
+
     /// Sets one key of `[timeouts]` (milliseconds), e.g. `relay_delay_ms`.
     pub(crate) fn timeout(mut self, key: &str, ms: u64) -> Self {
         self.timeouts.insert(key.to_owned(), ms);
@@ -157,39 +153,39 @@ impl ClusterBuilder {
 
     /// Generates the certificates, writes the configuration and starts every region.
     pub(crate) async fn start(self) -> Cluster {
-        init_tracing();
+        super::logs::init_tracing();
         let dir = tempfile::tempdir().expect("create a temporary directory");
         let mut sockets = BTreeMap::new();
         let mut peer_addrs = BTreeMap::new();
-        for region in &self.regions {
+        for region in self.regions.iter().chain(&self.idle) {
             let socket = UdpSocket::bind("127.0.0.1:0").expect("bind a UDP socket on loopback");
             let addr = socket.local_addr().expect("a bound socket has an address");
             peer_addrs.insert(region.clone(), addr);
             sockets.insert(region.clone(), socket);
         }
+        let idle_sockets = self
+            .idle
+            .iter()
+            .filter_map(|region| sockets.remove(region))
+            .collect();
+        let all: Vec<String> = peer_addrs.keys().cloned().collect();
         transport::certs::generate(
             &dir.path().join("certs"),
             CLUSTER,
-            &self.regions,
+            &all,
             transport::certs::KeyAlgorithm::default(),
         )
         .expect("generate the cluster certificates");
-        let text = self.config_text(&peer_addrs);
-        let source = dir.path().join("regions.toml");
-        std::fs::write(&source, &text).expect("write regions.toml");
-        let config = Config::parse(&text, &source)
-            .unwrap_or_else(|e| panic!("the harness wrote an invalid configuration: {e}\n{text}"));
+        let config = self.write_config(dir.path(), "regions.toml", &peer_addrs);
         let mut region_configs = BTreeMap::new();
         for (region, tables) in &self.region_tables {
             let mut own = self.clone();
             own.tables.extend(tables.clone());
-            let text = own.config_text(&peer_addrs);
-            let source = dir.path().join(format!("regions-{region}.toml"));
-            std::fs::write(&source, &text).expect("write a region's own regions.toml");
-            let config = Config::parse(&text, &source).unwrap_or_else(|e| {
-                panic!("the harness wrote an invalid configuration for {region}: {e}\n{text}")
-            });
-            region_configs.insert(region.clone(), config);
+            let file = format!("regions-{region}.toml");
+            region_configs.insert(
+                region.clone(),
+                own.write_config(dir.path(), &file, &peer_addrs),
+            );
         }
         let mut cluster = Cluster {
             dir,
@@ -197,14 +193,32 @@ impl ClusterBuilder {
             region_configs,
             clock_offsets: self.clock_offsets.clone(),
             send_queue_frames: self.send_queue_frames,
+            resolvers: self.resolvers,
+            api_token: self.api_token,
             peer_addrs,
             nodes: BTreeMap::new(),
+            _idle: idle_sockets,
         };
         for (region, socket) in sockets {
             let node = cluster.start_node(&region, socket).await;
             cluster.nodes.insert(region, node);
         }
         cluster
+    }
+
+    /// Writes the configuration of regions at `peer_addrs` to `dir/file` and parses it (the
+    /// certificates are expected in `dir/certs`).
+    pub(crate) fn write_config(
+        &self,
+        dir: &Path,
+        file: &str,
+        peer_addrs: &BTreeMap<String, SocketAddr>,
+    ) -> Config {
+        let text = self.config_text(peer_addrs);
+        let source = dir.join(file);
+        std::fs::write(&source, &text).expect("write the configuration");
+        Config::parse(&text, &source)
+            .unwrap_or_else(|e| panic!("the harness wrote an invalid {file}: {e}\n{text}"))
     }
 
     fn config_text(&self, peer_addrs: &BTreeMap<String, SocketAddr>) -> String {
@@ -218,7 +232,7 @@ impl ClusterBuilder {
                 writeln!(text, "{key} = {value}").expect("writing to a String cannot fail");
             }
         }
-        for region in &self.regions {
+        for region in self.regions.iter().chain(&self.idle) {
             write!(
                 text,
                 "\n[[region]]\nname = \"{region}\"\npeer_addr = \"{}\"\napi_addr = \"127.0.0.1:0\"\ndata_dir = \"data/{region}\"\n",
@@ -240,16 +254,6 @@ impl ClusterBuilder {
     }
 }
 
-/// Logs go to the test's captured output; `RUST_LOG=leader=debug,transport=info` shows more.
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_test_writer()
-        .try_init();
-}
-
 /// Several region leaders running in this process. Regions are addressed by name.
 pub(crate) struct Cluster {
     dir: tempfile::TempDir,
@@ -263,8 +267,14 @@ pub(crate) struct Cluster {
     send_queue_frames: Option<usize>,
     /// Every region's QUIC address; a restarted region binds the same one again.
     peer_addrs: BTreeMap<String, SocketAddr>,
+    /// Resolvers every region registers besides the built-in ones.
+    resolvers: Vec<Arc<dyn Resolver>>,
+    /// [`Wiring::api_token`] of every region.
+    api_token: Option<String>,
     /// The running nodes (a stopped region is absent until it is restarted).
     nodes: BTreeMap<String, Node>,
+    /// The silent sockets that hold the idle regions' addresses.
+    _idle: Vec<UdpSocket>,
 }
 
 impl Cluster {
@@ -290,7 +300,22 @@ impl Cluster {
             durability: BTreeMap::new(),
             clock_offsets: BTreeMap::new(),
             region_tables: BTreeMap::new(),
+            idle: Vec::new(),
+            resolvers: Vec::new(),
+            api_token: None,
         }
+    }
+
+    /// A builder for one region, `solo`, with small limits, so the limit errors are cheap to
+    /// reach: keys of 64 bytes, values of 1 KiB, request bodies of 4 KiB, frames and peer
+    /// windows of 64 KiB.
+    pub(crate) fn solo() -> ClusterBuilder {
+        Cluster::builder(&[SOLO])
+            .limit("max_key_bytes", 64)
+            .limit("max_value_bytes", 1024)
+            .limit("max_frame_bytes", 65536)
+            .limit("max_request_body_bytes", 4096)
+            .limit("peer_window_bytes", 65536)
     }
 
     async fn start_node(&self, region: &str, peer_socket: UdpSocket) -> Node {
@@ -302,10 +327,17 @@ impl Cluster {
             impair: true,
             clock_offset_ms: self.clock_offsets.get(region).copied().unwrap_or(0),
             send_queue_frames: self.send_queue_frames,
+            api_token: self.api_token.clone(),
             ..Wiring::default()
         };
         let config = self.region_configs.get(region).unwrap_or(&self.config);
-        LeaderBuilder::new(config.clone(), region)
+        let mut builder = LeaderBuilder::new(config.clone(), region);
+        for resolver in &self.resolvers {
+            builder = builder
+                .register(Arc::clone(resolver))
+                .unwrap_or_else(|e| panic!("{region}: register a resolver: {e}"));
+        }
+        builder
             .wiring(wiring)
             .start()
             .await
@@ -320,15 +352,6 @@ impl Cluster {
     /// The temporary directory holding certificates, configuration and data.
     pub(crate) fn dir(&self) -> &Path {
         self.dir.path()
-    }
-
-    /// The data directory of `region`.
-    pub(crate) fn data_dir(&self, region: &str) -> PathBuf {
-        self.config
-            .region(region)
-            .expect("a configured region")
-            .data_dir
-            .clone()
     }
 
     /// The running regions, in name order.
@@ -638,15 +661,20 @@ impl Cluster {
     /// every node must shut down cleanly.
     pub(crate) async fn run(mut self, body: impl AsyncFnOnce(&mut Cluster)) {
         let outcome = CatchUnwind(Box::pin(body(&mut self))).await;
-        let stopped = self.shutdown_all().await;
         match outcome {
-            Err(panic) => std::panic::resume_unwind(panic),
-            Ok(()) => {
-                for (region, result) in stopped {
-                    if let Err(e) = result {
-                        panic!("region {region} did not shut down cleanly: {e}");
-                    }
-                }
+            Err(panic) => {
+                self.shutdown_all().await;
+                std::panic::resume_unwind(panic)
+            }
+            Ok(()) => self.shutdown().await,
+        }
+    }
+
+    /// Shuts every running node down; panics unless each shut down cleanly.
+    pub(crate) async fn shutdown(mut self) {
+        for (region, result) in self.shutdown_all().await {
+            if let Err(e) = result {
+                panic!("region {region} did not shut down cleanly: {e}");
             }
         }
     }
@@ -674,18 +702,6 @@ impl Cluster {
         stopped.sort();
         stopped
     }
-}
-
-/// Digests as short hex strings, for failure messages.
-pub(crate) fn hex_digests(digests: &BTreeMap<String, [u8; 32]>) -> String {
-    digests
-        .iter()
-        .map(|(region, d)| {
-            let hex: String = d[..8].iter().map(|b| format!("{b:02x}")).collect();
-            format!("{region}={hex}")
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// Resolves to the inner future's output, or to the panic it raised while being polled.

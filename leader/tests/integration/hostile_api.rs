@@ -9,76 +9,25 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use conflict::{Dot, ReplicaId, Seq, VersionVector};
 use leader::api::encode_context;
-use leader::config::Config;
-use leader::{LeaderBuilder, Node, Wiring};
 use reqwest::header::{HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode};
 use serde_json::Value as Json;
-use tempfile::TempDir;
+
+use crate::common::rng::Rng;
+use crate::common::{Cluster, SOLO};
 
 /// Requests per seed.
 const REQUESTS: usize = 250;
 /// The seeds: each one is a reproducible sequence of requests.
 const SEEDS: [u64; 2] = [0x6d65_7269_6469_616e, 0x686f_7374_696c_6521];
 
-/// Small limits, so the limit errors are cheap to reach; a short session wait, so a request
-/// with a session token from the future is answered quickly.
-const CONFIG: &str = r#"
-cluster = "hostile-api"
-
-[timeouts]
-session_wait_ms = 50
-write_timeout_ms = 200
-
-[limits]
-max_key_bytes = 64
-max_value_bytes = 1024
-max_frame_bytes = 65536
-max_request_body_bytes = 4096
-peer_window_bytes = 65536
-
-[[region]]
-name = "solo"
-peer_addr = "127.0.0.1:7999"   # replaced by a socket bound on port 0 (Wiring::peer_socket)
-api_addr = "127.0.0.1:0"
-
-[tables]
-default = "lww"
-carts = "multi-value"
-"#;
-
+/// The limits of [`Cluster::solo`].
 const MAX_VALUE_BYTES: usize = 1024;
 const MAX_REQUEST_BODY_BYTES: usize = 4096;
-
-/// SplitMix64: a tiny deterministic generator, so a failing seed replays exactly.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
 
 /// One generated request.
 struct Req {
@@ -338,47 +287,30 @@ fn request(rng: &mut Rng) -> Req {
 
 /// A running single-region leader and an HTTP client for its API.
 struct Solo {
-    node: Node,
+    cluster: Cluster,
     base: String,
     http: reqwest::Client,
-    _dir: TempDir,
 }
 
 impl Solo {
+    /// The harness's solo region (small limits, so the limit errors are cheap to reach; its
+    /// admin routes live) with a short session wait, so a request with a session token from
+    /// the future is answered quickly.
     async fn start() -> Solo {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("regions.toml");
-        std::fs::write(&path, CONFIG).unwrap();
-        let config = Config::load(&path).unwrap();
-        transport::certs::generate(
-            &config.tls_dir,
-            &config.cluster,
-            &["solo".to_owned()],
-            transport::certs::KeyAlgorithm::Ed25519,
-        )
-        .unwrap();
-        let wiring = Wiring {
-            peer_socket: Some(std::net::UdpSocket::bind("127.0.0.1:0").unwrap()),
-            api_bind: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
-            // The admin routes are live too.
-            impair: true,
-            ..Wiring::default()
-        };
-        let node = LeaderBuilder::new(config, "solo")
-            .wiring(wiring)
+        let cluster = Cluster::solo()
+            .timeout("session_wait_ms", 50)
+            .timeout("write_timeout_ms", 200)
             .start()
-            .await
-            .unwrap();
-        let base = format!("http://{}", node.api_addr().unwrap());
+            .await;
+        let base = cluster.api_url(SOLO);
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()
             .unwrap();
         Solo {
-            node,
+            cluster,
             base,
             http,
-            _dir: dir,
         }
     }
 
@@ -450,7 +382,7 @@ async fn random_and_mutated_requests_get_json_errors_and_never_break_the_server(
     let mut refused_by_client = 0;
     let mut failures = Vec::new();
     for seed in SEEDS {
-        let mut rng = Rng(seed);
+        let mut rng = Rng::new(seed);
         for i in 0..REQUESTS {
             let req = request(&mut rng);
             let Some(resp) = s.send(&req).await else {
@@ -500,5 +432,5 @@ async fn random_and_mutated_requests_get_json_errors_and_never_break_the_server(
     let get = s.http.get(&url).send().await.unwrap();
     assert_eq!(get.status(), StatusCode::OK);
     assert_eq!(get.text().await.unwrap(), "calm");
-    s.node.shutdown().await.unwrap();
+    s.cluster.shutdown().await;
 }

@@ -4,9 +4,7 @@
 //! them when it is restarted with the new configuration. Before, held-back writes were never
 //! applied: ap-south lacked them for good.
 
-mod common;
-
-use common::Cluster;
+use crate::common::Cluster;
 
 const US: &str = "us-east";
 const EU: &str = "eu-west";
@@ -27,7 +25,7 @@ async fn a_table_added_region_by_region_converges_after_the_last_restart() {
             let w = c.put(US, NEW, "k", "from-us").await;
             let reads = c.wait_key_in(&[EU], NEW, "k", &[w.dot]).await;
             assert_eq!(reads[EU].state.siblings.len(), 1);
-            common::wait_until("ap-south to log us-east's write", async || {
+            crate::common::wait_until("ap-south to log us-east's write", async || {
                 let applied = c.applied(AP).await;
                 match applied.get(US) {
                     Some(seq) if *seq >= w.dot.seq.0 => Ok(()),

@@ -41,6 +41,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
+use crate::common::{CLUSTER, Cluster};
 use conflict::{Dot, Hlc, KeyState, ReplicaId, Seq, Value};
 use leader::config::Config;
 use leader::leader_core::WriteReceipt;
@@ -52,7 +53,6 @@ use transport::certs::KeyAlgorithm;
 use transport::{Identity, Mesh, MeshConfig, MeshEvent};
 
 const REGIONS: [&str; 3] = ["ap", "eu", "us"];
-const CLUSTER: &str = "meridian-sim";
 /// The QUIC port of every host (each host has its own simulated IP address).
 const PORT: u16 = 7000;
 /// The `lww` table every write goes to.
@@ -546,21 +546,19 @@ fn run_until(sim: &mut turmoil::Sim<'_>, t: Duration) {
     }
 }
 
-fn config_text(sim: &turmoil::Sim<'_>) -> String {
-    let mut text = format!(
-        "cluster = \"{CLUSTER}\"\ntls_dir = \"certs\"\n\n[timeouts]\n\
-         heartbeat_interval_ms = 100\nkeep_alive_ms = 500\nidle_timeout_ms = 3000\n\
-         reconnect_min_ms = 100\nreconnect_max_ms = 1000\n"
-    );
-    for region in REGIONS {
-        text.push_str(&format!(
-            "\n[[region]]\nname = \"{region}\"\npeer_addr = \"{}:{PORT}\"\n\
-             api_addr = \"127.0.0.1:0\"\ndata_dir = \"data/{region}\"\n",
-            sim.lookup(region)
-        ));
-    }
-    text.push_str(&format!("\n[tables]\n{TABLE} = \"lww\"\n"));
-    text
+/// The harness's configuration of the three regions at their simulated addresses, with the
+/// slower timeouts of a WAN.
+fn write_config(sim: &turmoil::Sim<'_>, dir: &Path) -> Config {
+    let addrs = REGIONS
+        .iter()
+        .map(|r| ((*r).to_owned(), SocketAddr::new(sim.lookup(*r), PORT)))
+        .collect();
+    Cluster::builder(&REGIONS)
+        .timeout("keep_alive_ms", 500)
+        .timeout("idle_timeout_ms", 3000)
+        .timeout("reconnect_min_ms", 100)
+        .timeout("reconnect_max_ms", 1000)
+        .write_config(dir, "regions.toml", &addrs)
 }
 
 /// Runs three regions (and the plan's rogues) with the plan's faults until the observer has
@@ -597,11 +595,7 @@ fn run(plan: Plan) -> Shared {
             rogue(name, identity.clone(), env.clone(), from)
         });
     }
-    let text = config_text(&sim);
-    let source = env.dir.path().join("regions.toml");
-    std::fs::write(&source, &text).expect("write regions.toml");
-    let config = Config::parse(&text, &source)
-        .unwrap_or_else(|e| panic!("the test wrote an invalid configuration: {e}\n{text}"));
+    let config = write_config(&sim, env.dir.path());
     assert!(env.config.set(config).is_ok(), "written once");
     sim.client("observer", observe(env.clone(), plan.snapshots));
 

@@ -8,63 +8,26 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use leader::config::Config;
 use leader::resp::RespSettings;
-use leader::{LeaderBuilder, Node, Wiring};
-use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-const CONFIG: &str = r#"
-cluster = "resp-test"
-
-[limits]
-max_key_bytes = 64
-max_value_bytes = 1024
-max_request_body_bytes = 4096
-
-[[region]]
-name = "solo"
-peer_addr = "127.0.0.1:7999"   # replaced by a socket bound on port 0
-api_addr = "127.0.0.1:0"
-
-[tables]
-default = "lww"
-carts = "multi-value"
-"#;
+use crate::common::rng::Rng;
+use crate::common::{Cluster, SOLO};
 
 /// A region with a RESP listener.
 struct Solo {
-    node: Node,
+    cluster: Cluster,
     resp: SocketAddr,
     stop: watch::Sender<bool>,
-    _dir: TempDir,
 }
 
 impl Solo {
+    /// The harness's solo region (small limits) with a RESP listener on port 0 in front of it.
     async fn start(token: Option<&str>, max_connections: usize) -> Solo {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("regions.toml");
-        std::fs::write(&path, CONFIG).unwrap();
-        let config = Config::load(&path).unwrap();
-        transport::certs::generate(
-            &config.tls_dir,
-            &config.cluster,
-            &["solo".to_owned()],
-            transport::certs::KeyAlgorithm::Ed25519,
-        )
-        .unwrap();
-        let wiring = Wiring {
-            peer_socket: Some(std::net::UdpSocket::bind("127.0.0.1:0").unwrap()),
-            no_api: true,
-            ..Wiring::default()
-        };
-        let node = LeaderBuilder::new(config.clone(), "solo")
-            .wiring(wiring)
-            .start()
-            .await
-            .unwrap();
+        let cluster = Cluster::solo().start().await;
+        let config = cluster.config();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let resp = listener.local_addr().unwrap();
         let settings = RespSettings {
@@ -79,15 +42,14 @@ impl Solo {
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(leader::resp::serve(
             listener,
-            node.handle(),
+            cluster.handle(SOLO),
             settings,
             stopped,
         ));
         Solo {
-            node,
+            cluster,
             resp,
             stop,
-            _dir: dir,
         }
     }
 
@@ -97,7 +59,7 @@ impl Solo {
 
     async fn stop(self) {
         self.stop.send(true).unwrap();
-        self.node.shutdown().await.unwrap();
+        self.cluster.shutdown().await;
     }
 }
 
@@ -324,7 +286,7 @@ async fn errors_keep_the_connection_where_redis_keeps_it() {
     assert!(c.line().await.contains("max_key_bytes"));
     // Siblings in a multi-value table: GET says how many and how to read them. Two writes
     // with an empty context supersede nothing: concurrent values of one key.
-    let handle = s.node.handle();
+    let handle = s.cluster.handle(SOLO);
     for v in ["red", "blue"] {
         let empty = Some(conflict::VersionVector::default());
         let value = conflict::Value::Bytes(v.as_bytes().to_vec());
@@ -428,13 +390,8 @@ async fn random_and_mutated_frames_never_panic_the_server() {
         encode(&["CONFIG", "GET", "*"]),
         b"*2\r\n$3\r\nGET\r\n$-1\r\n".to_vec(),
     ];
-    let mut rng = 0x2545_f491_4f6c_dd1d_u64;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut rng = Rng::new(0x2545_f491_4f6c_dd1d);
+    let mut next = move || rng.next();
     for case in 0..300 {
         let mut bytes = valid[case % valid.len()].clone();
         match next() % 4 {
@@ -504,7 +461,6 @@ async fn a_client_that_never_reads_is_not_buffered_without_bound() {
     s.stop().await;
 }
 
-mod common;
 
 /// A Redis client no one here wrote (the `redis` crate, RESP2 and RESP3) against a two-region
 /// cluster whose RESP listeners come from the configuration path (`Wiring::resp_bind`, as
@@ -512,7 +468,7 @@ mod common;
 /// through RESP at eu-west.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_client_writes_in_one_region_and_reads_in_another() {
-    let cluster = common::Cluster::builder(&["us-east", "eu-west"])
+    let cluster = crate::common::Cluster::builder(&["us-east", "eu-west"])
         .start()
         .await;
     cluster
@@ -542,7 +498,7 @@ async fn a_redis_client_writes_in_one_region_and_reads_in_another() {
             .unwrap();
             let http = reqwest::Client::new();
             let url = format!("{}/v1/kv/default/greeting", c.api_url("eu-west"));
-            common::wait_until("eu-west to have the write made through RESP", async || {
+            crate::common::wait_until("eu-west to have the write made through RESP", async || {
                 let resp = http.get(&url).send().await.map_err(|e| e.to_string())?;
                 match resp.status() {
                     reqwest::StatusCode::OK => Ok(resp.text().await.unwrap()),

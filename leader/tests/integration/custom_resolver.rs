@@ -4,24 +4,24 @@
 //! union of concurrent carts, and a leader whose `regions.toml` names a resolver it has not
 //! registered refuses to start and lists the ones it has.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use conflict::laws::{self, Law};
 use conflict::{Dot, Hlc, ReplicaId, Resolved, Resolver, Seq, Sibling, Value};
 use leader::api::{CONTEXT_HEADER, SIBLINGS_HEADER};
 use leader::config::Config;
-use leader::{LeaderBuilder, Node, NodeError, Wiring};
+use leader::{LeaderBuilder, NodeError};
 use proptest::prelude::*;
 use reqwest::StatusCode;
 use serde_json::Value as Json;
 
-#[path = "../examples/cart/mod.rs"]
+#[path = "../../examples/cart/mod.rs"]
 mod cart;
 
 use cart::CartUnion;
+
+use crate::common::{Cluster, poll_until};
 
 // ---- the resolver alone --------------------------------------------------------------------
 
@@ -181,6 +181,7 @@ fn cart_union_refuses_values_that_are_not_carts() {
 
 // ---- two regions -----------------------------------------------------------------------------
 
+/// Two regions as an operator writes them, for the errors of a resolver that is missing.
 const TWO_REGIONS: &str = r#"
 cluster = "cart-test"
 
@@ -202,55 +203,19 @@ carts = "cart-union"
 /// How long replication between two local regions may take before a test fails.
 const CONVERGENCE_BOUND: Duration = Duration::from_secs(30);
 
-struct Region {
-    node: Node,
-    base: String,
-}
-
 fn load(dir: &std::path::Path, text: &str) -> Config {
     let path = dir.join("regions.toml");
     std::fs::write(&path, text).unwrap();
     Config::load(&path).unwrap()
 }
 
-/// Starts every region of `config` in this process with `cart-union` registered, on sockets
-/// bound before any region starts so each knows where the others are.
-async fn start_regions(config: &Config) -> Vec<Region> {
-    let names: Vec<String> = config.regions.iter().map(|r| r.name.clone()).collect();
-    transport::certs::generate(
-        &config.tls_dir,
-        &config.cluster,
-        &names,
-        transport::certs::KeyAlgorithm::Ed25519,
-    )
-    .unwrap();
-    let mut sockets: BTreeMap<String, std::net::UdpSocket> = names
-        .iter()
-        .map(|n| (n.clone(), std::net::UdpSocket::bind("127.0.0.1:0").unwrap()))
-        .collect();
-    let addrs: BTreeMap<String, SocketAddr> = sockets
-        .iter()
-        .map(|(n, s)| (n.clone(), s.local_addr().unwrap()))
-        .collect();
-    let mut regions = Vec::new();
-    for name in &names {
-        let wiring = Wiring {
-            peer_socket: sockets.remove(name),
-            peer_addrs: addrs.clone(),
-            api_bind: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
-            ..Wiring::default()
-        };
-        let node = LeaderBuilder::new(config.clone(), name)
-            .register(Arc::new(CartUnion))
-            .unwrap()
-            .wiring(wiring)
-            .start()
-            .await
-            .unwrap();
-        let base = format!("http://{}", node.api_addr().unwrap());
-        regions.push(Region { node, base });
-    }
-    regions
+/// The harness's `us-east` and `eu-west` with `cart-union` registered for the `carts` table.
+async fn start_regions() -> Cluster {
+    Cluster::builder(&["us-east", "eu-west"])
+        .table("carts", "cart-union")
+        .register(Arc::new(CartUnion))
+        .start()
+        .await
 }
 
 /// A cart as a region's API returns it: status, context, sibling count and body.
@@ -261,9 +226,9 @@ struct Read {
     body: String,
 }
 
-async fn read(http: &reqwest::Client, region: &Region, key: &str) -> Read {
+async fn read(http: &reqwest::Client, base: &str, key: &str) -> Read {
     let resp = http
-        .get(format!("{}/v1/kv/carts/{key}", region.base))
+        .get(format!("{base}/v1/kv/carts/{key}"))
         .send()
         .await
         .unwrap();
@@ -286,9 +251,9 @@ async fn read(http: &reqwest::Client, region: &Region, key: &str) -> Read {
     }
 }
 
-async fn write(http: &reqwest::Client, region: &Region, key: &str, cart: &[u8], context: &str) {
+async fn write(http: &reqwest::Client, base: &str, key: &str, cart: &[u8], context: &str) {
     let resp = http
-        .put(format!("{}/v1/kv/carts/{key}", region.base))
+        .put(format!("{base}/v1/kv/carts/{key}"))
         .header(CONTEXT_HEADER, context)
         .body(cart.to_vec())
         .send()
@@ -306,41 +271,41 @@ async fn write(http: &reqwest::Client, region: &Region, key: &str, cart: &[u8], 
 /// what each region had at the deadline.
 async fn converge(
     http: &reqwest::Client,
-    regions: &[Region],
+    regions: &[String],
     key: &str,
     expected: &str,
     siblings: &str,
 ) {
-    let deadline = Instant::now() + CONVERGENCE_BOUND;
-    loop {
-        let mut reads = Vec::new();
-        for r in regions {
-            reads.push(read(http, r, key).await);
-        }
-        if reads
-            .iter()
-            .all(|r| r.status == StatusCode::OK && r.body == expected && r.siblings == siblings)
-        {
-            return;
-        }
-        if Instant::now() > deadline {
+    let what = format!("regions to converge on {expected:?} ({siblings} siblings)");
+    poll_until(
+        &what,
+        CONVERGENCE_BOUND,
+        Duration::from_millis(50),
+        async || {
+            let mut reads = Vec::new();
+            for r in regions {
+                reads.push(read(http, r, key).await);
+            }
+            if reads
+                .iter()
+                .all(|r| r.status == StatusCode::OK && r.body == expected && r.siblings == siblings)
+            {
+                return Ok(());
+            }
             let seen: Vec<(StatusCode, &str, &str)> = reads
                 .iter()
                 .map(|r| (r.status, r.siblings.as_str(), r.body.as_str()))
                 .collect();
-            panic!(
-                "regions did not converge on {expected:?} ({siblings} siblings) within {CONVERGENCE_BOUND:?}: {seen:?}"
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+            Err(format!("{seen:?}"))
+        },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_carts_from_two_regions_converge_to_their_union() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = load(dir.path(), TWO_REGIONS);
-    let regions = start_regions(&config).await;
+    let cluster = start_regions().await;
+    let regions = [cluster.api_url("us-east"), cluster.api_url("eu-west")];
     let (east, west) = (&regions[0], &regions[1]);
     let http = reqwest::Client::new();
 
@@ -370,7 +335,7 @@ async fn concurrent_carts_from_two_regions_converge_to_their_union() {
 
         // Each region logged the meeting, resolved by cart-union.
         let log: Json = http
-            .get(format!("{}/v1/conflicts?table=carts", r.base))
+            .get(format!("{r}/v1/conflicts?table=carts"))
             .send()
             .await
             .unwrap()
@@ -408,13 +373,11 @@ async fn concurrent_carts_from_two_regions_converge_to_their_union() {
     converge(&http, &regions, "alice", "apple:2\nmilk:3\n", "1").await;
 
     let digests = [
-        east.node.handle().digest().await.unwrap(),
-        west.node.handle().digest().await.unwrap(),
+        cluster.handle("us-east").digest().await.unwrap(),
+        cluster.handle("eu-west").digest().await.unwrap(),
     ];
     assert_eq!(digests[0], digests[1], "both regions hold identical state");
-    for r in regions {
-        r.node.shutdown().await.unwrap();
-    }
+    cluster.shutdown().await;
 }
 
 #[tokio::test]

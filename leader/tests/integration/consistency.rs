@@ -7,14 +7,12 @@
 //!
 //! Partitions are made with the impairment layer under each region's QUIC endpoint, so a cut
 //! region is really unreachable (packets are dropped both ways), not merely told so. Every
-//! wait polls with a deadline (`common::wait_until`); the only fixed waits are the bounded
+//! wait polls with a deadline (`crate::common::wait_until`); the only fixed waits are the bounded
 //! durability and session waits of the product itself, whose length the tests assert.
-
-mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{Cluster, Read, wait_until};
+use crate::common::{Cluster, Read, wait_until};
 use conflict::{Dot, Resolved, Value, VersionVector};
 use leader::api::{
     DURABILITY_HEADER, SESSION_HEADER, TIMEOUT_HEADER, decode_context, encode_context,
@@ -1001,7 +999,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 /// nearest; us-east – ap-south 40 ms, the farthest; eu-west – ap-south 30 ms). Levels are
 /// interleaved write by write, so background load hits them all alike. Prints a table.
 ///
-/// `cargo test -p leader --test consistency -- --ignored --nocapture durability_latency_ladder`
+/// `cargo test -p leader --test integration -- --ignored --nocapture durability_latency_ladder`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement for docs/consistency.md, not a check"]
 async fn durability_latency_ladder() {

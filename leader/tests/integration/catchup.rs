@@ -6,17 +6,15 @@
 //! `measure_catch_up_100k`, is `#[ignore]`d: run it in release mode and read what it prints:
 //!
 //! ```text
-//! cargo test --release -p leader --test catchup -- --ignored --nocapture
+//! cargo test --release -p leader --test integration -- catchup:: --ignored --nocapture
 //! ```
-
-mod common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::Cluster;
+use crate::common::{Cluster, poll_until};
 use conflict::Value;
 use tokio::time::Instant;
 
@@ -52,7 +50,7 @@ async fn cut_write_heal(c: &Cluster, backlog: u64) -> CatchUp {
     c.partition(AP, EU);
     // Wait for the links to time out, so the backlog is served from the log after a fresh
     // connection (not by QUIC retransmitting frames it had queued during the cut).
-    common::wait_until("the cut links to go down", async || {
+    crate::common::wait_until("the cut links to go down", async || {
         let us = c.status(US).await;
         let ap = c.status(AP).await;
         let up: Vec<String> = us
@@ -98,7 +96,7 @@ async fn cut_write_heal(c: &Cluster, backlog: u64) -> CatchUp {
     let write_ms = started.elapsed().as_millis();
     // EU has the backlog too (it stays connected to US): the cut region is the only one behind.
     let target = c.applied(US).await;
-    common::wait_until("eu-west to apply the backlog", async || {
+    crate::common::wait_until("eu-west to apply the backlog", async || {
         let eu = c.applied(EU).await;
         if eu == target {
             Ok(())
@@ -127,7 +125,7 @@ async fn cut_write_heal(c: &Cluster, backlog: u64) -> CatchUp {
         distinct.len(),
         1,
         "ap-south applied every write but holds different data: {}",
-        common::hex_digests(&digests)
+        crate::common::hex_digests(&digests)
     );
     CatchUp {
         backlog,
@@ -139,36 +137,35 @@ async fn cut_write_heal(c: &Cluster, backlog: u64) -> CatchUp {
 
 /// Waits until AP has accepted connections to both other regions again.
 async fn wait_reconnected(c: &Cluster) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let what = "ap-south to reconnect within 30 s of the heal";
+    poll_until(what, Duration::from_secs(30), EVERY, async || {
         let ap = c.status(AP).await;
         if ap.peers.iter().all(|p| p.connected) {
-            return;
+            Ok(())
+        } else {
+            Err(format!("{:?}", ap.peers))
         }
-        assert!(
-            Instant::now() < deadline,
-            "ap-south did not reconnect within 30 s of the heal"
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    })
+    .await;
 }
 
-/// Waits (polling every millisecond, so the figure is not rounded up to the harness's poll
-/// interval) until AP's applied vector equals `target`.
+/// Waits until AP's applied vector equals `target`.
 async fn wait_caught_up(c: &Cluster, target: &BTreeMap<String, u64>) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    let what = format!("ap-south to catch up within 60 s of the heal to {target:?}");
+    poll_until(&what, Duration::from_secs(60), EVERY, async || {
         let ap = c.applied(AP).await;
         if &ap == target {
-            return;
+            Ok(())
+        } else {
+            Err(format!("{ap:?}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "ap-south did not catch up within 60 s of the heal: {ap:?}, want {target:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    })
+    .await;
 }
+
+/// How often the waits poll: every millisecond, so the measured figure is not rounded up to
+/// the harness's poll interval.
+const EVERY: Duration = Duration::from_millis(1);
 
 /// The harness's cluster with short QUIC idle timeouts (a cut link goes down within about a
 /// second) and no relays (the cut region must be served by the origin itself after the heal).
