@@ -1534,3 +1534,76 @@ fn unanswered_writes_are_bounded() {
     let expected: Vec<Seq> = (1..=taken.len() as u64).map(Seq).collect();
     assert_eq!(seqs, expected, "the refused write took no dot");
 }
+
+/// The kit's disk keeps key states back until a checkpoint, as `leader::storage` does; a
+/// restart loses them and rebuilds them by replaying the log after the last checkpoint, in
+/// chunks, so the restarted region has exactly the states it had.
+#[test]
+fn a_restart_between_checkpoints_rebuilds_the_kept_back_states_from_the_log() {
+    let mut w = world();
+    let limits = leader_core::testkit::DiskLimits {
+        checkpoint_keys: 1_000,
+        checkpoint_entries: 7,
+        checkpoint_bytes: usize::MAX,
+        replay_chunk_bytes: 300,
+    };
+    for node in w.nodes.values_mut() {
+        node.disk.limits = limits;
+    }
+    w.mesh();
+    w.deliver();
+    for i in 0..10 {
+        let region = REGIONS[i % 3];
+        w.write(
+            region,
+            "default",
+            &format!("k{}", i % 4),
+            Some(&format!("v{i}")),
+        );
+        w.write(region, "mv", "m", Some(&format!("{region}{i}")));
+        w.deliver();
+    }
+    let before = w.nodes["a"].replica.digest();
+    let disk = &w.nodes["a"].disk;
+    assert!(disk.checkpoints > 0, "a checkpoint was taken");
+    assert!(disk.kept_back() > 0, "states are kept back since it");
+    assert_ne!(disk.keys, disk.keys_now(), "the key table lags the log");
+    let (_, recovery) = disk
+        .clone()
+        .recover(opts("a", w.nodes["a"].id), &Registry::with_builtins())
+        .unwrap();
+    assert!(
+        recovery.chunks > 1,
+        "the replay came in chunks: {recovery:?}"
+    );
+    w.node("a").restart(
+        opts("a", ReplicaId::from_u128(1)),
+        &Registry::with_builtins(),
+    );
+    assert_eq!(w.nodes["a"].replica.digest(), before);
+    assert_eq!(
+        w.nodes["a"].disk.kept_back(),
+        0,
+        "a crash loses what was kept back"
+    );
+}
+
+/// Log reads follow `leader::storage::Store::read_log`: an entry is taken before the budget
+/// is looked at, so a read passes the budget by at most its last entry, and returns one
+/// entry even when that alone is over it.
+#[test]
+fn a_log_read_takes_entries_until_the_budget_is_reached() {
+    let mut w = world();
+    for i in 0..5 {
+        w.write("a", "default", &format!("k{i}"), Some("0123456789"));
+    }
+    let a = w.nodes["a"].id;
+    let disk = &w.nodes["a"].disk;
+    let size = disk.log.values().next().unwrap().wire_size();
+    let read = |max| disk.read_log(a, Seq(1), Seq(5), max).len();
+    assert_eq!(read(1), 1, "one entry even over the budget");
+    assert_eq!(read(size), 1, "the budget reached by the first entry");
+    assert_eq!(read(size + 1), 2, "the second entry passes the budget");
+    assert_eq!(read(usize::MAX), 5);
+    assert!(disk.read_log(a, Seq(4), Seq(3), usize::MAX).is_empty());
+}
