@@ -219,16 +219,18 @@ impl Cluster {
         match self.node(region).perform(effect) {
             None => {}
             Some(Outgoing::Again(ev)) => self.handle(region, ev),
-            Some(Outgoing::Send { peer, conn, msg }) => {
-                if self.conns.get(&pair(region, &peer)) == Some(&conn) {
-                    self.wire.push_back((region.into(), peer, conn, msg));
-                }
+            Some(Outgoing::Send { peer, conn, msg })
+                if self.conns.get(&pair(region, &peer)) == Some(&conn) =>
+            {
+                self.wire.push_back((region.into(), peer, conn, msg));
             }
-            Some(Outgoing::Close { peer, conn, .. }) => {
-                if self.conns.get(&pair(region, &peer)) == Some(&conn) {
-                    self.cut(region, &peer);
-                }
+            Some(Outgoing::Close { peer, conn, .. })
+                if self.conns.get(&pair(region, &peer)) == Some(&conn) =>
+            {
+                self.cut(region, &peer);
             }
+            // A frame or close for a connection that is gone: dropped, as the transport does.
+            Some(Outgoing::Send { .. } | Outgoing::Close { .. }) => {}
         }
         if persist && self.auto_sync {
             self.sync(region);

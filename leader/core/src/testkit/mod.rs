@@ -4,11 +4,11 @@
 //! (`leader::storage` and `leader::node`) is the reference each part models.
 //!
 //! # Layout
-//! - [`disk`]: [`Disk`], what `leader::storage::Store` keeps: the log per origin, the
+//! - [`disk`][mod@disk]: [`Disk`], what `leader::storage::Store` keeps: the log per origin, the
 //!   quarantine records, key states written back only at checkpoints, and a crash followed
 //!   by the recovery that `Store::open` + `Store::replay` + `Node` perform ([`Disk::recover`]).
-//! - [`read_log`]: the one rule for serving [`Effect::ReadLog`](crate::Effect::ReadLog).
-//! - [`cluster`]: [`Node`] (one region's process: machine, disk, what its effects left to do)
+//! - [`read_log`][read_log()]: the one rule for serving [`Effect::ReadLog`](crate::Effect::ReadLog).
+//! - [`cluster`][mod@cluster]: [`Node`] (one region's process: machine, disk, what its effects left to do)
 //!   with the one interpreter of effects ([`Node::perform`]), and [`Cluster`], regions on an
 //!   in-memory network whose connections close on [`Effect::Close`](crate::Effect::Close), as
 //!   `leader::node` closes the QUIC connection.
