@@ -186,6 +186,8 @@ fn faults_fire() {
         ("clock jumps backward", f.clock_jumps_backward),
         ("skew beyond max_clock_offset", f.skew_beyond_bound),
         ("slow fsyncs", f.slow_fsyncs),
+        ("checkpoints", f.checkpoints),
+        ("replays after a crash", f.replays),
         ("acks at local", w.acked[0]),
         ("acks at one", w.acked[1]),
         ("acks at quorum", w.acked[2]),

@@ -5,11 +5,12 @@
 
 use std::collections::BTreeMap;
 
-use conflict::{Registry, ReplicaId, Value};
-use leader_core::{Durability, Effect, Event, Options, PeerMsg, Recovered, Replica, Time};
+use conflict::{Registry, ReplicaId};
+use leader_core::testkit::Cluster;
+use leader_core::{Event, Options};
 
-fn replica(region: &str, peer: &str, id: u128) -> Replica {
-    let opts = Options {
+fn opts(region: &str, peer: &str, id: u128) -> Options {
+    Options {
         cluster: "t".into(),
         region: region.into(),
         replica: ReplicaId::from_u128(id),
@@ -24,14 +25,6 @@ fn replica(region: &str, peer: &str, id: u128) -> Replica {
         conflict_log_capacity: 10,
         log_tail_bytes: 8 * 200,
         pace_lag_writes: 0,
-    };
-    Replica::new(opts, &Registry::with_builtins(), Recovered::default()).unwrap()
-}
-
-fn at(ms: u64) -> Time {
-    Time {
-        wall_ms: 1_700_000_000_000 + ms,
-        mono_ms: ms,
     }
 }
 
@@ -39,111 +32,43 @@ fn at(ms: u64) -> Time {
 /// the idle timeout) for longer than the relay delay.
 #[test]
 fn poll_timeout_is_after_the_last_event_while_a_peer_lags() {
-    let mut a = replica("a", "b", 1);
-    let mut b = replica("b", "a", 2);
-    let mut out = Vec::new();
-    a.handle(
-        at(0),
-        Event::PeerUp {
-            peer: "b".into(),
-            conn: 1,
-        },
-        &mut out,
+    let mut w = Cluster::new(
+        [opts("a", "b", 1), opts("b", "a", 2)],
+        &Registry::with_builtins(),
     );
-    b.handle(
-        at(0),
-        Event::PeerUp {
-            peer: "a".into(),
-            conn: 1,
-        },
-        &mut out,
-    );
-    let hello_of = |r: &mut Replica, out: &mut Vec<Effect>| {
-        let hello = out
-            .drain(..)
-            .find_map(|e| match e {
-                Effect::Send {
-                    msg: m @ PeerMsg::Hello(_),
-                    ..
-                } => Some(m),
-                _ => None,
-            })
-            .unwrap();
-        let _ = r;
-        hello
-    };
-    let mut oa = Vec::new();
-    a.handle(
-        at(0),
-        Event::PeerUp {
-            peer: "b".into(),
-            conn: 2,
-        },
-        &mut oa,
-    );
-    let mut ob = Vec::new();
-    b.handle(
-        at(0),
-        Event::PeerUp {
-            peer: "a".into(),
-            conn: 2,
-        },
-        &mut ob,
-    );
-    let ha = hello_of(&mut a, &mut oa);
-    let hb = hello_of(&mut b, &mut ob);
-    a.handle(
-        at(1),
-        Event::Frame {
-            peer: "b".into(),
-            conn: 2,
-            msg: hb,
-        },
-        &mut oa,
-    );
-    b.handle(
-        at(1),
-        Event::Frame {
-            peer: "a".into(),
-            conn: 2,
-            msg: ha,
-        },
-        &mut ob,
-    );
-    let write = Event::ClientWrite {
-        id: 1,
-        table: "lww".into(),
-        key: b"k".to_vec(),
-        value: Value::Bytes(b"v".to_vec()),
-        context: None,
-        durability: Durability::Local,
-        timeout_ms: 100,
-    };
-    a.handle(at(2), write, &mut oa);
-    // Complete every persist a asks for (the write's may wait behind the hello's).
-    while let Some(id) = oa.iter().find_map(|e| match e {
-        Effect::Persist(p) => Some(p.id),
-        _ => None,
-    }) {
-        oa.clear();
-        a.handle(at(3), Event::Persisted { id }, &mut oa);
-    }
+    // A first connection replaced by a second before any hello arrives.
+    w.connect("a", "b");
+    w.connect("a", "b");
+    w.deliver();
+    w.now.mono_ms += 2;
+    w.now.wall_ms += 2;
+    // The write persists at once; its batch to b stays on the wire: b never acknowledges.
+    w.write("a", "lww", "k", Some("v"));
+    let now = w.now;
     assert_eq!(
-        a.peer_views(at(3))[0].lag_writes,
+        w.nodes["a"].replica.peer_views(now)[0].lag_writes,
         1,
         "b lacks a's durable write"
     );
-    // b never acknowledges. Tick a as a driver would, for a while past the relay delay.
-    let mut now = 3;
+    // Tick a as a driver would, for a while past the relay delay.
+    let start = w.now.mono_ms;
     for _ in 0..50 {
-        let next = a.poll_timeout().expect("a heartbeat is always due");
+        let now = w.now.mono_ms;
+        let next = w.nodes["a"]
+            .replica
+            .poll_timeout()
+            .expect("a heartbeat is always due");
         assert!(
             next > now,
             "after an event at {now} the next deadline is {next}: a driver would spin"
         );
-        now = next;
-        oa.clear();
-        a.handle(at(now), Event::Tick, &mut oa);
+        w.now.wall_ms += next - now;
+        w.now.mono_ms = next;
+        w.handle("a", Event::Tick);
     }
-    assert!(now > 1_000, "the test ran past the relay delay ({now} ms)");
+    assert!(
+        w.now.mono_ms > start + 1_000,
+        "the test ran past the relay delay ({} ms)",
+        w.now.mono_ms
+    );
 }

@@ -22,6 +22,8 @@
 //!   - `machine/matrix.rs`: heartbeats, lag, the lag matrix and peer views;
 //!   - `machine/resolvers.rs`: which regions' writes of a table are applied; quarantine;
 //!   - `machine/alarms.rs`: clock skew, causality violations, reused dots.
+//! - `testkit` (feature `testkit`, for tests only): the one storage model, log-read rule,
+//!   effect interpreter and in-memory network that every test driver of the machine shares.
 //!
 //! # Why a separate crate
 //! The core must never read a clock, touch a socket or the disk, spawn or draw unseeded
@@ -34,6 +36,8 @@ pub mod consistency;
 pub mod limits;
 pub mod machine;
 pub mod msg;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 pub use consistency::{Durability, MatrixCell, MatrixRow, PeerLag, UnknownDurability};
 pub use machine::{

@@ -17,9 +17,10 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use conflict::limits::MAX_VV_ENTRIES;
 use conflict::{Dot, Hlc, KeyState, Registry, ReplicaId, Seq, Value, VersionVector, Write};
 use leader_core::msg::{Ack, Heartbeat, Refuse, Resync};
+use leader_core::testkit::{Node, Outgoing};
 use leader_core::{
     Alarm, Batch, Durability, Effect, Event, Hello, LogEntry, MatrixRow, Options, PROTOCOL_VERSION,
-    PeerLag, PeerMsg, Recovered, Replica, Time,
+    PeerLag, PeerMsg, Time,
 };
 use proptest::prelude::*;
 
@@ -60,14 +61,11 @@ fn opts() -> Options {
 /// Region `a`'s state machine with an in-memory "disk" and a hostile peer `b`, plus what the
 /// tests need to check its invariants.
 struct Rig {
-    replica: Replica,
+    /// Region `a`: its machine and disk, its effects performed by the kit's interpreter.
+    node: Node,
     now: Time,
     /// The connection `b` is on.
     conn: u64,
-    /// Persisted log entries, to answer [`Effect::ReadLog`].
-    log: BTreeMap<(ReplicaId, Seq), LogEntry>,
-    /// Persistence steps issued and not yet reported done.
-    persisting: VecDeque<u64>,
     /// Complete persistence steps at once.
     auto_sync: bool,
     /// Per origin, every sequence number a batch fed to the region carried.
@@ -83,17 +81,13 @@ struct Rig {
 impl Rig {
     /// Region `a` with `b` connected on connection 1 and its valid hello accepted.
     fn new() -> Rig {
-        let replica = Replica::new(opts(), &Registry::with_builtins(), Recovered::default())
-            .expect("builtins cover the tables");
         let mut rig = Rig {
-            replica,
+            node: Node::new(opts(), &Registry::with_builtins()),
             now: Time {
                 wall_ms: START_WALL_MS,
                 mono_ms: 1,
             },
             conn: 0,
-            log: BTreeMap::new(),
-            persisting: VecDeque::new(),
             auto_sync: true,
             fed: BTreeMap::new(),
             client_writes: 0,
@@ -137,7 +131,7 @@ impl Rig {
     fn valid_hello(&self) -> Hello {
         // A live b has made at least every write of its own that reached `a`.
         let mut applied = VersionVector::new();
-        let own = self.replica.received().get(B);
+        let own = self.node.replica.received().get(B);
         if own > Seq::ZERO {
             applied.add_dot(&Dot {
                 replica: B,
@@ -156,7 +150,8 @@ impl Rig {
     }
 
     fn b_connected(&self) -> bool {
-        self.replica
+        self.node
+            .replica
             .peer_views(self.now)
             .iter()
             .any(|v| v.region == "b" && v.connected)
@@ -202,71 +197,35 @@ impl Rig {
             handled += 1;
             assert!(handled < 10_000, "the region does not quiesce");
             let mut out = Vec::new();
-            self.replica.handle(self.now, ev, &mut out);
+            self.node.replica.handle(self.now, ev, &mut out);
             for effect in &out {
-                self.perform(effect, &mut queue);
+                if let Effect::Send {
+                    msg: PeerMsg::Batch(b),
+                    ..
+                } = effect
+                {
+                    self.check_outgoing(b);
+                }
             }
-            self.effects.extend(out);
+            self.effects.extend(out.iter().cloned());
+            for effect in out {
+                if let Some(Outgoing::Again(ev)) = self.node.perform(effect) {
+                    queue.push_back(ev);
+                }
+            }
+            while self.auto_sync
+                && let Some(ev) = self.node.complete_persist()
+            {
+                queue.push_back(ev);
+            }
             self.check();
-        }
-    }
-
-    fn perform(&mut self, effect: &Effect, queue: &mut VecDeque<Event>) {
-        match effect {
-            Effect::Persist(batch) => {
-                for e in &batch.log {
-                    self.log.insert((e.write.dot.replica, e.seq()), e.clone());
-                }
-                self.persisting.push_back(batch.id);
-                if self.auto_sync {
-                    self.sync_into(queue);
-                }
-            }
-            Effect::ReadLog {
-                peer,
-                conn,
-                origin,
-                from,
-                to,
-                max_bytes,
-            } => {
-                let mut used = 0;
-                let entries = self
-                    .log
-                    .range((*origin, *from)..=(*origin, *to))
-                    .map(|(_, e)| e.clone())
-                    .take_while(|e| {
-                        let fits = used < *max_bytes;
-                        used += e.wire_size();
-                        fits
-                    })
-                    .collect();
-                queue.push_back(Event::LogRead {
-                    peer: peer.clone(),
-                    conn: *conn,
-                    origin: *origin,
-                    entries,
-                });
-            }
-            Effect::Send {
-                msg: PeerMsg::Batch(b),
-                ..
-            } => self.check_outgoing(b),
-            Effect::Send { .. } | Effect::Close { .. } | Effect::Reply { .. } => {}
-            Effect::Alarm(_) => {}
-        }
-    }
-
-    fn sync_into(&mut self, queue: &mut VecDeque<Event>) {
-        while let Some(id) = self.persisting.pop_front() {
-            queue.push_back(Event::Persisted { id });
         }
     }
 
     /// Completes the outstanding persistence steps (when `auto_sync` is off).
     fn sync(&mut self) {
-        while let Some(id) = self.persisting.pop_front() {
-            self.step(Event::Persisted { id });
+        while let Some(ev) = self.node.complete_persist() {
+            self.step(ev);
         }
     }
 
@@ -286,7 +245,7 @@ impl Rig {
             );
             assert_eq!(e.seq().0, first + i as u64, "a sent a batch with a gap");
             assert!(
-                self.replica.applied().covers(&e.write.dot),
+                self.node.replica.applied().covers(&e.write.dot),
                 "a sent {} before it was durable",
                 e.write.dot
             );
@@ -295,8 +254,8 @@ impl Rig {
 
     /// The invariants listed in the module docs.
     fn check(&self) {
-        let received = self.replica.received();
-        let durable = self.replica.applied();
+        let received = self.node.replica.received();
+        let durable = self.node.replica.applied();
         assert!(
             received.dominates(durable),
             "durable {durable} is ahead of received {received}"
@@ -319,7 +278,7 @@ impl Rig {
                 "a's applied vector covers {origin}:{seq} but not every write up to it was received"
             );
         }
-        for ((table, key), state) in self.replica.keys() {
+        for ((table, key), state) in self.node.replica.keys() {
             assert_eq!(
                 state.check_invariants(),
                 Ok(()),
@@ -817,7 +776,7 @@ proptest! {
                 Step::Frame(msg) => rig.frame(msg),
                 Step::Run(origin, offset, mut entries) => {
                     // A run that starts where the region stands (or near it): it gets applied.
-                    let next = rig.replica.received().get(origin).0 as i64 + 1;
+                    let next = rig.node.replica.received().get(origin).0 as i64 + 1;
                     let start = (next + offset).max(1) as u64;
                     for (i, e) in entries.iter_mut().enumerate() {
                         e.write.dot = Dot::new(origin, Seq(start + i as u64));
@@ -977,7 +936,11 @@ fn a_batch_carrying_another_origins_write_closes_the_connection() {
     );
     assert_eq!(rig.closed().len(), 1);
     assert!(rig.closed()[0].contains("carries a write of"));
-    assert_eq!(rig.replica.received().get(C), Seq::ZERO, "nothing applied");
+    assert_eq!(
+        rig.node.replica.received().get(C),
+        Seq::ZERO,
+        "nothing applied"
+    );
     assert!(!rig.b_connected());
 }
 
@@ -988,24 +951,24 @@ fn out_of_order_and_huge_sequence_numbers_are_answered_with_resync() {
     rig.frame(PeerMsg::Batch(batch(C, &[2, 1])));
     assert_eq!(rig.resyncs().len(), 1);
     assert_eq!(rig.resyncs()[0].applied, Seq::ZERO);
-    assert_eq!(rig.replica.received().get(C), Seq::ZERO);
+    assert_eq!(rig.node.replica.received().get(C), Seq::ZERO);
     // 1 applies, u64::MAX is a gap.
     rig.frame(PeerMsg::Batch(batch(C, &[1, u64::MAX])));
     assert_eq!(rig.resyncs().len(), 1);
     assert_eq!(rig.resyncs()[0].applied, Seq(1));
-    assert_eq!(rig.replica.received().get(C), Seq(1));
+    assert_eq!(rig.node.replica.received().get(C), Seq(1));
     // u64::MAX alone: the request for a restart after 1 is unanswered, so this is taken for
     // the rest of the run already on the wire and dropped without asking again...
     rig.frame(PeerMsg::Batch(batch(C, &[u64::MAX])));
     assert_eq!(rig.resyncs().len(), 0);
-    assert_eq!(rig.replica.received().get(C), Seq(1));
-    assert_eq!(rig.replica.counters().gaps_dropped, 1);
+    assert_eq!(rig.node.replica.received().get(C), Seq(1));
+    assert_eq!(rig.node.replica.counters().gaps_dropped, 1);
     // ...until the request has gone unanswered for a second: it may have been lost.
     rig.now.mono_ms += 1_000;
     rig.frame(PeerMsg::Batch(batch(C, &[u64::MAX])));
     assert_eq!(rig.resyncs().len(), 1);
     assert_eq!(rig.resyncs()[0].applied, Seq(1));
-    assert_eq!(rig.replica.received().get(C), Seq(1));
+    assert_eq!(rig.node.replica.received().get(C), Seq(1));
     assert!(rig.b_connected(), "gaps are normal with relays: no close");
     // Sequence number 0 names no write: a malformed batch.
     rig.frame(PeerMsg::Batch(batch(C, &[0])));
@@ -1014,15 +977,15 @@ fn out_of_order_and_huge_sequence_numbers_are_answered_with_resync() {
         "{:?}",
         rig.effects
     );
-    assert_eq!(rig.replica.received().get(C), Seq(1));
+    assert_eq!(rig.node.replica.received().get(C), Seq(1));
 }
 
 #[test]
 fn a_batch_of_our_own_writes_is_dropped() {
     let mut rig = Rig::new();
     rig.frame(PeerMsg::Batch(batch(A, &[1, 2, 3])));
-    assert_eq!(rig.replica.received().get(A), Seq::ZERO);
-    assert!(rig.replica.keys().next().is_none());
+    assert_eq!(rig.node.replica.received().get(A), Seq::ZERO);
+    assert!(rig.node.replica.keys().next().is_none());
 }
 
 #[test]
@@ -1044,7 +1007,7 @@ fn a_write_that_supersedes_itself_is_refused() {
         "{:?}",
         rig.closed()
     );
-    assert_eq!(rig.replica.received().get(C), Seq::ZERO);
+    assert_eq!(rig.node.replica.received().get(C), Seq::ZERO);
 }
 
 #[test]
@@ -1062,7 +1025,7 @@ fn a_write_with_an_oversized_value_is_refused() {
         "{:?}",
         rig.closed()
     );
-    assert_eq!(rig.replica.received().get(C), Seq::ZERO);
+    assert_eq!(rig.node.replica.received().get(C), Seq::ZERO);
 }
 
 /// A replicated write whose context claims writes of ours that we never made would poison
@@ -1082,7 +1045,7 @@ fn a_write_whose_context_claims_our_future_writes_is_refused() {
         "{:?}",
         rig.effects
     );
-    assert_eq!(rig.replica.received().get(C), Seq::ZERO);
+    assert_eq!(rig.node.replica.received().get(C), Seq::ZERO);
     // Our own writes to the key still work.
     rig.reconnect();
     rig.client_write("k", Value::Bytes(b"mine again".to_vec()), None);
@@ -1119,8 +1082,8 @@ fn a_write_with_a_wide_context_and_an_unknown_table_is_quarantined_not_applied()
         "{:?}",
         rig.effects
     );
-    assert_eq!(rig.replica.counters().quarantined, 1);
-    assert!(rig.replica.keys().next().is_none());
+    assert_eq!(rig.node.replica.counters().quarantined, 1);
+    assert!(rig.node.replica.keys().next().is_none());
 }
 
 #[test]
@@ -1185,7 +1148,7 @@ fn hellos_with_absurd_fields_are_refused_or_survived() {
     rig.tick(600);
     rig.client_write("k2", Value::Bytes(b"more".to_vec()), None);
     rig.tick(600);
-    assert_eq!(rig.replica.received().get(A), Seq(2));
+    assert_eq!(rig.node.replica.received().get(A), Seq(2));
 }
 
 #[test]
@@ -1200,8 +1163,8 @@ fn acks_beyond_anything_sent_do_not_break_streaming() {
     }
     rig.client_write("k", Value::Bytes(b"again".to_vec()), None);
     rig.tick(600);
-    assert_eq!(rig.replica.received().get(A), Seq(2));
-    assert_eq!(rig.replica.received().get(C), Seq::ZERO);
+    assert_eq!(rig.node.replica.received().get(A), Seq(2));
+    assert_eq!(rig.node.replica.received().get(C), Seq::ZERO);
 }
 
 #[test]
@@ -1243,7 +1206,7 @@ fn heartbeats_with_extreme_times_and_unknown_rows_do_not_panic() {
             }
         }
     }
-    let _ = rig.replica.peer_views(rig.now);
+    let _ = rig.node.replica.peer_views(rig.now);
     // Rows for regions that do not exist, and one claiming to be us.
     let row = |region: &str| MatrixRow {
         region: region.into(),
@@ -1265,8 +1228,8 @@ fn heartbeats_with_extreme_times_and_unknown_rows_do_not_panic() {
         echo: None,
         rows: vec![row("a"), row("ghost"), row("b")],
     }));
-    let _ = rig.replica.matrix(rig.now);
-    let _ = rig.replica.resolver_mismatches();
+    let _ = rig.node.replica.matrix(rig.now);
+    let _ = rig.node.replica.resolver_mismatches();
     rig.tick(600);
 }
 
@@ -1300,14 +1263,18 @@ fn frames_before_the_hello_or_from_strangers_are_not_acted_on() {
         conn: 50,
         msg: PeerMsg::Batch(batch(C, &[1])),
     });
-    assert_eq!(rig.replica.received().get(C), Seq::ZERO, "no hello yet");
+    assert_eq!(
+        rig.node.replica.received().get(C),
+        Seq::ZERO,
+        "no hello yet"
+    );
     rig.step(Event::Frame {
         peer: "mallory".into(),
         conn: 51,
         msg: PeerMsg::Batch(batch(C, &[1])),
     });
     assert_eq!(rig.closed().len(), 1, "a stranger is closed");
-    assert_eq!(rig.replica.received().get(C), Seq::ZERO);
+    assert_eq!(rig.node.replica.received().get(C), Seq::ZERO);
 }
 
 /// A peer can invent a region name per heartbeat; rows of regions outside the configuration
@@ -1338,6 +1305,7 @@ fn heartbeat_rows_for_unknown_regions_do_not_accumulate() {
         }));
     }
     let origins: BTreeSet<String> = rig
+        .node
         .replica
         .matrix(rig.now)
         .into_iter()
@@ -1349,11 +1317,12 @@ fn heartbeat_rows_for_unknown_regions_do_not_accumulate() {
         "only a's own row"
     );
     assert!(
-        rig.replica
+        rig.node
+            .replica
             .resolver_mismatches()
             .iter()
             .all(|(region, ..)| !region.starts_with("ghost")),
         "{:?}",
-        rig.replica.resolver_mismatches()
+        rig.node.replica.resolver_mismatches()
     );
 }

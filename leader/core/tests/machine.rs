@@ -2,12 +2,12 @@
 //! network that delivers every frame in order, with explicit control over links and
 //! persistence. Each test reads as a sequence of steps and asserts exact outcomes.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use conflict::{Registry, ReplicaId, Resolved, Seq, Value};
+use leader_core::testkit::Cluster;
 use leader_core::{
-    Alarm, Durability, Effect, Event, Options, PeerMsg, PersistBatch, Recovered, Replica, Time,
-    WriteError,
+    Alarm, Durability, Effect, Event, Options, PeerMsg, Recovered, Replica, Time, WriteError,
 };
 
 const REGIONS: [&str; 3] = ["a", "b", "c"];
@@ -38,33 +38,21 @@ fn opts(region: &str, replica: ReplicaId) -> Options {
     }
 }
 
-/// One region: its machine, its "disk" (the log, as persisted) and its pending work.
-struct Node {
-    replica: Replica,
-    id: ReplicaId,
-    log: BTreeMap<(ReplicaId, Seq), leader_core::LogEntry>,
-    persisting: VecDeque<PersistBatch>,
-    /// `checkpoint` of every batch persisted, in order.
-    checkpoints: Vec<bool>,
-    replies: Vec<(u64, Result<leader_core::WriteReceipt, WriteError>)>,
-    alarms: Vec<Alarm>,
-    closed: Vec<(String, String)>,
-    /// `Effect::ReadLog`s performed: each streams from the disk log, not the memory tail.
-    log_reads: usize,
+/// The kit's cluster of regions `a`, `b`, `c` (replica ids 1, 2, 3) on an in-memory network.
+type World = Cluster;
+
+fn world() -> World {
+    world_with(|_| {})
 }
 
-/// An in-memory world of regions with per-pair links that are up or cut.
-struct World {
-    nodes: BTreeMap<String, Node>,
-    /// Frames in flight, in order: (from, to, conn, msg).
-    wire: VecDeque<(String, String, u64, PeerMsg)>,
-    /// Connection id per unordered pair while the link is up.
-    conns: BTreeMap<(String, String), u64>,
-    next_conn: u64,
-    now: Time,
-    /// Persist immediately (true) or hold batches until `sync` is called.
-    auto_sync: bool,
-    next_request: u64,
+/// A world whose regions' options are adjusted by `tweak`.
+fn world_with(tweak: impl Fn(&mut Options)) -> World {
+    let opts = REGIONS.iter().enumerate().map(|(i, r)| {
+        let mut o = opts(r, ReplicaId::from_u128(i as u128 + 1));
+        tweak(&mut o);
+        o
+    });
+    Cluster::new(opts, &Registry::with_builtins())
 }
 
 fn pair(a: &str, b: &str) -> (String, String) {
@@ -75,304 +63,13 @@ fn pair(a: &str, b: &str) -> (String, String) {
     }
 }
 
-impl World {
-    fn new() -> Self {
-        Self::with(|_| {})
-    }
-
-    /// A world whose regions' options are adjusted by `tweak`.
-    fn with(tweak: impl Fn(&mut Options)) -> Self {
-        let mut nodes = BTreeMap::new();
-        for (i, r) in REGIONS.iter().enumerate() {
-            let id = ReplicaId::from_u128(i as u128 + 1);
-            let mut opts = opts(r, id);
-            tweak(&mut opts);
-            let replica = Replica::new(opts, &Registry::with_builtins(), Recovered::default())
-                .expect("builtins cover the tables");
-            let node = Node {
-                replica,
-                id,
-                log: BTreeMap::new(),
-                persisting: VecDeque::new(),
-                checkpoints: Vec::new(),
-                replies: Vec::new(),
-                alarms: Vec::new(),
-                closed: Vec::new(),
-                log_reads: 0,
-            };
-            nodes.insert((*r).to_owned(), node);
-        }
-        World {
-            nodes,
-            wire: VecDeque::new(),
-            conns: BTreeMap::new(),
-            next_conn: 1,
-            now: Time {
-                wall_ms: 1_700_000_000_000,
-                mono_ms: 0,
-            },
-            auto_sync: true,
-            next_request: 1,
-        }
-    }
-
-    fn handle(&mut self, region: &str, ev: Event) {
-        let mut out = Vec::new();
-        let node = self.nodes.get_mut(region).unwrap();
-        node.replica.handle(self.now, ev, &mut out);
-        for effect in out {
-            self.perform(region, effect);
-        }
-    }
-
-    fn perform(&mut self, region: &str, effect: Effect) {
-        match effect {
-            Effect::Persist(batch) => {
-                self.nodes
-                    .get_mut(region)
-                    .unwrap()
-                    .persisting
-                    .push_back(batch);
-                if self.auto_sync {
-                    self.sync(region);
-                }
-            }
-            Effect::Send { peer, conn, msg } => {
-                if self.conns.get(&pair(region, &peer)) == Some(&conn) {
-                    self.wire.push_back((region.into(), peer, conn, msg));
-                }
-            }
-            Effect::Close { peer, reason, .. } => {
-                self.nodes
-                    .get_mut(region)
-                    .unwrap()
-                    .closed
-                    .push((peer, reason));
-            }
-            Effect::ReadLog {
-                peer,
-                conn,
-                origin,
-                from,
-                to,
-                max_bytes,
-            } => {
-                self.nodes.get_mut(region).unwrap().log_reads += 1;
-                let node = &self.nodes[region];
-                let mut used = 0;
-                let entries: Vec<_> = node
-                    .log
-                    .range((origin, from)..=(origin, to))
-                    .map(|(_, e)| e.clone())
-                    .take_while(|e| {
-                        let fits = used < max_bytes;
-                        used += e.wire_size();
-                        fits
-                    })
-                    .collect();
-                self.handle(
-                    region,
-                    Event::LogRead {
-                        peer,
-                        conn,
-                        origin,
-                        entries,
-                    },
-                );
-            }
-            Effect::Reply { id, result } => {
-                self.nodes
-                    .get_mut(region)
-                    .unwrap()
-                    .replies
-                    .push((id, result));
-            }
-            Effect::Alarm(a) => self.nodes.get_mut(region).unwrap().alarms.push(a),
-        }
-    }
-
-    /// Completes every outstanding persistence step of `region`.
-    fn sync(&mut self, region: &str) {
-        while let Some(batch) = self.nodes.get_mut(region).unwrap().persisting.pop_front() {
-            let node = self.nodes.get_mut(region).unwrap();
-            node.checkpoints.push(batch.checkpoint);
-            for e in &batch.log {
-                node.log
-                    .insert((e.write.dot.replica, e.write.dot.seq), e.clone());
-            }
-            self.handle(region, Event::Persisted { id: batch.id });
-        }
-    }
-
-    fn connect(&mut self, a: &str, b: &str) {
-        let conn = self.next_conn;
-        self.next_conn += 1;
-        self.conns.insert(pair(a, b), conn);
-        self.handle(
-            a,
-            Event::PeerUp {
-                peer: b.into(),
-                conn,
-            },
-        );
-        self.handle(
-            b,
-            Event::PeerUp {
-                peer: a.into(),
-                conn,
-            },
-        );
-    }
-
-    fn cut(&mut self, a: &str, b: &str) {
-        if let Some(conn) = self.conns.remove(&pair(a, b)) {
-            self.wire
-                .retain(|(f, t, c, _)| !(*c == conn && pair(f, t) == pair(a, b)));
-            self.handle(
-                a,
-                Event::PeerDown {
-                    peer: b.into(),
-                    conn,
-                },
-            );
-            self.handle(
-                b,
-                Event::PeerDown {
-                    peer: a.into(),
-                    conn,
-                },
-            );
-        }
-    }
-
-    fn mesh(&mut self) {
-        for (i, a) in REGIONS.iter().enumerate() {
-            for b in &REGIONS[i + 1..] {
-                self.connect(a, b);
-            }
-        }
-    }
-
-    /// Delivers frames until the wire is empty (bounded, so a livelock fails the test).
-    fn deliver(&mut self) {
-        for _ in 0..100_000 {
-            let Some((from, to, conn, msg)) = self.wire.pop_front() else {
-                return;
-            };
-            if self.conns.get(&pair(&from, &to)) == Some(&conn) {
-                self.handle(
-                    &to,
-                    Event::Frame {
-                        peer: from,
-                        conn,
-                        msg,
-                    },
-                );
-            }
-        }
-        panic!("the network did not quiesce");
-    }
-
-    fn advance(&mut self, ms: u64) {
-        self.now.mono_ms += ms;
-        self.now.wall_ms += ms;
-        for r in REGIONS {
-            self.handle(r, Event::Tick);
-        }
-        self.deliver();
-    }
-
-    fn write(&mut self, region: &str, table: &str, key: &str, value: Option<&str>) -> u64 {
-        let value = value.map_or(Value::Tombstone, |v| Value::Bytes(v.as_bytes().to_vec()));
-        self.write_with(region, table, key, value, Durability::Local)
-    }
-
-    fn write_with(
-        &mut self,
-        region: &str,
-        table: &str,
-        key: &str,
-        value: Value,
-        durability: Durability,
-    ) -> u64 {
-        self.write_timeout(region, table, key, value, durability, 1_000)
-    }
-
-    fn write_timeout(
-        &mut self,
-        region: &str,
-        table: &str,
-        key: &str,
-        value: Value,
-        durability: Durability,
-        timeout_ms: u64,
-    ) -> u64 {
-        let id = self.next_request;
-        self.next_request += 1;
-        let ev = Event::ClientWrite {
-            id,
-            table: table.into(),
-            key: key.into(),
-            value,
-            context: None,
-            durability,
-            timeout_ms,
-        };
-        self.handle(region, ev);
-        id
-    }
-
-    fn reply(
-        &self,
-        region: &str,
-        id: u64,
-    ) -> Option<&Result<leader_core::WriteReceipt, WriteError>> {
-        self.nodes[region]
-            .replies
-            .iter()
-            .find(|(rid, _)| *rid == id)
-            .map(|(_, r)| r)
-    }
-
-    fn read(&self, region: &str, table: &str, key: &str) -> Resolved {
-        let r = &self.nodes[region].replica;
-        let resolver = r.resolver(table).unwrap().clone();
-        r.get(table, key.as_bytes())
-            .cloned()
-            .unwrap_or_default()
-            .resolve(resolver.as_ref())
-    }
-
-    /// Hands `to` a batch of `from`'s own writes, as if `from` sent it on their connection.
-    fn inject_batch(&mut self, to: &str, from: &str, entries: Vec<leader_core::LogEntry>) {
-        let conn = self.conns[&pair(to, from)];
-        let msg = PeerMsg::Batch(leader_core::Batch {
-            origin: self.nodes[from].id,
-            origin_region: from.into(),
-            entries,
-        });
-        self.handle(
-            to,
-            Event::Frame {
-                peer: from.into(),
-                conn,
-                msg,
-            },
-        );
-    }
-
-    fn digests(&self) -> BTreeSet<[u8; 32]> {
-        self.nodes.values().map(|n| n.replica.digest()).collect()
-    }
-}
-
 fn bytes(s: &str) -> Resolved {
     Resolved::Value(s.as_bytes().to_vec())
 }
 
 #[test]
 fn a_write_is_answered_only_after_it_is_durable_and_then_replicates() {
-    let mut w = World::new();
+    let mut w = world();
     w.auto_sync = false;
     w.mesh();
     w.deliver();
@@ -410,7 +107,7 @@ fn a_write_is_answered_only_after_it_is_durable_and_then_replicates() {
 
 #[test]
 fn concurrent_writes_converge_and_are_logged_as_conflicts() {
-    let mut w = World::new();
+    let mut w = world();
     w.mesh();
     w.deliver();
     // Every region writes the same keys before hearing from the others.
@@ -437,7 +134,7 @@ fn concurrent_writes_converge_and_are_logged_as_conflicts() {
 
 #[test]
 fn writes_reach_a_cut_off_region_through_a_third_after_the_relay_delay() {
-    let mut w = World::new();
+    let mut w = world();
     w.connect("a", "c");
     w.connect("b", "c");
     w.deliver();
@@ -468,7 +165,7 @@ fn writes_reach_a_cut_off_region_through_a_third_after_the_relay_delay() {
 
 #[test]
 fn a_reconnecting_peer_catches_up_from_the_log_beyond_the_memory_tail() {
-    let mut w = World::new();
+    let mut w = world();
     w.mesh();
     w.deliver();
     w.cut("a", "b");
@@ -490,7 +187,7 @@ fn a_reconnecting_peer_catches_up_from_the_log_beyond_the_memory_tail() {
 
 #[test]
 fn unacknowledged_bytes_stay_within_the_window() {
-    let mut w = World::new();
+    let mut w = world();
     w.mesh();
     w.deliver();
     for i in 0..200 {
@@ -515,7 +212,7 @@ fn unacknowledged_bytes_stay_within_the_window() {
 
 #[test]
 fn a_second_live_replica_claiming_a_connected_region_is_refused() {
-    let mut w = World::new();
+    let mut w = world();
     w.connect("a", "b");
     w.deliver();
     // A second process claims region b with another replica id on a new connection.
@@ -563,7 +260,7 @@ fn a_second_live_replica_claiming_a_connected_region_is_refused() {
 
 #[test]
 fn a_hello_claiming_another_region_or_cluster_is_refused() {
-    let mut w = World::new();
+    let mut w = world();
     let bad = |region: &str, cluster: &str| {
         PeerMsg::Hello(leader_core::Hello {
             protocol: leader_core::PROTOCOL_VERSION,
@@ -616,13 +313,13 @@ fn a_hello_claiming_another_region_or_cluster_is_refused() {
 /// a and b connected; a wrote k1 and k2, and b got only the second (a gap at b), with
 /// the wire empty: what b does next is on the wire.
 fn gap_at_b() -> World {
-    let mut w = World::new();
+    let mut w = world();
     w.connect("a", "b");
     w.deliver();
     w.write("a", "default", "k1", Some("1"));
     w.write("a", "default", "k2", Some("2"));
     // Take a's second write off the wire and hand b only that one on a fresh view.
-    let entry = w.nodes["a"].log.values().nth(1).unwrap().clone();
+    let entry = w.nodes["a"].disk.log.values().nth(1).unwrap().clone();
     w.wire.clear();
     w.inject_batch("b", "a", vec![entry]);
     w
@@ -648,7 +345,7 @@ fn a_gap_in_a_run_is_answered_with_a_resync_and_nothing_is_applied_out_of_order(
 
 #[test]
 fn local_writes_beyond_the_sibling_cap_are_refused_with_advice() {
-    let mut w = World::new();
+    let mut w = world();
     for (i, r) in REGIONS.iter().enumerate() {
         w.write(r, "mv", "k", Some(&i.to_string()));
     }
@@ -686,7 +383,7 @@ fn local_writes_beyond_the_sibling_cap_are_refused_with_advice() {
 
 #[test]
 fn unknown_tables_are_refused() {
-    let mut w = World::new();
+    let mut w = world();
     let id = w.write("a", "nope", "k", Some("v"));
     let (rid, result) = &w.nodes["a"].replies[0];
     assert_eq!(*rid, id);
@@ -702,7 +399,7 @@ fn receipt<'a>(w: &'a World, region: &str, id: u64) -> &'a leader_core::WriteRec
 
 #[test]
 fn durability_one_waits_for_a_durable_apply_elsewhere() {
-    let mut w = World::new();
+    let mut w = world();
     w.mesh();
     w.deliver();
     w.auto_sync = false; // every region persists only when the test says so
@@ -732,7 +429,7 @@ fn durability_one_waits_for_a_durable_apply_elsewhere() {
 
 #[test]
 fn durability_all_times_out_naming_exactly_the_regions_that_have_it() {
-    let mut w = World::new();
+    let mut w = world();
     w.connect("a", "b");
     w.deliver();
     let id = w.write_with(
@@ -768,7 +465,7 @@ fn durability_quorum_needs_a_majority_counting_this_region() {
     assert_eq!(Durability::Quorum.peers_needed(5), 2);
     assert_eq!(Durability::All.peers_needed(5), 4);
     assert_eq!(Durability::One.peers_needed(1), 0);
-    let mut w = World::new();
+    let mut w = world();
     w.connect("a", "c");
     w.deliver();
     let id = w.write_with(
@@ -786,7 +483,7 @@ fn durability_quorum_needs_a_majority_counting_this_region() {
 
 #[test]
 fn the_lag_matrix_reaches_every_region_and_shows_a_cut_pair() {
-    let mut w = World::new();
+    let mut w = world();
     w.connect("a", "c");
     w.connect("b", "c");
     w.deliver();
@@ -820,7 +517,7 @@ fn the_lag_matrix_reaches_every_region_and_shows_a_cut_pair() {
 
 #[test]
 fn clock_offsets_are_estimated_from_heartbeat_echoes() {
-    let mut w = World::new();
+    let mut w = world();
     w.mesh();
     w.deliver();
     // b's wall clock runs 10 s ahead; the network delivers instantly here.
@@ -883,7 +580,7 @@ fn clock_offsets_are_estimated_from_heartbeat_echoes() {
 #[test]
 fn a_table_resolved_differently_elsewhere_is_not_applied_but_others_are() {
     // c resolves `mv` with lww instead of multi-value.
-    let mut w = World::new();
+    let mut w = world();
     let id = ReplicaId::from_u128(3);
     let mut o = opts("c", id);
     o.tables.insert("mv".into(), "lww".into());
@@ -940,7 +637,7 @@ fn a_table_resolved_differently_elsewhere_is_not_applied_but_others_are() {
 /// order than they arrived, rebuilds exactly the states it had.
 #[test]
 fn a_restart_rebuilds_key_states_by_replaying_the_log() {
-    let mut w = World::new();
+    let mut w = world();
     w.mesh();
     w.deliver();
     for (i, region) in REGIONS.iter().enumerate() {
@@ -959,7 +656,8 @@ fn a_restart_rebuilds_key_states_by_replaying_the_log() {
     for origin in REGIONS.iter().rev() {
         let id = w.nodes[*origin].id;
         replay.extend(
-            node.log
+            node.disk
+                .log
                 .range((id, Seq(1))..=(id, Seq(u64::MAX)))
                 .map(|(_, e)| e.clone()),
         );
@@ -998,7 +696,7 @@ fn a_restart_rebuilds_key_states_by_replaying_the_log() {
 /// 8 entries, the large write was kept in the tail and streamed from memory.
 #[test]
 fn the_log_tail_is_bounded_in_bytes_and_a_larger_write_streams_from_the_log() {
-    let mut w = World::new();
+    let mut w = world();
     w.mesh();
     w.deliver();
     w.write("a", "default", "small", Some("v"));
@@ -1067,7 +765,7 @@ fn a_value_the_tables_resolver_cannot_read_is_refused_before_anything_is_written
 /// that match this region's resolvers are quarantined (and were never re-applied).
 #[test]
 fn a_stale_relayed_matrix_row_does_not_overwrite_the_resolvers_a_hello_announced() {
-    let mut w = World::new();
+    let mut w = world();
     w.connect("a", "b");
     w.connect("a", "c");
     w.deliver();
@@ -1144,7 +842,7 @@ fn fill_window(w: &mut World, n: usize) -> Vec<u64> {
 /// The ack is sent again after the rewind, and heartbeats carry the same vector.
 #[test]
 fn a_dropped_ack_with_a_full_window_does_not_stall_the_stream() {
-    let mut w = World::new();
+    let mut w = world();
     w.connect("a", "b");
     w.deliver();
     fill_window(&mut w, 40); // 40 × ~350 bytes: far more than the 4 KiB window
@@ -1194,7 +892,7 @@ fn a_dropped_ack_with_a_full_window_does_not_stall_the_stream() {
 /// the receiver's own row in its heartbeat acknowledges what it has.
 #[test]
 fn heartbeats_acknowledge_what_the_receiver_has_durably_applied() {
-    let mut w = World::new();
+    let mut w = world();
     w.connect("a", "b");
     w.deliver();
     fill_window(&mut w, 40);
@@ -1263,7 +961,7 @@ fn a_dropped_resync_is_sent_again_after_the_rewind() {
 /// for again at once, a tight loop. It is retried after a growing backoff, with an alarm.
 #[test]
 fn a_failed_log_read_backs_off_and_raises_an_alarm() {
-    let mut w = World::new();
+    let mut w = world();
     // a writes more than its in-memory tail holds while b is away, so b's catch-up reads
     // the log.
     let value = "v".repeat(200);
@@ -1391,7 +1089,7 @@ fn a_failed_log_read_backs_off_and_raises_an_alarm() {
 /// still applied: every region converges either way).
 #[test]
 fn a_replicated_write_breaking_the_causality_rule_is_counted_and_alarmed() {
-    let mut w = World::new();
+    let mut w = world();
     w.connect("a", "b");
     w.deliver();
     w.write("b", "default", "k", Some("from-b"));
@@ -1434,7 +1132,7 @@ fn a_replicated_write_breaking_the_causality_rule_is_counted_and_alarmed() {
 /// (`MAX_VV_ENTRIES`): a replicated write that would make it so is logged, not applied.
 #[test]
 fn a_replicated_write_that_would_overgrow_its_keys_context_is_quarantined() {
-    let mut w = World::new();
+    let mut w = world();
     w.connect("a", "c");
     w.deliver();
     let c_id = w.nodes["c"].id;
@@ -1491,7 +1189,7 @@ fn a_replicated_write_that_would_overgrow_its_keys_context_is_quarantined() {
 /// last acknowledged write and never holds a write that is not durable.
 #[test]
 fn reads_of_a_hot_key_are_served_from_its_newest_durable_state_without_waiting() {
-    let mut w = World::new();
+    let mut w = world();
     w.auto_sync = false;
     let a_id = w.nodes["a"].id;
     let mut last_acked = None;
@@ -1512,21 +1210,8 @@ fn reads_of_a_hot_key_are_served_from_its_newest_durable_state_without_waiting()
             );
         }
         // One commit completes: its writes are acknowledged.
-        let batch = w
-            .nodes
-            .get_mut("a")
-            .unwrap()
-            .persisting
-            .pop_front()
-            .unwrap();
-        for e in &batch.log {
-            w.nodes
-                .get_mut("a")
-                .unwrap()
-                .log
-                .insert((e.write.dot.replica, e.write.dot.seq), e.clone());
-        }
-        w.handle("a", Event::Persisted { id: batch.id });
+        let persisted = w.node("a").complete_persist().unwrap();
+        w.handle("a", persisted);
         let acked = w.nodes["a"]
             .replies
             .iter()
@@ -1567,13 +1252,13 @@ fn a_resolver_accepts_its_own_and_older_versions_only() {
 /// split-brain alarm naming the replica.
 #[test]
 fn a_second_write_under_a_dot_already_held_raises_a_split_brain_alarm() {
-    let mut w = World::new();
+    let mut w = world();
     w.connect("a", "b");
     w.deliver();
     w.write("b", "default", "k", Some("from-b"));
     w.deliver();
     let b_id = w.nodes["b"].id;
-    let held = w.nodes["b"].log.values().next().unwrap().clone();
+    let held = w.nodes["b"].disk.log.values().next().unwrap().clone();
     // The same write again (a relay, a resend): a plain duplicate, no alarm.
     let conn = w.conns[&pair("a", "b")];
     let batch = |entry: leader_core::LogEntry| {
@@ -1630,7 +1315,7 @@ fn a_second_write_under_a_dot_already_held_raises_a_split_brain_alarm() {
 /// catches up without pacing writes, and paces them again once within the bound.
 #[test]
 fn writes_are_paced_to_an_in_sync_peer_that_lags_and_the_lag_stays_bounded() {
-    let mut w = World::with(|o| {
+    let mut w = world_with(|o| {
         o.pace_lag_writes = 5;
         o.relay_delay_ms = 5_000;
     });
@@ -1779,7 +1464,7 @@ fn writes_are_paced_to_an_in_sync_peer_that_lags_and_the_lag_stays_bounded() {
 /// refused at once, and the queued ones keep their order.
 #[test]
 fn the_queue_of_paced_writes_is_bounded() {
-    let mut w = World::with(|o| o.pace_lag_writes = 1);
+    let mut w = world_with(|o| o.pace_lag_writes = 1);
     w.auto_sync = false;
     w.mesh();
     w.deliver();
@@ -1825,7 +1510,7 @@ fn the_queue_of_paced_writes_is_bounded() {
 /// without taking a dot, and the others are all answered once the disk catches up.
 #[test]
 fn unanswered_writes_are_bounded() {
-    let mut w = World::new();
+    let mut w = world();
     w.auto_sync = false;
     let taken: Vec<u64> = (0..leader_core::limits::MAX_UNANSWERED_WRITES)
         .map(|i| w.write("a", "default", &format!("k{i}"), Some("v")))
@@ -1848,4 +1533,77 @@ fn unanswered_writes_are_bounded() {
     let seqs: Vec<Seq> = taken.iter().map(|id| replies[id]).collect();
     let expected: Vec<Seq> = (1..=taken.len() as u64).map(Seq).collect();
     assert_eq!(seqs, expected, "the refused write took no dot");
+}
+
+/// The kit's disk keeps key states back until a checkpoint, as `leader::storage` does; a
+/// restart loses them and rebuilds them by replaying the log after the last checkpoint, in
+/// chunks, so the restarted region has exactly the states it had.
+#[test]
+fn a_restart_between_checkpoints_rebuilds_the_kept_back_states_from_the_log() {
+    let mut w = world();
+    let limits = leader_core::testkit::DiskLimits {
+        checkpoint_keys: 1_000,
+        checkpoint_entries: 7,
+        checkpoint_bytes: usize::MAX,
+        replay_chunk_bytes: 300,
+    };
+    for node in w.nodes.values_mut() {
+        node.disk.limits = limits;
+    }
+    w.mesh();
+    w.deliver();
+    for i in 0..10 {
+        let region = REGIONS[i % 3];
+        w.write(
+            region,
+            "default",
+            &format!("k{}", i % 4),
+            Some(&format!("v{i}")),
+        );
+        w.write(region, "mv", "m", Some(&format!("{region}{i}")));
+        w.deliver();
+    }
+    let before = w.nodes["a"].replica.digest();
+    let disk = &w.nodes["a"].disk;
+    assert!(disk.checkpoints > 0, "a checkpoint was taken");
+    assert!(disk.kept_back() > 0, "states are kept back since it");
+    assert_ne!(disk.keys, disk.keys_now(), "the key table lags the log");
+    let (_, recovery) = disk
+        .clone()
+        .recover(opts("a", w.nodes["a"].id), &Registry::with_builtins())
+        .unwrap();
+    assert!(
+        recovery.chunks > 1,
+        "the replay came in chunks: {recovery:?}"
+    );
+    w.node("a").restart(
+        opts("a", ReplicaId::from_u128(1)),
+        &Registry::with_builtins(),
+    );
+    assert_eq!(w.nodes["a"].replica.digest(), before);
+    assert_eq!(
+        w.nodes["a"].disk.kept_back(),
+        0,
+        "a crash loses what was kept back"
+    );
+}
+
+/// Log reads follow `leader::storage::Store::read_log`: an entry is taken before the budget
+/// is looked at, so a read passes the budget by at most its last entry, and returns one
+/// entry even when that alone is over it.
+#[test]
+fn a_log_read_takes_entries_until_the_budget_is_reached() {
+    let mut w = world();
+    for i in 0..5 {
+        w.write("a", "default", &format!("k{i}"), Some("0123456789"));
+    }
+    let a = w.nodes["a"].id;
+    let disk = &w.nodes["a"].disk;
+    let size = disk.log.values().next().unwrap().wire_size();
+    let read = |max| disk.read_log(a, Seq(1), Seq(5), max).len();
+    assert_eq!(read(1), 1, "one entry even over the budget");
+    assert_eq!(read(size), 1, "the budget reached by the first entry");
+    assert_eq!(read(size + 1), 2, "the second entry passes the budget");
+    assert_eq!(read(usize::MAX), 5);
+    assert!(disk.read_log(a, Seq(4), Seq(3), usize::MAX).is_empty());
 }

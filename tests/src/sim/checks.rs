@@ -92,8 +92,9 @@ impl World {
     /// and checks what it wrote.
     pub(super) fn commit(&mut self, r: usize, batch: &PersistBatch) -> Result<(), Failure> {
         let (own, name) = (self.regions[r].id, self.regions[r].name.clone());
-        if let Err(d) = self.regions[r].disk.commit(batch, own) {
-            return Err(self.fail(("disk", format!("{name}: {d}"))));
+        match self.regions[r].disk.commit(batch, own) {
+            Ok(checkpoint) => self.faults.checkpoints += u64::from(checkpoint),
+            Err(d) => return Err(self.fail(("disk", format!("{name}: {d}")))),
         }
         let checks = self.opts.step_checks;
         for e in batch.log.iter().filter(|e| e.write.dot.replica == own) {
@@ -438,13 +439,28 @@ impl World {
             };
             digests.insert(r, m.digest());
             let memory: BTreeMap<&Slot, &KeyState> = m.keys().collect();
-            let disk: BTreeMap<&Slot, &KeyState> = g.disk.keys.iter().collect();
+            let on_disk = g.disk.keys_now();
+            let disk: BTreeMap<&Slot, &KeyState> = on_disk.iter().collect();
             if memory != disk {
                 let detail = format!(
                     "{}: the key states in memory differ from the disk's",
                     g.name
                 );
                 return Err(self.fail(("disk-mirror", detail)));
+            }
+            // A crash now would lose the kept-back states: the checkpoint and the replayed
+            // log must rebuild exactly this memory.
+            let mut disk = g.disk.clone();
+            let rebuilt = disk
+                .recover(g.opts.clone(), self.registry_of(r))
+                .map(|(m, _)| m.digest());
+            if rebuilt.as_ref() != Ok(&m.digest()) {
+                let detail = format!(
+                    "{}: a restart from its disk ({} key states kept back) would not rebuild its memory",
+                    g.name,
+                    g.disk.kept_back()
+                );
+                return Err(self.fail(("recovery", detail)));
             }
         }
         let first = digests[&live[0]];

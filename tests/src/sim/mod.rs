@@ -4,10 +4,14 @@
 //! # What is real and what is modelled
 //! The machine is the production code, driven exactly as `leader::node` drives it (call order
 //! in `leader_core::machine`). Around it the simulator models, from one seed:
-//! - **the disk** ([`disk`]): a persist reaches the disk atomically when its fsync completes
-//!   (random latency, sometimes slow); a crash loses the persist in flight and all memory; a
-//!   restart builds a new machine (same replica id) from what the disk holds. Log reads are
-//!   served from the disk.
+//! - **the disk**: `leader_core::testkit::Disk`, the model of `leader::storage` every test
+//!   driver shares. A persist reaches it atomically when its fsync completes (random latency,
+//!   sometimes slow); key states are written back only at checkpoints (bounds drawn per seed,
+//!   small, so checkpoints happen within a run); a crash loses the persist in flight, all
+//!   memory and the key states kept back since the last checkpoint; a restart builds a new
+//!   machine (same replica id) as production does: the checkpointed states, the log after the
+//!   checkpoint replayed in chunks, then the quarantined writes this configuration accepts.
+//!   Log reads are served from the disk by the kit's rule (production's).
 //! - **the transport**: one connection per region pair at a time, with an id; `PeerUp` on
 //!   both ends when it is established, frames delivered in order on the connection they were
 //!   sent on, after a per-pair delay and jitter; `PeerDown` on each end when it dies, losing
@@ -45,11 +49,10 @@
 //! and a write acknowledged at `one`+ present even though its origin is gone.
 //!
 //! # Layout
-//! [`rng`] (the fixed PRNG), [`params`] (what a seed decides), [`disk`], [`truth`] (ground
+//! [`rng`] (the fixed PRNG), [`params`] (what a seed decides), [`truth`] (ground
 //! truth and the final-state oracles), [`stats`], [`trace`], and the world itself: `world`
 //! (event loop and effects), `net` (transport and faults), `workload` (clients), `checks`.
 
-pub mod disk;
 pub mod params;
 pub mod rng;
 pub mod stats;

@@ -160,7 +160,7 @@ impl World {
 
     /// Ends connection `id`: queued frames are lost, each live end gets `PeerDown`, and the
     /// pair redials after a backoff.
-    fn kill(&mut self, id: u64) -> Result<(), Failure> {
+    pub(super) fn kill(&mut self, id: u64) -> Result<(), Failure> {
         let Some(c) = self.net.conns.remove(&id) else {
             return Ok(());
         };

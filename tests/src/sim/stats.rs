@@ -43,6 +43,12 @@ pub struct FaultCounts {
     pub skew_beyond_bound: u64,
     /// Persists whose fsync was slow.
     pub slow_fsyncs: u64,
+    /// Commits that were checkpoints (key states written back).
+    pub checkpoints: u64,
+    /// Restarts that replayed the log after the last checkpoint.
+    pub replays: u64,
+    /// Log entries those restarts replayed.
+    pub replayed_entries: u64,
 }
 
 impl FaultCounts {
@@ -77,6 +83,9 @@ impl AddAssign<&FaultCounts> for FaultCounts {
         self.clock_jumps_backward += o.clock_jumps_backward;
         self.skew_beyond_bound += o.skew_beyond_bound;
         self.slow_fsyncs += o.slow_fsyncs;
+        self.checkpoints += o.checkpoints;
+        self.replays += o.replays;
+        self.replayed_entries += o.replayed_entries;
     }
 }
 
@@ -87,7 +96,8 @@ impl fmt::Display for FaultCounts {
             "partitions {} (symmetric {}, one-way {}, bridge {}), crashes {}, restarts {}, \
              permanent losses {}, conn resets {}, idle timeouts {}, duplicates {}, reorders {}, \
              send failures {}, silent losses {}, frames lost {}, frames held {}, skew events {} \
-             (jumps +{} -{}, beyond bound {}), slow fsyncs {}",
+             (jumps +{} -{}, beyond bound {}), slow fsyncs {}, checkpoints {}, replays {} \
+             ({} entries)",
             self.partitions(),
             self.partitions_symmetric,
             self.partitions_one_way,
@@ -108,6 +118,9 @@ impl fmt::Display for FaultCounts {
             self.clock_jumps_backward,
             self.skew_beyond_bound,
             self.slow_fsyncs,
+            self.checkpoints,
+            self.replays,
+            self.replayed_entries,
         )
     }
 }

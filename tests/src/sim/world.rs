@@ -9,7 +9,6 @@ use conflict::examples::Counter;
 use conflict::{Dot, Registry, ReplicaId, Seq, VersionVector};
 use leader_core::{Effect, Event, Options, PersistBatch, Replica, Time};
 
-use super::disk::Disk;
 use super::net::Net;
 use super::params::{Doom, MAX_CLOCK_OFFSET_MS, Params, REGION_NAMES};
 use super::rng::Rng;
@@ -18,6 +17,7 @@ use super::trace::Trace;
 use super::truth::{Broken, Slot, TableKind, Truth};
 use super::workload::{Deferred, OpRec};
 use super::{Failure, Outcome, Rollout, RunOptions, Sabotage};
+use leader_core::testkit::{Disk, DiskLimits};
 
 /// Wall-clock time at virtual time zero (Unix ms, November 2023).
 pub(super) const BASE_WALL_MS: i64 = 1_700_000_000_000;
@@ -198,6 +198,21 @@ pub(super) struct World {
     pub(super) doom: Option<Doom>,
 }
 
+/// The disk bounds of one region: in one seed in four production's (a checkpoint only when a
+/// batch asks for one), else small enough that checkpoints, and replays after a crash, happen
+/// within a run.
+fn disk_limits(rng: &mut Rng) -> DiskLimits {
+    if rng.chance(0.25) {
+        return DiskLimits::default();
+    }
+    DiskLimits {
+        checkpoint_keys: rng.range(2, 24) as usize,
+        checkpoint_entries: rng.range(4, 96) as usize,
+        checkpoint_bytes: rng.range(2_000, 40_000) as usize,
+        replay_chunk_bytes: rng.range(100, 3_000) as usize,
+    }
+}
+
 /// Options every region's machine gets.
 fn options(p: &Params, r: usize) -> Options {
     let k = &p.knobs;
@@ -245,6 +260,11 @@ impl World {
         registry_v2
             .register(Arc::new(CounterV2))
             .expect("the counter's name is valid and free");
+        // From a stream of its own, so the other draws of a seed keep their meaning.
+        let mut rng_limits = Rng::stream(seed, 6);
+        let disk_limits: Vec<DiskLimits> = (0..p.regions)
+            .map(|_| disk_limits(&mut rng_limits))
+            .collect();
         let regions = (0..p.regions)
             .map(|r| Region {
                 name: REGION_NAMES[r].to_owned(),
@@ -253,7 +273,7 @@ impl World {
                 replica: None,
                 inc: 0,
                 boot_ms: 0,
-                disk: Disk::default(),
+                disk: Disk::with_limits(disk_limits[r]),
                 offset_ms: p.clocks[r].0,
                 drift_ppm: p.clocks[r].1,
                 persisting: None,
@@ -397,30 +417,33 @@ impl World {
         Ok(())
     }
 
-    /// Builds region `r`'s machine from its disk.
-    fn start_process(&mut self, r: usize) -> Result<(), Failure> {
-        let g = &mut self.regions[r];
-        let registry = if g.reconfigured && self.opts.rollout == Some(Rollout::UpgradeResolver) {
+    /// The resolvers region `r`'s configuration registers.
+    pub(super) fn registry_of(&self, r: usize) -> &Registry {
+        let upgraded = self.opts.rollout == Some(Rollout::UpgradeResolver);
+        if self.regions[r].reconfigured && upgraded {
             &self.registry_v2
         } else {
             &self.registry
-        };
-        let mut replica =
-            Replica::new(g.opts.clone(), registry, g.disk.recovered()).map_err(|e| Failure {
-                oracle: "build",
-                detail: e.to_string(),
-                at_ms: self.now,
-            })?;
-        // As `leader::node` does: the quarantined writes this configuration accepts are read
-        // from the log and applied before the first event, in small chunks.
-        let release: Vec<_> = replica
-            .to_release()
-            .iter()
-            .filter_map(|d| g.disk.log.get(&(d.replica, d.seq)).cloned())
-            .collect();
-        for chunk in release.chunks(3) {
-            replica.replay(chunk.to_vec());
         }
+    }
+
+    /// Builds region `r`'s machine from its disk.
+    fn start_process(&mut self, r: usize) -> Result<(), Failure> {
+        // As `leader::node` does: the checkpointed key states, the log after the checkpoint
+        // replayed in chunks, then the quarantined writes this configuration accepts.
+        let mut disk = std::mem::take(&mut self.regions[r].disk);
+        let recovered = disk.recover(self.regions[r].opts.clone(), self.registry_of(r));
+        self.regions[r].disk = disk;
+        let (replica, recovery) = recovered.map_err(|e| Failure {
+            oracle: "build",
+            detail: e.to_string(),
+            at_ms: self.now,
+        })?;
+        if recovery.replayed > 0 {
+            self.faults.replays += 1;
+            self.faults.replayed_entries += recovery.replayed;
+        }
+        let g = &mut self.regions[r];
         g.replica = Some(replica);
         if self.opts.sabotage == Some(Sabotage::WallClockLww) {
             g.replica
@@ -618,9 +641,15 @@ impl World {
         match effect {
             Effect::Persist(batch) => self.persist(r, batch),
             Effect::Send { peer, conn, msg } => self.send(r, &peer, conn, msg),
-            // As in production: the refusal frame went out just before; the transport keeps
-            // the link and the machine ignores that connection from now on.
-            Effect::Close { .. } => Ok(()),
+            // As in production (`leader::node` closes the QUIC connection): the connection
+            // ends, both ends get `PeerDown`, and the pair redials after a backoff.
+            Effect::Close { peer, conn, .. } => {
+                let q = self.index_of(&peer);
+                if self.current_conn(r, q) == Some(conn) {
+                    self.kill(conn)?;
+                }
+                Ok(())
+            }
             Effect::ReadLog {
                 peer,
                 conn,
@@ -713,6 +742,7 @@ impl World {
         self.count_machine(r);
         let g = &mut self.regions[r];
         g.replica = None;
+        g.disk.crash();
         g.inc += 1;
         g.persisting = None;
         g.reads_out = 0;
