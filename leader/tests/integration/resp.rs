@@ -461,7 +461,6 @@ async fn a_client_that_never_reads_is_not_buffered_without_bound() {
     s.stop().await;
 }
 
-
 /// A Redis client no one here wrote (the `redis` crate, RESP2 and RESP3) against a two-region
 /// cluster whose RESP listeners come from the configuration path (`Wiring::resp_bind`, as
 /// `resp_addr` in regions.toml): a write through RESP at us-east is read through HTTP and
