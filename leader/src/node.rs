@@ -707,7 +707,7 @@ pub async fn start(
         checkpoint_bytes: config.limits.checkpoint_bytes,
         replay_chunk_bytes: config.limits.replay_chunk_bytes,
         cache_bytes: config.limits.storage_cache_bytes,
-        ..StoreLimits::default()
+        segment_bytes: config.limits.log_segment_bytes as u64,
     };
     let opened = Store::open_with(&me.data_dir, &config.cluster, region, store_limits)?;
     if opened.created {

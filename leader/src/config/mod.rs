@@ -194,6 +194,10 @@ pub struct Limits {
     /// Memory the storage engine (redb) may use to cache pages it read and buffer pages it
     /// writes (default 64 MiB).
     pub storage_cache_bytes: usize,
+    /// A segment of the write log is sealed, and the next group commit starts a new file, once
+    /// it holds this many bytes (default 32 MiB). Larger segments mean fewer files; a restart
+    /// scans at most the last one.
+    pub log_segment_bytes: usize,
     /// Flow control (default 10 000; 0 turns it off): the most of this region's own writes a
     /// connected peer that keeps up may lack. Past it, client writes here wait for the peer to
     /// catch up — at most their timeout, then `503 overloaded` — so a region slower than the
@@ -217,6 +221,7 @@ impl Default for Limits {
             checkpoint_bytes: 64 * 1024 * 1024,
             replay_chunk_bytes: 8 * 1024 * 1024,
             storage_cache_bytes: 64 * 1024 * 1024,
+            log_segment_bytes: 32 * 1024 * 1024,
             pace_lag_writes: 10_000,
         }
     }

@@ -237,6 +237,7 @@ pub(super) fn check_limits(l: &Limits) -> Result<(), Problem> {
                 MIB,
                 64 * 1024 * MIB,
             ),
+            bound("log_segment_bytes", l.log_segment_bytes, MIB, 1024 * MIB),
             Bound {
                 key: "pace_lag_writes",
                 value: l.pace_lag_writes,
