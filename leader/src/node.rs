@@ -67,9 +67,15 @@ pub(crate) enum Command {
     Write {
         table: String,
         key: Vec<u8>,
-        value: Value,
+        change: Change,
         opts: WriteOptions,
         reply: oneshot::Sender<Result<Written, RequestError>>,
+    },
+    Wait {
+        seq: conflict::Seq,
+        regions: usize,
+        timeout: Duration,
+        reply: oneshot::Sender<Vec<String>>,
     },
     Read {
         table: String,
@@ -90,6 +96,16 @@ pub(crate) enum Command {
         scan: Scan,
         reply: oneshot::Sender<Option<Listing>>,
     },
+}
+
+/// What a write does to its key.
+#[derive(Debug)]
+pub(crate) enum Change {
+    /// A value or tombstone, with the options' context.
+    Put(Value),
+    /// An addition to a counter (the options' context is not used: the machine writes with
+    /// the key's whole context).
+    Add(i64),
 }
 
 /// Which keys of a table to list ([`NodeHandle::scan`]).
@@ -334,13 +350,24 @@ pub enum NodeError {
 }
 
 /// A cheap, clonable handle for talking to a running node.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct NodeHandle {
     commands: mpsc::Sender<Command>,
     region: Arc<str>,
     pub(crate) metrics: Arc<Metrics>,
     /// The impairment layer and the peers' addresses, when the node runs over it.
     pub(crate) links: Option<Arc<LinkControl>>,
+    /// Each configured table's resolver.
+    tables: Arc<BTreeMap<String, Arc<dyn Resolver>>>,
+}
+
+impl std::fmt::Debug for NodeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeHandle")
+            .field("region", &self.region)
+            .field("tables", &self.tables.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
 }
 
 /// The answer to a request handed over with [`NodeHandle::submit_write`].
@@ -365,6 +392,11 @@ impl NodeHandle {
     /// This node's region.
     pub fn region(&self) -> &str {
         &self.region
+    }
+
+    /// The resolver of `table` here, or `None` when the table is not configured.
+    pub fn resolver(&self, table: &str) -> Option<&Arc<dyn Resolver>> {
+        self.tables.get(table)
     }
 
     async fn ask<T>(
@@ -398,12 +430,68 @@ impl NodeHandle {
         value: Value,
         opts: WriteOptions,
     ) -> Result<Pending<Result<Written, RequestError>>, NodeError> {
+        self.submit_change(table, key, Change::Put(value), opts)
+            .await
+    }
+
+    /// Adds `by` (negative: subtracts) to the counter at `table/key`, as Redis's `INCRBY`
+    /// does, handed over now and answered once durable as [`NodeHandle::write_with`] is; the
+    /// receipt's `total` is the counter's value after it. The region's state machine reads
+    /// and writes the counter in one step, so concurrent additions here never overwrite one
+    /// another, and additions in other regions merge with it. The table's resolver must keep
+    /// counters ([`conflict::Resolver::counter`]); `opts.context` is not used.
+    pub async fn submit_add(
+        &self,
+        table: &str,
+        key: &[u8],
+        by: i64,
+        opts: WriteOptions,
+    ) -> Result<Pending<Result<Written, RequestError>>, NodeError> {
+        self.submit_change(table, key, Change::Add(by), opts).await
+    }
+
+    /// [`NodeHandle::submit_add`], waiting for the answer.
+    pub async fn add(
+        &self,
+        table: &str,
+        key: &[u8],
+        by: i64,
+        opts: WriteOptions,
+    ) -> Result<Result<Written, RequestError>, NodeError> {
+        self.submit_add(table, key, by, opts).await?.wait().await
+    }
+
+    async fn submit_change(
+        &self,
+        table: &str,
+        key: &[u8],
+        change: Change,
+        opts: WriteOptions,
+    ) -> Result<Pending<Result<Written, RequestError>>, NodeError> {
         let (table, key) = (table.to_owned(), key.to_vec());
         self.submit(|reply| Command::Write {
             table,
             key,
-            value,
+            change,
             opts,
+            reply,
+        })
+        .await
+    }
+
+    /// Waits until `regions` other regions have this region's writes up to `seq` durably
+    /// (`seq` from a [`WriteReceipt`]'s dot), or `timeout` passes; answers the other regions
+    /// that have them, which may be fewer than asked for (Redis's `WAIT`).
+    pub async fn wait_durable(
+        &self,
+        seq: conflict::Seq,
+        regions: usize,
+        timeout: Duration,
+    ) -> Result<Vec<String>, NodeError> {
+        self.ask(|reply| Command::Wait {
+            seq,
+            regions,
+            timeout,
             reply,
         })
         .await
@@ -509,6 +597,8 @@ struct Driver {
     store: Arc<Store>,
     completions_tx: mpsc::Sender<Completion>,
     pending: BTreeMap<RequestId, PendingWrite>,
+    /// `WAIT`s handed to the state machine, by request id (it bounds them with the writes).
+    waits: BTreeMap<RequestId, oneshot::Sender<Vec<String>>>,
     parked: Vec<Parked>,
     /// Split brains seen, per region: (live, refused, when last seen).
     split_brain: BTreeMap<String, (String, String, Instant)>,
@@ -848,11 +938,17 @@ pub async fn start(
             peers: link_peers,
         })
     });
+    let tables = config
+        .tables
+        .keys()
+        .filter_map(|t| Some((t.clone(), Arc::clone(replica.resolver(t)?))))
+        .collect();
     let handle = NodeHandle {
         commands: commands_tx,
         region: Arc::from(region),
         metrics: Arc::clone(&metrics),
         links,
+        tables: Arc::new(tables),
     };
     let driver = Driver {
         replica,
@@ -860,6 +956,7 @@ pub async fn start(
         store,
         completions_tx,
         pending: BTreeMap::new(),
+        waits: BTreeMap::new(),
         parked: Vec::new(),
         table_durability: config.durability.clone(),
         write_timeout: t.write_timeout(),
@@ -983,7 +1080,8 @@ impl Driver {
             let wake = self
                 .replica
                 .poll_timeout()
-                .map(|ms| self.start + Duration::from_millis(ms))
+                // A deadline too far to represent (a WAIT with no timeout) never wakes us.
+                .and_then(|ms| self.start.checked_add(Duration::from_millis(ms)))
                 .into_iter()
                 .chain(parked_deadline)
                 .chain(self.broken.values().min().copied())
@@ -1195,7 +1293,7 @@ impl Driver {
             Command::Write {
                 table,
                 key,
-                value,
+                change,
                 opts,
                 reply,
             } => {
@@ -1207,14 +1305,40 @@ impl Driver {
                     .unwrap_or_default();
                 let timeout_ms = opts.timeout.unwrap_or(self.write_timeout).as_millis() as u64;
                 self.pending.insert(id, (opts.session, reply));
-                return Some(Event::ClientWrite {
+                return Some(match change {
+                    Change::Put(value) => Event::ClientWrite {
+                        id,
+                        table,
+                        key,
+                        value,
+                        context: opts.context,
+                        durability,
+                        timeout_ms,
+                    },
+                    Change::Add(by) => Event::ClientAdd {
+                        id,
+                        table,
+                        key,
+                        by,
+                        durability,
+                        timeout_ms,
+                    },
+                });
+            }
+            Command::Wait {
+                seq,
+                regions,
+                timeout,
+                reply,
+            } => {
+                let id = self.next_request;
+                self.next_request += 1;
+                self.waits.insert(id, reply);
+                return Some(Event::ClientWait {
                     id,
-                    table,
-                    key,
-                    value,
-                    context: opts.context,
-                    durability,
-                    timeout_ms,
+                    seq,
+                    regions,
+                    timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
                 });
             }
             Command::Read {
@@ -1458,6 +1582,11 @@ impl Driver {
                     let _ = reply.send(result);
                 }
             }
+            Effect::Waited { id, regions } => {
+                if let Some(reply) = self.waits.remove(&id) {
+                    let _ = reply.send(regions);
+                }
+            }
             Effect::Alarm(alarm) => {
                 self.metrics.alarm(&alarm);
                 if let Alarm::SplitBrain {
@@ -1509,6 +1638,7 @@ fn refuse_behind(cmd: Command, behind: Behind) {
         Command::Read { reply, .. } => drop(reply.send(Err(behind.into()))),
         // Only writes and reads carry session tokens.
         Command::Status { .. }
+        | Command::Wait { .. }
         | Command::Conflicts { .. }
         | Command::Digest { .. }
         | Command::Scan { .. } => {}

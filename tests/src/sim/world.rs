@@ -678,6 +678,8 @@ impl World {
                 Ok(())
             }
             Effect::Reply { id, result } => self.on_reply(r, id, result),
+            // The workload sends no `ClientWait`; nothing waits for this answer.
+            Effect::Waited { .. } => Ok(()),
             Effect::Alarm(alarm) => self.on_alarm(r, alarm),
         }
     }
@@ -920,6 +922,15 @@ fn show_event(ev: &Event) -> String {
             "ClientWrite #{id} {table}/{} = {value:?} ctx {context:?} {durability} {timeout_ms}ms",
             String::from_utf8_lossy(key)
         ),
+        Event::ClientAdd {
+            id, table, key, by, ..
+        } => format!(
+            "ClientAdd #{id} {table}/{} += {by}",
+            String::from_utf8_lossy(key)
+        ),
+        Event::ClientWait {
+            id, seq, regions, ..
+        } => format!("ClientWait #{id} seq {} in {regions} regions", seq.0),
         Event::PeerUp { peer, conn } => format!("PeerUp {peer}#{conn}"),
         Event::PeerDown { peer, conn } => format!("PeerDown {peer}#{conn}"),
         Event::Frame { peer, conn, msg } => {
@@ -972,6 +983,7 @@ fn show_effect(e: &Effect) -> String {
             ),
             Err(e) => format!("Reply #{id} refused: {e}"),
         },
+        Effect::Waited { id, regions } => format!("Waited #{id}: {regions:?}"),
         Effect::Alarm(a) => format!("Alarm {a:?}"),
     }
 }

@@ -59,7 +59,7 @@ pub use crate::limits::{LOG_READ_RETRY_MAX_MS, LOG_READ_RETRY_MIN_MS, MAX_PACED_
 
 use crate::limits::{MAX_UNANSWERED_WRITES, OWN_COMMITS_MAX};
 
-use self::client::{Wait, WriteRequest};
+use self::client::{Change, Wait, WriteRequest};
 use self::peer::Peer;
 use self::persist::{InFlight, Staged};
 use self::stream::Tail;
@@ -294,13 +294,36 @@ impl Replica {
                     id,
                     table,
                     key,
-                    value,
-                    context,
+                    change: Change::Put { value, context },
                     durability,
                     timeout_ms,
                 };
                 self.client_write_paced(now, req, out)
             }
+            Event::ClientAdd {
+                id,
+                table,
+                key,
+                by,
+                durability,
+                timeout_ms,
+            } => {
+                let req = WriteRequest {
+                    id,
+                    table,
+                    key,
+                    change: Change::Add(by),
+                    durability,
+                    timeout_ms,
+                };
+                self.client_write_paced(now, req, out)
+            }
+            Event::ClientWait {
+                id,
+                seq,
+                regions,
+                timeout_ms,
+            } => self.client_wait(now, id, seq, regions, timeout_ms, out),
             Event::PeerUp { peer, conn } => self.peer_up(peer, conn, out),
             Event::PeerDown { peer, conn } => self.peer_down(&peer, conn),
             Event::Frame { peer, conn, msg } => self.frame(now, peer, conn, msg, out),
