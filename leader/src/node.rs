@@ -1331,6 +1331,21 @@ impl Driver {
                 timeout,
                 reply,
             } => {
+                // Waits whose clients went away (a closed connection drops its receiver)
+                // are cancelled here, so a client cannot leave waits behind without bound.
+                let gone: Vec<RequestId> = self
+                    .waits
+                    .iter()
+                    .filter(|(_, tx)| tx.is_closed())
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in gone {
+                    self.waits.remove(&id);
+                    let mut none = Vec::new();
+                    self.replica
+                        .handle(self.now(), Event::CancelWait { id }, &mut none);
+                    debug_assert!(none.is_empty(), "a cancelled wait is not answered");
+                }
                 let id = self.next_request;
                 self.next_request += 1;
                 self.waits.insert(id, reply);

@@ -1743,3 +1743,56 @@ fn a_wait_is_answered_once_enough_regions_have_the_write_durably_or_at_its_timeo
     wait(&mut w, 102, 0);
     assert_eq!(waited(&w, 102), Some(vec!["b".to_owned()]));
 }
+
+/// `WAIT`s have a bound of their own (they cannot keep writes out), the one past it is
+/// answered at once, and a cancelled wait (its client went away) frees its place unanswered.
+#[test]
+fn waits_are_bounded_apart_from_writes_and_a_cancelled_wait_is_forgotten() {
+    use leader_core::limits::MAX_CLIENT_WAITS;
+    let mut w = world();
+    let id = w.write("a", "default", "k", Some("v"));
+    let seq = receipt(&w, "a", id).dot.seq;
+    let wait = |w: &mut World, id: u64| {
+        let ev = Event::ClientWait {
+            id,
+            seq,
+            regions: 2,
+            timeout_ms: u64::MAX,
+        };
+        w.handle("a", ev);
+    };
+    for i in 0..MAX_CLIENT_WAITS as u64 {
+        wait(&mut w, 1_000_000 + i);
+    }
+    assert!(
+        w.nodes["a"].waited.is_empty(),
+        "no peer has the write: every wait waits"
+    );
+    // Writes are still taken: waits do not count against the unanswered-writes bound.
+    let more = w.write("a", "default", "k2", Some("v"));
+    assert!(
+        matches!(w.reply("a", more), Some(Ok(_))),
+        "{:?}",
+        w.reply("a", more)
+    );
+    // One wait past the bound is answered at once, with the regions that have it (none).
+    wait(&mut w, 2_000_000);
+    assert_eq!(w.nodes["a"].waited, vec![(2_000_000, Vec::new())]);
+    // A cancelled wait is never answered, and frees a place: the next one waits.
+    w.handle("a", Event::CancelWait { id: 1_000_000 });
+    wait(&mut w, 2_000_001);
+    assert_eq!(w.nodes["a"].waited.len(), 1, "{:?}", w.nodes["a"].waited);
+    w.connect("a", "b");
+    w.connect("a", "c");
+    w.deliver();
+    let answered: Vec<u64> = w.nodes["a"].waited.iter().map(|(id, _)| *id).collect();
+    assert_eq!(
+        answered.len(),
+        MAX_CLIENT_WAITS + 1,
+        "every wait but the cancelled one"
+    );
+    assert!(
+        !answered.contains(&1_000_000),
+        "the cancelled wait was answered"
+    );
+}

@@ -101,6 +101,10 @@ impl Trace {
                 self.word(*id);
                 self.word(seq.0);
             }
+            Event::CancelWait { id } => {
+                self.word(18);
+                self.word(*id);
+            }
             Event::PeerUp { peer, conn } => {
                 self.word(2);
                 self.bytes(peer.as_bytes());

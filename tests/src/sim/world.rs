@@ -931,6 +931,7 @@ fn show_event(ev: &Event) -> String {
         Event::ClientWait {
             id, seq, regions, ..
         } => format!("ClientWait #{id} seq {} in {regions} regions", seq.0),
+        Event::CancelWait { id } => format!("CancelWait #{id}"),
         Event::PeerUp { peer, conn } => format!("PeerUp {peer}#{conn}"),
         Event::PeerDown { peer, conn } => format!("PeerDown {peer}#{conn}"),
         Event::Frame { peer, conn, msg } => {

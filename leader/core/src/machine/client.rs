@@ -13,7 +13,7 @@ use super::{
     ConflictRecord, Effect, MAX_PACED_WRITES, Replica, RequestId, Time, WriteError, WriteReceipt,
 };
 use crate::consistency::Durability;
-use crate::limits::MAX_UNANSWERED_WRITES;
+use crate::limits::{MAX_CLIENT_WAITS, MAX_UNANSWERED_WRITES};
 use crate::msg::LogEntry;
 
 /// The fields of [`Event::ClientWrite`] and [`Event::ClientAdd`], kept together on their way
@@ -299,12 +299,17 @@ impl Replica {
         timeout_ms: u64,
         out: &mut Vec<Effect>,
     ) {
-        if self.unanswered_writes() >= MAX_UNANSWERED_WRITES {
-            self.counters.writes_overloaded += 1;
+        if self.client_waits >= MAX_CLIENT_WAITS {
             let regions = self.durable_at_peers(seq);
             out.push(Effect::Waited { id, regions });
             return;
         }
+        let have = self.durable_at_peers(seq);
+        if have.len() >= regions || timeout_ms == 0 {
+            out.push(Effect::Waited { id, regions: have });
+            return;
+        }
+        self.client_waits += 1;
         let dot = Dot {
             replica: self.opts.replica,
             seq,
@@ -316,7 +321,14 @@ impl Replica {
             need: regions,
             deadline_ms: now.mono_ms.saturating_add(timeout_ms),
         });
-        self.check_waits(now, out);
+    }
+
+    /// Forgets the `WAIT` `id` (its client went away).
+    pub(super) fn cancel_wait(&mut self, id: RequestId) {
+        let before = self.waits.len();
+        self.waits.retain(|w| w.id != id || w.receipt.is_some());
+        self.client_waits -= before - self.waits.len();
+        debug_assert_eq!(self.client_waits, self.counted_client_waits());
     }
 
     /// Applies a write to a key's in-memory state and stages the key for persistence.
@@ -403,7 +415,7 @@ impl Replica {
     /// Each is in exactly one of the three; [`MAX_UNANSWERED_WRITES`] bounds them together.
     pub(super) fn unanswered_writes(&self) -> usize {
         let in_flight = self.in_flight.as_ref().map_or(0, |f| f.replies.len());
-        self.staged.replies.len() + in_flight + self.waits.len()
+        self.staged.replies.len() + in_flight + self.waits.len() - self.client_waits
     }
 
     /// Answers every durability wait that is met or past its deadline.
@@ -430,12 +442,21 @@ impl Replica {
                         result: Ok(receipt),
                     });
                 }
-                None => out.push(Effect::Waited {
-                    id: w.id,
-                    regions: peers,
-                }),
+                None => {
+                    self.client_waits -= 1;
+                    out.push(Effect::Waited {
+                        id: w.id,
+                        regions: peers,
+                    });
+                }
             }
         }
+    }
+
+    /// The `WAIT`s among the durability waits, counted (checks the `client_waits` bookkeeping
+    /// in debug builds).
+    fn counted_client_waits(&self) -> usize {
+        self.waits.iter().filter(|w| w.receipt.is_none()).count()
     }
 
     /// Peers known to have this region's writes up to `seq` durably, by name. A peer counts

@@ -139,6 +139,11 @@ pub enum Event {
         /// How long to wait at most, in ms.
         timeout_ms: u64,
     },
+    /// The client of an [`Event::ClientWait`] went away: forget the wait (no answer follows).
+    CancelWait {
+        /// The request.
+        id: RequestId,
+    },
     /// The transport established an authenticated connection to `peer`.
     PeerUp {
         /// Region name, as authenticated by its certificate.
