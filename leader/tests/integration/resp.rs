@@ -393,6 +393,10 @@ async fn random_and_mutated_frames_never_panic_the_server() {
         encode(&["HELLO", "3", "AUTH", "default", "x"]),
         encode(&["CONFIG", "GET", "*"]),
         b"*2\r\n$3\r\nGET\r\n$-1\r\n".to_vec(),
+        [encode(&["SELECT", "2"]), encode(&["INCRBY", "n", "-7"])].concat(),
+        encode(&["WAIT", "1", "50"]),
+        encode(&["MERIDIAN.SET", "k", "v", "AQID"]),
+        encode(&["MERIDIAN.SESSION", "AAEC"]),
     ];
     let mut rng = Rng::new(0x2545_f491_4f6c_dd1d);
     let mut next = move || rng.next();

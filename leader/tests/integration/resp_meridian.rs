@@ -286,3 +286,52 @@ async fn a_session_token_carries_read_your_writes_to_another_region() {
         })
         .await;
 }
+
+/// The same commands after `HELLO 3`: RESP3's null for "no session yet", integers for `WAIT`
+/// and counters, arrays for the siblings, and a hostile mix of them never breaks a connection
+/// (errors keep it open, as Redis's do).
+#[tokio::test]
+async fn the_meridian_commands_answer_in_resp3_too() {
+    let s = Solo::start(None, 16).await;
+    let mut c = s.client().await;
+    c.cmd(&["HELLO", "3"]).await;
+    assert!(c.frame().await.starts_with("%7\r\n"));
+    c.roundtrip(&["MERIDIAN.SESSION"], "_\r\n").await;
+    c.roundtrip(&["WAIT", "0", "0"], ":0\r\n").await;
+    c.roundtrip(&["SELECT", "1"], "+OK\r\n").await;
+    c.cmd(&["MERIDIAN.SIBLINGS", "cart"]).await;
+    let empty = c.frame().await;
+    assert!(
+        empty.starts_with("*2\r\n$") && empty.ends_with("*0\r\n"),
+        "{empty}"
+    );
+    let context = empty.split("\r\n").nth(2).unwrap().to_owned();
+    let next = bulk(&mut c, &["MERIDIAN.SET", "cart", "figs", &context]).await;
+    assert!(next.is_some());
+    c.cmd(&["MERIDIAN.SIBLINGS", "cart"]).await;
+    let one = c.frame().await;
+    assert!(
+        one.contains("*1\r\n*3\r\n$4\r\nfigs\r\n$4\r\nsolo\r\n$"),
+        "{one}"
+    );
+    let token = bulk(&mut c, &["MERIDIAN.SESSION"])
+        .await
+        .expect("a token after a write");
+    c.roundtrip(&["MERIDIAN.SESSION", &token], "+OK\r\n").await;
+    c.roundtrip(&["SELECT", "2"], "+OK\r\n").await;
+    c.roundtrip(&["DECRBY", "n", "3"], ":-3\r\n").await;
+    for bad in [
+        &["WAIT", "x", "1"][..],
+        &["WAIT", "1"],
+        &["MERIDIAN.SET", "k", "v"],
+        &["MERIDIAN.DEL", "k", "!!"],
+        &["MERIDIAN.SIBLINGS"],
+        &["MERIDIAN.SESSION", "a", "b"],
+        &["INCRBY", "n", "1.5"],
+    ] {
+        let reply = line(&mut c, bad).await;
+        assert!(reply.starts_with("-ERR"), "{bad:?}: {reply}");
+    }
+    c.roundtrip(&["GET", "n"], "$2\r\n-3\r\n").await;
+    s.stop().await;
+}
