@@ -97,7 +97,11 @@ impl VersionVector {
         }
         match self.0.binary_search_by_key(&dot.replica, |e| e.0) {
             Ok(i) => self.0[i].1 = self.0[i].1.max(dot.seq),
-            Err(i) => self.0.insert(i, (dot.replica, dot.seq)),
+            Err(i) => {
+                // Grow by one: most vectors stay at one or a few entries for good.
+                self.0.reserve_exact(1);
+                self.0.insert(i, (dot.replica, dot.seq));
+            }
         }
     }
 
@@ -174,7 +178,7 @@ impl VersionVector {
                 max: MAX_VV_ENTRIES,
             });
         }
-        let mut vv = VersionVector::new();
+        let mut vv = VersionVector(Vec::with_capacity(count));
         let mut prev: Option<ReplicaId> = None;
         for _ in 0..count {
             let ((replica, seq), tail) = postcard::take_from_bytes::<(ReplicaId, Seq)>(rest)
@@ -260,7 +264,8 @@ impl<'de> Deserialize<'de> for VersionVector {
                         &self,
                     ));
                 }
-                let mut vv = VersionVector::new();
+                let hint = access.size_hint().unwrap_or(0).min(MAX_VV_ENTRIES);
+                let mut vv = VersionVector(Vec::with_capacity(hint));
                 let mut prev: Option<ReplicaId> = None;
                 while let Some((replica, seq)) = access.next_element::<(ReplicaId, Seq)>()? {
                     if vv.len() == MAX_VV_ENTRIES {
