@@ -25,7 +25,7 @@ use crate::LogEntry;
 use crate::Replica;
 
 pub use cluster::{Cluster, Node, Outgoing};
-pub use disk::{Disk, DiskLimits};
+pub use disk::{Disk, DiskLimits, Recovery};
 
 /// Serves a log read as `leader::storage::Store::read_log` does, exactly: `origin`'s
 /// entries from `from` to `to` inclusive, in order, each one taken *before* the budget is
