@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use conflict::limits::MAX_VV_ENTRIES;
 use conflict::{Dot, Hlc, KeyState, Registry, ReplicaId, Seq, Value, VersionVector, Write};
 use leader_core::msg::{Ack, Heartbeat, Refuse, Resync};
-use leader_core::testkit::{Node, Outgoing};
+use leader_core::testkit::{self, Node, Outgoing};
 use leader_core::{
     Alarm, Batch, Durability, Effect, Event, Hello, LogEntry, MatrixRow, Options, PROTOCOL_VERSION,
     PeerLag, PeerMsg, Time,
@@ -37,22 +37,8 @@ const START_WALL_MS: u64 = 1_700_000_000_000;
 fn opts() -> Options {
     Options {
         cluster: CLUSTER.into(),
-        region: "a".into(),
-        replica: A,
-        peers: vec!["b".into(), "c".into()],
-        tables: BTreeMap::from([
-            ("default".to_owned(), "lww".to_owned()),
-            ("mv".to_owned(), "multi-value".to_owned()),
-        ]),
-        max_clock_offset_ms: 500,
-        relay_delay_ms: 1000,
-        heartbeat_interval_ms: 500,
-        peer_window_bytes: 4096,
-        max_batch_bytes: 1024,
-        max_siblings: 4,
         conflict_log_capacity: 16,
-        log_tail_bytes: 8 * 200,
-        pace_lag_writes: 0,
+        ..testkit::options("a", A, &["b", "c"])
     }
 }
 

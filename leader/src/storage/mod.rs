@@ -85,10 +85,10 @@ struct QuarantineRecord {
 }
 /// A checkpoint is due once this many key states are kept back: bounds the memory they take
 /// and the size of one checkpoint commit.
-const CHECKPOINT_KEYS: usize = 65_536;
+pub const CHECKPOINT_KEYS: usize = 65_536;
 /// A checkpoint is due once this many log entries were committed since the last one: bounds
 /// the replay on the next start.
-const CHECKPOINT_ENTRIES: usize = 65_536;
+pub const CHECKPOINT_ENTRIES: usize = 65_536;
 /// Name of the database file inside the data directory.
 const DB_FILE: &str = "meridian.redb";
 /// Name of the log's directory inside the data directory.
