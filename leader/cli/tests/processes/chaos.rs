@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{Cluster, applied, highest_acked, http_client, status};
 use crate::load;
-use crate::rng::Rng;
+use conflict::rng::SplitMix64 as Rng;
 use serde_json::Value as Json;
 use tokio::task::JoinSet;
 
@@ -209,7 +209,7 @@ fn plan(seed: u64) -> Vec<(Duration, Step)> {
         let mut deliberate = false;
         for _ in 0..n {
             let options = faults.options();
-            let mut step = options[rng.below(options.len() as u64) as usize];
+            let mut step = *rng.pick(&options);
             // The first kill that can be one is; later ones half of the time.
             if let Step::Kill(r) = step
                 && faults.reaches_a_peer(r)

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{Cluster, http_client, status};
 use crate::load;
-use crate::rng::Rng;
+use conflict::rng::SplitMix64 as Rng;
 use leader::status::{Counters, LinkChange};
 
 const REGIONS: [&str; 3] = ["us-east", "eu-west", "ap-south"];
