@@ -865,7 +865,7 @@ async fn conflicts(
 /// region, every peer whose hello named its replica, and every origin durably applied here.
 /// The applied vector alone is not enough: a conflict is logged when a peer's write is
 /// applied, before the fsync that makes it durable, and a read can come in between.
-fn replica_regions(status: &crate::node::Status) -> BTreeMap<ReplicaId, String> {
+fn replica_regions(status: &crate::snapshot::Status) -> BTreeMap<ReplicaId, String> {
     let own = (status.replica, status.region.clone());
     let peers = status
         .peers
