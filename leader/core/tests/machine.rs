@@ -1,6 +1,12 @@
 //! Protocol scripts for the replication state machine: a few regions wired by an in-memory
 //! network that delivers every frame in order, with explicit control over links and
 //! persistence. Each test reads as a sequence of steps and asserts exact outcomes.
+//!
+//! # Why one file of about 1,600 lines
+//! Each test is a self-contained protocol script on the test kit's `Cluster` (no helpers
+//! beyond a few lines at the top), so the file is a catalogue: splitting it would spread the
+//! scripts over files without sharing anything more, and `cargo test --test machine NAME`
+//! finds one by name.
 
 use std::collections::VecDeque;
 

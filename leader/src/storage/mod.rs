@@ -43,6 +43,13 @@
 //! ([`Recovered::quarantined`]), which picks those its configuration accepts;
 //! [`Store::read_writes`] reads them from the log for it, and the batch that carries their
 //! applied key states releases the records ([`PersistBatch::released`]).
+//!
+//! # Why one file of about 900 lines
+//! `Store` is one type whose open, recovery, commit, checkpoint, replay and read paths share
+//! its private state (the states kept back for the next checkpoint, the checkpoint's log
+//! positions, the redb tables and their encodings); the segmented log (`log`) and the
+//! upgrades of older formats (`legacy`) are already apart. Splitting the rest would spread one
+//! invariant (what a checkpoint records versus what the log holds) over several files.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};

@@ -1,6 +1,12 @@
 //! The world: regions, the event queue, and the loop that hands events to the machines and
 //! performs their effects, as `leader::node` does; plus crashes, restarts, clock jumps and
 //! the end of a run (healing, quiescence, final oracles).
+//!
+//! # Why one file of about 1,000 lines
+//! The event loop, what each scheduled event does, crashes and restarts, and the end of a run
+//! all change the same `World` and read best in the order a run happens; the transport
+//! (`net`), the clients (`workload`) and the oracles (`checks`) are already apart, and the
+//! effects themselves are the test kit's (`Node::perform`).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;

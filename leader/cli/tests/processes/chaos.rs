@@ -37,6 +37,10 @@
 //! - The partitions fired: the impairment layers dropped packets on blocked links.
 //!
 //! Waits poll with deadlines that only matter on failure; nothing is retried.
+//!
+//! # Why one file of about 900 lines
+//! The schedule, its generator and the run that plays it against real processes belong
+//! together: a seed means a schedule only through all three.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
