@@ -260,7 +260,7 @@ struct Deferred {
     /// commit inserts every key it changed, and comparing keys in a B-tree cost more than
     /// hashing them (measured); a checkpoint sorts them before writing.
     keys: HashMap<(String, Vec<u8>), KeyState>,
-    /// Estimated bytes of `keys` ([`state_bytes`]).
+    /// Estimated bytes of `keys` ([`KeyState::estimated_bytes`]).
     key_bytes: usize,
     /// Log entries committed since the last checkpoint.
     entries: usize,
@@ -299,16 +299,6 @@ impl MetaChanges {
             self.quarantine.insert(*dot, None);
         }
     }
-}
-
-/// Estimated memory of a key state: its values, plus room for dots, stamps and context.
-fn state_bytes(state: &KeyState) -> usize {
-    let values: usize = state
-        .siblings
-        .iter()
-        .map(|s| 48 + s.value.as_bytes().map_or(0, <[u8]>::len))
-        .sum();
-    64 + values + 24 * state.context.len()
 }
 
 impl std::fmt::Debug for Store {
@@ -607,9 +597,9 @@ impl Store {
         deferred.entries += batch.log.len();
         deferred.entry_bytes += batch.log.iter().map(LogEntry::wire_size).sum::<usize>();
         for (table, key, state) in batch.keys {
-            deferred.key_bytes += state_bytes(&state);
+            deferred.key_bytes += state.estimated_bytes();
             if let Some(old) = deferred.keys.insert((table, key), state) {
-                deferred.key_bytes -= state_bytes(&old);
+                deferred.key_bytes -= old.estimated_bytes();
             }
         }
         let checkpoint = batch.checkpoint

@@ -276,16 +276,9 @@ async fn put(
             format!("{api}/v1/kv/default/{key}?durability=one&timeout_ms={one_timeout_ms}")
         }
     };
-    let resp = match client.put(url).body(value.to_owned()).send().await {
-        Ok(resp) => resp,
-        Err(e) if e.is_connect() => return Put::Refused,
-        Err(_) => return Put::Unanswered,
-    };
-    let code = resp.status().as_u16();
-    // A reply whose body cannot be read carries no dot; it counts as unanswered (the stricter
-    // choice: it is then not required to be present).
-    let Ok(body) = resp.json::<Json>().await else {
-        return Put::Unanswered;
+    let (code, body) = match load::send_json(client.put(url).body(value.to_owned())).await {
+        Ok((code, body)) => (code.as_u16(), body),
+        Err(put) => return put,
     };
     let waited = durability == Durability::One;
     if !(code == 200 || (code == 202 && waited)) {

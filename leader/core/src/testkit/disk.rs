@@ -111,16 +111,6 @@ pub struct Recovery {
     pub released: u64,
 }
 
-/// Estimated memory of a key state, as `leader::storage` estimates it (`state_bytes`).
-fn state_bytes(state: &KeyState) -> usize {
-    let values: usize = state
-        .siblings
-        .iter()
-        .map(|s| 48 + s.value.as_bytes().map_or(0, <[u8]>::len))
-        .sum();
-    64 + values + 24 * state.context.len()
-}
-
 impl Disk {
     /// An empty disk with these bounds.
     pub fn with_limits(limits: DiskLimits) -> Self {
@@ -139,12 +129,12 @@ impl Disk {
         kept.entries += b.log.len();
         kept.entry_bytes += b.log.iter().map(LogEntry::wire_size).sum::<usize>();
         for (table, key, state) in &b.keys {
-            kept.key_bytes += state_bytes(state);
+            kept.key_bytes += state.estimated_bytes();
             if let Some(old) = kept
                 .keys
                 .insert((table.clone(), key.clone()), state.clone())
             {
-                kept.key_bytes -= state_bytes(&old);
+                kept.key_bytes -= old.estimated_bytes();
             }
         }
         let l = &self.limits;
