@@ -8,12 +8,15 @@
 //! - [`storage`]: the store of one data directory: an append-only segmented write log (one
 //!   record and one fsync per batch) and redb checkpoints of key states and metadata.
 //! - [`node`]: the runtime — a driver task that owns the state machine and performs its
-//!   effects (persist on tokio's blocking pool, send over the transport, answer clients).
+//!   effects (persist on tokio's blocking pool, send over the transport, answer clients):
+//!   `node/mod.rs` starts a node ([`node::start`], [`Node`], [`Wiring`]), `handle.rs` is the
+//!   way in ([`NodeHandle`]), `driver.rs` the task, `socket.rs` the QUIC socket it closes.
 //! - [`metrics`]: Prometheus text for `/metrics`, recorded by the driver.
 //! - [`snapshot`]: [`Status`], the runtime's view of its region at one moment, which the
 //!   driver takes and `status` and `metrics` render.
-//! - [`api`]: the HTTP/JSON client API (axum), started on a running node; [`api::admin`]: its
-//!   link-control routes for simulations.
+//! - [`api`]: the HTTP/JSON client API (axum), started on a running node: `api.rs` the router,
+//!   authentication and errors, `api/kv.rs` the key routes, `api/region.rs` the conflict log,
+//!   status, digest and metrics; [`api::admin`]: its link-control routes for simulations.
 //! - [`resp`]: the RESP (Redis protocol) front end, served on a running node's handle.
 //! - [`status`]: the documents the API answers with about a region (status, digest, conflict
 //!   log, links) as serde types, shared with the programs and tests that read them.

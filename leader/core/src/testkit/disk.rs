@@ -1,7 +1,7 @@
 //! A region's disk as `leader::storage::Store` keeps it, in memory: exactly what a crash
 //! leaves behind, and the recovery a restart performs.
 //!
-//! What it models, after `leader/src/storage.rs` (module docs "Key states are checkpointed,
+//! What it models, after `leader/src/storage/mod.rs` (module docs "Key states are checkpointed,
 //! the log is the record" and "Quarantined writes are recorded"):
 //! - every commit writes the batch's log entries, applied vector, counters, peers, replica
 //!   names and quarantine records (added by the batch that logs the write, removed by the one
