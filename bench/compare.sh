@@ -17,6 +17,12 @@
 #                   phase at half that rate. writes/s is the wan phase's rate; sustained is
 #                   writes / (WAN_SECS + drain); below the table: writes relayed per client
 #                   write, the throughput trend and its ratio to meridian-3's writes/s.
+#   meridian-3-resp redis-benchmark itself against one region's RESP listener of a 3-region
+#                   cluster (`meridian simulate`, no link latency; bench/resp.py): SET, GET and SET
+#                   -P RESP_PIPELINE with -c CONCURRENCY -n WRITES -d VALUE_BYTES -r KEYS, the
+#                   same commands against each Redis primary, in a second table with the issue-14
+#                   targets (sustained = writes / (load + time until both other regions applied
+#                   them all); the cluster's CPU per write from /proc).
 #
 # What each figure means:
 #   writes/s            the load tool's own rate: redis-benchmark's requests/s (SET, random key
@@ -66,7 +72,7 @@
 #
 # Usage: bench/compare.sh [--quick] [--out FILE] [--skip-meridian]
 #   env: KEYS=10000 VALUE_BYTES=100 CONCURRENCY=64 WRITES=200000 FIXED_RATE=auto FIXED_SECS=10
-#        WAN_LATENCY_MS=20 WAN_JITTER_MS=2 WAN_SECS=60
+#        WAN_LATENCY_MS=20 WAN_JITTER_MS=2 WAN_SECS=60 RESP_PIPELINE=16
 #        (--quick: WRITES=12800 FIXED_SECS=2 WAN_SECS=10, others the same); FIXED_SECS is also
 #        passed to meridian bench as --lag-secs when it takes that flag
 #        MERIDIAN_BIN (default: cargo build --release -p meridian, then $CARGO_TARGET_DIR/release/meridian)
@@ -181,6 +187,11 @@ cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
 fsync=$(py fsync-probe --dir "$work" --secs 1)
 say "machine: $(nproc) cpus, $cpu; load average $load_before; fsync probe $fsync"
 
+# redis-benchmark's SET, GET and SET -P RESP_PIPELINE, the same against Redis and Meridian (issue 14)
+RESP_PIPELINE=${RESP_PIPELINE:-16}
+rcommon=(--keys "$KEYS" --value-bytes "$VALUE_BYTES" --concurrency "$CONCURRENCY" --requests "$WRITES"
+         --pipeline "$RESP_PIPELINE")
+
 # ---------------------------------------------------------------- Meridian (first: its lag rate
 # can set the anchors' fixed rate)
 m2=${MERIDIAN_JSON2:-}; m3=${MERIDIAN_JSON3:-}; m3w=${MERIDIAN_JSON3_WAN:-}
@@ -211,6 +222,11 @@ if [ "$meridian_ok" = 1 ]; then
   else
     say "$MERIDIAN_BIN bench has no --jitter-ms: the meridian-3-wan row is skipped"
   fi
+fi
+if [ "$meridian_ok" = 1 ]; then
+  say "redis-benchmark against one region of a 3-region meridian (RESP)"
+  python3 "$here/resp.py" meridian --bin "$MERIDIAN_BIN" --work "$work/resp-meridian" "${rcommon[@]}" \
+    --out "$work/resp-meridian.json" || die "the RESP benchmark of meridian failed (see $work/resp-meridian/simulate.log)"
 fi
 fixed_source="FIXED_RATE"
 if [ "$FIXED_RATE" = auto ]; then
@@ -250,6 +266,7 @@ redis_pair() { # $1 = everysec|always
   done
   py redis-wait --primary "$pp" --replica "$rp"
   py redis-run --primary "$pp" --replica "$rp" --label "redis-$mode" "${common[@]}" --out "$work/redis-$mode.json"
+  python3 "$here/resp.py" redis --port "$pp" --label "redis-$mode" "${rcommon[@]}" --out "$work/resp-redis-$mode.json"
   redis-cli -p "$rp" shutdown nosave >/dev/null 2>&1 || true
   redis-cli -p "$pp" shutdown nosave >/dev/null 2>&1 || true
   reap "$rpid" || true
@@ -307,5 +324,11 @@ for s in redis-everysec redis-always pg-logical; do args+=(--part "$work/$s.json
 [ -n "$m3w" ] && args+=(--meridian3-wan "$m3w")
 echo
 py report "${args[@]}"
+echo
+rargs=(--pipeline "$RESP_PIPELINE" --into "$out")
+for s in resp-redis-everysec resp-redis-always resp-meridian; do
+  [ -f "$work/$s.json" ] && rargs+=(--part "$work/$s.json")
+done
+python3 "$here/resp.py" report "${rargs[@]}"
 echo
 say "results written to $out"

@@ -85,5 +85,7 @@ pub use key::{
 pub use limits::MAX_VV_ENTRIES;
 pub use record::{Conflict, ConflictOutcome};
 pub use registry::{Fingerprints, Registry, RegistryError, TableMismatch};
-pub use resolver::{InvalidValue, Lww, MultiValue, Resolved, Resolver, ResolverId};
+pub use resolver::{
+    CounterResolver, InvalidValue, Lww, MultiValue, Resolved, Resolver, ResolverId,
+};
 pub use vv::{Causality, VersionVector, VvDecodeError};

@@ -228,7 +228,7 @@ mod tests {
         assert!(reg.get("nope").is_none());
         assert_eq!(
             format!("{reg:?}"),
-            "[ResolverId { name: \"counter\", version: 1 }, ResolverId { name: \"lww\", version: 1 }, ResolverId { name: \"multi-value\", version: 1 }]"
+            "[ResolverId { name: \"counter\", version: 2 }, ResolverId { name: \"lww\", version: 1 }, ResolverId { name: \"multi-value\", version: 1 }]"
         );
         assert!(Registry::new().names().next().is_none());
     }
@@ -306,7 +306,7 @@ mod tests {
                 },
                 TableMismatch {
                     table: "hits".into(),
-                    ours: Some(ResolverId::new("counter", 1)),
+                    ours: Some(ResolverId::new("counter", 2)),
                     theirs: None,
                 },
             ]

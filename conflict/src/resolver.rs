@@ -9,6 +9,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::id::ReplicaId;
 use crate::key::{Sibling, Value};
 
 /// What readers of a key see.
@@ -120,6 +121,31 @@ pub trait Resolver: Send + Sync + 'static {
         let _ = value;
         Ok(())
     }
+
+    /// The resolver's counter operations, when its values are counters that a region's leader
+    /// changes by adding to them (Redis's `INCR` family, `NodeHandle::add`). `None`, the
+    /// default: the table holds no counters, and adding to its keys is refused.
+    fn counter(&self) -> Option<&dyn CounterResolver> {
+        None
+    }
+}
+
+/// What a resolver whose values are counters lets the leader do: add to a key in one step of
+/// its state machine (read the resolved value, build the next one, write it with the key's
+/// whole context), and read a value as a number.
+pub trait CounterResolver {
+    /// The value after `writer` (the region's replica id) adds `by` — negative to subtract —
+    /// to `current` (the key's resolved value, `None` when absent), and the counter's total
+    /// then; an error when the total would overflow.
+    fn add(
+        &self,
+        current: Option<&[u8]>,
+        writer: ReplicaId,
+        by: i64,
+    ) -> Result<(Vec<u8>, i64), InvalidValue>;
+
+    /// A value's total, as a reader sees it.
+    fn total(&self, value: &[u8]) -> i64;
 }
 
 /// Last-write-wins: the sibling with the greatest `(hlc, replica, seq)` is the value; a

@@ -101,7 +101,7 @@ proptest! {
     fn counter_counts_every_increment(h in history::history(Mix::Monotone)) {
         let out = history::run(&h, &Counter, &increment);
         history::assert_converged(&out);
-        let increments = out.all_writes().count() as u64;
+        let increments = out.all_writes().count() as i64;
         prop_assert_eq!(Counter::read(&out.delivered[0].resolve(&Counter)), increments);
     }
 

@@ -18,6 +18,12 @@ pub const MAX_PACED_WRITES: usize = 16_384;
 /// we ack only after persisting.
 pub const MAX_UNANSWERED_WRITES: usize = 65_536;
 
+/// `WAIT`s ([`crate::Event::ClientWait`]) a region holds at once. They have a bound of their
+/// own, apart from the writes, so that waits cannot keep writes out; one more is answered at
+/// once with the regions that have the write so far. A client that goes away cancels its wait
+/// ([`crate::Event::CancelWait`]).
+pub const MAX_CLIENT_WAITS: usize = 16_384;
+
 /// First retry delay after a failed log read ([`crate::Alarm::LogReadFailed`]).
 pub const LOG_READ_RETRY_MIN_MS: u64 = 100;
 

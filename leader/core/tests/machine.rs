@@ -1592,3 +1592,192 @@ fn a_log_read_takes_entries_until_the_budget_is_reached() {
     assert_eq!(read(usize::MAX), 5);
     assert!(disk.read_log(a, Seq(4), Seq(3), usize::MAX).is_empty());
 }
+
+/// A world whose table `ctr` is kept by the example counter resolver.
+fn counter_world() -> World {
+    let mut registry = Registry::with_builtins();
+    registry
+        .register(std::sync::Arc::new(conflict::examples::Counter))
+        .unwrap();
+    let opts = REGIONS.iter().enumerate().map(|(i, r)| {
+        let mut o = opts(r, ReplicaId::from_u128(i as u128 + 1));
+        o.tables.insert("ctr".into(), "counter".into());
+        o
+    });
+    Cluster::new(opts, &registry)
+}
+
+/// Sends `Event::ClientAdd` of `by` to `table/key` at `region`; returns the request id.
+fn add(w: &mut World, region: &str, table: &str, key: &str, by: i64) -> u64 {
+    let id = w.next_id();
+    w.handle(
+        region,
+        Event::ClientAdd {
+            id,
+            table: table.into(),
+            key: key.as_bytes().to_vec(),
+            by,
+            durability: Durability::Local,
+            timeout_ms: 1_000,
+        },
+    );
+    id
+}
+
+/// Redis's INCRBY through the machine: additions at one region in the same step build on one
+/// another (the second sees the first before either is durable), additions at different
+/// regions at the same time all count after the merge, and each receipt carries the total.
+#[test]
+fn additions_to_a_counter_build_on_each_other_here_and_merge_across_regions() {
+    let mut w = counter_world();
+    w.mesh();
+    w.deliver();
+    w.auto_sync = false;
+    let first = add(&mut w, "a", "ctr", "k", 5);
+    let second = add(&mut w, "a", "ctr", "k", 7);
+    let at_b = add(&mut w, "b", "ctr", "k", -3);
+    for r in REGIONS {
+        w.sync(r);
+    }
+    assert_eq!(receipt(&w, "a", first).total, Some(5));
+    assert_eq!(receipt(&w, "a", second).total, Some(12));
+    assert_eq!(receipt(&w, "b", at_b).total, Some(-3));
+    w.auto_sync = true;
+    w.deliver();
+    for r in REGIONS {
+        let resolved = w.read(r, "ctr", "k");
+        assert_eq!(conflict::examples::Counter::read(&resolved), 9, "{r}");
+    }
+    // The next addition anywhere starts from the merged total and supersedes every sibling.
+    let next = add(&mut w, "c", "ctr", "k", 1);
+    w.deliver();
+    assert_eq!(receipt(&w, "c", next).total, Some(10));
+    let state = w.nodes["a"].replica.get("ctr", b"k").unwrap().clone();
+    assert_eq!(state.siblings.len(), 1, "{state:?}");
+    assert_eq!(w.digests().len(), 1);
+}
+
+#[test]
+fn an_addition_to_a_table_without_counters_or_past_i64_is_refused_and_writes_nothing() {
+    let mut w = counter_world();
+    let id = add(&mut w, "a", "default", "k", 1);
+    match w.reply("a", id) {
+        Some(Err(WriteError::NotACounter { table, resolver })) => {
+            assert_eq!((table.as_str(), resolver.as_str()), ("default", "lww"));
+        }
+        other => panic!("expected NotACounter, got {other:?}"),
+    }
+    let max = add(&mut w, "a", "ctr", "k", i64::MAX);
+    assert_eq!(receipt(&w, "a", max).total, Some(i64::MAX));
+    let over = add(&mut w, "a", "ctr", "k", 1);
+    match w.reply("a", over) {
+        Some(Err(WriteError::InvalidValue { reason, .. })) => {
+            assert!(reason.contains("overflow"), "{reason}");
+        }
+        other => panic!("expected an overflow refusal, got {other:?}"),
+    }
+    assert!(w.nodes["a"].replica.get("default", b"k").is_none());
+    let resolved = w.read("a", "ctr", "k");
+    assert_eq!(conflict::examples::Counter::read(&resolved), i64::MAX);
+}
+
+/// Redis's WAIT through the machine: answered once enough other regions have the write
+/// durably (applied is not enough), or at the timeout with the regions that do.
+#[test]
+fn a_wait_is_answered_once_enough_regions_have_the_write_durably_or_at_its_timeout() {
+    let mut w = world();
+    w.connect("a", "b");
+    w.deliver();
+    w.auto_sync = false;
+    let id = w.write("a", "default", "k", Some("v"));
+    w.sync("a");
+    let seq = receipt(&w, "a", id).dot.seq;
+    let wait = |w: &mut World, req: u64, regions: usize| {
+        let ev = Event::ClientWait {
+            id: req,
+            seq,
+            regions,
+            timeout_ms: 1_000,
+        };
+        w.handle("a", ev);
+    };
+    let waited = |w: &World, req: u64| {
+        w.nodes["a"]
+            .waited
+            .iter()
+            .find(|(id, _)| *id == req)
+            .map(|(_, regions)| regions.clone())
+    };
+    wait(&mut w, 100, 1);
+    w.deliver();
+    assert_eq!(
+        waited(&w, 100),
+        None,
+        "b applied it but has not made it durable"
+    );
+    w.sync("b");
+    w.deliver();
+    assert_eq!(waited(&w, 100), Some(vec!["b".to_owned()]));
+    // Two other regions: c is cut off, so the wait runs to its timeout and names b.
+    wait(&mut w, 101, 2);
+    w.advance(999);
+    assert_eq!(waited(&w, 101), None);
+    w.advance(2);
+    assert_eq!(waited(&w, 101), Some(vec!["b".to_owned()]));
+    // Asking for none is answered at once.
+    wait(&mut w, 102, 0);
+    assert_eq!(waited(&w, 102), Some(vec!["b".to_owned()]));
+}
+
+/// `WAIT`s have a bound of their own (they cannot keep writes out), the one past it is
+/// answered at once, and a cancelled wait (its client went away) frees its place unanswered.
+#[test]
+fn waits_are_bounded_apart_from_writes_and_a_cancelled_wait_is_forgotten() {
+    use leader_core::limits::MAX_CLIENT_WAITS;
+    let mut w = world();
+    let id = w.write("a", "default", "k", Some("v"));
+    let seq = receipt(&w, "a", id).dot.seq;
+    let wait = |w: &mut World, id: u64| {
+        let ev = Event::ClientWait {
+            id,
+            seq,
+            regions: 2,
+            timeout_ms: u64::MAX,
+        };
+        w.handle("a", ev);
+    };
+    for i in 0..MAX_CLIENT_WAITS as u64 {
+        wait(&mut w, 1_000_000 + i);
+    }
+    assert!(
+        w.nodes["a"].waited.is_empty(),
+        "no peer has the write: every wait waits"
+    );
+    // Writes are still taken: waits do not count against the unanswered-writes bound.
+    let more = w.write("a", "default", "k2", Some("v"));
+    assert!(
+        matches!(w.reply("a", more), Some(Ok(_))),
+        "{:?}",
+        w.reply("a", more)
+    );
+    // One wait past the bound is answered at once, with the regions that have it (none).
+    wait(&mut w, 2_000_000);
+    assert_eq!(w.nodes["a"].waited, vec![(2_000_000, Vec::new())]);
+    // A cancelled wait is never answered, and frees a place: the next one waits.
+    w.handle("a", Event::CancelWait { id: 1_000_000 });
+    wait(&mut w, 2_000_001);
+    assert_eq!(w.nodes["a"].waited.len(), 1, "{:?}", w.nodes["a"].waited);
+    w.connect("a", "b");
+    w.connect("a", "c");
+    w.deliver();
+    let answered: Vec<u64> = w.nodes["a"].waited.iter().map(|(id, _)| *id).collect();
+    assert_eq!(
+        answered.len(),
+        MAX_CLIENT_WAITS + 1,
+        "every wait but the cancelled one"
+    );
+    assert!(
+        !answered.contains(&1_000_000),
+        "the cancelled wait was answered"
+    );
+}

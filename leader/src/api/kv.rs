@@ -263,41 +263,7 @@ async fn write(
     {
         Ok(w) => w,
         Err(RequestError::Behind(b)) => return Err(behind(&b)),
-        Err(RequestError::Write(e @ leader_core::WriteError::UnknownTable(_))) => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "unknown_table",
-                e.to_string(),
-            ));
-        }
-        Err(RequestError::Write(e @ leader_core::WriteError::TooManySiblings { .. })) => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "too_many_siblings",
-                e.to_string(),
-            ));
-        }
-        Err(RequestError::Write(e @ leader_core::WriteError::ContextTooLarge { .. })) => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "context_too_large",
-                e.to_string(),
-            ));
-        }
-        Err(RequestError::Write(leader_core::WriteError::Refused(e))) => return Err(refused(e)),
-        Err(RequestError::Write(
-            e @ (leader_core::WriteError::Overloaded { .. }
-            | leader_core::WriteError::Backlogged { .. }),
-        )) => {
-            return Err(overloaded(&e));
-        }
-        Err(RequestError::Write(e @ leader_core::WriteError::InvalidValue { .. })) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_value",
-                e.to_string(),
-            ));
-        }
+        Err(RequestError::Write(e)) => return Err(write_refused(e)),
     };
     let receipt = &written.receipt;
     // Each token is encoded once, for the body and its header. The body is serialised from a
@@ -504,6 +470,21 @@ pub(super) async fn get_key(
         )
             .into_response()),
     }
+}
+
+/// The answer to a write the state machine refused (nothing was written).
+fn write_refused(e: leader_core::WriteError) -> ApiError {
+    use leader_core::WriteError as E;
+    let (status, code) = match &e {
+        E::UnknownTable(_) => (StatusCode::NOT_FOUND, "unknown_table"),
+        E::TooManySiblings { .. } => (StatusCode::CONFLICT, "too_many_siblings"),
+        E::ContextTooLarge { .. } => (StatusCode::CONFLICT, "context_too_large"),
+        E::Refused(r) => return refused(r.clone()),
+        E::Overloaded { .. } | E::Backlogged { .. } => return overloaded(&e),
+        E::InvalidValue { .. } => (StatusCode::BAD_REQUEST, "invalid_value"),
+        E::NotACounter { .. } => (StatusCode::BAD_REQUEST, "not_a_counter"),
+    };
+    ApiError::new(status, code, e.to_string())
 }
 
 fn unknown_table(table: &str) -> ApiError {

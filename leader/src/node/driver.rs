@@ -14,8 +14,8 @@ use tracing::{debug, error, info, warn};
 use transport::{Mesh, MeshEvent};
 
 use super::{
-    Behind, Command, Listing, NodeError, ReadResult, RequestError, SPLIT_BRAIN_SHOWN_FOR, Status,
-    Written, now,
+    Behind, Change, Command, Listing, NodeError, ReadResult, RequestError, SPLIT_BRAIN_SHOWN_FOR,
+    Status, Written, now,
 };
 use crate::metrics::Metrics;
 use crate::storage::{StorageError, Store};
@@ -84,6 +84,8 @@ pub(super) struct Driver {
     pub(super) store: Arc<Store>,
     pub(super) completions_tx: mpsc::Sender<Completion>,
     pub(super) pending: BTreeMap<RequestId, PendingWrite>,
+    /// `WAIT`s handed to the state machine, by request id (it bounds them with the writes).
+    pub(super) waits: BTreeMap<RequestId, oneshot::Sender<Vec<String>>>,
     pub(super) parked: Vec<Parked>,
     /// Split brains seen, per region: (live, refused, when last seen).
     pub(super) split_brain: BTreeMap<String, (String, String, Instant)>,
@@ -122,7 +124,8 @@ impl Driver {
             let wake = self
                 .replica
                 .poll_timeout()
-                .map(|ms| self.start + Duration::from_millis(ms))
+                // A deadline too far to represent (a WAIT with no timeout) never wakes us.
+                .and_then(|ms| self.start.checked_add(Duration::from_millis(ms)))
                 .into_iter()
                 .chain(parked_deadline)
                 .chain(self.broken.values().min().copied())
@@ -334,7 +337,7 @@ impl Driver {
             Command::Write {
                 table,
                 key,
-                value,
+                change,
                 opts,
                 reply,
             } => {
@@ -346,14 +349,55 @@ impl Driver {
                     .unwrap_or_default();
                 let timeout_ms = opts.timeout.unwrap_or(self.write_timeout).as_millis() as u64;
                 self.pending.insert(id, (opts.session, reply));
-                return Some(Event::ClientWrite {
+                return Some(match change {
+                    Change::Put(value) => Event::ClientWrite {
+                        id,
+                        table,
+                        key,
+                        value,
+                        context: opts.context,
+                        durability,
+                        timeout_ms,
+                    },
+                    Change::Add(by) => Event::ClientAdd {
+                        id,
+                        table,
+                        key,
+                        by,
+                        durability,
+                        timeout_ms,
+                    },
+                });
+            }
+            Command::Wait {
+                seq,
+                regions,
+                timeout,
+                reply,
+            } => {
+                // Waits whose clients went away (a closed connection drops its receiver)
+                // are cancelled here, so a client cannot leave waits behind without bound.
+                let gone: Vec<RequestId> = self
+                    .waits
+                    .iter()
+                    .filter(|(_, tx)| tx.is_closed())
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in gone {
+                    self.waits.remove(&id);
+                    let mut none = Vec::new();
+                    self.replica
+                        .handle(self.now(), Event::CancelWait { id }, &mut none);
+                    debug_assert!(none.is_empty(), "a cancelled wait is not answered");
+                }
+                let id = self.next_request;
+                self.next_request += 1;
+                self.waits.insert(id, reply);
+                return Some(Event::ClientWait {
                     id,
-                    table,
-                    key,
-                    value,
-                    context: opts.context,
-                    durability,
-                    timeout_ms,
+                    seq,
+                    regions,
+                    timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
                 });
             }
             Command::Read {
@@ -597,6 +641,11 @@ impl Driver {
                     let _ = reply.send(result);
                 }
             }
+            Effect::Waited { id, regions } => {
+                if let Some(reply) = self.waits.remove(&id) {
+                    let _ = reply.send(regions);
+                }
+            }
             Effect::Alarm(alarm) => {
                 self.metrics.alarm(&alarm);
                 if let Alarm::SplitBrain {
@@ -624,6 +673,7 @@ fn refuse_behind(cmd: Command, behind: Behind) {
         Command::Read { reply, .. } => drop(reply.send(Err(behind.into()))),
         // Only writes and reads carry session tokens.
         Command::Status { .. }
+        | Command::Wait { .. }
         | Command::Conflicts { .. }
         | Command::Digest { .. }
         | Command::Scan { .. } => {}

@@ -19,9 +19,15 @@ pub(crate) enum Command {
     Write {
         table: String,
         key: Vec<u8>,
-        value: Value,
+        change: Change,
         opts: WriteOptions,
         reply: oneshot::Sender<Result<Written, RequestError>>,
+    },
+    Wait {
+        seq: conflict::Seq,
+        regions: usize,
+        timeout: Duration,
+        reply: oneshot::Sender<Vec<String>>,
     },
     Read {
         table: String,
@@ -42,6 +48,16 @@ pub(crate) enum Command {
         scan: Scan,
         reply: oneshot::Sender<Option<Listing>>,
     },
+}
+
+/// What a write does to its key.
+#[derive(Debug)]
+pub(crate) enum Change {
+    /// A value or tombstone, with the options' context.
+    Put(Value),
+    /// An addition to a counter (the options' context is not used: the machine writes with
+    /// the key's whole context).
+    Add(i64),
 }
 
 /// Which keys of a table to list ([`NodeHandle::scan`]).
@@ -158,13 +174,24 @@ impl std::fmt::Debug for ReadResult {
 }
 
 /// A cheap, clonable handle for talking to a running node.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct NodeHandle {
     pub(super) commands: mpsc::Sender<Command>,
     pub(super) region: Arc<str>,
     pub(crate) metrics: Arc<Metrics>,
     /// The impairment layer and the peers' addresses, when the node runs over it.
     pub(crate) links: Option<Arc<LinkControl>>,
+    /// Each configured table's resolver.
+    pub(super) tables: Arc<BTreeMap<String, Arc<dyn Resolver>>>,
+}
+
+impl std::fmt::Debug for NodeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeHandle")
+            .field("region", &self.region)
+            .field("tables", &self.tables.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
 }
 
 /// The answer to a request handed over with [`NodeHandle::submit_write`].
@@ -189,6 +216,11 @@ impl NodeHandle {
     /// This node's region.
     pub fn region(&self) -> &str {
         &self.region
+    }
+
+    /// The resolver of `table` here, or `None` when the table is not configured.
+    pub fn resolver(&self, table: &str) -> Option<&Arc<dyn Resolver>> {
+        self.tables.get(table)
     }
 
     async fn ask<T>(
@@ -222,12 +254,68 @@ impl NodeHandle {
         value: Value,
         opts: WriteOptions,
     ) -> Result<Pending<Result<Written, RequestError>>, NodeError> {
+        self.submit_change(table, key, Change::Put(value), opts)
+            .await
+    }
+
+    /// Adds `by` (negative: subtracts) to the counter at `table/key`, as Redis's `INCRBY`
+    /// does, handed over now and answered once durable as [`NodeHandle::write_with`] is; the
+    /// receipt's `total` is the counter's value after it. The region's state machine reads
+    /// and writes the counter in one step, so concurrent additions here never overwrite one
+    /// another, and additions in other regions merge with it. The table's resolver must keep
+    /// counters ([`conflict::Resolver::counter`]); `opts.context` is not used.
+    pub async fn submit_add(
+        &self,
+        table: &str,
+        key: &[u8],
+        by: i64,
+        opts: WriteOptions,
+    ) -> Result<Pending<Result<Written, RequestError>>, NodeError> {
+        self.submit_change(table, key, Change::Add(by), opts).await
+    }
+
+    /// [`NodeHandle::submit_add`], waiting for the answer.
+    pub async fn add(
+        &self,
+        table: &str,
+        key: &[u8],
+        by: i64,
+        opts: WriteOptions,
+    ) -> Result<Result<Written, RequestError>, NodeError> {
+        self.submit_add(table, key, by, opts).await?.wait().await
+    }
+
+    async fn submit_change(
+        &self,
+        table: &str,
+        key: &[u8],
+        change: Change,
+        opts: WriteOptions,
+    ) -> Result<Pending<Result<Written, RequestError>>, NodeError> {
         let (table, key) = (table.to_owned(), key.to_vec());
         self.submit(|reply| Command::Write {
             table,
             key,
-            value,
+            change,
             opts,
+            reply,
+        })
+        .await
+    }
+
+    /// Waits until `regions` other regions have this region's writes up to `seq` durably
+    /// (`seq` from a [`WriteReceipt`]'s dot), or `timeout` passes; answers the other regions
+    /// that have them, which may be fewer than asked for (Redis's `WAIT`).
+    pub async fn wait_durable(
+        &self,
+        seq: conflict::Seq,
+        regions: usize,
+        timeout: Duration,
+    ) -> Result<Vec<String>, NodeError> {
+        self.ask(|reply| Command::Wait {
+            seq,
+            regions,
+            timeout,
             reply,
         })
         .await

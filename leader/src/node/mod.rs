@@ -53,7 +53,7 @@ use driver::Driver;
 pub use handle::{
     Behind, Listing, NodeHandle, Pending, ReadResult, RequestError, Scan, WriteOptions, Written,
 };
-pub(crate) use handle::{Command, LinkControl};
+pub(crate) use handle::{Change, Command, LinkControl};
 use socket::ClosingSocket;
 
 /// Bound on queued client commands: beyond it HTTP handlers wait (backpressure).
@@ -433,11 +433,17 @@ pub async fn start(
             peers: link_peers,
         })
     });
+    let tables = config
+        .tables
+        .keys()
+        .filter_map(|t| Some((t.clone(), Arc::clone(replica.resolver(t)?))))
+        .collect();
     let handle = NodeHandle {
         commands: commands_tx,
         region: Arc::from(region),
         metrics: Arc::clone(&metrics),
         links,
+        tables: Arc::new(tables),
     };
     let driver = Driver {
         replica,
@@ -445,6 +451,7 @@ pub async fn start(
         store,
         completions_tx,
         pending: BTreeMap::new(),
+        waits: BTreeMap::new(),
         parked: Vec::new(),
         table_durability: config.durability.clone(),
         write_timeout: t.write_timeout(),

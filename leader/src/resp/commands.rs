@@ -16,41 +16,126 @@ pub(super) enum Step {
     Now(Reply),
     /// Answered with `+OK` (or the first error) once every write is durable.
     Writes(Vec<Pending<Result<Written, RequestError>>>, Reply),
+    /// Answered from the write's receipt (`INCR`'s total, `MERIDIAN.SET`'s context) once it is
+    /// durable.
+    Write(
+        Pending<Result<Written, RequestError>>,
+        fn(&Written) -> Reply,
+    ),
     /// `QUIT`: answered, then the connection closes.
     Quit(Reply),
 }
 
+/// A key's state as a read found it: the state, its table's resolver, and the regions of the
+/// replicas that wrote its siblings.
+pub(super) type Found = (
+    conflict::KeyState,
+    std::sync::Arc<dyn conflict::Resolver>,
+    std::collections::BTreeMap<conflict::ReplicaId, String>,
+);
+
+/// What a connection learned from its writes and reads: what `WAIT` waits for, and the session
+/// token its reads and writes carry (`MERIDIAN.SESSION`).
+#[derive(Debug, Default)]
+pub(super) struct Seen {
+    /// The last of this region's writes the connection made (its sequence number).
+    pub(super) last_seq: conflict::Seq,
+    /// Everything the connection's writes and reads depend on; `None` until it has any.
+    pub(super) session: Option<conflict::VersionVector>,
+}
+
+impl Seen {
+    fn wrote(&mut self, w: &Written) {
+        self.last_seq = self.last_seq.max(w.receipt.dot.seq);
+        self.saw(&w.session);
+    }
+
+    pub(super) fn saw(&mut self, token: &conflict::VersionVector) {
+        match &mut self.session {
+            Some(s) => s.join(token),
+            None => self.session = Some(token.clone()),
+        }
+    }
+}
+
 impl Step {
-    /// The reply, once it is known.
-    pub(super) async fn finish(self) -> Reply {
+    /// The reply, once it is known; what the writes taught the connection goes into `seen`.
+    pub(super) async fn finish(self, seen: &mut Seen) -> Reply {
         match self {
             Step::Now(r) | Step::Quit(r) => r,
             Step::Writes(pending, done) => {
                 let mut first_error = None;
                 for p in pending {
-                    let answer = match p.wait().await {
-                        Ok(Ok(_)) => continue,
-                        Ok(Err(RequestError::Write(e))) => write_error(&e),
-                        Ok(Err(RequestError::Behind(b))) => Reply::err(b),
-                        Err(e) => Reply::err(e),
+                    let answer = match written(p, seen).await {
+                        Ok(_) => continue,
+                        Err(e) => e,
                     };
                     first_error.get_or_insert(answer);
                 }
                 first_error.unwrap_or(done)
             }
+            Step::Write(pending, reply) => match written(pending, seen).await {
+                Ok(w) => reply(&w),
+                Err(e) => e,
+            },
         }
+    }
+}
+
+/// A write's outcome once known, noted in `seen`; an error reply when it was not made.
+async fn written(
+    pending: Pending<Result<Written, RequestError>>,
+    seen: &mut Seen,
+) -> Result<Written, Reply> {
+    match pending.wait().await {
+        Ok(Ok(w)) => {
+            seen.wrote(&w);
+            Ok(w)
+        }
+        Ok(Err(RequestError::Write(e))) => Err(write_error(&e)),
+        Ok(Err(RequestError::Behind(b))) => Err(Reply::err(b)),
+        Err(e) => Err(Reply::err(e)),
     }
 }
 
 /// Whether a command only submits writes (it needs no answer from earlier writes first).
 pub(super) fn only_submits(name: &[u8]) -> bool {
-    name.eq_ignore_ascii_case(b"SET") || name.eq_ignore_ascii_case(b"MSET")
+    [&b"SET"[..], b"MSET", b"INCR", b"INCRBY", b"DECR", b"DECRBY"]
+        .iter()
+        .any(|c| name.eq_ignore_ascii_case(c))
 }
 
 /// The commands this front end answers, for `COMMAND COUNT` and the docs.
 pub(super) const COMMANDS: &[&str] = &[
-    "PING", "ECHO", "HELLO", "AUTH", "SELECT", "CLIENT", "QUIT", "RESET", "COMMAND", "CONFIG",
-    "INFO", "GET", "SET", "MGET", "MSET", "DEL", "UNLINK", "EXISTS", "SCAN", "DBSIZE",
+    "PING",
+    "ECHO",
+    "HELLO",
+    "AUTH",
+    "SELECT",
+    "CLIENT",
+    "QUIT",
+    "RESET",
+    "COMMAND",
+    "CONFIG",
+    "INFO",
+    "GET",
+    "SET",
+    "MGET",
+    "MSET",
+    "DEL",
+    "UNLINK",
+    "EXISTS",
+    "SCAN",
+    "DBSIZE",
+    "INCR",
+    "INCRBY",
+    "DECR",
+    "DECRBY",
+    "WAIT",
+    "MERIDIAN.SESSION",
+    "MERIDIAN.SIBLINGS",
+    "MERIDIAN.SET",
+    "MERIDIAN.DEL",
 ];
 
 /// `SCAN` cursors kept at once per region; the oldest is forgotten first (using it then is
@@ -98,7 +183,7 @@ fn arity(name: &str) -> Reply {
     ))
 }
 
-fn text(b: &[u8]) -> String {
+pub(super) fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
@@ -138,6 +223,7 @@ impl Connection {
                 self.resp3 = false;
                 self.db = 0;
                 self.name = None;
+                self.seen = Seen::default();
                 self.authed = self.settings.token.is_none();
                 Reply::Simple("RESET")
             }
@@ -195,7 +281,34 @@ impl Connection {
             }
             "SCAN" if !a.is_empty() => self.scan(a).await,
             "DBSIZE" if a.is_empty() => self.dbsize().await,
-            "MGET" | "MSET" | "DEL" | "UNLINK" | "EXISTS" | "SCAN" | "DBSIZE" => arity(&name),
+            "INCR" | "DECR" if a.len() == 1 => {
+                return self.add(&a[0], if name == "INCR" { 1 } else { -1 }).await;
+            }
+            "INCRBY" | "DECRBY" if a.len() == 2 => {
+                let by = match text(&a[1]).parse::<i64>() {
+                    Ok(by) if name == "INCRBY" => Some(by),
+                    Ok(by) => by.checked_neg(),
+                    Err(_) => {
+                        return Step::Now(Reply::err("value is not an integer or out of range"));
+                    }
+                };
+                return match by {
+                    Some(by) => self.add(&a[0], by).await,
+                    None => Step::Now(Reply::err("decrement would overflow")),
+                };
+            }
+            "WAIT" if a.len() == 2 => self.wait(&a[0], &a[1]).await,
+            "MERIDIAN.SESSION" if a.len() <= 1 => self.session(a.first()),
+            "MERIDIAN.SIBLINGS" if a.len() == 1 => self.siblings(&a[0]).await,
+            "MERIDIAN.SET" if a.len() == 3 => {
+                return self.write_with_context(&a[0], Some(&a[1]), &a[2]).await;
+            }
+            "MERIDIAN.DEL" if a.len() == 2 => {
+                return self.write_with_context(&a[0], None, &a[1]).await;
+            }
+            "MGET" | "MSET" | "DEL" | "UNLINK" | "EXISTS" | "SCAN" | "DBSIZE" | "INCR" | "DECR"
+            | "INCRBY" | "DECRBY" | "WAIT" | "MERIDIAN.SESSION" | "MERIDIAN.SIBLINGS"
+            | "MERIDIAN.SET" | "MERIDIAN.DEL" => arity(&name),
             _ => {
                 let shown: Vec<String> =
                     a.iter().take(3).map(|x| format!("'{}'", text(x))).collect();
@@ -209,7 +322,7 @@ impl Connection {
         Step::Now(reply)
     }
 
-    fn table(&self) -> &str {
+    pub(super) fn table(&self) -> &str {
         &self.settings.databases[self.db]
     }
 
@@ -398,33 +511,49 @@ impl Connection {
         Reply::text(text)
     }
 
-    /// Reads `key` of the selected table: its value, nil, or an error for siblings.
-    async fn get(&self, key: &[u8]) -> Reply {
+    /// Reads `key` of the selected table: its value, nil, or an error for siblings. A counter
+    /// reads as its total, in decimal, as Redis's `GET` of a counter does.
+    async fn get(&mut self, key: &[u8]) -> Reply {
         let table = self.table().to_owned();
-        let (state, resolver) = match self.node.read(&table, key).await {
-            Ok(ReadResult::Found {
-                state, resolver, ..
-            }) => (state, resolver),
-            Ok(ReadResult::UnknownTable) => {
-                return Reply::err(format!("table '{table}' is not configured here"));
-            }
-            Err(e) => return Reply::err(e),
+        let (state, resolver, _) = match self.read(key).await {
+            Ok(found) => found,
+            Err(e) => return e,
         };
-        let counter = self
-            .settings
-            .resolvers
-            .get(&table)
-            .is_some_and(|r| r == "counter");
         match state.resolve(resolver.as_ref()) {
             Resolved::Absent => Reply::Null,
-            Resolved::Value(v) if counter => {
-                Reply::text(conflict::examples::Counter::total(&v).to_string())
-            }
-            Resolved::Value(v) => Reply::Bulk(Bytes::from(v)),
+            Resolved::Value(v) => match resolver.counter() {
+                Some(counter) => Reply::text(counter.total(&v).to_string()),
+                None => Reply::Bulk(Bytes::from(v)),
+            },
             Resolved::Siblings(s) => Reply::Error(format!(
-                "MULTIVALUE the key has {} concurrent values (siblings) in table '{table}'; read them with GET /v1/kv/{table}/<key>?siblings=true over HTTP and write back with their context to resolve them",
+                "MULTIVALUE the key has {} concurrent values (siblings) in table '{table}'; read them with MERIDIAN.SIBLINGS <key> and write back with MERIDIAN.SET <key> <value> <context> to resolve them",
                 s.len()
             )),
+        }
+    }
+
+    /// Reads `key` of the selected table once this region has everything the connection's
+    /// session covers, and takes what the read saw into the session.
+    pub(super) async fn read(&mut self, key: &[u8]) -> Result<Found, Reply> {
+        let table = self.table().to_owned();
+        let session = self.seen.session.clone();
+        let (found, token) = match self.node.read_with(&table, key, session).await {
+            Ok(Ok(read)) => read,
+            Ok(Err(e)) => return Err(Reply::err(e)),
+            Err(e) => return Err(Reply::err(e)),
+        };
+        match found {
+            ReadResult::Found {
+                state,
+                resolver,
+                regions,
+            } => {
+                self.seen.saw(&token);
+                Ok((state, resolver, regions))
+            }
+            ReadResult::UnknownTable => Err(Reply::err(format!(
+                "table '{table}' is not configured here"
+            ))),
         }
     }
 
@@ -527,17 +656,17 @@ impl Connection {
     }
 
     /// Whether `key` of the selected table has a live value (or siblings).
-    async fn live(&self, key: &[u8]) -> bool {
-        match self.node.read(self.table(), key).await {
-            Ok(ReadResult::Found {
-                state, resolver, ..
-            }) => !matches!(state.resolve(resolver.as_ref()), Resolved::Absent),
-            _ => false,
+    async fn live(&mut self, key: &[u8]) -> bool {
+        match self.read(key).await {
+            Ok((state, resolver, _)) => {
+                !matches!(state.resolve(resolver.as_ref()), Resolved::Absent)
+            }
+            Err(_) => false,
         }
     }
 
     /// Checks a key's and a value's size against the limits.
-    fn check(&self, key: &[u8], value: Option<&[u8]>) -> Result<(), Reply> {
+    pub(super) fn check(&self, key: &[u8], value: Option<&[u8]>) -> Result<(), Reply> {
         let s = &self.settings;
         if key.is_empty() || key.len() > s.max_key_bytes {
             return Err(Reply::err(format!(
@@ -558,6 +687,19 @@ impl Connection {
         Ok(())
     }
 
+    /// The options of a write from this connection: blind, carrying its session.
+    pub(super) fn write_options(&self) -> WriteOptions {
+        WriteOptions {
+            session: self.seen.session.clone(),
+            ..WriteOptions::default()
+        }
+    }
+
+    /// The selected table's counter operations, or the error to answer when it keeps none.
+    fn counter_table(&self) -> Option<&dyn conflict::CounterResolver> {
+        self.node.resolver(self.table()).and_then(|r| r.counter())
+    }
+
     /// Submits blind writes of `pairs`, answered `+OK` once all are durable.
     async fn set(&self, pairs: &[(Bytes, Bytes)]) -> Step {
         for (key, value) in pairs {
@@ -565,12 +707,18 @@ impl Connection {
                 return Step::Now(e);
             }
         }
+        if self.counter_table().is_some() {
+            return Step::Now(Reply::err(format!(
+                "table '{}' keeps counters, which SET cannot merge across regions: change them with INCR, INCRBY, DECR or DECRBY (DEL resets one)",
+                self.table()
+            )));
+        }
         let mut pending = Vec::with_capacity(pairs.len());
         for (key, value) in pairs {
             let value = Value::Bytes(value.to_vec());
             match self
                 .node
-                .submit_write(self.table(), key, value, WriteOptions::default())
+                .submit_write(self.table(), key, value, self.write_options())
                 .await
             {
                 Ok(p) => pending.push(p),
@@ -580,8 +728,30 @@ impl Connection {
         Step::Writes(pending, Reply::OK)
     }
 
+    /// `INCRBY key by` (and `INCR`, `DECR`, `DECRBY`): submitted now, answered with the
+    /// counter's total once durable.
+    async fn add(&self, key: &[u8], by: i64) -> Step {
+        if let Err(e) = self.check(key, None) {
+            return Step::Now(e);
+        }
+        if self.counter_table().is_none() {
+            return Step::Now(Reply::Error(format!(
+                "WRONGTYPE table '{}' does not keep counters: INCR and DECR work on a table whose resolver is a counter (resolver \"counter\" in regions.toml; SELECT its database)",
+                self.table()
+            )));
+        }
+        match self
+            .node
+            .submit_add(self.table(), key, by, self.write_options())
+            .await
+        {
+            Ok(p) => Step::Write(p, |w| Reply::Int(w.receipt.total.unwrap_or_default())),
+            Err(e) => Step::Now(Reply::err(e)),
+        }
+    }
+
     /// Deletes the live keys among `keys` (tombstones); answers how many there were.
-    async fn delete(&self, keys: &[Bytes]) -> Step {
+    async fn delete(&mut self, keys: &[Bytes]) -> Step {
         let mut pending = Vec::new();
         for key in keys {
             if let Err(e) = self.check(key, None) {
@@ -592,7 +762,7 @@ impl Connection {
             }
             match self
                 .node
-                .submit_write(self.table(), key, Value::Tombstone, WriteOptions::default())
+                .submit_write(self.table(), key, Value::Tombstone, self.write_options())
                 .await
             {
                 Ok(p) => pending.push(p),

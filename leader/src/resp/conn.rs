@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tracing::debug;
 
 use super::RespSettings;
-use super::commands::Step;
+use super::commands::{Seen, Step};
 use super::reply::Reply;
 use crate::NodeHandle;
 
@@ -41,6 +41,8 @@ pub(super) struct Connection {
     pub(super) name: Option<String>,
     /// `SCAN` cursors, shared by the region's connections (a cursor works on any of them).
     pub(super) cursors: Arc<std::sync::Mutex<super::commands::Cursors>>,
+    /// The connection's last write and session token.
+    pub(super) seen: Seen,
 }
 
 impl Connection {
@@ -60,6 +62,7 @@ impl Connection {
             authed,
             name: None,
             cursors,
+            seen: Seen::default(),
         }
     }
 
@@ -141,9 +144,9 @@ impl Connection {
     }
 
     /// Waits for the queued steps' answers and appends them, in order, to `out`.
-    async fn answer(&self, queued: &mut Vec<Step>, out: &mut BytesMut) {
+    async fn answer(&mut self, queued: &mut Vec<Step>, out: &mut BytesMut) {
         for step in queued.drain(..) {
-            step.finish().await.encode(self.resp3, out);
+            step.finish(&mut self.seen).await.encode(self.resp3, out);
         }
     }
 }

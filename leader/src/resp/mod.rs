@@ -5,7 +5,9 @@
 //! - this file: [`RespSettings`] and [`serve`], the accept loop with its connection bound;
 //! - `conn.rs`: one connection: reading and decoding frames (`redis-protocol`), running a
 //!   pipeline, writing its replies in one go;
-//! - `commands.rs`: what each command does, against the region's [`NodeHandle`];
+//! - `commands.rs`: what each Redis command does, against the region's [`NodeHandle`];
+//! - `meridian.rs`: `WAIT` (regions for replicas) and Meridian's own `MERIDIAN.*` commands:
+//!   session tokens, a key's siblings and writes with a causal context;
 //! - `reply.rs`: replies and their encoding in RESP2 or RESP3.
 //!
 //! # Pipelining
@@ -24,6 +26,7 @@
 
 mod commands;
 mod conn;
+mod meridian;
 mod reply;
 
 use std::sync::Arc;

@@ -22,6 +22,7 @@ mod catchup;
 mod cluster;
 mod consistency;
 mod hostile_peer;
+mod resp_meridian;
 mod rollout;
 
 // Whole leaders in turmoil's virtual time.

@@ -17,7 +17,7 @@ use crate::common::{Cluster, SOLO};
 use conflict::rng::SplitMix64 as Rng;
 
 /// A region with a RESP listener.
-struct Solo {
+pub(crate) struct Solo {
     cluster: Cluster,
     resp: SocketAddr,
     stop: watch::Sender<bool>,
@@ -25,13 +25,17 @@ struct Solo {
 
 impl Solo {
     /// The harness's solo region (small limits) with a RESP listener on port 0 in front of it.
-    async fn start(token: Option<&str>, max_connections: usize) -> Solo {
-        let cluster = Cluster::solo().start().await;
+    pub(crate) async fn start(token: Option<&str>, max_connections: usize) -> Solo {
+        let cluster = Cluster::solo()
+            .register(std::sync::Arc::new(conflict::examples::Counter))
+            .table("counters", "counter")
+            .start()
+            .await;
         let config = cluster.config();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let resp = listener.local_addr().unwrap();
         let settings = RespSettings {
-            databases: vec!["default".into(), "carts".into()],
+            databases: vec!["default".into(), "carts".into(), "counters".into()],
             resolvers: config.tables.clone(),
             token: token.map(str::to_owned),
             max_connections,
@@ -53,31 +57,31 @@ impl Solo {
         }
     }
 
-    async fn client(&self) -> Client {
+    pub(crate) async fn client(&self) -> Client {
         Client(TcpStream::connect(self.resp).await.unwrap())
     }
 
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.stop.send(true).unwrap();
         self.cluster.shutdown().await;
     }
 }
 
 /// A raw RESP client.
-struct Client(TcpStream);
+pub(crate) struct Client(pub(crate) TcpStream);
 
 impl Client {
-    async fn send(&mut self, bytes: &[u8]) {
+    pub(crate) async fn send(&mut self, bytes: &[u8]) {
         self.0.write_all(bytes).await.unwrap();
     }
 
     /// Sends a command as an array of bulk strings.
-    async fn cmd(&mut self, args: &[&str]) {
+    pub(crate) async fn cmd(&mut self, args: &[&str]) {
         self.send(&encode(args)).await;
     }
 
     /// Reads until exactly `expected` has arrived (failing on anything else or a timeout).
-    async fn expect(&mut self, expected: &str) {
+    pub(crate) async fn expect(&mut self, expected: &str) {
         let mut got = vec![0u8; expected.len()];
         let read = tokio::time::timeout(Duration::from_secs(10), self.0.read_exact(&mut got)).await;
         let got = match read {
@@ -89,7 +93,7 @@ impl Client {
     }
 
     /// Reads one line (up to `\r\n`) and returns it.
-    async fn line(&mut self) -> String {
+    pub(crate) async fn line(&mut self) -> String {
         let mut line = Vec::new();
         while !line.ends_with(b"\r\n") {
             let mut b = [0u8];
@@ -100,7 +104,7 @@ impl Client {
     }
 
     /// Reads one whole reply (any type, nested) and returns its bytes.
-    async fn frame(&mut self) -> String {
+    pub(crate) async fn frame(&mut self) -> String {
         let mut text = self.line().await;
         let count: usize = text[1..text.len() - 2].parse().unwrap_or(0);
         match text.as_bytes()[0] {
@@ -125,7 +129,7 @@ impl Client {
     }
 
     /// Whether the server closed the connection (reads EOF within a second).
-    async fn closed(&mut self) -> bool {
+    pub(crate) async fn closed(&mut self) -> bool {
         let mut b = [0u8; 64];
         matches!(
             tokio::time::timeout(Duration::from_secs(1), self.0.read(&mut b)).await,
@@ -133,13 +137,13 @@ impl Client {
         )
     }
 
-    async fn roundtrip(&mut self, args: &[&str], expected: &str) {
+    pub(crate) async fn roundtrip(&mut self, args: &[&str], expected: &str) {
         self.cmd(args).await;
         self.expect(expected).await;
     }
 }
 
-fn encode(args: &[&str]) -> Vec<u8> {
+pub(crate) fn encode(args: &[&str]) -> Vec<u8> {
     let mut out = format!("*{}\r\n", args.len()).into_bytes();
     for a in args {
         out.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
@@ -160,9 +164,9 @@ async fn connection_commands_answer_as_redis_does() {
     c.roundtrip(&["CLIENT", "SETINFO", "lib-name", "x"], "+OK\r\n")
         .await;
     c.roundtrip(&["SELECT", "1"], "+OK\r\n").await;
-    c.cmd(&["SELECT", "2"]).await;
+    c.cmd(&["SELECT", "3"]).await;
     assert!(c.line().await.starts_with("-ERR DB index is out of range"));
-    c.roundtrip(&["COMMAND", "COUNT"], ":20\r\n").await;
+    c.roundtrip(&["COMMAND", "COUNT"], ":29\r\n").await;
     c.roundtrip(&["COMMAND", "DOCS"], "*0\r\n").await;
     c.roundtrip(&["CONFIG", "GET", "save"], "*2\r\n$4\r\nsave\r\n$0\r\n\r\n")
         .await;
@@ -389,6 +393,10 @@ async fn random_and_mutated_frames_never_panic_the_server() {
         encode(&["HELLO", "3", "AUTH", "default", "x"]),
         encode(&["CONFIG", "GET", "*"]),
         b"*2\r\n$3\r\nGET\r\n$-1\r\n".to_vec(),
+        [encode(&["SELECT", "2"]), encode(&["INCRBY", "n", "-7"])].concat(),
+        encode(&["WAIT", "1", "50"]),
+        encode(&["MERIDIAN.SET", "k", "v", "AQID"]),
+        encode(&["MERIDIAN.SESSION", "AAEC"]),
     ];
     let mut rng = Rng::new(0x2545_f491_4f6c_dd1d);
     let mut next = move || rng.next_u64();
@@ -492,6 +500,15 @@ async fn a_redis_client_writes_in_one_region_and_reads_in_another() {
                 let got: Option<String> =
                     redis::cmd("GET").arg("greeting").query(&mut con).unwrap();
                 assert_eq!(got.as_deref(), Some("hello"));
+                // WAIT through the client's own command: eu-west has the writes durably.
+                let regions: i64 = redis::cmd("WAIT").arg(1).arg(5000).query(&mut con).unwrap();
+                assert_eq!(regions, 1);
+                // INCR on a table without counters is the client's own WRONGTYPE error.
+                let err = redis::cmd("INCR")
+                    .arg("greeting")
+                    .query::<i64>(&mut con)
+                    .unwrap_err();
+                assert_eq!(err.code(), Some("WRONGTYPE"), "{err}");
             })
             .await
             .unwrap();
@@ -577,6 +594,11 @@ async fn redis_cli_works_unmodified() {
     let err = cli(&["SET", "city", "Porto", "NX"]).await;
     assert!(err.contains("SET option 'NX' is not supported"), "{err}");
     assert_eq!(cli(&["DEL", "city", "x"]).await, "2");
+    // Counters (database 2 is the `counters` table) and WAIT with no other region.
+    assert_eq!(cli(&["-n", "2", "INCRBY", "stock", "5"]).await, "5");
+    assert_eq!(cli(&["-n", "2", "DECR", "stock"]).await, "4");
+    assert_eq!(cli(&["-n", "2", "GET", "stock"]).await, "4");
+    assert_eq!(cli(&["WAIT", "0", "100"]).await, "0");
     s.stop().await;
 }
 

@@ -1067,6 +1067,7 @@ fn the_oracle_tells_kept_writes_from_lost_ones() {
             durability: leader::leader_core::Durability::Local,
             durable_in: vec!["ap".to_owned()],
             timed_out: false,
+            total: None,
         }),
     };
     let state = |siblings: Vec<conflict::Sibling>| KeyState {

@@ -90,6 +90,21 @@ impl Trace {
                 self.bytes(key);
                 self.word(*durability as u64);
             }
+            Event::ClientAdd { id, key, by, .. } => {
+                self.word(9);
+                self.word(*id);
+                self.bytes(key);
+                self.word(by.cast_unsigned());
+            }
+            Event::ClientWait { id, seq, .. } => {
+                self.word(10);
+                self.word(*id);
+                self.word(seq.0);
+            }
+            Event::CancelWait { id } => {
+                self.word(18);
+                self.word(*id);
+            }
             Event::PeerUp { peer, conn } => {
                 self.word(2);
                 self.bytes(peer.as_bytes());
@@ -161,6 +176,11 @@ impl Trace {
                 self.word(*conn);
                 self.word(from.0);
                 self.word(to.0);
+            }
+            Effect::Waited { id, regions } => {
+                self.word(17);
+                self.word(*id);
+                self.word(regions.len() as u64);
             }
             Effect::Reply { id, result } => {
                 self.word(15);

@@ -674,6 +674,8 @@ impl World {
             std::mem::take(&mut node.replies),
             std::mem::take(&mut node.alarms),
         );
+        // The workload sends no `ClientWait`; nothing waits for a `Waited` answer.
+        node.waited.clear();
         for (id, result) in replies {
             self.on_reply(r, id, result)?;
         }
@@ -928,6 +930,16 @@ fn show_event(ev: &Event) -> String {
             "ClientWrite #{id} {table}/{} = {value:?} ctx {context:?} {durability} {timeout_ms}ms",
             String::from_utf8_lossy(key)
         ),
+        Event::ClientAdd {
+            id, table, key, by, ..
+        } => format!(
+            "ClientAdd #{id} {table}/{} += {by}",
+            String::from_utf8_lossy(key)
+        ),
+        Event::ClientWait {
+            id, seq, regions, ..
+        } => format!("ClientWait #{id} seq {} in {regions} regions", seq.0),
+        Event::CancelWait { id } => format!("CancelWait #{id}"),
         Event::PeerUp { peer, conn } => format!("PeerUp {peer}#{conn}"),
         Event::PeerDown { peer, conn } => format!("PeerDown {peer}#{conn}"),
         Event::Frame { peer, conn, msg } => {
@@ -980,6 +992,7 @@ fn show_effect(e: &Effect) -> String {
             ),
             Err(e) => format!("Reply #{id} refused: {e}"),
         },
+        Effect::Waited { id, regions } => format!("Waited #{id}: {regions:?}"),
         Effect::Alarm(a) => format!("Alarm {a:?}"),
     }
 }

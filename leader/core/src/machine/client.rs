@@ -13,26 +13,42 @@ use super::{
     ConflictRecord, Effect, MAX_PACED_WRITES, Replica, RequestId, Time, WriteError, WriteReceipt,
 };
 use crate::consistency::Durability;
-use crate::limits::MAX_UNANSWERED_WRITES;
+use crate::limits::{MAX_CLIENT_WAITS, MAX_UNANSWERED_WRITES};
 use crate::msg::LogEntry;
 
-/// The fields of [`Event::ClientWrite`], kept together on their way through the machine.
+/// The fields of [`Event::ClientWrite`] and [`Event::ClientAdd`], kept together on their way
+/// through the machine.
 #[derive(Debug)]
 pub(super) struct WriteRequest {
     pub(super) id: RequestId,
     pub(super) table: String,
     pub(super) key: Vec<u8>,
-    pub(super) value: Value,
-    pub(super) context: Option<VersionVector>,
+    pub(super) change: Change,
     pub(super) durability: Durability,
     pub(super) timeout_ms: u64,
 }
 
-/// A durable write waiting for other regions to have it durably too.
+/// What a client write does to its key.
+#[derive(Debug)]
+pub(super) enum Change {
+    /// Writes a value or tombstone with the context the client read (`None`: blind).
+    Put {
+        value: Value,
+        context: Option<VersionVector>,
+    },
+    /// Adds to a counter: the value is built from the key's state when the write is taken.
+    Add(i64),
+}
+
+/// A client waiting for other regions to have one of this region's writes durably: a durable
+/// write's reply ([`Effect::Reply`]), or a `WAIT` ([`Effect::Waited`]) when `receipt` is
+/// `None`.
 #[derive(Debug)]
 pub(super) struct Wait {
     pub(super) id: RequestId,
-    pub(super) receipt: WriteReceipt,
+    pub(super) dot: Dot,
+    pub(super) receipt: Option<WriteReceipt>,
+    /// Other regions that must have the write.
     pub(super) need: usize,
     pub(super) deadline_ms: u64,
 }
@@ -133,8 +149,7 @@ impl Replica {
             id,
             table,
             key,
-            value,
-            context,
+            change,
             durability,
             timeout_ms,
         } = req;
@@ -150,6 +165,16 @@ impl Replica {
             let result = Err(WriteError::UnknownTable(table));
             out.push(Effect::Reply { id, result });
             return;
+        };
+        let (value, context, total) = match change {
+            Change::Put { value, context } => (value, context, None),
+            Change::Add(by) => match self.counter_after(&table, &key, resolver.as_ref(), by) {
+                Ok((value, context, total)) => (Value::Bytes(value), Some(context), Some(total)),
+                Err(e) => {
+                    out.push(Effect::Reply { id, result: Err(e) });
+                    return;
+                }
+            },
         };
         if let Value::Bytes(bytes) = &value
             && let Err(e) = resolver.check_value(bytes)
@@ -219,6 +244,7 @@ impl Replica {
             durability,
             durable_in: Vec::new(),
             timed_out: false,
+            total,
         };
         self.counters.client_writes += 1;
         self.staged.replies.push(PendingReply {
@@ -227,6 +253,82 @@ impl Replica {
             timeout_ms,
         });
         self.staged.log.push(LogEntry { table, key, write });
+    }
+
+    /// The value and context of `by` added to the counter at `key` now, and its new total:
+    /// the key's resolved value (every sibling merged) is the base, and the write's context
+    /// is the key's whole context, so it supersedes every sibling it merged. The writer is
+    /// this replica, which takes client writes one at a time (see [`conflict::examples::Counter`]).
+    fn counter_after(
+        &self,
+        table: &str,
+        key: &[u8],
+        resolver: &dyn Resolver,
+        by: i64,
+    ) -> Result<(Vec<u8>, VersionVector, i64), WriteError> {
+        let Some(counter) = resolver.counter() else {
+            return Err(WriteError::NotACounter {
+                table: table.to_owned(),
+                resolver: resolver.name().to_owned(),
+            });
+        };
+        let slot = (table.to_owned(), key.to_vec());
+        let empty = KeyState::default();
+        let state = self.keys.get(&slot).unwrap_or(&empty);
+        let current = match state.resolve(resolver) {
+            conflict::Resolved::Value(bytes) => Some(bytes),
+            conflict::Resolved::Absent | conflict::Resolved::Siblings(_) => None,
+        };
+        let (value, total) = counter
+            .add(current.as_deref(), self.opts.replica, by)
+            .map_err(|e| WriteError::InvalidValue {
+                table: table.to_owned(),
+                reason: e.reason,
+            })?;
+        Ok((value, state.context.clone(), total))
+    }
+
+    /// Takes a client's `WAIT`: answered at once if `regions` other regions already have this
+    /// region's writes up to `seq`, else when they do or the timeout passes.
+    pub(super) fn client_wait(
+        &mut self,
+        now: Time,
+        id: RequestId,
+        seq: conflict::Seq,
+        regions: usize,
+        timeout_ms: u64,
+        out: &mut Vec<Effect>,
+    ) {
+        if self.client_waits >= MAX_CLIENT_WAITS {
+            let regions = self.durable_at_peers(seq);
+            out.push(Effect::Waited { id, regions });
+            return;
+        }
+        let have = self.durable_at_peers(seq);
+        if have.len() >= regions || timeout_ms == 0 {
+            out.push(Effect::Waited { id, regions: have });
+            return;
+        }
+        self.client_waits += 1;
+        let dot = Dot {
+            replica: self.opts.replica,
+            seq,
+        };
+        self.waits.push(Wait {
+            id,
+            dot,
+            receipt: None,
+            need: regions,
+            deadline_ms: now.mono_ms.saturating_add(timeout_ms),
+        });
+    }
+
+    /// Forgets the `WAIT` `id` (its client went away).
+    pub(super) fn cancel_wait(&mut self, id: RequestId) {
+        let before = self.waits.len();
+        self.waits.retain(|w| w.id != id || w.receipt.is_some());
+        self.client_waits -= before - self.waits.len();
+        debug_assert_eq!(self.client_waits, self.counted_client_waits());
     }
 
     /// Applies a write to a key's in-memory state and stages the key for persistence.
@@ -313,7 +415,7 @@ impl Replica {
     /// Each is in exactly one of the three; [`MAX_UNANSWERED_WRITES`] bounds them together.
     pub(super) fn unanswered_writes(&self) -> usize {
         let in_flight = self.in_flight.as_ref().map_or(0, |f| f.replies.len());
-        self.staged.replies.len() + in_flight + self.waits.len()
+        self.staged.replies.len() + in_flight + self.waits.len() - self.client_waits
     }
 
     /// Answers every durability wait that is met or past its deadline.
@@ -322,30 +424,51 @@ impl Replica {
             return;
         }
         let waits = std::mem::take(&mut self.waits);
-        for mut w in waits {
-            let have = self.durable_at(&w.receipt.dot);
-            let met = have.len() > w.need;
+        for w in waits {
+            let peers = self.durable_at_peers(w.dot.seq);
+            let met = peers.len() >= w.need;
             if !met && now.mono_ms < w.deadline_ms {
                 self.waits.push(w);
                 continue;
             }
-            w.receipt.timed_out = !met;
-            w.receipt.durable_in = have;
-            out.push(Effect::Reply {
-                id: w.id,
-                result: Ok(w.receipt),
-            });
+            match w.receipt {
+                Some(mut receipt) => {
+                    receipt.timed_out = !met;
+                    receipt.durable_in = std::iter::once(self.opts.region.clone())
+                        .chain(peers)
+                        .collect();
+                    out.push(Effect::Reply {
+                        id: w.id,
+                        result: Ok(receipt),
+                    });
+                }
+                None => {
+                    self.client_waits -= 1;
+                    out.push(Effect::Waited {
+                        id: w.id,
+                        regions: peers,
+                    });
+                }
+            }
         }
     }
 
-    /// Regions known to have `dot` durably: this one first, then peers by name. A peer counts
+    /// The `WAIT`s among the durability waits, counted (checks the `client_waits` bookkeeping
+    /// in debug builds).
+    fn counted_client_waits(&self) -> usize {
+        self.waits.iter().filter(|w| w.receipt.is_none()).count()
+    }
+
+    /// Peers known to have this region's writes up to `seq` durably, by name. A peer counts
     /// when its own ack says so, or when its latest matrix row (maybe relayed by a third
-    /// region) does: both report durable applies only.
-    fn durable_at(&self, dot: &Dot) -> Vec<String> {
+    /// region) does: both report durable applies only. (A wait starts once the write is
+    /// durable here, so this region always has it.)
+    fn durable_at_peers(&self, seq: conflict::Seq) -> Vec<String> {
+        let dot = &Dot {
+            replica: self.opts.replica,
+            seq,
+        };
         let mut regions = Vec::new();
-        if self.durable.covers(dot) {
-            regions.push(self.opts.region.clone());
-        }
         for (name, p) in &self.peers {
             let by_row = self
                 .matrix

@@ -106,6 +106,44 @@ pub enum Event {
         /// never rolled back when this passes; the reply says where it is durable so far.
         timeout_ms: u64,
     },
+    /// A client adds `by` (negative: subtracts) to a counter here: the machine reads the
+    /// key's resolved value, builds the next one with the table resolver's counter operations
+    /// ([`conflict::Resolver::counter`]) under this replica's id, and writes it with the key's
+    /// whole context, in one step, so concurrent additions at this region never overwrite one
+    /// another (Redis's `INCRBY`). Answered like a write; the receipt's `total` is the new
+    /// value.
+    ClientAdd {
+        /// Routes the reply.
+        id: RequestId,
+        /// The table (its resolver must be a counter).
+        table: String,
+        /// The key.
+        key: Vec<u8>,
+        /// What to add.
+        by: i64,
+        /// As for [`Event::ClientWrite`].
+        durability: Durability,
+        /// As for [`Event::ClientWrite`].
+        timeout_ms: u64,
+    },
+    /// A client waits until `regions` other regions have this region's writes up to `seq`
+    /// durably, or `timeout_ms` passes (Redis's `WAIT`); answered with
+    /// [`Effect::Waited`].
+    ClientWait {
+        /// Routes the reply.
+        id: RequestId,
+        /// The last of this region's writes the client made (`Seq::ZERO`: none).
+        seq: Seq,
+        /// How many other regions must have it.
+        regions: usize,
+        /// How long to wait at most, in ms.
+        timeout_ms: u64,
+    },
+    /// The client of an [`Event::ClientWait`] went away: forget the wait (no answer follows).
+    CancelWait {
+        /// The request.
+        id: RequestId,
+    },
     /// The transport established an authenticated connection to `peer`.
     PeerUp {
         /// Region name, as authenticated by its certificate.
@@ -202,6 +240,13 @@ pub enum Effect {
         /// What happened.
         result: Result<WriteReceipt, WriteError>,
     },
+    /// Answer an [`Event::ClientWait`].
+    Waited {
+        /// The request.
+        id: RequestId,
+        /// The other regions that have the write durably (by name).
+        regions: Vec<String>,
+    },
     /// Something an operator must hear about (log it, count it, show it).
     Alarm(Alarm),
 }
@@ -256,6 +301,9 @@ pub struct WriteReceipt {
     /// True when the requested durability was not reached in time. The write is committed
     /// here and keeps replicating; it is not rolled back.
     pub timed_out: bool,
+    /// For an addition to a counter ([`Event::ClientAdd`]): the counter's total here right
+    /// after it.
+    pub total: Option<i64>,
 }
 
 /// Why a client write was refused. Nothing was written.
@@ -297,6 +345,16 @@ pub enum WriteError {
         lag_writes: u64,
         /// The limit.
         limit: u64,
+    },
+    /// An addition ([`Event::ClientAdd`]) to a table whose resolver keeps no counters.
+    #[error(
+        "table '{table}' uses the resolver '{resolver}', which keeps no counters: add to keys of a table whose resolver is a counter (e.g. resolver \"counter\" in regions.toml)"
+    )]
+    NotACounter {
+        /// The table.
+        table: String,
+        /// Its resolver's name.
+        resolver: String,
     },
     /// The key would carry more siblings than the configured limit.
     #[error(

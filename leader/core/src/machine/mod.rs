@@ -59,7 +59,7 @@ pub use crate::limits::{LOG_READ_RETRY_MAX_MS, LOG_READ_RETRY_MIN_MS, MAX_PACED_
 
 use crate::limits::{MAX_UNANSWERED_WRITES, OWN_COMMITS_MAX};
 
-use self::client::{Wait, WriteRequest};
+use self::client::{Change, Wait, WriteRequest};
 use self::peer::Peer;
 use self::persist::{InFlight, Staged};
 use self::stream::Tail;
@@ -120,6 +120,8 @@ pub struct Replica {
     counters: Counters,
     /// Writes waiting for durability in other regions.
     waits: Vec<Wait>,
+    /// How many of `waits` are `WAIT`s (the others are durable writes' replies).
+    client_waits: usize,
     /// The freshest lag-matrix row of every other region.
     matrix: Matrix,
     /// table → resolver id per region, from hellos and matrix rows.
@@ -210,6 +212,7 @@ impl Replica {
             next_conflict_id: 1,
             counters: Counters::default(),
             waits: Vec::new(),
+            client_waits: 0,
             matrix: Matrix::default(),
             region_resolvers: BTreeMap::new(),
             mismatch_alarmed: BTreeSet::new(),
@@ -294,13 +297,37 @@ impl Replica {
                     id,
                     table,
                     key,
-                    value,
-                    context,
+                    change: Change::Put { value, context },
                     durability,
                     timeout_ms,
                 };
                 self.client_write_paced(now, req, out)
             }
+            Event::ClientAdd {
+                id,
+                table,
+                key,
+                by,
+                durability,
+                timeout_ms,
+            } => {
+                let req = WriteRequest {
+                    id,
+                    table,
+                    key,
+                    change: Change::Add(by),
+                    durability,
+                    timeout_ms,
+                };
+                self.client_write_paced(now, req, out)
+            }
+            Event::ClientWait {
+                id,
+                seq,
+                regions,
+                timeout_ms,
+            } => self.client_wait(now, id, seq, regions, timeout_ms, out),
+            Event::CancelWait { id } => self.cancel_wait(id),
             Event::PeerUp { peer, conn } => self.peer_up(peer, conn, out),
             Event::PeerDown { peer, conn } => self.peer_down(&peer, conn),
             Event::Frame { peer, conn, msg } => self.frame(now, peer, conn, msg, out),

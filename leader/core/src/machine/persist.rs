@@ -129,7 +129,8 @@ impl Replica {
             let deadline_ms = now.mono_ms.saturating_add(reply.timeout_ms);
             self.waits.push(Wait {
                 id: reply.id,
-                receipt: reply.receipt,
+                dot: reply.receipt.dot,
+                receipt: Some(reply.receipt),
                 need,
                 deadline_ms,
             });

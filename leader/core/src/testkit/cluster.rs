@@ -59,6 +59,9 @@ pub struct Node {
     pub checkpoints: Vec<bool>,
     /// Every reply, in order.
     pub replies: Vec<(u64, Result<WriteReceipt, WriteError>)>,
+    /// Answers to `WAIT`s ([`Effect::Waited`]): request id and the other regions that had
+    /// the write.
+    pub waited: Vec<(u64, Vec<String>)>,
     /// Every alarm, in order.
     pub alarms: Vec<Alarm>,
     /// Every close: (peer, reason).
@@ -91,6 +94,7 @@ impl Node {
             persisting: VecDeque::new(),
             checkpoints: Vec::new(),
             replies: Vec::new(),
+            waited: Vec::new(),
             alarms: Vec::new(),
             closed: Vec::new(),
             log_reads: 0,
@@ -130,6 +134,10 @@ impl Node {
             }
             Effect::Reply { id, result } => {
                 self.replies.push((id, result));
+                None
+            }
+            Effect::Waited { id, regions } => {
+                self.waited.push((id, regions));
                 None
             }
             Effect::Alarm(a) => {
@@ -388,8 +396,7 @@ impl Cluster {
         durability: Durability,
         timeout_ms: u64,
     ) -> u64 {
-        let id = self.next_request;
-        self.next_request += 1;
+        let id = self.next_id();
         let ev = Event::ClientWrite {
             id,
             table: table.into(),
@@ -401,6 +408,12 @@ impl Cluster {
         };
         self.handle(region, ev);
         id
+    }
+
+    /// A fresh request id, for a client event a test builds itself.
+    pub fn next_id(&mut self) -> u64 {
+        self.next_request += 1;
+        self.next_request - 1
     }
 
     /// The reply to request `id` at `region`, if it came.
