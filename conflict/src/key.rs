@@ -469,6 +469,18 @@ impl KeyState {
         }
     }
 
+    /// Estimated memory of this state in bytes: its values, plus room for dots, stamps and
+    /// the context. Storage bounds the states it keeps back between checkpoints by it (and
+    /// the test kit's model of storage with it).
+    pub fn estimated_bytes(&self) -> usize {
+        let values: usize = self
+            .siblings
+            .iter()
+            .map(|s| 48 + s.value.as_bytes().map_or(0, <[u8]>::len))
+            .sum();
+        64 + values + 24 * self.context.len()
+    }
+
     /// SHA-256 of the canonical encoding: two regions compare these to detect divergence
     /// without shipping values.
     pub fn digest(&self) -> [u8; 32] {

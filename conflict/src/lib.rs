@@ -1,7 +1,7 @@
 //! Causality and conflict resolution for Meridian: hybrid logical clocks, version vectors,
 //! per-key sibling sets, the pluggable [`Resolver`] trait with its built-ins, and a law checker
 //! for custom resolvers. Pure: no I/O, no clock reads outside [`SystemClock`], and no
-//! randomness outside [`ReplicaId::new_random`].
+//! randomness outside [`ReplicaId::new_random`] (the seeded [`rng`] draws nothing from the OS).
 //!
 //! # Layout
 //!
@@ -23,6 +23,9 @@
 //! - [`limits`] — every bound, with its policy.
 //! - [`examples`] — a counter and a union set, written as an application would.
 //! - [`laws`] — the law checker users run against their resolvers.
+//! - [`rng`] — [`rng::SplitMix64`], the project's one seeded generator (test inputs, fault
+//!   schedules, benchmark workloads), here because every crate that draws from one already
+//!   depends on this crate.
 //!
 //! # The rules in one place
 //!
@@ -67,6 +70,7 @@ pub mod limits;
 mod record;
 mod registry;
 mod resolver;
+pub mod rng;
 mod vv;
 
 pub use clock::{

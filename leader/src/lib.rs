@@ -8,18 +8,24 @@
 //! - [`storage`]: the store of one data directory: an append-only segmented write log (one
 //!   record and one fsync per batch) and redb checkpoints of key states and metadata.
 //! - [`node`]: the runtime — a driver task that owns the state machine and performs its
-//!   effects (persist on tokio's blocking pool, send over the transport, answer clients).
+//!   effects (persist on tokio's blocking pool, send over the transport, answer clients):
+//!   `node/mod.rs` starts a node ([`node::start`], [`Node`], [`Wiring`]), `handle.rs` is the
+//!   way in ([`NodeHandle`]), `driver.rs` the task, `socket.rs` the QUIC socket it closes.
 //! - [`metrics`]: Prometheus text for `/metrics`, recorded by the driver.
-//! - [`api`]: the HTTP/JSON client API (axum), started on a running node; [`api::admin`]: its
-//!   link-control routes for simulations.
+//! - [`snapshot`]: [`Status`], the runtime's view of its region at one moment, which the
+//!   driver takes and `status` and `metrics` render.
+//! - [`api`]: the HTTP/JSON client API (axum), started on a running node: `api.rs` the router,
+//!   authentication and errors, `api/kv.rs` the key routes, `api/region.rs` the conflict log,
+//!   status, digest and metrics; [`api::admin`]: its link-control routes for simulations.
 //! - [`resp`]: the RESP (Redis protocol) front end, served on a running node's handle.
 //! - [`status`]: the documents the API answers with about a region (status, digest, conflict
 //!   log, links) as serde types, shared with the programs and tests that read them.
 //! - [`LeaderBuilder`]: how a program embeds a leader and registers its own resolvers.
 //!
 //! Inside the crate, `LeaderBuilder` starts a node and then the API on it; `api` uses `node`
-//! and `status`, and nothing below it knows the API. The one circle left is `node` ↔
-//! `metrics`: the driver records into [`metrics::Metrics`], which renders [`node::Status`].
+//! and `status`, and nothing below it knows the API. Imports go one way, with no circle:
+//! `node` records into [`metrics::Metrics`] and takes [`snapshot::Status`]es, which
+//! `metrics` and `status` render without knowing `node`.
 //!
 //! The state machine itself lives in the `leader-core` crate (`leader/core/`), kept apart so
 //! that clippy can forbid clocks, I/O and unseeded randomness in it; see its docs.
@@ -42,6 +48,7 @@ pub mod config;
 pub mod metrics;
 pub mod node;
 pub mod resp;
+pub mod snapshot;
 pub mod status;
 pub mod storage;
 

@@ -14,7 +14,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::node::Status;
+use crate::snapshot::Status;
 
 /// Alarm kinds, in the order of [`Metrics::alarms`].
 const ALARM_KINDS: [&str; 9] = [

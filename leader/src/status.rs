@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use conflict::ReplicaId;
 use serde::{Deserialize, Serialize};
 
-use crate::node;
+use crate::snapshot;
 
 /// `GET /v1/status`: a region's view of itself and its peers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -247,8 +247,8 @@ pub struct Counters {
     pub writes_sent: u64,
 }
 
-impl From<&node::Status> for Status {
-    fn from(s: &node::Status) -> Self {
+impl From<&snapshot::Status> for Status {
+    fn from(s: &snapshot::Status) -> Self {
         let peers = s
             .peers
             .iter()

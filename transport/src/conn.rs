@@ -15,7 +15,7 @@ use crate::codec::{
     encode_frame, encode_preamble,
 };
 use crate::link::{ConnOrigin, Current, Install, Link, Side, close, lock};
-use crate::mesh::{MeshEvent, Message, Shared};
+use crate::shared::{MeshEvent, Message, Shared};
 use crate::tls;
 
 /// Why a connection was refused before it could carry frames. Each variant's message is

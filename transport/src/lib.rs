@@ -14,6 +14,8 @@
 //!   sides verify), and handshake failures explained in words.
 //! - [`link`]: one peer link: its state, counters and the dial rule that keeps exactly one
 //!   connection per pair of regions.
+//! - `shared`: what the mesh and its connections share: the [`Message`] bound, the
+//!   [`MeshEvent`]s delivered, and one running mesh's state (below both `mesh` and `conn`).
 //! - `conn`: one connection's life: authenticate, exchange hellos, install, move frames.
 //! - [`mesh`]: the public handle. [`Mesh`] starts the endpoint, dials and accepts, and
 //!   delivers [`MeshEvent`]s; [`MeshConfig`] says how.
@@ -41,6 +43,7 @@ pub mod sim;
 
 mod backoff;
 mod conn;
+mod shared;
 mod tls;
 
 pub use certs::{CertError, Identity, KeyAlgorithm};

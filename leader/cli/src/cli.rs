@@ -181,13 +181,7 @@ async fn write(a: KeyArgs, body: Option<Vec<u8>>) -> Result<ExitCode> {
     if let Some(t) = a.timeout_ms {
         req = req.header(TIMEOUT_HEADER, t.to_string());
     }
-    if let Some(token) = load_session(a.session.as_ref())? {
-        req = req.header(SESSION_HEADER, token);
-    }
-    let resp = req
-        .send()
-        .await
-        .with_context(|| format!("cannot reach {base}"))?;
+    let resp = send_in_session(req, &a, &base).await?;
     if !resp.status().is_success() {
         return Err(error_of(resp).await);
     }
@@ -208,6 +202,20 @@ async fn write(a: KeyArgs, body: Option<Vec<u8>>) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Sends a key request to `base` with the session token of `a.session`, if any.
+async fn send_in_session(
+    mut req: reqwest::RequestBuilder,
+    a: &KeyArgs,
+    base: &str,
+) -> Result<reqwest::Response> {
+    if let Some(token) = load_session(a.session.as_ref())? {
+        req = req.header(SESSION_HEADER, token);
+    }
+    req.send()
+        .await
+        .with_context(|| format!("cannot reach {base}"))
+}
+
 pub(crate) async fn get(a: KeyArgs) -> Result<ExitCode> {
     let base = a.target.base()?;
     let client = a.target.client()?;
@@ -215,14 +223,7 @@ pub(crate) async fn get(a: KeyArgs) -> Result<ExitCode> {
     if a.siblings {
         url.push_str("?siblings=true");
     }
-    let mut req = client.get(&url);
-    if let Some(token) = load_session(a.session.as_ref())? {
-        req = req.header(SESSION_HEADER, token);
-    }
-    let resp = req
-        .send()
-        .await
-        .with_context(|| format!("cannot reach {base}"))?;
+    let resp = send_in_session(client.get(&url), &a, &base).await?;
     let status = resp.status();
     if status.is_success() || status == reqwest::StatusCode::NOT_FOUND {
         store_session(a.session.as_ref(), &resp)?;
@@ -265,15 +266,7 @@ pub(crate) async fn get(a: KeyArgs) -> Result<ExitCode> {
 
 pub(crate) async fn status(t: Target) -> Result<ExitCode> {
     let base = t.base()?;
-    let status: Status = t
-        .client()?
-        .get(format!("{base}/v1/status"))
-        .send()
-        .await
-        .with_context(|| format!("cannot reach {base}"))?
-        .error_for_status()?
-        .json()
-        .await?;
+    let status: Status = get_json(&t, &base, format!("{base}/v1/status")).await?;
     print!("{}", status_text(&status));
     Ok(ExitCode::SUCCESS)
 }
@@ -350,14 +343,13 @@ fn alarm_lines(alarms: &Alarms) -> Vec<String> {
     skew.chain(mismatch).collect()
 }
 
-pub(crate) async fn conflicts(a: ConflictArgs) -> Result<ExitCode> {
-    let base = a.target.base()?;
-    let mut url = format!("{base}/v1/conflicts?limit={}", a.limit);
-    if let Some(t) = &a.table {
-        url.push_str(&format!("&table={}", encode_segment(t)));
-    }
-    let page: ConflictPage = a
-        .target
+/// GETs `url` of the region at `base` and decodes its JSON answer.
+async fn get_json<T: serde::de::DeserializeOwned>(
+    target: &Target,
+    base: &str,
+    url: String,
+) -> Result<T> {
+    Ok(target
         .client()?
         .get(url)
         .send()
@@ -365,7 +357,16 @@ pub(crate) async fn conflicts(a: ConflictArgs) -> Result<ExitCode> {
         .with_context(|| format!("cannot reach {base}"))?
         .error_for_status()?
         .json()
-        .await?;
+        .await?)
+}
+
+pub(crate) async fn conflicts(a: ConflictArgs) -> Result<ExitCode> {
+    let base = a.target.base()?;
+    let mut url = format!("{base}/v1/conflicts?limit={}", a.limit);
+    if let Some(t) = &a.table {
+        url.push_str(&format!("&table={}", encode_segment(t)));
+    }
+    let page: ConflictPage = get_json(&a.target, &base, url).await?;
     let mut rows = table([
         "id",
         "table",

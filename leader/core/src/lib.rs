@@ -22,8 +22,10 @@
 //!   - `machine/matrix.rs`: heartbeats, lag, the lag matrix and peer views;
 //!   - `machine/resolvers.rs`: which regions' writes of a table are applied; quarantine;
 //!   - `machine/alarms.rs`: clock skew, causality violations, reused dots.
-//! - `testkit` (feature `testkit`, for tests only): the one storage model, log-read rule,
-//!   effect interpreter and in-memory network that every test driver of the machine shares.
+//! - `testkit` (feature `testkit`, for tests only): the one storage model (`disk.rs`, held to
+//!   production's store by `leader/tests/integration/conformance.rs`), log-read rule, effect
+//!   interpreter and in-memory network (`cluster.rs`), and test regions' options, that every
+//!   test driver of the machine shares: the simulator, the machine, hostile and timer tests.
 //!
 //! # Why a separate crate
 //! The core must never read a clock, touch a socket or the disk, spawn or draw unseeded

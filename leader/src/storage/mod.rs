@@ -43,6 +43,13 @@
 //! ([`Recovered::quarantined`]), which picks those its configuration accepts;
 //! [`Store::read_writes`] reads them from the log for it, and the batch that carries their
 //! applied key states releases the records ([`PersistBatch::released`]).
+//!
+//! # Why one file of about 900 lines
+//! `Store` is one type whose open, recovery, commit, checkpoint, replay and read paths share
+//! its private state (the states kept back for the next checkpoint, the checkpoint's log
+//! positions, the redb tables and their encodings); the segmented log (`log`) and the
+//! upgrades of older formats (`legacy`) are already apart. Splitting the rest would spread one
+//! invariant (what a checkpoint records versus what the log holds) over several files.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -85,10 +92,10 @@ struct QuarantineRecord {
 }
 /// A checkpoint is due once this many key states are kept back: bounds the memory they take
 /// and the size of one checkpoint commit.
-const CHECKPOINT_KEYS: usize = 65_536;
+pub const CHECKPOINT_KEYS: usize = 65_536;
 /// A checkpoint is due once this many log entries were committed since the last one: bounds
 /// the replay on the next start.
-const CHECKPOINT_ENTRIES: usize = 65_536;
+pub const CHECKPOINT_ENTRIES: usize = 65_536;
 /// Name of the database file inside the data directory.
 const DB_FILE: &str = "meridian.redb";
 /// Name of the log's directory inside the data directory.
@@ -253,7 +260,7 @@ struct Deferred {
     /// commit inserts every key it changed, and comparing keys in a B-tree cost more than
     /// hashing them (measured); a checkpoint sorts them before writing.
     keys: HashMap<(String, Vec<u8>), KeyState>,
-    /// Estimated bytes of `keys` ([`state_bytes`]).
+    /// Estimated bytes of `keys` ([`KeyState::estimated_bytes`]).
     key_bytes: usize,
     /// Log entries committed since the last checkpoint.
     entries: usize,
@@ -292,16 +299,6 @@ impl MetaChanges {
             self.quarantine.insert(*dot, None);
         }
     }
-}
-
-/// Estimated memory of a key state: its values, plus room for dots, stamps and context.
-fn state_bytes(state: &KeyState) -> usize {
-    let values: usize = state
-        .siblings
-        .iter()
-        .map(|s| 48 + s.value.as_bytes().map_or(0, <[u8]>::len))
-        .sum();
-    64 + values + 24 * state.context.len()
 }
 
 impl std::fmt::Debug for Store {
@@ -600,9 +597,9 @@ impl Store {
         deferred.entries += batch.log.len();
         deferred.entry_bytes += batch.log.iter().map(LogEntry::wire_size).sum::<usize>();
         for (table, key, state) in batch.keys {
-            deferred.key_bytes += state_bytes(&state);
+            deferred.key_bytes += state.estimated_bytes();
             if let Some(old) = deferred.keys.insert((table, key), state) {
-                deferred.key_bytes -= state_bytes(&old);
+                deferred.key_bytes -= old.estimated_bytes();
             }
         }
         let checkpoint = batch.checkpoint

@@ -5,6 +5,10 @@
 //! - last-write-wins: the key holds exactly the write with the greatest `(hlc, replica, seq)`;
 //! - multi-value: the key holds exactly the writes no other write's context covers;
 //! - every region ends with the same data (equal digests) once it has applied the same writes.
+//!
+//! # Why one file of about 850 lines
+//! One subject (three regions converging under faults), one harness (`common`); each test is
+//! a self-contained scenario with its own oracle.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

@@ -9,6 +9,10 @@
 //! region is really unreachable (packets are dropped both ways), not merely told so. Every
 //! wait polls with a deadline (`crate::common::wait_until`); the only fixed waits are the bounded
 //! durability and session waits of the product itself, whose length the tests assert.
+//!
+//! # Why one file of about 1,000 lines
+//! One subject (what each request's consistency options promise), one harness (`common`);
+//! each test is a self-contained scenario.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -17,8 +17,8 @@ use reqwest::header::{HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode};
 use serde_json::Value as Json;
 
-use crate::common::rng::Rng;
 use crate::common::{Cluster, SOLO};
+use conflict::rng::SplitMix64 as Rng;
 
 /// Requests per seed.
 const REQUESTS: usize = 250;
@@ -64,8 +64,8 @@ impl std::fmt::Debug for Req {
 
 /// A token for a vector this region has never reached: valid, and ahead of it.
 fn token_from_the_future(rng: &mut Rng) -> String {
-    let replica = ReplicaId::from_u128(u128::from(rng.next()) | 1);
-    let vv: VersionVector = [Dot::new(replica, Seq(1 + rng.next() % 1000))]
+    let replica = ReplicaId::from_u128(u128::from(rng.next_u64()) | 1);
+    let vv: VersionVector = [Dot::new(replica, Seq(1 + rng.next_u64() % 1000))]
         .into_iter()
         .collect();
     encode_context(&vv)
@@ -111,10 +111,10 @@ fn segment(rng: &mut Rng) -> String {
         "@:!$&'()*,=",
     ];
     const SAFE: &[u8] = b"abcXYZ0189-._~!$&'()*+,;=:@";
-    match rng.below(7) {
+    match rng.index(7) {
         0 | 1 => (*rng.pick(FIXED)).to_owned(),
         2 => {
-            let n = rng.below(12);
+            let n = rng.index(12);
             percent_bytes(&rng.bytes(n))
         }
         3 => {
@@ -124,14 +124,14 @@ fn segment(rng: &mut Rng) -> String {
         }
         4 => String::new(),
         _ => {
-            let n = 1 + rng.below(10);
+            let n = 1 + rng.index(10);
             (0..n).map(|_| *rng.pick(SAFE) as char).collect()
         }
     }
 }
 
 fn path(rng: &mut Rng) -> String {
-    match rng.below(16) {
+    match rng.index(16) {
         0..=4 => format!("/v1/kv/{}/{}", segment(rng), segment(rng)),
         5 => format!("/v1/kv/{}", segment(rng)),
         6 => format!("/v1/kv/{}/{}/{}", segment(rng), segment(rng), segment(rng)),
@@ -148,8 +148,8 @@ fn path(rng: &mut Rng) -> String {
 
 fn query(rng: &mut Rng) -> String {
     let mut params = Vec::new();
-    for _ in 0..rng.below(4) {
-        let p = match rng.below(11) {
+    for _ in 0..rng.index(4) {
+        let p = match rng.index(11) {
             0 => format!(
                 "durability={}",
                 rng.pick(&["local", "one", "quorum", "all", "bogus", "", "LOCAL", "%FF"])
@@ -184,7 +184,7 @@ fn query(rng: &mut Rng) -> String {
             7 => format!("table={}", segment(rng)),
             8 => (*rng.pick(&["&&==", "%zz=%zz", "=", "a", "a=b=c"])).to_owned(),
             9 => {
-                let n = rng.below(8);
+                let n = rng.index(8);
                 format!("{}={}", percent_bytes(&rng.bytes(n)), segment(rng))
             }
             _ => format!("session={}", percent_bytes(&rng.bytes(20))),
@@ -201,11 +201,11 @@ fn query(rng: &mut Rng) -> String {
 /// A header value: garbage, base64 of garbage, a valid token from the future, huge, or
 /// bytes outside ASCII.
 fn token_value(rng: &mut Rng) -> HeaderValue {
-    let text = match rng.below(7) {
+    let text = match rng.index(7) {
         0 => "garbage!".to_owned(),
         1 => {
             use base64::Engine as _;
-            let n = rng.below(40);
+            let n = rng.index(40);
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rng.bytes(n))
         }
         2 => token_from_the_future(rng),
@@ -213,8 +213,8 @@ fn token_value(rng: &mut Rng) -> HeaderValue {
         4 => String::new(),
         5 => {
             // obs-text: bytes 0x80..=0xFF are allowed in a header value but are not ASCII.
-            let n = 1 + rng.below(16);
-            let bytes: Vec<u8> = (0..n).map(|_| 0x80 | rng.next() as u8).collect();
+            let n = 1 + rng.index(16);
+            let bytes: Vec<u8> = (0..n).map(|_| 0x80 | rng.next_u64() as u8).collect();
             return HeaderValue::from_bytes(&bytes).expect("obs-text is a valid header value");
         }
         _ => "  \t AAAA  ".to_owned(),
@@ -224,8 +224,8 @@ fn token_value(rng: &mut Rng) -> HeaderValue {
 
 fn headers(rng: &mut Rng) -> Vec<(HeaderName, HeaderValue)> {
     let mut out = Vec::new();
-    for _ in 0..rng.below(5) {
-        let (name, value) = match rng.below(7) {
+    for _ in 0..rng.index(5) {
+        let (name, value) = match rng.index(7) {
             0 => ("x-meridian-context", token_value(rng)),
             1 => ("x-meridian-session", token_value(rng)),
             2 => (
@@ -257,7 +257,7 @@ fn body(rng: &mut Rng) -> Option<Vec<u8>> {
         MAX_REQUEST_BODY_BYTES + 1,
         64 * 1024,
     ]);
-    match rng.below(4) {
+    match rng.index(4) {
         0 => None,
         1 => Some(br#"{"blocked": true, "loss": 1e309}"#.to_vec()),
         _ => Some(rng.bytes(size)),
@@ -265,7 +265,7 @@ fn body(rng: &mut Rng) -> Option<Vec<u8>> {
 }
 
 fn request(rng: &mut Rng) -> Req {
-    let method = match rng.below(10) {
+    let method = match rng.index(10) {
         0..=2 => Method::PUT,
         3..=5 => Method::GET,
         6 => Method::DELETE,

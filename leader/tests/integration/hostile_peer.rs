@@ -23,8 +23,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::common::rng::Rng;
 use crate::common::{CLUSTER, Cluster, logs, wait_until};
+use conflict::rng::SplitMix64 as Rng;
 use conflict::{Dot, Hlc, ReplicaId, Seq, Value, VersionVector, Write};
 use leader::leader_core::msg::{Ack, Heartbeat};
 use leader::leader_core::{Batch, Hello as PeerHello, LogEntry, PROTOCOL_VERSION, PeerMsg};

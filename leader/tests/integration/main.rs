@@ -8,6 +8,7 @@ mod common;
 // Configuration and storage, no network.
 mod config_errors;
 mod config_load;
+mod conformance;
 mod storage;
 
 // One region: the HTTP API, the Redis front end, a custom resolver.

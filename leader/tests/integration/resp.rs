@@ -13,8 +13,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::common::rng::Rng;
 use crate::common::{Cluster, SOLO};
+use conflict::rng::SplitMix64 as Rng;
 
 /// A region with a RESP listener.
 pub(crate) struct Solo {
@@ -399,7 +399,7 @@ async fn random_and_mutated_frames_never_panic_the_server() {
         encode(&["MERIDIAN.SESSION", "AAEC"]),
     ];
     let mut rng = Rng::new(0x2545_f491_4f6c_dd1d);
-    let mut next = move || rng.next();
+    let mut next = move || rng.next_u64();
     for case in 0..300 {
         let mut bytes = valid[case % valid.len()].clone();
         match next() % 4 {

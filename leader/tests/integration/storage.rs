@@ -3,6 +3,11 @@
 //! an error naming the file and offset; directories of older formats are upgraded; a directory
 //! of another region or cluster, or one already open, is refused with an error that says what
 //! to do.
+//!
+//! # Why one file of about 850 lines
+//! One subject (what the store of one data directory keeps, refuses and upgrades); each test
+//! is a self-contained scenario on a temporary directory. The behaviours shared with the test
+//! kit's model are in `conformance.rs`.
 
 use conflict::{Dot, Hlc, KeyState, Lww, Registry, ReplicaId, Seq, Value, VersionVector, Write};
 use leader::storage::{Opened, StorageError, Store, StoreLimits};

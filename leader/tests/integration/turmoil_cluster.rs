@@ -32,6 +32,10 @@
 //! order of concurrent writes differ between runs), TLS draws key shares from the OS (packet
 //! contents differ) and tokio's unseeded RNG orders some wake-ups (see `transport::sim`). The
 //! assertions are about outcomes only, which hold for every run.
+//!
+//! # Why one file of about 1,100 lines
+//! The three scenarios share the virtual-time harness (hosts, load tasks, observer, oracles)
+//! that makes up half of the file and exists only for them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

@@ -17,7 +17,7 @@ impl World {
     /// origin made durable and sits in its key (no origin applied with a gap).
     pub(super) fn check_region(&mut self, r: usize) -> Result<(), Failure> {
         let g = &self.regions[r];
-        let Some(m) = &g.replica else { return Ok(()) };
+        let Some(m) = g.machine() else { return Ok(()) };
         let (applied, received) = (m.applied(), m.received());
         let problem = if !applied.dominates(&g.seen_applied) {
             Some((
@@ -35,12 +35,13 @@ impl World {
                     g.name, g.seen_received
                 ),
             ))
-        } else if *applied != g.disk.applied {
+        } else if *applied != g.disk().applied {
             Some((
                 "durable-mirror",
                 format!(
                     "{}: durable vector {applied:?} but the disk holds {:?}",
-                    g.name, g.disk.applied
+                    g.name,
+                    g.disk().applied
                 ),
             ))
         } else if !received.dominates(applied) {
@@ -88,14 +89,16 @@ impl World {
         Ok(())
     }
 
-    /// Commits a completed persist to region `r`'s disk, records its own writes in the truth,
+    /// A persist just committed to region `r`'s disk: records its own writes in the truth
     /// and checks what it wrote.
-    pub(super) fn commit(&mut self, r: usize, batch: &PersistBatch) -> Result<(), Failure> {
+    pub(super) fn committed(
+        &mut self,
+        r: usize,
+        batch: &PersistBatch,
+        checkpoint: bool,
+    ) -> Result<(), Failure> {
         let (own, name) = (self.regions[r].id, self.regions[r].name.clone());
-        match self.regions[r].disk.commit(batch, own) {
-            Ok(checkpoint) => self.faults.checkpoints += u64::from(checkpoint),
-            Err(d) => return Err(self.fail(("disk", format!("{name}: {d}")))),
-        }
+        self.faults.checkpoints += u64::from(checkpoint);
         let checks = self.opts.step_checks;
         for e in batch.log.iter().filter(|e| e.write.dot.replica == own) {
             self.truth.record(e, checks).map_err(|b| self.fail(b))?;
@@ -128,7 +131,7 @@ impl World {
     /// A local write just accepted must not leave more siblings than the cap.
     pub(super) fn check_sibling_cap(&self, r: usize, slot: &Slot) -> Result<(), Failure> {
         let cap = self.p.knobs.max_siblings;
-        let m = self.regions[r].replica.as_ref().expect("just handled");
+        let m = self.regions[r].machine().expect("just handled");
         let n = m.get(&slot.0, &slot.1).map_or(0, KeyState::len);
         if n > cap {
             let detail = format!(
@@ -167,7 +170,7 @@ impl World {
         }
         for region in &receipt.durable_in {
             let q = self.index_of(region);
-            if !self.regions[q].disk.applied.covers(&dot) {
+            if !self.regions[q].disk().applied.covers(&dot) {
                 let detail = format!(
                     "{name} acknowledged #{id} ({dot}) as durable in {region}, whose disk lacks it"
                 );
@@ -179,7 +182,7 @@ impl World {
         let on_disk = self
             .regions
             .iter()
-            .filter(|g| g.disk.applied.covers(&dot))
+            .filter(|g| g.disk().applied.covers(&dot))
             .count();
         if !receipt.timed_out && (receipt.durable_in.len() < need || on_disk < need) {
             let detail = format!(
@@ -238,10 +241,11 @@ impl World {
             _ => None,
         };
         match claimed {
-            Some(vv) if !g.disk.applied.dominates(vv) => {
+            Some(vv) if !g.disk().applied.dominates(vv) => {
                 let detail = format!(
                     "{} tells a peer it has durably applied {vv:?}, but its disk holds {:?}",
-                    g.name, g.disk.applied
+                    g.name,
+                    g.disk().applied
                 );
                 Err(self.fail(("wire-ack", detail)))
             }
@@ -291,16 +295,16 @@ impl World {
         let live = self.live();
         for &r in &live {
             let g = &self.regions[r];
-            let Some(m) = &g.replica else {
+            let Some(m) = g.machine() else {
                 return format!("{} is down", g.name);
             };
-            if g.persisting.is_some() || g.reads_out > 0 || m.received() != m.applied() {
+            if !g.node.persisting.is_empty() || g.reads_out > 0 || m.received() != m.applied() {
                 return format!("{} has work in flight", g.name);
             }
             for &q in &live {
                 let connected = |a: usize, b: usize| {
                     let peer = &self.regions[b].name;
-                    self.regions[a].replica.as_ref().is_some_and(|m| {
+                    self.regions[a].machine().is_some_and(|m| {
                         m.peer_views(self.time(a))
                             .iter()
                             .any(|v| v.region == *peer && v.connected)
@@ -309,8 +313,7 @@ impl World {
                 if q != r && (self.current_conn(r, q).is_none() || !connected(r, q)) {
                     let views = |a: usize| {
                         self.regions[a]
-                            .replica
-                            .as_ref()
+                            .machine()
                             .map(|m| m.peer_views(self.time(a)))
                     };
                     return format!(
@@ -330,15 +333,15 @@ impl World {
         if let Some(busy) = self.net.busy() {
             return format!("frames in flight: {busy}");
         }
-        let first = self.regions[live[0]].disk.applied.clone();
+        let first = self.regions[live[0]].disk().applied.clone();
         for &r in &live {
-            if self.regions[r].disk.applied != first {
+            if self.regions[r].disk().applied != first {
                 return format!(
                     "applied vectors differ: {} has {:?}, {} has {:?}",
                     self.regions[live[0]].name,
                     first,
                     self.regions[r].name,
-                    self.regions[r].disk.applied
+                    self.regions[r].disk().applied
                 );
             }
         }
@@ -351,7 +354,7 @@ impl World {
         self.check_not_lost(&live)?;
         self.check_convergence(&live)?;
         let g = &self.regions[live[0]];
-        let m = g.replica.as_ref().expect("checked by convergence");
+        let m = g.machine().expect("checked by convergence");
         let applied = m.applied().clone();
         for (origin, seq) in applied.iter() {
             for s in 1..=seq.0 {
@@ -402,7 +405,7 @@ impl World {
                 .any(|name| live.iter().any(|r| self.regions[*r].name == *name));
             let kept = live
                 .iter()
-                .any(|r| self.regions[*r].disk.applied.covers(&receipt.dot));
+                .any(|r| self.regions[*r].disk().applied.covers(&receipt.dot));
             if promised && !kept {
                 let origin = &self.regions[op.region];
                 let detail = format!(
@@ -434,12 +437,12 @@ impl World {
         let mut digests = BTreeMap::new();
         for &r in live {
             let g = &self.regions[r];
-            let Some(m) = &g.replica else {
+            let Some(m) = g.machine() else {
                 return Err(self.fail(("convergence", format!("{} is still down", g.name))));
             };
             digests.insert(r, m.digest());
             let memory: BTreeMap<&Slot, &KeyState> = m.keys().collect();
-            let on_disk = g.disk.keys_now();
+            let on_disk = g.disk().keys_now();
             let disk: BTreeMap<&Slot, &KeyState> = on_disk.iter().collect();
             if memory != disk {
                 let detail = format!(
@@ -450,7 +453,7 @@ impl World {
             }
             // A crash now would lose the kept-back states: the checkpoint and the replayed
             // log must rebuild exactly this memory.
-            let mut disk = g.disk.clone();
+            let mut disk = g.disk().clone();
             let rebuilt = disk
                 .recover(g.opts.clone(), self.registry_of(r))
                 .map(|(m, _)| m.digest());
@@ -458,7 +461,7 @@ impl World {
                 let detail = format!(
                     "{}: a restart from its disk ({} key states kept back) would not rebuild its memory",
                     g.name,
-                    g.disk.kept_back()
+                    g.disk().kept_back()
                 );
                 return Err(self.fail(("recovery", detail)));
             }
@@ -474,10 +477,7 @@ impl World {
 
     fn describe_divergence(&self, a: usize, b: usize) -> String {
         let (ga, gb) = (&self.regions[a], &self.regions[b]);
-        let (ma, mb) = (
-            ga.replica.as_ref().expect("live"),
-            gb.replica.as_ref().expect("live"),
-        );
+        let (ma, mb) = (ga.machine().expect("live"), gb.machine().expect("live"));
         let ka: BTreeMap<&Slot, &KeyState> = ma.keys().collect();
         let kb: BTreeMap<&Slot, &KeyState> = mb.keys().collect();
         let slot = ka
@@ -532,7 +532,7 @@ impl World {
         live: &[usize],
         applied: &conflict::VersionVector,
     ) -> Result<(), Failure> {
-        let m = self.regions[live[0]].replica.as_ref().expect("live");
+        let m = self.regions[live[0]].machine().expect("live");
         for (idx, op) in self.ops.iter().enumerate() {
             let OpOutcome::Acked(receipt) = &op.outcome else {
                 continue;

@@ -3,7 +3,9 @@
 //!
 //! # What is real and what is modelled
 //! The machine is the production code, driven exactly as `leader::node` drives it (call order
-//! in `leader_core::machine`). Around it the simulator models, from one seed:
+//! in `leader_core::machine`); each region is a `leader_core::testkit::Node`, whose
+//! interpreter (`Node::perform`) performs every effect, as in every other test of the core.
+//! Around it the simulator models, from one seed:
 //! - **the disk**: `leader_core::testkit::Disk`, the model of `leader::storage` every test
 //!   driver shares. A persist reaches it atomically when its fsync completes (random latency,
 //!   sometimes slow); key states are written back only at checkpoints (bounds drawn per seed,

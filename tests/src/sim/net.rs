@@ -276,8 +276,7 @@ impl World {
             return Ok(());
         };
         let (from, to) = (c.ends[dir], c.ends[1 - dir]);
-        let receiver_gone =
-            self.regions[to].replica.is_none() || self.regions[to].inc != c.incs[1 - dir];
+        let receiver_gone = !self.regions[to].alive() || self.regions[to].inc != c.incs[1 - dir];
         let chan = &mut c.chans[dir];
         chan.armed = false;
         if receiver_gone {
@@ -314,7 +313,7 @@ impl World {
             let [a, b] = c.ends;
             let ends_ok = (0..2).all(|s| {
                 let r = c.ends[s];
-                self.regions[r].replica.is_some() && self.regions[r].inc == c.incs[s]
+                self.regions[r].alive() && self.regions[r].inc == c.incs[s]
             });
             let broken =
                 !ends_ok || self.net.cut.contains(&(a, b)) || self.net.cut.contains(&(b, a));

@@ -4,40 +4,30 @@
 //! as the repository keeps it: a regression seed must not change meaning when a dependency
 //! changes its algorithm.
 
-/// xoshiro256** seeded through SplitMix64. Not cryptographic; fast and well distributed.
+use conflict::rng::SplitMix64;
+
+/// xoshiro256** seeded through SplitMix64 (the project's one, [`conflict::rng::SplitMix64`]).
+/// Not cryptographic; fast and well distributed. Its own generator rather than SplitMix64
+/// itself because the stored regression seeds name schedules drawn by it.
 #[derive(Debug, Clone)]
 pub struct Rng {
     s: [u64; 4],
 }
 
-/// The SplitMix64 step: spreads any seed (0, 1, 2, ...) over the whole state space.
-fn splitmix(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 impl Rng {
-    /// A generator for `seed`.
+    /// A generator for `seed`: its state is the first four draws of the project's SplitMix64
+    /// ([`conflict::rng`]), which spreads any seed (0, 1, 2, ...) over the whole state space.
     pub fn new(seed: u64) -> Self {
-        let mut sm = seed;
+        let mut sm = SplitMix64::new(seed);
         Rng {
-            s: [
-                splitmix(&mut sm),
-                splitmix(&mut sm),
-                splitmix(&mut sm),
-                splitmix(&mut sm),
-            ],
+            s: [sm.next_u64(), sm.next_u64(), sm.next_u64(), sm.next_u64()],
         }
     }
 
     /// An independent generator for one concern (network, workload, faults...) of `seed`, so
     /// that drawing one more number for one concern does not reshuffle every other.
     pub fn stream(seed: u64, stream: u64) -> Self {
-        let mut sm = seed ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03);
-        Rng::new(splitmix(&mut sm))
+        Rng::new(SplitMix64::new(seed ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03)).next_u64())
     }
 
     /// The next 64 random bits.

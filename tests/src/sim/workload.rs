@@ -124,10 +124,7 @@ impl World {
     /// unbounded read waits on a hot key went unseen); a state older than the last write this
     /// region acknowledged to the key fails the run (`stale-read`).
     fn read_state(&mut self, r: usize, slot: &Slot) -> Result<KeyState, Failure> {
-        let m = self.regions[r]
-            .replica
-            .as_ref()
-            .expect("callers check alive");
+        let m = self.regions[r].machine().expect("callers check alive");
         let state = m.read(&slot.0, &slot.1).cloned().unwrap_or_default();
         if let Some(dot) = self.last_acked.get(&(r, slot.clone()))
             && !state.context.covers(dot)

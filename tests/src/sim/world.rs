@@ -1,13 +1,20 @@
 //! The world: regions, the event queue, and the loop that hands events to the machines and
 //! performs their effects, as `leader::node` does; plus crashes, restarts, clock jumps and
 //! the end of a run (healing, quiescence, final oracles).
+//!
+//! # Why one file of about 1,000 lines
+//! The event loop, what each scheduled event does, crashes and restarts, and the end of a run
+//! all change the same `World` and read best in the order a run happens; the transport
+//! (`net`), the clients (`workload`) and the oracles (`checks`) are already apart, and the
+//! effects themselves are the test kit's (`Node::perform`).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use conflict::examples::Counter;
-use conflict::{Dot, Registry, ReplicaId, Seq, VersionVector};
-use leader_core::{Effect, Event, Options, PersistBatch, Replica, Time};
+use conflict::{Dot, Registry, ReplicaId, VersionVector};
+use leader_core::testkit::{Disk, DiskLimits, Node, Outgoing};
+use leader_core::{Effect, Event, Options, Replica, Time};
 
 use super::net::Net;
 use super::params::{Doom, MAX_CLOCK_OFFSET_MS, Params, REGION_NAMES};
@@ -17,7 +24,6 @@ use super::trace::Trace;
 use super::truth::{Broken, Slot, TableKind, Truth};
 use super::workload::{Deferred, OpRec};
 use super::{Failure, Outcome, Rollout, RunOptions, Sabotage};
-use leader_core::testkit::{Disk, DiskLimits};
 
 /// Wall-clock time at virtual time zero (Unix ms, November 2023).
 pub(super) const BASE_WALL_MS: i64 = 1_700_000_000_000;
@@ -61,22 +67,22 @@ impl conflict::Resolver for CounterV2 {
     }
 }
 
-/// One region: its machine (while its process lives), its disk, its clock.
+/// One region: its process (the kit's [`Node`]: machine, disk, persists in flight), whether
+/// it lives, its clock.
 pub(super) struct Region {
     pub(super) name: String,
     pub(super) id: ReplicaId,
     pub(super) opts: Options,
-    /// The machine; `None` while crashed.
-    pub(super) replica: Option<Replica>,
+    /// The process and its disk. The machine is only used while [`Region::up`].
+    pub(super) node: Node,
+    /// The process lives (false from a crash to the next start).
+    pub(super) up: bool,
     /// Incarnation: bumped at every crash, so events of a dead process are ignored.
     pub(super) inc: u64,
     /// Virtual time the current process started (its monotonic clock's zero).
     pub(super) boot_ms: u64,
-    pub(super) disk: Disk,
     pub(super) offset_ms: i64,
     pub(super) drift_ppm: i64,
-    /// The persist in flight (the machine promises at most one).
-    pub(super) persisting: Option<PersistBatch>,
     pub(super) tick_gen: u64,
     pub(super) tick_at: Option<u64>,
     /// Lost for good.
@@ -95,7 +101,17 @@ pub(super) struct Region {
 
 impl Region {
     pub(super) fn alive(&self) -> bool {
-        self.replica.is_some()
+        self.up
+    }
+
+    /// The machine of the live process.
+    pub(super) fn machine(&self) -> Option<&Replica> {
+        self.up.then_some(&self.node.replica)
+    }
+
+    /// The disk (it outlives every process).
+    pub(super) fn disk(&self) -> &Disk {
+        &self.node.disk
     }
 }
 
@@ -111,15 +127,12 @@ pub(super) enum Ev {
         inc: u64,
         id: u64,
     },
+    /// The answer to a log read of process `inc` of region `r`, served by the kit's
+    /// interpreter from the disk when it was asked, handed to the machine a little later.
     LogRead {
         r: usize,
         inc: u64,
-        peer: String,
-        conn: u64,
-        origin: ReplicaId,
-        from: Seq,
-        to: Seq,
-        max_bytes: usize,
+        ev: Event,
     },
     Tick {
         r: usize,
@@ -270,13 +283,15 @@ impl World {
                 name: REGION_NAMES[r].to_owned(),
                 id: ReplicaId::from_u128(p.replica_ids[r]),
                 opts: options(&p, r),
-                replica: None,
+                // Down until `boot` starts it; an empty disk always builds.
+                node: Node::start(options(&p, r), &registry, Disk::with_limits(disk_limits[r]))
+                    .expect("the registry covers the simulated tables")
+                    .0,
+                up: false,
                 inc: 0,
                 boot_ms: 0,
-                disk: Disk::with_limits(disk_limits[r]),
                 offset_ms: p.clocks[r].0,
                 drift_ppm: p.clocks[r].1,
-                persisting: None,
                 tick_gen: 0,
                 tick_at: None,
                 doomed: false,
@@ -419,41 +434,48 @@ impl World {
 
     /// The resolvers region `r`'s configuration registers.
     pub(super) fn registry_of(&self, r: usize) -> &Registry {
-        let upgraded = self.opts.rollout == Some(Rollout::UpgradeResolver);
-        if self.regions[r].reconfigured && upgraded {
+        if self.upgraded(r) {
             &self.registry_v2
         } else {
             &self.registry
         }
     }
 
+    /// Whether region `r` runs [`Rollout::UpgradeResolver`]'s new configuration.
+    fn upgraded(&self, r: usize) -> bool {
+        self.regions[r].reconfigured && self.opts.rollout == Some(Rollout::UpgradeResolver)
+    }
+
     /// Builds region `r`'s machine from its disk.
     fn start_process(&mut self, r: usize) -> Result<(), Failure> {
         // As `leader::node` does: the checkpointed key states, the log after the checkpoint
         // replayed in chunks, then the quarantined writes this configuration accepts.
-        let mut disk = std::mem::take(&mut self.regions[r].disk);
-        let recovered = disk.recover(self.regions[r].opts.clone(), self.registry_of(r));
-        self.regions[r].disk = disk;
-        let (replica, recovery) = recovered.map_err(|e| Failure {
-            oracle: "build",
-            detail: e.to_string(),
-            at_ms: self.now,
-        })?;
+        let opts = self.regions[r].opts.clone();
+        let registry = if self.upgraded(r) {
+            &self.registry_v2
+        } else {
+            &self.registry
+        };
+        let recovery = self.regions[r]
+            .node
+            .recover(opts, registry)
+            .map_err(|e| Failure {
+                oracle: "build",
+                detail: e.to_string(),
+                at_ms: self.now,
+            })?;
         if recovery.replayed > 0 {
             self.faults.replays += 1;
             self.faults.replayed_entries += recovery.replayed;
         }
         let g = &mut self.regions[r];
-        g.replica = Some(replica);
+        g.up = true;
         if self.opts.sabotage == Some(Sabotage::WallClockLww) {
-            g.replica
-                .as_mut()
-                .expect("just built")
-                .unsafe_stamp_with_wall_clock();
+            g.node.replica.unsafe_stamp_with_wall_clock();
         }
         g.boot_ms = self.now;
-        g.seen_applied = g.disk.applied.clone();
-        g.seen_received = g.disk.applied.clone();
+        g.seen_applied = g.node.disk.applied.clone();
+        g.seen_received = g.node.disk.applied.clone();
         g.tick_at = None;
         Ok(())
     }
@@ -482,28 +504,12 @@ impl World {
             Ev::Op(r) => self.client_op(r),
             Ev::OpWrite(token) => self.deferred_write(token),
             Ev::Persisted { r, inc, id } => self.persisted(r, inc, id),
-            Ev::LogRead {
-                r,
-                inc,
-                peer,
-                conn,
-                origin,
-                from,
-                to,
-                max_bytes,
-            } => {
+            Ev::LogRead { r, inc, ev } => {
                 if self.regions[r].inc != inc || !self.alive(r) {
                     return Ok(());
                 }
                 self.regions[r].reads_out -= 1;
                 self.work.log_reads += 1;
-                let entries = self.regions[r].disk.read_log(origin, from, to, max_bytes);
-                let ev = Event::LogRead {
-                    peer,
-                    conn,
-                    origin,
-                    entries,
-                };
                 self.handle(r, ev)
             }
             Ev::Tick { r, generation } => {
@@ -561,10 +567,8 @@ impl World {
         };
         let mut out = Vec::new();
         let own = self.regions[r].id;
-        let m = self.regions[r]
-            .replica
-            .as_mut()
-            .expect("events are only handed to live regions");
+        assert!(self.alive(r), "events are only handed to live regions");
+        let m = &mut self.regions[r].node.replica;
         let taken_before = m.received().get(own);
         m.handle(time, ev, &mut out);
         let taken = m.received().get(own);
@@ -573,12 +577,7 @@ impl World {
         }
         self.took_dots(r, taken_before, taken)?;
         if let Some((peer, conn)) = early_ack {
-            let applied = self.regions[r]
-                .replica
-                .as_ref()
-                .expect("still alive")
-                .received()
-                .clone();
+            let applied = self.regions[r].node.replica.received().clone();
             let msg = leader_core::PeerMsg::Ack(leader_core::msg::Ack { applied });
             self.send(r, &peer, conn, msg)?;
         }
@@ -595,7 +594,7 @@ impl World {
     fn schedule_tick(&mut self, r: usize) -> Result<(), Failure> {
         let now = self.now;
         let g = &self.regions[r];
-        let Some(replica) = &g.replica else {
+        let Some(replica) = g.machine() else {
             return Ok(());
         };
         let at = match replica.poll_timeout().map(|mono| mono + g.boot_ms) {
@@ -638,60 +637,66 @@ impl World {
             );
             self.trace.line(line);
         }
-        match effect {
-            Effect::Persist(batch) => self.persist(r, batch),
-            Effect::Send { peer, conn, msg } => self.send(r, &peer, conn, msg),
+        let persist = matches!(effect, Effect::Persist(_));
+        let out = self.regions[r].node.perform(effect);
+        self.take_answers(r)?;
+        if persist {
+            return self.persist(r);
+        }
+        match out {
+            None => Ok(()),
+            Some(Outgoing::Send { peer, conn, msg }) => self.send(r, &peer, conn, msg),
             // As in production (`leader::node` closes the QUIC connection): the connection
             // ends, both ends get `PeerDown`, and the pair redials after a backoff.
-            Effect::Close { peer, conn, .. } => {
+            Some(Outgoing::Close { peer, conn, .. }) => {
                 let q = self.index_of(&peer);
                 if self.current_conn(r, q) == Some(conn) {
                     self.kill(conn)?;
                 }
                 Ok(())
             }
-            Effect::ReadLog {
-                peer,
-                conn,
-                origin,
-                from,
-                to,
-                max_bytes,
-            } => {
+            // A log read, served from the disk now; its answer reaches the machine later.
+            Some(Outgoing::Again(ev)) => {
                 let at = self.now + self.rng_disk.range(0, 5);
                 let g = &mut self.regions[r];
                 g.reads_out += 1;
                 let inc = g.inc;
-                self.push(
-                    at,
-                    Ev::LogRead {
-                        r,
-                        inc,
-                        peer,
-                        conn,
-                        origin,
-                        from,
-                        to,
-                        max_bytes,
-                    },
-                );
+                self.push(at, Ev::LogRead { r, inc, ev });
                 Ok(())
             }
-            Effect::Reply { id, result } => self.on_reply(r, id, result),
-            // The workload sends no `ClientWait`; nothing waits for this answer.
-            Effect::Waited { .. } => Ok(()),
-            Effect::Alarm(alarm) => self.on_alarm(r, alarm),
         }
     }
 
-    fn persist(&mut self, r: usize, batch: PersistBatch) -> Result<(), Failure> {
-        if let Some(out) = &self.regions[r].persisting {
+    /// Checks the replies and alarms the interpreter just recorded for region `r`.
+    fn take_answers(&mut self, r: usize) -> Result<(), Failure> {
+        let node = &mut self.regions[r].node;
+        let (replies, alarms) = (
+            std::mem::take(&mut node.replies),
+            std::mem::take(&mut node.alarms),
+        );
+        // The workload sends no `ClientWait`; nothing waits for a `Waited` answer.
+        node.waited.clear();
+        for (id, result) in replies {
+            self.on_reply(r, id, result)?;
+        }
+        for alarm in alarms {
+            self.on_alarm(r, alarm)?;
+        }
+        Ok(())
+    }
+
+    /// Schedules the completion of the persist the interpreter just queued, after a random
+    /// fsync latency. The machine promises at most one persist outstanding.
+    fn persist(&mut self, r: usize) -> Result<(), Failure> {
+        let persisting = &self.regions[r].node.persisting;
+        if let [out, batch, ..] = persisting.as_slices().0 {
             let detail = format!(
                 "{} issued persist {} while persist {} is still outstanding",
                 self.regions[r].name, batch.id, out.id
             );
             return Err(self.fail(("persist-contract", detail)));
         }
+        let id = persisting.back().expect("the interpreter queued it").id;
         let (lo, hi) = self.p.fsync_ms;
         let (p_slow, slow_lo, slow_hi) = self.p.fsync_slow;
         let latency = if self.rng_disk.chance(p_slow) {
@@ -700,9 +705,7 @@ impl World {
         } else {
             self.rng_disk.range(lo, hi)
         };
-        let g = &mut self.regions[r];
-        let (inc, id) = (g.inc, batch.id);
-        g.persisting = Some(batch);
+        let inc = self.regions[r].inc;
         self.push(self.now + latency, Ev::Persisted { r, inc, id });
         Ok(())
     }
@@ -711,14 +714,20 @@ impl World {
         if self.regions[r].inc != inc || !self.alive(r) {
             return Ok(()); // the process died before its fsync completed: the batch is lost
         }
-        let batch = match self.regions[r].persisting.take() {
-            Some(b) if b.id == id => b,
-            other => {
-                let detail = format!("persist {id} completed but {other:?} was outstanding");
-                return Err(self.fail(("persist-contract", detail)));
-            }
-        };
-        self.commit(r, &batch)?;
+        let node = &mut self.regions[r].node;
+        if node.persisting.front().is_none_or(|b| b.id != id) {
+            let detail = format!(
+                "persist {id} completed but {:?} was outstanding",
+                node.persisting.front()
+            );
+            return Err(self.fail(("persist-contract", detail)));
+        }
+        let committed = node.commit_persist().expect("checked above");
+        let (batch, checkpoint) = committed.map_err(|d| {
+            let detail = format!("{}: {d}", self.regions[r].name);
+            self.fail(("disk", detail))
+        })?;
+        self.committed(r, &batch, checkpoint)?;
         self.work.persists += 1;
         self.handle(r, Event::Persisted { id })
     }
@@ -726,7 +735,7 @@ impl World {
     /// Adds the machine's counters of region `r`'s current process to the run's figures
     /// (called before a process dies and at the end).
     fn count_machine(&mut self, r: usize) {
-        if let Some(replica) = &self.regions[r].replica {
+        if let Some(replica) = self.regions[r].machine() {
             let c = replica.counters();
             self.work.conflicts += c.conflicts;
             self.work.resyncs += c.resyncs;
@@ -743,10 +752,9 @@ impl World {
     pub(super) fn crash(&mut self, r: usize) {
         self.count_machine(r);
         let g = &mut self.regions[r];
-        g.replica = None;
-        g.disk.crash();
+        g.up = false;
+        g.node.crash();
         g.inc += 1;
-        g.persisting = None;
         g.reads_out = 0;
         g.tick_gen += 1;
         g.tick_at = None;

@@ -1,4 +1,9 @@
 //! The phases of a run, the 250 ms sampler behind the chart, and the final checks.
+//!
+//! # Why one file of about 1,000 lines
+//! The phases are methods of one `Bench` run that share its clients, figures and deadlines, and
+//! read as the run's script in order (warm-up, load, partition, heal, checks); the sampler and
+//! the figures it derives are the chart's half of the same run. About 140 lines are its tests.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use conflict::rng::SplitMix64 as Rng;
 use hdrhistogram::Histogram;
 use leader::api::{DURABILITY_HEADER, TIMEOUT_HEADER};
 
@@ -33,31 +34,6 @@ const LATENCY_US_MAX: u64 = 3_600_000_000;
 pub(crate) fn histogram() -> Histogram<u64> {
     // 1 µs .. 1 h at 3 significant figures is a valid histogram configuration.
     Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).expect("valid histogram bounds")
-}
-
-/// SplitMix64: a small, fast, seedable generator; good enough to draw keys and operations.
-#[derive(Debug, Clone)]
-pub(crate) struct Rng(u64);
-
-impl Rng {
-    /// A generator from `seed`.
-    pub(crate) fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-
-    /// The next 64 random bits.
-    pub(crate) fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A uniform draw from `[0, 1)`.
-    pub(crate) fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
 }
 
 /// The Zipfian distribution over `0..n` of YCSB (Gray et al., "Quickly generating

@@ -37,6 +37,10 @@
 //! - The partitions fired: the impairment layers dropped packets on blocked links.
 //!
 //! Waits poll with deadlines that only matter on failure; nothing is retried.
+//!
+//! # Why one file of about 900 lines
+//! The schedule, its generator and the run that plays it against real processes belong
+//! together: a seed means a schedule only through all three.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -45,7 +49,7 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{Cluster, applied, highest_acked, http_client, status};
 use crate::load;
-use crate::rng::Rng;
+use conflict::rng::SplitMix64 as Rng;
 use serde_json::Value as Json;
 use tokio::task::JoinSet;
 
@@ -209,7 +213,7 @@ fn plan(seed: u64) -> Vec<(Duration, Step)> {
         let mut deliberate = false;
         for _ in 0..n {
             let options = faults.options();
-            let mut step = options[rng.below(options.len() as u64) as usize];
+            let mut step = *rng.pick(&options);
             // The first kill that can be one is; later ones half of the time.
             if let Step::Kill(r) = step
                 && faults.reaches_a_peer(r)
@@ -272,16 +276,9 @@ async fn put(
             format!("{api}/v1/kv/default/{key}?durability=one&timeout_ms={one_timeout_ms}")
         }
     };
-    let resp = match client.put(url).body(value.to_owned()).send().await {
-        Ok(resp) => resp,
-        Err(e) if e.is_connect() => return Put::Refused,
-        Err(_) => return Put::Unanswered,
-    };
-    let code = resp.status().as_u16();
-    // A reply whose body cannot be read carries no dot; it counts as unanswered (the stricter
-    // choice: it is then not required to be present).
-    let Ok(body) = resp.json::<Json>().await else {
-        return Put::Unanswered;
+    let (code, body) = match load::send_json(client.put(url).body(value.to_owned())).await {
+        Ok((code, body)) => (code.as_u16(), body),
+        Err(put) => return put,
     };
     let waited = durability == Durability::One;
     if !(code == 200 || (code == 202 && waited)) {

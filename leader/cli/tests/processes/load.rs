@@ -22,6 +22,30 @@ pub(crate) enum Put<A> {
     Rejected(String),
 }
 
+/// Sends one write: a refused connection (the region is down) or a reply that never came is
+/// already the write's [`Put`]; otherwise the reply.
+pub(crate) async fn send<A>(req: reqwest::RequestBuilder) -> Result<reqwest::Response, Put<A>> {
+    match req.send().await {
+        Ok(resp) => Ok(resp),
+        Err(e) if e.is_connect() => Err(Put::Refused),
+        Err(_) => Err(Put::Unanswered),
+    }
+}
+
+/// [`send`], then the reply's status and JSON body. A reply whose body cannot be read carries
+/// no dot; it counts as unanswered (the stricter choice: the write is then not required to be
+/// present).
+pub(crate) async fn send_json<A>(
+    req: reqwest::RequestBuilder,
+) -> Result<(reqwest::StatusCode, serde_json::Value), Put<A>> {
+    let resp = send(req).await?;
+    let code = resp.status();
+    match resp.json().await {
+        Ok(body) => Ok((code, body)),
+        Err(_) => Err(Put::Unanswered),
+    }
+}
+
 /// What happened to the writes sent to one region.
 #[derive(Debug)]
 pub(crate) struct Outcomes<A> {

@@ -4,7 +4,6 @@
 
 mod harness;
 mod load;
-mod rng;
 
 mod bench_cli;
 mod chaos;

@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{Cluster, applied, highest_acked, http_client, status};
 use crate::load;
-use serde_json::Value as Json;
 use tokio::task::JoinSet;
 
 const REGIONS: [&str; 3] = ["us-east", "eu-west", "ap-south"];
@@ -63,21 +62,12 @@ type Put = load::Put<Ack>;
 type Load = load::Load<Ack>;
 
 async fn put(client: &reqwest::Client, api: &str, key: &str, value: &str) -> Put {
-    let sent = client
+    let req = client
         .put(format!("{api}/v1/kv/default/{key}"))
-        .body(value.to_owned())
-        .send()
-        .await;
-    let resp = match sent {
-        Ok(resp) => resp,
-        Err(e) if e.is_connect() => return Put::Refused,
-        Err(_) => return Put::Unanswered,
-    };
-    let code = resp.status();
-    // A 200 whose body cannot be read carries no dot; it is counted as unanswered (the
-    // stricter choice: it is then not required to be present).
-    let Ok(body) = resp.json::<Json>().await else {
-        return Put::Unanswered;
+        .body(value.to_owned());
+    let (code, body) = match load::send_json(req).await {
+        Ok(reply) => reply,
+        Err(put) => return put,
     };
     if !code.is_success() {
         return Put::Rejected(format!("{code}: {body}"));

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{Cluster, http_client, status};
 use crate::load;
-use crate::rng::Rng;
+use conflict::rng::SplitMix64 as Rng;
 use leader::status::{Counters, LinkChange};
 
 const REGIONS: [&str; 3] = ["us-east", "eu-west", "ap-south"];
@@ -54,15 +54,12 @@ const START_BOUND: Duration = Duration::from_secs(20);
 const FAILED_WRITE_PAUSE: Duration = Duration::from_millis(10);
 
 async fn put(client: &reqwest::Client, api: &str, key: &str, value: &str) -> load::Put<()> {
-    let resp = match client
+    let req = client
         .put(format!("{api}/v1/kv/default/{key}"))
-        .body(value.to_owned())
-        .send()
-        .await
-    {
+        .body(value.to_owned());
+    let resp = match load::send(req).await {
         Ok(resp) => resp,
-        Err(e) if e.is_connect() => return load::Put::Refused,
-        Err(_) => return load::Put::Unanswered,
+        Err(put) => return put,
     };
     if resp.status().is_success() {
         load::Put::Acked(())

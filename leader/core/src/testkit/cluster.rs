@@ -13,8 +13,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use conflict::{Registry, ReplicaId, Resolved, Value};
 
 use super::Disk;
+use super::disk::Recovery;
 use crate::{
-    Alarm, Batch, Durability, Effect, Event, LogEntry, Options, PeerMsg, PersistBatch, Recovered,
+    Alarm, Batch, BuildError, Durability, Effect, Event, LogEntry, Options, PeerMsg, PersistBatch,
     Replica, Time, WriteError, WriteReceipt,
 };
 
@@ -72,13 +73,24 @@ pub struct Node {
 impl Node {
     /// A process on an empty disk.
     pub fn new(opts: Options, registry: &Registry) -> Node {
-        let id = opts.replica;
-        let replica = Replica::new(opts, registry, Recovered::default())
+        let (node, _) = Node::start(opts, registry, Disk::default())
             .expect("the registry covers the tables of a test's options");
-        Node {
+        node
+    }
+
+    /// A process started on `disk` as a start does ([`Disk::recover`]): the machine from the
+    /// checkpointed key states and the replayed log.
+    pub fn start(
+        opts: Options,
+        registry: &Registry,
+        mut disk: Disk,
+    ) -> Result<(Node, Recovery), BuildError> {
+        let id = opts.replica;
+        let (replica, recovery) = disk.recover(opts, registry)?;
+        let node = Node {
             replica,
             id,
-            disk: Disk::default(),
+            disk,
             persisting: VecDeque::new(),
             checkpoints: Vec::new(),
             replies: Vec::new(),
@@ -86,7 +98,8 @@ impl Node {
             alarms: Vec::new(),
             closed: Vec::new(),
             log_reads: 0,
-        }
+        };
+        Ok((node, recovery))
     }
 
     /// Performs one effect as `leader::node` does; returns what the network (or the machine
@@ -134,27 +147,45 @@ impl Node {
         }
     }
 
-    /// Completes the oldest outstanding persist: commits it to the disk and returns the
-    /// `Persisted` event to hand to the machine. Panics if the disk refuses the batch (the
-    /// machine asked for something inconsistent).
-    pub fn complete_persist(&mut self) -> Option<Event> {
+    /// Commits the oldest outstanding persist to the disk ([`Disk::commit`]): the batch and
+    /// whether it was a checkpoint, or why the disk refused it (the machine asked for
+    /// something inconsistent; nothing is written then).
+    pub fn commit_persist(&mut self) -> Option<Result<(PersistBatch, bool), String>> {
         let batch = self.persisting.pop_front()?;
         self.checkpoints.push(batch.checkpoint);
-        if let Err(e) = self.disk.commit(&batch, self.id) {
-            panic!("the disk refuses batch {}: {e}", batch.id);
-        }
+        Some(match self.disk.commit(&batch, self.id) {
+            Ok(checkpoint) => Ok((batch, checkpoint)),
+            Err(e) => Err(format!("the disk refuses batch {}: {e}", batch.id)),
+        })
+    }
+
+    /// Completes the oldest outstanding persist: commits it to the disk and returns the
+    /// `Persisted` event to hand to the machine. Panics if the disk refuses the batch.
+    pub fn complete_persist(&mut self) -> Option<Event> {
+        let (batch, _) = self.commit_persist()?.unwrap_or_else(|e| panic!("{e}"));
         Some(Event::Persisted { id: batch.id })
     }
 
-    /// Restarts the process: memory, persists in flight and kept-back key states are lost;
-    /// the machine is rebuilt from the disk ([`Disk::recover`]).
-    pub fn restart(&mut self, opts: Options, registry: &Registry) {
+    /// The process dies: its persists in flight and the key states it kept back are lost
+    /// (the disk keeps the rest). [`Node::replica`] is the dead process's until
+    /// [`Node::recover`].
+    pub fn crash(&mut self) {
         self.persisting.clear();
-        let (replica, _) = self
-            .disk
-            .recover(opts, registry)
-            .expect("the registry covers the tables of a test's options");
+        self.disk.crash();
+    }
+
+    /// Starts a new process on the disk after a [`Node::crash`] ([`Disk::recover`]).
+    pub fn recover(&mut self, opts: Options, registry: &Registry) -> Result<Recovery, BuildError> {
+        let (replica, recovery) = self.disk.recover(opts, registry)?;
         self.replica = replica;
+        Ok(recovery)
+    }
+
+    /// Restarts the process: a [`Node::crash`], then [`Node::recover`].
+    pub fn restart(&mut self, opts: Options, registry: &Registry) {
+        self.crash();
+        self.recover(opts, registry)
+            .expect("the registry covers the tables of a test's options");
     }
 }
 

@@ -1,7 +1,7 @@
 //! A region's disk as `leader::storage::Store` keeps it, in memory: exactly what a crash
 //! leaves behind, and the recovery a restart performs.
 //!
-//! What it models, after `leader/src/storage.rs` (module docs "Key states are checkpointed,
+//! What it models, after `leader/src/storage/mod.rs` (module docs "Key states are checkpointed,
 //! the log is the record" and "Quarantined writes are recorded"):
 //! - every commit writes the batch's log entries, applied vector, counters, peers, replica
 //!   names and quarantine records (added by the batch that logs the write, removed by the one
@@ -49,7 +49,7 @@ pub struct DiskLimits {
 impl Default for DiskLimits {
     fn default() -> Self {
         DiskLimits {
-            checkpoint_keys: 4096,
+            checkpoint_keys: 65_536,
             checkpoint_entries: 65_536,
             checkpoint_bytes: 64 * 1024 * 1024,
             replay_chunk_bytes: 8 * 1024 * 1024,
@@ -84,6 +84,9 @@ pub struct Disk {
     pub keys_applied: VersionVector,
     /// The log of every origin, by (origin, seq).
     pub log: BTreeMap<(ReplicaId, Seq), LogEntry>,
+    /// The log's entries in the order they were committed (origins interleaved, as the
+    /// segmented log's records hold them): the order a replay hands them over in.
+    committed: Vec<(ReplicaId, Seq)>,
     /// Replica ids learned, with their regions.
     pub replicas: BTreeMap<ReplicaId, String>,
     /// Peers' acknowledged vectors.
@@ -108,16 +111,6 @@ pub struct Recovery {
     pub released: u64,
 }
 
-/// Estimated memory of a key state, as `leader::storage` estimates it (`state_bytes`).
-fn state_bytes(state: &KeyState) -> usize {
-    let values: usize = state
-        .siblings
-        .iter()
-        .map(|s| 48 + s.value.as_bytes().map_or(0, <[u8]>::len))
-        .sum();
-    64 + values + 24 * state.context.len()
-}
-
 impl Disk {
     /// An empty disk with these bounds.
     pub fn with_limits(limits: DiskLimits) -> Self {
@@ -136,12 +129,12 @@ impl Disk {
         kept.entries += b.log.len();
         kept.entry_bytes += b.log.iter().map(LogEntry::wire_size).sum::<usize>();
         for (table, key, state) in &b.keys {
-            kept.key_bytes += state_bytes(state);
+            kept.key_bytes += state.estimated_bytes();
             if let Some(old) = kept
                 .keys
                 .insert((table.clone(), key.clone()), state.clone())
             {
-                kept.key_bytes -= state_bytes(&old);
+                kept.key_bytes -= old.estimated_bytes();
             }
         }
         let l = &self.limits;
@@ -157,6 +150,7 @@ impl Disk {
         }
         for e in &b.log {
             self.log.insert((e.write.dot.replica, e.seq()), e.clone());
+            self.committed.push((e.write.dot.replica, e.seq()));
         }
         self.applied = b.applied.clone();
         self.own_seq = b.own_seq;
@@ -212,8 +206,8 @@ impl Disk {
 
     /// A restart: the process's memory is gone ([`Disk::crash`]), and a new machine is built
     /// as `leader::node` builds it: [`Replica::new`] from [`Disk::recovered`], the log after
-    /// `keys_applied` replayed in chunks (`Store::replay`), then the quarantined writes this
-    /// configuration accepts read from the log (`Store::read_writes`) and replayed.
+    /// `keys_applied` replayed in chunks ([`Disk::replay`]), then the quarantined writes this
+    /// configuration accepts read from the log ([`Disk::read_writes`]) and replayed.
     pub fn recover(
         &mut self,
         opts: Options,
@@ -222,32 +216,45 @@ impl Disk {
         self.crash();
         let mut replica = Replica::new(opts, registry, self.recovered())?;
         let mut stats = Recovery::default();
-        let mut replay = Vec::new();
-        for (origin, last) in self.applied.iter() {
-            let from = self.keys_applied.get(origin).next();
-            if from <= last {
-                replay.extend(
-                    self.log
-                        .range((origin, from)..=(origin, last))
-                        .map(|(_, e)| e),
-                );
-            }
-        }
-        stats.replayed = replay.len() as u64;
-        for chunk in chunks(replay, self.limits.replay_chunk_bytes) {
+        stats.replayed = self.replay(|chunk| {
             stats.chunks += 1;
             replica.replay(chunk);
-        }
-        let release: Vec<&LogEntry> = replica
-            .to_release()
+        });
+        let release = replica.to_release();
+        stats.released = self.read_writes(&release, |chunk| replica.replay(chunk));
+        Ok((replica, stats))
+    }
+
+    /// What `Store::replay` hands over after a start: the log entries the checkpointed key
+    /// states do not reflect (after `keys_applied`), in the order they were committed (so each
+    /// origin's in sequence order), in chunks of at most [`DiskLimits::replay_chunk_bytes`]
+    /// (a larger entry comes alone). Returns how many.
+    pub fn replay(&self, apply: impl FnMut(Vec<LogEntry>)) -> u64 {
+        let replay = self
+            .committed
+            .iter()
+            .filter(|(origin, seq)| *seq > self.keys_applied.get(*origin))
+            .map(|key| &self.log[key])
+            .collect();
+        self.chunked(replay, apply)
+    }
+
+    /// What `Store::read_writes` hands over: the logged writes `dots` (one missing from the
+    /// log is skipped), in chunks as [`Disk::replay`]'s. Returns how many.
+    pub fn read_writes(&self, dots: &[Dot], apply: impl FnMut(Vec<LogEntry>)) -> u64 {
+        let writes = dots
             .iter()
             .filter_map(|d| self.log.get(&(d.replica, d.seq)))
             .collect();
-        stats.released = release.len() as u64;
-        for chunk in chunks(release, self.limits.replay_chunk_bytes) {
-            replica.replay(chunk);
+        self.chunked(writes, apply)
+    }
+
+    fn chunked(&self, entries: Vec<&LogEntry>, mut apply: impl FnMut(Vec<LogEntry>)) -> u64 {
+        let count = entries.len() as u64;
+        for chunk in chunks(entries, self.limits.replay_chunk_bytes) {
+            apply(chunk);
         }
-        Ok((replica, stats))
+        count
     }
 
     /// Serves [`Effect::ReadLog`](crate::Effect::ReadLog) by the one rule,

@@ -8,6 +8,7 @@
 //!   quarantine records, key states written back only at checkpoints, and a crash followed
 //!   by the recovery that `Store::open` + `Store::replay` + `Node` perform ([`Disk::recover`]).
 //! - [`read_log`][read_log()]: the one rule for serving [`Effect::ReadLog`](crate::Effect::ReadLog).
+//! - [`options`]: the options of a test region, with bounds small enough to reach.
 //! - [`cluster`][mod@cluster]: [`Node`] (one region's process: machine, disk, what its effects left to do)
 //!   with the one interpreter of effects ([`Node::perform`]), and [`Cluster`], regions on an
 //!   in-memory network whose connections close on [`Effect::Close`](crate::Effect::Close), as
@@ -20,12 +21,12 @@ use std::collections::BTreeMap;
 
 use conflict::{ReplicaId, Seq};
 
-use crate::LogEntry;
 #[cfg(doc)]
 use crate::Replica;
+use crate::{LogEntry, Options};
 
 pub use cluster::{Cluster, Node, Outgoing};
-pub use disk::{Disk, DiskLimits};
+pub use disk::{Disk, DiskLimits, Recovery};
 
 /// Serves a log read as `leader::storage::Store::read_log` does, exactly: `origin`'s
 /// entries from `from` to `to` inclusive, in order, each one taken *before* the budget is
@@ -52,4 +53,30 @@ pub fn read_log(
         }
     }
     out
+}
+
+/// The options of a test region: `region` with replica id `replica` and these peers, cluster
+/// `test`, tables `default` (`lww`) and `mv` (`multi-value`), and bounds small enough for a
+/// test to reach with a few writes (a 4 KiB window, 1 KiB batches, 4 siblings, a tail of
+/// 1,600 bytes). Tests change what they need with struct update syntax.
+pub fn options(region: &str, replica: ReplicaId, peers: &[&str]) -> Options {
+    Options {
+        cluster: "test".into(),
+        region: region.into(),
+        replica,
+        peers: peers.iter().map(|p| (*p).to_owned()).collect(),
+        tables: BTreeMap::from([
+            ("default".to_owned(), "lww".to_owned()),
+            ("mv".to_owned(), "multi-value".to_owned()),
+        ]),
+        max_clock_offset_ms: 500,
+        relay_delay_ms: 1000,
+        heartbeat_interval_ms: 500,
+        peer_window_bytes: 4096,
+        max_batch_bytes: 1024,
+        max_siblings: 4,
+        conflict_log_capacity: 100,
+        log_tail_bytes: 8 * 200,
+        pace_lag_writes: 0,
+    }
 }

@@ -5,7 +5,6 @@
 //!   a "solo" cluster), their reads, writes, status and faults, and [`Cluster::wait_converged`].
 //! - [`logs`]: the binary's one tracing subscriber, and the capture of a test's warnings by
 //!   the names of its runtime's threads.
-//! - [`rng`]: the one seeded generator for generated inputs (a failing seed replays exactly).
 //!
 //! # How tests wait
 //! Never by sleeping and then asserting: [`wait_until`] polls a condition every [`POLL`] until
@@ -15,7 +14,6 @@
 
 mod cluster;
 pub(crate) mod logs;
-pub(crate) mod rng;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

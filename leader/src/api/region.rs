@@ -1,0 +1,123 @@
+//! The region's own routes: `GET /v1/conflicts` (the conflict log, paged), `/v1/status`,
+//! `/v1/status/digest` and `/metrics`.
+
+use std::collections::BTreeMap;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use conflict::ReplicaId;
+use serde::Deserialize;
+
+use crate::status::{ConflictPage, ConflictWrite, Digest, LoggedConflict, Status};
+
+use super::{ApiError, AppState, bad_query};
+
+#[derive(Debug, Deserialize)]
+pub(super) struct ConflictParams {
+    table: Option<String>,
+    limit: Option<usize>,
+    before: Option<u64>,
+}
+
+/// Most conflicts one page returns.
+const MAX_CONFLICT_PAGE: usize = 1000;
+
+pub(super) async fn conflicts(
+    State(s): State<AppState>,
+    params: Result<Query<ConflictParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(p) = params.map_err(bad_query)?;
+    let limit = p.limit.unwrap_or(50).min(MAX_CONFLICT_PAGE);
+    let regions = replica_regions(&s.node.status().await?);
+    let all = s.node.conflicts().await?;
+    let page: Vec<LoggedConflict> = all
+        .iter()
+        .rev()
+        .filter(|c| p.before.is_none_or(|b| c.id < b))
+        .filter(|c| p.table.as_ref().is_none_or(|t| &c.table == t))
+        .take(limit)
+        .map(|c| LoggedConflict {
+            detected_ms: c.detected_ms,
+            id: c.id,
+            key: String::from_utf8_lossy(&c.key).into_owned(),
+            outcome: c.outcome.clone(),
+            resolver: c.resolver.clone(),
+            siblings: c
+                .siblings
+                .iter()
+                .map(|(dot, hlc, kept)| ConflictWrite {
+                    hlc: hlc.to_string(),
+                    kept: *kept,
+                    region: regions
+                        .get(&dot.replica)
+                        .cloned()
+                        .unwrap_or_else(|| "unknown".into()),
+                    replica: dot.replica,
+                    seq: dot.seq.0,
+                })
+                .collect(),
+            table: c.table.clone(),
+        })
+        .collect();
+    let next_before = page.last().map(|c| c.id);
+    let page = ConflictPage {
+        conflicts: page,
+        next_before,
+        total_logged: all.len() as u64,
+    };
+    Ok(axum::Json(page).into_response())
+}
+
+/// Region names by replica id (full UUID), for naming the writes in conflict records: this
+/// region, every peer whose hello named its replica, and every origin durably applied here.
+/// The applied vector alone is not enough: a conflict is logged when a peer's write is
+/// applied, before the fsync that makes it durable, and a read can come in between.
+fn replica_regions(status: &crate::snapshot::Status) -> BTreeMap<ReplicaId, String> {
+    let own = (status.replica, status.region.clone());
+    let peers = status
+        .peers
+        .iter()
+        .filter_map(|p| Some((p.replica?, p.region.clone())));
+    let applied = status
+        .applied
+        .iter()
+        .map(|(region, replica, _)| (*replica, region.clone()));
+    std::iter::once(own).chain(peers).chain(applied).collect()
+}
+
+pub(super) async fn status(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let st = s.node.status().await?;
+    Ok(axum::Json(Status::from(&st)).into_response())
+}
+
+/// The state digest, for convergence checks across regions (`meridian bench`). The applied
+/// vector is read just before the digest: compare digests once the vectors are equal.
+pub(super) async fn digest(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let st = s.node.status().await?;
+    let digest = s.node.digest().await?;
+    let doc = Digest {
+        applied: st
+            .applied
+            .iter()
+            .map(|(r, _, seq)| (r.clone(), *seq))
+            .collect(),
+        digest: digest.iter().map(|b| format!("{b:02x}")).collect(),
+        region: st.region,
+    };
+    Ok(axum::Json(doc).into_response())
+}
+
+pub(super) async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let st = s.node.status().await?;
+    let text = s.node.metrics.render(&st);
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
