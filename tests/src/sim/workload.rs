@@ -33,6 +33,9 @@ pub(super) struct OpRec {
     pub(super) durability: Durability,
     /// For a counter increment: the writer's own count after it.
     pub(super) counter_own: Option<u64>,
+    /// An addition made inside the machine ([`Event::ClientAdd`]): its value, and so
+    /// `counter_own`, are learnt from the write its reply names.
+    pub(super) add: bool,
     /// When the context it carries was read, for a read-modify-write.
     pub(super) read_ms: Option<u64>,
     /// When it was issued, and when it was answered (virtual ms).
@@ -186,11 +189,15 @@ impl World {
         )
     }
 
-    /// A counter increment: read the merged counter here, add one to this region's entry,
-    /// write it back with the context read.
+    /// A counter increment, half the time as a client does it (read the merged counter here,
+    /// add one to this region's entry, write it back with the context read), half the time
+    /// inside the machine ([`Event::ClientAdd`], Redis's `INCR`).
     fn increment(&mut self, r: usize) -> Result<(), Failure> {
         let key = self.pick_key();
         let slot = ("ctr".to_owned(), key);
+        if self.rng_work.below(2) == 0 {
+            return self.add(r, slot);
+        }
         let state = self.read_state(r, &slot)?;
         let current = match state.resolve(&Counter) {
             Resolved::Value(b) => Some(b),
@@ -210,6 +217,37 @@ impl World {
             Some(own),
             now,
         )
+    }
+
+    /// Hands region `r` an addition of one to the counter at `slot`, made inside the machine.
+    fn add(&mut self, r: usize, slot: Slot) -> Result<(), Failure> {
+        let durability = self.pick_durability();
+        let timeout_ms = self.rng_work.range(50, 3_000);
+        self.ops.push(OpRec {
+            region: r,
+            slot: slot.clone(),
+            // Learnt from the reply: the machine builds the value.
+            value: Value::Tombstone,
+            durability,
+            counter_own: None,
+            add: true,
+            read_ms: None,
+            issued_ms: self.now,
+            answered_ms: None,
+            outcome: OpOutcome::Pending,
+        });
+        let id = self.ops.len() as u64;
+        self.work.writes += 1;
+        self.regions[r].untaken.push_back((id, slot.clone()));
+        let ev = Event::ClientAdd {
+            id,
+            table: slot.0,
+            key: slot.1,
+            by: 1,
+            durability,
+            timeout_ms,
+        };
+        self.handle(r, ev)
     }
 
     fn pick_durability(&mut self) -> Durability {
@@ -239,6 +277,7 @@ impl World {
             value: value.clone(),
             durability,
             counter_own,
+            add: false,
             read_ms,
             issued_ms: self.now,
             answered_ms: None,
@@ -320,6 +359,9 @@ impl World {
             }
             Ok(receipt) => receipt,
         };
+        if self.ops[idx].add {
+            self.learn_addition(r, idx, &receipt)?;
+        }
         if self.opts.step_checks {
             self.check_receipt(r, idx, &receipt)?;
         }
@@ -339,6 +381,53 @@ impl World {
             *last = receipt.dot;
         }
         self.ops[idx].outcome = OpOutcome::Acked(receipt);
+        Ok(())
+    }
+
+    /// An acknowledged addition: its value is the write its dot names (the machine built it),
+    /// its total must be that value's, and the writer's own count in it is what the final
+    /// check holds the cluster to.
+    fn learn_addition(
+        &mut self,
+        r: usize,
+        idx: usize,
+        receipt: &WriteReceipt,
+    ) -> Result<(), Failure> {
+        let written = self.truth.get(&receipt.dot).map(|(_, w)| w.value.clone());
+        let Some(Value::Bytes(bytes)) = written else {
+            let detail = format!(
+                "{} acknowledged addition #{} as {}, which wrote no counter ({written:?})",
+                self.regions[r].name,
+                idx + 1,
+                receipt.dot
+            );
+            return Err(self.fail(("counter", detail)));
+        };
+        if receipt.total != Some(Counter::total(&bytes)) {
+            let detail = format!(
+                "{} answered addition #{} with total {:?}; the value it wrote totals {}",
+                self.regions[r].name,
+                idx + 1,
+                receipt.total,
+                Counter::total(&bytes)
+            );
+            return Err(self.fail(("counter", detail)));
+        }
+        let own = Counter::decode(&bytes)
+            .and_then(|m| m.get(&receipt.dot.replica).copied())
+            .unwrap_or(0);
+        if own == 0 {
+            let detail = format!(
+                "{}'s addition #{} ({}) left its own count at 0: it was not made under the region's id",
+                self.regions[r].name,
+                idx + 1,
+                receipt.dot
+            );
+            return Err(self.fail(("counter", detail)));
+        }
+        let op = &mut self.ops[idx];
+        op.value = Value::Bytes(bytes);
+        op.counter_own = Some(own);
         Ok(())
     }
 

@@ -65,6 +65,9 @@ impl conflict::Resolver for CounterV2 {
     fn check_value(&self, value: &[u8]) -> Result<(), conflict::InvalidValue> {
         Counter.check_value(value)
     }
+    fn counter(&self) -> Option<&dyn conflict::CounterResolver> {
+        Some(&Counter)
+    }
 }
 
 /// One region: its process (the kit's [`Node`]: machine, disk, persists in flight), whether
