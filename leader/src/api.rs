@@ -45,7 +45,7 @@ use serde_json::json;
 use crate::config::Limits;
 use crate::node::{Node, NodeError, NodeHandle};
 
-use kv::{delete_key, get_key, list_keys, put_key};
+use kv::{add_key, delete_key, get_key, list_keys, put_key};
 use region::{conflicts, digest, metrics, status};
 
 /// Header carrying a key's causal context.
@@ -113,6 +113,7 @@ pub fn router(node: NodeHandle, limits: Limits, token: Option<String>) -> Router
             "/v1/kv/{table}/{key}",
             get(get_key).put(put_key).delete(delete_key),
         )
+        .route("/v1/kv/{table}/{key}/add", axum::routing::post(add_key))
         .route("/v1/kv/{table}", get(list_keys))
         .route("/v1/conflicts", get(conflicts))
         .route("/v1/status", get(status))

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::config::Limits;
-use crate::node::{Behind, ReadResult, RequestError, WriteOptions};
+use crate::node::{Behind, Change, ReadResult, RequestError, WriteOptions};
 use leader_core::Durability;
 
 use super::{
@@ -107,7 +107,8 @@ pub(super) async fn put_key(
             ),
         ));
     }
-    write(s, table, key, &uri, headers, Value::Bytes(body.to_vec())).await
+    let value = Value::Bytes(body.to_vec());
+    write(s, table, key, &uri, headers, Change::Put(value)).await
 }
 
 pub(super) async fn delete_key(
@@ -117,7 +118,36 @@ pub(super) async fn delete_key(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Path((table, key)) = path.map_err(bad_path)?;
-    write(s, table, key, &uri, headers, Value::Tombstone).await
+    write(s, table, key, &uri, headers, Change::Put(Value::Tombstone)).await
+}
+
+/// `?by=` of an addition.
+#[derive(Debug, Deserialize)]
+struct AddParams {
+    by: Option<i64>,
+}
+
+/// `POST /v1/kv/{table}/{key}/add?by=n` (default 1; negative subtracts): adds to a counter
+/// in one step of the region's state machine and answers the write's reply with the
+/// counter's `total` (Redis's `INCRBY` over HTTP). The table's resolver must keep counters.
+pub(super) async fn add_key(
+    State(s): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let Path((table, key)) = path.map_err(bad_path)?;
+    let by = match Query::<AddParams>::try_from_uri(&uri) {
+        Ok(Query(p)) => p.by.unwrap_or(1),
+        Err(_) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_query",
+                "by must be a whole number from -9223372036854775808 to 9223372036854775807",
+            ));
+        }
+    };
+    write(s, table, key, &uri, headers, Change::Add(by)).await
 }
 
 /// Per-request write options, from the query string or headers (the query wins).
@@ -252,15 +282,19 @@ async fn write(
     key: String,
     uri: &Uri,
     headers: HeaderMap,
-    value: Value,
+    change: Change,
 ) -> Result<Response, ApiError> {
     check_key(&s.limits, &key)?;
     let opts = write_options(uri, &headers)?;
-    let written = match s
-        .node
-        .write_with(&table, key.as_bytes(), value, opts)
-        .await?
-    {
+    let answer = match change {
+        Change::Put(value) => {
+            s.node
+                .write_with(&table, key.as_bytes(), value, opts)
+                .await?
+        }
+        Change::Add(by) => s.node.add(&table, key.as_bytes(), by, opts).await?,
+    };
+    let written = match answer {
         Ok(w) => w,
         Err(RequestError::Behind(b)) => return Err(behind(&b)),
         Err(RequestError::Write(e)) => return Err(write_refused(e)),
@@ -297,6 +331,7 @@ async fn write(
         region: s.node.region(),
         session,
         timed_out: timed_out.then_some(true),
+        total: receipt.total,
     };
     let status = if timed_out {
         StatusCode::ACCEPTED
@@ -322,6 +357,9 @@ struct WriteBody<'a> {
     session: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     timed_out: Option<bool>,
+    /// An addition's counter total.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    total: Option<i64>,
 }
 
 /// A dot in a write's reply.

@@ -722,3 +722,55 @@ async fn keys_are_listed_page_by_page_with_a_prefix() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{code}");
     s.stop().await;
 }
+
+/// `POST /v1/kv/{table}/{key}/add?by=n`: Redis's INCRBY over HTTP. The reply carries the
+/// counter's total; a table without counters, a bad `by` and an overflow are refused with a
+/// clear code and nothing written.
+#[tokio::test]
+async fn additions_to_a_counter_over_http_answer_the_total() {
+    let cluster = Cluster::solo()
+        .register(std::sync::Arc::new(conflict::examples::Counter))
+        .table("counters", "counter")
+        .start()
+        .await;
+    let base = cluster.api_url(SOLO);
+    let http = reqwest::Client::new();
+    let add = |table: &str, query: &str| {
+        let url = format!("{base}/v1/kv/{table}/stock/add{query}");
+        let http = http.clone();
+        async move {
+            let resp = http.post(url).send().await.unwrap();
+            let status = resp.status();
+            (status, resp.json::<Json>().await.unwrap())
+        }
+    };
+    let (status, body) = add("counters", "").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["total"], 1);
+    let (_, body) = add("counters", "?by=-5&durability=local").await;
+    assert_eq!(body["total"], -4, "{body}");
+    assert!(
+        body["context"].is_string() && body["dot"]["seq"].is_u64(),
+        "{body}"
+    );
+    let (status, body) = add("default", "?by=2").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["code"], "not_a_counter");
+    let (status, body) = add("counters", "?by=two").await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("bad_query"))
+    );
+    let (status, body) = add("counters", "?by=-9223372036854775807").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("overflow"),
+        "{body}"
+    );
+    let (_, body) = add("counters", "?by=0").await;
+    assert_eq!(
+        body["total"], -4,
+        "nothing was written by the refused additions"
+    );
+    cluster.shutdown().await;
+}
