@@ -87,6 +87,9 @@ pub struct Disk {
     /// The log's entries in the order they were committed (origins interleaved, as the
     /// segmented log's records hold them): the order a replay hands them over in.
     committed: Vec<(ReplicaId, Seq)>,
+    /// Where in `committed` the replay starts: the end of the last checkpoint's batch
+    /// (storage's `replay_pos`), so every entry before it is covered by `keys_applied`.
+    replay_from: usize,
     /// Replica ids learned, with their regions.
     pub replicas: BTreeMap<ReplicaId, String>,
     /// Peers' acknowledged vectors.
@@ -151,6 +154,9 @@ impl Disk {
         for e in &b.log {
             self.log.insert((e.write.dot.replica, e.seq()), e.clone());
             self.committed.push((e.write.dot.replica, e.seq()));
+        }
+        if checkpoint {
+            self.replay_from = self.committed.len();
         }
         self.applied = b.applied.clone();
         self.own_seq = b.own_seq;
@@ -230,11 +236,15 @@ impl Disk {
     /// origin's in sequence order), in chunks of at most [`DiskLimits::replay_chunk_bytes`]
     /// (a larger entry comes alone). Returns how many.
     pub fn replay(&self, apply: impl FnMut(Vec<LogEntry>)) -> u64 {
-        let replay = self
-            .committed
+        let replay = self.committed[self.replay_from..]
             .iter()
-            .filter(|(origin, seq)| *seq > self.keys_applied.get(*origin))
-            .map(|key| &self.log[key])
+            .map(|key| {
+                debug_assert!(
+                    key.1 > self.keys_applied.get(key.0),
+                    "{key:?} is checkpointed"
+                );
+                &self.log[key]
+            })
             .collect();
         self.chunked(replay, apply)
     }
