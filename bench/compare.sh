@@ -266,7 +266,7 @@ redis_pair() { # $1 = everysec|always
   done
   py redis-wait --primary "$pp" --replica "$rp"
   py redis-run --primary "$pp" --replica "$rp" --label "redis-$mode" "${common[@]}" --out "$work/redis-$mode.json"
-  python3 "$here/resp.py" redis --port "$pp" --label "redis-$mode" "${rcommon[@]}" --out "$work/resp-redis-$mode.json"
+  python3 "$here/resp.py" redis --port "$pp" --replica "$rp" --label "redis-$mode" "${rcommon[@]}" --out "$work/resp-redis-$mode.json"
   redis-cli -p "$rp" shutdown nosave >/dev/null 2>&1 || true
   redis-cli -p "$pp" shutdown nosave >/dev/null 2>&1 || true
   reap "$rpid" || true
