@@ -43,8 +43,6 @@ use crate::{Node, NodeError, NodeHandle};
 pub struct RespSettings {
     /// The table of each database number (`SELECT n`): index 0 is database 0.
     pub databases: Vec<String>,
-    /// Each table's resolver name (counters read as integers).
-    pub resolvers: std::collections::BTreeMap<String, String>,
     /// The password `AUTH` and `HELLO ... AUTH` must give (the API's bearer token), if any.
     pub token: Option<String>,
     /// Connections served at once.
@@ -62,7 +60,6 @@ impl RespSettings {
     pub fn from_config(config: &Config, token: Option<String>) -> Self {
         RespSettings {
             databases: config.resp.databases.clone(),
-            resolvers: config.tables.clone(),
             token,
             max_connections: config.resp.max_connections,
             max_request_bytes: config.limits.max_request_body_bytes,

@@ -36,7 +36,6 @@ impl Solo {
         let resp = listener.local_addr().unwrap();
         let settings = RespSettings {
             databases: vec!["default".into(), "carts".into(), "counters".into()],
-            resolvers: config.tables.clone(),
             token: token.map(str::to_owned),
             max_connections,
             max_request_bytes: config.limits.max_request_body_bytes,
