@@ -221,24 +221,9 @@ impl World {
 
     /// Hands region `r` an addition of one to the counter at `slot`, made inside the machine.
     fn add(&mut self, r: usize, slot: Slot) -> Result<(), Failure> {
-        let durability = self.pick_durability();
-        let timeout_ms = self.rng_work.range(50, 3_000);
-        self.ops.push(OpRec {
-            region: r,
-            slot: slot.clone(),
-            // Learnt from the reply: the machine builds the value.
-            value: Value::Tombstone,
-            durability,
-            counter_own: None,
-            add: true,
-            read_ms: None,
-            issued_ms: self.now,
-            answered_ms: None,
-            outcome: OpOutcome::Pending,
-        });
-        let id = self.ops.len() as u64;
-        self.work.writes += 1;
-        self.regions[r].untaken.push_back((id, slot.clone()));
+        // The value is learnt from the reply: the machine builds it.
+        let (id, durability, timeout_ms) =
+            self.record(r, &slot, Value::Tombstone, None, true, None);
         let ev = Event::ClientAdd {
             id,
             table: slot.0,
@@ -259,6 +244,37 @@ impl World {
         }
     }
 
+    /// Records a client request to region `r` (drawing its durability and timeout) as waiting
+    /// for a dot; returns its id, durability and timeout.
+    fn record(
+        &mut self,
+        r: usize,
+        slot: &Slot,
+        value: Value,
+        counter_own: Option<u64>,
+        add: bool,
+        read_ms: Option<u64>,
+    ) -> (u64, Durability, u64) {
+        let durability = self.pick_durability();
+        let timeout_ms = self.rng_work.range(50, 3_000);
+        self.ops.push(OpRec {
+            region: r,
+            slot: slot.clone(),
+            value,
+            durability,
+            counter_own,
+            add,
+            read_ms,
+            issued_ms: self.now,
+            answered_ms: None,
+            outcome: OpOutcome::Pending,
+        });
+        let id = self.ops.len() as u64;
+        self.work.writes += 1;
+        self.regions[r].untaken.push_back((id, slot.clone()));
+        (id, durability, timeout_ms)
+    }
+
     /// Hands a client write to region `r` and records it.
     fn issue(
         &mut self,
@@ -269,27 +285,12 @@ impl World {
         counter_own: Option<u64>,
         read_ms: Option<u64>,
     ) -> Result<(), Failure> {
-        let durability = self.pick_durability();
-        let timeout_ms = self.rng_work.range(50, 3_000);
-        self.ops.push(OpRec {
-            region: r,
-            slot: slot.clone(),
-            value: value.clone(),
-            durability,
-            counter_own,
-            add: false,
-            read_ms,
-            issued_ms: self.now,
-            answered_ms: None,
-            outcome: OpOutcome::Pending,
-        });
-        let id = self.ops.len() as u64;
-        self.work.writes += 1;
-        self.regions[r].untaken.push_back((id, slot.clone()));
+        let (id, durability, timeout_ms) =
+            self.record(r, &slot, value.clone(), counter_own, false, read_ms);
         let ev = Event::ClientWrite {
             id,
-            table: slot.0.clone(),
-            key: slot.1.clone(),
+            table: slot.0,
+            key: slot.1,
             value,
             context,
             durability,
