@@ -17,7 +17,7 @@ use prometheus_client::registry::Registry;
 use crate::node::Status;
 
 /// Alarm kinds, in the order of [`Metrics::alarms`].
-const ALARM_KINDS: [&str; 9] = [
+const ALARM_KINDS: [&str; 11] = [
     "split_brain",
     "hello_refused",
     "clock_skew",
@@ -27,6 +27,8 @@ const ALARM_KINDS: [&str; 9] = [
     "log_read_failed",
     "causality_violation",
     "context_too_large",
+    "peer_needs_snapshot",
+    "needs_snapshot",
 ];
 
 /// Figures accumulated by the driver between scrapes.
@@ -79,6 +81,8 @@ impl Metrics {
             Alarm::LogReadFailed { .. } => 6,
             Alarm::CausalityViolation { .. } => 7,
             Alarm::ContextTooLarge { .. } => 8,
+            Alarm::PeerNeedsSnapshot { .. } => 9,
+            Alarm::NeedsSnapshot { .. } => 10,
         };
         self.alarms[kind].fetch_add(1, Ordering::Relaxed);
     }

@@ -380,13 +380,17 @@ fn negative_control_wall_clock_lww() {
     let s = Sabotage::WallClockLww;
     let (_, oracle) = caught(s, sabotaged(s, true, None), 5);
     assert_eq!(oracle, "stamp-rule");
+    // Wall-clock stamps break the join-semilattice, so a replay in another order can also
+    // rebuild other states than memory holds (`recovery`): seen first in seed 1 once log
+    // truncation changed the schedules.
     let (_, oracle) = caught(s, sabotaged(s, false, None), 10);
     assert!(
         [
             "lww-winner",
             "acked-write-outranked",
             "convergence",
-            "causality"
+            "causality",
+            "recovery"
         ]
         .contains(&oracle),
         "{oracle}"

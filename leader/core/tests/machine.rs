@@ -35,6 +35,7 @@ fn opts(region: &str, replica: ReplicaId) -> Options {
         conflict_log_capacity: 100,
         log_tail_bytes: 8 * 200,
         pace_lag_writes: 0,
+        log_retention_bytes: u64::MAX,
     }
 }
 
@@ -1541,15 +1542,7 @@ fn unanswered_writes_are_bounded() {
 #[test]
 fn a_restart_between_checkpoints_rebuilds_the_kept_back_states_from_the_log() {
     let mut w = world();
-    let limits = leader_core::testkit::DiskLimits {
-        checkpoint_keys: 1_000,
-        checkpoint_entries: 7,
-        checkpoint_bytes: usize::MAX,
-        replay_chunk_bytes: 300,
-    };
-    for node in w.nodes.values_mut() {
-        node.disk.limits = limits;
-    }
+    small_checkpoints(&mut w, 7);
     w.mesh();
     w.deliver();
     for i in 0..10 {
@@ -1606,4 +1599,181 @@ fn a_log_read_takes_entries_until_the_budget_is_reached() {
     assert_eq!(read(size + 1), 2, "the second entry passes the budget");
     assert_eq!(read(usize::MAX), 5);
     assert!(disk.read_log(a, Seq(4), Seq(3), usize::MAX).is_empty());
+}
+
+/// Disk bounds that checkpoint every `entries` log entries and replay in small chunks, so
+/// checkpoints, replays and the drops of a truncated log happen within a short script.
+fn small_checkpoints(w: &mut World, entries: usize) {
+    let limits = leader_core::testkit::DiskLimits {
+        checkpoint_keys: 1_000,
+        checkpoint_entries: entries,
+        checkpoint_bytes: usize::MAX,
+        replay_chunk_bytes: 300,
+    };
+    for node in w.nodes.values_mut() {
+        node.disk.limits = limits;
+    }
+}
+
+/// Item 2 of issue 13: an entry is dropped only once every region has it durably. A region
+/// that never connected pins the log of every origin; once it has caught up (and acked),
+/// the log start moves to what all three have, and the disk drops those entries.
+#[test]
+fn the_log_is_truncated_only_once_every_region_has_durably_applied_it() {
+    let mut w = world();
+    small_checkpoints(&mut w, 4);
+    w.connect("a", "b");
+    w.deliver();
+    for i in 0..10 {
+        w.write("a", "default", &format!("k{i}"), Some("x"));
+        w.deliver();
+    }
+    let a = w.nodes["a"].id;
+    assert_eq!(w.nodes["b"].replica.applied().get(a), Seq(10));
+    for r in ["a", "b"] {
+        assert_eq!(
+            w.nodes[r].replica.log_start().get(a),
+            Seq::ZERO,
+            "{r}: c has none of a's writes, so none may go"
+        );
+        assert_eq!(w.nodes[r].disk.log.len(), 10, "{r} keeps all of them");
+    }
+    w.connect("a", "c");
+    w.connect("b", "c");
+    w.deliver();
+    w.advance(600);
+    for i in 0..10 {
+        w.write("a", "default", &format!("after{i}"), Some("y"));
+        w.deliver();
+    }
+    w.advance(600);
+    assert_eq!(w.digests().len(), 1);
+    for r in REGIONS {
+        let n = &w.nodes[r];
+        assert_eq!(
+            n.replica.log_start().get(a),
+            Seq(20),
+            "{r}: every region has 1..=20"
+        );
+        assert!(
+            n.disk
+                .log
+                .keys()
+                .all(|(o, s)| *o != a || *s > n.disk.log_start.get(a)),
+            "{r}: the disk dropped what its recorded log start covers"
+        );
+        assert!(
+            n.disk.log_start.get(a) > Seq::ZERO,
+            "{r}: a checkpoint dropped some"
+        );
+    }
+}
+
+/// The retention bound: a region that stays away is shown approaching it, then the others
+/// truncate past it and tell it, when it returns, that it needs a snapshot: never a batch
+/// with a gap. A restart of the region that truncated keeps its log start.
+#[test]
+fn a_region_past_the_retention_bound_is_told_it_needs_a_snapshot_never_sent_a_gap() {
+    let mut w = world_with(|o| o.log_retention_bytes = 4_000);
+    small_checkpoints(&mut w, 4);
+    w.connect("a", "b");
+    w.deliver();
+    let a = w.nodes["a"].id;
+    let view = |w: &World| {
+        w.nodes["a"]
+            .replica
+            .peer_views(w.now)
+            .into_iter()
+            .find(|v| v.region == "c")
+            .unwrap()
+    };
+    let mut shown_before = None;
+    for i in 0..100 {
+        w.write("a", "default", &format!("k{i}"), Some("0123456789"));
+        w.deliver();
+        let v = view(&w);
+        if !v.needs_snapshot && v.log_behind_bytes > 2_000 {
+            shown_before = Some(v.log_behind_bytes);
+        }
+    }
+    let behind = shown_before.expect("status showed c approaching the bound first");
+    assert!(behind <= 4_000 + 64 * 1024, "{behind}");
+    let v = view(&w);
+    assert!(v.needs_snapshot, "a truncated past c: {v:?}");
+    let passed: Vec<_> = w.nodes["a"]
+        .alarms
+        .iter()
+        .filter(|x| matches!(x, Alarm::PeerNeedsSnapshot { peer, .. } if peer == "c"))
+        .collect();
+    assert_eq!(passed.len(), 1, "one alarm when it happened: {passed:?}");
+    assert_eq!(
+        w.nodes["a"].replica.counters().peers_truncated_past,
+        1,
+        "{:?}",
+        w.nodes["a"].alarms
+    );
+    let start = w.nodes["a"].replica.log_start().get(a);
+    assert!(
+        start > Seq(50),
+        "b has everything, so a's log starts late: {start}"
+    );
+    // A restart keeps what the disk recorded (a checkpoint recorded it).
+    let recorded = w.nodes["a"].disk.log_start.clone();
+    assert!(recorded.get(a) > Seq::ZERO);
+    w.node("a").restart(
+        {
+            let mut o = opts("a", a);
+            o.log_retention_bytes = 4_000;
+            o
+        },
+        &Registry::with_builtins(),
+    );
+    assert_eq!(w.nodes["a"].replica.log_start(), &recorded);
+    w.connect("a", "c");
+    let mut frames = Vec::new();
+    for _ in 0..100 {
+        let Some(f) = w.wire.front().cloned() else {
+            break;
+        };
+        frames.push(f);
+        w.deliver_one();
+    }
+    let to_c: Vec<&PeerMsg> = frames
+        .iter()
+        .filter(|(from, to, _, _)| from == "a" && to == "c")
+        .map(|(_, _, _, m)| m)
+        .collect();
+    assert!(
+        !to_c
+            .iter()
+            .any(|m| matches!(m, PeerMsg::Batch(b) if b.origin == a)),
+        "no batch of a's writes reaches c: they would start after a gap"
+    );
+    let told = to_c
+        .iter()
+        .find_map(|m| match m {
+            PeerMsg::NeedsSnapshot(n) => Some(n.clone()),
+            _ => None,
+        })
+        .expect("a answers needs snapshot");
+    assert_eq!((told.origin, told.from), (a, Seq(1)));
+    assert_eq!(
+        told.log_start,
+        w.nodes["a"].replica.log_start().get(a).next()
+    );
+    assert!(
+        told.log_start > recorded.get(a),
+        "never before what the disk recorded"
+    );
+    assert_eq!(w.nodes["c"].replica.received().get(a), Seq::ZERO);
+    assert!(
+        w.nodes["c"].alarms.iter().any(
+            |x| matches!(x, Alarm::NeedsSnapshot { peer, origin, .. } if peer == "a" && origin == "a")
+        ),
+        "c raises the alarm: {:?}",
+        w.nodes["c"].alarms
+    );
+    let needed = w.nodes["c"].replica.snapshot_needed();
+    assert_eq!(needed.len(), 1, "{needed:?}");
+    assert_eq!(needed[0].0, "a");
 }

@@ -79,6 +79,7 @@ fn a_restart_recovers_exactly_what_was_persisted() {
         replicas: vec![(other, "eu-west".into())],
         peer_acked: vec![("eu-west".into(), acked.clone())],
         checkpoint: true,
+        truncate: VersionVector::new(),
     };
     opened.store.persist(batch.clone()).unwrap();
     assert_eq!(opened.store.commits(), 1, "one batch, one commit");
@@ -331,6 +332,7 @@ fn machine(opened: &Opened, tables: &[(&str, &str)]) -> Replica {
         conflict_log_capacity: 10,
         log_tail_bytes: 1 << 16,
         pace_lag_writes: 0,
+        log_retention_bytes: u64::MAX,
     };
     let mut replica =
         Replica::new(opts, &Registry::with_builtins(), opened.recovered.clone()).unwrap();

@@ -238,6 +238,7 @@ fn options(p: &Params, r: usize) -> Options {
         conflict_log_capacity: 64,
         log_tail_bytes: k.log_tail_bytes,
         pace_lag_writes: k.pace_lag_writes,
+        log_retention_bytes: u64::MAX,
     }
 }
 
