@@ -279,6 +279,15 @@ pub struct Status {
     /// unknown here, or its origin resolves it differently. Applied at a start whose
     /// configuration accepts them (see docs/config.md, "Changing tables and resolvers").
     pub held_back: BTreeMap<String, u64>,
+    /// `[limits] log_retention_bytes`.
+    pub log_retention_bytes: u64,
+    /// Bytes of the write log's segment files, and how many there are.
+    pub log_size: (u64, usize),
+    /// Where the log starts per origin (region, replica, last seq dropped or droppable).
+    pub log_start: Vec<(String, conflict::ReplicaId, u64)>,
+    /// "Needs snapshot" answers: (peer that answered, what it said). This region cannot catch
+    /// up from that peer's log.
+    pub snapshot_needed: Vec<(String, leader_core::NeedsSnapshot)>,
 }
 
 /// A peer region counts as dead, and a new process for it is let in, once no frame has come
@@ -1301,6 +1310,15 @@ impl Driver {
             skew_alarms: self.replica.skew_alarms(),
             resolver_mismatches: self.replica.resolver_mismatches(),
             held_back: self.replica.held_back().clone(),
+            log_retention_bytes: self.replica.options().log_retention_bytes,
+            log_size: self.store.log_size(),
+            log_start: self
+                .replica
+                .log_start()
+                .iter()
+                .map(|(r, s)| (self.replica.region_of(&r).unwrap_or("?").to_owned(), r, s.0))
+                .collect(),
+            snapshot_needed: self.replica.snapshot_needed(),
             max_clock_offset_ms: self.replica.options().max_clock_offset_ms,
             split_brain: self
                 .split_brain
