@@ -92,8 +92,12 @@ impl World {
     /// and checks what it wrote.
     pub(super) fn commit(&mut self, r: usize, batch: &PersistBatch) -> Result<(), Failure> {
         let (own, name) = (self.regions[r].id, self.regions[r].name.clone());
+        let truncated = self.regions[r].disk.truncated;
         match self.regions[r].disk.commit(batch, own) {
-            Ok(checkpoint) => self.faults.checkpoints += u64::from(checkpoint),
+            Ok(checkpoint) => {
+                self.faults.checkpoints += u64::from(checkpoint);
+                self.faults.truncated += self.regions[r].disk.truncated - truncated;
+            }
             Err(d) => return Err(self.fail(("disk", format!("{name}: {d}")))),
         }
         let checks = self.opts.step_checks;

@@ -452,6 +452,12 @@ impl World {
                 .expect("just built")
                 .unsafe_stamp_with_wall_clock();
         }
+        if self.opts.sabotage == Some(Sabotage::TruncateUnstable) {
+            g.replica
+                .as_mut()
+                .expect("just built")
+                .unsafe_truncate_at_durable();
+        }
         g.boot_ms = self.now;
         g.seen_applied = g.disk.applied.clone();
         g.seen_received = g.disk.applied.clone();
