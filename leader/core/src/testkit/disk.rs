@@ -11,6 +11,9 @@
 //!   the log entries since the last checkpoint pass a bound ([`DiskLimits`], the same four
 //!   tests as `Store::persist`). A checkpoint records `keys_applied`, the applied vector the
 //!   key table reflects;
+//! - a checkpoint records the log start the batches carried ([`PersistBatch::truncate`]) and
+//!   drops the log entries it covers (storage deletes whole segments then; this model drops
+//!   every covered entry, the stricter case);
 //! - a crash loses the kept-back states (they were only in memory) and the batch in flight
 //!   (a batch reaches the disk whole when its fsync completes, never in part);
 //! - [`Disk::recover`] is `Store::open` + `Store::replay` + the driver's start: a new
