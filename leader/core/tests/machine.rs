@@ -1777,3 +1777,60 @@ fn a_region_past_the_retention_bound_is_told_it_needs_a_snapshot_never_sent_a_ga
     assert_eq!(needed.len(), 1, "{needed:?}");
     assert_eq!(needed[0].0, "a");
 }
+
+/// A region rebuilt on an empty disk comes back with a new replica id and nothing applied:
+/// once the others have truncated (every region had the writes), it cannot catch up from
+/// their logs. It is told it needs a snapshot (issue 13, item 3 bootstraps it from there),
+/// and the region that truncated raises the alarm; it is never streamed a run from the
+/// middle of the log.
+#[test]
+fn a_region_rebuilt_on_an_empty_disk_after_truncation_is_told_it_needs_a_snapshot() {
+    let mut w = world();
+    small_checkpoints(&mut w, 4);
+    w.mesh();
+    w.deliver();
+    for i in 0..10 {
+        w.write("a", "default", &format!("k{i}"), Some("x"));
+        w.deliver();
+    }
+    w.advance(600);
+    let a = w.nodes["a"].id;
+    assert_eq!(w.nodes["a"].replica.log_start().get(a), Seq(10));
+    w.cut("a", "c");
+    w.cut("b", "c");
+    let rebuilt = ReplicaId::from_u128(4);
+    w.nodes.insert(
+        "c".into(),
+        leader_core::testkit::Node::new(opts("c", rebuilt), &Registry::with_builtins()),
+    );
+    w.connect("a", "c");
+    w.deliver();
+    w.advance(600);
+    assert_eq!(w.nodes["c"].replica.received().get(a), Seq::ZERO, "no gap");
+    assert!(
+        w.nodes["c"].alarms.iter().any(|x| matches!(
+            x,
+            Alarm::NeedsSnapshot { peer, from: Seq(1), log_start: Seq(11), .. } if peer == "a"
+        )),
+        "{:?}",
+        w.nodes["c"].alarms
+    );
+    assert!(
+        w.nodes["a"]
+            .alarms
+            .iter()
+            .any(|x| matches!(x, Alarm::PeerNeedsSnapshot { peer, .. } if peer == "c")),
+        "{:?}",
+        w.nodes["a"].alarms
+    );
+    let view = w.nodes["a"]
+        .replica
+        .peer_views(w.now)
+        .into_iter()
+        .find(|v| v.region == "c")
+        .unwrap();
+    assert!(
+        view.needs_snapshot && view.replica == Some(rebuilt),
+        "{view:?}"
+    );
+}

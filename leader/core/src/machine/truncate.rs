@@ -119,8 +119,10 @@ impl Replica {
         (self.behind_bytes(p, &known), self.truncated_past(p, &known))
     }
 
-    /// Moves the log start up to the stable floor (see the module docs). Drops what the memory tail and the byte index no longer need, and raises
-    /// [`Alarm::PeerNeedsSnapshot`] for each peer the log is now truncated past.
+    /// Moves the log start up to the stable floor (see the module docs), drops what the memory
+    /// tail and the byte index no longer need, and raises [`Alarm::PeerNeedsSnapshot`] for
+    /// each peer the log is now truncated past: passed by the floor, or come back as a new
+    /// replica (a region rebuilt on an empty disk).
     pub(super) fn advance_truncation(&mut self, out: &mut Vec<Effect>) {
         let retention = self.opts.log_retention_bytes;
         let mut floor: Vec<(ReplicaId, Seq)> = self.durable.iter().collect();
@@ -147,10 +149,7 @@ impl Replica {
                 moved = true;
             }
         }
-        if !moved {
-            return;
-        }
-        for (o, s) in self.truncated.iter() {
+        for (o, s) in self.truncated.iter().filter(|_| moved) {
             if let Some(tail) = self.tail.get_mut(&o) {
                 while tail.entries.front().is_some_and(|e| e.seq() <= s) {
                     let old = tail.entries.pop_front().expect("front checked");
