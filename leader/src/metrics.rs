@@ -17,7 +17,7 @@ use prometheus_client::registry::Registry;
 use crate::snapshot::Status;
 
 /// Alarm kinds, in the order of [`Metrics::alarms`].
-const ALARM_KINDS: [&str; 9] = [
+const ALARM_KINDS: [&str; 11] = [
     "split_brain",
     "hello_refused",
     "clock_skew",
@@ -27,6 +27,8 @@ const ALARM_KINDS: [&str; 9] = [
     "log_read_failed",
     "causality_violation",
     "context_too_large",
+    "peer_needs_snapshot",
+    "needs_snapshot",
 ];
 
 /// Figures accumulated by the driver between scrapes.
@@ -79,6 +81,8 @@ impl Metrics {
             Alarm::LogReadFailed { .. } => 6,
             Alarm::CausalityViolation { .. } => 7,
             Alarm::ContextTooLarge { .. } => 8,
+            Alarm::PeerNeedsSnapshot { .. } => 9,
+            Alarm::NeedsSnapshot { .. } => 10,
         };
         self.alarms[kind].fetch_add(1, Ordering::Relaxed);
     }
@@ -291,6 +295,57 @@ impl Metrics {
             "peer_rtt_ms",
             "Round-trip time to the peer (-1 when unknown)",
             rtt,
+        );
+        let behind: Family<Vec<(String, String)>, Gauge> = Family::default();
+        let snapshot: Family<Vec<(String, String)>, Gauge> = Family::default();
+        for p in &status.peers {
+            let labels = vec![region[0].clone(), ("peer".to_owned(), p.region.clone())];
+            behind
+                .get_or_create(&labels)
+                .set(i64::try_from(p.log_behind_bytes).unwrap_or(i64::MAX));
+            snapshot
+                .get_or_create(&labels)
+                .set(i64::from(p.needs_snapshot));
+        }
+        reg.register(
+            "peer_log_behind_bytes",
+            "Bytes of writes the peer lacks that this region's log holds for it; past meridian_log_retention_bytes the log is truncated past it",
+            behind,
+        );
+        reg.register(
+            "peer_needs_snapshot",
+            "1 when this region's log no longer holds writes the peer lacks (it needs a snapshot)",
+            snapshot,
+        );
+        let gauge = |reg: &mut Registry, name: &str, help: &str, v: u64| {
+            let g: Family<Vec<(String, String)>, Gauge> = Family::default();
+            g.get_or_create(&region.to_vec())
+                .set(i64::try_from(v).unwrap_or(i64::MAX));
+            reg.register(name, help, g);
+        };
+        gauge(
+            &mut reg,
+            "log_retention_bytes",
+            "[limits] log_retention_bytes: a peer further behind than this no longer holds back log truncation",
+            status.log_retention_bytes,
+        );
+        gauge(
+            &mut reg,
+            "log_bytes",
+            "Bytes of the write log's segment files",
+            status.log_size.0,
+        );
+        gauge(
+            &mut reg,
+            "log_segments",
+            "Segment files of the write log",
+            status.log_size.1 as u64,
+        );
+        gauge(
+            &mut reg,
+            "needs_snapshot",
+            "1 when a peer answered that its log no longer holds writes this region lacks",
+            u64::from(!status.snapshot_needed.is_empty()),
         );
         let bytes_sent: Family<Vec<(String, String)>, Counter> = Family::default();
         let bytes_recv: Family<Vec<(String, String)>, Counter> = Family::default();

@@ -48,4 +48,13 @@ pub struct Status {
     /// unknown here, or its origin resolves it differently. Applied at a start whose
     /// configuration accepts them (see docs/config.md, "Changing tables and resolvers").
     pub held_back: BTreeMap<String, u64>,
+    /// `[limits] log_retention_bytes`.
+    pub log_retention_bytes: u64,
+    /// Bytes of the write log's segment files, and how many there are.
+    pub log_size: (u64, usize),
+    /// Where the log starts per origin (region, replica, last seq dropped or droppable).
+    pub log_start: Vec<(String, conflict::ReplicaId, u64)>,
+    /// "Needs snapshot" answers: (peer that answered, what it said). This region cannot catch
+    /// up from that peer's log.
+    pub snapshot_needed: Vec<(String, leader_core::NeedsSnapshot)>,
 }

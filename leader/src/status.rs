@@ -36,6 +36,8 @@ pub struct Status {
     pub hlc: String,
     /// Keys stored.
     pub keys: u64,
+    /// The write log: its size, where it starts, its retention bound.
+    pub log: Log,
     /// The lag matrix as this region knows it (every origin → destination).
     pub matrix: Vec<MatrixEntry>,
     /// Replication and link state towards each peer.
@@ -75,6 +77,14 @@ pub struct Peer {
     pub lag_writes: u64,
     /// Where the transport link stands.
     pub link: Option<LinkState>,
+    /// Bytes of writes the peer lacks that this region's log holds for it (counted since
+    /// this process started); past `log.retention_bytes` the log is truncated past it.
+    pub log_behind_bytes: u64,
+    /// The same for a reader: "eu-west is 1.9 GiB behind; past 2.0 GiB it will need a
+    /// snapshot", or that it needs one now; `None` when it lacks nothing.
+    pub log_note: Option<String>,
+    /// This region's log no longer holds writes the peer lacks: it needs a snapshot.
+    pub needs_snapshot: bool,
     /// QUIC path statistics of the current connection.
     pub quic: Option<Quic>,
     /// The peer's region.
@@ -87,6 +97,65 @@ pub struct Peer {
     pub rtt_ms: Option<f64>,
     /// Bytes sent and not yet acknowledged.
     pub unacked_bytes: u64,
+}
+
+/// The write log of a region.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Log {
+    /// Bytes of its segment files.
+    pub bytes: u64,
+    /// `[limits] log_retention_bytes`.
+    pub retention_bytes: u64,
+    /// Segment files.
+    pub segments: u64,
+    /// Per origin, the last write the log may have dropped: writes up to it are never
+    /// streamed again (a peer that lacks them is answered "needs snapshot").
+    pub start: Vec<Applied>,
+}
+
+/// (region, replica, seq) per origin, as the API lists a vector.
+fn applied_list(vector: &[(String, ReplicaId, u64)]) -> Vec<Applied> {
+    vector
+        .iter()
+        .map(|(region, replica, seq)| Applied {
+            region: region.clone(),
+            replica: *replica,
+            seq: *seq,
+        })
+        .collect()
+}
+
+/// Human-readable bytes, in binary units (`1.9 GiB`).
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// What [`Peer::log_note`] says of a peer `behind` bytes (or past the log's start).
+fn log_note(region: &str, behind: u64, needs_snapshot: bool, retention: u64) -> Option<String> {
+    if needs_snapshot {
+        return Some(format!(
+            "{region} needs a snapshot: this region's log no longer holds writes it lacks (it fell more than {} behind)",
+            human_bytes(retention)
+        ));
+    }
+    (behind > 0).then(|| {
+        format!(
+            "{region} is {} behind; past {} it will need a snapshot",
+            human_bytes(behind),
+            human_bytes(retention)
+        )
+    })
 }
 
 /// Where a peer link stands (the transport's [`transport::LinkState`]).
@@ -158,10 +227,26 @@ pub struct MatrixEntry {
 pub struct Alarms {
     /// Peers whose clocks ran further ahead than `max_clock_offset_ms`.
     pub clock_skew: Vec<ClockSkew>,
+    /// Peers whose logs no longer hold writes this region lacks: it cannot catch up from
+    /// them and needs a snapshot (unless another region still holds those writes).
+    pub needs_snapshot: Vec<NeedsSnapshot>,
     /// Tables another region resolves differently.
     pub resolver_mismatch: Vec<ResolverMismatch>,
     /// Regions two live processes claim.
     pub split_brain: Vec<SplitBrain>,
+}
+
+/// A peer whose log starts after writes this region lacks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NeedsSnapshot {
+    /// The first write of the origin this region lacks.
+    pub from: u64,
+    /// The first write of the origin the peer's log still holds.
+    pub log_start: u64,
+    /// The origin's region.
+    pub origin: String,
+    /// The peer that answered.
+    pub region: String,
 }
 
 /// A peer whose clock ran ahead of the bound.
@@ -262,6 +347,14 @@ impl From<&snapshot::Status> for Status {
                     lag_ms: p.lag_ms,
                     lag_writes: p.lag_writes,
                     link: link.map(|l| l.state.into()),
+                    log_behind_bytes: p.log_behind_bytes,
+                    log_note: log_note(
+                        &p.region,
+                        p.log_behind_bytes,
+                        p.needs_snapshot,
+                        s.log_retention_bytes,
+                    ),
+                    needs_snapshot: p.needs_snapshot,
                     quic: link.and_then(|l| l.path).map(|q| Quic {
                         congestion_events: q.congestion_events,
                         cwnd: q.cwnd,
@@ -288,6 +381,16 @@ impl From<&snapshot::Status> for Status {
                         region: region.clone(),
                     })
                     .collect(),
+                needs_snapshot: s
+                    .snapshot_needed
+                    .iter()
+                    .map(|(peer, n)| NeedsSnapshot {
+                        from: n.from.0,
+                        log_start: n.log_start.0,
+                        origin: n.origin_region.clone(),
+                        region: peer.clone(),
+                    })
+                    .collect(),
                 resolver_mismatch: s
                     .resolver_mismatches
                     .iter()
@@ -309,15 +412,7 @@ impl From<&snapshot::Status> for Status {
                     })
                     .collect(),
             },
-            applied: s
-                .applied
-                .iter()
-                .map(|(region, replica, seq)| Applied {
-                    region: region.clone(),
-                    replica: *replica,
-                    seq: *seq,
-                })
-                .collect(),
+            applied: applied_list(&s.applied),
             counters: Counters {
                 causality_violations: c.causality_violations,
                 client_writes: c.client_writes,
@@ -342,6 +437,12 @@ impl From<&snapshot::Status> for Status {
             held_back: s.held_back.clone(),
             hlc: s.hlc.to_string(),
             keys: s.keys as u64,
+            log: Log {
+                bytes: s.log_size.0,
+                retention_bytes: s.log_retention_bytes,
+                segments: s.log_size.1 as u64,
+                start: applied_list(&s.log_start),
+            },
             matrix: s
                 .matrix
                 .iter()
@@ -500,4 +601,30 @@ impl LinkChange {
         loss: None,
         blocked: Some(true),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `/v1/status` and `meridian status` say of a peer as it nears the retention bound,
+    /// and once the log was truncated past it (issue 13, item 2).
+    #[test]
+    fn a_peer_is_shown_approaching_the_retention_bound_then_needing_a_snapshot() {
+        let gib = 1u64 << 30;
+        assert_eq!(
+            log_note("eu-west", gib * 19 / 10, false, 2 * gib).as_deref(),
+            Some("eu-west is 1.9 GiB behind; past 2.0 GiB it will need a snapshot")
+        );
+        assert_eq!(log_note("eu-west", 0, false, 2 * gib), None);
+        assert_eq!(
+            log_note("eu-west", 0, true, 2 * gib).as_deref(),
+            Some(
+                "eu-west needs a snapshot: this region's log no longer holds writes it lacks \
+                 (it fell more than 2.0 GiB behind)"
+            )
+        );
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+    }
 }

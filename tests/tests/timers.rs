@@ -25,6 +25,7 @@ fn opts(region: &str, peer: &str, id: u128) -> Options {
         conflict_log_capacity: 10,
         log_tail_bytes: 8 * 200,
         pace_lag_writes: 0,
+        log_retention_bytes: u64::MAX,
     }
 }
 

@@ -299,6 +299,15 @@ fn status_text(s: &Status) -> String {
         ]);
     }
     out.push_str(&format!("{peers}\n"));
+    out.push_str(&format!(
+        "write log: {} in {} segments, retention {}\n",
+        leader::status::human_bytes(s.log.bytes),
+        s.log.segments,
+        leader::status::human_bytes(s.log.retention_bytes)
+    ));
+    for note in s.peers.iter().filter_map(|p| p.log_note.as_ref()) {
+        out.push_str(&format!("  {note}\n"));
+    }
     let mut applied = table(["origin", "replica", "applied seq"]);
     for a in &s.applied {
         applied.add_row([
@@ -340,7 +349,13 @@ fn alarm_lines(alarms: &Alarms) -> Vec<String> {
             m.region
         )
     });
-    skew.chain(mismatch).collect()
+    let snapshot = alarms.needs_snapshot.iter().map(|n| {
+        format!(
+            "ALARM needs snapshot: {}'s log starts at write {} of {}, and this region lacks writes from {}; it cannot catch up from {} (a snapshot is needed unless another region still holds them)",
+            n.region, n.log_start, n.origin, n.from, n.region
+        )
+    });
+    skew.chain(mismatch).chain(snapshot).collect()
 }
 
 /// GETs `url` of the region at `base` and decodes its JSON answer.
@@ -517,7 +532,7 @@ mod tests {
     /// `leader/tests/consistency.rs::resolver_mismatch_quarantines_that_table_only` (which
     /// asserts the JSON), and for a clock-skew alarm.
     #[test]
-    fn alarms_name_the_table_both_resolvers_and_the_skew() {
+    fn alarms_name_the_table_both_resolvers_the_skew_and_a_needed_snapshot() {
         let alarms = Alarms {
             clock_skew: vec![ClockSkew {
                 ahead_ms: 10_012,
@@ -531,6 +546,12 @@ mod tests {
                 theirs: Some("lww@1".into()),
             }],
             split_brain: Vec::new(),
+            needs_snapshot: vec![leader::status::NeedsSnapshot {
+                from: 12,
+                log_start: 9001,
+                origin: "us-east".into(),
+                region: "eu-west".into(),
+            }],
         };
         assert_eq!(
             alarm_lines(&alarms),
@@ -538,6 +559,9 @@ mod tests {
                 "ALARM clock skew: ap-south ran 10012 ms ahead (bound 500 ms)",
                 "ALARM resolver mismatch: table \"carts\" is \"multi-value@1\" here and \
                  \"lww@1\" in ap-south; its writes are not replicated between them",
+                "ALARM needs snapshot: eu-west's log starts at write 9001 of us-east, and this \
+                 region lacks writes from 12; it cannot catch up from eu-west (a snapshot is \
+                 needed unless another region still holds them)",
             ]
         );
     }

@@ -47,4 +47,4 @@ pub use machine::{
     PeerView, PersistBatch, Quarantined, Recovered, Replica, RequestId, Time, WriteError,
     WriteReceipt, resolver_accepts,
 };
-pub use msg::{Batch, Hello, LogEntry, PROTOCOL_VERSION, PeerMsg};
+pub use msg::{Batch, Hello, LogEntry, NeedsSnapshot, PROTOCOL_VERSION, PeerMsg};

@@ -47,3 +47,14 @@ pub const OWN_COMMITS_MAX: usize = 65_536;
 /// rest of a run the sender sent before it saw the request: asking again for each of them
 /// would rewind the sender once per batch in flight, each rewind resending the whole run.
 pub const RESYNC_REPEAT_MS: u64 = 1_000;
+
+/// Resolution of the per-origin index of log bytes that measures how far a peer is behind in
+/// bytes ([`crate::Options::log_retention_bytes`]): one point per this many bytes of an
+/// origin's log, or per 1/1024 of the retention bound if that is finer. A peer's figure is
+/// over-estimated by less than one step.
+pub const LOG_BYTES_STEP_MAX: u64 = 64 * 1024;
+
+/// Bound on the points of that index per origin: past it every other point is dropped (the
+/// step doubles). Reached only while something pins an origin's log far past the retention
+/// bound (writes held back in quarantine).
+pub const LOG_BYTES_POINTS_MAX: usize = 4096;

@@ -29,6 +29,10 @@ pub enum PeerMsg {
     Resync(Resync),
     /// The sender refuses this connection; the reason is for the operator.
     Refuse(Refuse),
+    /// "I cannot stream you this origin's writes from where you are: my log no longer holds
+    /// them (truncated once every other region had them, or past the retention bound)." The
+    /// receiver needs a snapshot unless another region can still serve them.
+    NeedsSnapshot(NeedsSnapshot),
 }
 
 /// Sent first by both sides of a connection: who I am and what I already have.
@@ -125,4 +129,20 @@ pub struct Resync {
 pub struct Refuse {
     /// What was wrong and what to do about it.
     pub reason: String,
+}
+
+/// The sender's log of `origin` starts after what the receiver has: catch-up from it is
+/// impossible, and the sender says so instead of leaving a gap (docs/design.md, "Log
+/// truncation").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NeedsSnapshot {
+    /// The origin whose writes the receiver lacks.
+    pub origin: ReplicaId,
+    /// The origin's region name, so a region that never met the origin can still name it.
+    pub origin_region: String,
+    /// The first sequence number of the origin that the receiver lacks (as the sender knows).
+    pub from: Seq,
+    /// The first sequence number of the origin the sender's log still serves: everything
+    /// before it was dropped.
+    pub log_start: Seq,
 }

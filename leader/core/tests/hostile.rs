@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use conflict::limits::MAX_VV_ENTRIES;
 use conflict::{Dot, Hlc, KeyState, Registry, ReplicaId, Seq, Value, VersionVector, Write};
-use leader_core::msg::{Ack, Heartbeat, Refuse, Resync};
+use leader_core::msg::{Ack, Heartbeat, NeedsSnapshot, Refuse, Resync};
 use leader_core::testkit::{self, Node, Outgoing};
 use leader_core::{
     Alarm, Batch, Durability, Effect, Event, Hello, LogEntry, MatrixRow, Options, PROTOCOL_VERSION,
@@ -607,6 +607,14 @@ fn arb_msg() -> impl Strategy<Value = PeerMsg> {
             applied: Seq(s),
         })),
         1 => ".{0,16}".prop_map(|reason| PeerMsg::Refuse(Refuse { reason })),
+        1 => (arb_replica(), ".{0,8}", arb_seq(), arb_seq()).prop_map(
+            |(origin, origin_region, from, start)| PeerMsg::NeedsSnapshot(NeedsSnapshot {
+                origin,
+                origin_region,
+                from: Seq(from),
+                log_start: Seq(start),
+            })
+        ),
     ]
 }
 

@@ -1781,3 +1781,237 @@ fn waits_are_bounded_apart_from_writes_and_a_cancelled_wait_is_forgotten() {
         "the cancelled wait was answered"
     );
 }
+
+/// Disk bounds that checkpoint every `entries` log entries and replay in small chunks, so
+/// checkpoints, replays and the drops of a truncated log happen within a short script.
+fn small_checkpoints(w: &mut World, entries: usize) {
+    let limits = leader_core::testkit::DiskLimits {
+        checkpoint_keys: 1_000,
+        checkpoint_entries: entries,
+        checkpoint_bytes: usize::MAX,
+        replay_chunk_bytes: 300,
+    };
+    for node in w.nodes.values_mut() {
+        node.disk.limits = limits;
+    }
+}
+
+/// Item 2 of issue 13: an entry is dropped only once every region has it durably. A region
+/// that never connected pins the log of every origin; once it has caught up (and acked),
+/// the log start moves to what all three have, and the disk drops those entries.
+#[test]
+fn the_log_is_truncated_only_once_every_region_has_durably_applied_it() {
+    let mut w = world();
+    small_checkpoints(&mut w, 4);
+    w.connect("a", "b");
+    w.deliver();
+    for i in 0..10 {
+        w.write("a", "default", &format!("k{i}"), Some("x"));
+        w.deliver();
+    }
+    let a = w.nodes["a"].id;
+    assert_eq!(w.nodes["b"].replica.applied().get(a), Seq(10));
+    for r in ["a", "b"] {
+        assert_eq!(
+            w.nodes[r].replica.log_start().get(a),
+            Seq::ZERO,
+            "{r}: c has none of a's writes, so none may go"
+        );
+        assert_eq!(w.nodes[r].disk.log.len(), 10, "{r} keeps all of them");
+    }
+    w.connect("a", "c");
+    w.connect("b", "c");
+    w.deliver();
+    w.advance(600);
+    for i in 0..10 {
+        w.write("a", "default", &format!("after{i}"), Some("y"));
+        w.deliver();
+    }
+    w.advance(600);
+    assert_eq!(w.digests().len(), 1);
+    for r in REGIONS {
+        let n = &w.nodes[r];
+        assert_eq!(
+            n.replica.log_start().get(a),
+            Seq(20),
+            "{r}: every region has 1..=20"
+        );
+        assert!(
+            n.disk
+                .log
+                .keys()
+                .all(|(o, s)| *o != a || *s > n.disk.log_start.get(a)),
+            "{r}: the disk dropped what its recorded log start covers"
+        );
+        assert!(
+            n.disk.log_start.get(a) > Seq::ZERO,
+            "{r}: a checkpoint dropped some"
+        );
+    }
+}
+
+/// The retention bound: a region that stays away is shown approaching it, then the others
+/// truncate past it and tell it, when it returns, that it needs a snapshot: never a batch
+/// with a gap. A restart of the region that truncated keeps its log start.
+#[test]
+fn a_region_past_the_retention_bound_is_told_it_needs_a_snapshot_never_sent_a_gap() {
+    let mut w = world_with(|o| o.log_retention_bytes = 4_000);
+    small_checkpoints(&mut w, 4);
+    w.connect("a", "b");
+    w.deliver();
+    let a = w.nodes["a"].id;
+    let view = |w: &World| {
+        w.nodes["a"]
+            .replica
+            .peer_views(w.now)
+            .into_iter()
+            .find(|v| v.region == "c")
+            .unwrap()
+    };
+    let mut shown_before = None;
+    for i in 0..100 {
+        w.write("a", "default", &format!("k{i}"), Some("0123456789"));
+        w.deliver();
+        let v = view(&w);
+        if !v.needs_snapshot && v.log_behind_bytes > 2_000 {
+            shown_before = Some(v.log_behind_bytes);
+        }
+    }
+    let behind = shown_before.expect("status showed c approaching the bound first");
+    assert!(behind <= 4_000 + 64 * 1024, "{behind}");
+    let v = view(&w);
+    assert!(v.needs_snapshot, "a truncated past c: {v:?}");
+    let passed: Vec<_> = w.nodes["a"]
+        .alarms
+        .iter()
+        .filter(|x| matches!(x, Alarm::PeerNeedsSnapshot { peer, .. } if peer == "c"))
+        .collect();
+    assert_eq!(passed.len(), 1, "one alarm when it happened: {passed:?}");
+    assert_eq!(
+        w.nodes["a"].replica.counters().peers_truncated_past,
+        1,
+        "{:?}",
+        w.nodes["a"].alarms
+    );
+    let start = w.nodes["a"].replica.log_start().get(a);
+    assert!(
+        start > Seq(50),
+        "b has everything, so a's log starts late: {start}"
+    );
+    // A restart keeps what the disk recorded (a checkpoint recorded it).
+    let recorded = w.nodes["a"].disk.log_start.clone();
+    assert!(recorded.get(a) > Seq::ZERO);
+    w.node("a").restart(
+        {
+            let mut o = opts("a", a);
+            o.log_retention_bytes = 4_000;
+            o
+        },
+        &Registry::with_builtins(),
+    );
+    assert_eq!(w.nodes["a"].replica.log_start(), &recorded);
+    w.connect("a", "c");
+    let mut frames = Vec::new();
+    for _ in 0..100 {
+        let Some(f) = w.wire.front().cloned() else {
+            break;
+        };
+        frames.push(f);
+        w.deliver_one();
+    }
+    let to_c: Vec<&PeerMsg> = frames
+        .iter()
+        .filter(|(from, to, _, _)| from == "a" && to == "c")
+        .map(|(_, _, _, m)| m)
+        .collect();
+    assert!(
+        !to_c
+            .iter()
+            .any(|m| matches!(m, PeerMsg::Batch(b) if b.origin == a)),
+        "no batch of a's writes reaches c: they would start after a gap"
+    );
+    let told = to_c
+        .iter()
+        .find_map(|m| match m {
+            PeerMsg::NeedsSnapshot(n) => Some(n.clone()),
+            _ => None,
+        })
+        .expect("a answers needs snapshot");
+    assert_eq!((told.origin, told.from), (a, Seq(1)));
+    assert_eq!(
+        told.log_start,
+        w.nodes["a"].replica.log_start().get(a).next()
+    );
+    assert!(
+        told.log_start > recorded.get(a),
+        "never before what the disk recorded"
+    );
+    assert_eq!(w.nodes["c"].replica.received().get(a), Seq::ZERO);
+    assert!(
+        w.nodes["c"].alarms.iter().any(
+            |x| matches!(x, Alarm::NeedsSnapshot { peer, origin, .. } if peer == "a" && origin == "a")
+        ),
+        "c raises the alarm: {:?}",
+        w.nodes["c"].alarms
+    );
+    let needed = w.nodes["c"].replica.snapshot_needed();
+    assert_eq!(needed.len(), 1, "{needed:?}");
+    assert_eq!(needed[0].0, "a");
+}
+
+/// A region rebuilt on an empty disk comes back with a new replica id and nothing applied:
+/// once the others have truncated (every region had the writes), it cannot catch up from
+/// their logs. It is told it needs a snapshot (issue 13, item 3 bootstraps it from there),
+/// and the region that truncated raises the alarm; it is never streamed a run from the
+/// middle of the log.
+#[test]
+fn a_region_rebuilt_on_an_empty_disk_after_truncation_is_told_it_needs_a_snapshot() {
+    let mut w = world();
+    small_checkpoints(&mut w, 4);
+    w.mesh();
+    w.deliver();
+    for i in 0..10 {
+        w.write("a", "default", &format!("k{i}"), Some("x"));
+        w.deliver();
+    }
+    w.advance(600);
+    let a = w.nodes["a"].id;
+    assert_eq!(w.nodes["a"].replica.log_start().get(a), Seq(10));
+    w.cut("a", "c");
+    w.cut("b", "c");
+    let rebuilt = ReplicaId::from_u128(4);
+    w.nodes.insert(
+        "c".into(),
+        leader_core::testkit::Node::new(opts("c", rebuilt), &Registry::with_builtins()),
+    );
+    w.connect("a", "c");
+    w.deliver();
+    w.advance(600);
+    assert_eq!(w.nodes["c"].replica.received().get(a), Seq::ZERO, "no gap");
+    assert!(
+        w.nodes["c"].alarms.iter().any(|x| matches!(
+            x,
+            Alarm::NeedsSnapshot { peer, from: Seq(1), log_start: Seq(11), .. } if peer == "a"
+        )),
+        "{:?}",
+        w.nodes["c"].alarms
+    );
+    assert!(
+        w.nodes["a"]
+            .alarms
+            .iter()
+            .any(|x| matches!(x, Alarm::PeerNeedsSnapshot { peer, .. } if peer == "c")),
+        "{:?}",
+        w.nodes["a"].alarms
+    );
+    let view = w.nodes["a"]
+        .replica
+        .peer_views(w.now)
+        .into_iter()
+        .find(|v| v.region == "c")
+        .unwrap();
+    assert!(
+        view.needs_snapshot && view.replica == Some(rebuilt),
+        "{view:?}"
+    );
+}

@@ -205,6 +205,11 @@ pub struct Limits {
     /// makes no progress for `relay_delay_ms`, does not slow writes here; it catches up and
     /// paces them again once within the bound. See docs/design.md "Flow control".
     pub pace_lag_writes: u64,
+    /// Retention bound of the write log (default 1 GiB, at least 1 MiB): a peer region that
+    /// lacks more than this many bytes of writes stops holding back log truncation here; the
+    /// log is truncated past it and it then needs a snapshot. Status shows each peer's
+    /// distance to the bound before that happens. See docs/design.md "Log truncation".
+    pub log_retention_bytes: u64,
 }
 
 impl Default for Limits {
@@ -223,6 +228,7 @@ impl Default for Limits {
             storage_cache_bytes: 64 * 1024 * 1024,
             log_segment_bytes: 32 * 1024 * 1024,
             pace_lag_writes: 10_000,
+            log_retention_bytes: 1 << 30,
         }
     }
 }

@@ -244,6 +244,12 @@ pub(super) fn check_limits(l: &Limits) -> Result<(), Problem> {
                 min: 0,
                 max: 1_000_000_000,
             },
+            Bound {
+                key: "log_retention_bytes",
+                value: l.log_retention_bytes,
+                min: MIB,
+                max: 1 << 50,
+            },
         ],
     )?;
     let limits = KeyPath::of("limits");

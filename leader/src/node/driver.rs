@@ -483,6 +483,15 @@ impl Driver {
             skew_alarms: self.replica.skew_alarms(),
             resolver_mismatches: self.replica.resolver_mismatches(),
             held_back: self.replica.held_back().clone(),
+            log_retention_bytes: self.replica.options().log_retention_bytes,
+            log_size: self.store.log_size(),
+            log_start: self
+                .replica
+                .log_start()
+                .iter()
+                .map(|(r, s)| (self.replica.region_of(&r).unwrap_or("?").to_owned(), r, s.0))
+                .collect(),
+            snapshot_needed: self.replica.snapshot_needed(),
             max_clock_offset_ms: self.replica.options().max_clock_offset_ms,
             split_brain: self
                 .split_brain

@@ -321,6 +321,7 @@ pub async fn start(
         conflict_log_capacity: config.limits.conflict_log_entries,
         log_tail_bytes: config.limits.log_tail_bytes,
         pace_lag_writes: config.limits.pace_lag_writes,
+        log_retention_bytes: config.limits.log_retention_bytes,
     };
     let mut replica = Replica::new(opts, registry, opened.recovered)?;
     let replayed = store.replay(|chunk| replica.replay(chunk))?;

@@ -17,6 +17,11 @@
 //! the offset, never skipped: a sealed segment, or a bad record with data after it, holds
 //! acknowledged writes.
 //!
+//! # Truncation
+//! Whole segments only, the oldest first, never the one being appended to
+//! ([`SegmentLog::drop_covered`]); numbering goes on, so the first segment of a truncated
+//! log is not number 1.
+//!
 //! # Index
 //! Per segment and per origin, the first and last sequence numbers and a sparse list of
 //! (first sequence number of the origin in a record, record offset), one point every
@@ -303,6 +308,66 @@ impl SegmentLog {
             len: MAGIC.len() as u64,
         };
         Ok(())
+    }
+
+    /// Deletes the oldest segments while every write in them is covered by `start` (the
+    /// recorded log start) and they come before segment `before` (the checkpoint's replay
+    /// position: the log after it rebuilds what a crash loses). Whole files only, oldest
+    /// first, never the segment being appended to; their index leaves memory first, so no
+    /// read is planned on them. Returns the numbers deleted.
+    ///
+    /// The caller records `start` durably before calling: a crash in between leaves files
+    /// that [`SegmentLog::drop_covered`] deletes at the next call, never a log start that
+    /// claims writes are still there.
+    pub(super) fn drop_covered(
+        &self,
+        start: &conflict::VersionVector,
+        before: u64,
+    ) -> Result<Vec<u64>, StorageError> {
+        let active = self
+            .writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .segment;
+        let doomed: Vec<u64> = {
+            let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+            let doomed: Vec<u64> = index
+                .iter()
+                .take_while(|(n, s)| {
+                    **n < before.min(active)
+                        && s.origins.iter().all(|(o, oi)| {
+                            oi.last <= start.get(conflict::ReplicaId::from_u128(*o)).0
+                        })
+                })
+                .map(|(n, _)| *n)
+                .collect();
+            for n in &doomed {
+                index.remove(n);
+            }
+            doomed
+        };
+        for n in &doomed {
+            for path in [
+                segment_path(&self.dir, *n),
+                self.dir.join(format!("{n:020}.idx")),
+            ] {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io(&path, e)),
+                }
+            }
+        }
+        if !doomed.is_empty() {
+            sync_dir(&self.dir)?;
+        }
+        Ok(doomed)
+    }
+
+    /// Bytes of the log's segment files (records and headers) and how many there are.
+    pub(super) fn size(&self) -> (u64, usize) {
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        (index.values().map(|s| s.len).sum(), index.len())
     }
 
     /// The position after the last durable record.

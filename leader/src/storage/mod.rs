@@ -35,6 +35,16 @@
 //! syncs twice; a log record is appended where the last one ended. Measured in
 //! `docs/performance.md`.
 //!
+//! # The log is truncated by whole segments
+//! Each batch carries the state machine's log start ([`PersistBatch::truncate`]: writes every
+//! region has durably applied, or that only a region past the retention bound lacks). The
+//! next checkpoint records it (`log_start` in `meta`, in the checkpoint's transaction) and
+//! then deletes the oldest segments whose every write it covers and that come before the
+//! checkpoint (a restart replays the log after it). Recorded first, deleted after: a crash in
+//! between leaves files that the next open deletes, never a log start older than what is
+//! gone. A start hands the recorded log start back ([`Recovered::log_start`]), and the state
+//! machine never asks for a write it covers.
+//!
 //! # Quarantined writes are recorded
 //! A replicated write the state machine logged without applying (its table unknown here, or
 //! resolved differently by its origin) is recorded, with the resolver its origin used, by the
@@ -251,6 +261,9 @@ pub struct Store {
     /// (first) up to `applied` (second).
     replay_range: (VersionVector, VersionVector),
     replay_pos: Pos,
+    /// The log start recorded in redb (`log_start` in `meta`): the segments it wholly covers
+    /// are deleted once they are before the checkpoint. Only persists take the lock.
+    log_start: Mutex<VersionVector>,
 }
 
 /// Everything kept back until the next checkpoint.
@@ -268,6 +281,9 @@ struct Deferred {
     entry_bytes: usize,
     /// Metadata changed since the last checkpoint.
     meta: MetaChanges,
+    /// The largest [`PersistBatch::truncate`] since the last checkpoint: recorded, and the
+    /// segments it covers deleted, at the next one.
+    truncate: VersionVector,
 }
 
 /// The metadata records carry as changes (the applied vector and counters are carried whole).
@@ -375,8 +391,17 @@ impl Store {
             limits,
             replay_range: Default::default(),
             replay_pos: Pos::default(),
+            log_start: Mutex::new(VersionVector::new()),
         };
         let (recovered, checkpoint) = store.recover()?;
+        // A crash after the last checkpoint recorded a log start and before its segments were
+        // deleted left them behind: finish the job.
+        let before = checkpoint
+            .replay_pos
+            .segment
+            .min(checkpoint.log_pos.segment);
+        store.log.drop_covered(&recovered.log_start, before)?;
+        store.log_start = Mutex::new(recovered.log_start.clone());
         store.replay_range = (checkpoint.keys_applied, recovered.applied.clone());
         store.replay_pos = checkpoint.replay_pos;
         Ok(Opened {
@@ -395,6 +420,11 @@ impl Store {
     /// Number of group commits (each one `fdatasync` of the log) since open.
     pub fn commits(&self) -> u64 {
         self.commits.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of the write log's segment files, and how many segments there are.
+    pub fn log_size(&self) -> (u64, usize) {
+        self.log.size()
     }
 
     /// Loads the checkpoint, folds the records after it into it, and says where the replay
@@ -418,6 +448,13 @@ impl Store {
         }
         if let Some(v) = get("hlc_high")? {
             rec.hlc_high = Hlc::from_u64(decode_u64(&v, dir)?);
+        }
+        if let Some(v) = get("log_start")? {
+            rec.log_start = VersionVector::from_bytes(&v).map_err(|e| StorageError::Corrupt {
+                dir: dir.clone(),
+                table: "meta",
+                detail: format!("log_start: {e}"),
+            })?;
         }
         let pos = |key: &'static str| -> Result<Pos, StorageError> {
             match get(key)? {
@@ -594,6 +631,7 @@ impl Store {
         };
         let end = self.log.append(log::frame(&record), &record.ranges())?;
         deferred.meta.add(&record);
+        deferred.truncate.join(&batch.truncate);
         deferred.entries += batch.log.len();
         deferred.entry_bytes += batch.log.iter().map(LogEntry::wire_size).sum::<usize>();
         for (table, key, state) in batch.keys {
@@ -608,14 +646,28 @@ impl Store {
             || deferred.key_bytes >= self.limits.checkpoint_bytes
             || deferred.entry_bytes >= self.limits.checkpoint_bytes;
         if checkpoint {
+            // Poisoned only if an earlier persist panicked (see `deferred`).
+            let mut log_start = self
+                .log_start
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut start = log_start.clone();
+            start.join(&deferred.truncate);
             self.checkpoint(
                 &deferred,
                 &batch.applied,
                 batch.own_seq,
                 batch.hlc_high,
                 end,
+                &start,
             )?;
             *deferred = Deferred::default();
+            // Recorded first, deleted after: a crash in between leaves files the next
+            // checkpoint (or open) deletes, never a log start that claims too little.
+            if let Err(e) = self.log.drop_covered(&start, end.segment) {
+                tracing::warn!(error = %e, "could not delete truncated log segments; the next checkpoint tries again");
+            }
+            *log_start = start;
         }
         self.commits.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -630,6 +682,7 @@ impl Store {
         own_seq: Seq,
         hlc_high: Hlc,
         end: Pos,
+        log_start: &VersionVector,
     ) -> Result<(), StorageError> {
         let dir = &self.dir;
         let txn = self.db.begin_write().map_err(|e| engine(dir, e))?;
@@ -673,7 +726,8 @@ impl Store {
             // and every kept-back state is the newest of its key: together they are the key
             // table as of `applied`, and every record up to `end` is reflected.
             let pos = end.to_bytes();
-            let values: [(&str, &[u8]); 5] = [
+            let values: [(&str, &[u8]); 6] = [
+                ("log_start", &log_start.to_bytes()),
                 ("own_seq", &own_seq.0.to_le_bytes()),
                 ("hlc_high", &hlc_high.as_u64().to_le_bytes()),
                 ("keys_applied", &applied.to_bytes()),

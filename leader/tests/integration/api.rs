@@ -514,6 +514,14 @@ async fn metrics_count_writes_and_fsyncs() {
     let fsyncs = sample("meridian_fsyncs_total");
     assert!((1..=2).contains(&fsyncs), "{fsyncs}");
     assert_eq!(sample("meridian_keys"), 2);
+    // The write log and its retention bound (issue 13, item 2): no peer, nothing to pass.
+    assert_eq!(sample("meridian_log_retention_bytes"), 1 << 30);
+    assert!(
+        sample("meridian_log_bytes") > 8,
+        "records after the segment's header"
+    );
+    assert_eq!(sample("meridian_log_segments"), 1);
+    assert_eq!(sample("meridian_needs_snapshot"), 0);
     assert!(text.ends_with("# EOF\n"));
     s.stop().await;
 }
@@ -553,6 +561,16 @@ async fn status_shows_the_region_its_writes_and_no_peers() {
         serde_json::json!([{ "region": "solo", "replica": w["dot"]["replica"], "seq": 2 }])
     );
     assert_eq!(st["peers"], serde_json::json!([]));
+    let log = &st["log"];
+    assert_eq!(log["retention_bytes"], 1u64 << 30);
+    assert_eq!(log["segments"], 1);
+    assert!(log["bytes"].as_u64().unwrap() > 8, "{log}");
+    // With no peer, every write durable here is stable: the log may drop it.
+    assert_eq!(
+        log["start"],
+        serde_json::json!([{ "region": "solo", "replica": w["dot"]["replica"], "seq": 2 }])
+    );
+    assert_eq!(st["alarms"]["needs_snapshot"], serde_json::json!([]));
     // The document is `leader::status::Status`, field for field, both ways.
     let typed: leader::status::Status = serde_json::from_value(st.clone()).unwrap();
     assert_eq!(serde_json::to_value(&typed).unwrap(), st);

@@ -429,10 +429,12 @@ fn memory_bounds_are_bytes_in_range_and_a_replay_chunk_holds_the_largest_write()
     };
     let config = parse(&with(
         "log_tail_bytes = 0\ncheckpoint_bytes = 1048576\nreplay_chunk_bytes = 2097152\n\
-         storage_cache_bytes = 1048576\nlog_segment_bytes = 2097152",
+         storage_cache_bytes = 1048576\nlog_segment_bytes = 2097152\n\
+         log_retention_bytes = 3145728",
     ))
     .unwrap();
     assert_eq!(config.limits.log_segment_bytes, 2 << 20);
+    assert_eq!(config.limits.log_retention_bytes, 3 << 20);
     assert_eq!(config.limits.log_tail_bytes, 0);
     assert_eq!(config.limits.checkpoint_bytes, 1 << 20);
     assert_eq!(config.limits.replay_chunk_bytes, 2 << 20);
@@ -443,6 +445,9 @@ fn memory_bounds_are_bytes_in_range_and_a_replay_chunk_holds_the_largest_write()
     assert_eq!(defaults.replay_chunk_bytes, 8 << 20);
     assert_eq!(defaults.storage_cache_bytes, 64 << 20);
     assert_eq!(defaults.log_segment_bytes, 32 << 20);
+    assert_eq!(defaults.log_retention_bytes, 1 << 30);
+    let err = parse(&with("log_retention_bytes = 1000")).unwrap_err();
+    assert_eq!(err.key, "limits.log_retention_bytes");
     let err = parse(&with("log_segment_bytes = 1000")).unwrap_err();
     assert_eq!(err.key, "limits.log_segment_bytes");
 

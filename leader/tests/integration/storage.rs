@@ -84,6 +84,7 @@ fn a_restart_recovers_exactly_what_was_persisted() {
         replicas: vec![(other, "eu-west".into())],
         peer_acked: vec![("eu-west".into(), acked.clone())],
         checkpoint: true,
+        truncate: VersionVector::new(),
     };
     opened.store.persist(batch.clone()).unwrap();
     assert_eq!(opened.store.commits(), 1, "one batch, one commit");
@@ -336,6 +337,7 @@ fn machine(opened: &Opened, tables: &[(&str, &str)]) -> Replica {
         conflict_log_capacity: 10,
         log_tail_bytes: 1 << 16,
         pace_lag_writes: 0,
+        log_retention_bytes: u64::MAX,
     };
     let mut replica =
         Replica::new(opts, &Registry::with_builtins(), opened.recovered.clone()).unwrap();
@@ -826,4 +828,118 @@ fn the_log_rolls_into_indexed_segments_that_reads_cross() {
         matches!(&err, StorageError::LogCorrupt { file, .. } if file == &segs[0]),
         "{err:?}"
     );
+}
+
+/// The segment and index files of `dir`'s log, by name, with their bytes.
+fn log_files(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir.join("log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read(&p).unwrap())
+        })
+        .collect()
+}
+
+/// Issue 13, item 2: the log start a batch carries is recorded at the next checkpoint and the
+/// whole segments it covers are deleted then (never those after the checkpoint, whose
+/// records a restart replays); a reopen keeps the log start and serves what remains. A crash
+/// after the log start was recorded and before the files were deleted (simulated by putting
+/// the deleted files back) is finished at the next open.
+#[test]
+fn truncated_segments_are_deleted_and_a_reopen_after_it_serves_what_remains() {
+    let limits = StoreLimits {
+        segment_bytes: 4096,
+        ..StoreLimits::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let opened = Store::open_with(dir.path(), "c1", "us-east", limits).unwrap();
+    let me = opened.replica;
+    let mut start = VersionVector::new();
+    start.add_dot(&Dot::new(me, Seq(150)));
+    for seq in 1..=200 {
+        let (mut batch, _) = one_write(me, seq, seq == 120);
+        // The machine offers the log start from 130 on; it is recorded at the next checkpoint.
+        if seq >= 130 {
+            batch.truncate = start.clone();
+        }
+        opened.store.persist(batch).unwrap();
+    }
+    let before = log_files(dir.path());
+    let segs_before = segments(dir.path());
+    assert!(segs_before.len() > 4, "{segs_before:?}");
+    assert_eq!(
+        opened.store.log_size().1,
+        segs_before.len(),
+        "offered but not checkpointed: nothing deleted yet"
+    );
+    let (size_before, _) = opened.store.log_size();
+    opened.store.persist(one_write(me, 201, true).0).unwrap();
+    let segs = segments(dir.path());
+    assert!(segs.len() < segs_before.len(), "{segs:?}");
+    let (size_after, count) = opened.store.log_size();
+    assert_eq!(count, segs.len());
+    assert!(size_after < size_before, "{size_after} < {size_before}");
+    for gone in segs_before.iter().filter(|s| !segs.contains(s)) {
+        assert!(
+            !gone.with_extension("idx").exists(),
+            "{gone:?}'s index went too"
+        );
+    }
+    let first = opened
+        .store
+        .read_log(me, Seq(1), Seq(201), usize::MAX)
+        .unwrap();
+    assert!(
+        first[0].seq() <= Seq(151) && first[0].seq() > Seq(1),
+        "the first remaining write is after some deleted ones and at most one past the log start: {}",
+        first[0].seq()
+    );
+    assert_eq!(first.last().unwrap().seq(), Seq(201));
+    let kept = opened
+        .store
+        .read_log(me, Seq(151), Seq(201), usize::MAX)
+        .unwrap();
+    assert_eq!(kept, (151..=201).map(|s| entry(me, s)).collect::<Vec<_>>());
+    drop(opened);
+
+    let again = Store::open_with(dir.path(), "c1", "us-east", limits).unwrap();
+    assert_eq!(again.recovered.log_start, start, "the log start is kept");
+    assert_eq!(again.recovered.own_seq, Seq(201));
+    assert_eq!(segments(dir.path()), segs);
+    assert_eq!(
+        again
+            .store
+            .read_log(me, Seq(151), Seq(201), usize::MAX)
+            .unwrap(),
+        kept
+    );
+    drop(again);
+
+    // The crash between recording the log start and deleting: the files are back.
+    for (name, bytes) in &before {
+        let path = dir.path().join("log").join(name);
+        if !path.exists() {
+            std::fs::write(path, bytes).unwrap();
+        }
+    }
+    assert_eq!(segments(dir.path()), segs_before);
+    let third = Store::open_with(dir.path(), "c1", "us-east", limits).unwrap();
+    assert_eq!(segments(dir.path()), segs, "the open finished the deletion");
+    assert_eq!(third.recovered.log_start, start);
+    assert_eq!(third.recovered.own_seq, Seq(201));
+    assert_eq!(
+        third
+            .store
+            .read_log(me, Seq(151), Seq(201), usize::MAX)
+            .unwrap(),
+        kept
+    );
+    // Appends go on after it.
+    third.store.persist(one_write(me, 202, false).0).unwrap();
+    drop(third);
+    let fourth = Store::open_with(dir.path(), "c1", "us-east", limits).unwrap();
+    assert_eq!(fourth.recovered.own_seq, Seq(202));
+    assert_eq!(replayed(&fourth), vec![entry(me, 202)]);
 }

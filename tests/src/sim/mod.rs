@@ -85,14 +85,19 @@ pub enum Sabotage {
     /// Local writes are stamped with the raw wall clock: plain wall-clock last-write-wins,
     /// without the HLC and the per-key causality rule.
     WallClockLww,
+    /// Every region truncates its log up to what it has durably applied itself, without
+    /// waiting for the others (the machine's test-only hook): a peer that lags asks for
+    /// writes no log holds any more.
+    TruncateUnstable,
 }
 
 impl Sabotage {
     /// Every variant.
-    pub const ALL: [Sabotage; 3] = [
+    pub const ALL: [Sabotage; 4] = [
         Sabotage::SkipSeq,
         Sabotage::AckBeforeDurable,
         Sabotage::WallClockLww,
+        Sabotage::TruncateUnstable,
     ];
 
     /// The name used in `MERIDIAN_SIM_SABOTAGE`.
@@ -101,6 +106,7 @@ impl Sabotage {
             Sabotage::SkipSeq => "skip-seq",
             Sabotage::AckBeforeDurable => "ack-before-durable",
             Sabotage::WallClockLww => "wall-clock-lww",
+            Sabotage::TruncateUnstable => "truncate-unstable",
         }
     }
 

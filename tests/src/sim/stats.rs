@@ -49,6 +49,8 @@ pub struct FaultCounts {
     pub replays: u64,
     /// Log entries those restarts replayed.
     pub replayed_entries: u64,
+    /// Log entries dropped from disks by truncation (every region had them durably).
+    pub truncated: u64,
 }
 
 impl FaultCounts {
@@ -86,6 +88,7 @@ impl AddAssign<&FaultCounts> for FaultCounts {
         self.checkpoints += o.checkpoints;
         self.replays += o.replays;
         self.replayed_entries += o.replayed_entries;
+        self.truncated += o.truncated;
     }
 }
 
@@ -97,7 +100,7 @@ impl fmt::Display for FaultCounts {
              permanent losses {}, conn resets {}, idle timeouts {}, duplicates {}, reorders {}, \
              send failures {}, silent losses {}, frames lost {}, frames held {}, skew events {} \
              (jumps +{} -{}, beyond bound {}), slow fsyncs {}, checkpoints {}, replays {} \
-             ({} entries)",
+             ({} entries), log entries truncated {}",
             self.partitions(),
             self.partitions_symmetric,
             self.partitions_one_way,
@@ -121,6 +124,7 @@ impl fmt::Display for FaultCounts {
             self.checkpoints,
             self.replays,
             self.replayed_entries,
+            self.truncated,
         )
     }
 }

@@ -239,5 +239,9 @@ pub fn describe(m: &PeerMsg) -> String {
         PeerMsg::Heartbeat(h) => format!("Heartbeat(wall {} hlc {:?})", h.wall_ms, h.hlc),
         PeerMsg::Resync(r) => format!("Resync({} after {})", r.origin, r.applied),
         PeerMsg::Refuse(r) => format!("Refuse({})", r.reason),
+        PeerMsg::NeedsSnapshot(n) => format!(
+            "NeedsSnapshot({} from {}, log starts at {})",
+            n.origin_region, n.from, n.log_start
+        ),
     }
 }

@@ -254,6 +254,7 @@ fn options(p: &Params, r: usize) -> Options {
         conflict_log_capacity: 64,
         log_tail_bytes: k.log_tail_bytes,
         pace_lag_writes: k.pace_lag_writes,
+        log_retention_bytes: u64::MAX,
     }
 }
 
@@ -348,6 +349,7 @@ impl World {
         for r in 0..self.regions.len() {
             self.count_machine(r);
         }
+        self.faults.truncated = self.regions.iter().map(|g| g.node.disk.truncated).sum();
         let tail = self.trace.tail();
         Outcome {
             seed: self.seed,
@@ -475,6 +477,9 @@ impl World {
         g.up = true;
         if self.opts.sabotage == Some(Sabotage::WallClockLww) {
             g.node.replica.unsafe_stamp_with_wall_clock();
+        }
+        if self.opts.sabotage == Some(Sabotage::TruncateUnstable) {
+            g.node.replica.unsafe_truncate_at_durable();
         }
         g.boot_ms = self.now;
         g.seen_applied = g.node.disk.applied.clone();

@@ -233,6 +233,12 @@ impl Cluster {
         Cluster::start_with(names, false, &sections)
     }
 
+    /// [`Cluster::start_simulated`] with a `[limits]` section (its lines).
+    pub(crate) fn start_simulated_with_limits(names: &[&str], limits: &str) -> Cluster {
+        let sections = format!("{FAST_TIMEOUTS}\n[limits]\n{limits}\n");
+        Cluster::start_with(names, true, &sections)
+    }
+
     fn start_with(names: &[&str], simulate_links: bool, timeouts: &str) -> Cluster {
         Cluster::start_with_options(names, simulate_links, timeouts, None)
     }

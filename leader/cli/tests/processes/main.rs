@@ -10,5 +10,6 @@ mod chaos;
 mod cli_session;
 mod memory;
 mod restart;
+mod retention;
 mod split_brain;
 mod wan_load;

@@ -48,6 +48,11 @@ pub struct Options {
     /// on our writes for [`Options::relay_delay_ms`], and is back once it has caught up again.
     /// 0 turns pacing off. See "Flow control" in docs/design.md.
     pub pace_lag_writes: u64,
+    /// Retention bound of the log: a peer that lacks more than this many bytes of writes
+    /// (by [`LogEntry::wire_size`]) no longer holds back log truncation here; the log is
+    /// truncated past it and it is told it needs a snapshot. See "Log truncation" in
+    /// docs/design.md.
+    pub log_retention_bytes: u64,
 }
 
 /// What a region recovered from its data directory on start.
@@ -69,6 +74,9 @@ pub struct Recovered {
     /// this region's configuration now accepts are applied at start: see
     /// [`Replica::to_release`](crate::Replica::to_release).
     pub quarantined: Vec<Quarantined>,
+    /// Where the log starts, per origin: writes this vector covers may have been dropped
+    /// ([`PersistBatch::truncate`] as storage last recorded it). Never streamed again.
+    pub log_start: VersionVector,
 }
 
 /// A replicated write that was logged but not applied here, because its table was unknown or
@@ -268,7 +276,8 @@ pub struct PersistBatch {
     pub hlc_high: Hlc,
     /// Replica → region names learned since the last batch.
     pub replicas: Vec<(ReplicaId, String)>,
-    /// Peers' acknowledged vectors that changed since the last batch.
+    /// What peers are known to have durably applied (acks joined with their lag-matrix
+    /// rows), for those whose vector changed since the last batch.
     pub peer_acked: Vec<(String, VersionVector)>,
     /// The key states of this batch, and of every earlier one, must be durable once this
     /// batch is. Storage may otherwise keep key states back and rebuild them after a crash by
@@ -281,6 +290,11 @@ pub struct PersistBatch {
     pub quarantined: Vec<Quarantined>,
     /// Quarantined writes applied since the last batch (at start): their records go.
     pub released: Vec<Dot>,
+    /// Log entries this vector covers may be dropped: every region durably applied them (or
+    /// lacks more than the retention bound). Carried whole and only ever grows; storage drops
+    /// whole segments with it once they are checkpointed, and records it first
+    /// ([`Recovered::log_start`]).
+    pub truncate: VersionVector,
 }
 
 /// What a client learns when its write is durable here.
@@ -473,6 +487,28 @@ pub enum Alarm {
         /// The write.
         dot: Dot,
     },
+    /// This region's log no longer holds writes that `peer` lacks: it fell further behind
+    /// than the retention bound (`log_retention_bytes`) and the log was truncated past it.
+    /// It needs a snapshot to catch up (unless another region still holds those writes).
+    PeerNeedsSnapshot {
+        /// The region behind.
+        peer: String,
+        /// Bytes of writes it lacked when it was passed.
+        behind_bytes: u64,
+    },
+    /// `peer` told this region that its log no longer holds `origin`'s writes from `from`
+    /// on ([`crate::NeedsSnapshot`]): this region cannot catch up from it and needs a
+    /// snapshot, unless another region can still serve them.
+    NeedsSnapshot {
+        /// The region that answered.
+        peer: String,
+        /// The origin's region.
+        origin: String,
+        /// The first write of the origin this region lacks.
+        from: Seq,
+        /// The first write of the origin the peer's log still holds.
+        log_start: Seq,
+    },
 }
 
 /// One entry of the conflict log.
@@ -539,6 +575,12 @@ pub struct Counters {
     /// the queue of paced writes was full ([`WriteError::Overloaded`]), or too many writes
     /// were not answered yet ([`WriteError::Backlogged`]).
     pub writes_overloaded: u64,
+    /// Peers this region's log was truncated past ([`Alarm::PeerNeedsSnapshot`]).
+    pub peers_truncated_past: u64,
+    /// "Needs snapshot" answers sent to peers asking for writes the log no longer holds.
+    pub snapshot_answers_sent: u64,
+    /// "Needs snapshot" answers received ([`Alarm::NeedsSnapshot`]).
+    pub snapshot_answers_received: u64,
 }
 
 /// Why a [`Replica`](crate::Replica) could not be built.
@@ -579,4 +621,10 @@ pub struct PeerView {
     /// Estimated offset of the peer's wall clock from ours, ms (positive: the peer is ahead),
     /// from heartbeat echoes (NTP-style, the sample with the smallest round trip).
     pub clock_offset_ms: Option<i64>,
+    /// Bytes of writes (by [`LogEntry::wire_size`]) the peer lacks that this region's log
+    /// still holds for it; past [`Options::log_retention_bytes`] the log is truncated past
+    /// it. Counts writes logged since this process started.
+    pub log_behind_bytes: u64,
+    /// This region's log no longer holds writes the peer lacks: it needs a snapshot.
+    pub needs_snapshot: bool,
 }

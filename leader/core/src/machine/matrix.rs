@@ -91,7 +91,7 @@ impl Replica {
     /// third region relays our writes to it and its row, passed on in that region's
     /// heartbeats, is the only news of them: without it the matrix would show the peer
     /// lagging on writes it has, for as long as the link stays cut.
-    fn known_applied(&self, name: &str, p: &Peer) -> VersionVector {
+    pub(super) fn known_applied(&self, name: &str, p: &Peer) -> VersionVector {
         let mut known = p.acked.clone();
         let row = self.matrix.rows.get(name).map(|(r, _)| r);
         if let Some(row) = row.filter(|r| p.replica.is_none_or(|id| id == r.replica)) {
@@ -158,15 +158,20 @@ impl Replica {
     pub fn peer_views(&self, now: Time) -> Vec<PeerView> {
         self.peers
             .iter()
-            .map(|(name, p)| PeerView {
-                lag_ms: self.own_lag_ms(&p.acked, now),
-                region: name.clone(),
-                replica: p.replica,
-                connected: p.active.is_some(),
-                acked: p.acked.clone(),
-                lag_writes: self.lag_writes(name, p),
-                unacked_bytes: p.inflight_bytes,
-                clock_offset_ms: p.skew.offset_ms(),
+            .map(|(name, p)| {
+                let (log_behind_bytes, needs_snapshot) = self.log_position_of(name, p);
+                PeerView {
+                    lag_ms: self.own_lag_ms(&p.acked, now),
+                    region: name.clone(),
+                    replica: p.replica,
+                    connected: p.active.is_some(),
+                    acked: p.acked.clone(),
+                    lag_writes: self.lag_writes(name, p),
+                    unacked_bytes: p.inflight_bytes,
+                    clock_offset_ms: p.skew.offset_ms(),
+                    log_behind_bytes,
+                    needs_snapshot,
+                }
             })
             .collect()
     }

@@ -42,6 +42,7 @@ mod persist;
 mod receive;
 mod resolvers;
 mod stream;
+mod truncate;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -63,7 +64,9 @@ use self::client::{Change, Wait, WriteRequest};
 use self::peer::Peer;
 use self::persist::{InFlight, Staged};
 use self::stream::Tail;
+use self::truncate::{HeldDots, LogBytes};
 use crate::consistency::{Matrix, MatrixRow};
+use crate::msg::NeedsSnapshot;
 use crate::msg::{Heartbeat, LogEntry, PeerMsg};
 
 /// The time as the driver sees it when it hands an event in.
@@ -138,8 +141,19 @@ pub struct Replica {
     release: BTreeSet<Dot>,
     /// Writes held back (quarantined and not released), per table.
     held_back: BTreeMap<String, u64>,
+    /// Where the log starts: entries it covers may be dropped and are never streamed
+    /// (`truncate.rs`). Only grows.
+    truncated: VersionVector,
+    /// Per origin, bytes of its durable log since this start: how far behind peers are.
+    log_bytes: BTreeMap<ReplicaId, LogBytes>,
+    /// Writes held back in quarantine and not released durably: they pin their origin's log.
+    held_dots: HeldDots,
+    /// "Needs snapshot" answers received, by (peer, origin); at most `MAX_VV_ENTRIES`.
+    snapshot_needed: BTreeMap<(String, ReplicaId), NeedsSnapshot>,
     /// Test-only negative control (see [`Replica::unsafe_stamp_with_wall_clock`]).
     wall_clock_stamps: bool,
+    /// Test-only negative control (see [`Replica::unsafe_truncate_at_durable`]).
+    truncate_unstable: bool,
     /// Monotonic time of the last event handled (every `handle` ends with `on_tick`).
     last_event_ms: u64,
 }
@@ -170,6 +184,7 @@ impl Replica {
             .collect();
         let mut release = BTreeSet::new();
         let mut held_back: BTreeMap<String, u64> = BTreeMap::new();
+        let held_dots = rec.quarantined.iter().map(|q| q.dot).collect();
         for q in rec.quarantined {
             let ours = resolver_ids.iter().find(|(t, _)| *t == q.table);
             let accepted = ours.is_some_and(|(_, ours)| {
@@ -221,7 +236,12 @@ impl Replica {
             reuse_alarmed: BTreeMap::new(),
             release,
             held_back,
+            truncated: rec.log_start,
+            log_bytes: BTreeMap::new(),
+            held_dots,
+            snapshot_needed: BTreeMap::new(),
             wall_clock_stamps: false,
+            truncate_unstable: false,
             last_event_ms: 0,
             resolvers,
             resolver_ids,
@@ -399,6 +419,15 @@ impl Replica {
     #[doc(hidden)]
     pub fn unsafe_stamp_with_wall_clock(&mut self) {
         self.wall_clock_stamps = true;
+    }
+
+    /// **Test-only; breaks catch-up.** From now on, truncates the log up to what this region
+    /// has durably applied, without waiting for the other regions to have it (as a log kept
+    /// by local retention alone would). It exists so the deterministic simulator can prove its
+    /// oracles catch that mistake (a negative control); nothing else may call it.
+    #[doc(hidden)]
+    pub fn unsafe_truncate_at_durable(&mut self) {
+        self.truncate_unstable = true;
     }
 
     /// The next time (mono ms) at which [`Event::Tick`] must be delivered, if any.

@@ -47,6 +47,9 @@ pub(super) struct Peer {
     pub(super) last_ack_sent: Option<VersionVector>,
     /// Whether `acked` changed since it was last persisted.
     pub(super) acked_dirty: bool,
+    /// What was last persisted as the peer's durable vector: `acked` joined with its lag-matrix
+    /// row (a start recovers it as `acked`).
+    pub(super) known_persisted: VersionVector,
     /// Clock-offset estimate from heartbeat echoes.
     pub(super) skew: SkewEstimate,
     /// The peer's last heartbeat (its send time, our receive time), to echo in ours.
@@ -62,6 +65,11 @@ pub(super) struct Peer {
     /// Whether our client writes are paced to this peer ([`Options::pace_lag_writes`]): it
     /// lacked no more than the limit since it last connected or last made progress.
     pub(super) in_sync: bool,
+    /// Origins this peer was told, on the active connection, that our log no longer holds
+    /// what it lacks ([`crate::NeedsSnapshot`]).
+    pub(super) snapshot_told: BTreeSet<ReplicaId>,
+    /// Our log was truncated past writes it lacks (alarmed once when it happened).
+    pub(super) truncated_past: bool,
 }
 
 /// How long a peer has lagged on one origin without progress.
@@ -165,6 +173,7 @@ impl Peer {
         self.reading.clear();
         self.last_ack_sent = None;
         self.resync_asked.clear();
+        self.snapshot_told.clear();
     }
 
     /// The peer has durably applied `applied` (an ack, or its own row in a heartbeat): what
@@ -510,6 +519,7 @@ impl Replica {
             PeerMsg::Ack(a) => self.on_ack(now, &name, a, out),
             PeerMsg::Heartbeat(h) => self.on_heartbeat(now, &name, h, out),
             PeerMsg::Resync(r) => self.on_resync(now, &name, r, out),
+            PeerMsg::NeedsSnapshot(n) => self.on_needs_snapshot(&name, n, out),
         }
     }
 

@@ -41,6 +41,8 @@ pub(super) struct InFlight {
     /// The states, as this batch writes them, of the keys that readers are served from
     /// [`Replica::read`]'s durable copy: they become that copy when the batch is durable.
     pub(super) stable: Vec<((String, Vec<u8>), KeyState)>,
+    /// Held-back writes this batch releases: they stop pinning the log once it is durable.
+    pub(super) released: Vec<Dot>,
 }
 
 impl Replica {
@@ -49,15 +51,26 @@ impl Replica {
         if self.in_flight.is_some() {
             return;
         }
-        let dirty_peers: Vec<(String, VersionVector)> = self
-            .peers
-            .iter_mut()
-            .filter(|(_, p)| p.acked_dirty)
-            .map(|(name, p)| {
+        // A log start that moved rides the next batch: a batch of its own would cost an fsync
+        // after every quiet write (storage acts on it only at checkpoints anyway).
+        self.advance_truncation(out);
+        // What each peer is known to have durably applied, its acks joined with its lag-matrix
+        // row, is persisted with the log start it allowed: a restart forgets the rows, and
+        // with acks alone would take peers the log was truncated for as truncated past.
+        let mut dirty_peers: Vec<(String, VersionVector)> = Vec::new();
+        let names: Vec<String> = self.peers.keys().cloned().collect();
+        for name in names {
+            let known = self.known_applied(&name, &self.peers[&name]);
+            let p = self
+                .peers
+                .get_mut(&name)
+                .expect("names come from self.peers");
+            if p.acked_dirty || p.known_persisted != known {
                 p.acked_dirty = false;
-                (name.clone(), p.acked.clone())
-            })
-            .collect();
+                p.known_persisted = known.clone();
+                dirty_peers.push((name, known));
+            }
+        }
         let staged = std::mem::take(&mut self.staged);
         self.debug_check_staged_log(&staged.log);
         if staged.keys.is_empty()
@@ -94,7 +107,8 @@ impl Replica {
             peer_acked: dirty_peers,
             checkpoint: staged.checkpoint,
             quarantined: staged.quarantined,
-            released: staged.released,
+            released: staged.released.clone(),
+            truncate: self.truncated.clone(),
         };
         self.in_flight = Some(InFlight {
             id,
@@ -102,6 +116,7 @@ impl Replica {
             replies: staged.replies,
             applied: self.received.clone(),
             stable,
+            released: staged.released,
         });
         out.push(Effect::Persist(batch));
     }
@@ -136,6 +151,8 @@ impl Replica {
             });
         }
         self.check_waits(now, out);
+        self.release_from_log(&done.released);
+        self.count_log_bytes(&done.log);
         for entry in done.log {
             if entry.write.dot.replica == self.opts.replica {
                 if self.own_commits.len() == OWN_COMMITS_MAX {

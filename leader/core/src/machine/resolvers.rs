@@ -37,6 +37,7 @@ impl Replica {
             .get(origin_region)
             .and_then(|theirs| theirs.get(&e.table))
             .cloned();
+        self.hold_in_log([e.write.dot]);
         self.staged.quarantined.push(Quarantined {
             dot: e.write.dot,
             table: e.table.clone(),

@@ -168,6 +168,11 @@ impl Replica {
             if next > last {
                 return;
             }
+            if next <= self.truncated.get(origin) {
+                // Truncated: nothing to stream from, ever. Say so rather than leave a gap.
+                self.answer_needs_snapshot(name, origin, next, out);
+                return;
+            }
             let room = (window - peer.inflight_bytes).min(self.opts.max_batch_bytes);
             let entries = self.tail_run(origin, next, last, room);
             if entries.is_empty() {
@@ -263,6 +268,12 @@ impl Replica {
             return;
         }
         peer.reading.remove(&origin);
+        if peer.next_seq(origin) <= self.truncated.get(origin) {
+            // The log was truncated past the peer while the read was out (it fell past the
+            // retention bound): whatever came back, the answer is "needs snapshot".
+            self.pump_origin(name, origin, out);
+            return;
+        }
         if entries.is_empty() {
             // A read is only asked for durable entries past what the tail holds, so nothing
             // back means storage failed. Asking again at once would spin: back off, alarm.

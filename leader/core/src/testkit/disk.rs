@@ -11,6 +11,9 @@
 //!   the log entries since the last checkpoint pass a bound ([`DiskLimits`], the same four
 //!   tests as `Store::persist`). A checkpoint records `keys_applied`, the applied vector the
 //!   key table reflects;
+//! - a checkpoint records the log start the batches carried ([`PersistBatch::truncate`]) and
+//!   drops the log entries it covers (storage deletes whole segments then; this model drops
+//!   every covered entry, the stricter case);
 //! - a crash loses the kept-back states (they were only in memory) and the batch in flight
 //!   (a batch reaches the disk whole when its fsync completes, never in part);
 //! - [`Disk::recover`] is `Store::open` + `Store::replay` + the driver's start: a new
@@ -62,6 +65,8 @@ impl Default for DiskLimits {
 #[derive(Debug, Clone, Default)]
 struct KeptBack {
     keys: BTreeMap<(String, Vec<u8>), KeyState>,
+    /// The largest [`PersistBatch::truncate`] since the last checkpoint.
+    truncate: VersionVector,
     key_bytes: usize,
     entries: usize,
     entry_bytes: usize,
@@ -96,10 +101,15 @@ pub struct Disk {
     pub peer_acked: BTreeMap<String, VersionVector>,
     /// Logged writes held back (quarantined) and not released yet.
     pub quarantined: BTreeMap<Dot, Quarantined>,
+    /// Where the log starts: entries it covers were dropped (recorded, then dropped, at a
+    /// checkpoint, as `Store` drops whole segments before its checkpoint's replay position).
+    pub log_start: VersionVector,
     /// Batches committed.
     pub commits: u64,
     /// Of those, checkpoints.
     pub checkpoints: u64,
+    /// Log entries dropped because the log start covered them.
+    pub truncated: u64,
     kept: KeptBack,
 }
 
@@ -129,6 +139,7 @@ impl Disk {
     pub fn commit(&mut self, b: &PersistBatch, own: ReplicaId) -> Result<bool, String> {
         self.check(b, own)?;
         let kept = &mut self.kept;
+        kept.truncate.join(&b.truncate);
         kept.entries += b.log.len();
         kept.entry_bytes += b.log.iter().map(LogEntry::wire_size).sum::<usize>();
         for (table, key, state) in &b.keys {
@@ -146,17 +157,25 @@ impl Disk {
             || kept.entries >= l.checkpoint_entries
             || kept.key_bytes >= l.checkpoint_bytes
             || kept.entry_bytes >= l.checkpoint_bytes;
-        if checkpoint {
-            self.keys.append(&mut std::mem::take(&mut self.kept).keys);
-            self.keys_applied = b.applied.clone();
-            self.checkpoints += 1;
-        }
         for e in &b.log {
             self.log.insert((e.write.dot.replica, e.seq()), e.clone());
             self.committed.push((e.write.dot.replica, e.seq()));
         }
         if checkpoint {
-            self.replay_from = self.committed.len();
+            // Everything committed so far is in the checkpoint: the replay starts after it,
+            // so the order of those entries is no longer needed (kept short, as the segments
+            // a checkpoint lets production delete).
+            self.committed.clear();
+            self.replay_from = 0;
+            let kept = std::mem::take(&mut self.kept);
+            self.keys.extend(kept.keys);
+            self.keys_applied = b.applied.clone();
+            self.checkpoints += 1;
+            self.log_start.join(&kept.truncate);
+            let start = &self.log_start;
+            let before = self.log.len();
+            self.log.retain(|(o, s), _| start.get(*o) < *s);
+            self.truncated += (before - self.log.len()) as u64;
         }
         self.applied = b.applied.clone();
         self.own_seq = b.own_seq;
@@ -207,6 +226,7 @@ impl Disk {
             replicas: self.replicas.clone(),
             peer_acked: self.peer_acked.clone(),
             quarantined: self.quarantined.values().cloned().collect(),
+            log_start: self.log_start.clone(),
         }
     }
 
@@ -301,6 +321,7 @@ impl Disk {
         }
         self.check_log(b)?;
         self.check_quarantine(b)?;
+        self.check_truncate(b)?;
         for (table, key, state) in &b.keys {
             state.check_invariants().map_err(|e| {
                 format!(
@@ -347,6 +368,29 @@ impl Disk {
                 return Err(format!(
                     "durable log of {origin} ends at {seq} but the applied vector says {}",
                     b.applied.get(*origin)
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The log may be truncated only within what is durable, and never past a write held
+    /// back in quarantine (a later start applies it from the log).
+    fn check_truncate(&self, b: &PersistBatch) -> Result<(), String> {
+        if !b.applied.dominates(&b.truncate) {
+            return Err(format!(
+                "truncate {:?} beyond the applied vector {:?}",
+                b.truncate, b.applied
+            ));
+        }
+        let held = self
+            .quarantined
+            .keys()
+            .chain(b.quarantined.iter().map(|q| &q.dot));
+        for dot in held.filter(|d| !b.released.contains(d)) {
+            if b.truncate.covers(dot) {
+                return Err(format!(
+                    "truncate covers {dot}, which is held back in quarantine"
                 ));
             }
         }

@@ -78,5 +78,6 @@ pub fn options(region: &str, replica: ReplicaId, peers: &[&str]) -> Options {
         conflict_log_capacity: 100,
         log_tail_bytes: 8 * 200,
         pace_lag_writes: 0,
+        log_retention_bytes: u64::MAX,
     }
 }
