@@ -339,6 +339,42 @@ impl KeyState {
         }
     }
 
+    /// Joins `other` into this state: the result is the state of the union of the writes the
+    /// two states reflect, whatever order they were applied in (states form a
+    /// join-semilattice). A sibling stays if the other state holds it too or has not seen it
+    /// (its context does not cover the dot); a sibling the other state has seen and no longer
+    /// holds was superseded there (or pruned, for a pruning resolver, by a greater write).
+    /// The contexts are joined, and a pruning resolver keeps the greatest sibling as
+    /// [`KeyState::apply`] does.
+    ///
+    /// This is how a snapshot of another region is installed (docs/design.md, "Snapshot
+    /// bootstrap"): a sibling carries no context of its own, so the snapshot's states cannot
+    /// be replayed as writes, but two states can always be joined.
+    pub fn join(&mut self, other: &KeyState, resolver: &dyn Resolver) {
+        let mut siblings: Vec<Sibling> =
+            Vec::with_capacity(self.siblings.len() + other.siblings.len());
+        for s in std::mem::take(&mut self.siblings) {
+            let kept =
+                !other.context.covers(&s.dot) || other.siblings.iter().any(|o| o.dot == s.dot);
+            if kept {
+                siblings.push(s);
+            }
+        }
+        for s in &other.siblings {
+            if !self.context.covers(&s.dot) {
+                siblings.push(s.clone());
+            }
+        }
+        siblings.sort_by_key(Sibling::order_key);
+        siblings.dedup_by_key(|s| s.dot);
+        self.siblings = siblings;
+        self.context.join(&other.context);
+        if resolver.prunes_losers() && self.siblings.len() > 1 {
+            self.siblings.drain(..self.siblings.len() - 1);
+        }
+        debug_assert_eq!(self.check_invariants(), Ok(()));
+    }
+
     /// The context of a blind write (one the client sent without a context): the key's whole
     /// current context, so the write supersedes everything this region has for the key.
     pub fn blind_context(&self) -> VersionVector {

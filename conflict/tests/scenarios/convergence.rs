@@ -164,3 +164,54 @@ fn histories_exercise_skew_conflicts_and_deletes() {
         "too few writes with a context read at another replica"
     );
 }
+
+/// The state of `writes`, applied in the order given.
+fn state_of<'a>(
+    writes: impl IntoIterator<Item = &'a conflict::Write>,
+    r: &dyn conflict::Resolver,
+) -> conflict::KeyState {
+    let mut state = conflict::KeyState::new();
+    for w in writes {
+        state.apply(w, r);
+    }
+    state
+}
+
+/// `KeyState::join` (how a snapshot is installed) of the states of two sets of writes, each
+/// a prefix of every origin's log (what an applied vector describes: a region applies each
+/// origin's writes in order), is the state of their union.
+fn assert_join_is_union(out: &Outcome, cuts: &[(usize, usize)], r: &dyn conflict::Resolver) {
+    let cut = |side: usize| {
+        out.logs.iter().enumerate().flat_map(move |(i, log)| {
+            let (a, b) = cuts[i % cuts.len()];
+            let n = [a % (log.len() + 1), b % (log.len() + 1)];
+            log.iter().take([n[0], n[1], n[0].max(n[1])][side])
+        })
+    };
+    let left = state_of(cut(0), r);
+    let right = state_of(cut(1), r);
+    let whole = state_of(cut(2), r);
+    let mut joined = left.clone();
+    joined.join(&right, r);
+    assert_eq!(joined, whole, "join of two parts");
+    let mut other_way = right;
+    other_way.join(&left, r);
+    assert_eq!(other_way, whole, "join is commutative");
+    let mut again = joined.clone();
+    again.join(&whole, r);
+    assert_eq!(again, whole, "join is idempotent");
+}
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    #[test]
+    fn joining_two_states_gives_the_state_of_all_their_writes(h in history::history(Mix::Full), cuts in proptest::collection::vec((0usize..64, 0usize..64), 1..6)) {
+        let out = history::run(&h, &MultiValue, &unique);
+        assert_join_is_union(&out, &cuts, &MultiValue);
+        let out = history::run(&h, &Lww, &unique);
+        assert_join_is_union(&out, &cuts, &Lww);
+        let out = history::run(&h, &Counter, &increment);
+        assert_join_is_union(&out, &cuts, &Counter);
+    }
+}
