@@ -43,8 +43,11 @@ pub mod testkit;
 
 pub use consistency::{Durability, MatrixCell, MatrixRow, PeerLag, UnknownDurability};
 pub use machine::{
-    Alarm, BuildError, ConflictRecord, ConnId, Counters, Effect, Event, MAX_PACED_WRITES, Options,
-    PeerView, PersistBatch, Quarantined, Recovered, Replica, RequestId, Time, WriteError,
-    WriteReceipt, resolver_accepts,
+    Alarm, Bootstrap, BootstrapPhase, BuildError, ConflictRecord, ConnId, Counters, Effect, Event,
+    MAX_PACED_WRITES, Options, PeerView, PersistBatch, Quarantined, Recovered, Replica, RequestId,
+    SnapshotPiece, Time, WriteError, WriteReceipt, resolver_accepts,
 };
-pub use msg::{Batch, Hello, LogEntry, NeedsSnapshot, PROTOCOL_VERSION, PeerMsg};
+pub use msg::{
+    Batch, Hello, LogEntry, NeedsSnapshot, PROTOCOL_VERSION, PeerMsg, SnapshotChunk,
+    SnapshotRequest,
+};

@@ -58,3 +58,11 @@ pub const LOG_BYTES_STEP_MAX: u64 = 64 * 1024;
 /// step doubles). Reached only while something pins an origin's log far past the retention
 /// bound (writes held back in quarantine).
 pub const LOG_BYTES_POINTS_MAX: usize = 4096;
+
+/// A snapshot request unanswered this long is asked again (of another region if the source
+/// is gone): the answer may have been lost with its connection.
+pub const SNAPSHOT_REQUEST_TIMEOUT_MS: u64 = 10_000;
+
+/// A region that answered that it cannot serve a snapshot (it is bootstrapping itself, or
+/// its storage failed) is not asked again for this long.
+pub const SNAPSHOT_UNAVAILABLE_BACKOFF_MS: u64 = 2_000;

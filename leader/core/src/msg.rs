@@ -5,7 +5,7 @@
 //! [`PROTOCOL_VERSION`] is exchanged in the [`Hello`] so an incompatible peer is refused with a
 //! clear reason instead of being misread.
 
-use conflict::{Hlc, ReplicaId, Seq, VersionVector, Write};
+use conflict::{Hlc, KeyState, ReplicaId, Seq, VersionVector, Write};
 
 use crate::consistency::MatrixRow;
 use serde::{Deserialize, Serialize};
@@ -33,6 +33,14 @@ pub enum PeerMsg {
     /// them (truncated once every other region had them, or past the retention bound)." The
     /// receiver needs a snapshot unless another region can still serve them.
     NeedsSnapshot(NeedsSnapshot),
+    /// "Send me your key states after this key": a region bootstrapping from a snapshot.
+    SnapshotRequest(SnapshotRequest),
+    /// Key states in key order, exactly as of the sender's applied vector `applied`: the
+    /// answer to a [`SnapshotRequest`].
+    SnapshotChunk(SnapshotChunk),
+    /// The sender cannot serve a snapshot now (it is bootstrapping itself, or its storage
+    /// failed): ask another region.
+    SnapshotUnavailable(SnapshotUnavailable),
 }
 
 /// Sent first by both sides of a connection: who I am and what I already have.
@@ -145,4 +153,53 @@ pub struct NeedsSnapshot {
     /// The first sequence number of the origin the sender's log still serves: everything
     /// before it was dropped.
     pub log_start: Seq,
+}
+
+/// A key of a table: where a snapshot transfer stands (the last key received).
+pub type SlotKey = (String, Vec<u8>);
+
+/// Asks for the sender's key states after `after` (from the first key when `None`), at most
+/// about `max_bytes` of them. Every request is answered on its own, from the sender's latest
+/// checkpoint, so a transfer resumes anywhere (another connection, another sender, after a
+/// crash of either side) from the last key received. See "Snapshot bootstrap" in
+/// docs/design.md.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotRequest {
+    /// The last key the receiver has; `None` starts from the first key.
+    pub after: Option<SlotKey>,
+    /// How many bytes of key states the receiver wants in one chunk (the sender caps it).
+    pub max_bytes: u64,
+    /// The applied vector the receiver will have once it installs what it received so far
+    /// (the meet of the chunks' vectors): the sender keeps its log from there for it while
+    /// the transfer lasts, within its retention bound.
+    pub low: Option<VersionVector>,
+}
+
+/// Key states of the sender, in key order, strictly after the request's `after`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotChunk {
+    /// The request's `after`, echoed so a late answer to an old request is recognised.
+    pub after: Option<SlotKey>,
+    /// The sender's applied vector that these states reflect exactly (its last checkpoint).
+    pub applied: VersionVector,
+    /// (table, key, state), in ascending (table, key) order.
+    pub states: Vec<(String, Vec<u8>, KeyState)>,
+    /// No key follows the last one: the snapshot is complete.
+    pub done: bool,
+    /// How many keys the sender's checkpoint holds (for a progress figure).
+    pub total_keys: u64,
+    /// Replica ids the sender knows, with their regions, so the receiver can name origins.
+    pub replicas: Vec<(ReplicaId, String)>,
+    /// The sender's HLC high-water mark: the receiver's clock moves past every stamp it holds.
+    pub hlc: Hlc,
+    /// The receiver's `low` was already truncated from the sender's log: the sender served
+    /// this chunk from the first key and the receiver starts its transfer over from here.
+    pub restart: bool,
+}
+
+/// The sender cannot serve a snapshot; the reason is for the operator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotUnavailable {
+    /// Why, and what the receiver does about it.
+    pub reason: String,
 }

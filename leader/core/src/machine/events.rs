@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 
 use conflict::{Dot, Hlc, KeyState, ReplicaId, Seq, Value, VersionVector};
 
+use super::snapshot::Bootstrap;
 use super::{ConnId, RequestId};
 use crate::consistency::Durability;
-use crate::msg::{LogEntry, PeerMsg};
+use crate::msg::{LogEntry, PeerMsg, SlotKey, SnapshotRequest};
 
 /// Tunables of the replication protocol. Every bound is named here.
 #[derive(Debug, Clone)]
@@ -53,6 +54,10 @@ pub struct Options {
     /// truncated past it and it is told it needs a snapshot. See "Log truncation" in
     /// docs/design.md.
     pub log_retention_bytes: u64,
+    /// Bytes of key states asked for, and served at most, in one snapshot chunk (at least
+    /// one state goes in each): one frame and one checkpoint at the receiver. See "Snapshot
+    /// bootstrap" in docs/design.md.
+    pub snapshot_chunk_bytes: usize,
 }
 
 /// What a region recovered from its data directory on start.
@@ -77,6 +82,8 @@ pub struct Recovered {
     /// Where the log starts, per origin: writes this vector covers may have been dropped
     /// ([`PersistBatch::truncate`] as storage last recorded it). Never streamed again.
     pub log_start: VersionVector,
+    /// The snapshot transfer's progress as last recorded ([`PersistBatch::bootstrap`]).
+    pub bootstrap: Option<Bootstrap>,
 }
 
 /// A replicated write that was logged but not applied here, because its table was unknown or
@@ -198,6 +205,18 @@ pub enum Event {
         /// Contiguous entries starting at the requested sequence number (maybe fewer).
         entries: Vec<LogEntry>,
     },
+    /// Key states read from the last checkpoint in answer to [`Effect::ReadSnapshot`], or
+    /// why the read failed.
+    SnapshotRead {
+        /// The peer they are for.
+        peer: String,
+        /// The connection they are for.
+        conn: ConnId,
+        /// The request the read answers.
+        request: SnapshotRequest,
+        /// The states, or the storage error.
+        result: Result<SnapshotPiece, String>,
+    },
     /// A timer fired (or the driver just wants the machine to look at the clock).
     Tick,
 }
@@ -239,6 +258,19 @@ pub enum Effect {
         /// Last sequence number available.
         to: Seq,
         /// Budget for the read.
+        max_bytes: usize,
+    },
+    /// Read key states from the last checkpoint (one consistent view: redb's read
+    /// transaction), in (table, key) order strictly after `request.after`, until about
+    /// `max_bytes` of them (at least one), and report [`Event::SnapshotRead`].
+    ReadSnapshot {
+        /// The peer to serve.
+        peer: String,
+        /// The connection to serve on.
+        conn: ConnId,
+        /// What the peer asked for (`after` is where the read starts).
+        request: SnapshotRequest,
+        /// Budget for the read, by [`conflict::KeyState::estimated_bytes`] plus the key.
         max_bytes: usize,
     },
     /// Answer a client write.
@@ -295,6 +327,14 @@ pub struct PersistBatch {
     /// whole segments with it once they are checkpointed, and records it first
     /// ([`Recovered::log_start`]).
     pub truncate: VersionVector,
+    /// What a snapshot install adds to the applied vector without log entries
+    /// (docs/design.md, "Snapshot bootstrap"): the log of each origin continues after it,
+    /// and `truncate` covers it. Empty but for the one batch that installs a snapshot.
+    pub installed: VersionVector,
+    /// A snapshot transfer's progress, recorded with this batch's key states: `Some` only on
+    /// a checkpoint (the states a chunk joined exist nowhere else), and it replaces the
+    /// recorded one ([`Recovered::bootstrap`]).
+    pub bootstrap: Option<Bootstrap>,
 }
 
 /// What a client learns when its write is durable here.
@@ -390,6 +430,39 @@ pub enum WriteError {
         /// The limit ([`crate::limits::MAX_UNANSWERED_WRITES`]).
         limit: usize,
     },
+    /// This region is being bootstrapped from a snapshot and takes no writes until it has
+    /// the snapshot and has caught up with what it reflects.
+    #[error(
+        "this region is being bootstrapped from a snapshot ({progress}); it takes writes once that is done: retry later, or write at another region"
+    )]
+    Bootstrapping {
+        /// Where the transfer stands, for the client.
+        progress: String,
+    },
+}
+
+/// Key states read from the last checkpoint for a peer's snapshot ([`Effect::ReadSnapshot`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapshotPiece {
+    /// The applied vector the checkpoint's states reflect exactly.
+    pub applied: VersionVector,
+    /// (table, key, state) in ascending order, strictly after the request's `after`.
+    pub states: Vec<(String, Vec<u8>, KeyState)>,
+    /// No key follows the last one.
+    pub done: bool,
+    /// How many keys the checkpoint holds.
+    pub total_keys: u64,
+}
+
+/// The cursor of a transfer: the last key a piece holds, or where it started when empty.
+pub(super) fn piece_end(
+    after: &Option<SlotKey>,
+    states: &[(String, Vec<u8>, KeyState)],
+) -> Option<SlotKey> {
+    states
+        .last()
+        .map(|(t, k, _)| (t.clone(), k.clone()))
+        .or_else(|| after.clone())
 }
 
 /// Conditions an operator must know about.
@@ -509,6 +582,24 @@ pub enum Alarm {
         /// The first write of the origin the peer's log still holds.
         log_start: Seq,
     },
+    /// This region started (or restarted) bootstrapping from a snapshot of `peer`: it takes
+    /// no writes and serves no reads until it has it (docs/design.md, "Snapshot bootstrap").
+    SnapshotStarted {
+        /// The region that serves it.
+        peer: String,
+        /// Why.
+        reason: String,
+    },
+    /// This region installed a snapshot: `keys` key states received in `chunks` chunks; it
+    /// now catches up from the snapshot's vector as from any other point.
+    SnapshotInstalled {
+        /// The region that served the last chunk.
+        peer: String,
+        /// Key states received.
+        keys: u64,
+        /// Chunks received.
+        chunks: u64,
+    },
 }
 
 /// One entry of the conflict log.
@@ -581,6 +672,16 @@ pub struct Counters {
     pub snapshot_answers_sent: u64,
     /// "Needs snapshot" answers received ([`Alarm::NeedsSnapshot`]).
     pub snapshot_answers_received: u64,
+    /// Snapshot chunks sent to bootstrapping peers.
+    pub snapshot_chunks_sent: u64,
+    /// Snapshot chunks received and joined into the key states here.
+    pub snapshot_chunks_received: u64,
+    /// Key states received in snapshot chunks.
+    pub snapshot_keys_received: u64,
+    /// Snapshot states of tables not configured here, not installed.
+    pub snapshot_keys_skipped: u64,
+    /// Snapshots installed ([`Alarm::SnapshotInstalled`]).
+    pub snapshots_installed: u64,
 }
 
 /// Why a [`Replica`](crate::Replica) could not be built.

@@ -41,6 +41,7 @@ mod peer;
 mod persist;
 mod receive;
 mod resolvers;
+mod snapshot;
 mod stream;
 mod truncate;
 
@@ -53,9 +54,10 @@ use conflict::{
 
 pub use self::events::{
     Alarm, BuildError, ConflictRecord, Counters, Effect, Event, Options, PeerView, PersistBatch,
-    Quarantined, Recovered, WriteError, WriteReceipt,
+    Quarantined, Recovered, SnapshotPiece, WriteError, WriteReceipt,
 };
 pub use self::resolvers::resolver_accepts;
+pub use self::snapshot::{Bootstrap, BootstrapPhase};
 pub use crate::limits::{LOG_READ_RETRY_MAX_MS, LOG_READ_RETRY_MIN_MS, MAX_PACED_WRITES};
 
 use crate::limits::{MAX_UNANSWERED_WRITES, OWN_COMMITS_MAX};
@@ -150,6 +152,12 @@ pub struct Replica {
     held_dots: HeldDots,
     /// "Needs snapshot" answers received, by (peer, origin); at most `MAX_VV_ENTRIES`.
     snapshot_needed: BTreeMap<(String, ReplicaId), NeedsSnapshot>,
+    /// The snapshot transfer under way, if this region is being bootstrapped (`snapshot.rs`).
+    bootstrap: Option<Bootstrap>,
+    /// The outstanding snapshot request: (peer, when it was sent, mono ms).
+    snapshot_asked: Option<(String, u64)>,
+    /// Peers that said they cannot serve a snapshot, with when to ask them again (mono ms).
+    snapshot_skip: BTreeMap<String, u64>,
     /// Test-only negative control (see [`Replica::unsafe_stamp_with_wall_clock`]).
     wall_clock_stamps: bool,
     /// Test-only negative control (see [`Replica::unsafe_truncate_at_durable`]).
@@ -208,7 +216,12 @@ impl Replica {
                 seq: rec.own_seq,
             });
         }
-        Ok(Self {
+        // A transfer recorded as caught up is over; one recorded as received is installed by
+        // the first batch (the crash came between its last chunk and the install).
+        let bootstrap = rec
+            .bootstrap
+            .filter(|b| b.phase != BootstrapPhase::CatchingUp || !durable.dominates(&b.high));
+        let mut replica = Self {
             clock: HybridClock::resume(rec.hlc_high, opts.max_clock_offset_ms),
             own_seq: rec.own_seq,
             received: durable.clone(),
@@ -240,13 +253,18 @@ impl Replica {
             log_bytes: BTreeMap::new(),
             held_dots,
             snapshot_needed: BTreeMap::new(),
+            bootstrap,
+            snapshot_asked: None,
+            snapshot_skip: BTreeMap::new(),
             wall_clock_stamps: false,
             truncate_unstable: false,
             last_event_ms: 0,
             resolvers,
             resolver_ids,
             opts,
-        })
+        };
+        replica.install_snapshot(None);
+        Ok(replica)
     }
 
     /// Applies durable log entries that the recovered key states do not reflect yet (storage
@@ -313,6 +331,10 @@ impl Replica {
                 durability,
                 timeout_ms,
             } => {
+                if let Some(e) = self.bootstrapping_error() {
+                    out.push(Effect::Reply { id, result: Err(e) });
+                    return self.after_event(now, out);
+                }
                 let req = WriteRequest {
                     id,
                     table,
@@ -331,6 +353,10 @@ impl Replica {
                 durability,
                 timeout_ms,
             } => {
+                if let Some(e) = self.bootstrapping_error() {
+                    out.push(Effect::Reply { id, result: Err(e) });
+                    return self.after_event(now, out);
+                }
                 let req = WriteRequest {
                     id,
                     table,
@@ -359,8 +385,19 @@ impl Replica {
                 origin,
                 entries,
             } => self.log_read(now, &peer, conn, origin, entries, out),
+            Event::SnapshotRead {
+                peer,
+                conn,
+                request,
+                result,
+            } => self.snapshot_read(&peer, conn, request, result, out),
             Event::Tick => {}
         }
+        self.after_event(now, out);
+    }
+
+    /// What follows every event: paced writes admitted, the next batch flushed, timers.
+    fn after_event(&mut self, now: Time, out: &mut Vec<Effect>) {
         self.admit_paced(now, out);
         self.flush(out);
         self.on_tick(now, out);
@@ -460,6 +497,9 @@ impl Replica {
         for w in &self.waits {
             consider(w.deadline_ms);
         }
+        if let Some(due) = self.snapshot_deadline() {
+            consider(due);
+        }
         if !self.paced.is_empty() {
             for (_, deadline) in &self.paced {
                 consider(*deadline);
@@ -514,6 +554,7 @@ impl Replica {
             self.pump(&name, now, out);
         }
         self.check_waits(now, out);
+        self.pump_snapshot(now, out);
     }
 
     /// The state of a key as a client may read it now: the newest state whose own writes are

@@ -70,6 +70,16 @@ pub(super) struct Peer {
     pub(super) snapshot_told: BTreeSet<ReplicaId>,
     /// Our log was truncated past writes it lacks (alarmed once when it happened).
     pub(super) truncated_past: bool,
+    /// While this peer fetches a snapshot from us: the applied vector it will have once it
+    /// installs it. The log is kept from there for it (within the retention bound).
+    pub(super) snapshot_pin: Option<VersionVector>,
+    /// A snapshot read for this peer is in progress (one at a time).
+    pub(super) snapshot_reading: bool,
+    /// The read in progress serves the transfer from the first key again.
+    pub(super) snapshot_restart: bool,
+    /// A snapshot request waiting for a fresh checkpoint (ours was older than the log
+    /// start), with its connection.
+    pub(super) snapshot_retry: Option<(ConnId, crate::msg::SnapshotRequest)>,
 }
 
 /// How long a peer has lagged on one origin without progress.
@@ -183,6 +193,11 @@ impl Peer {
         self.acked.join(applied);
         if self.acked != before {
             self.acked_dirty = true;
+            // It moved on an origin we told it we cannot serve (it installed a snapshot):
+            // if the log still cannot serve it from there, it is told again.
+            let acked = &self.acked;
+            self.snapshot_told
+                .retain(|o| acked.get(*o) == before.get(*o));
         }
         while let Some(&(origin, seq, bytes)) = self.inflight.front() {
             if self.acked.get(origin) < seq {
@@ -519,7 +534,10 @@ impl Replica {
             PeerMsg::Ack(a) => self.on_ack(now, &name, a, out),
             PeerMsg::Heartbeat(h) => self.on_heartbeat(now, &name, h, out),
             PeerMsg::Resync(r) => self.on_resync(now, &name, r, out),
-            PeerMsg::NeedsSnapshot(n) => self.on_needs_snapshot(&name, n, out),
+            PeerMsg::NeedsSnapshot(n) => self.on_needs_snapshot(now, &name, n, out),
+            PeerMsg::SnapshotRequest(r) => self.on_snapshot_request(&name, conn, r, out),
+            PeerMsg::SnapshotChunk(c) => self.on_snapshot_chunk(now, &name, conn, c, out),
+            PeerMsg::SnapshotUnavailable(_) => self.on_snapshot_unavailable(now, &name, out),
         }
     }
 

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use conflict::{Dot, KeyState, ReplicaId, Seq, VersionVector};
 
 use super::client::Wait;
+use super::snapshot::BootstrapPhase;
 use super::{Effect, PersistBatch, Quarantined, Replica, RequestId, Time, WriteReceipt};
 use crate::limits::OWN_COMMITS_MAX;
 use crate::msg::LogEntry;
@@ -29,6 +30,10 @@ pub(super) struct Staged {
     pub(super) checkpoint: bool,
     pub(super) quarantined: Vec<Quarantined>,
     pub(super) released: Vec<Dot>,
+    /// The snapshot transfer's progress changed: the batch records it (and is a checkpoint).
+    pub(super) bootstrap: bool,
+    /// A snapshot install: what it adds to the applied vector ([`PersistBatch::installed`]).
+    pub(super) installed: Option<VersionVector>,
 }
 
 /// A persistence step in flight.
@@ -43,6 +48,8 @@ pub(super) struct InFlight {
     pub(super) stable: Vec<((String, Vec<u8>), KeyState)>,
     /// Held-back writes this batch releases: they stop pinning the log once it is durable.
     pub(super) released: Vec<Dot>,
+    /// The phase of the snapshot transfer this batch records, if it records one.
+    pub(super) bootstrap: Option<BootstrapPhase>,
 }
 
 impl Replica {
@@ -72,11 +79,13 @@ impl Replica {
             }
         }
         let staged = std::mem::take(&mut self.staged);
-        self.debug_check_staged_log(&staged.log);
+        self.debug_check_staged_log(&staged.log, staged.installed.as_ref());
         if staged.keys.is_empty()
             && staged.log.is_empty()
             && staged.released.is_empty()
             && dirty_peers.is_empty()
+            && !staged.checkpoint
+            && !staged.bootstrap
         {
             self.staged = staged;
             return;
@@ -109,7 +118,13 @@ impl Replica {
             quarantined: staged.quarantined,
             released: staged.released.clone(),
             truncate: self.truncated.clone(),
+            installed: staged.installed.unwrap_or_default(),
+            bootstrap: self.bootstrap.clone().filter(|_| staged.bootstrap),
         };
+        debug_assert!(
+            batch.bootstrap.is_none() || batch.checkpoint,
+            "a transfer's progress is recorded with the states it joined, by a checkpoint"
+        );
         self.in_flight = Some(InFlight {
             id,
             log: staged.log,
@@ -117,6 +132,7 @@ impl Replica {
             applied: self.received.clone(),
             stable,
             released: staged.released,
+            bootstrap: batch.bootstrap.as_ref().map(|b| b.phase),
         });
         out.push(Effect::Persist(batch));
     }
@@ -126,6 +142,11 @@ impl Replica {
             return;
         };
         self.durable.join(&done.applied);
+        if done.bootstrap == Some(BootstrapPhase::Received) {
+            self.install_snapshot(Some(out));
+        }
+        self.finish_bootstrap();
+        self.retry_snapshot_reads(out);
         let own = self.opts.replica;
         for (slot, state) in done.stable {
             let pending = self
@@ -176,16 +197,20 @@ impl Replica {
     /// A batch's log holds, per origin, exactly the writes applied since the last batch:
     /// the contiguous run after what is durable up to what is received. Storage appends it to
     /// the per-origin log, which must stay gap-free (debug builds only).
-    fn debug_check_staged_log(&self, log: &[LogEntry]) {
+    fn debug_check_staged_log(&self, log: &[LogEntry], installed: Option<&VersionVector>) {
         if !cfg!(debug_assertions) {
             return;
+        }
+        let mut base = self.durable.clone();
+        if let Some(installed) = installed {
+            base.join(installed);
         }
         let mut next: BTreeMap<ReplicaId, Seq> = BTreeMap::new();
         for e in log {
             let origin = e.write.dot.replica;
             let expected = *next
                 .entry(origin)
-                .or_insert_with(|| self.durable.get(origin).next());
+                .or_insert_with(|| base.get(origin).next());
             debug_assert_eq!(
                 e.seq(),
                 expected,
@@ -194,9 +219,7 @@ impl Replica {
             next.insert(origin, e.seq().next());
         }
         for (origin, received) in self.received.iter() {
-            let upto = next
-                .get(&origin)
-                .map_or(self.durable.get(origin), |n| Seq(n.0 - 1));
+            let upto = next.get(&origin).map_or(base.get(origin), |n| Seq(n.0 - 1));
             debug_assert_eq!(
                 upto, received,
                 "a batch logs every write received since the last"

@@ -19,7 +19,7 @@ use std::collections::{BTreeSet, VecDeque};
 use conflict::{Dot, ReplicaId, Seq, VersionVector};
 
 use super::peer::Peer;
-use super::{Alarm, Effect, Replica};
+use super::{Alarm, Effect, Replica, Time};
 use crate::limits::{LOG_BYTES_POINTS_MAX, LOG_BYTES_STEP_MAX};
 use crate::msg::{LogEntry, NeedsSnapshot, PeerMsg};
 
@@ -113,9 +113,19 @@ impl Replica {
             .any(|(o, s)| Some(o) != p.replica && known.get(o) < s)
     }
 
+    /// What the log must keep for `name`: what it is known to have durably applied, or,
+    /// while it fetches a snapshot from us, what it will have once it installs it.
+    fn retained_for(&self, name: &str, p: &Peer) -> VersionVector {
+        let mut known = self.known_applied(name, p);
+        if let Some(pin) = &p.snapshot_pin {
+            known.join(pin);
+        }
+        known
+    }
+
     /// How far `name` is behind in bytes, and whether the log no longer holds writes it lacks.
     pub(super) fn log_position_of(&self, name: &str, p: &Peer) -> (u64, bool) {
-        let known = self.known_applied(name, p);
+        let known = self.retained_for(name, p);
         (self.behind_bytes(p, &known), self.truncated_past(p, &known))
     }
 
@@ -127,7 +137,7 @@ impl Replica {
         let retention = self.opts.log_retention_bytes;
         let mut floor: Vec<(ReplicaId, Seq)> = self.durable.iter().collect();
         for (name, p) in self.peers.iter().filter(|_| !self.truncate_unstable) {
-            let known = self.known_applied(name, p);
+            let known = self.retained_for(name, p);
             if self.truncated_past(p, &known) || self.behind_bytes(p, &known) > retention {
                 continue;
             }
@@ -207,6 +217,7 @@ impl Replica {
     /// status until the writes arrive some other way) and alarmed once per answer.
     pub(super) fn on_needs_snapshot(
         &mut self,
+        now: Time,
         name: &str,
         n: NeedsSnapshot,
         out: &mut Vec<Effect>,
@@ -214,7 +225,11 @@ impl Replica {
         let lacks = self.received.get(n.origin).next() < n.log_start;
         self.snapshot_needed
             .retain(|(_, o), s| self.received.get(*o).next() < s.log_start);
-        if !lacks || self.snapshot_needed.len() >= conflict::limits::MAX_VV_ENTRIES {
+        if !lacks {
+            return;
+        }
+        self.bootstrap_on_needs_snapshot(now, name, &n, out);
+        if self.snapshot_needed.len() >= conflict::limits::MAX_VV_ENTRIES {
             return;
         }
         self.counters.snapshot_answers_received += 1;

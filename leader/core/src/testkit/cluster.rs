@@ -68,6 +68,8 @@ pub struct Node {
     pub closed: Vec<(String, String)>,
     /// `Effect::ReadLog`s served: each streams from the disk log, not the memory tail.
     pub log_reads: usize,
+    /// `Effect::ReadSnapshot`s served (from the disk's checkpoint).
+    pub snapshot_reads: usize,
 }
 
 impl Node {
@@ -98,6 +100,7 @@ impl Node {
             alarms: Vec::new(),
             closed: Vec::new(),
             log_reads: 0,
+            snapshot_reads: 0,
         };
         Ok((node, recovery))
     }
@@ -130,6 +133,21 @@ impl Node {
                     conn,
                     origin,
                     entries,
+                }))
+            }
+            Effect::ReadSnapshot {
+                peer,
+                conn,
+                request,
+                max_bytes,
+            } => {
+                self.snapshot_reads += 1;
+                let piece = self.disk.read_snapshot(request.after.as_ref(), max_bytes);
+                Some(Outgoing::Again(Event::SnapshotRead {
+                    peer,
+                    conn,
+                    request,
+                    result: Ok(piece),
                 }))
             }
             Effect::Reply { id, result } => {

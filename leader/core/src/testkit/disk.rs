@@ -30,7 +30,11 @@ use std::collections::BTreeMap;
 
 use conflict::{Dot, Hlc, KeyState, Registry, ReplicaId, Seq, VersionVector};
 
-use crate::{BuildError, LogEntry, Options, PersistBatch, Quarantined, Recovered, Replica};
+use crate::msg::SlotKey;
+use crate::{
+    Bootstrap, BuildError, LogEntry, Options, PersistBatch, Quarantined, Recovered, Replica,
+    SnapshotPiece,
+};
 
 /// The bounds of `leader::storage` that decide when a checkpoint is due and how a replay is
 /// chunked. [`Default`] is production's (`CHECKPOINT_KEYS`, `CHECKPOINT_ENTRIES` and the
@@ -110,6 +114,8 @@ pub struct Disk {
     pub checkpoints: u64,
     /// Log entries dropped because the log start covered them.
     pub truncated: u64,
+    /// A snapshot transfer's progress as the last checkpoint recorded it.
+    pub bootstrap: Option<Bootstrap>,
     kept: KeptBack,
 }
 
@@ -171,6 +177,9 @@ impl Disk {
             self.keys.extend(kept.keys);
             self.keys_applied = b.applied.clone();
             self.checkpoints += 1;
+            if let Some(progress) = &b.bootstrap {
+                self.bootstrap = Some(progress.clone());
+            }
             self.log_start.join(&kept.truncate);
             let start = &self.log_start;
             let before = self.log.len();
@@ -227,6 +236,35 @@ impl Disk {
             peer_acked: self.peer_acked.clone(),
             quarantined: self.quarantined.values().cloned().collect(),
             log_start: self.log_start.clone(),
+            bootstrap: self.bootstrap.clone(),
+        }
+    }
+
+    /// What `Store::read_snapshot` reads: the checkpoint's key states strictly after `after`,
+    /// in order, until `max_bytes` (table + key + [`KeyState::estimated_bytes`] each) is
+    /// reached or passed by the last one taken (so at least one), with the vector they
+    /// reflect.
+    pub fn read_snapshot(&self, after: Option<&SlotKey>, max_bytes: usize) -> SnapshotPiece {
+        use std::ops::Bound;
+        let start = match after {
+            Some(a) => Bound::Excluded(a.clone()),
+            None => Bound::Unbounded,
+        };
+        let mut states = Vec::new();
+        let mut used = 0;
+        let mut rest = self.keys.range((start, Bound::Unbounded));
+        for ((t, k), s) in rest.by_ref() {
+            used += t.len() + k.len() + s.estimated_bytes();
+            states.push((t.clone(), k.clone(), s.clone()));
+            if used >= max_bytes {
+                break;
+            }
+        }
+        SnapshotPiece {
+            applied: self.keys_applied.clone(),
+            states,
+            done: rest.next().is_none(),
+            total_keys: self.keys.len() as u64,
         }
     }
 
@@ -337,12 +375,15 @@ impl Disk {
     /// gap, up to the batch's applied vector.
     fn check_log(&self, b: &PersistBatch) -> Result<(), String> {
         let mut next: BTreeMap<ReplicaId, Seq> = BTreeMap::new();
+        // A snapshot install raises the applied vector without log entries.
+        let mut base = self.applied.clone();
+        base.join(&b.installed);
         for e in &b.log {
             let origin = e.write.dot.replica;
             let want = next
                 .get(&origin)
                 .copied()
-                .unwrap_or_else(|| self.applied.get(origin))
+                .unwrap_or_else(|| base.get(origin))
                 .next();
             if e.seq() != want {
                 return Err(format!(
@@ -356,7 +397,7 @@ impl Disk {
             let have = next
                 .get(&origin)
                 .copied()
-                .unwrap_or_else(|| self.applied.get(origin));
+                .unwrap_or_else(|| base.get(origin));
             if have != seq {
                 return Err(format!(
                     "applied vector says {origin}:{seq} but the durable log ends at {have}"
@@ -377,6 +418,15 @@ impl Disk {
     /// The log may be truncated only within what is durable, and never past a write held
     /// back in quarantine (a later start applies it from the log).
     fn check_truncate(&self, b: &PersistBatch) -> Result<(), String> {
+        if b.bootstrap.is_some() && !b.checkpoint {
+            return Err(
+                "a snapshot transfer's progress recorded by a batch that is not a checkpoint"
+                    .into(),
+            );
+        }
+        if !b.installed.is_empty() && b.bootstrap.is_none() {
+            return Err("a snapshot install without the transfer's progress".into());
+        }
         if !b.applied.dominates(&b.truncate) {
             return Err(format!(
                 "truncate {:?} beyond the applied vector {:?}",

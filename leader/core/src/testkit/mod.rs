@@ -79,5 +79,6 @@ pub fn options(region: &str, replica: ReplicaId, peers: &[&str]) -> Options {
         log_tail_bytes: 8 * 200,
         pace_lag_writes: 0,
         log_retention_bytes: u64::MAX,
+        snapshot_chunk_bytes: 1024,
     }
 }

@@ -1,0 +1,541 @@
+//! Snapshot bootstrap: a region whose peers' logs no longer hold what it lacks (rebuilt on an
+//! empty disk, new, or past the retention bound) fetches their key states instead, installs
+//! them, and catches up from the vector they reflect (docs/design.md, "Snapshot bootstrap").
+//!
+//! # Serving
+//! Every [`SnapshotRequest`] is answered on its own from the sender's last checkpoint
+//! ([`Effect::ReadSnapshot`]): key states exactly as of the checkpoint's applied vector,
+//! durable by construction, read in one consistent view. The sender keeps no transfer
+//! state but a pin: while a peer fetches, its log is kept from the vector the peer will
+//! have (`Peer::snapshot_pin`, within the retention bound), so that the catch-up after the
+//! install finds what it needs.
+//!
+//! # Receiving
+//! Chunks are joined into the key states as they come ([`conflict::KeyState::join`]) and recorded
+//! with the transfer's progress by a checkpoint each ([`PersistBatch::bootstrap`]), so a
+//! crash or a cut link resumes from the last chunk received, from any peer. Chunks served at
+//! different times reflect different vectors: a key of one chunk reflects exactly that
+//! chunk's vector. So the install raises the applied vector to the *meet* of the chunks'
+//! vectors (`low`: every key reflects at least that), and the region keeps serving nothing
+//! until it has caught up to their *join* (`high`: no key reflects more), when every key is
+//! exactly its state at the applied vector. Writes redelivered between the two are ignored
+//! by the key states (rule 1 of [`conflict::KeyState::apply`]), since their dots are in the contexts.
+//!
+//! The install is a batch of its own, after the last chunk's states are durable: a crash
+//! between cannot leave an applied vector on disk that claims states the disk lacks.
+
+use conflict::{Dot, Seq, VersionVector};
+use serde::{Deserialize, Serialize};
+
+use super::{Alarm, ConnId, Effect, Replica, SnapshotPiece, Time, WriteError};
+use crate::limits::{SNAPSHOT_REQUEST_TIMEOUT_MS, SNAPSHOT_UNAVAILABLE_BACKOFF_MS};
+use crate::msg::{
+    NeedsSnapshot, PeerMsg, SlotKey, SnapshotChunk, SnapshotRequest, SnapshotUnavailable,
+};
+
+/// Where a snapshot transfer stands. Recorded with each chunk's states, so a restart resumes
+/// it; shown in `/v1/status` and `meridian status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bootstrap {
+    /// What is happening now.
+    pub phase: BootstrapPhase,
+    /// The last key received: the next request starts after it.
+    pub after: Option<SlotKey>,
+    /// Meet of the received chunks' vectors: what the applied vector becomes at the install.
+    pub low: Option<VersionVector>,
+    /// Join of the received chunks' vectors: the region serves again once it has applied it.
+    pub high: VersionVector,
+    /// Key states received (in this round).
+    pub keys: u64,
+    /// Bytes of key states received (in this round), by [`conflict::KeyState::estimated_bytes`].
+    pub bytes: u64,
+    /// Chunks received (in this round).
+    pub chunks: u64,
+    /// Keys in the serving region's checkpoint, as its last chunk said: the progress bar's end.
+    pub total_keys: u64,
+    /// The region serving the transfer (the last one asked).
+    pub source: Option<String>,
+    /// Why the bootstrap started, for the operator.
+    pub reason: String,
+    /// Transfers started over since the first (a sender's log was truncated past what the
+    /// chunks reflect: the retention bound ran out during the transfer).
+    pub rounds: u32,
+}
+
+/// The phases of a [`Bootstrap`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BootstrapPhase {
+    /// Chunks are being fetched.
+    Fetching,
+    /// Every chunk is durable here; the install comes next.
+    Received,
+    /// Installed: catching up from `low` until the applied vector reaches `high`.
+    CatchingUp,
+}
+
+impl Bootstrap {
+    fn new(source: &str, reason: String) -> Self {
+        Bootstrap {
+            phase: BootstrapPhase::Fetching,
+            after: None,
+            low: None,
+            high: VersionVector::new(),
+            keys: 0,
+            bytes: 0,
+            chunks: 0,
+            total_keys: 0,
+            source: Some(source.to_owned()),
+            reason,
+            rounds: 0,
+        }
+    }
+
+    /// One line for the operator and for a refused client: phase, keys, source.
+    pub fn progress(&self) -> String {
+        let from = self.source.as_deref().unwrap_or("no region yet");
+        match self.phase {
+            BootstrapPhase::Fetching => format!(
+                "fetching from {from}: {} of about {} keys, {} chunks",
+                self.keys, self.total_keys, self.chunks
+            ),
+            BootstrapPhase::Received => format!("all {} keys received, installing", self.keys),
+            BootstrapPhase::CatchingUp => {
+                format!(
+                    "{} keys installed, catching up with the writes since",
+                    self.keys
+                )
+            }
+        }
+    }
+}
+
+/// Component-wise minimum of two vectors (an origin missing from either is 0).
+fn meet(a: &VersionVector, b: &VersionVector) -> VersionVector {
+    let mut m = VersionVector::new();
+    for (o, s) in a.iter() {
+        let s = s.min(b.get(o));
+        if s > Seq::ZERO {
+            m.add_dot(&Dot::new(o, s));
+        }
+    }
+    m
+}
+
+impl Replica {
+    // ---- serving -------------------------------------------------------------------------
+
+    /// `name` asks for key states after `req.after`: read them from the last checkpoint.
+    pub(super) fn on_snapshot_request(
+        &mut self,
+        name: &str,
+        conn: ConnId,
+        mut req: SnapshotRequest,
+        out: &mut Vec<Effect>,
+    ) {
+        if let Some(b) = &self.bootstrap {
+            let reason = format!(
+                "region '{}' is itself being bootstrapped from a snapshot ({}); ask another region",
+                self.opts.region,
+                b.progress()
+            );
+            let peer = &self.peers[name];
+            peer.send_on(
+                conn,
+                PeerMsg::SnapshotUnavailable(SnapshotUnavailable { reason }),
+                out,
+            );
+            return;
+        }
+        // What the receiver has so far reflects a vector this log no longer continues from:
+        // catching up after installing it would be impossible, so the transfer starts over.
+        let restart = req
+            .low
+            .as_ref()
+            .is_some_and(|low| !low.dominates(&self.truncated));
+        if restart {
+            req.after = None;
+            req.low = None;
+        }
+        let peer = self.peers.get_mut(name).expect("frame() checked the peer");
+        if peer.snapshot_reading {
+            return; // one read per peer at a time; the receiver asks again after its timeout
+        }
+        if let Some(low) = &req.low {
+            peer.snapshot_pin = Some(low.clone());
+        }
+        peer.snapshot_reading = true;
+        peer.snapshot_restart = restart;
+        let max_bytes = (req.max_bytes as usize).clamp(1, self.opts.snapshot_chunk_bytes.max(1));
+        out.push(Effect::ReadSnapshot {
+            peer: name.to_owned(),
+            conn,
+            request: req,
+            max_bytes,
+        });
+    }
+
+    /// Storage read a piece for `name`: send it, unless the checkpoint is older than the log
+    /// start (then a fresh checkpoint comes first, and the read is made again after it).
+    pub(super) fn snapshot_read(
+        &mut self,
+        name: &str,
+        conn: ConnId,
+        request: SnapshotRequest,
+        result: Result<SnapshotPiece, String>,
+        out: &mut Vec<Effect>,
+    ) {
+        let Some(peer) = self.peers.get_mut(name) else {
+            return;
+        };
+        peer.snapshot_reading = false;
+        if peer.active != Some(conn) {
+            return; // the connection went away; the receiver asks again on the next one
+        }
+        let piece = match result {
+            Ok(piece) => piece,
+            Err(e) => {
+                let reason = format!(
+                    "region '{}' could not read its checkpoint for the snapshot: {e}; ask another region",
+                    self.opts.region
+                );
+                peer.send_on(
+                    conn,
+                    PeerMsg::SnapshotUnavailable(SnapshotUnavailable { reason }),
+                    out,
+                );
+                return;
+            }
+        };
+        if !piece.applied.dominates(&self.truncated) {
+            peer.snapshot_retry = Some((conn, request));
+            self.staged.checkpoint = true;
+            return;
+        }
+        let pin = match &request.low {
+            Some(low) => meet(low, &piece.applied),
+            None => piece.applied.clone(),
+        };
+        peer.snapshot_pin = Some(pin);
+        let chunk = SnapshotChunk {
+            after: request.after,
+            applied: piece.applied,
+            states: piece.states,
+            done: piece.done,
+            total_keys: piece.total_keys,
+            replicas: self.replicas.iter().map(|(r, n)| (*r, n.clone())).collect(),
+            hlc: self.clock.last(),
+            restart: std::mem::take(&mut peer.snapshot_restart),
+        };
+        self.counters.snapshot_chunks_sent += 1;
+        peer.send_on(conn, PeerMsg::SnapshotChunk(chunk), out);
+    }
+
+    /// A checkpoint is durable: reads that waited for one are made again.
+    pub(super) fn retry_snapshot_reads(&mut self, out: &mut Vec<Effect>) {
+        for (name, peer) in &mut self.peers {
+            let Some((conn, request)) = peer.snapshot_retry.take() else {
+                continue;
+            };
+            if peer.active != Some(conn) {
+                continue;
+            }
+            peer.snapshot_reading = true;
+            let max_bytes =
+                (request.max_bytes as usize).clamp(1, self.opts.snapshot_chunk_bytes.max(1));
+            out.push(Effect::ReadSnapshot {
+                peer: name.clone(),
+                conn,
+                request,
+                max_bytes,
+            });
+        }
+    }
+
+    // ---- receiving -----------------------------------------------------------------------
+
+    /// Starts a transfer from `peer` (or a new round of one whose catch-up found a log
+    /// truncated past it).
+    pub(super) fn start_bootstrap(
+        &mut self,
+        now: Time,
+        peer: &str,
+        reason: String,
+        out: &mut Vec<Effect>,
+    ) {
+        match &mut self.bootstrap {
+            Some(b) if b.phase != BootstrapPhase::CatchingUp => return,
+            Some(b) => {
+                let rounds = b.rounds + 1;
+                *b = Bootstrap::new(peer, reason.clone());
+                b.rounds = rounds;
+            }
+            None => self.bootstrap = Some(Bootstrap::new(peer, reason.clone())),
+        }
+        self.snapshot_asked = None;
+        out.push(Effect::Alarm(Alarm::SnapshotStarted {
+            peer: peer.to_owned(),
+            reason,
+        }));
+        self.pump_snapshot(now, out);
+    }
+
+    /// A "needs snapshot" answer: starts a transfer, unless one is under way. While
+    /// catching up after an install, only the source's answer starts a new round (its log is
+    /// pinned for this region, so it says so only once the retention bound ran out), or any
+    /// answer when the source is gone: another region's log may well be truncated past the
+    /// snapshot, and the source serves those writes anyway.
+    pub(super) fn bootstrap_on_needs_snapshot(
+        &mut self,
+        now: Time,
+        name: &str,
+        n: &NeedsSnapshot,
+        out: &mut Vec<Effect>,
+    ) {
+        if let Some(b) = &self.bootstrap
+            && b.phase == BootstrapPhase::CatchingUp
+        {
+            let source_up = b
+                .source
+                .as_deref()
+                .is_some_and(|s| self.peers.get(s).is_some_and(|p| p.is_connected()));
+            if source_up && b.source.as_deref() != Some(name) {
+                return;
+            }
+        }
+        let reason = format!(
+            "region '{name}' no longer holds the writes of {} from {} on (its log starts at {})",
+            if n.origin_region.is_empty() {
+                "an origin"
+            } else {
+                &n.origin_region
+            },
+            n.from,
+            n.log_start
+        );
+        self.start_bootstrap(now, name, reason, out);
+    }
+
+    /// Asks for the next chunk if none is outstanding (or the last request timed out): from
+    /// the source if it is connected, else from any connected peer that did not just say it
+    /// cannot serve.
+    pub(super) fn pump_snapshot(&mut self, now: Time, out: &mut Vec<Effect>) {
+        let Some(b) = &self.bootstrap else { return };
+        if b.phase != BootstrapPhase::Fetching {
+            return;
+        }
+        if let Some((_, at)) = &self.snapshot_asked {
+            if now.mono_ms < at + SNAPSHOT_REQUEST_TIMEOUT_MS {
+                return;
+            }
+            self.snapshot_asked = None;
+        }
+        let usable = |name: &str| {
+            self.peers.get(name).is_some_and(|p| p.is_connected())
+                && self
+                    .snapshot_skip
+                    .get(name)
+                    .is_none_or(|until| now.mono_ms >= *until)
+        };
+        let source = b
+            .source
+            .clone()
+            .filter(|s| usable(s))
+            .or_else(|| self.peers.keys().find(|n| usable(n)).cloned());
+        let Some(source) = source else { return };
+        let request = SnapshotRequest {
+            after: b.after.clone(),
+            max_bytes: self.opts.snapshot_chunk_bytes as u64,
+            low: b.low.clone(),
+        };
+        self.peers[&source].send(PeerMsg::SnapshotRequest(request), out);
+        self.snapshot_asked = Some((source.clone(), now.mono_ms));
+        if let Some(b) = &mut self.bootstrap {
+            b.source = Some(source);
+        }
+    }
+
+    /// A chunk from `name`: joined into the key states and recorded by a checkpoint with the
+    /// transfer's progress; the next chunk is asked for at once.
+    pub(super) fn on_snapshot_chunk(
+        &mut self,
+        now: Time,
+        name: &str,
+        conn: ConnId,
+        c: SnapshotChunk,
+        out: &mut Vec<Effect>,
+    ) {
+        let asked = self.snapshot_asked.as_ref().is_some_and(|(p, _)| p == name);
+        let Some(b) = self
+            .bootstrap
+            .as_ref()
+            .filter(|b| b.phase == BootstrapPhase::Fetching)
+        else {
+            return; // not asked for (any more): a late answer
+        };
+        if !asked || (!c.restart && c.after != b.after) {
+            return; // an answer to an earlier request
+        }
+        let mut prev: Option<(&str, &[u8])> = None;
+        for (t, k, _) in &c.states {
+            let here = (t.as_str(), k.as_slice());
+            let after_cursor = c
+                .after
+                .as_ref()
+                .is_none_or(|(at, ak)| here > (at.as_str(), ak.as_slice()));
+            if prev.is_some_and(|p| p >= here) || !after_cursor {
+                let detail =
+                    "snapshot chunk whose keys are not in ascending order after the cursor"
+                        .to_owned();
+                self.violation(name, conn, detail, out);
+                return;
+            }
+            prev = Some(here);
+        }
+        self.snapshot_asked = None;
+        let end = super::events::piece_end(&c.after, &c.states);
+        let (mut keys, mut bytes) = (0u64, 0u64);
+        for (table, key, state) in c.states {
+            let Some(r) = self.resolvers.get(&table) else {
+                // A table not configured here: nothing here could read it. Add the table to
+                // every region before bootstrapping one (docs/design.md).
+                self.counters.snapshot_keys_skipped += 1;
+                continue;
+            };
+            keys += 1;
+            bytes += state.estimated_bytes() as u64;
+            let slot = (table, key);
+            self.keys
+                .entry(slot.clone())
+                .or_default()
+                .join(&state, r.as_ref());
+            self.staged.keys.insert(slot);
+        }
+        for (r, region) in c.replicas {
+            if let std::collections::btree_map::Entry::Vacant(slot) = self.replicas.entry(r) {
+                slot.insert(region.clone());
+                self.staged.replicas.push((r, region));
+            }
+        }
+        self.clock.observe(c.hlc, now.wall_ms);
+        self.counters.snapshot_chunks_received += 1;
+        self.counters.snapshot_keys_received += keys;
+        let b = self.bootstrap.as_mut().expect("checked above");
+        if c.restart {
+            let rounds = b.rounds + 1;
+            *b = Bootstrap::new(name, b.reason.clone());
+            b.rounds = rounds;
+        }
+        b.low = Some(match &b.low {
+            Some(low) => meet(low, &c.applied),
+            None => c.applied.clone(),
+        });
+        b.high.join(&c.applied);
+        b.after = end;
+        b.keys += keys;
+        b.bytes += bytes;
+        b.chunks += 1;
+        b.total_keys = c.total_keys;
+        if c.done {
+            b.phase = BootstrapPhase::Received;
+        }
+        self.staged.bootstrap = true;
+        self.staged.checkpoint = true;
+        self.pump_snapshot(now, out);
+    }
+
+    /// `name` cannot serve: the next request goes elsewhere for a while.
+    pub(super) fn on_snapshot_unavailable(&mut self, now: Time, name: &str, out: &mut Vec<Effect>) {
+        if self.snapshot_asked.as_ref().is_some_and(|(p, _)| p == name) {
+            self.snapshot_asked = None;
+        }
+        self.snapshot_skip.insert(
+            name.to_owned(),
+            now.mono_ms + SNAPSHOT_UNAVAILABLE_BACKOFF_MS,
+        );
+        self.pump_snapshot(now, out);
+    }
+
+    /// The last chunk's states are durable: raise the applied vector to `low` (a batch of
+    /// its own), move the log start there (this region's log holds nothing contiguous
+    /// before it), and catch up from there.
+    pub(super) fn install_snapshot(&mut self, out: Option<&mut Vec<Effect>>) {
+        let Some(b) = self
+            .bootstrap
+            .as_mut()
+            .filter(|b| b.phase == BootstrapPhase::Received)
+        else {
+            return;
+        };
+        let low = b.low.clone().unwrap_or_default();
+        b.phase = BootstrapPhase::CatchingUp;
+        let (keys, chunks, source) = (b.keys, b.chunks, b.source.clone().unwrap_or_default());
+        let before = self.received.clone();
+        self.received.join(&low);
+        // Writes of our own replica id in the snapshot (a data directory restored from an
+        // old copy): continue after them rather than hand their dots to other writes.
+        let own = self.opts.replica;
+        if self.received.get(own) > self.own_seq {
+            self.own_seq = self.received.get(own);
+        }
+        for (o, s) in low.iter() {
+            let held = self
+                .held_dots
+                .range(Dot::new(o, Seq::ZERO)..)
+                .next()
+                .filter(|d| d.replica == o)
+                .map_or(s, |d| Seq(d.seq.0 - 1));
+            let s = s.min(held);
+            if s > self.truncated.get(o) {
+                self.truncated.add_dot(&Dot::new(o, s));
+            }
+            if s > before.get(o) {
+                // The tail holds writes before the jump; the stream continues after it.
+                self.tail.remove(&o);
+            }
+        }
+        self.staged.installed = Some(low);
+        self.staged.bootstrap = true;
+        self.staged.checkpoint = true;
+        self.counters.snapshots_installed += 1;
+        if let Some(out) = out {
+            out.push(Effect::Alarm(Alarm::SnapshotInstalled {
+                peer: source,
+                keys,
+                chunks,
+            }));
+        }
+    }
+
+    /// Done once caught up to `high`: from here the region serves reads and takes writes.
+    pub(super) fn finish_bootstrap(&mut self) {
+        let caught_up = self.bootstrap.as_ref().is_some_and(|b| {
+            b.phase == BootstrapPhase::CatchingUp && self.durable.dominates(&b.high)
+        });
+        if caught_up {
+            self.bootstrap = None;
+        }
+    }
+
+    /// The refusal of a client write while bootstrapping.
+    pub(super) fn bootstrapping_error(&self) -> Option<WriteError> {
+        self.bootstrap.as_ref().map(|b| WriteError::Bootstrapping {
+            progress: b.progress(),
+        })
+    }
+
+    /// The snapshot transfer under way, if this region is being bootstrapped: it serves no
+    /// reads and takes no writes until this is `None`.
+    pub fn bootstrap(&self) -> Option<&Bootstrap> {
+        self.bootstrap.as_ref()
+    }
+
+    /// The next time a snapshot request times out, if one is outstanding.
+    pub(super) fn snapshot_deadline(&self) -> Option<u64> {
+        let fetching = self
+            .bootstrap
+            .as_ref()
+            .is_some_and(|b| b.phase == BootstrapPhase::Fetching);
+        let asked = self.snapshot_asked.as_ref().filter(|_| fetching)?;
+        Some(asked.1 + SNAPSHOT_REQUEST_TIMEOUT_MS)
+    }
+}
