@@ -334,7 +334,7 @@ pub struct PersistBatch {
     /// A snapshot transfer's progress, recorded with this batch's key states: `Some` only on
     /// a checkpoint (the states a chunk joined exist nowhere else), and it replaces the
     /// recorded one ([`Recovered::bootstrap`]).
-    pub bootstrap: Option<Bootstrap>,
+    pub bootstrap: Option<Box<Bootstrap>>,
 }
 
 /// What a client learns when its write is durable here.

@@ -119,7 +119,11 @@ impl Replica {
             released: staged.released.clone(),
             truncate: self.truncated.clone(),
             installed: staged.installed.unwrap_or_default(),
-            bootstrap: self.bootstrap.clone().filter(|_| staged.bootstrap),
+            bootstrap: self
+                .bootstrap
+                .clone()
+                .filter(|_| staged.bootstrap)
+                .map(Box::new),
         };
         debug_assert!(
             batch.bootstrap.is_none() || batch.checkpoint,

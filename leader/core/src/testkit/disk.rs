@@ -178,7 +178,7 @@ impl Disk {
             self.keys_applied = b.applied.clone();
             self.checkpoints += 1;
             if let Some(progress) = &b.bootstrap {
-                self.bootstrap = Some(progress.clone());
+                self.bootstrap = Some((**progress).clone());
             }
             self.log_start.join(&kept.truncate);
             let start = &self.log_start;
