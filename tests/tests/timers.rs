@@ -26,6 +26,7 @@ fn opts(region: &str, peer: &str, id: u128) -> Options {
         log_tail_bytes: 8 * 200,
         pace_lag_writes: 0,
         log_retention_bytes: u64::MAX,
+        snapshot_chunk_bytes: 2048,
     }
 }
 

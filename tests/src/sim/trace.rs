@@ -141,6 +141,23 @@ impl Trace {
                 self.bytes(origin.0.as_bytes());
                 self.word(entries.len() as u64);
             }
+            Event::SnapshotRead {
+                conn,
+                request,
+                result,
+                ..
+            } => {
+                self.word(19);
+                self.word(*conn);
+                self.msg(&PeerMsg::SnapshotRequest(request.clone()));
+                match result {
+                    Ok(piece) => {
+                        self.bytes(&piece.applied.to_bytes());
+                        self.word(piece.states.len() as u64);
+                    }
+                    Err(e) => self.bytes(e.as_bytes()),
+                }
+            }
             Event::Tick => self.word(8),
         }
         self.flush();
@@ -176,6 +193,17 @@ impl Trace {
                 self.word(*conn);
                 self.word(from.0);
                 self.word(to.0);
+            }
+            Effect::ReadSnapshot {
+                conn,
+                request,
+                max_bytes,
+                ..
+            } => {
+                self.word(20);
+                self.word(*conn);
+                self.msg(&PeerMsg::SnapshotRequest(request.clone()));
+                self.word(*max_bytes as u64);
             }
             Effect::Waited { id, regions } => {
                 self.word(17);
@@ -243,5 +271,28 @@ pub fn describe(m: &PeerMsg) -> String {
             "NeedsSnapshot({} from {}, log starts at {})",
             n.origin_region, n.from, n.log_start
         ),
+        PeerMsg::SnapshotRequest(r) => format!(
+            "SnapshotRequest(after {}, {} bytes, low {:?})",
+            show_cursor(r.after.as_ref()),
+            r.max_bytes,
+            r.low
+        ),
+        PeerMsg::SnapshotChunk(c) => format!(
+            "SnapshotChunk(after {}, {} states, applied {:?}{}{})",
+            show_cursor(c.after.as_ref()),
+            c.states.len(),
+            c.applied,
+            if c.done { ", done" } else { "" },
+            if c.restart { ", restart" } else { "" }
+        ),
+        PeerMsg::SnapshotUnavailable(u) => format!("SnapshotUnavailable({})", u.reason),
     }
+}
+
+/// A snapshot cursor for the readable trace.
+fn show_cursor(c: Option<&(String, Vec<u8>)>) -> String {
+    c.map_or_else(
+        || "the start".to_owned(),
+        |(t, k)| format!("{t}/{}", String::from_utf8_lossy(k)),
+    )
 }

@@ -255,6 +255,7 @@ fn options(p: &Params, r: usize) -> Options {
         log_tail_bytes: k.log_tail_bytes,
         pace_lag_writes: k.pace_lag_writes,
         log_retention_bytes: u64::MAX,
+        snapshot_chunk_bytes: 2048,
     }
 }
 
@@ -964,6 +965,16 @@ fn show_event(ev: &Event) -> String {
             "LogRead for {peer}#{conn} origin {origin}: {} entries",
             entries.len()
         ),
+        Event::SnapshotRead {
+            peer, conn, result, ..
+        } => match result {
+            Ok(piece) => format!(
+                "SnapshotRead for {peer}#{conn}: {} states, applied {:?}",
+                piece.states.len(),
+                piece.applied
+            ),
+            Err(e) => format!("SnapshotRead for {peer}#{conn} failed: {e}"),
+        },
         Event::Tick => "Tick".into(),
     }
 }
@@ -1000,6 +1011,12 @@ fn show_effect(e: &Effect) -> String {
             ),
             Err(e) => format!("Reply #{id} refused: {e}"),
         },
+        Effect::ReadSnapshot {
+            peer,
+            conn,
+            max_bytes,
+            ..
+        } => format!("ReadSnapshot for {peer}#{conn} ({max_bytes} bytes)"),
         Effect::Waited { id, regions } => format!("Waited #{id}: {regions:?}"),
         Effect::Alarm(a) => format!("Alarm {a:?}"),
     }

@@ -162,6 +162,8 @@ pub struct Replica {
     wall_clock_stamps: bool,
     /// Test-only negative control (see [`Replica::unsafe_truncate_at_durable`]).
     truncate_unstable: bool,
+    /// Test-only negative control (see [`Replica::unsafe_install_snapshot_at_high`]).
+    install_at_high: bool,
     /// Monotonic time of the last event handled (every `handle` ends with `on_tick`).
     last_event_ms: u64,
 }
@@ -258,6 +260,7 @@ impl Replica {
             snapshot_skip: BTreeMap::new(),
             wall_clock_stamps: false,
             truncate_unstable: false,
+            install_at_high: false,
             last_event_ms: 0,
             resolvers,
             resolver_ids,
@@ -465,6 +468,16 @@ impl Replica {
     #[doc(hidden)]
     pub fn unsafe_truncate_at_durable(&mut self) {
         self.truncate_unstable = true;
+    }
+
+    /// **Test-only; breaks snapshot installs.** From now on, a snapshot install raises the
+    /// applied vector to the *join* of the chunks' vectors instead of their meet, claiming
+    /// writes that keys of older chunks do not reflect (and that catch-up then never
+    /// delivers). It exists so the deterministic simulator can prove its oracles catch that
+    /// mistake (a negative control); nothing else may call it.
+    #[doc(hidden)]
+    pub fn unsafe_install_snapshot_at_high(&mut self) {
+        self.install_at_high = true;
     }
 
     /// The next time (mono ms) at which [`Event::Tick`] must be delivered, if any.

@@ -466,7 +466,11 @@ impl Replica {
         else {
             return;
         };
-        let low = b.low.clone().unwrap_or_default();
+        let low = if self.install_at_high {
+            b.high.clone()
+        } else {
+            b.low.clone().unwrap_or_default()
+        };
         b.phase = BootstrapPhase::CatchingUp;
         let (keys, chunks, source) = (b.keys, b.chunks, b.source.clone().unwrap_or_default());
         let before = self.received.clone();
