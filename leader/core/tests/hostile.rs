@@ -8,7 +8,9 @@
 //! invariants of [`Rig::check`] must hold:
 //! - the applied vector (in memory and durable) never covers a sequence number of an origin
 //!   that no batch carried (every seq `1..=n` of origin `o` was received when `o` stands at
-//!   `n`), and never covers an own write that was not made;
+//!   `n`) or that a snapshot it installed did not claim (the peer is authenticated: its
+//!   snapshot's vector is taken as it says, once the chunks are well formed), and never
+//!   covers an own write that was not made;
 //! - durable ⊆ received; every key state satisfies its invariants;
 //! - every batch the region sends is a contiguous run of one origin, of durable writes only.
 //!
@@ -20,7 +22,10 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use conflict::limits::MAX_VV_ENTRIES;
 use conflict::{Dot, Hlc, KeyState, Registry, ReplicaId, Seq, Value, VersionVector, Write};
-use leader_core::msg::{Ack, Heartbeat, NeedsSnapshot, Refuse, Resync};
+use leader_core::msg::{
+    Ack, Heartbeat, NeedsSnapshot, Refuse, Resync, SnapshotChunk, SnapshotRequest,
+    SnapshotUnavailable,
+};
 use leader_core::testkit::{self, Node, Outgoing};
 use leader_core::{
     Alarm, Batch, Durability, Effect, Event, Hello, LogEntry, MatrixRow, Options, PROTOCOL_VERSION,
@@ -66,6 +71,8 @@ struct Rig {
     resolvers: Vec<(String, String)>,
     /// Every effect of the last [`Rig::step`].
     effects: Vec<Effect>,
+    /// What snapshot installs added to the applied vector ([`leader_core::PersistBatch::installed`]).
+    installed: VersionVector,
 }
 
 impl Rig {
@@ -83,6 +90,7 @@ impl Rig {
             client_writes: 0,
             resolvers: Vec::new(),
             effects: Vec::new(),
+            installed: VersionVector::new(),
         };
         rig.reconnect();
         rig
@@ -198,6 +206,11 @@ impl Rig {
                 }
             }
             self.effects.extend(out.iter().cloned());
+            for effect in &out {
+                if let Effect::Persist(b) = effect {
+                    self.installed.join(&b.installed);
+                }
+            }
             for effect in out {
                 if let Some(Outgoing::Again(ev)) = self.node.perform(effect) {
                     queue.push_back(ev);
@@ -260,9 +273,9 @@ impl Rig {
                 continue;
             }
             let fed = self.fed.get(&origin);
-            let all_fed = fed.is_some_and(|f| {
-                f.len() as u64 >= seq.0 && f.range(1..=seq.0).count() as u64 == seq.0
-            });
+            let from = self.installed.get(origin).0;
+            let all_fed = seq.0 <= from
+                || fed.is_some_and(|f| f.range(from + 1..=seq.0).count() as u64 == seq.0 - from);
             assert!(
                 all_fed,
                 "a's applied vector covers {origin}:{seq} but not every write up to it was received"
@@ -615,7 +628,46 @@ fn arb_msg() -> impl Strategy<Value = PeerMsg> {
                 log_start: Seq(start),
             })
         ),
+        1 => (proptest::option::of((arb_table(), "[a-z]{0,4}")), any::<u64>(), proptest::option::of(arb_vv()))
+            .prop_map(|(after, max_bytes, low)| PeerMsg::SnapshotRequest(SnapshotRequest {
+                after: after.map(|(t, k)| (t, k.into_bytes())),
+                max_bytes,
+                low,
+            })),
+        1 => arb_chunk().prop_map(PeerMsg::SnapshotChunk),
+        1 => ".{0,16}".prop_map(|reason| PeerMsg::SnapshotUnavailable(SnapshotUnavailable { reason })),
     ]
+}
+
+/// A snapshot chunk of random (well-formed) key states, in random key order.
+fn arb_chunk() -> impl Strategy<Value = SnapshotChunk> {
+    let state = proptest::collection::vec(arb_entry(B, 1), 0..3).prop_map(|entries| {
+        let mut s = KeyState::new();
+        for e in entries {
+            s.apply(&e.write, &conflict::MultiValue);
+        }
+        s
+    });
+    (
+        proptest::collection::vec((arb_table(), "[a-z]{0,4}", state), 0..4),
+        arb_vv(),
+        any::<bool>(),
+        any::<bool>(),
+        arb_hlc(),
+    )
+        .prop_map(|(states, applied, done, restart, hlc)| SnapshotChunk {
+            after: None,
+            applied,
+            states: states
+                .into_iter()
+                .map(|(t, k, s)| (t, k.into_bytes(), s))
+                .collect(),
+            done,
+            total_keys: 3,
+            replicas: vec![(C, "c".into())],
+            hlc,
+            restart,
+        })
 }
 
 /// One way to damage an encoded frame.
@@ -1323,4 +1375,93 @@ fn heartbeat_rows_for_unknown_regions_do_not_accumulate() {
         "{:?}",
         rig.node.replica.resolver_mismatches()
     );
+}
+
+/// A hostile snapshot: `a` is told it needs one and asks `b`, which answers with malformed
+/// chunks (keys out of order or before the cursor, a vector claiming writes `a` never made,
+/// sequence numbers no replica reaches): each closes the connection and installs nothing;
+/// `a` asks again on the next connection, and a well-formed chunk installs.
+#[test]
+fn malformed_snapshot_chunks_close_the_connection_and_install_nothing() {
+    let mut rig = Rig::new();
+    let needs = |rig: &mut Rig| {
+        rig.frame(PeerMsg::NeedsSnapshot(NeedsSnapshot {
+            origin: B,
+            origin_region: "b".into(),
+            from: Seq(1),
+            log_start: Seq(5),
+        }));
+        rig.tick(1);
+    };
+    needs(&mut rig);
+    assert!(
+        rig.node.replica.bootstrap().is_some(),
+        "a bootstraps from b"
+    );
+    let state = |seq: u64| {
+        let mut s = KeyState::new();
+        s.apply(
+            &write(B, seq, VersionVector::new(), Value::Bytes(b"v".to_vec())),
+            &conflict::Lww,
+        );
+        s
+    };
+    let chunk = |states: Vec<(&str, &str, KeyState)>, applied: VersionVector| SnapshotChunk {
+        after: None,
+        applied,
+        states: states
+            .into_iter()
+            .map(|(t, k, s)| (t.to_owned(), k.as_bytes().to_vec(), s))
+            .collect(),
+        done: true,
+        total_keys: 2,
+        replicas: vec![],
+        hlc: Hlc::new(START_WALL_MS, 0),
+        restart: false,
+    };
+    let bad = [
+        (
+            chunk(
+                vec![("default", "k2", state(2)), ("default", "k1", state(1))],
+                vv(&[(B, 4)]),
+            ),
+            "ascending",
+        ),
+        (
+            chunk(vec![("default", "k1", state(1))], vv(&[(B, 4), (A, 3)])),
+            "never made",
+        ),
+        (
+            chunk(vec![("default", "k1", state(1))], vv(&[(B, u64::MAX)])),
+            "unreachable",
+        ),
+    ];
+    for (c, why) in bad {
+        rig.frame(PeerMsg::SnapshotChunk(c));
+        let closed = rig.closed();
+        assert!(closed.iter().any(|r| r.contains(why)), "{why}: {closed:?}");
+        assert!(
+            rig.node.replica.keys().next().is_none(),
+            "nothing installed"
+        );
+        assert_eq!(rig.node.replica.received().get(B), Seq::ZERO);
+        rig.reconnect();
+        assert!(
+            rig.sent_to_b()
+                .iter()
+                .any(|m| matches!(m, PeerMsg::SnapshotRequest(r) if r.after.is_none())),
+            "a asks again on the new connection"
+        );
+    }
+    rig.frame(PeerMsg::SnapshotChunk(chunk(
+        vec![("default", "k1", state(1)), ("default", "k2", state(2))],
+        vv(&[(B, 4)]),
+    )));
+    rig.tick(1);
+    assert_eq!(
+        rig.node.replica.received().get(B),
+        Seq(4),
+        "installed at the chunk's vector"
+    );
+    assert_eq!(rig.node.replica.keys().count(), 2);
 }

@@ -2214,24 +2214,31 @@ fn a_snapshot_transfer_continues_from_another_region_when_the_link_is_cut() {
         .and_then(|b| b.source.clone())
         .expect("fetching");
     let other = if source == "a" { "b" } else { "a" };
-    // More writes at the other region, so its checkpoint reflects a newer vector.
+    // The link to the source goes: the next request goes to the other region at once (not
+    // after the request's timeout), from the last key received.
+    let after = w.nodes["c"]
+        .replica
+        .bootstrap()
+        .and_then(|b| b.after.clone());
     w.cut(&source, "c");
+    assert!(
+        w.wire.iter().any(|(f, t, _, m)| f == "c"
+            && t == other
+            && matches!(m, PeerMsg::SnapshotRequest(r) if r.after == after)),
+        "{:?}",
+        w.wire
+    );
+    // More writes at the other region meanwhile, so its chunks reflect a newer vector.
     for i in 0..5 {
         w.write(other, "default", &format!("k{i:03}"), Some("newer"));
     }
     w.deliver();
-    w.advance(10_001);
     w.advance(600);
     let c = &w.nodes["c"];
     assert!(
         c.replica.bootstrap().is_none(),
         "{:?}",
         c.replica.bootstrap()
-    );
-    assert_eq!(
-        c.replica.bootstrap().map(|b| b.source.clone()),
-        None,
-        "done"
     );
     assert_eq!(w.read("c", "default", "k000"), bytes("newer"));
     w.connect(&source, "c");

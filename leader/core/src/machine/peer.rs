@@ -353,6 +353,11 @@ impl Replica {
     pub(super) fn peer_down(&mut self, name: &str, conn: ConnId) {
         if let Some(peer) = self.peers.get_mut(name) {
             peer.connection_down(conn);
+            if !peer.is_connected() && self.snapshot_asked.as_ref().is_some_and(|(p, _)| p == name)
+            {
+                // Its answer cannot come any more: the next tick asks another region.
+                self.snapshot_asked = None;
+            }
         }
     }
 

@@ -24,6 +24,7 @@
 //! The install is a batch of its own, after the last chunk's states are durable: a crash
 //! between cannot leave an applied vector on disk that claims states the disk lacks.
 
+use conflict::limits::{MAX_KEY_BYTES, MAX_TABLE_NAME_BYTES};
 use conflict::{Dot, Seq, VersionVector};
 use serde::{Deserialize, Serialize};
 
@@ -108,6 +109,10 @@ impl Bootstrap {
         }
     }
 }
+
+/// Sequence numbers from here on are refused in a snapshot: no replica makes 2^63 writes, and
+/// a vector installed with them would overflow the next sequence number of their origin.
+const SEQ_UNREACHABLE: u64 = 1 << 63;
 
 /// Component-wise minimum of two vectors (an origin missing from either is 0).
 fn meet(a: &VersionVector, b: &VersionVector) -> VersionVector {
@@ -375,21 +380,9 @@ impl Replica {
         if !asked || (!c.restart && c.after != b.after) {
             return; // an answer to an earlier request
         }
-        let mut prev: Option<(&str, &[u8])> = None;
-        for (t, k, _) in &c.states {
-            let here = (t.as_str(), k.as_slice());
-            let after_cursor = c
-                .after
-                .as_ref()
-                .is_none_or(|(at, ak)| here > (at.as_str(), ak.as_slice()));
-            if prev.is_some_and(|p| p >= here) || !after_cursor {
-                let detail =
-                    "snapshot chunk whose keys are not in ascending order after the cursor"
-                        .to_owned();
-                self.violation(name, conn, detail, out);
-                return;
-            }
-            prev = Some(here);
+        if let Some(detail) = self.malformed_chunk(&c) {
+            self.violation(name, conn, detail, out);
+            return;
         }
         self.snapshot_asked = None;
         let end = super::events::piece_end(&c.after, &c.states);
@@ -443,6 +436,52 @@ impl Replica {
         self.pump_snapshot(now, out);
     }
 
+    /// Why a chunk is malformed, if it is: keys not in ascending order after the cursor, or
+    /// too long; or a vector (the chunk's or a key's context) that claims writes of this
+    /// region it never made (installing it would poison those keys, as for a replicated
+    /// write), or sequence numbers no replica can reach.
+    fn malformed_chunk(&self, c: &SnapshotChunk) -> Option<String> {
+        let own = self.opts.replica;
+        let bad_vector = |v: &VersionVector| {
+            v.get(own) > self.own_seq || v.iter().any(|(_, s)| s.0 >= SEQ_UNREACHABLE)
+        };
+        if bad_vector(&c.applied) {
+            return Some(format!(
+                "snapshot chunk claims the vector {:?}: writes of this region it never made ({} made), or unreachable sequence numbers",
+                c.applied, self.own_seq
+            ));
+        }
+        let mut prev: Option<(&str, &[u8])> = None;
+        for (t, k, state) in &c.states {
+            let here = (t.as_str(), k.as_slice());
+            let after_cursor = c
+                .after
+                .as_ref()
+                .is_none_or(|(at, ak)| here > (at.as_str(), ak.as_slice()));
+            if prev.is_some_and(|p| p >= here) || !after_cursor {
+                return Some(
+                    "snapshot chunk whose keys are not in ascending order after the cursor".into(),
+                );
+            }
+            if t.len() > MAX_TABLE_NAME_BYTES || k.len() > MAX_KEY_BYTES {
+                return Some(format!(
+                    "snapshot chunk with a table name of {} bytes or a key of {} bytes (limits {MAX_TABLE_NAME_BYTES} and {MAX_KEY_BYTES})",
+                    t.len(),
+                    k.len()
+                ));
+            }
+            if bad_vector(&state.context) {
+                return Some(format!(
+                    "snapshot chunk's key {t}/{} has the context {:?}: writes of this region it never made, or unreachable sequence numbers",
+                    String::from_utf8_lossy(k),
+                    state.context
+                ));
+            }
+            prev = Some(here);
+        }
+        None
+    }
+
     /// `name` cannot serve: the next request goes elsewhere for a while.
     pub(super) fn on_snapshot_unavailable(&mut self, now: Time, name: &str, out: &mut Vec<Effect>) {
         if self.snapshot_asked.as_ref().is_some_and(|(p, _)| p == name) {
@@ -474,13 +513,9 @@ impl Replica {
         b.phase = BootstrapPhase::CatchingUp;
         let (keys, chunks, source) = (b.keys, b.chunks, b.source.clone().unwrap_or_default());
         let before = self.received.clone();
+        // Chunks never claim writes of ours we did not make (`malformed_chunk`), so our own
+        // entry stays at `own_seq`.
         self.received.join(&low);
-        // Writes of our own replica id in the snapshot (a data directory restored from an
-        // old copy): continue after them rather than hand their dots to other writes.
-        let own = self.opts.replica;
-        if self.received.get(own) > self.own_seq {
-            self.own_seq = self.received.get(own);
-        }
         for (o, s) in low.iter() {
             let held = self
                 .held_dots
