@@ -66,6 +66,7 @@ fn fuzz_options() -> RunOptions {
     let on = |name: &str| std::env::var(name).is_ok_and(|v| v == "1");
     RunOptions {
         beyond_contract: on("MERIDIAN_SIM_BEYOND_CONTRACT"),
+        snapshot_faults: on("MERIDIAN_SIM_SNAPSHOTS"),
         ..RunOptions::default()
     }
 }
