@@ -272,13 +272,20 @@ pub fn run_seed(seed: u64, opts: &RunOptions) -> Outcome {
     first
 }
 
-/// The command that replays `seed` (with `sabotage`, if any) with a readable trace.
-pub fn replay_command(seed: u64, sabotage: Option<Sabotage>) -> String {
-    let sabotage = sabotage
+/// The command that replays `seed` run with `opts` (its sabotage and snapshot faults) with a
+/// readable trace.
+pub fn replay_command(seed: u64, opts: &RunOptions) -> String {
+    let sabotage = opts
+        .sabotage
         .map(|s| format!(" MERIDIAN_SIM_SABOTAGE={}", s.name()))
         .unwrap_or_default();
+    let snapshots = if opts.snapshot_faults {
+        " MERIDIAN_SIM_SNAPSHOTS=1"
+    } else {
+        ""
+    };
     format!(
-        "MERIDIAN_SIM_SEED={seed}{sabotage} cargo test -p meridian-tests --test sim -- replay --nocapture"
+        "MERIDIAN_SIM_SEED={seed}{sabotage}{snapshots} cargo test -p meridian-tests --test sim -- replay --nocapture"
     )
 }
 
