@@ -26,6 +26,10 @@
 //! - **partitions** (symmetric, one-way, and bridges where one region sees both sides),
 //!   spontaneous connection resets, **crashes** and restarts, and the permanent loss of a
 //!   region right after one of its writes was acknowledged at `one` or above.
+//! - behind [`RunOptions::snapshot_faults`], what makes regions bootstrap from a snapshot: a
+//!   finite log retention bound, **disk losses** (a region restarts on an empty disk under a
+//!   new replica id; only acknowledged writes no other disk holds, at a level that promised
+//!   no more, may be lost), and crashes and cuts aimed at transfers under way.
 //! - **clocks**: `Time::mono_ms` is true virtual time since the region's process started;
 //!   `Time::wall_ms` is skewed per region (offset, drift, jumps both ways, sometimes beyond
 //!   `max_clock_offset`).
