@@ -441,14 +441,15 @@ const SNAPSHOT_SEEDS: u64 = 40;
 /// The snapshot bootstrap's faults fire, and each path they should provoke happens, in seeds
 /// that pass every oracle: bootstraps driven by the retention bound and by disk losses,
 /// many-chunk transfers, installs, crashes of the receiver and cuts from the source in the
-/// middle of a transfer, and clients refused while their region bootstraps. Seeds that fail
-/// (the open findings, see the `snapshot_seed_*` tests) are counted, not asserted.
+/// middle of a transfer, acknowledged `local` writes lost with a disk, and clients refused
+/// while their region bootstraps. Each seed runs twice (the determinism self-check). Seeds
+/// that fail (the open findings, see the `snapshot_seed_*` tests) are listed, not asserted.
 #[test]
 fn snapshot_faults_fire() {
     let (mut f, mut w) = (FaultCounts::default(), WorkCounts::default());
     let mut failed = Vec::new();
     for seed in 0..SNAPSHOT_SEEDS {
-        let o = simulate(seed, &with_snapshots());
+        let o = run_seed(seed, &with_snapshots());
         match &o.result {
             Ok(()) => {
                 f += &o.faults;
@@ -460,6 +461,10 @@ fn snapshot_faults_fire() {
     println!("snapshot faults: {f}\nwork: {w}\nfailed (open findings): {failed:?}");
     let fired = [
         ("disk losses", f.disk_losses),
+        (
+            "acknowledged writes lost with a disk",
+            f.writes_lost_with_disk,
+        ),
         ("log entries truncated", f.truncated),
         ("crashes mid-transfer", f.crashes_mid_transfer),
         ("cuts mid-transfer", f.cuts_mid_transfer),

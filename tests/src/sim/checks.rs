@@ -444,7 +444,7 @@ impl World {
             });
             if let Some(name) = broken {
                 let detail = format!(
-                    "{} lost its disk, and with it request #{} ({dot}, acknowledged at {acked_ms} ms \
+                    "{} lost its disk (or its life), and with it request #{} ({dot}, acknowledged at {acked_ms} ms \
                      at level {} as durable in {:?}), which {name}'s disk no longer holds",
                     self.regions[r].name,
                     idx + 1,
@@ -455,6 +455,7 @@ impl World {
             }
             lost.push(dot);
         }
+        self.faults.writes_lost_with_disk += lost.len() as u64;
         self.lost_with_disk.extend(lost);
         Ok(())
     }

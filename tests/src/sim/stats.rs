@@ -58,6 +58,9 @@ pub struct FaultCounts {
     pub crashes_mid_transfer: u64,
     /// Partitions that cut a region fetching a snapshot off from its source.
     pub cuts_mid_transfer: u64,
+    /// Acknowledged writes lost with the only disk that held them (at `local`, or timed out
+    /// before another region had them): what a disk loss may take.
+    pub writes_lost_with_disk: u64,
 }
 
 impl FaultCounts {
@@ -99,6 +102,7 @@ impl AddAssign<&FaultCounts> for FaultCounts {
         self.disk_losses += o.disk_losses;
         self.crashes_mid_transfer += o.crashes_mid_transfer;
         self.cuts_mid_transfer += o.cuts_mid_transfer;
+        self.writes_lost_with_disk += o.writes_lost_with_disk;
     }
 }
 
@@ -111,7 +115,7 @@ impl fmt::Display for FaultCounts {
              send failures {}, silent losses {}, frames lost {}, frames held {}, skew events {} \
              (jumps +{} -{}, beyond bound {}), slow fsyncs {}, checkpoints {}, replays {} \
              ({} entries), log entries truncated {}, disk losses {}, crashes mid-transfer {}, \
-             cuts mid-transfer {}",
+             cuts mid-transfer {}, acknowledged writes lost with a disk {}",
             self.partitions(),
             self.partitions_symmetric,
             self.partitions_one_way,
@@ -139,6 +143,7 @@ impl fmt::Display for FaultCounts {
             self.disk_losses,
             self.crashes_mid_transfer,
             self.cuts_mid_transfer,
+            self.writes_lost_with_disk,
         )
     }
 }
