@@ -173,8 +173,10 @@ pub struct RunOptions {
     /// one region or on all), disk losses (in about a third), and crashes and cuts aimed at
     /// transfers under way. **Off by default while the findings they show are open**
     /// (docs/testing.md, "What it found"): an install the disk refuses, the core's own
-    /// assertions failing after an install, and regions that bootstrap from each other for
-    /// ever; `MERIDIAN_SIM_SNAPSHOTS=1` turns them on for `fuzz` and `replay`.
+    /// assertions failing after an install, regions that bootstrap from each other for ever,
+    /// and a region catching up for ever to writes of a source lost for good (the
+    /// `snapshot_seed_*` tests); `MERIDIAN_SIM_SNAPSHOTS=1` turns them on for `fuzz` and
+    /// `replay`.
     pub snapshot_faults: bool,
 }
 
