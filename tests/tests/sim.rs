@@ -8,12 +8,15 @@
 //! - `MERIDIAN_SIM_SEED_START` — first seed of `fuzz` (default 0);
 //! - `MERIDIAN_SIM_SEED` — the seed `replay` runs (default: the first regression seed);
 //! - `MERIDIAN_SIM_SABOTAGE` — a negative control for `replay` (`skip-seq`,
-//!   `ack-before-durable`, `wall-clock-lww`, `truncate-unstable`);
+//!   `ack-before-durable`, `wall-clock-lww`, `truncate-unstable`, `install-at-high`);
 //! - `MERIDIAN_SIM_TRACE=all` — `replay` prints every event as it happens;
 //! - `MERIDIAN_SIM_BEYOND_CONTRACT=1` — `fuzz` and `replay` also inject faults the protocol is
 //!   not designed for (docs/testing.md says which, and what happens);
 //! - `MERIDIAN_SIM_DIRTY_CONTEXT=1` — `fuzz` and `replay` also check the `dirty-context` oracle
-//!   of the open finding (docs/testing.md, "What it found").
+//!   of the open finding (docs/testing.md, "What it found");
+//! - `MERIDIAN_SIM_SNAPSHOTS=1` — `fuzz` and `replay` also inject the snapshot bootstrap's
+//!   faults (finite retention, disk loss, faults aimed at transfers), off by default while
+//!   the findings they show are open (the `#[ignore]`d `snapshot_seed_*` tests).
 
 use std::time::{Duration, Instant};
 
@@ -31,7 +34,7 @@ fn env_u64(name: &str) -> Option<u64> {
 }
 
 /// Panics with the failure, its replay command and (for verbose runs) the trace tail.
-fn expect_ok(o: &Outcome, sabotage: Option<Sabotage>) {
+fn expect_ok(o: &Outcome, opts: &RunOptions) {
     if let Err(f) = &o.result {
         for line in &o.tail {
             eprintln!("{line}");
@@ -42,7 +45,7 @@ fn expect_ok(o: &Outcome, sabotage: Option<Sabotage>) {
             f.oracle,
             f.at_ms,
             f.detail,
-            replay_command(o.seed, sabotage)
+            replay_command(o.seed, opts)
         );
     }
 }
@@ -66,6 +69,7 @@ fn fuzz_options() -> RunOptions {
     let on = |name: &str| std::env::var(name).is_ok_and(|v| v == "1");
     RunOptions {
         beyond_contract: on("MERIDIAN_SIM_BEYOND_CONTRACT"),
+        snapshot_faults: on("MERIDIAN_SIM_SNAPSHOTS"),
         ..RunOptions::default()
     }
 }
@@ -89,7 +93,7 @@ fn fuzz() {
         }
         let seed = start + seeds;
         let o = run_seed(seed, &fuzz_options());
-        expect_ok(&o, None);
+        expect_ok(&o, &fuzz_options());
         faults += &o.faults;
         work += &o.work;
         virtual_ms += o.virtual_ms;
@@ -163,7 +167,7 @@ fn faults_fire() {
     let (mut f, mut w) = (FaultCounts::default(), WorkCounts::default());
     for seed in 0..6 {
         let o = run_seed(seed, &RunOptions::default());
-        expect_ok(&o, None);
+        expect_ok(&o, &RunOptions::default());
         f += &o.faults;
         w += &o.work;
     }
@@ -204,22 +208,27 @@ fn faults_fire() {
         ("duplicates dropped", w.duplicates_dropped),
         ("log reads", w.log_reads),
     ];
+    assert_fired(&fired, "seeds 0..6");
+}
+
+/// Fails naming every count of `fired` that is zero over `seeds`.
+fn assert_fired(fired: &[(&str, u64)], seeds: &str) {
     let silent: Vec<&str> = fired
         .iter()
         .filter(|(_, n)| *n == 0)
         .map(|(what, _)| *what)
         .collect();
-    assert!(
-        silent.is_empty(),
-        "never happened in seeds 0..6: {silent:?}"
-    );
+    assert!(silent.is_empty(), "never happened in {seeds}: {silent:?}");
 }
 
 /// Seeds that once failed, kept after their fix.
 #[test]
 fn regressions() {
     for seed in regression_seeds() {
-        expect_ok(&run_seed(seed, &RunOptions::default()), None);
+        expect_ok(
+            &run_seed(seed, &RunOptions::default()),
+            &RunOptions::default(),
+        );
     }
 }
 
@@ -272,7 +281,7 @@ fn replay() {
         o.faults,
         o.work
     );
-    expect_ok(&o, sabotage);
+    expect_ok(&o, &opts);
 }
 
 /// Runs seeds 0.. with `sabotage` until one fails; returns (seed, oracle), or panics when
@@ -416,4 +425,147 @@ fn negative_control_truncate_unstable() {
         ["convergence", "liveness", "acked-write-lost", "refusal"].contains(&oracle),
         "{oracle}"
     );
+}
+
+/// Options with the snapshot bootstrap's faults on.
+fn with_snapshots() -> RunOptions {
+    RunOptions {
+        snapshot_faults: true,
+        ..RunOptions::default()
+    }
+}
+
+/// Seeds of the snapshot tests below.
+const SNAPSHOT_SEEDS: u64 = 40;
+
+/// The snapshot bootstrap's faults fire, and each path they should provoke happens, in seeds
+/// that pass every oracle: bootstraps driven by the retention bound and by disk losses,
+/// many-chunk transfers, installs, crashes of the receiver and cuts from the source in the
+/// middle of a transfer, acknowledged `local` writes lost with a disk, and clients refused
+/// while their region bootstraps. Each seed runs twice (the determinism self-check). Seeds
+/// that fail (the open findings, see the `snapshot_seed_*` tests) are listed, not asserted.
+#[test]
+fn snapshot_faults_fire() {
+    let (mut f, mut w) = (FaultCounts::default(), WorkCounts::default());
+    let mut failed = Vec::new();
+    for seed in 0..SNAPSHOT_SEEDS {
+        let o = run_seed(seed, &with_snapshots());
+        match &o.result {
+            Ok(()) => {
+                f += &o.faults;
+                w += &o.work;
+            }
+            Err(e) => failed.push((seed, e.oracle)),
+        }
+    }
+    println!("snapshot faults: {f}\nwork: {w}\nfailed (open findings): {failed:?}");
+    let fired = [
+        ("disk losses", f.disk_losses),
+        (
+            "acknowledged writes lost with a disk",
+            f.writes_lost_with_disk,
+        ),
+        ("log entries truncated", f.truncated),
+        ("crashes mid-transfer", f.crashes_mid_transfer),
+        ("cuts mid-transfer", f.cuts_mid_transfer),
+        ("snapshots started", w.snapshots_started),
+        ("snapshot chunks", w.snapshot_chunks),
+        ("snapshots installed", w.snapshots_installed),
+        ("refused while bootstrapping", w.bootstrapping),
+    ];
+    assert_fired(&fired, &format!("the passing seeds of 0..{SNAPSHOT_SEEDS}"));
+    assert!(
+        w.snapshot_chunks > w.snapshots_installed,
+        "transfers take several chunks: {w}"
+    );
+}
+
+/// Installs at the *join* of the chunks' vectors: where chunks reflect different vectors,
+/// the applied vector jumps past writes some keys never got, and the catch-up skips them.
+/// Caught after the step by the `gap` oracle (a counted write not in its key), or at the
+/// end as `convergence`, `key-context` or `acked-write-lost`. Only seeds that pass without
+/// the sabotage count (the open findings fail some seeds either way).
+#[test]
+fn negative_control_install_at_high() {
+    let s = Sabotage::InstallAtHigh;
+    let sabotaged = RunOptions {
+        sabotage: Some(s),
+        ..with_snapshots()
+    };
+    let expected = ["gap", "convergence", "key-context", "acked-write-lost"];
+    let caught = (0..SNAPSHOT_SEEDS).find_map(|seed| {
+        let f = simulate(seed, &sabotaged).result.err()?;
+        println!(
+            "install-at-high: seed {seed}, oracle `{}`: {}",
+            f.oracle, f.detail
+        );
+        let clean = simulate(seed, &with_snapshots()).result.is_ok();
+        (clean && expected.contains(&f.oracle)).then_some((seed, f.oracle))
+    });
+    let (seed, oracle) =
+        caught.expect("the oracles missed installs at the join in every passing seed");
+    println!("install-at-high: caught by seed {seed}, oracle `{oracle}`");
+}
+
+// Open findings of the snapshot bootstrap's faults, one seed each (`MERIDIAN_SIM_SNAPSHOTS=1`
+// replays them with a readable trace). Each fails until the core is fixed; then remove its
+// `#[ignore]`, move the seed to tests/regressions.txt, and turn `snapshot_faults` on by default.
+
+/// Runs `seed` with the snapshot faults, failing like [`fuzz`] does.
+fn snapshot_seed(seed: u64) {
+    expect_ok(&run_seed(seed, &with_snapshots()), &with_snapshots());
+}
+
+/// `disk`: the install batch is refused ("a snapshot install without the transfer's
+/// progress"). af fetched two chunks from eu, both at vector V; writes streamed by sa
+/// meanwhile made V durable at af before the last chunk's batch (12). At its `Persisted`,
+/// `Replica::persisted` calls `install_snapshot` (stages `installed`, phase `CatchingUp`) and
+/// then `finish_bootstrap`, which finds `durable` already past `high` = V and clears the
+/// bootstrap; the next batch (13) carries `installed` with `bootstrap: None`.
+#[test]
+#[ignore = "open finding in the core: an install finished before its batch is written"]
+fn snapshot_seed_3_install_refused_by_the_disk() {
+    snapshot_seed(3);
+}
+
+/// `panic` (debug assertion "the tail of an origin is a contiguous run"): ap's last chunk
+/// batch (7) also logged eu 45..=57, streamed by us while it fetched; at its `Persisted`,
+/// `install_snapshot` (low: eu 70) clears ap's tail of eu, and only then does `persisted`
+/// push the batch's entries 45..=57 into that tail; eu 71 then follows 57.
+#[test]
+#[ignore = "open finding in the core: the tail keeps entries below an install"]
+fn snapshot_seed_57_tail_not_contiguous_after_an_install() {
+    snapshot_seed(57);
+}
+
+/// `panic` (debug assertion "persisted batches are contiguous per origin"): us got its only
+/// chunk (af at 134) while batch 18 was in flight; batch 19 (Received) logged af up to 103,
+/// and af 104..=109 arrived from ap before batch 19 was durable. The install at its
+/// `Persisted` raises the base to af 134, but the writes 104..=109 staged meanwhile are still
+/// logged by the next batch: a per-origin log that steps back.
+#[test]
+#[ignore = "open finding in the core: writes staged before an install are logged after it"]
+fn snapshot_seed_1_batch_steps_back_after_an_install() {
+    snapshot_seed(1);
+}
+
+/// `convergence` after 60 s of quiescence (a liveness failure): every region was passed by
+/// another's retention bound (a long partition, the bound on every region), each started
+/// bootstrapping from another, and a region being bootstrapped answers every request with
+/// `SnapshotUnavailable`: they ask each other in a ring for ever and never converge.
+#[test]
+#[ignore = "open finding in the core: regions bootstrapping from each other never finish"]
+fn snapshot_seed_46_regions_bootstrapping_from_each_other() {
+    snapshot_seed(46);
+}
+
+/// `liveness`: eu fetched its first chunks from af (at af 119) and the rest from sa (at af
+/// 106) after af was lost for good, with af 117..=119, acknowledged at `local`, on af's disk
+/// alone. The install's `high` (the join, af 119) names writes no surviving region holds, so
+/// eu stays `CatchingUp` for ever: it never serves again (and its keys from af's chunks may
+/// hold writes no other region will ever have).
+#[test]
+#[ignore = "open finding in the core: a transfer's join names writes of a lost source"]
+fn snapshot_seed_347_catching_up_to_writes_of_a_lost_source() {
+    snapshot_seed(347);
 }

@@ -168,9 +168,12 @@ impl World {
             );
             return Err(self.fail(("ack-durability", detail)));
         }
+        // A disk lost since the region acked the write held it too (the ack was on its way).
+        let held =
+            |g: &super::world::Region| g.disk().applied.covers(&dot) || g.lost_applied.covers(&dot);
         for region in &receipt.durable_in {
             let q = self.index_of(region);
-            if !self.regions[q].disk().applied.covers(&dot) {
+            if !held(&self.regions[q]) {
                 let detail = format!(
                     "{name} acknowledged #{id} ({dot}) as durable in {region}, whose disk lacks it"
                 );
@@ -179,11 +182,7 @@ impl World {
         }
         self.check_context_read(idx, receipt)?;
         let need = op.durability.peers_needed(self.regions.len()) + 1;
-        let on_disk = self
-            .regions
-            .iter()
-            .filter(|g| g.disk().applied.covers(&dot))
-            .count();
+        let on_disk = self.regions.iter().filter(|g| held(g)).count();
         if !receipt.timed_out && (receipt.durable_in.len() < need || on_disk < need) {
             let detail = format!(
                 "{name} acknowledged #{id} ({dot}) at {} but only {on_disk} disks hold it ({need} needed): {:?}",
@@ -264,6 +263,22 @@ impl World {
     pub(super) fn on_alarm(&mut self, r: usize, alarm: Alarm) -> Result<(), Failure> {
         match alarm {
             Alarm::ClockSkew { .. } => Ok(()),
+            // A snapshot bootstrap and what leads to one, when one may be needed: with a finite
+            // retention bound any region may be passed by it; otherwise once a region was
+            // rebuilt on an empty disk (the others truncated by causal stability what it needs,
+            // and its own log starts late).
+            Alarm::NeedsSnapshot { .. }
+            | Alarm::SnapshotStarted { .. }
+            | Alarm::SnapshotInstalled { .. }
+                if self.may_need_snapshot() =>
+            {
+                if matches!(alarm, Alarm::SnapshotStarted { .. }) {
+                    self.work.snapshots_started += 1;
+                    self.maybe_hit_transfer(r);
+                }
+                Ok(())
+            }
+            Alarm::PeerNeedsSnapshot { .. } if self.may_need_snapshot() => Ok(()),
             // What a rolling configuration change raises until every region has it.
             Alarm::UnknownTable { .. } | Alarm::ResolverMismatch { .. }
                 if self.opts.rollout.is_some() =>
@@ -276,6 +291,12 @@ impl World {
             }
             _ => Ok(()),
         }
+    }
+
+    /// Whether a snapshot bootstrap is to be expected (see [`World::on_alarm`]).
+    fn may_need_snapshot(&self) -> bool {
+        self.p.knobs.log_retention_bytes != u64::MAX
+            || self.regions.iter().any(|g| g.disk_lost_ms.is_some())
     }
 
     fn live(&self) -> Vec<usize> {
@@ -300,6 +321,9 @@ impl World {
             };
             if !g.node.persisting.is_empty() || g.reads_out > 0 || m.received() != m.applied() {
                 return format!("{} has work in flight", g.name);
+            }
+            if let Some(b) = m.bootstrap() {
+                return format!("{} is still being bootstrapped: {b:?}", g.name);
             }
             for &q in &live {
                 let connected = |a: usize, b: usize| {
@@ -391,6 +415,51 @@ impl World {
         self.check_acknowledged(&live, &applied)
     }
 
+    /// Region `r`'s disk is gone (replaced by an empty one, or lost for good with the region):
+    /// an acknowledged write no other disk holds now is lost, and the final oracles stop
+    /// expecting it. That is only allowed when its acknowledgement promised no more: every
+    /// other region it named as durable has lost the disk that held it (or its life). A write
+    /// acknowledged at `local` by `r` alone may go; one at `one` and above (which another
+    /// region held when it was acknowledged) and any write another region holds may not.
+    pub(super) fn lose_copies(&mut self, r: usize) -> Result<(), Failure> {
+        let mut lost = Vec::new();
+        for (idx, op) in self.ops.iter().enumerate() {
+            let OpOutcome::Acked(receipt) = &op.outcome else {
+                continue;
+            };
+            let dot = receipt.dot;
+            let held_elsewhere = self
+                .regions
+                .iter()
+                .enumerate()
+                .any(|(q, g)| q != r && !g.doomed && g.disk().applied.covers(&dot));
+            if held_elsewhere || self.lost_with_disk.contains(&dot) {
+                continue;
+            }
+            let acked_ms = op.answered_ms.unwrap_or_default();
+            let broken = receipt.durable_in.iter().find(|name| {
+                let q = self.index_of(name);
+                let g = &self.regions[q];
+                q != r && !g.doomed && !g.lost_applied.covers(&dot)
+            });
+            if let Some(name) = broken {
+                let detail = format!(
+                    "{} lost its disk (or its life), and with it request #{} ({dot}, acknowledged at {acked_ms} ms \
+                     at level {} as durable in {:?}), which {name}'s disk no longer holds",
+                    self.regions[r].name,
+                    idx + 1,
+                    receipt.durability,
+                    receipt.durable_in
+                );
+                return Err(self.fail(("acked-write-lost", detail)));
+            }
+            lost.push(dot);
+        }
+        self.faults.writes_lost_with_disk += lost.len() as u64;
+        self.lost_with_disk.extend(lost);
+        Ok(())
+    }
+
     /// Every acknowledged write that a surviving region held durably when it was
     /// acknowledged is durable in at least one surviving region (checked before convergence,
     /// so a lost write is named even when the survivors also disagree).
@@ -399,6 +468,9 @@ impl World {
             let OpOutcome::Acked(receipt) = &op.outcome else {
                 continue;
             };
+            if self.lost_with_disk.contains(&receipt.dot) {
+                continue; // only disks since lost held it, and its level promised no more
+            }
             let promised = receipt
                 .durable_in
                 .iter()
@@ -541,7 +613,7 @@ impl World {
                 .durable_in
                 .iter()
                 .any(|name| live.iter().any(|r| self.regions[*r].name == *name));
-            if !survives {
+            if !survives || self.lost_with_disk.contains(&receipt.dot) {
                 continue; // only its lost origin had it: `local` promises no more
             }
             let dot = receipt.dot;

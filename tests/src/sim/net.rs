@@ -67,7 +67,7 @@ pub(super) struct Net {
     /// The current connection of each pair `(lo, hi)`.
     current: BTreeMap<(usize, usize), u64>,
     /// Directed paths that deliver nothing right now.
-    cut: BTreeSet<(usize, usize)>,
+    pub(super) cut: BTreeSet<(usize, usize)>,
     next_conn: u64,
 }
 
@@ -375,6 +375,7 @@ impl World {
             1 => self.faults.partitions_one_way += 1,
             _ => self.faults.partitions_bridge += 1,
         }
+        self.faults.cuts_mid_transfer += self.cut_mid_transfer();
         let what = format!("partition kind {kind} {left:?} | {right:?} bridge {bridge:?}");
         self.trace.note(self.now, &what);
         if self.trace.verbose() {
@@ -385,6 +386,20 @@ impl World {
         let at = self.now + self.rng_fault.range(lo, hi);
         self.push(at, Ev::Heal);
         Ok(())
+    }
+
+    /// Regions fetching a snapshot whose path to or from their source is now cut.
+    fn cut_mid_transfer(&self) -> u64 {
+        let fetching = |r: usize| {
+            let b = self.regions[r].machine()?.bootstrap()?;
+            let source = b.source.as_deref()?;
+            (b.phase == leader_core::BootstrapPhase::Fetching).then(|| self.index_of(source))
+        };
+        let cut =
+            |r: usize, s: usize| self.net.cut.contains(&(r, s)) || self.net.cut.contains(&(s, r));
+        (0..self.regions.len())
+            .filter(|r| fetching(*r).is_some_and(|s| cut(*r, s)))
+            .count() as u64
     }
 
     pub(super) fn heal(&mut self) -> Result<(), Failure> {

@@ -31,6 +31,18 @@ pub struct MachineKnobs {
     /// few writes, so in-sync peers pace client writes often. Drawn from its own stream so
     /// that adding it left every other draw of a seed (and the regression seeds) unchanged.
     pub pace_lag_writes: u64,
+    /// [`leader_core::Options::log_retention_bytes`] of the bounded regions: unbounded in
+    /// half the seeds (logs are truncated by causal stability only), else a few dozen of the
+    /// simulator's small writes, so a region cut off or down for a while is passed by the
+    /// bound and bootstraps from a snapshot. From a stream of its own, like every knob of the
+    /// snapshot bootstrap.
+    pub log_retention_bytes: u64,
+    /// The one region whose log has that bound, or `None` when every region's has (the
+    /// others keep their logs until every region has the writes).
+    pub bounded_region: Option<usize>,
+    /// [`leader_core::Options::snapshot_chunk_bytes`]: small, so a transfer takes many chunks
+    /// and a crash or a cut can fall in its middle.
+    pub snapshot_chunk_bytes: usize,
 }
 
 /// A permanent loss: the first write acknowledged at `one` or above after `after_ms` costs its
@@ -95,6 +107,12 @@ pub struct Params {
     pub fsync_slow: (f64, u64, u64),
     /// A permanent loss, in about one seed out of four.
     pub doom: Option<Doom>,
+    /// Interval between disk losses: a region's process dies and it restarts on an empty
+    /// disk under a new replica id (an operator replacing a failed volume).
+    pub disk_loss_gap_ms: Gap,
+    /// Probability that a snapshot transfer, once started, is hit by a crash of its receiver
+    /// or a cut from its source shortly after (so such faults land mid-transfer).
+    pub p_hit_transfer: f64,
 }
 
 fn gap(rng: &mut Rng, p_on: f64, lo: u64, hi: u64) -> Gap {
@@ -108,6 +126,9 @@ impl Params {
     /// The parameters of `seed`.
     pub fn new(seed: u64) -> Self {
         let mut rng = Rng::stream(seed, 1);
+        // The snapshot bootstrap's knobs and the disk loss draw from a stream of their own, so
+        // that adding them left every other draw of a seed (and the regression seeds) unchanged.
+        let mut snap = Rng::stream(seed, 7);
         let regions = rng.range(3, 5) as usize;
         let replica_ids = (0..regions).map(|_| rng.u128()).collect();
         let knobs = MachineKnobs {
@@ -125,6 +146,13 @@ impl Params {
                     own.range(2, 64)
                 }
             },
+            log_retention_bytes: if snap.chance(0.5) {
+                u64::MAX
+            } else {
+                snap.range(600, 8_000)
+            },
+            snapshot_chunk_bytes: snap.range(200, 4_000) as usize,
+            bounded_region: snap.chance(0.5).then(|| snap.index(regions)),
         };
         let delays = (0..regions)
             .map(|_| {
@@ -180,6 +208,8 @@ impl Params {
             fsync_ms: (rng.range(0, 2), rng.range(3, 30)),
             fsync_slow: (rng.range(0, 100) as f64 / 1_000.0, 50, rng.range(100, 800)),
             doom,
+            disk_loss_gap_ms: gap(&mut snap, 0.35, 3_000, 8_000),
+            p_hit_transfer: snap.range(0, 60) as f64 / 100.0,
         }
     }
 }

@@ -49,8 +49,18 @@ pub struct FaultCounts {
     pub replays: u64,
     /// Log entries those restarts replayed.
     pub replayed_entries: u64,
-    /// Log entries dropped from disks by truncation (every region had them durably).
+    /// Log entries dropped from disks by truncation (every region had them durably, or a
+    /// lagging one was passed by the retention bound).
     pub truncated: u64,
+    /// Regions whose disk was replaced by an empty one (restarted under a new replica id).
+    pub disk_losses: u64,
+    /// Crashes (or disk losses) of a region in the middle of fetching a snapshot.
+    pub crashes_mid_transfer: u64,
+    /// Partitions that cut a region fetching a snapshot off from its source.
+    pub cuts_mid_transfer: u64,
+    /// Acknowledged writes lost with the only disk that held them (at `local`, or timed out
+    /// before another region had them): what a disk loss may take.
+    pub writes_lost_with_disk: u64,
 }
 
 impl FaultCounts {
@@ -89,6 +99,10 @@ impl AddAssign<&FaultCounts> for FaultCounts {
         self.replays += o.replays;
         self.replayed_entries += o.replayed_entries;
         self.truncated += o.truncated;
+        self.disk_losses += o.disk_losses;
+        self.crashes_mid_transfer += o.crashes_mid_transfer;
+        self.cuts_mid_transfer += o.cuts_mid_transfer;
+        self.writes_lost_with_disk += o.writes_lost_with_disk;
     }
 }
 
@@ -100,7 +114,8 @@ impl fmt::Display for FaultCounts {
              permanent losses {}, conn resets {}, idle timeouts {}, duplicates {}, reorders {}, \
              send failures {}, silent losses {}, frames lost {}, frames held {}, skew events {} \
              (jumps +{} -{}, beyond bound {}), slow fsyncs {}, checkpoints {}, replays {} \
-             ({} entries), log entries truncated {}",
+             ({} entries), log entries truncated {}, disk losses {}, crashes mid-transfer {}, \
+             cuts mid-transfer {}, acknowledged writes lost with a disk {}",
             self.partitions(),
             self.partitions_symmetric,
             self.partitions_one_way,
@@ -125,6 +140,10 @@ impl fmt::Display for FaultCounts {
             self.replays,
             self.replayed_entries,
             self.truncated,
+            self.disk_losses,
+            self.crashes_mid_transfer,
+            self.cuts_mid_transfer,
+            self.writes_lost_with_disk,
         )
     }
 }
@@ -152,6 +171,15 @@ pub struct WorkCounts {
     pub abandoned: u64,
     /// Client operations that found their region down.
     pub unavailable: u64,
+    /// Client operations that found their region bootstrapping from a snapshot (writes
+    /// refused with `Bootstrapping`, reads the API would refuse).
+    pub bootstrapping: u64,
+    /// Snapshot transfers started (or started over), by `SnapshotStarted` alarms.
+    pub snapshots_started: u64,
+    /// Snapshot chunks received.
+    pub snapshot_chunks: u64,
+    /// Snapshots installed.
+    pub snapshots_installed: u64,
     /// Client reads served (each checked against the last write acknowledged there).
     pub reads: u64,
     /// Conflicts the machines logged.
@@ -194,6 +222,10 @@ impl AddAssign<&WorkCounts> for WorkCounts {
         self.overloaded += o.overloaded;
         self.abandoned += o.abandoned;
         self.unavailable += o.unavailable;
+        self.bootstrapping += o.bootstrapping;
+        self.snapshots_started += o.snapshots_started;
+        self.snapshot_chunks += o.snapshot_chunks;
+        self.snapshots_installed += o.snapshots_installed;
         self.reads += o.reads;
         self.conflicts += o.conflicts;
         self.resyncs += o.resyncs;
@@ -214,8 +246,8 @@ impl fmt::Display for WorkCounts {
         write!(
             f,
             "events {}, writes {} (acked local {}, one {}, quorum {}, all {}; timed out {}; \
-             refused: context ahead {}, siblings {}, overloaded {}; paced {}; abandoned {}; region down {}), reads {}, conflicts {}, \
-             resyncs {}, relayed {}, duplicates dropped {}, held back {}, released {}, \
+             refused: context ahead {}, siblings {}, overloaded {}; paced {}; abandoned {}; region down {}; bootstrapping {}), reads {}, conflicts {}, \
+             snapshots started {} ({} chunks, {} installed), resyncs {}, relayed {}, duplicates dropped {}, held back {}, released {}, \
              persists {}, log reads {}, connections {}, spin ticks {}, longest settle {} ms",
             self.events,
             self.writes,
@@ -230,8 +262,12 @@ impl fmt::Display for WorkCounts {
             self.paced,
             self.abandoned,
             self.unavailable,
+            self.bootstrapping,
             self.reads,
             self.conflicts,
+            self.snapshots_started,
+            self.snapshot_chunks,
+            self.snapshots_installed,
             self.resyncs,
             self.relayed,
             self.duplicates_dropped,

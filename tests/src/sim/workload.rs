@@ -68,6 +68,12 @@ impl World {
         }
         let key = self.pick_key();
         let roll = self.rng_work.below(100);
+        // A region being bootstrapped serves no reads (the API refuses them); its writes are
+        // handed in and refused by the machine.
+        if (42..68).contains(&roll) && self.bootstrapping(r) {
+            self.work.bootstrapping += 1;
+            return Ok(());
+        }
         let table = if self.rng_work.chance(0.5) {
             "lww"
         } else {
@@ -143,6 +149,13 @@ impl World {
         Ok(state)
     }
 
+    /// Whether live region `r` is being bootstrapped from a snapshot.
+    fn bootstrapping(&self, r: usize) -> bool {
+        self.regions[r]
+            .machine()
+            .is_some_and(|m| m.bootstrap().is_some())
+    }
+
     fn context_at(&mut self, r: usize, slot: &Slot) -> Result<VersionVector, Failure> {
         Ok(self.read_state(r, slot)?.context)
     }
@@ -197,6 +210,10 @@ impl World {
         let slot = ("ctr".to_owned(), key);
         if self.rng_work.below(2) == 0 {
             return self.add(r, slot);
+        }
+        if self.bootstrapping(r) {
+            self.work.bootstrapping += 1;
+            return Ok(());
         }
         let state = self.read_state(r, &slot)?;
         let current = match state.resolve(&Counter) {
@@ -345,6 +362,10 @@ impl World {
                     }
                     // Paced for a lagging in-sync peer past the write's timeout: not written.
                     WriteError::Overloaded { .. } => self.work.overloaded += 1,
+                    // Only while the region really is being bootstrapped.
+                    WriteError::Bootstrapping { .. } if self.bootstrapping(r) => {
+                        self.work.bootstrapping += 1;
+                    }
                     // A read-modify-write of the new table, written back at a region that
                     // does not have it yet.
                     WriteError::UnknownTable(_) if self.opts.rollout == Some(Rollout::AddTable) => {

@@ -8,7 +8,7 @@
 //! (`net`), the clients (`workload`) and the oracles (`checks`) are already apart, and the
 //! effects themselves are the test kit's (`Node::perform`).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use conflict::examples::Counter;
@@ -100,6 +100,14 @@ pub(super) struct Region {
     /// Client writes handed in that have not taken a dot yet (request id, key), in arrival
     /// order: the machine takes them in this order, at once or when flow control admits them.
     pub(super) untaken: VecDeque<(u64, Slot)>,
+    /// When the region last lost its disk (restarted empty under a new replica id), if ever:
+    /// the snapshot alarms about it are expected from then on, and what only that disk held
+    /// may be lost.
+    pub(super) disk_lost_ms: Option<u64>,
+    /// Join of the applied vectors of the disks it lost: the copies those disks held. An
+    /// acknowledgement may name the region for a write only its lost disk held (it acked
+    /// before the loss, and the reply came after).
+    pub(super) lost_applied: VersionVector,
 }
 
 impl Region {
@@ -156,6 +164,13 @@ pub(super) enum Ev {
     Partition,
     Heal,
     Crash,
+    /// A region's process dies and its disk is replaced by an empty one.
+    DiskLoss,
+    /// Region `r`, which started a snapshot transfer a moment ago, crashes or is cut off from
+    /// its source, if it is still fetching.
+    HitTransfer(usize),
+    /// The end of the cut of a [`Ev::HitTransfer`].
+    HealCut,
     Restart(usize),
     /// Region `r` takes the new configuration of the rollout (restarted with it).
     Reconfigure(usize),
@@ -196,10 +211,15 @@ pub(super) struct World {
     pub(super) created: BTreeMap<Dot, u64>,
     /// Dots handed out a second time (after a crash lost the first write), and when.
     pub(super) reused: BTreeMap<Dot, u64>,
+    /// Acknowledged writes lost with the only disks that held them (disk losses and regions
+    /// lost for good), which the final oracles no longer expect ([`World::lose_copies`]).
+    pub(super) lost_with_disk: BTreeSet<Dot>,
     pub(super) rng_net: Rng,
     pub(super) rng_fault: Rng,
     pub(super) rng_work: Rng,
     pub(super) rng_disk: Rng,
+    /// Draws of the faults aimed at snapshot transfers (a stream of their own).
+    pub(super) rng_snap: Rng,
     pub(super) faults: FaultCounts,
     pub(super) work: WorkCounts,
     pub(super) phase: Phase,
@@ -232,6 +252,7 @@ fn disk_limits(rng: &mut Rng) -> DiskLimits {
 /// Options every region's machine gets.
 fn options(p: &Params, r: usize) -> Options {
     let k = &p.knobs;
+    let bounded = k.bounded_region.is_none_or(|b| b == r);
     Options {
         cluster: "sim".into(),
         region: REGION_NAMES[r].into(),
@@ -254,14 +275,22 @@ fn options(p: &Params, r: usize) -> Options {
         conflict_log_capacity: 64,
         log_tail_bytes: k.log_tail_bytes,
         pace_lag_writes: k.pace_lag_writes,
-        log_retention_bytes: u64::MAX,
-        snapshot_chunk_bytes: 2048,
+        log_retention_bytes: if bounded {
+            k.log_retention_bytes
+        } else {
+            u64::MAX
+        },
+        snapshot_chunk_bytes: k.snapshot_chunk_bytes,
     }
 }
 
 impl World {
     pub(super) fn new(seed: u64, opts: RunOptions) -> Self {
-        let p = Params::new(seed);
+        let mut p = Params::new(seed);
+        if !opts.snapshot_faults {
+            p.knobs.log_retention_bytes = u64::MAX;
+            p.disk_loss_gap_ms = None;
+        }
         let doom = match opts.doom {
             None => p.doom,
             Some(false) => None,
@@ -305,6 +334,8 @@ impl World {
                 reads_out: 0,
                 reconfigured: false,
                 untaken: VecDeque::new(),
+                disk_lost_ms: None,
+                lost_applied: VersionVector::new(),
             })
             .collect();
         World {
@@ -322,10 +353,12 @@ impl World {
             last_acked: BTreeMap::new(),
             created: BTreeMap::new(),
             reused: BTreeMap::new(),
+            lost_with_disk: BTreeSet::new(),
             rng_net: Rng::stream(seed, 2),
             rng_fault: Rng::stream(seed, 3),
             rng_work: Rng::stream(seed, 4),
             rng_disk: Rng::stream(seed, 5),
+            rng_snap: Rng::stream(seed, 8),
             faults: FaultCounts::default(),
             work: WorkCounts::default(),
             phase: Phase::Workload,
@@ -417,6 +450,7 @@ impl World {
         let gaps = [
             (self.p.partition_gap_ms, Ev::Partition),
             (self.p.crash_gap_ms, Ev::Crash),
+            (self.p.disk_loss_gap_ms, Ev::DiskLoss),
             (self.p.jump_gap_ms, Ev::ClockJump),
             (self.p.reset_gap_ms, Ev::ConnReset),
         ];
@@ -482,6 +516,9 @@ impl World {
         if self.opts.sabotage == Some(Sabotage::TruncateUnstable) {
             g.node.replica.unsafe_truncate_at_durable();
         }
+        if self.opts.sabotage == Some(Sabotage::InstallAtHigh) {
+            g.node.replica.unsafe_install_snapshot_at_high();
+        }
         g.boot_ms = self.now;
         g.seen_applied = g.node.disk.applied.clone();
         g.seen_received = g.node.disk.applied.clone();
@@ -499,7 +536,7 @@ impl World {
             }
             self.dispatch(ev)?;
             if let Some(r) = self.pending_doom.take() {
-                self.lose_for_good(r);
+                self.lose_for_good(r)?;
             }
             if self.phase == Phase::Done {
                 return Ok(());
@@ -534,6 +571,9 @@ impl World {
             Ev::Partition => self.partition(),
             Ev::Heal => self.heal(),
             Ev::Crash => self.random_crash(),
+            Ev::DiskLoss => self.disk_loss(),
+            Ev::HitTransfer(r) => self.hit_transfer(r),
+            Ev::HealCut => self.heal_all(),
             Ev::Restart(r) => self.restart(r),
             Ev::Reconfigure(r) => {
                 self.reconfigure(r);
@@ -753,6 +793,8 @@ impl World {
             self.work.quarantined += c.quarantined;
             self.work.released += c.released;
             self.work.paced += c.writes_paced;
+            self.work.snapshot_chunks += c.snapshot_chunks_received;
+            self.work.snapshots_installed += c.snapshots_installed;
         }
     }
 
@@ -760,6 +802,11 @@ impl World {
     /// requests are gone; the disk stays.
     pub(super) fn crash(&mut self, r: usize) {
         self.count_machine(r);
+        let mid_transfer = self.regions[r]
+            .machine()
+            .and_then(|m| m.bootstrap())
+            .is_some_and(|b| b.phase != leader_core::BootstrapPhase::CatchingUp && b.chunks > 0);
+        self.faults.crashes_mid_transfer += u64::from(mid_transfer);
         let g = &mut self.regions[r];
         g.up = false;
         g.node.crash();
@@ -782,19 +829,107 @@ impl World {
         if self.phase != Phase::Workload {
             return Ok(());
         }
-        if let Some((lo, hi)) = self.p.crash_gap_ms {
-            let next = self.now + self.rng_fault.range(lo, hi);
-            self.push(next, Ev::Crash);
-        }
+        self.again(self.p.crash_gap_ms, Ev::Crash);
         let candidates: Vec<usize> = (0..self.regions.len()).filter(|r| self.alive(*r)).collect();
         if candidates.is_empty() {
             return Ok(());
         }
         let r = candidates[self.rng_fault.index(candidates.len())];
+        self.crash_for_a_while(r);
+        Ok(())
+    }
+
+    /// Schedules the next occurrence of a recurring fault, if the seed has it.
+    fn again(&mut self, gap: super::params::Gap, ev: Ev) {
+        if let Some((lo, hi)) = gap {
+            let next = self.now + self.rng_fault.range(lo, hi);
+            self.push(next, ev);
+        }
+    }
+
+    /// Crashes region `r` and schedules its restart after a downtime of the seed's range.
+    fn crash_for_a_while(&mut self, r: usize) {
         self.crash(r);
         let (lo, hi) = self.p.down_ms;
         let back = self.now + self.rng_fault.range(lo, hi);
         self.push(back, Ev::Restart(r));
+    }
+
+    /// Region `r` (any not lost for good) loses its disk: its process dies if it lives, and
+    /// it restarts later on an empty disk under a new replica id, as an operator rebuilds a
+    /// region whose volume failed. Its old replica id stays the origin of the writes others
+    /// hold. What only its disk held is lost (`Truth`'s accounting, [`World::lose_copies`]).
+    fn disk_loss(&mut self) -> Result<(), Failure> {
+        if self.phase != Phase::Workload {
+            return Ok(());
+        }
+        self.again(self.p.disk_loss_gap_ms, Ev::DiskLoss);
+        let candidates: Vec<usize> = (0..self.regions.len())
+            .filter(|r| !self.regions[*r].doomed)
+            .collect();
+        let r = candidates[self.rng_fault.index(candidates.len())];
+        if self.alive(r) {
+            self.crash_for_a_while(r);
+        }
+        self.lose_copies(r)?;
+        let id = ReplicaId::from_u128(self.rng_fault.u128());
+        let g = &mut self.regions[r];
+        g.lost_applied.join(&g.node.disk.applied);
+        let limits = g.node.disk.limits;
+        g.node.disk = Disk::with_limits(limits);
+        g.node.id = id;
+        g.id = id;
+        g.opts.replica = id;
+        g.disk_lost_ms = Some(self.now);
+        self.faults.disk_losses += 1;
+        // Nothing read there before survives the disk: read-your-writes starts over.
+        self.last_acked.retain(|(q, _), _| *q != r);
+        self.trace.note(self.now, &format!("disk loss {r} {id}"));
+        if self.trace.verbose() {
+            let line = format!(
+                "{:>7} {} DISK LOST, new replica {id}",
+                self.now, self.regions[r].name
+            );
+            self.trace.line(line);
+        }
+        Ok(())
+    }
+
+    /// Region `r` started a snapshot transfer: now and then, aim a fault at it shortly after.
+    pub(super) fn maybe_hit_transfer(&mut self, r: usize) {
+        if self.phase == Phase::Workload && self.rng_snap.chance(self.p.p_hit_transfer) {
+            let at = self.now + self.rng_snap.range(5, 400);
+            self.push(at, Ev::HitTransfer(r));
+        }
+    }
+
+    /// Crashes region `r`, or cuts it off from its source, if it is still fetching chunks.
+    fn hit_transfer(&mut self, r: usize) -> Result<(), Failure> {
+        let source = self.regions[r]
+            .machine()
+            .and_then(|m| m.bootstrap())
+            .filter(|b| b.phase == leader_core::BootstrapPhase::Fetching)
+            .and_then(|b| b.source.clone());
+        let Some(source) = source.filter(|_| self.phase == Phase::Workload) else {
+            return Ok(());
+        };
+        if self.rng_snap.chance(0.5) || !self.net.cut.is_empty() {
+            self.crash_for_a_while(r);
+            return Ok(());
+        }
+        let s = self.index_of(&source);
+        self.net.cut.insert((r, s));
+        self.net.cut.insert((s, r));
+        self.faults.cuts_mid_transfer += 1;
+        self.trace.note(self.now, &format!("cut {r} {s}"));
+        if self.trace.verbose() {
+            let line = format!("{:>7} CUT {} | {source}", self.now, self.regions[r].name);
+            self.trace.line(line);
+        }
+        self.update_broken();
+        let (lo, hi) = self.p.partition_len_ms;
+        let at = self.now + self.rng_snap.range(lo, hi);
+        self.push(at, Ev::HealCut);
         Ok(())
     }
 
@@ -840,13 +975,14 @@ impl World {
 
     /// Loses region `r` for good, right after one of its writes was acknowledged at `one` or
     /// above; with a correlated doom every other region crashes at the same instant too.
-    fn lose_for_good(&mut self, r: usize) {
+    fn lose_for_good(&mut self, r: usize) -> Result<(), Failure> {
         if !self.alive(r) {
-            return;
+            return Ok(());
         }
         self.crash(r);
         self.regions[r].doomed = true;
         self.faults.permanent_losses += 1;
+        self.lose_copies(r)?;
         if self.doom.is_some_and(|d| d.correlated) {
             for q in 0..self.regions.len() {
                 if q != r && self.alive(q) {
@@ -858,6 +994,7 @@ impl World {
             }
         }
         self.doom = None;
+        Ok(())
     }
 
     fn clock_jump(&mut self) {
