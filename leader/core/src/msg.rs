@@ -173,6 +173,9 @@ pub struct SnapshotRequest {
     /// (the meet of the chunks' vectors): the sender keeps its log from there for it while
     /// the transfer lasts, within its retention bound.
     pub low: Option<VersionVector>,
+    /// A sender that is being bootstrapped itself may serve its partial states (bounded by
+    /// [`SnapshotChunk::upper`]): every region this one asked said it is bootstrapping.
+    pub partial_ok: bool,
 }
 
 /// Key states of the sender, in key order, strictly after the request's `after`.
@@ -195,6 +198,11 @@ pub struct SnapshotChunk {
     /// The receiver's `low` was already truncated from the sender's log: the sender served
     /// this chunk from the first key and the receiver starts its transfer over from here.
     pub restart: bool,
+    /// No state of the chunk reflects more than this vector (`applied` joined with what the
+    /// sender's own snapshot install may have brought, if it is being bootstrapped itself).
+    pub upper: VersionVector,
+    /// The sender is being bootstrapped itself (it served because the request allowed it).
+    pub partial: bool,
 }
 
 /// The sender cannot serve a snapshot; the reason is for the operator.

@@ -633,6 +633,7 @@ fn arb_msg() -> impl Strategy<Value = PeerMsg> {
                 after: after.map(|(t, k)| (t, k.into_bytes())),
                 max_bytes,
                 low,
+                partial_ok: false,
             })),
         1 => arb_chunk().prop_map(PeerMsg::SnapshotChunk),
         1 => ".{0,16}".prop_map(|reason| PeerMsg::SnapshotUnavailable(SnapshotUnavailable { reason })),
@@ -657,6 +658,8 @@ fn arb_chunk() -> impl Strategy<Value = SnapshotChunk> {
     )
         .prop_map(|(states, applied, done, restart, hlc)| SnapshotChunk {
             after: None,
+            upper: applied.clone(),
+            partial: false,
             applied,
             states: states
                 .into_iter()
@@ -1408,6 +1411,8 @@ fn malformed_snapshot_chunks_close_the_connection_and_install_nothing() {
     };
     let chunk = |states: Vec<(&str, &str, KeyState)>, applied: VersionVector| SnapshotChunk {
         after: None,
+        upper: applied.clone(),
+        partial: false,
         applied,
         states: states
             .into_iter()

@@ -25,6 +25,9 @@ impl Replica {
             .get_mut(name)
             .expect("frame() checked the peer exists");
         peer.echo = Some((h.wall_ms, now.wall_ms));
+        // "Needs snapshot" is said once per heartbeat at most: a region that still lacks the
+        // writes after a snapshot round (or forgot a stale answer) hears it again.
+        peer.snapshot_told.clear();
         if let Some((t1, t2)) = h.echo {
             peer.skew.sample(t1, t2, h.wall_ms, now.wall_ms);
         }

@@ -70,9 +70,11 @@ pub(super) struct Peer {
     pub(super) snapshot_told: BTreeSet<ReplicaId>,
     /// Our log was truncated past writes it lacks (alarmed once when it happened).
     pub(super) truncated_past: bool,
-    /// While this peer fetches a snapshot from us: the applied vector it will have once it
-    /// installs it. The log is kept from there for it (within the retention bound).
-    pub(super) snapshot_pin: Option<VersionVector>,
+    /// While this peer fetches a snapshot from us and catches up from it: the applied vector
+    /// it will have once it installs it (the log is kept from there for it, within the
+    /// retention bound, and it is streamed every origin from us), and our durable vector when
+    /// we served its last chunk (once it has that, the pin goes).
+    pub(super) snapshot_pin: Option<(VersionVector, VersionVector)>,
     /// A snapshot read for this peer is in progress (one at a time).
     pub(super) snapshot_reading: bool,
     /// The read in progress serves the transfer from the first key again.
@@ -191,6 +193,15 @@ impl Peer {
     pub(super) fn acknowledge(&mut self, applied: &VersionVector) {
         let before = self.acked.clone();
         self.acked.join(applied);
+        if self
+            .snapshot_pin
+            .as_ref()
+            .is_some_and(|(_, until)| self.acked.dominates(until))
+        {
+            // It has everything we had when we served its last chunk: caught up from the
+            // snapshot, it streams as any peer from here.
+            self.snapshot_pin = None;
+        }
         if self.acked != before {
             self.acked_dirty = true;
             // It moved on an origin we told it we cannot serve (it installed a snapshot):

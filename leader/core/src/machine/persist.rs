@@ -50,6 +50,8 @@ pub(super) struct InFlight {
     pub(super) released: Vec<Dot>,
     /// The phase of the snapshot transfer this batch records, if it records one.
     pub(super) bootstrap: Option<BootstrapPhase>,
+    /// This batch installs a snapshot ([`PersistBatch::installed`]).
+    pub(super) installs: bool,
 }
 
 impl Replica {
@@ -137,6 +139,7 @@ impl Replica {
             stable,
             released: staged.released,
             bootstrap: batch.bootstrap.as_ref().map(|b| b.phase),
+            installs: !batch.installed.is_empty(),
         });
         out.push(Effect::Persist(batch));
     }
@@ -146,10 +149,9 @@ impl Replica {
             return;
         };
         self.durable.join(&done.applied);
-        if done.bootstrap == Some(BootstrapPhase::Received) {
-            self.install_snapshot(Some(out));
-        }
-        self.finish_bootstrap();
+        // A transfer is over once its install is durable and the catch-up reached `high`;
+        // the install itself comes last (below), after this batch's entries entered the tail.
+        self.finish_bootstrap(now, out);
         self.retry_snapshot_reads(out);
         let own = self.opts.replica;
         for (slot, state) in done.stable {
@@ -189,6 +191,9 @@ impl Replica {
                 .entry(entry.write.dot.replica)
                 .or_default()
                 .push(entry, self.opts.log_tail_bytes);
+        }
+        if done.bootstrap == Some(BootstrapPhase::Received) {
+            self.install_snapshot(Some(out));
         }
         let names: Vec<String> = self.peers.keys().cloned().collect();
         for name in names {

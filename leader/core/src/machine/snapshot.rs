@@ -44,7 +44,8 @@ pub struct Bootstrap {
     pub after: Option<SlotKey>,
     /// Meet of the received chunks' vectors: what the applied vector becomes at the install.
     pub low: Option<VersionVector>,
-    /// Join of the received chunks' vectors: the region serves again once it has applied it.
+    /// Join of the received chunks' upper vectors, over every round of this bootstrap: no
+    /// key reflects more, and the region serves again once it has applied it.
     pub high: VersionVector,
     /// Key states received (in this round).
     pub keys: u64,
@@ -61,6 +62,13 @@ pub struct Bootstrap {
     /// Transfers started over since the first (a sender's log was truncated past what the
     /// chunks reflect: the retention bound ran out during the transfer).
     pub rounds: u32,
+    /// Regions that answered, in this round, that they are being bootstrapped themselves;
+    /// once every connected one has, they are asked for their partial states.
+    pub refused_by: std::collections::BTreeSet<String>,
+    /// A chunk of this round came from a region being bootstrapped itself: its catch-up may
+    /// wait for writes that region waits for too, so any region's "needs snapshot" starts a
+    /// new round.
+    pub partial: bool,
 }
 
 /// The phases of a [`Bootstrap`].
@@ -88,7 +96,19 @@ impl Bootstrap {
             source: Some(source.to_owned()),
             reason,
             rounds: 0,
+            refused_by: std::collections::BTreeSet::new(),
+            partial: false,
         }
+    }
+
+    /// Starts the transfer over from the first key (the source's log no longer continues
+    /// from what the chunks reflect). `high` stays: keys joined in earlier rounds may reflect
+    /// up to it.
+    fn new_round(&mut self, source: &str, reason: String) {
+        let (high, rounds) = (std::mem::take(&mut self.high), self.rounds + 1);
+        *self = Bootstrap::new(source, reason);
+        self.high = high;
+        self.rounds = rounds;
     }
 
     /// One line for the operator and for a refused client: phase, keys, source.
@@ -137,18 +157,15 @@ impl Replica {
         mut req: SnapshotRequest,
         out: &mut Vec<Effect>,
     ) {
-        if let Some(b) = &self.bootstrap {
+        if let Some(b) = self.bootstrap.as_ref().filter(|_| !req.partial_ok) {
             let reason = format!(
                 "region '{}' is itself being bootstrapped from a snapshot ({}); ask another region",
                 self.opts.region,
                 b.progress()
             );
             let peer = &self.peers[name];
-            peer.send_on(
-                conn,
-                PeerMsg::SnapshotUnavailable(SnapshotUnavailable { reason }),
-                out,
-            );
+            let msg = PeerMsg::SnapshotUnavailable(SnapshotUnavailable { reason });
+            peer.send_on(conn, msg, out);
             return;
         }
         // What the receiver has so far reflects a vector this log no longer continues from:
@@ -166,7 +183,8 @@ impl Replica {
             return; // one read per peer at a time; the receiver asks again after its timeout
         }
         if let Some(low) = &req.low {
-            peer.snapshot_pin = Some(low.clone());
+            let until = peer.snapshot_pin.take().map(|(_, u)| u).unwrap_or_default();
+            peer.snapshot_pin = Some((low.clone(), until));
         }
         peer.snapshot_reading = true;
         peer.snapshot_restart = restart;
@@ -220,15 +238,24 @@ impl Replica {
             Some(low) => meet(low, &piece.applied),
             None => piece.applied.clone(),
         };
-        peer.snapshot_pin = Some(pin);
+        peer.snapshot_pin = Some((pin, self.durable.clone()));
+        // A region being bootstrapped itself serves too (two regions past each other's
+        // retention bound need each other): its states reflect at least its checkpoint's
+        // vector and at most that joined with the vectors its own chunks reflected.
+        let mut upper = piece.applied.clone();
+        if let Some(b) = &self.bootstrap {
+            upper.join(&b.high);
+        }
         let chunk = SnapshotChunk {
             after: request.after,
+            upper,
             applied: piece.applied,
             states: piece.states,
             done: piece.done,
             total_keys: piece.total_keys,
             replicas: self.replicas.iter().map(|(r, n)| (*r, n.clone())).collect(),
             hlc: self.clock.last(),
+            partial: self.bootstrap.is_some(),
             restart: std::mem::take(&mut peer.snapshot_restart),
         };
         self.counters.snapshot_chunks_sent += 1;
@@ -270,9 +297,7 @@ impl Replica {
         match &mut self.bootstrap {
             Some(b) if b.phase != BootstrapPhase::CatchingUp => return,
             Some(b) => {
-                let rounds = b.rounds + 1;
-                *b = Bootstrap::new(peer, reason.clone());
-                b.rounds = rounds;
+                b.new_round(peer, reason.clone());
             }
             None => self.bootstrap = Some(Bootstrap::new(peer, reason.clone())),
         }
@@ -303,7 +328,11 @@ impl Replica {
                 .source
                 .as_deref()
                 .is_some_and(|s| self.peers.get(s).is_some_and(|p| p.is_connected()));
-            if source_up && b.source.as_deref() != Some(name) {
+            // The origin itself no longer holds the writes: a source that is catching up
+            // too may be waiting for the very same ones (regions bootstrapped from each
+            // other), so the next round is taken from the origin.
+            let from_origin = self.peers.get(name).and_then(|p| p.replica) == Some(n.origin);
+            if source_up && b.source.as_deref() != Some(name) && !from_origin && !b.partial {
                 return;
             }
         }
@@ -347,10 +376,18 @@ impl Replica {
             .filter(|s| usable(s))
             .or_else(|| self.peers.keys().find(|n| usable(n)).cloned());
         let Some(source) = source else { return };
+        // Every connected region said it is being bootstrapped itself: one of them serves
+        // its partial states, or none would ever finish (each waiting for another).
+        let partial_ok = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.is_connected())
+            .all(|(n, _)| b.refused_by.contains(n));
         let request = SnapshotRequest {
             after: b.after.clone(),
             max_bytes: self.opts.snapshot_chunk_bytes as u64,
             low: b.low.clone(),
+            partial_ok,
         };
         self.peers[&source].send(PeerMsg::SnapshotRequest(request), out);
         self.snapshot_asked = Some((source.clone(), now.mono_ms));
@@ -414,20 +451,21 @@ impl Replica {
         self.counters.snapshot_keys_received += keys;
         let b = self.bootstrap.as_mut().expect("checked above");
         if c.restart {
-            let rounds = b.rounds + 1;
-            *b = Bootstrap::new(name, b.reason.clone());
-            b.rounds = rounds;
+            let reason = b.reason.clone();
+            b.new_round(name, reason);
         }
         b.low = Some(match &b.low {
             Some(low) => meet(low, &c.applied),
             None => c.applied.clone(),
         });
         b.high.join(&c.applied);
+        b.high.join(&c.upper);
         b.after = end;
         b.keys += keys;
         b.bytes += bytes;
         b.chunks += 1;
         b.total_keys = c.total_keys;
+        b.partial |= c.partial;
         if c.done {
             b.phase = BootstrapPhase::Received;
         }
@@ -445,7 +483,7 @@ impl Replica {
         let bad_vector = |v: &VersionVector| {
             v.get(own) > self.own_seq || v.iter().any(|(_, s)| s.0 >= SEQ_UNREACHABLE)
         };
-        if bad_vector(&c.applied) {
+        if bad_vector(&c.applied) || bad_vector(&c.upper) {
             return Some(format!(
                 "snapshot chunk claims the vector {:?}: writes of this region it never made ({} made), or unreachable sequence numbers",
                 c.applied, self.own_seq
@@ -487,6 +525,9 @@ impl Replica {
         if self.snapshot_asked.as_ref().is_some_and(|(p, _)| p == name) {
             self.snapshot_asked = None;
         }
+        if let Some(b) = &mut self.bootstrap {
+            b.refused_by.insert(name.to_owned());
+        }
         self.snapshot_skip.insert(
             name.to_owned(),
             now.mono_ms + SNAPSHOT_UNAVAILABLE_BACKOFF_MS,
@@ -512,10 +553,27 @@ impl Replica {
         };
         b.phase = BootstrapPhase::CatchingUp;
         let (keys, chunks, source) = (b.keys, b.chunks, b.source.clone().unwrap_or_default());
-        let before = self.received.clone();
+        // What the tail may hold of each origin: its durable run.
+        let before = self.durable.clone();
         // Chunks never claim writes of ours we did not make (`malformed_chunk`), so our own
         // entry stays at `own_seq`.
         self.received.join(&low);
+        // Writes applied since the last batch, staged for the next: those the install covers
+        // are in the key states already, and the log continues after `low` (below).
+        let mut dropped = std::collections::BTreeSet::new();
+        self.staged.log.retain(|e| {
+            let covered = low.covers(&e.write.dot);
+            if covered {
+                dropped.insert(e.write.dot);
+            }
+            !covered
+        });
+        self.staged
+            .quarantined
+            .retain(|q| !dropped.contains(&q.dot));
+        for dot in &dropped {
+            self.held_dots.remove(dot);
+        }
         for (o, s) in low.iter() {
             let held = self
                 .held_dots
@@ -528,7 +586,8 @@ impl Replica {
                 self.truncated.add_dot(&Dot::new(o, s));
             }
             if s > before.get(o) {
-                // The tail holds writes before the jump; the stream continues after it.
+                // The tail holds durable writes before the jump (those staged and not yet
+                // durable were dropped above); the stream continues after it.
                 self.tail.remove(&o);
             }
         }
@@ -546,12 +605,26 @@ impl Replica {
     }
 
     /// Done once caught up to `high`: from here the region serves reads and takes writes.
-    pub(super) fn finish_bootstrap(&mut self) {
+    pub(super) fn finish_bootstrap(&mut self, now: Time, out: &mut Vec<Effect>) {
+        let install_pending =
+            self.staged.installed.is_some() || self.in_flight.as_ref().is_some_and(|f| f.installs);
         let caught_up = self.bootstrap.as_ref().is_some_and(|b| {
-            b.phase == BootstrapPhase::CatchingUp && self.durable.dominates(&b.high)
+            b.phase == BootstrapPhase::CatchingUp
+                && !install_pending
+                && self.durable.dominates(&b.high)
         });
         if caught_up {
             self.bootstrap = None;
+            // A region that answered "needs snapshot" while this one caught up from another
+            // source (its log did not reach back to the snapshot) may still hold writes no
+            // snapshot brought: if some are still lacking, a new transfer starts from it.
+            // The answer is used once: if that region still cannot serve after this round, it
+            // says so again (at most once per heartbeat), so a stale answer (its log start
+            // recovered older after a restart) cannot start rounds for ever.
+            if let Some((peer, n)) = self.snapshot_needed().into_iter().next() {
+                self.snapshot_needed.retain(|(p, _), _| *p != peer);
+                self.bootstrap_on_needs_snapshot(now, &peer, &n, out);
+            }
         }
     }
 

@@ -112,6 +112,12 @@ impl Replica {
     /// progressing gets them from their origin: relaying them too would only duplicate that
     /// stream. See "Refinements" in docs/design.md.
     fn origins_for(&self, peer: &Peer, now: Time) -> Vec<ReplicaId> {
+        if peer.snapshot_pin.is_some() {
+            // It installs (or installed) a snapshot of ours and catches up from it: every
+            // origin comes from us, whose log is kept for it. Other regions' logs may well
+            // be truncated past the snapshot, and they would only answer "needs snapshot".
+            return self.durable.iter().map(|(o, _)| o).collect();
+        }
         let mut origins = vec![self.opts.replica];
         for (origin, stall) in &peer.stalled {
             let relay = *origin != self.opts.replica

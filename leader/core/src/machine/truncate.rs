@@ -117,7 +117,7 @@ impl Replica {
     /// while it fetches a snapshot from us, what it will have once it installs it.
     fn retained_for(&self, name: &str, p: &Peer) -> VersionVector {
         let mut known = self.known_applied(name, p);
-        if let Some(pin) = &p.snapshot_pin {
+        if let Some((pin, _)) = &p.snapshot_pin {
             known.join(pin);
         }
         known
