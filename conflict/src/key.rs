@@ -427,6 +427,23 @@ impl KeyState {
         context: Option<&VersionVector>,
         value: Value,
     ) -> Result<Write, WriteRefused> {
+        self.prepare_write_above(dot, tick, context, value, &VersionVector::new())
+    }
+
+    /// [`KeyState::prepare_write`] at a region that has seen more of the key's writes than
+    /// its context says: `floor` counts as part of the key's context. A region that collected
+    /// a key's tombstones (every region had them, and nothing concurrent can still arrive)
+    /// dropped their dots with them; `floor` covers them again (the region's collected floor,
+    /// docs/design.md, "Tombstone collection"), so a blind write still supersedes the delete
+    /// and a client may write back the context its read returned.
+    pub fn prepare_write_above(
+        &self,
+        dot: Dot,
+        tick: Hlc,
+        context: Option<&VersionVector>,
+        value: Value,
+        floor: &VersionVector,
+    ) -> Result<Write, WriteRefused> {
         if let Value::Bytes(b) = &value
             && b.len() > MAX_VALUE_BYTES
         {
@@ -437,11 +454,20 @@ impl KeyState {
         }
         let context = match context {
             Some(ctx) => ctx.clone(),
-            None => self.blind_context(),
+            None => {
+                let mut ctx = self.blind_context();
+                ctx.join(floor);
+                ctx
+            }
         };
-        if !self.context.dominates(&context) {
+        let ahead = context
+            .iter()
+            .any(|(o, s)| s > self.context.get(o).max(floor.get(o)));
+        if ahead {
+            let mut known = self.context.clone();
+            known.join(floor);
             return Err(WriteRefused::ContextAhead {
-                missing: self.context.missing_from(&context),
+                missing: known.missing_from(&context),
             });
         }
         if self.context.covers(&dot) {

@@ -66,3 +66,11 @@ pub const SNAPSHOT_REQUEST_TIMEOUT_MS: u64 = 10_000;
 /// A region that answered that it cannot serve a snapshot (it is bootstrapping itself, or
 /// its storage failed) is not asked again for this long.
 pub const SNAPSHOT_UNAVAILABLE_BACKOFF_MS: u64 = 2_000;
+
+/// Tombstone collection looks at its candidates at most this often (docs/design.md,
+/// "Tombstone collection"): stability only moves with acks and heartbeats anyway.
+pub const COLLECT_INTERVAL_MS: u64 = 1_000;
+
+/// Candidate keys one collection pass looks at, so a pass after deleting millions of keys
+/// does not stall the region: the rest wait for the next passes.
+pub const COLLECT_KEYS_PER_PASS: usize = 65_536;

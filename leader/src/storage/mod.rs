@@ -691,6 +691,12 @@ impl Store {
             let mut sorted: Vec<_> = deferred.keys.iter().collect();
             sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
             for ((table, key), state) in sorted {
+                if is_collected(state) {
+                    // Tombstone collection dropped the key (docs/design.md): so does the disk.
+                    keys.remove((table.as_str(), key.as_slice()))
+                        .map_err(|e| engine(dir, e))?;
+                    continue;
+                }
                 keys.insert((table.as_str(), key.as_slice()), encode(state).as_slice())
                     .map_err(|e| engine(dir, e))?;
             }
@@ -945,4 +951,10 @@ fn decode_u64(bytes: &[u8], dir: &Path) -> Result<u64, StorageError> {
         .try_into()
         .map_err(|_| corrupt_meta(dir, "a counter"))?;
     Ok(u64::from_le_bytes(arr))
+}
+
+/// A batch carries a key the state machine dropped (its tombstones collected) as the empty
+/// state, which no write ever leaves behind (a write always adds its dot to the context).
+fn is_collected(state: &KeyState) -> bool {
+    state.siblings.is_empty() && state.context.is_empty()
 }

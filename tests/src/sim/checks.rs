@@ -325,6 +325,12 @@ impl World {
             if let Some(b) = m.bootstrap() {
                 return format!("{} is still being bootstrapped: {b:?}", g.name);
             }
+            // Tombstone collection is part of settling: what is collectable under what this
+            // region knows is collected (the floors are compared below).
+            let collectable = m.collectable();
+            if collectable > 0 {
+                return format!("{} has {collectable} keys to collect", g.name);
+            }
             for &q in &live {
                 let connected = |a: usize, b: usize| {
                     let peer = &self.regions[b].name;
@@ -356,6 +362,20 @@ impl World {
         }
         if let Some(busy) = self.net.busy() {
             return format!("frames in flight: {busy}");
+        }
+        // Every live region collects under the same stable vector (it learns the others'
+        // from acks and heartbeats), or they would compare different collections.
+        let floor = |r: usize| self.regions[r].machine().and_then(|m| m.collection_floor());
+        for &r in &live {
+            if floor(r) != floor(live[0]) {
+                return format!(
+                    "collection floors differ: {} has {:?}, {} has {:?}",
+                    self.regions[live[0]].name,
+                    floor(live[0]),
+                    self.regions[r].name,
+                    floor(r)
+                );
+            }
         }
         let first = self.regions[live[0]].disk().applied.clone();
         for &r in &live {
@@ -403,6 +423,9 @@ impl World {
         for slot in self.truth.slots() {
             if !self.truth.applied_writes(slot, &applied).is_empty()
                 && m.get(&slot.0, &slot.1).is_none()
+                && !self
+                    .truth
+                    .only_deletes_survive(slot, self.tables[&slot.0], &applied)
             {
                 let detail = format!(
                     "{} has no state for {} although writes reached it",
@@ -671,7 +694,22 @@ impl World {
             return Ok(());
         }
         let mine = (receipt.hlc, dot.replica, dot.seq);
+        // A delete every region had may have been collected (docs/design.md, "Tombstone
+        // collection"), and a write outranked by a collected delete leaves no survivor.
+        let delete = |d: &Dot| {
+            self.truth
+                .get(d)
+                .is_some_and(|(_, w)| w.value.is_tombstone())
+        };
+        if delete(&dot) {
+            return Ok(());
+        }
         let outranked = match self.tables[&slot.0] {
+            TableKind::Lww if state.siblings.is_empty() => self
+                .truth
+                .applied_writes(slot, applied)
+                .iter()
+                .any(|w| w.value.is_tombstone() && (w.hlc, w.dot.replica, w.dot.seq) > mine),
             TableKind::Lww => state.siblings.last().is_some_and(|s| s.order_key() > mine),
             // These resolvers rank by causality only: a write is outranked by one that
             // supersedes it (that it also orders after is the stamp rule's business).

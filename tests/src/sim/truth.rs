@@ -203,11 +203,15 @@ impl Truth {
                 ));
             }
         }
+        // Tombstone collection drops a delete once it is causally stable (docs/design.md):
+        // a sibling the oracles expect may be missing if it is a delete, never a value.
+        let is_delete = |d: &Dot| writes.iter().any(|w| w.dot == *d && w.value.is_tombstone());
         match kind {
             TableKind::Lww => {
                 let max = writes.iter().max_by_key(|w| order_key(w)).map(|w| w.dot);
                 let survivor = state.siblings.iter().map(|s| s.dot).collect::<Vec<_>>();
-                if survivor != max.into_iter().collect::<Vec<_>>() {
+                let collected = survivor.is_empty() && max.is_some_and(|d| is_delete(&d));
+                if survivor != max.into_iter().collect::<Vec<_>>() && !collected {
                     return Err((
                         "lww-winner",
                         format!(
@@ -221,7 +225,7 @@ impl Truth {
                 }
             }
             TableKind::MultiValue | TableKind::Counter => {
-                if kept != frontier {
+                if !kept.is_subset(&frontier) || frontier.difference(&kept).any(|d| !is_delete(d)) {
                     return Err((
                         "mv-siblings",
                         format!(
@@ -245,4 +249,27 @@ pub fn frontier<'a>(writes: &[&'a Write]) -> Vec<&'a Write> {
         .filter(|w| !writes.iter().any(|x| x.context.covers(&w.dot)))
         .copied()
         .collect()
+}
+
+impl Truth {
+    /// Whether what a table of `kind` keeps of `slot`'s writes that `applied` covers is
+    /// deletes only (the greatest write for last-write-wins; every write no other supersedes
+    /// otherwise): then tombstone collection may have dropped the key whole.
+    pub fn only_deletes_survive(
+        &self,
+        slot: &Slot,
+        kind: TableKind,
+        applied: &conflict::VersionVector,
+    ) -> bool {
+        let writes = self.applied_writes(slot, applied);
+        match kind {
+            TableKind::Lww => writes
+                .iter()
+                .max_by_key(|w| order_key(w))
+                .is_some_and(|w| w.value.is_tombstone()),
+            TableKind::MultiValue | TableKind::Counter => {
+                frontier(&writes).iter().all(|w| w.value.is_tombstone())
+            }
+        }
+    }
 }

@@ -134,7 +134,8 @@ impl World {
     /// region acknowledged to the key fails the run (`stale-read`).
     fn read_state(&mut self, r: usize, slot: &Slot) -> Result<KeyState, Failure> {
         let m = self.regions[r].machine().expect("callers check alive");
-        let state = m.read(&slot.0, &slot.1).cloned().unwrap_or_default();
+        let mut state = m.read(&slot.0, &slot.1).cloned().unwrap_or_default();
+        state.context = m.read_context(Some(&state));
         if let Some(dot) = self.last_acked.get(&(r, slot.clone()))
             && !state.context.covers(dot)
         {

@@ -203,7 +203,8 @@ impl Replica {
         // prepare_write stamps above every sibling of the key (the per-key causality rule).
         // A refused write still consumed a tick, which is harmless: HLCs only need to grow.
         let tick = self.clock.tick(now.wall_ms);
-        let mut write = match state.prepare_write(dot, tick, context.as_ref(), value) {
+        let floor = &self.collected;
+        let mut write = match state.prepare_write_above(dot, tick, context.as_ref(), value, floor) {
             Ok(w) => w,
             Err(e) => {
                 out.push(Effect::Reply {
@@ -350,6 +351,9 @@ impl Replica {
                 (!concurrent.is_empty()).then(|| concurrent.clone())
             }
         };
+        if w.value.is_tombstone() {
+            self.tombstones.insert(slot.clone());
+        }
         self.staged.keys.insert(slot);
         if let Some(concurrent) = conflict {
             // What readers see now, for the conflict log only: not worth computing otherwise.

@@ -84,6 +84,8 @@ pub struct Recovered {
     pub log_start: VersionVector,
     /// The snapshot transfer's progress as last recorded ([`PersistBatch::bootstrap`]).
     pub bootstrap: Option<Bootstrap>,
+    /// The collected floor as last recorded ([`PersistBatch::collected`]).
+    pub collected: VersionVector,
 }
 
 /// A replicated write that was logged but not applied here, because its table was unknown or
@@ -335,6 +337,9 @@ pub struct PersistBatch {
     /// a checkpoint (the states a chunk joined exist nowhere else), and it replaces the
     /// recorded one ([`Recovered::bootstrap`]).
     pub bootstrap: Option<Box<Bootstrap>>,
+    /// The collected floor (docs/design.md, "Tombstone collection"), whole; storage records
+    /// it at checkpoints ([`Recovered::collected`]). A batch that drops keys is a checkpoint.
+    pub collected: VersionVector,
 }
 
 /// What a client learns when its write is durable here.
@@ -682,6 +687,10 @@ pub struct Counters {
     pub snapshot_keys_skipped: u64,
     /// Snapshots installed ([`Alarm::SnapshotInstalled`]).
     pub snapshots_installed: u64,
+    /// Tombstone siblings collected once causally stable.
+    pub tombstones_collected: u64,
+    /// Keys dropped whole by tombstone collection (nothing left in them).
+    pub keys_collected: u64,
 }
 
 /// Why a [`Replica`](crate::Replica) could not be built.

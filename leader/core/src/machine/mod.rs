@@ -35,6 +35,7 @@
 
 mod alarms;
 mod client;
+mod collect;
 mod events;
 mod matrix;
 mod peer;
@@ -164,6 +165,17 @@ pub struct Replica {
     truncate_unstable: bool,
     /// Test-only negative control (see [`Replica::unsafe_install_snapshot_at_high`]).
     install_at_high: bool,
+    /// Keys holding a tombstone sibling, or no sibling: candidates for collection
+    /// (`collect.rs`).
+    tombstones: collect::Candidates,
+    /// When (mono ms) collection last looked at its candidates.
+    last_collect_ms: u64,
+    /// The collected floor: the join of the stable vectors collection has dropped keys
+    /// under. Every write it covers was applied here, so it is part of every key's context
+    /// when a client reads or writes (`Replica::read_context`, `prepare_write_above`).
+    collected: VersionVector,
+    /// Test-only negative control (see [`Replica::unsafe_collect_tombstones_unstably`]).
+    collect_unstable: bool,
     /// Monotonic time of the last event handled (every `handle` ends with `on_tick`).
     last_event_ms: u64,
 }
@@ -261,11 +273,21 @@ impl Replica {
             wall_clock_stamps: false,
             truncate_unstable: false,
             install_at_high: false,
+            tombstones: collect::Candidates::new(),
+            last_collect_ms: 0,
+            collected: rec.collected,
+            collect_unstable: false,
             last_event_ms: 0,
             resolvers,
             resolver_ids,
             opts,
         };
+        replica.tombstones = replica
+            .keys
+            .iter()
+            .filter(|(_, s)| collect::holds_nothing_live(s))
+            .map(|(slot, _)| slot.clone())
+            .collect();
         replica.install_snapshot(None);
         Ok(replica)
     }
@@ -300,6 +322,9 @@ impl Replica {
                 .entry(slot.clone())
                 .or_default()
                 .apply(&e.write, r.as_ref());
+            if e.write.value.is_tombstone() {
+                self.tombstones.insert(slot.clone());
+            }
             self.staged.keys.insert(slot);
             self.staged.checkpoint = true;
         }
@@ -401,6 +426,8 @@ impl Replica {
 
     /// What follows every event: paced writes admitted, the next batch flushed, timers.
     fn after_event(&mut self, now: Time, out: &mut Vec<Effect>) {
+        // Before the flush: what collection drops goes to disk with this event's batch.
+        self.collect_tombstones(now);
         self.admit_paced(now, out);
         self.flush(out);
         self.on_tick(now, out);
@@ -480,6 +507,15 @@ impl Replica {
         self.install_at_high = true;
     }
 
+    /// **Test-only; breaks convergence.** From now on, collects a tombstone once it is
+    /// durable here, as collection after a grace period would, instead of once it is
+    /// causally stable. It exists so the deterministic simulator can prove its oracles catch
+    /// that mistake (a negative control); nothing else may call it.
+    #[doc(hidden)]
+    pub fn unsafe_collect_tombstones_unstably(&mut self) {
+        self.collect_unstable = true;
+    }
+
     /// The next time (mono ms) at which [`Event::Tick`] must be delivered, if any.
     pub fn poll_timeout(&self) -> Option<u64> {
         let mut next: Option<u64> = None;
@@ -512,6 +548,13 @@ impl Replica {
         }
         if let Some(due) = self.snapshot_deadline() {
             consider(due);
+        }
+        if !self.tombstones.is_empty() {
+            // As for relays: a pass due by the last event was made then.
+            let due = self.last_collect_ms + crate::limits::COLLECT_INTERVAL_MS;
+            if due > self.last_event_ms {
+                consider(due);
+            }
         }
         if !self.paced.is_empty() {
             for (_, deadline) in &self.paced {
@@ -582,6 +625,16 @@ impl Replica {
     pub fn read(&self, table: &str, key: &[u8]) -> Option<&KeyState> {
         let slot = (table.to_owned(), key.to_vec());
         self.stable.get(&slot).or_else(|| self.keys.get(&slot))
+    }
+
+    /// The causal context a read of a key returns (with [`Replica::read`]'s state): the
+    /// key's context joined with the collected floor, which covers the writes of keys whose
+    /// tombstones were collected here (docs/design.md, "Tombstone collection"). Every region
+    /// has applied the floor, so a client may write the context back anywhere.
+    pub fn read_context(&self, state: Option<&KeyState>) -> VersionVector {
+        let mut ctx = state.map(|s| s.context.clone()).unwrap_or_default();
+        ctx.join(&self.collected);
+        ctx
     }
 
     /// Lists keys of `table` that start with `prefix` and read as present ([`Replica::read`]'s

@@ -126,6 +126,7 @@ impl Replica {
                 .clone()
                 .filter(|_| staged.bootstrap)
                 .map(Box::new),
+            collected: self.collected.clone(),
         };
         debug_assert!(
             batch.bootstrap.is_none() || batch.checkpoint,

@@ -423,8 +423,9 @@ impl Replica {
         }
         self.snapshot_asked = None;
         let end = super::events::piece_end(&c.after, &c.states);
+        self.forget_what_the_chunk_dropped(&c, end.as_ref());
         let (mut keys, mut bytes) = (0u64, 0u64);
-        for (table, key, state) in c.states {
+        for (table, key, mut state) in c.states {
             let Some(r) = self.resolvers.get(&table) else {
                 // A table not configured here: nothing here could read it. Add the table to
                 // every region before bootstrapping one (docs/design.md).
@@ -434,10 +435,19 @@ impl Replica {
             keys += 1;
             bytes += state.estimated_bytes() as u64;
             let slot = (table, key);
+            // A write this region applied and no longer holds was superseded here, or its
+            // key collected (then no context here says so): the chunk does not bring it back.
+            let ours = self.keys.get(&slot);
+            let received = &self.received;
+            state.siblings.retain(|s| {
+                !received.covers(&s.dot)
+                    || ours.is_some_and(|o| o.siblings.iter().any(|x| x.dot == s.dot))
+            });
             self.keys
                 .entry(slot.clone())
                 .or_default()
                 .join(&state, r.as_ref());
+            self.note_tombstone(&slot);
             self.staged.keys.insert(slot);
         }
         for (r, region) in c.replicas {
@@ -472,6 +482,42 @@ impl Replica {
         self.staged.bootstrap = true;
         self.staged.checkpoint = true;
         self.pump_snapshot(now, out);
+    }
+
+    /// Keys of this region in the chunk's key range that the chunk lacks: the sender never
+    /// had them, or collected them. A sibling the chunk's vector covers was seen there and is
+    /// gone (superseded by a delete that was then collected): it goes here too, or the install
+    /// would keep it while the catch-up never brings the delete.
+    fn forget_what_the_chunk_dropped(&mut self, c: &SnapshotChunk, end: Option<&SlotKey>) {
+        use std::ops::Bound;
+        let lower = match &c.after {
+            Some(a) if !c.restart => Bound::Excluded(a.clone()),
+            _ => Bound::Unbounded,
+        };
+        let upper = match end {
+            Some(e) if !c.done => Bound::Included(e.clone()),
+            _ => Bound::Unbounded,
+        };
+        let in_chunk: std::collections::BTreeSet<(&str, &[u8])> = c
+            .states
+            .iter()
+            .map(|(t, k, _)| (t.as_str(), k.as_slice()))
+            .collect();
+        let mut changed = Vec::new();
+        for (slot, state) in self.keys.range_mut((lower, upper)) {
+            if in_chunk.contains(&(slot.0.as_str(), slot.1.as_slice())) {
+                continue;
+            }
+            let before = state.siblings.len();
+            state.siblings.retain(|s| !c.applied.covers(&s.dot));
+            if state.siblings.len() != before {
+                changed.push(slot.clone());
+            }
+        }
+        for slot in changed {
+            self.note_tombstone(&slot);
+            self.staged.keys.insert(slot);
+        }
     }
 
     /// Why a chunk is malformed, if it is: keys not in ascending order after the cursor, or

@@ -116,6 +116,8 @@ pub struct Disk {
     pub truncated: u64,
     /// A snapshot transfer's progress as the last checkpoint recorded it.
     pub bootstrap: Option<Bootstrap>,
+    /// The collected floor as the last checkpoint recorded it.
+    pub collected: VersionVector,
     kept: KeptBack,
 }
 
@@ -174,9 +176,17 @@ impl Disk {
             self.committed.clear();
             self.replay_from = 0;
             let kept = std::mem::take(&mut self.kept);
-            self.keys.extend(kept.keys);
+            for (slot, state) in kept.keys {
+                // An empty state is a key tombstone collection dropped: deleted, as storage does.
+                if state.siblings.is_empty() && state.context.is_empty() {
+                    self.keys.remove(&slot);
+                } else {
+                    self.keys.insert(slot, state);
+                }
+            }
             self.keys_applied = b.applied.clone();
             self.checkpoints += 1;
+            self.collected = b.collected.clone();
             if let Some(progress) = &b.bootstrap {
                 self.bootstrap = Some((**progress).clone());
             }
@@ -220,7 +230,13 @@ impl Disk {
     /// recovery rebuilds.
     pub fn keys_now(&self) -> BTreeMap<(String, Vec<u8>), KeyState> {
         let mut keys = self.keys.clone();
-        keys.extend(self.kept.keys.iter().map(|(k, v)| (k.clone(), v.clone())));
+        for (slot, state) in &self.kept.keys {
+            if state.siblings.is_empty() && state.context.is_empty() {
+                keys.remove(slot);
+            } else {
+                keys.insert(slot.clone(), state.clone());
+            }
+        }
         keys
     }
 
@@ -237,6 +253,7 @@ impl Disk {
             quarantined: self.quarantined.values().cloned().collect(),
             log_start: self.log_start.clone(),
             bootstrap: self.bootstrap.clone(),
+            collected: self.collected.clone(),
         }
     }
 
