@@ -179,6 +179,15 @@ impl HybridClock {
         next
     }
 
+    /// Raises the clock to `stamp` without the offset cap, so every later local stamp orders
+    /// after it. For stamps this region must stay above although it drops the write that
+    /// carried them: a collected tombstone (the per-key causality rule would have stamped a
+    /// later write to its key above it, had it still been there). The clock never moves
+    /// backwards.
+    pub fn raise_to(&mut self, stamp: Hlc) {
+        self.last = self.last.max(stamp);
+    }
+
     /// Takes a stamp received from a peer into account, at local physical time `physical_ms`.
     ///
     /// A remote stamp within `max_offset_ms` of local physical time raises the clock to it, so

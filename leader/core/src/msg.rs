@@ -203,6 +203,9 @@ pub struct SnapshotChunk {
     pub upper: VersionVector,
     /// The sender is being bootstrapped itself (it served because the request allowed it).
     pub partial: bool,
+    /// The sender's collected floor: writes of keys whose tombstones it collected, which the
+    /// chunk no longer shows (docs/design.md, "Tombstone collection").
+    pub collected: VersionVector,
 }
 
 /// The sender cannot serve a snapshot; the reason is for the operator.

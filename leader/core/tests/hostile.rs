@@ -660,6 +660,7 @@ fn arb_chunk() -> impl Strategy<Value = SnapshotChunk> {
             after: None,
             upper: applied.clone(),
             partial: false,
+            collected: VersionVector::new(),
             applied,
             states: states
                 .into_iter()
@@ -1413,6 +1414,7 @@ fn malformed_snapshot_chunks_close_the_connection_and_install_nothing() {
         after: None,
         upper: applied.clone(),
         partial: false,
+        collected: VersionVector::new(),
         applied,
         states: states
             .into_iter()

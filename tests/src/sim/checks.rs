@@ -71,6 +71,8 @@ impl World {
                     self.rolling_table() == Some(slot.0.as_str())
                         || m.get(&slot.0, &slot.1)
                             .is_some_and(|k| k.context.covers(&dot))
+                        // or its key's tombstones were collected, and the floor names it
+                        || m.read_context(None).covers(&dot)
                 });
                 if !landed {
                     let detail = format!(
@@ -325,12 +327,6 @@ impl World {
             if let Some(b) = m.bootstrap() {
                 return format!("{} is still being bootstrapped: {b:?}", g.name);
             }
-            // Tombstone collection is part of settling: what is collectable under what this
-            // region knows is collected (the floors are compared below).
-            let collectable = m.collectable();
-            if collectable > 0 {
-                return format!("{} has {collectable} keys to collect", g.name);
-            }
             for &q in &live {
                 let connected = |a: usize, b: usize| {
                     let peer = &self.regions[b].name;
@@ -362,20 +358,6 @@ impl World {
         }
         if let Some(busy) = self.net.busy() {
             return format!("frames in flight: {busy}");
-        }
-        // Every live region collects under the same stable vector (it learns the others'
-        // from acks and heartbeats), or they would compare different collections.
-        let floor = |r: usize| self.regions[r].machine().and_then(|m| m.collection_floor());
-        for &r in &live {
-            if floor(r) != floor(live[0]) {
-                return format!(
-                    "collection floors differ: {} has {:?}, {} has {:?}",
-                    self.regions[live[0]].name,
-                    floor(live[0]),
-                    self.regions[r].name,
-                    floor(r)
-                );
-            }
         }
         let first = self.regions[live[0]].disk().applied.clone();
         for &r in &live {
@@ -416,7 +398,11 @@ impl World {
             let kind = self.tables[&slot.0];
             self.truth
                 .check_state(&g.name, slot, state)
-                .and_then(|()| self.truth.check_final_key(slot, kind, state, &applied))
+                .and_then(|()| {
+                    let floor = m.read_context(None);
+                    self.truth
+                        .check_final_key(slot, kind, state, &applied, &floor)
+                })
                 .map_err(|b| self.fail(b))?;
             self.check_final_cap(slot, state)?;
         }
@@ -562,12 +548,80 @@ impl World {
             }
         }
         let first = digests[&live[0]];
+        let stable = self.stable_everywhere(live);
+        let collected = |r: usize| self.collected_view(r, &stable);
+        let first_view = collected(live[0]);
         for &r in live {
+            // Regions may have collected different stable tombstones so far (collection
+            // follows what each knows of the others): they must agree once those are set
+            // aside, and a tombstone that is not stable everywhere must be in both or
+            // neither (docs/design.md, "Tombstone collection").
             if digests[&r] != first {
-                return Err(self.fail(("convergence", self.describe_divergence(live[0], r))));
+                let view = collected(r);
+                if view != first_view {
+                    let slot = view
+                        .keys()
+                        .chain(first_view.keys())
+                        .find(|s| view.get(*s) != first_view.get(*s))
+                        .map(|s| {
+                            format!(
+                                "; with stable tombstones set aside, {}: {} has {:?}, {} has {:?}",
+                                show(s),
+                                self.regions[live[0]].name,
+                                first_view.get(s),
+                                self.regions[r].name,
+                                view.get(s)
+                            )
+                        })
+                        .unwrap_or_default();
+                    let detail = self.describe_divergence(live[0], r) + &slot;
+                    return Err(self.fail(("convergence", detail)));
+                }
             }
         }
         Ok(())
+    }
+
+    /// The writes every live region has applied: what tombstone collection may have dropped.
+    fn stable_everywhere(&self, live: &[usize]) -> conflict::VersionVector {
+        let mut stable: Option<conflict::VersionVector> = None;
+        for &r in live {
+            let applied = self.regions[r].machine().expect("live").applied().clone();
+            stable = Some(match stable {
+                None => applied,
+                Some(s) => {
+                    let mut m = conflict::VersionVector::new();
+                    for (o, q) in s.iter() {
+                        let q = q.min(applied.get(o));
+                        if q > Seq::ZERO {
+                            m.add_dot(&Dot::new(o, q));
+                        }
+                    }
+                    m
+                }
+            });
+        }
+        stable.unwrap_or_default()
+    }
+
+    /// Region `r`'s key states with every tombstone `stable` covers set aside, keys left with
+    /// nothing (and a context it covers) dropped, and `stable` joined into every context:
+    /// what collection leaves once done, whatever it has done so far.
+    fn collected_view(&self, r: usize, stable: &conflict::VersionVector) -> BTreeMap<Slot, KeyState> {
+        let m = self.regions[r].machine().expect("live");
+        m.keys()
+            .filter_map(|(slot, state)| {
+                let mut state = state.clone();
+                state
+                    .siblings
+                    .retain(|s| !(s.value.is_tombstone() && stable.covers(&s.dot)));
+                let gone = state.siblings.is_empty() && stable.dominates(&state.context);
+                // Writes every region has are seen everywhere whether a key's context still
+                // names them or its region collected them (and names them in its floor).
+                state.context.join(stable);
+                (!gone).then(|| (slot.clone(), state))
+            })
+            .collect()
     }
 
     fn describe_divergence(&self, a: usize, b: usize) -> String {

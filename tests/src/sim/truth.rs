@@ -172,6 +172,7 @@ impl Truth {
         kind: TableKind,
         state: &KeyState,
         applied: &conflict::VersionVector,
+        collected: &conflict::VersionVector,
     ) -> Result<(), Broken> {
         let writes = self.applied_writes(slot, applied);
         let mut context = conflict::VersionVector::new();
@@ -179,7 +180,12 @@ impl Truth {
             context.join(&w.context);
             context.add_dot(&w.dot);
         }
-        if context != state.context {
+        // Tombstone collection may drop a key's context with it; a write that re-creates the
+        // key then names what it superseded through the region's collected floor. So the
+        // key's context is within the writes' join, and with the floor covers it.
+        let mut with_floor = state.context.clone();
+        with_floor.join(collected);
+        if !context.dominates(&state.context) || !with_floor.dominates(&context) {
             return Err((
                 "key-context",
                 format!(

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeSet;
 
-use conflict::{Hlc, ReplicaId, VersionVector};
+use conflict::{ReplicaId, VersionVector};
 
 use super::{Replica, Time};
 use crate::limits::{COLLECT_INTERVAL_MS, COLLECT_KEYS_PER_PASS};
@@ -79,6 +79,20 @@ impl Replica {
         self.durable.dominates(&everything).then_some(stable)
     }
 
+    /// Candidate keys a pass would change now (0 when nothing is collectable under what this
+    /// region knows): the simulator waits for this to reach 0 before comparing regions.
+    pub fn collectable(&self) -> usize {
+        let Some(stable) = self.collection_floor() else {
+            return 0;
+        };
+        self.tombstones
+            .iter()
+            .filter(|slot| !self.stable.contains_key(*slot))
+            .filter_map(|slot| self.keys.get(slot))
+            .filter(|state| plan(state, &stable) != (0, false))
+            .count()
+    }
+
     /// Keys holding a tombstone, or nothing: what collection has left to do. Once every
     /// region has every write and knows it (acks and heartbeats carry it) and the wall clock
     /// has passed the deletes' stamps, this reaches 0 everywhere, unless a region is away or
@@ -99,7 +113,6 @@ impl Replica {
         let Some(stable) = self.collection_floor() else {
             return;
         };
-        let clock = self.clock.last().max(Hlc::new(now.wall_ms, 0));
         let slots: Vec<(String, Vec<u8>)> = self
             .tombstones
             .iter()
@@ -115,18 +128,18 @@ impl Replica {
                 self.tombstones.remove(&slot);
                 continue;
             };
-            let (drops, drop_key) = plan(state, &stable, clock);
+            let (drops, drop_key) = plan(state, &stable);
             changed |= drops > 0 || drop_key;
             if drops > 0 {
                 let gone = state
                     .siblings
                     .iter()
-                    .filter(|s| collectable(s, &stable, clock));
+                    .filter(|s| collectable(s, &stable));
                 if let Some(top) = gone.map(|s| s.hlc).max() {
-                    self.clock.observe(top, now.wall_ms);
+                    self.clock.raise_to(top);
                 }
                 let state = self.keys.get_mut(&slot).expect("just read");
-                state.siblings.retain(|s| !collectable(s, &stable, clock));
+                state.siblings.retain(|s| !collectable(s, &stable));
                 self.counters.tombstones_collected += drops as u64;
                 self.staged.keys.insert(slot.clone());
             }
@@ -154,22 +167,20 @@ impl Replica {
     }
 }
 
-/// Whether a sibling may be collected under `stable`: a tombstone every region has, stamped
-/// below this region's clock (`now`: its HLC's last stamp, or its wall clock if that is
-/// ahead, in ms). The pass feeds the stamp to the HLC (not capped, being in the past), so
-/// every later write here is stamped above it, as if it were still there: the per-key
-/// causality rule.
-fn collectable(s: &conflict::Sibling, stable: &VersionVector, now: Hlc) -> bool {
-    s.value.is_tombstone() && stable.covers(&s.dot) && s.hlc <= now
+/// Whether a sibling may be collected under `stable`: a tombstone every region has. The pass
+/// raises the clock to its stamp ([`conflict::HybridClock::raise_to`]), so every later write
+/// here is stamped above it, as if it were still there (the per-key causality rule).
+fn collectable(s: &conflict::Sibling, stable: &VersionVector) -> bool {
+    s.value.is_tombstone() && stable.covers(&s.dot)
 }
 
 /// What a pass does to a key state: how many siblings it drops, and whether the key goes
 /// whole (nothing left, and every write its context names stable).
-fn plan(state: &conflict::KeyState, stable: &VersionVector, now: Hlc) -> (usize, bool) {
+fn plan(state: &conflict::KeyState, stable: &VersionVector) -> (usize, bool) {
     let drops = state
         .siblings
         .iter()
-        .filter(|s| collectable(s, stable, now))
+        .filter(|s| collectable(s, stable))
         .count();
     let whole = drops == state.siblings.len() && stable.dominates(&state.context);
     (drops, whole)

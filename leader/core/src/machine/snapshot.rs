@@ -69,6 +69,9 @@ pub struct Bootstrap {
     /// wait for writes that region waits for too, so any region's "needs snapshot" starts a
     /// new round.
     pub partial: bool,
+    /// Join of the chunks' collected floors: the install takes what `low` covers of it into
+    /// this region's floor (keys the senders collected are absent from the chunks).
+    pub collected: VersionVector,
 }
 
 /// The phases of a [`Bootstrap`].
@@ -98,6 +101,7 @@ impl Bootstrap {
             rounds: 0,
             refused_by: std::collections::BTreeSet::new(),
             partial: false,
+            collected: VersionVector::new(),
         }
     }
 
@@ -256,6 +260,7 @@ impl Replica {
             replicas: self.replicas.iter().map(|(r, n)| (*r, n.clone())).collect(),
             hlc: self.clock.last(),
             partial: self.bootstrap.is_some(),
+            collected: self.collected.clone(),
             restart: std::mem::take(&mut peer.snapshot_restart),
         };
         self.counters.snapshot_chunks_sent += 1;
@@ -476,6 +481,7 @@ impl Replica {
         b.chunks += 1;
         b.total_keys = c.total_keys;
         b.partial |= c.partial;
+        b.collected.join(&c.collected);
         if c.done {
             b.phase = BootstrapPhase::Received;
         }
@@ -529,7 +535,7 @@ impl Replica {
         let bad_vector = |v: &VersionVector| {
             v.get(own) > self.own_seq || v.iter().any(|(_, s)| s.0 >= SEQ_UNREACHABLE)
         };
-        if bad_vector(&c.applied) || bad_vector(&c.upper) {
+        if bad_vector(&c.applied) || bad_vector(&c.upper) || bad_vector(&c.collected) {
             return Some(format!(
                 "snapshot chunk claims the vector {:?}: writes of this region it never made ({} made), or unreachable sequence numbers",
                 c.applied, self.own_seq
@@ -599,6 +605,7 @@ impl Replica {
         };
         b.phase = BootstrapPhase::CatchingUp;
         let (keys, chunks, source) = (b.keys, b.chunks, b.source.clone().unwrap_or_default());
+        let b_collected = b.collected.clone();
         // What the tail may hold of each origin: its durable run.
         let before = self.durable.clone();
         // Chunks never claim writes of ours we did not make (`malformed_chunk`), so our own
@@ -637,6 +644,9 @@ impl Replica {
                 self.tail.remove(&o);
             }
         }
+        // What the senders collected and the install covers is seen here too.
+        let collected = meet(&b_collected, &low);
+        self.collected.join(&collected);
         self.staged.installed = Some(low);
         self.staged.bootstrap = true;
         self.staged.checkpoint = true;
