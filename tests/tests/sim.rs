@@ -8,7 +8,8 @@
 //! - `MERIDIAN_SIM_SEED_START` — first seed of `fuzz` (default 0);
 //! - `MERIDIAN_SIM_SEED` — the seed `replay` runs (default: the first regression seed);
 //! - `MERIDIAN_SIM_SABOTAGE` — a negative control for `replay` (`skip-seq`,
-//!   `ack-before-durable`, `wall-clock-lww`, `truncate-unstable`, `install-at-high`);
+//!   `ack-before-durable`, `wall-clock-lww`, `truncate-unstable`, `install-at-high`,
+//!   `collect-unstable`);
 //! - `MERIDIAN_SIM_TRACE=all` — `replay` prints every event as it happens;
 //! - `MERIDIAN_SIM_BEYOND_CONTRACT=1` — `fuzz` and `replay` also inject faults the protocol is
 //!   not designed for (docs/testing.md says which, and what happens);
@@ -418,6 +419,31 @@ fn negative_control_truncate_unstable() {
     let s = Sabotage::TruncateUnstable;
     let (_, oracle) = caught(s, sabotaged(s, true, None), 5);
     assert!(["alarm", "disk"].contains(&oracle), "{oracle}");
+}
+
+/// Tombstone collection on a timer instead of causal stability: a region drops a delete once
+/// it is durable there. A write concurrent with the delete that arrives afterwards is then
+/// resolved without it (last-write-wins keeps the write where the delete would have won, a
+/// multi-value key loses the delete sibling early), and the regions disagree. Caught by the
+/// final oracles (convergence with stable tombstones set aside, the last-write-wins winner,
+/// or a key's context), or by a step oracle.
+#[test]
+fn negative_control_collect_unstable() {
+    let s = Sabotage::CollectUnstable;
+    let (_, oracle) = caught(s, sabotaged(s, false, None), 20);
+    assert!(
+        [
+            "convergence",
+            "lww-winner",
+            "mv-siblings",
+            "key-context",
+            "acked-write-outranked",
+            "recovery",
+            "liveness"
+        ]
+        .contains(&oracle),
+        "{oracle}"
+    );
 }
 
 /// Options with the snapshot bootstrap's faults on.

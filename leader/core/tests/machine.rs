@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 
-use conflict::{Registry, ReplicaId, Resolved, Seq, Value};
+use conflict::{Dot, Registry, ReplicaId, Resolved, Seq, Value};
 use leader_core::testkit::{self, Cluster};
 use leader_core::{
     Alarm, Durability, Effect, Event, Options, PeerMsg, Recovered, Replica, Time, WriteError,
@@ -2295,4 +2295,141 @@ fn the_source_keeps_its_log_for_a_region_fetching_a_snapshot() {
     assert_eq!(rounds, 1, "{:?}", c.alarms);
     assert_eq!(c.replica.digest(), w.nodes["a"].replica.digest());
     assert_eq!(c.replica.received().get(a), Seq(50));
+}
+
+/// Lets acks and heartbeats carry every region's durable vector to every other, and one
+/// collection pass run everywhere.
+fn settle_for_collection(w: &mut World) {
+    for _ in 0..4 {
+        w.advance(600);
+    }
+}
+
+/// Issue 13, item 4: deletes every region has durably applied are collected, and the keys
+/// they leave empty go, in memory and on disk: deleting every key brings the key count back
+/// to 0 everywhere once the cluster is quiet. A restart does not bring them back.
+#[test]
+fn deleting_every_key_collects_them_once_every_region_has_the_deletes() {
+    let mut w = world();
+    w.mesh();
+    w.deliver();
+    for i in 0..10 {
+        w.write("a", "default", &format!("k{i}"), Some("v"));
+        w.write("b", "mv", &format!("m{i}"), Some("v"));
+    }
+    w.deliver();
+    for i in 0..10 {
+        w.write("a", "default", &format!("k{i}"), None);
+        w.write("c", "mv", &format!("m{i}"), None);
+    }
+    w.deliver();
+    for node in w.nodes.values() {
+        assert_eq!(node.replica.keys().count(), 20, "tombstones until stable");
+    }
+    settle_for_collection(&mut w);
+    for (name, node) in &w.nodes {
+        assert_eq!(node.replica.keys().count(), 0, "{name} collected every key");
+        assert_eq!(node.replica.counters().keys_collected, 20, "{name}");
+        assert!(
+            node.disk.keys_now().is_empty(),
+            "{name}'s disk dropped them"
+        );
+    }
+    assert_eq!(w.digests().len(), 1);
+    // Reading a collected key still returns a context that covers its delete.
+    let a = w.nodes["a"].id;
+    let ctx = w.nodes["b"].replica.read_context(None);
+    assert!(ctx.covers(&Dot::new(a, Seq(20))), "{ctx:?}");
+    let opts_a = w.nodes["a"].replica.options().clone();
+    w.node("a").crash();
+    w.node("a").restart(opts_a, &Registry::with_builtins());
+    assert_eq!(
+        w.nodes["a"].replica.keys().count(),
+        0,
+        "a restart keeps them gone"
+    );
+    assert!(
+        w.nodes["a"]
+            .replica
+            .read_context(None)
+            .covers(&Dot::new(a, Seq(20)))
+    );
+}
+
+/// A region away pins collection: the others keep the delete (they cannot know what the
+/// region wrote meanwhile). A write it made concurrently with the delete, stamped later,
+/// wins over it everywhere once it returns; then the delete is gone from every region and
+/// the key holds the write alone, the same everywhere.
+#[test]
+fn a_region_away_pins_collection_and_its_concurrent_write_resolves_the_same_everywhere() {
+    let mut w = world();
+    w.mesh();
+    w.deliver();
+    w.write("a", "default", "k", Some("v1"));
+    w.deliver();
+    w.cut("a", "c");
+    w.cut("b", "c");
+    w.write("a", "default", "k", None);
+    w.deliver();
+    w.advance(1_000);
+    w.write("c", "default", "k", Some("from c, later"));
+    w.deliver();
+    settle_for_collection(&mut w);
+    for r in ["a", "b"] {
+        assert_eq!(
+            w.nodes[r].replica.counters().tombstones_collected,
+            0,
+            "{r} waits for c"
+        );
+        assert_eq!(w.read(r, "default", "k"), Resolved::Absent);
+    }
+    w.connect("a", "c");
+    w.connect("b", "c");
+    w.deliver();
+    settle_for_collection(&mut w);
+    for r in ["a", "b", "c"] {
+        assert_eq!(w.read(r, "default", "k"), bytes("from c, later"), "{r}");
+    }
+    assert_eq!(w.digests().len(), 1, "converged");
+}
+
+/// A multi-value write carrying a context read before a delete, made after every region
+/// collected the delete, ends the same everywhere: the write alone (the delete, stable, is
+/// no sibling of it any more), and the key's context still covers the delete.
+#[test]
+fn a_write_with_a_context_read_before_a_collected_delete_converges() {
+    let mut w = world();
+    w.mesh();
+    w.deliver();
+    w.write("a", "mv", "k", Some("v1"));
+    w.deliver();
+    let before = w.nodes["b"]
+        .replica
+        .get("mv", b"k")
+        .unwrap()
+        .context
+        .clone();
+    w.write("a", "mv", "k", None);
+    w.deliver();
+    settle_for_collection(&mut w);
+    assert!(w.nodes.values().all(|n| n.replica.keys().count() == 0));
+    let id = w.next_id();
+    w.handle(
+        "b",
+        Event::ClientWrite {
+            id,
+            table: "mv".into(),
+            key: b"k".to_vec(),
+            value: Value::Bytes(b"v2".to_vec()),
+            context: Some(before),
+            durability: Durability::Local,
+            timeout_ms: 1_000,
+        },
+    );
+    w.deliver();
+    settle_for_collection(&mut w);
+    for r in ["a", "b", "c"] {
+        assert_eq!(w.read(r, "mv", "k"), bytes("v2"), "{r}");
+    }
+    assert_eq!(w.digests().len(), 1, "converged");
 }

@@ -607,7 +607,11 @@ impl World {
     /// Region `r`'s key states with every tombstone `stable` covers set aside, keys left with
     /// nothing (and a context it covers) dropped, and `stable` joined into every context:
     /// what collection leaves once done, whatever it has done so far.
-    fn collected_view(&self, r: usize, stable: &conflict::VersionVector) -> BTreeMap<Slot, KeyState> {
+    fn collected_view(
+        &self,
+        r: usize,
+        stable: &conflict::VersionVector,
+    ) -> BTreeMap<Slot, KeyState> {
         let m = self.regions[r].machine().expect("live");
         m.keys()
             .filter_map(|(slot, state)| {

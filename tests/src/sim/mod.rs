@@ -98,16 +98,22 @@ pub enum Sabotage {
     /// spanning writes elsewhere, or a change of source), the applied vector claims writes
     /// some keys never got, and the catch-up skips them.
     InstallAtHigh,
+    /// Every region collects a tombstone once it is durable there, as collection after a
+    /// grace period would, instead of once it is causally stable (the machine's test-only
+    /// hook): a write concurrent with the delete that arrives after the collection is
+    /// resolved without it.
+    CollectUnstable,
 }
 
 impl Sabotage {
     /// Every variant.
-    pub const ALL: [Sabotage; 5] = [
+    pub const ALL: [Sabotage; 6] = [
         Sabotage::SkipSeq,
         Sabotage::AckBeforeDurable,
         Sabotage::WallClockLww,
         Sabotage::TruncateUnstable,
         Sabotage::InstallAtHigh,
+        Sabotage::CollectUnstable,
     ];
 
     /// The name used in `MERIDIAN_SIM_SABOTAGE`.
@@ -118,6 +124,7 @@ impl Sabotage {
             Sabotage::WallClockLww => "wall-clock-lww",
             Sabotage::TruncateUnstable => "truncate-unstable",
             Sabotage::InstallAtHigh => "install-at-high",
+            Sabotage::CollectUnstable => "collect-unstable",
         }
     }
 

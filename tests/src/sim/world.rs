@@ -143,7 +143,7 @@ pub(super) enum Ev {
     LogRead {
         r: usize,
         inc: u64,
-        ev: Event,
+        ev: Box<Event>,
     },
     Tick {
         r: usize,
@@ -519,6 +519,9 @@ impl World {
         if self.opts.sabotage == Some(Sabotage::InstallAtHigh) {
             g.node.replica.unsafe_install_snapshot_at_high();
         }
+        if self.opts.sabotage == Some(Sabotage::CollectUnstable) {
+            g.node.replica.unsafe_collect_tombstones_unstably();
+        }
         g.boot_ms = self.now;
         g.seen_applied = g.node.disk.applied.clone();
         g.seen_received = g.node.disk.applied.clone();
@@ -556,7 +559,7 @@ impl World {
                 }
                 self.regions[r].reads_out -= 1;
                 self.work.log_reads += 1;
-                self.handle(r, ev)
+                self.handle(r, *ev)
             }
             Ev::Tick { r, generation } => {
                 if !self.alive(r) || self.regions[r].tick_gen != generation {
@@ -710,6 +713,7 @@ impl World {
                 let g = &mut self.regions[r];
                 g.reads_out += 1;
                 let inc = g.inc;
+                let ev = Box::new(ev);
                 self.push(at, Ev::LogRead { r, inc, ev });
                 Ok(())
             }

@@ -131,10 +131,7 @@ impl Replica {
             let (drops, drop_key) = plan(state, &stable);
             changed |= drops > 0 || drop_key;
             if drops > 0 {
-                let gone = state
-                    .siblings
-                    .iter()
-                    .filter(|s| collectable(s, &stable));
+                let gone = state.siblings.iter().filter(|s| collectable(s, &stable));
                 if let Some(top) = gone.map(|s| s.hlc).max() {
                     self.clock.raise_to(top);
                 }
