@@ -603,3 +603,14 @@ fn snapshot_seed_114_a_region_still_lacking_writes_is_told_again() {
 fn snapshot_seed_377_writes_of_a_lost_source_reflected_by_its_chunks() {
     snapshot_seed(377);
 }
+
+/// Open (1 seed of 0..600 with the snapshot faults, since tombstone collection): `key-context`.
+/// A counter key's context names writes (of other keys) beyond what the writes that reached
+/// it join to: a context carried in by a snapshot chunk or a blind write's collected floor
+/// where the oracle does not expect it. Not yet diagnosed; the default simulator (no snapshot
+/// faults) passes 1,500 seeds with collection on.
+#[test]
+#[ignore = "open finding: a key context beyond its writes' join with snapshots and collection"]
+fn snapshot_seed_376_a_key_context_beyond_its_writes() {
+    snapshot_seed(376);
+}
