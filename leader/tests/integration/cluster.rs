@@ -105,7 +105,19 @@ fn expected_siblings(writes: &[&Written]) -> Vec<Sibling> {
 /// Asserts that `read` (of `region`) holds exactly `siblings`, reads as the resolver says, and
 /// has seen every write in `dots`.
 fn assert_key(region: &str, key: &str, read: &Read, siblings: &[Sibling], dots: &[Dot]) {
-    assert_eq!(read.state.siblings, siblings, "{region}: siblings of {key}");
+    // Once every region has a delete, tombstone collection may drop it at any moment
+    // (docs/design.md, "Tombstone collection"): the key then holds the other siblings, and
+    // its context (joined with the collected floor) still covers the delete.
+    let live: Vec<Sibling> = siblings
+        .iter()
+        .filter(|s| !s.value.is_tombstone())
+        .cloned()
+        .collect();
+    assert!(
+        read.state.siblings == siblings || read.state.siblings == live,
+        "{region}: siblings of {key}: {:?}, expected {siblings:?} (or {live:?} once collected)",
+        read.state.siblings
+    );
     assert_eq!(
         read.resolved,
         expected_resolved(siblings),
