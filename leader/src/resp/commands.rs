@@ -815,7 +815,26 @@ fn command(a: &[Bytes]) -> Reply {
 
 #[cfg(test)]
 mod tests {
-    use super::glob;
+    use super::{Reply, WriteError, glob, is_loading, loading, write_error};
+
+    /// A region being bootstrapped answers reads and writes with Redis's own `-LOADING`, which
+    /// clients know to retry, carrying the transfer's progress.
+    #[test]
+    fn a_bootstrapping_region_answers_loading() {
+        let progress = "fetching from us-east: 512 of about 1024 keys, 3 chunks";
+        let expected = "LOADING this region is being bootstrapped from a snapshot (fetching from \
+                        us-east: 512 of about 1024 keys, 3 chunks); retry later, or use another \
+                        region";
+        assert!(matches!(loading(progress), Reply::Error(e) if e == expected));
+        let refused = WriteError::Bootstrapping {
+            progress: progress.to_owned(),
+        };
+        assert!(matches!(write_error(&refused), Reply::Error(e) if e == expected));
+        assert!(is_loading(&loading(progress)));
+        assert!(!is_loading(&Reply::err(
+            "LOADING is not the first word here"
+        )));
+    }
 
     #[test]
     fn glob_matches_as_redis_does() {
