@@ -384,16 +384,23 @@ pub(crate) struct BootstrapWatch {
 impl BootstrapWatch {
     /// The lines for the status `s`, taken after the last call's.
     pub(crate) fn lines(&mut self, s: &Status) -> Vec<String> {
+        let c = &s.counters;
         self.lines_of(
             &s.region,
             s.bootstrap.as_ref(),
-            s.counters.snapshots_installed,
+            (c.snapshots_installed, c.snapshot_keys_received),
         )
     }
 
-    /// [`BootstrapWatch::lines`] of region `region`: its transfer, if any, and how many
-    /// snapshots it installed.
-    fn lines_of(&mut self, region: &str, b: Option<&Bootstrap>, installed: u64) -> Vec<String> {
+    /// [`BootstrapWatch::lines`] of region `region`: its transfer, if any, how many snapshots
+    /// it installed and how many key states it received since it started. A bootstrap may
+    /// begin and end between two calls: the counters tell.
+    fn lines_of(
+        &mut self,
+        region: &str,
+        b: Option<&Bootstrap>,
+        (installed, keys_received): (u64, u64),
+    ) -> Vec<String> {
         let mut out = Vec::new();
         if let Some(b) = b
             && self
@@ -407,17 +414,18 @@ impl BootstrapWatch {
                 b.reason
             ));
         }
-        if installed > self.installed {
-            let (keys, source) = b.map_or((0, None), |b| (b.keys, b.source.as_deref()));
+        let newly_installed = installed > self.installed;
+        if newly_installed {
+            let (keys, source) = b.map_or((keys_received, None), |b| (b.keys, b.source.clone()));
+            let from = source.map_or_else(String::new, |s| format!(" from {s}"));
             out.push(format!(
-                "ALARM snapshot installed: {} keys from {}; catching up with the writes since",
+                "ALARM snapshot installed: {} keys{from}; catching up with the writes since",
                 leader::status::thousands(keys),
-                source.unwrap_or("a peer")
             ));
         }
         match b {
             Some(b) if b.phase == "fetching" => out.push(b.bar()),
-            None if self.seen.is_some() => out.push(format!(
+            None if self.seen.is_some() || newly_installed => out.push(format!(
                 "region {region} is bootstrapped: it serves reads and takes writes again"
             )),
             _ => {}
@@ -652,9 +660,12 @@ mod tests {
             total_keys: 2_000,
         };
         let mut watch = BootstrapWatch::default();
-        assert!(watch.lines_of("c", None, 0).is_empty(), "nothing to say");
+        assert!(
+            watch.lines_of("c", None, (0, 0)).is_empty(),
+            "nothing to say"
+        );
         assert_eq!(
-            watch.lines_of("c", Some(&fetching(0)), 0),
+            watch.lines_of("c", Some(&fetching(0)), (0, 0)),
             [
                 "ALARM snapshot started: region c is being bootstrapped from a (region 'a' no \
                  longer holds the writes of c from 1 on); it serves no reads and takes no \
@@ -663,19 +674,27 @@ mod tests {
             ]
         );
         assert_eq!(
-            watch.lines_of("c", Some(&fetching(1_000)), 0),
+            watch.lines_of("c", Some(&fetching(1_000)), (0, 1_000)),
             ["bootstrapping from a [########........] 50% 1,000/2,000 keys"]
         );
         let mut caught_up = fetching(2_000);
         caught_up.phase = "catching_up".into();
         assert_eq!(
-            watch.lines_of("c", Some(&caught_up), 1),
+            watch.lines_of("c", Some(&caught_up), (1, 2_000)),
             ["ALARM snapshot installed: 2,000 keys from a; catching up with the writes since"]
         );
         assert_eq!(
-            watch.lines_of("c", None, 1),
+            watch.lines_of("c", None, (1, 2_000)),
             ["region c is bootstrapped: it serves reads and takes writes again"]
         );
-        assert!(watch.lines_of("c", None, 1).is_empty());
+        assert!(watch.lines_of("c", None, (1, 2_000)).is_empty());
+        // A whole bootstrap between two looks: the counters tell.
+        assert_eq!(
+            watch.lines_of("c", None, (2, 2_240)),
+            [
+                "ALARM snapshot installed: 2,240 keys; catching up with the writes since",
+                "region c is bootstrapped: it serves reads and takes writes again",
+            ]
+        );
     }
 }
