@@ -286,10 +286,14 @@ async fn a_region_that_lost_its_disk_bootstraps_between_loads() {
     disk_loss(true).await;
 }
 
-/// Open finding (core): with writes going on at the sources during the transfer, the
-/// transfer starts over every chunk or two (the source finds the request's `low` behind its
-/// log start) and never finishes: c's status shows `rounds` in the thousands, `chunks` 1 or
-/// 2. Without writes during the transfer it completes (the test above).
+/// Open finding (core): with writes going on at the sources during the transfer, the first
+/// round completes and installs, a second round starts, and from then on every round gets a
+/// chunk or two and starts over, for ever: c's status shows `rounds` in the thousands and
+/// `chunks` 1 or 2. Seen from outside: during those rounds c applies the live stream (its
+/// applied vector follows a's and b's), the sources' log starts follow c's applied vector,
+/// and the round's `low` (the sources' last checkpoint vector) falls behind the log start
+/// within a chunk or two, so the source answers with a restart. Without writes during the
+/// transfer it completes (the test above).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "open core finding: a snapshot transfer under sustained writes starts over every chunk or two"]
 async fn a_region_that_lost_its_disk_bootstraps_under_load() {
