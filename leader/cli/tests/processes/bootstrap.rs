@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::harness::{Cluster, POLL, digest, http_client, status};
+use crate::harness::{Cluster, POLL, http_client, status};
 use leader::api::{DURABILITY_HEADER, TIMEOUT_HEADER};
 use leader::status::Status;
 
@@ -40,7 +40,6 @@ snapshot_chunk_bytes = 4096
 const START_BOUND: Duration = Duration::from_secs(30);
 /// From the restart on an empty directory to serving again.
 const BOOTSTRAP_BOUND: Duration = Duration::from_secs(40);
-const CONVERGENCE_BOUND: Duration = Duration::from_secs(30);
 /// Pause of a writer after a refused or failed write (its region is down or bootstrapping).
 const WRITER_BACKOFF: Duration = Duration::from_millis(20);
 
@@ -78,30 +77,6 @@ async fn wait_status(
             Instant::now() < deadline,
             "{} did not {what} within {bound:?}\n{}",
             REGIONS[i],
-            cluster.log_tails()
-        );
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-/// Waits until the three regions' digests are equal.
-async fn wait_same_digests(cluster: &Cluster, client: &reqwest::Client) {
-    let deadline = Instant::now() + CONVERGENCE_BOUND;
-    loop {
-        let mut digests = Vec::new();
-        for r in &cluster.regions {
-            digests.push(digest(client, &r.api).await.map(|d| (d.digest, d.applied)));
-        }
-        if digests.iter().all(Result::is_ok)
-            && digests
-                .windows(2)
-                .all(|w| w[0].as_ref().ok() == w[1].as_ref().ok())
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no common digest within {CONVERGENCE_BOUND:?}: {digests:#?}\n{}",
             cluster.log_tails()
         );
         tokio::time::sleep(POLL).await;
@@ -393,7 +368,7 @@ async fn disk_loss(pause_during_transfer: bool) {
     while let Some(done) = writers.join_next().await {
         done.expect("a writer panicked");
     }
-    wait_same_digests(&cluster, &client).await;
+    cluster.wait_same_digests(&client).await;
 
     // Every write acknowledged as surviving the loss of c is at c: its value or a later one.
     let acks = acks.lock().unwrap().clone();
@@ -469,7 +444,7 @@ async fn a_snapshot_transfer_resumes_after_the_receiver_is_killed() {
     while let Some(done) = tasks.join_next().await {
         done.expect("a writer panicked");
     }
-    wait_same_digests(&cluster, &client).await;
+    cluster.wait_same_digests(&client).await;
     // 20 ms towards c: every chunk takes a round trip of it.
     for i in [0, 1] {
         cluster.delay_link(&client, i, C, 20).await;
@@ -560,7 +535,7 @@ async fn a_snapshot_transfer_resumes_after_the_receiver_is_killed() {
         "c's run printed no alarm and progress bar:\n{first}"
     );
     wait_log(&cluster, C, &["meridian: ALARM snapshot installed: "]).await;
-    wait_same_digests(&cluster, &client).await;
+    cluster.wait_same_digests(&client).await;
     let (code, body) = get(&client, &cluster.regions[C].api, "k01599").await;
     assert_eq!(code, 200);
     assert!(body.starts_with(b"value of k1599 "));

@@ -695,6 +695,33 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Waits until every region answers the same digest and applied vector
+    /// (`GET /v1/status/digest`), failing the test after [`CONVERGENCE_BOUND`].
+    pub(crate) async fn wait_same_digests(&self, client: &reqwest::Client) {
+        let deadline = Instant::now() + CONVERGENCE_BOUND;
+        loop {
+            let mut digests = Vec::new();
+            for r in &self.regions {
+                digests.push(digest(client, &r.api).await.map(|d| (d.digest, d.applied)));
+            }
+            let same = digests.windows(2).all(|w| match (&w[0], &w[1]) {
+                (Ok(x), Ok(y)) => x == y,
+                _ => false,
+            });
+            if same && digests.iter().all(Result::is_ok) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no common digest within {CONVERGENCE_BOUND:?}: {digests:#?}\n{}",
+                self.log_tails()
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
 /// Highest acknowledged seq per replica id, from the `(replica, seq)` of each acknowledgement.
 pub(crate) fn highest_acked<'a>(
     acks: impl IntoIterator<Item = (&'a str, u64)>,

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::harness::{Cluster, digest, http_client, status};
+use crate::harness::{Cluster, http_client, status};
 use leader::status::Status;
 
 const REGIONS: [&str; 3] = ["a", "b", "c"];
@@ -271,22 +271,7 @@ async fn data_directories_stay_bounded_and_a_region_past_the_retention_bound_nee
         let told = format!("alarm=NeedsSnapshot {{ peer: \"{peer}\"");
         assert!(log.contains(&told), "c was not told by {peer}: {log}");
     }
-    let deadline = Instant::now() + ANSWER_BOUND;
-    loop {
-        let mut digests = Vec::new();
-        for r in &cluster.regions {
-            digests.push(digest(&client, &r.api).await.unwrap().digest);
-        }
-        if digests.windows(2).all(|w| w[0] == w[1]) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no common digest after c's bootstrap: {digests:?}\n{}",
-            cluster.log_tails()
-        );
-        tokio::time::sleep(SAMPLE).await;
-    }
+    cluster.wait_same_digests(&client).await;
     let stopped = cluster.shutdown().await;
     assert!(
         stopped.values().all(|s| s.is_some_and(|s| s.success())),
