@@ -17,7 +17,7 @@ use prometheus_client::registry::Registry;
 use crate::snapshot::Status;
 
 /// Alarm kinds, in the order of [`Metrics::alarms`].
-const ALARM_KINDS: [&str; 11] = [
+const ALARM_KINDS: [&str; 13] = [
     "split_brain",
     "hello_refused",
     "clock_skew",
@@ -29,6 +29,8 @@ const ALARM_KINDS: [&str; 11] = [
     "context_too_large",
     "peer_needs_snapshot",
     "needs_snapshot",
+    "snapshot_started",
+    "snapshot_installed",
 ];
 
 /// Figures accumulated by the driver between scrapes.
@@ -83,6 +85,8 @@ impl Metrics {
             Alarm::ContextTooLarge { .. } => 8,
             Alarm::PeerNeedsSnapshot { .. } => 9,
             Alarm::NeedsSnapshot { .. } => 10,
+            Alarm::SnapshotStarted { .. } => 11,
+            Alarm::SnapshotInstalled { .. } => 12,
         };
         self.alarms[kind].fetch_add(1, Ordering::Relaxed);
     }
@@ -250,6 +254,36 @@ impl Metrics {
             "Log entries written",
             self.persisted_log_entries.load(Ordering::Relaxed),
         );
+        counter(
+            &mut reg,
+            "snapshot_chunks_sent",
+            "Snapshot chunks served to regions being bootstrapped",
+            c.snapshot_chunks_sent,
+        );
+        counter(
+            &mut reg,
+            "snapshot_chunks_received",
+            "Snapshot chunks received and joined into the key states here",
+            c.snapshot_chunks_received,
+        );
+        counter(
+            &mut reg,
+            "snapshot_keys_received",
+            "Key states received in snapshot chunks",
+            c.snapshot_keys_received,
+        );
+        counter(
+            &mut reg,
+            "snapshot_keys_skipped",
+            "Snapshot key states of tables not configured here, not installed",
+            c.snapshot_keys_skipped,
+        );
+        counter(
+            &mut reg,
+            "snapshots_installed",
+            "Snapshots installed here",
+            c.snapshots_installed,
+        );
         let alarms: Family<Vec<(String, String)>, Counter> = Family::default();
         for (kind, n) in self.alarms() {
             let labels = vec![region[0].clone(), ("kind".to_owned(), kind.to_owned())];
@@ -406,6 +440,26 @@ impl Metrics {
             "clock_skew_alarm_ms",
             "Largest lead beyond max_clock_offset_ms seen from a region (alarm)",
             skew_alarm,
+        );
+
+        let b = status.bootstrap.as_ref();
+        gauge(
+            &mut reg,
+            "bootstrapping",
+            "1 while this region is being bootstrapped from a snapshot (it serves no reads and takes no writes)",
+            u64::from(b.is_some()),
+        );
+        gauge(
+            &mut reg,
+            "bootstrap_keys_received",
+            "Key states received by the snapshot transfer under way (0 when none)",
+            b.map_or(0, |b| b.keys),
+        );
+        gauge(
+            &mut reg,
+            "bootstrap_keys_total",
+            "Keys in the serving region's checkpoint, as its last chunk said (0 when no transfer is under way)",
+            b.map_or(0, |b| b.total_keys),
         );
 
         let mut out = String::new();

@@ -57,4 +57,7 @@ pub struct Status {
     /// "Needs snapshot" answers: (peer that answered, what it said). This region cannot catch
     /// up from that peer's log.
     pub snapshot_needed: Vec<(String, leader_core::NeedsSnapshot)>,
+    /// The snapshot transfer under way, if this region is being bootstrapped: it serves no
+    /// reads and takes no writes until this is `None`.
+    pub bootstrap: Option<leader_core::Bootstrap>,
 }

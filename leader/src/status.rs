@@ -28,6 +28,9 @@ pub struct Status {
     pub alarms: Alarms,
     /// Durably applied writes per origin.
     pub applied: Vec<Applied>,
+    /// The snapshot transfer under way, if this region is being bootstrapped (it serves no
+    /// reads and takes no writes meanwhile); `null` otherwise.
+    pub bootstrap: Option<Bootstrap>,
     /// The state machine's and the node's counters since the process started.
     pub counters: Counters,
     /// Replicated writes logged here but not applied (quarantined), per table.
@@ -97,6 +100,99 @@ pub struct Peer {
     pub rtt_ms: Option<f64>,
     /// Bytes sent and not yet acknowledged.
     pub unacked_bytes: u64,
+}
+
+/// A snapshot transfer under way ([`Status::bootstrap`]): docs/design.md "Snapshot
+/// bootstrap".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bootstrap {
+    /// Bytes of key states received (this round).
+    pub bytes: u64,
+    /// Chunks received (this round).
+    pub chunks: u64,
+    /// Key states received (this round).
+    pub keys: u64,
+    /// `fetching` (chunks are coming), `received` (all of them; the install is next) or
+    /// `catching_up` (installed; applying the writes since, before serving again).
+    pub phase: String,
+    /// One line for a reader, as a refused client is told it.
+    pub progress: String,
+    /// Why the bootstrap started.
+    pub reason: String,
+    /// Transfers started over since the first.
+    pub rounds: u32,
+    /// The region serving it (the last one asked).
+    pub source: Option<String>,
+    /// Keys in the serving region's checkpoint, as its last chunk said (0 before the first).
+    pub total_keys: u64,
+}
+
+impl From<&leader_core::Bootstrap> for Bootstrap {
+    fn from(b: &leader_core::Bootstrap) -> Self {
+        use leader_core::BootstrapPhase as P;
+        Bootstrap {
+            bytes: b.bytes,
+            chunks: b.chunks,
+            keys: b.keys,
+            phase: match b.phase {
+                P::Fetching => "fetching",
+                P::Received => "received",
+                P::CatchingUp => "catching_up",
+            }
+            .to_owned(),
+            progress: b.progress(),
+            reason: b.reason.clone(),
+            rounds: b.rounds,
+            source: b.source.clone(),
+            total_keys: b.total_keys,
+        }
+    }
+}
+
+impl Bootstrap {
+    /// A progress bar line: `bootstrapping from us-east [########........] 51% 51,200/100,000
+    /// keys` while fetching (the total is the source's estimate; the bar stays below 100%
+    /// until the last chunk), else the phase in words.
+    pub fn bar(&self) -> String {
+        const WIDTH: u64 = 16;
+        let from = self.source.as_deref().unwrap_or("no region yet");
+        match self.phase.as_str() {
+            "fetching" => {
+                let total = self.total_keys.max(self.keys);
+                let pct = (self.keys * 100).checked_div(total).unwrap_or(0).min(99);
+                let filled = (pct * WIDTH / 100) as usize;
+                format!(
+                    "bootstrapping from {from} [{}{}] {pct}% {}/{} keys",
+                    "#".repeat(filled),
+                    ".".repeat(WIDTH as usize - filled),
+                    thousands(self.keys),
+                    thousands(total)
+                )
+            }
+            "received" => format!(
+                "bootstrapping from {from} [{}] 100% {} keys received, installing",
+                "#".repeat(WIDTH as usize),
+                thousands(self.keys)
+            ),
+            _ => format!(
+                "bootstrapping from {from}: {} keys installed, catching up with the writes since",
+                thousands(self.keys)
+            ),
+        }
+    }
+}
+
+/// `1234567` as `1,234,567`.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// The write log of a region.
@@ -321,6 +417,16 @@ pub struct Counters {
     pub resyncs: u64,
     /// Frames that found a peer's send queue full (held until it drains).
     pub send_queue_full: u64,
+    /// Snapshot chunks received and joined into the key states here.
+    pub snapshot_chunks_received: u64,
+    /// Snapshot chunks served to regions being bootstrapped.
+    pub snapshot_chunks_sent: u64,
+    /// Key states received in snapshot chunks.
+    pub snapshot_keys_received: u64,
+    /// Snapshot key states of tables not configured here, not installed.
+    pub snapshot_keys_skipped: u64,
+    /// Snapshots installed here.
+    pub snapshots_installed: u64,
     /// Client writes refused because a peer stayed too far behind for their whole timeout, or
     /// the queue of paced writes was full.
     pub writes_overloaded: u64,
@@ -413,6 +519,7 @@ impl From<&snapshot::Status> for Status {
                     .collect(),
             },
             applied: applied_list(&s.applied),
+            bootstrap: s.bootstrap.as_ref().map(Bootstrap::from),
             counters: Counters {
                 causality_violations: c.causality_violations,
                 client_writes: c.client_writes,
@@ -429,6 +536,11 @@ impl From<&snapshot::Status> for Status {
                 remote_applied: c.remote_applied,
                 resyncs: c.resyncs,
                 send_queue_full: s.send_queue_full,
+                snapshot_chunks_received: c.snapshot_chunks_received,
+                snapshot_chunks_sent: c.snapshot_chunks_sent,
+                snapshot_keys_received: c.snapshot_keys_received,
+                snapshot_keys_skipped: c.snapshot_keys_skipped,
+                snapshots_installed: c.snapshots_installed,
                 writes_overloaded: c.writes_overloaded,
                 writes_paced: c.writes_paced,
                 writes_relayed: c.writes_relayed,
@@ -626,5 +738,69 @@ mod tests {
         );
         assert_eq!(human_bytes(512), "512 B");
         assert_eq!(human_bytes(1536), "1.5 KiB");
+    }
+
+    fn fetching(keys: u64, total_keys: u64) -> Bootstrap {
+        let core = leader_core::Bootstrap {
+            phase: leader_core::BootstrapPhase::Fetching,
+            after: None,
+            low: None,
+            high: conflict::VersionVector::new(),
+            keys,
+            bytes: keys * 64,
+            chunks: keys / 512,
+            total_keys,
+            source: Some("us-east".into()),
+            reason: "region 'us-east' no longer holds the writes of eu-west from 1 on".into(),
+            rounds: 0,
+            refused_by: Default::default(),
+            partial: false,
+        };
+        Bootstrap::from(&core)
+    }
+
+    /// `/v1/status`'s `bootstrap` object: every field the brief names, under these names.
+    #[test]
+    fn a_bootstrap_shows_phase_figures_source_and_reason() {
+        let json = serde_json::to_value(fetching(51_200, 100_000)).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "bytes": 3_276_800,
+                "chunks": 100,
+                "keys": 51_200,
+                "phase": "fetching",
+                "progress": "fetching from us-east: 51200 of about 100000 keys, 100 chunks",
+                "reason": "region 'us-east' no longer holds the writes of eu-west from 1 on",
+                "rounds": 0,
+                "source": "us-east",
+                "total_keys": 100_000,
+            })
+        );
+    }
+
+    #[test]
+    fn the_progress_bar_fills_with_the_keys_received() {
+        assert_eq!(
+            fetching(51_200, 100_000).bar(),
+            "bootstrapping from us-east [########........] 51% 51,200/100,000 keys"
+        );
+        assert_eq!(
+            fetching(0, 0).bar(),
+            "bootstrapping from us-east [................] 0% 0/0 keys"
+        );
+        // The total is the source's estimate: never past 99% before the last chunk.
+        assert_eq!(
+            fetching(1_200, 1_000).bar(),
+            "bootstrapping from us-east [###############.] 99% 1,200/1,200 keys"
+        );
+        let mut received = fetching(1_000, 1_000);
+        received.phase = "received".into();
+        assert_eq!(
+            received.bar(),
+            "bootstrapping from us-east [################] 100% 1,000 keys received, installing"
+        );
+        assert_eq!(thousands(1_234_567), "1,234,567");
+        assert_eq!(thousands(999), "999");
     }
 }

@@ -9,7 +9,9 @@ use clap::Args;
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use leader::api::{CONTEXT_HEADER, DURABILITY_HEADER, SESSION_HEADER, TIMEOUT_HEADER};
 use leader::config::Config;
-use leader::status::{Alarms, ConflictPage, LinkChange, LinkState, Links, MatrixEntry, Status};
+use leader::status::{
+    Alarms, Bootstrap, ConflictPage, LinkChange, LinkState, Links, MatrixEntry, Status,
+};
 use serde_json::Value as Json;
 
 /// Which region's API to talk to.
@@ -278,6 +280,15 @@ fn status_text(s: &Status) -> String {
         "region {} (replica {:#}), {} keys, hlc {}\n",
         s.region, s.replica, s.keys, s.hlc
     );
+    if let Some(b) = &s.bootstrap {
+        out.push_str(&format!(
+            "{}
+  serves no reads and takes no writes until then; {}
+",
+            b.bar(),
+            b.reason
+        ));
+    }
     let mut peers = table([
         "peer",
         "link",
@@ -356,6 +367,73 @@ fn alarm_lines(alarms: &Alarms) -> Vec<String> {
         )
     });
     skew.chain(mismatch).chain(snapshot).collect()
+}
+
+/// What `meridian run` prints about a snapshot bootstrap of its region, from one status a
+/// second: an alarm line when a transfer starts (or is found under way at start) and when the
+/// snapshot is installed, a progress bar line each time while chunks are fetched, and a line
+/// when the region serves again.
+#[derive(Debug, Default)]
+pub(crate) struct BootstrapWatch {
+    /// The transfer as last seen: (its source, its rounds).
+    seen: Option<(Option<String>, u32)>,
+    /// Snapshots installed as last seen.
+    installed: u64,
+}
+
+impl BootstrapWatch {
+    /// The lines for the status `s`, taken after the last call's.
+    pub(crate) fn lines(&mut self, s: &Status) -> Vec<String> {
+        let c = &s.counters;
+        self.lines_of(
+            &s.region,
+            s.bootstrap.as_ref(),
+            (c.snapshots_installed, c.snapshot_keys_received),
+        )
+    }
+
+    /// [`BootstrapWatch::lines`] of region `region`: its transfer, if any, how many snapshots
+    /// it installed and how many key states it received since it started. A bootstrap may
+    /// begin and end between two calls: the counters tell.
+    fn lines_of(
+        &mut self,
+        region: &str,
+        b: Option<&Bootstrap>,
+        (installed, keys_received): (u64, u64),
+    ) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(b) = b
+            && self
+                .seen
+                .as_ref()
+                .is_none_or(|(_, rounds)| *rounds != b.rounds)
+        {
+            out.push(format!(
+                "ALARM snapshot started: region {region} is being bootstrapped from {} ({}); it serves no reads and takes no writes until it has caught up",
+                b.source.as_deref().unwrap_or("a peer"),
+                b.reason
+            ));
+        }
+        let newly_installed = installed > self.installed;
+        if newly_installed {
+            let (keys, source) = b.map_or((keys_received, None), |b| (b.keys, b.source.clone()));
+            let from = source.map_or_else(String::new, |s| format!(" from {s}"));
+            out.push(format!(
+                "ALARM snapshot installed: {} keys{from}; catching up with the writes since",
+                leader::status::thousands(keys),
+            ));
+        }
+        match b {
+            Some(b) if b.phase == "fetching" => out.push(b.bar()),
+            None if self.seen.is_some() || newly_installed => out.push(format!(
+                "region {region} is bootstrapped: it serves reads and takes writes again"
+            )),
+            _ => {}
+        }
+        self.seen = b.map(|b| (b.source.clone(), b.rounds));
+        self.installed = installed;
+        out
+    }
 }
 
 /// GETs `url` of the region at `base` and decodes its JSON answer.
@@ -562,6 +640,60 @@ mod tests {
                 "ALARM needs snapshot: eu-west's log starts at write 9001 of us-east, and this \
                  region lacks writes from 12; it cannot catch up from eu-west (a snapshot is \
                  needed unless another region still holds them)",
+            ]
+        );
+    }
+
+    /// What `meridian run` prints, second by second, for a bootstrap: the alarm when it
+    /// starts, a bar while fetching, the alarm at the install, and the end.
+    #[test]
+    fn a_bootstrap_is_followed_line_by_line() {
+        let fetching = |keys| Bootstrap {
+            bytes: keys * 10,
+            chunks: keys / 100,
+            keys,
+            phase: "fetching".into(),
+            progress: String::new(),
+            reason: "region 'a' no longer holds the writes of c from 1 on".into(),
+            rounds: 0,
+            source: Some("a".into()),
+            total_keys: 2_000,
+        };
+        let mut watch = BootstrapWatch::default();
+        assert!(
+            watch.lines_of("c", None, (0, 0)).is_empty(),
+            "nothing to say"
+        );
+        assert_eq!(
+            watch.lines_of("c", Some(&fetching(0)), (0, 0)),
+            [
+                "ALARM snapshot started: region c is being bootstrapped from a (region 'a' no \
+                 longer holds the writes of c from 1 on); it serves no reads and takes no \
+                 writes until it has caught up",
+                "bootstrapping from a [................] 0% 0/2,000 keys",
+            ]
+        );
+        assert_eq!(
+            watch.lines_of("c", Some(&fetching(1_000)), (0, 1_000)),
+            ["bootstrapping from a [########........] 50% 1,000/2,000 keys"]
+        );
+        let mut caught_up = fetching(2_000);
+        caught_up.phase = "catching_up".into();
+        assert_eq!(
+            watch.lines_of("c", Some(&caught_up), (1, 2_000)),
+            ["ALARM snapshot installed: 2,000 keys from a; catching up with the writes since"]
+        );
+        assert_eq!(
+            watch.lines_of("c", None, (1, 2_000)),
+            ["region c is bootstrapped: it serves reads and takes writes again"]
+        );
+        assert!(watch.lines_of("c", None, (1, 2_000)).is_empty());
+        // A whole bootstrap between two looks: the counters tell.
+        assert_eq!(
+            watch.lines_of("c", None, (2, 2_240)),
+            [
+                "ALARM snapshot installed: 2,240 keys; catching up with the writes since",
+                "region c is bootstrapped: it serves reads and takes writes again",
             ]
         );
     }

@@ -223,6 +223,7 @@ async fn run(
             std::future::pending::<()>().await;
         }
     };
+    let watch = tokio::spawn(watch_bootstrap(node.handle()));
     let mut node = node;
     let reason = tokio::select! {
         r = shutdown_signal() => r?,
@@ -233,8 +234,26 @@ async fn run(
         }
     };
     eprintln!("meridian: region {region} stopping ({reason})");
+    watch.abort();
     node.shutdown().await?;
     Ok(())
+}
+
+/// Prints the lines of a snapshot bootstrap of this region ([`cli::BootstrapWatch`]) about
+/// once a second, until the node stops.
+async fn watch_bootstrap(node: leader::node::NodeHandle) {
+    let mut watch = cli::BootstrapWatch::default();
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Ok(status) = node.status().await else {
+            return; // stopped
+        };
+        for line in watch.lines(&leader::status::Status::from(&status)) {
+            eprintln!("meridian: {line}");
+        }
+    }
 }
 
 async fn shutdown_signal() -> Result<&'static str> {

@@ -276,6 +276,14 @@ fn behind(b: &Behind) -> ApiError {
     e
 }
 
+/// `503 bootstrapping`: this region is being bootstrapped from a snapshot and serves no reads
+/// and takes no writes until it has caught up; `progress` says where the transfer stands.
+fn bootstrapping(message: String, progress: &str) -> ApiError {
+    let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "bootstrapping", message);
+    e.extra = Some(json!({ "progress": progress }));
+    e
+}
+
 async fn write(
     s: AppState,
     table: String,
@@ -298,6 +306,9 @@ async fn write(
         Ok(w) => w,
         Err(RequestError::Behind(b)) => return Err(behind(&b)),
         Err(RequestError::Write(e)) => return Err(write_refused(e)),
+        Err(RequestError::Bootstrapping(b)) => {
+            return Err(bootstrapping(b.to_string(), &b.progress));
+        }
     };
     let receipt = &written.receipt;
     // Each token is encoded once, for the body and its header. The body is serialised from a
@@ -447,6 +458,9 @@ pub(super) async fn get_key(
     let (read, token) = match s.node.read_with(&table, key.as_bytes(), session).await? {
         Ok(r) => r,
         Err(RequestError::Behind(b)) => return Err(behind(&b)),
+        Err(RequestError::Bootstrapping(b)) => {
+            return Err(bootstrapping(b.to_string(), &b.progress));
+        }
         Err(RequestError::Write(e)) => {
             return Err(ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -521,6 +535,7 @@ fn write_refused(e: leader_core::WriteError) -> ApiError {
         E::Overloaded { .. } | E::Backlogged { .. } => return overloaded(&e),
         E::InvalidValue { .. } => (StatusCode::BAD_REQUEST, "invalid_value"),
         E::NotACounter { .. } => (StatusCode::BAD_REQUEST, "not_a_counter"),
+        E::Bootstrapping { progress } => return bootstrapping(e.to_string(), progress),
     };
     ApiError::new(status, code, e.to_string())
 }
@@ -568,7 +583,12 @@ pub(super) async fn list_keys(
         after: p.after.map(String::into_bytes),
         limit,
     };
-    let Some(listing) = s.node.scan(scan).await? else {
+    let listing = s
+        .node
+        .scan(scan)
+        .await?
+        .map_err(|b| bootstrapping(b.to_string(), &b.progress))?;
+    let Some(listing) = listing else {
         return Err(unknown_table(&table));
     };
     let keys: Vec<String> = listing

@@ -210,6 +210,13 @@ pub struct Limits {
     /// log is truncated past it and it then needs a snapshot. Status shows each peer's
     /// distance to the bound before that happens. See docs/design.md "Log truncation".
     pub log_retention_bytes: u64,
+    /// Bytes of key states in one snapshot chunk (default 1 MiB, from 4 KiB to a quarter of
+    /// `max_frame_bytes`): what a region being bootstrapped asks for at a time, and the most
+    /// a region serves at a time. Each chunk is one frame and one checkpoint at the receiver,
+    /// and one state always goes in a chunk, so a frame must hold a chunk plus the largest
+    /// state. Larger chunks: fewer round trips and checkpoints; smaller: less redone after
+    /// a crash. See docs/design.md "Snapshot bootstrap".
+    pub snapshot_chunk_bytes: usize,
 }
 
 impl Default for Limits {
@@ -229,6 +236,7 @@ impl Default for Limits {
             log_segment_bytes: 32 * 1024 * 1024,
             pace_lag_writes: 10_000,
             log_retention_bytes: 1 << 30,
+            snapshot_chunk_bytes: 1024 * 1024,
         }
     }
 }

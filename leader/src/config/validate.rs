@@ -182,6 +182,10 @@ pub(super) fn wide(n: usize) -> u64 {
     u64::try_from(n).unwrap_or(u64::MAX)
 }
 
+/// Smallest `[limits] snapshot_chunk_bytes`: below it a transfer is mostly round trips and
+/// checkpoints.
+const SNAPSHOT_CHUNK_BYTES_MIN: usize = 4096;
+
 pub(super) fn check_limits(l: &Limits) -> Result<(), Problem> {
     const MIB: u64 = 1024 * 1024;
     let bound = |key, value, min, max| Bound {
@@ -288,6 +292,25 @@ pub(super) fn check_limits(l: &Limits) -> Result<(), Problem> {
             "raise peer_window_bytes to at least max_frame_bytes, or the largest frame could \
              never be sent"
                 .to_owned(),
+        ));
+    }
+    if l.snapshot_chunk_bytes < SNAPSHOT_CHUNK_BYTES_MIN
+        || l.snapshot_chunk_bytes > l.max_frame_bytes / 4
+    {
+        return Err(Problem::invalid(
+            limits.key("snapshot_chunk_bytes"),
+            format!(
+                "{} is out of range: it must be at least {SNAPSHOT_CHUNK_BYTES_MIN} and at most a \
+                 quarter of max_frame_bytes ({})",
+                l.snapshot_chunk_bytes,
+                l.max_frame_bytes / 4
+            ),
+            format!(
+                "use a value from {SNAPSHOT_CHUNK_BYTES_MIN} to {} (1 MiB, the default, suits most \
+                 clusters), or raise max_frame_bytes: a snapshot chunk travels in one replication \
+                 frame together with one more key state",
+                l.max_frame_bytes / 4
+            ),
         ));
     }
     if l.replay_chunk_bytes < l.max_key_bytes + l.max_value_bytes {

@@ -14,8 +14,8 @@ use tracing::{debug, error, info, warn};
 use transport::{Mesh, MeshEvent};
 
 use super::{
-    Behind, Change, Command, Listing, NodeError, ReadResult, RequestError, SPLIT_BRAIN_SHOWN_FOR,
-    Status, Written, now,
+    Behind, Bootstrapping, Change, Command, Listing, NodeError, ReadResult, RequestError,
+    SPLIT_BRAIN_SHOWN_FOR, Status, Written, now,
 };
 use crate::metrics::Metrics;
 use crate::storage::{StorageError, Store};
@@ -74,6 +74,7 @@ pub(super) struct Parked {
 pub(super) enum Completion {
     Persisted(u64),
     PersistFailed(StorageError),
+    /// A log or snapshot read for a peer ([`Event::LogRead`], [`Event::SnapshotRead`]).
     LogRead(Event),
 }
 
@@ -308,6 +309,7 @@ impl Driver {
 
     /// Serves a command, or parks it while this region is behind its session token.
     fn command(&mut self, cmd: Command) -> Option<Event> {
+        let cmd = self.refuse_while_bootstrapping(cmd)?;
         let session = match &cmd {
             Command::Write { opts, .. } => opts.session.as_ref(),
             Command::Read { session, .. } => session.as_ref(),
@@ -332,7 +334,27 @@ impl Driver {
         self.serve(cmd)
     }
 
+    /// Answers a read or a listing with "bootstrapping" while this region is being
+    /// bootstrapped from a snapshot (its key states are partial, or behind what they will
+    /// reflect); hands every other command back. Writes go on: the state machine refuses them.
+    fn refuse_while_bootstrapping(&self, cmd: Command) -> Option<Command> {
+        let Some(b) = self.replica.bootstrap() else {
+            return Some(cmd);
+        };
+        let refusal = Bootstrapping {
+            region: self.replica.options().region.clone(),
+            progress: b.progress(),
+        };
+        match cmd {
+            Command::Read { reply, .. } => drop(reply.send(Err(refusal.into()))),
+            Command::Scan { reply, .. } => drop(reply.send(Err(refusal))),
+            other => return Some(other),
+        }
+        None
+    }
+
     fn serve(&mut self, cmd: Command) -> Option<Event> {
+        let cmd = self.refuse_while_bootstrapping(cmd)?;
         match cmd {
             Command::Write {
                 table,
@@ -424,7 +446,7 @@ impl Driver {
                     let (keys, more) = self.replica.scan(&scan.table, &scan.prefix, after, limit);
                     Listing { keys, more }
                 });
-                let _ = reply.send(listing);
+                let _ = reply.send(Ok(listing));
             }
         }
         None
@@ -492,6 +514,7 @@ impl Driver {
                 .map(|(r, s)| (self.replica.region_of(&r).unwrap_or("?").to_owned(), r, s.0))
                 .collect(),
             snapshot_needed: self.replica.snapshot_needed(),
+            bootstrap: self.replica.bootstrap().cloned(),
             max_clock_offset_ms: self.replica.options().max_clock_offset_ms,
             split_brain: self
                 .split_brain
@@ -561,6 +584,17 @@ impl Driver {
         })
     }
 
+    /// Runs a read for a peer's stream off the async workers (storage is synchronous) and
+    /// hands the event it makes back through the completions.
+    fn read_for_peer(&self, read: impl FnOnce(&Store) -> Event + Send + 'static) {
+        let store = Arc::clone(&self.store);
+        let tx = self.completions_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            // A closed channel means the driver has gone: nobody waits for the answer.
+            let _ = tx.blocking_send(Completion::LogRead(read(&store)));
+        });
+    }
+
     fn perform(&mut self, effect: Effect) {
         match effect {
             Effect::Persist(batch) => {
@@ -621,25 +655,39 @@ impl Driver {
                 from,
                 to,
                 max_bytes,
-            } => {
-                let store = Arc::clone(&self.store);
-                let tx = self.completions_tx.clone();
-                tokio::task::spawn_blocking(move || {
-                    let entries = match store.read_log(origin, from, to, max_bytes) {
-                        Ok(entries) => entries,
-                        Err(e) => {
-                            error!(%peer, "log read failed: {e}");
-                            Vec::new()
-                        }
-                    };
-                    let _ = tx.blocking_send(Completion::LogRead(Event::LogRead {
-                        peer,
-                        conn,
-                        origin,
-                        entries,
-                    }));
-                });
-            }
+            } => self.read_for_peer(move |store| {
+                let entries = store
+                    .read_log(origin, from, to, max_bytes)
+                    .unwrap_or_else(|e| {
+                        error!(%peer, "log read failed: {e}");
+                        Vec::new()
+                    });
+                Event::LogRead {
+                    peer,
+                    conn,
+                    origin,
+                    entries,
+                }
+            }),
+            Effect::ReadSnapshot {
+                peer,
+                conn,
+                request,
+                max_bytes,
+            } => self.read_for_peer(move |store| {
+                let result = store
+                    .read_snapshot(request.after.as_ref(), max_bytes)
+                    .map_err(|e| {
+                        error!(%peer, "snapshot read failed: {e}");
+                        e.to_string()
+                    });
+                Event::SnapshotRead {
+                    peer,
+                    conn,
+                    request,
+                    result,
+                }
+            }),
             Effect::Reply { id, result } => {
                 if let Some((session, reply)) = self.pending.remove(&id) {
                     let result = result.map_err(RequestError::from).map(|receipt| {

@@ -46,7 +46,7 @@ pub(crate) enum Command {
     },
     Scan {
         scan: Scan,
-        reply: oneshot::Sender<Option<Listing>>,
+        reply: oneshot::Sender<Result<Option<Listing>, Bootstrapping>>,
     },
 }
 
@@ -114,6 +114,24 @@ pub enum RequestError {
     /// This region had not caught up with the session token in time.
     #[error(transparent)]
     Behind(#[from] Behind),
+    /// This region is being bootstrapped from a snapshot and serves no reads (a refused
+    /// write comes back as [`WriteError::Bootstrapping`]).
+    #[error(transparent)]
+    Bootstrapping(#[from] Bootstrapping),
+}
+
+/// "This region is being bootstrapped from a snapshot": it serves no reads until it has the
+/// snapshot and has caught up with what it reflects (a read now could miss acknowledged
+/// writes). Clears on its own; the client retries later or reads at another region.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "region {region} is being bootstrapped from a snapshot ({progress}); it serves reads once that is done: retry later, or read at another region"
+)]
+pub struct Bootstrapping {
+    /// This region.
+    pub region: String,
+    /// Where the transfer stands ([`leader_core::Bootstrap::progress`]).
+    pub progress: String,
 }
 
 /// "This region is behind your session": what it lacks, so the client can retry or go
@@ -339,6 +357,8 @@ impl NodeHandle {
             Ok(w) => Ok(w.receipt),
             Err(RequestError::Write(e)) => Err(e),
             Err(RequestError::Behind(_)) => unreachable!("no session token was given"),
+            // The state machine refuses writes while bootstrapping: `WriteError::Bootstrapping`.
+            Err(RequestError::Bootstrapping(_)) => unreachable!("only reads are refused so"),
         })
     }
 
@@ -356,12 +376,17 @@ impl NodeHandle {
             .await
     }
 
-    /// Reads a key's state.
-    pub async fn read(&self, table: &str, key: &[u8]) -> Result<ReadResult, NodeError> {
-        match self.read_with(table, key, None).await? {
+    /// Reads a key's state (refused while this region is being bootstrapped).
+    pub async fn read(
+        &self,
+        table: &str,
+        key: &[u8],
+    ) -> Result<Result<ReadResult, Bootstrapping>, NodeError> {
+        Ok(match self.read_with(table, key, None).await? {
             Ok((r, _)) => Ok(r),
-            Err(_) => unreachable!("no session token was given"),
-        }
+            Err(RequestError::Bootstrapping(b)) => Err(b),
+            Err(_) => unreachable!("no session token was given and a read is no write"),
+        })
     }
 
     /// Reads a key's state once this region has applied everything `session` covers
@@ -398,10 +423,14 @@ impl NodeHandle {
     }
 
     /// One page of the keys of a table that read as present (`None`: the table is not
-    /// configured). Resume with `after` = the last key returned: see [`Replica::scan`].
+    /// configured; refused while this region is being bootstrapped). Resume with `after` =
+    /// the last key returned: see [`Replica::scan`].
     ///
     /// [`Replica::scan`]: leader_core::Replica::scan
-    pub async fn scan(&self, scan: Scan) -> Result<Option<Listing>, NodeError> {
+    pub async fn scan(
+        &self,
+        scan: Scan,
+    ) -> Result<Result<Option<Listing>, Bootstrapping>, NodeError> {
         self.ask(|reply| Command::Scan { scan, reply }).await
     }
 }

@@ -51,7 +51,8 @@ use crate::storage::{StorageError, Store, StoreLimits};
 pub use crate::snapshot::Status;
 use driver::Driver;
 pub use handle::{
-    Behind, Listing, NodeHandle, Pending, ReadResult, RequestError, Scan, WriteOptions, Written,
+    Behind, Bootstrapping, Listing, NodeHandle, Pending, ReadResult, RequestError, Scan,
+    WriteOptions, Written,
 };
 pub(crate) use handle::{Change, Command, LinkControl};
 use socket::ClosingSocket;
@@ -322,6 +323,7 @@ pub async fn start(
         log_tail_bytes: config.limits.log_tail_bytes,
         pace_lag_writes: config.limits.pace_lag_writes,
         log_retention_bytes: config.limits.log_retention_bytes,
+        snapshot_chunk_bytes: config.limits.snapshot_chunk_bytes,
     };
     let mut replica = Replica::new(opts, registry, opened.recovered)?;
     let replayed = store.replay(|chunk| replica.replay(chunk))?;

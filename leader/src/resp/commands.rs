@@ -94,8 +94,23 @@ async fn written(
         }
         Ok(Err(RequestError::Write(e))) => Err(write_error(&e)),
         Ok(Err(RequestError::Behind(b))) => Err(Reply::err(b)),
+        Ok(Err(RequestError::Bootstrapping(b))) => Err(loading(&b.progress)),
         Err(e) => Err(Reply::err(e)),
     }
+}
+
+/// Whether `reply` is [`loading`]'s.
+fn is_loading(reply: &Reply) -> bool {
+    matches!(reply, Reply::Error(e) if e.starts_with("LOADING "))
+}
+
+/// Redis's own answer while it loads its dataset (`-LOADING`, which clients know to retry),
+/// for a region being bootstrapped from a snapshot: it serves no reads and takes no writes
+/// until it has caught up. `progress` says where the transfer stands.
+pub(super) fn loading(progress: &str) -> Reply {
+    Reply::Error(format!(
+        "LOADING this region is being bootstrapped from a snapshot ({progress}); retry later, or use another region"
+    ))
 }
 
 /// Whether a command only submits writes (it needs no answer from earlier writes first).
@@ -172,6 +187,7 @@ fn write_error(e: &WriteError) -> Reply {
     match e {
         // The client may retry at once, or write at another region.
         WriteError::Overloaded { .. } => Reply::Error(format!("TRYAGAIN {e}")),
+        WriteError::Bootstrapping { progress } => loading(progress),
         other => Reply::err(other),
     }
 }
@@ -249,6 +265,8 @@ impl Connection {
                 let mut values = Vec::with_capacity(a.len());
                 for key in a {
                     values.push(match self.get(key).await {
+                        // A region being bootstrapped answers nothing it could miss.
+                        e if is_loading(&e) => return Step::Now(e),
                         // MGET answers nil for what GET refuses (Redis: for a non-string).
                         Reply::Error(_) => Reply::Null,
                         value => value,
@@ -275,7 +293,10 @@ impl Connection {
             "EXISTS" if !a.is_empty() => {
                 let mut n = 0;
                 for key in a {
-                    n += i64::from(self.live(key).await);
+                    match self.live(key).await {
+                        Ok(live) => n += i64::from(live),
+                        Err(e) => return Step::Now(e),
+                    }
                 }
                 Reply::Int(n)
             }
@@ -539,6 +560,7 @@ impl Connection {
         let session = self.seen.session.clone();
         let (found, token) = match self.node.read_with(&table, key, session).await {
             Ok(Ok(read)) => read,
+            Ok(Err(RequestError::Bootstrapping(b))) => return Err(loading(&b.progress)),
             Ok(Err(e)) => return Err(Reply::err(e)),
             Err(e) => return Err(Reply::err(e)),
         };
@@ -611,8 +633,9 @@ impl Connection {
             limit: count,
         };
         let listing = match self.node.scan(scan).await {
-            Ok(Some(l)) => l,
-            Ok(None) => return Reply::err(format!("table '{table}' is not configured here")),
+            Ok(Ok(Some(l))) => l,
+            Ok(Ok(None)) => return Reply::err(format!("table '{table}' is not configured here")),
+            Ok(Err(b)) => return loading(&b.progress),
             Err(e) => return Reply::err(e),
         };
         let next = match (listing.more, listing.keys.last()) {
@@ -643,8 +666,9 @@ impl Connection {
                 limit: DBSIZE_PAGE,
             };
             let listing = match self.node.scan(scan).await {
-                Ok(Some(l)) => l,
-                Ok(None) => return Reply::err("the selected table is not configured here"),
+                Ok(Ok(Some(l))) => l,
+                Ok(Ok(None)) => return Reply::err("the selected table is not configured here"),
+                Ok(Err(b)) => return loading(&b.progress),
                 Err(e) => return Reply::err(e),
             };
             count += listing.keys.len() as i64;
@@ -655,13 +679,16 @@ impl Connection {
         }
     }
 
-    /// Whether `key` of the selected table has a live value (or siblings).
-    async fn live(&mut self, key: &[u8]) -> bool {
+    /// Whether `key` of the selected table has a live value (or siblings); `-LOADING` while
+    /// this region is being bootstrapped (it cannot know).
+    async fn live(&mut self, key: &[u8]) -> Result<bool, Reply> {
         match self.read(key).await {
-            Ok((state, resolver, _)) => {
-                !matches!(state.resolve(resolver.as_ref()), Resolved::Absent)
-            }
-            Err(_) => false,
+            Ok((state, resolver, _)) => Ok(!matches!(
+                state.resolve(resolver.as_ref()),
+                Resolved::Absent
+            )),
+            Err(e @ Reply::Error(_)) if is_loading(&e) => Err(e),
+            Err(_) => Ok(false),
         }
     }
 
@@ -757,8 +784,10 @@ impl Connection {
             if let Err(e) = self.check(key, None) {
                 return Step::Now(e);
             }
-            if !self.live(key).await {
-                continue;
+            match self.live(key).await {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => return Step::Now(e),
             }
             match self
                 .node
@@ -786,7 +815,26 @@ fn command(a: &[Bytes]) -> Reply {
 
 #[cfg(test)]
 mod tests {
-    use super::glob;
+    use super::{Reply, WriteError, glob, is_loading, loading, write_error};
+
+    /// A region being bootstrapped answers reads and writes with Redis's own `-LOADING`, which
+    /// clients know to retry, carrying the transfer's progress.
+    #[test]
+    fn a_bootstrapping_region_answers_loading() {
+        let progress = "fetching from us-east: 512 of about 1024 keys, 3 chunks";
+        let expected = "LOADING this region is being bootstrapped from a snapshot (fetching from \
+                        us-east: 512 of about 1024 keys, 3 chunks); retry later, or use another \
+                        region";
+        assert!(matches!(loading(progress), Reply::Error(e) if e == expected));
+        let refused = WriteError::Bootstrapping {
+            progress: progress.to_owned(),
+        };
+        assert!(matches!(write_error(&refused), Reply::Error(e) if e == expected));
+        assert!(is_loading(&loading(progress)));
+        assert!(!is_loading(&Reply::err(
+            "LOADING is not the first word here"
+        )));
+    }
 
     #[test]
     fn glob_matches_as_redis_does() {

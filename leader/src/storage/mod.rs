@@ -54,7 +54,19 @@
 //! [`Store::read_writes`] reads them from the log for it, and the batch that carries their
 //! applied key states releases the records ([`PersistBatch::released`]).
 //!
-//! # Why one file of about 900 lines
+//! # Snapshots are served from the checkpoint
+//! [`Store::read_snapshot`] reads a peer's snapshot piece from one redb read transaction: the
+//! checkpoint's key states after a cursor with the `keys_applied` vector they reflect exactly
+//! (states kept back since are not included: they reflect no recorded vector). A region
+//! being bootstrapped records the transfer's progress ([`PersistBatch::bootstrap`]) as
+//! `bootstrap` in `meta` (postcard of [`Bootstrap`]) in the checkpoint's transaction that
+//! writes the chunk's states, so both survive a crash together ([`Recovered::bootstrap`]). The
+//! key is optional: a directory without it (every one written before snapshots existed) has
+//! no transfer under way, so the format version did not change. An install's jump of the
+//! applied vector ([`PersistBatch::installed`]) needs nothing here: the record's applied
+//! vector carries it and the log of each origin continues after it.
+//!
+//! # Why one file of about 1000 lines
 //! `Store` is one type whose open, recovery, commit, checkpoint, replay and read paths share
 //! its private state (the states kept back for the next checkpoint, the checkpoint's log
 //! positions, the redb tables and their encodings); the segmented log (`log`) and the
@@ -68,8 +80,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use conflict::{Dot, Hlc, KeyState, ReplicaId, Seq, VersionVector};
-use leader_core::{LogEntry, PersistBatch, Quarantined, Recovered};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use leader_core::msg::SlotKey;
+use leader_core::{Bootstrap, LogEntry, PersistBatch, Quarantined, Recovered, SnapshotPiece};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use log::{Pos, SegmentLog};
 
@@ -449,6 +462,9 @@ impl Store {
         if let Some(v) = get("hlc_high")? {
             rec.hlc_high = Hlc::from_u64(decode_u64(&v, dir)?);
         }
+        if let Some(v) = get("bootstrap")? {
+            rec.bootstrap = Some(decode(&v, "meta", dir)?);
+        }
         if let Some(v) = get("log_start")? {
             rec.log_start = VersionVector::from_bytes(&v).map_err(|e| StorageError::Corrupt {
                 dir: dir.clone(),
@@ -640,7 +656,10 @@ impl Store {
                 deferred.key_bytes -= old.estimated_bytes();
             }
         }
+        // A transfer's progress is only ever recorded with the states it joined (the core
+        // marks such a batch a checkpoint; this keeps the two together regardless).
         let checkpoint = batch.checkpoint
+            || batch.bootstrap.is_some()
             || deferred.keys.len() >= CHECKPOINT_KEYS
             || deferred.entries >= CHECKPOINT_ENTRIES
             || deferred.key_bytes >= self.limits.checkpoint_bytes
@@ -660,6 +679,7 @@ impl Store {
                 batch.hlc_high,
                 end,
                 &start,
+                batch.bootstrap.as_deref(),
             )?;
             *deferred = Deferred::default();
             // Recorded first, deleted after: a crash in between leaves files the next
@@ -674,7 +694,12 @@ impl Store {
     }
 
     /// Writes the kept-back key states and metadata to redb as of `end`, the log position
-    /// after the record whose batch carried `applied`.
+    /// after the record whose batch carried `applied`, and the snapshot transfer's progress
+    /// when the batch carries one (replacing the recorded one).
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one checkpoint's parts, named at the one call"
+    )]
     fn checkpoint(
         &self,
         deferred: &Deferred,
@@ -683,6 +708,7 @@ impl Store {
         hlc_high: Hlc,
         end: Pos,
         log_start: &VersionVector,
+        bootstrap: Option<&Bootstrap>,
     ) -> Result<(), StorageError> {
         let dir = &self.dir;
         let txn = self.db.begin_write().map_err(|e| engine(dir, e))?;
@@ -743,8 +769,70 @@ impl Store {
             for (key, value) in values {
                 meta.insert(key, value).map_err(|e| engine(dir, e))?;
             }
+            if let Some(progress) = bootstrap {
+                meta.insert("bootstrap", encode(progress).as_slice())
+                    .map_err(|e| engine(dir, e))?;
+            }
         }
         txn.commit().map_err(|e| engine(dir, e))
+    }
+
+    /// A peer's snapshot piece from the last checkpoint, in one read transaction: the key
+    /// states strictly after `after` in (table, key) order, each adding its table, key and
+    /// [`KeyState::estimated_bytes`] to a sum that stops the read once it reaches `max_bytes`
+    /// (so at least one state when any follows), with the applied vector they reflect
+    /// (`keys_applied`), whether any key follows, and how many keys the checkpoint holds.
+    pub fn read_snapshot(
+        &self,
+        after: Option<&SlotKey>,
+        max_bytes: usize,
+    ) -> Result<SnapshotPiece, StorageError> {
+        use std::ops::Bound;
+        let dir = &self.dir;
+        let txn = self.db.begin_read().map_err(|e| engine(dir, e))?;
+        let applied = match open_read(&txn, META, dir)? {
+            Some(meta) => match meta.get("keys_applied").map_err(|e| engine(dir, e))? {
+                Some(v) => {
+                    VersionVector::from_bytes(v.value()).map_err(|e| StorageError::Corrupt {
+                        dir: dir.clone(),
+                        table: "meta",
+                        detail: format!("keys_applied: {e}"),
+                    })?
+                }
+                None => VersionVector::new(),
+            },
+            None => VersionVector::new(),
+        };
+        let mut piece = SnapshotPiece {
+            applied,
+            states: Vec::new(),
+            done: true,
+            total_keys: 0,
+        };
+        let Some(keys) = open_read(&txn, KEYS, dir)? else {
+            return Ok(piece);
+        };
+        piece.total_keys = keys.len().map_err(|e| engine(dir, e))?;
+        let start = match after {
+            Some((table, key)) => Bound::Excluded((table.as_str(), key.as_slice())),
+            None => Bound::Unbounded,
+        };
+        let mut range = keys
+            .range::<(&str, &[u8])>((start, Bound::Unbounded))
+            .map_err(|e| engine(dir, e))?;
+        let mut used = 0;
+        for item in range.by_ref() {
+            let (k, v) = item.map_err(|e| engine(dir, e))?;
+            let (table, key) = k.value();
+            let state: KeyState = decode(v.value(), "keys", dir)?;
+            used += table.len() + key.len() + state.estimated_bytes();
+            piece.states.push((table.to_owned(), key.to_vec(), state));
+            if used >= max_bytes {
+                break;
+            }
+        }
+        piece.done = range.next().is_none();
+        Ok(piece)
     }
 
     /// Reads `origin`'s log from `from` to `to` inclusive, stopping after about `max_bytes`

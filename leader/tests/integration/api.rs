@@ -522,6 +522,16 @@ async fn metrics_count_writes_and_fsyncs() {
     );
     assert_eq!(sample("meridian_log_segments"), 1);
     assert_eq!(sample("meridian_needs_snapshot"), 0);
+    // Snapshot bootstrap (issue 13, item 3): none under way, none served or installed.
+    assert_eq!(sample("meridian_bootstrapping"), 0);
+    assert_eq!(sample("meridian_bootstrap_keys_received"), 0);
+    assert_eq!(sample("meridian_bootstrap_keys_total"), 0);
+    assert_eq!(sample("meridian_snapshot_chunks_sent_total"), 0);
+    assert_eq!(sample("meridian_snapshots_installed_total"), 0);
+    for kind in ["snapshot_started", "snapshot_installed"] {
+        let line = format!(r#"meridian_alarms_total{{region="solo",kind="{kind}"}} 0"#);
+        assert!(text.contains(&line), "no {line} in:\n{text}");
+    }
     assert!(text.ends_with("# EOF\n"));
     s.stop().await;
 }
@@ -571,6 +581,12 @@ async fn status_shows_the_region_its_writes_and_no_peers() {
         serde_json::json!([{ "region": "solo", "replica": w["dot"]["replica"], "seq": 2 }])
     );
     assert_eq!(st["alarms"]["needs_snapshot"], serde_json::json!([]));
+    assert_eq!(
+        st["bootstrap"],
+        Json::Null,
+        "no snapshot bootstrap under way"
+    );
+    assert_eq!(st["counters"]["snapshots_installed"], 0);
     // The document is `leader::status::Status`, field for field, both ways.
     let typed: leader::status::Status = serde_json::from_value(st.clone()).unwrap();
     assert_eq!(serde_json::to_value(&typed).unwrap(), st);

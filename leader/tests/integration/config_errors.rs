@@ -473,6 +473,53 @@ fn memory_bounds_are_bytes_in_range_and_a_replay_chunk_holds_the_largest_write()
     );
 }
 
+/// Issue 13, item 3: `snapshot_chunk_bytes` defaults to 1 MiB and lies between 4 KiB and a
+/// quarter of the frame limit (a chunk travels in one frame with one more key state); the
+/// error names the key, the range and the way out.
+#[test]
+fn snapshot_chunks_fit_a_quarter_of_a_frame() {
+    let with = |limits: &str| {
+        BASE.replace(
+            "tls_dir = \"certs\"\n",
+            &format!("tls_dir = \"certs\"\n[limits]\n{limits}\n"),
+        )
+    };
+    assert_eq!(parse(BASE).unwrap().limits.snapshot_chunk_bytes, 1 << 20);
+    let config = parse(&with("snapshot_chunk_bytes = 4096")).unwrap();
+    assert_eq!(config.limits.snapshot_chunk_bytes, 4096);
+    let config = parse(&with("snapshot_chunk_bytes = 2097152")).unwrap();
+    assert_eq!(
+        config.limits.snapshot_chunk_bytes,
+        2 << 20,
+        "a quarter of 8 MiB"
+    );
+    let err = parse(&with("snapshot_chunk_bytes = 4095")).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "/etc/meridian/regions.toml:4:24: limits.snapshot_chunk_bytes: 4095 is out of range: it \
+         must be at least 4096 and at most a quarter of max_frame_bytes (2097152). use a value \
+         from 4096 to 2097152 (1 MiB, the default, suits most clusters), or raise \
+         max_frame_bytes: a snapshot chunk travels in one replication frame together with one \
+         more key state"
+    );
+    let err = parse(&with("snapshot_chunk_bytes = 2097153")).unwrap_err();
+    assert_eq!(err.key, "limits.snapshot_chunk_bytes");
+    // The default is too large for a small frame limit: the error says so.
+    let err = parse(&with(
+        "max_frame_bytes = 2097152
+max_value_bytes = 65536
+max_request_body_bytes = 262144
+replay_chunk_bytes = 1048576",
+    ))
+    .unwrap_err();
+    assert_eq!(err.key, "limits.snapshot_chunk_bytes");
+    assert!(
+        err.to_string()
+            .contains("1048576 is out of range: it must be at least 4096 and at most a quarter of max_frame_bytes (524288)"),
+        "{err}"
+    );
+}
+
 #[test]
 fn timeouts_must_be_consistent() {
     let text = BASE.replace(

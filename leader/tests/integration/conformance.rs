@@ -10,8 +10,12 @@ use std::collections::BTreeMap;
 
 use conflict::{Dot, Registry, ReplicaId, Seq};
 use leader::storage::{CHECKPOINT_ENTRIES, CHECKPOINT_KEYS, Store, StoreLimits};
+use leader_core::msg::SlotKey;
 use leader_core::testkit::{self, Cluster, Disk, DiskLimits, read_log};
-use leader_core::{Event, LogEntry, Options, PersistBatch, Recovered, Replica};
+use leader_core::{
+    Bootstrap, BootstrapPhase, Event, LogEntry, Options, PersistBatch, Recovered, Replica,
+    SnapshotPiece,
+};
 
 /// What the suite asks of a store: commit batches, serve log reads, and after a crash recover
 /// what a start recovers.
@@ -31,6 +35,8 @@ trait Storage {
     fn replay(&self, apply: &mut dyn FnMut(Vec<LogEntry>)) -> u64;
     /// The logged writes `dots`, in chunks; returns how many.
     fn read_writes(&self, dots: &[Dot], apply: &mut dyn FnMut(Vec<LogEntry>)) -> u64;
+    /// The checkpoint's key states after `after`, by the snapshot budget rule.
+    fn read_snapshot(&self, after: Option<&SlotKey>, max_bytes: usize) -> SnapshotPiece;
 }
 
 /// The bounds both stores take.
@@ -92,6 +98,10 @@ impl Storage for Production {
     fn read_writes(&self, dots: &[Dot], apply: &mut dyn FnMut(Vec<LogEntry>)) -> u64 {
         self.store().read_writes(dots, apply).unwrap()
     }
+
+    fn read_snapshot(&self, after: Option<&SlotKey>, max_bytes: usize) -> SnapshotPiece {
+        self.store().read_snapshot(after, max_bytes).unwrap()
+    }
 }
 
 /// The test kit's model of it.
@@ -132,6 +142,10 @@ impl Storage for Model {
     fn read_writes(&self, dots: &[Dot], apply: &mut dyn FnMut(Vec<LogEntry>)) -> u64 {
         self.disk.read_writes(dots, apply)
     }
+
+    fn read_snapshot(&self, after: Option<&SlotKey>, max_bytes: usize) -> SnapshotPiece {
+        self.disk.read_snapshot(after, max_bytes)
+    }
 }
 
 /// Runs each behaviour against both stores.
@@ -159,6 +173,8 @@ conformance!(
     checkpoints_fall_due_by_bytes,
     log_reads_follow_the_budget_rule,
     a_reopened_store_takes_more_commits,
+    snapshot_reads_serve_the_checkpoint_after_a_cursor,
+    a_checkpoint_records_the_bootstrap_progress,
 );
 
 fn options(region: &str, replica: ReplicaId) -> Options {
@@ -183,6 +199,8 @@ struct Rig<S> {
     keys: BTreeMap<(String, Vec<u8>), conflict::KeyState>,
     /// Mark every `n`th batch of `a` as a checkpoint (0: never).
     checkpoint_every: u64,
+    /// A snapshot transfer's progress that every checkpoint batch carries (`None`: none).
+    progress: Option<Bootstrap>,
     batches: u64,
     writes: u64,
 }
@@ -203,6 +221,7 @@ impl<S: Storage> Rig<S> {
             log: BTreeMap::new(),
             keys: BTreeMap::new(),
             checkpoint_every: 0,
+            progress: None,
             batches: 0,
             writes: 0,
         };
@@ -229,6 +248,9 @@ impl<S: Storage> Rig<S> {
             self.batches += 1;
             if self.checkpoint_every > 0 && self.batches.is_multiple_of(self.checkpoint_every) {
                 batch.checkpoint = true;
+            }
+            if batch.checkpoint {
+                batch.bootstrap = self.progress.clone().map(Box::new);
             }
             self.storage.commit(&batch);
             for e in &batch.log {
@@ -489,6 +511,143 @@ fn a_reopened_store_takes_more_commits<S: Storage>() {
         seqs,
         (first..=applied.get(a).0).collect::<Vec<_>>(),
         "one log, no gap"
+    );
+}
+
+/// `keys` read by the snapshot budget rule: the states strictly after `after`, each adding
+/// its table, key and estimated bytes, until the sum reaches `max_bytes` (so at least one).
+fn snapshot_rule(
+    keys: &BTreeMap<(String, Vec<u8>), conflict::KeyState>,
+    after: Option<&SlotKey>,
+    max_bytes: usize,
+) -> (Vec<(String, Vec<u8>, conflict::KeyState)>, bool) {
+    let mut out = Vec::new();
+    let mut used = 0;
+    let mut rest = keys.iter().filter(|(k, _)| after.is_none_or(|a| *k > a));
+    for ((t, k), s) in rest.by_ref() {
+        used += t.len() + k.len() + s.estimated_bytes();
+        out.push((t.clone(), k.clone(), s.clone()));
+        if used >= max_bytes {
+            break;
+        }
+    }
+    (out, rest.next().is_none())
+}
+
+/// A snapshot read serves the last checkpoint: exactly its key states after the cursor, by
+/// the budget rule, with the applied vector they reflect, `done` on the last piece only and
+/// the checkpoint's key count. States kept back since are not served until a checkpoint
+/// writes them.
+fn snapshot_reads_serve_the_checkpoint_after_a_cursor<S: Storage>() {
+    let mut rig = Rig::<S>::new(Bounds {
+        checkpoint_bytes: 64 * 1024 * 1024,
+        replay_chunk_bytes: 1024,
+    });
+    let empty = rig.storage.read_snapshot(None, 1000);
+    assert_eq!(
+        (empty.states.len(), empty.done, empty.total_keys),
+        (0, true, 0),
+        "an empty store serves an empty, complete snapshot"
+    );
+    rig.checkpoint_every = 1;
+    rig.write(12);
+    let checkpoint = rig.keys.clone();
+    let applied = rig.a().applied().clone();
+    // Kept back: new states of the same keys and new keys, none of them served yet.
+    rig.checkpoint_every = 0;
+    for _ in 0..3 {
+        for key in ["a1", "a2", "new"] {
+            rig.cluster.write("a", "default", key, Some("kept back"));
+        }
+        rig.settle();
+    }
+    assert_ne!(rig.keys, checkpoint, "states were kept back");
+    for budget in [0, 1, 150, 700, usize::MAX] {
+        let mut after: Option<SlotKey> = None;
+        let mut served = BTreeMap::new();
+        loop {
+            let piece = rig.storage.read_snapshot(after.as_ref(), budget);
+            let (want, done) = snapshot_rule(&checkpoint, after.as_ref(), budget);
+            assert_eq!(piece.states, want, "after {after:?} within {budget} bytes");
+            assert_eq!(piece.done, done, "after {after:?} within {budget} bytes");
+            assert_eq!(piece.applied, applied, "the vector the checkpoint reflects");
+            assert_eq!(piece.total_keys, checkpoint.len() as u64);
+            assert!(
+                !piece.states.is_empty(),
+                "at least one state while any follows"
+            );
+            for (t, k, state) in piece.states {
+                after = Some((t.clone(), k.clone()));
+                served.insert((t, k), state);
+            }
+            if piece.done {
+                break;
+            }
+        }
+        assert_eq!(
+            served, checkpoint,
+            "every checkpointed state, once, in order"
+        );
+    }
+    let last = checkpoint.keys().last().cloned();
+    let past = rig.storage.read_snapshot(last.as_ref(), 1);
+    assert!(
+        past.states.is_empty() && past.done,
+        "nothing after the last key"
+    );
+    // A checkpoint writes the kept-back states: now they are served.
+    rig.checkpoint_every = 1;
+    rig.write(1);
+    let piece = rig.storage.read_snapshot(None, usize::MAX);
+    let served: BTreeMap<_, _> = piece
+        .states
+        .into_iter()
+        .map(|(t, k, s)| ((t, k), s))
+        .collect();
+    assert_eq!(served, rig.keys);
+    assert_eq!(piece.applied, *rig.a().applied());
+}
+
+/// A snapshot transfer's progress for the tests: `keys` received from b.
+fn progress(keys: u64) -> Bootstrap {
+    Bootstrap {
+        phase: BootstrapPhase::Fetching,
+        after: Some(("default".into(), format!("k{keys}").into_bytes())),
+        low: None,
+        high: conflict::VersionVector::new(),
+        keys,
+        bytes: keys * 100,
+        chunks: keys / 10,
+        total_keys: 1000,
+        source: Some("b".into()),
+        reason: "b no longer holds the writes of a".into(),
+        rounds: 0,
+        refused_by: Default::default(),
+        partial: false,
+    }
+}
+
+/// The progress a checkpoint records is what the next open recovers; a later checkpoint with
+/// none leaves it, one with another replaces it. A fresh store recovers none.
+fn a_checkpoint_records_the_bootstrap_progress<S: Storage>() {
+    let mut rig = Rig::<S>::new(Bounds {
+        checkpoint_bytes: 64 * 1024 * 1024,
+        replay_chunk_bytes: 1024,
+    });
+    assert_eq!(rig.storage.reopen().bootstrap, None);
+    rig.checkpoint_every = 1;
+    rig.progress = Some(progress(10));
+    rig.write(2);
+    assert_eq!(rig.storage.reopen().bootstrap, Some(progress(10)));
+    rig.progress = Some(progress(20));
+    rig.write(2);
+    assert_eq!(rig.storage.reopen().bootstrap, Some(progress(20)));
+    rig.progress = None;
+    rig.write(2);
+    assert_eq!(
+        rig.storage.reopen().bootstrap,
+        Some(progress(20)),
+        "a checkpoint without progress leaves the recorded one"
     );
 }
 

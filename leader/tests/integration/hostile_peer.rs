@@ -420,6 +420,7 @@ async fn attack() {
         .handle("a")
         .read("default", b"forged")
         .await
+        .unwrap()
         .unwrap();
     match forged {
         leader::ReadResult::Found { state, .. } => {

@@ -85,6 +85,8 @@ fn a_restart_recovers_exactly_what_was_persisted() {
         peer_acked: vec![("eu-west".into(), acked.clone())],
         checkpoint: true,
         truncate: VersionVector::new(),
+        installed: VersionVector::new(),
+        bootstrap: None,
     };
     opened.store.persist(batch.clone()).unwrap();
     assert_eq!(opened.store.commits(), 1, "one batch, one commit");
@@ -338,6 +340,7 @@ fn machine(opened: &Opened, tables: &[(&str, &str)]) -> Replica {
         log_tail_bytes: 1 << 16,
         pace_lag_writes: 0,
         log_retention_bytes: u64::MAX,
+        snapshot_chunk_bytes: 64 * 1024,
     };
     let mut replica =
         Replica::new(opts, &Registry::with_builtins(), opened.recovered.clone()).unwrap();

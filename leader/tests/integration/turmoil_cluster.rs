@@ -254,7 +254,8 @@ async fn recover(
 }
 
 async fn read_state(handle: &NodeHandle, key: &str) -> Result<KeyState, NodeError> {
-    match handle.read(TABLE, key.as_bytes()).await? {
+    let read = handle.read(TABLE, key.as_bytes()).await?;
+    match read.unwrap_or_else(|e| panic!("no region is bootstrapped here: {e}")) {
         ReadResult::Found { state, .. } => Ok(state),
         ReadResult::UnknownTable => panic!("table {TABLE} is configured"),
     }

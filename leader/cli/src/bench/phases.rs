@@ -916,6 +916,7 @@ mod tests {
         Status {
             alarms: Alarms::default(),
             applied: Vec::new(),
+            bootstrap: None,
             counters,
             held_back: BTreeMap::new(),
             hlc: String::new(),

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use leader::status::{LinkChange, Links, Status};
+use leader::status::{Digest, LinkChange, Links, Status};
 use meridian::launch::{Launcher, RegionProcess, Stopped, stop_all};
 use tempfile::TempDir;
 
@@ -371,6 +371,28 @@ impl Cluster {
         expect_link_state(resp, &r.name, p, true).await;
     }
 
+    /// Adds `latency_ms` of one-way latency to what region `i` sends to region `peer`
+    /// (`PUT /v1/admin/links/{peer}`). Needs [`Cluster::start_simulated`].
+    pub(crate) async fn delay_link(
+        &self,
+        client: &reqwest::Client,
+        i: usize,
+        peer: usize,
+        latency_ms: u64,
+    ) {
+        let (r, p) = (&self.regions[i], &self.regions[peer].name);
+        let change = LinkChange {
+            latency_ms: Some(latency_ms),
+            ..LinkChange::default()
+        };
+        let resp = client
+            .put(format!("{}/v1/admin/links/{p}", r.api))
+            .json(&change)
+            .send()
+            .await;
+        expect_link_state(resp, &r.name, p, false).await;
+    }
+
     /// Heals what [`Cluster::block_link`] cut, at region `i`'s socket
     /// (`DELETE /v1/admin/links/{peer}`).
     pub(crate) async fn heal_link(&self, client: &reqwest::Client, i: usize, peer: usize) {
@@ -602,8 +624,21 @@ fn start_child(launcher: &Launcher, region: &str, log: &Path) -> RegionProcess {
 
 /// `GET /v1/status` of the region at `api`.
 pub(crate) async fn status(client: &reqwest::Client, api: &str) -> Result<Status, reqwest::Error> {
+    get_json(client, &format!("{api}/v1/status")).await
+}
+
+/// `GET /v1/status/digest` of the region at `api`.
+pub(crate) async fn digest(client: &reqwest::Client, api: &str) -> Result<Digest, reqwest::Error> {
+    get_json(client, &format!("{api}/v1/status/digest")).await
+}
+
+/// A JSON document of a region's API.
+async fn get_json<T: serde::de::DeserializeOwned>(
+    client: &reqwest::Client,
+    url: &str,
+) -> Result<T, reqwest::Error> {
     client
-        .get(format!("{api}/v1/status"))
+        .get(url)
         .send()
         .await?
         .error_for_status()?
@@ -654,6 +689,33 @@ impl Cluster {
                 Instant::now() < deadline,
                 "no convergence within {CONVERGENCE_BOUND:?}: applied vectors {vectors:#?}, \
                  acknowledged up to {expected:#?}"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+impl Cluster {
+    /// Waits until every region answers the same digest and applied vector
+    /// (`GET /v1/status/digest`), failing the test after [`CONVERGENCE_BOUND`].
+    pub(crate) async fn wait_same_digests(&self, client: &reqwest::Client) {
+        let deadline = Instant::now() + CONVERGENCE_BOUND;
+        loop {
+            let mut digests = Vec::new();
+            for r in &self.regions {
+                digests.push(digest(client, &r.api).await.map(|d| (d.digest, d.applied)));
+            }
+            let same = digests.windows(2).all(|w| match (&w[0], &w[1]) {
+                (Ok(x), Ok(y)) => x == y,
+                _ => false,
+            });
+            if same && digests.iter().all(Result::is_ok) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no common digest within {CONVERGENCE_BOUND:?}: {digests:#?}\n{}",
+                self.log_tails()
             );
             tokio::time::sleep(POLL).await;
         }

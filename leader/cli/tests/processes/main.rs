@@ -6,6 +6,7 @@ mod harness;
 mod load;
 
 mod bench_cli;
+mod bootstrap;
 mod chaos;
 mod cli_session;
 mod memory;

@@ -308,12 +308,13 @@ impl Cluster {
 
     /// A builder for one region, `solo`, with small limits, so the limit errors are cheap to
     /// reach: keys of 64 bytes, values of 1 KiB, request bodies of 4 KiB, frames and peer
-    /// windows of 64 KiB.
+    /// windows of 64 KiB (snapshot chunks of 16 KiB, a quarter of a frame).
     pub(crate) fn solo() -> ClusterBuilder {
         Cluster::builder(&[SOLO])
             .limit("max_key_bytes", 64)
             .limit("max_value_bytes", 1024)
             .limit("max_frame_bytes", 65536)
+            .limit("snapshot_chunk_bytes", 16384)
             .limit("max_request_body_bytes", 4096)
             .limit("peer_window_bytes", 65536)
     }
@@ -442,6 +443,7 @@ impl Cluster {
             .handle(region)
             .read(table, key.as_bytes())
             .await
+            .unwrap_or_else(|e| panic!("{region}: read {table}/{key}: {e}"))
             .unwrap_or_else(|e| panic!("{region}: read {table}/{key}: {e}"));
         match result {
             ReadResult::Found {
