@@ -755,6 +755,7 @@ mod tests {
             rounds: 0,
             refused_by: Default::default(),
             partial: false,
+            collected: conflict::VersionVector::new(),
         };
         Bootstrap::from(&core)
     }

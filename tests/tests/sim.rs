@@ -563,9 +563,9 @@ fn snapshot_seed_46_regions_bootstrapping_from_each_other_finish() {
 
 /// Was `liveness`: regions catching up from each other's partial snapshots all waited for
 /// writes only the origin had, and ignored its "needs snapshot" while their sources were up.
-/// Now the origin's own answer, or any answer after a partial chunk, starts a new round.
+/// Now any answer after a partial chunk starts a new round.
 #[test]
-fn snapshot_seed_135_the_origin_s_answer_starts_a_new_round() {
+fn snapshot_seed_135_answers_after_a_partial_chunk_start_a_new_round() {
     snapshot_seed(135);
 }
 

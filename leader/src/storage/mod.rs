@@ -465,6 +465,13 @@ impl Store {
         if let Some(v) = get("bootstrap")? {
             rec.bootstrap = Some(decode(&v, "meta", dir)?);
         }
+        if let Some(v) = get("collected")? {
+            rec.collected = VersionVector::from_bytes(&v).map_err(|e| StorageError::Corrupt {
+                dir: dir.clone(),
+                table: "meta",
+                detail: format!("collected: {e}"),
+            })?;
+        }
         if let Some(v) = get("log_start")? {
             rec.log_start = VersionVector::from_bytes(&v).map_err(|e| StorageError::Corrupt {
                 dir: dir.clone(),
@@ -680,6 +687,7 @@ impl Store {
                 end,
                 &start,
                 batch.bootstrap.as_deref(),
+                &batch.collected,
             )?;
             *deferred = Deferred::default();
             // Recorded first, deleted after: a crash in between leaves files the next
@@ -709,6 +717,7 @@ impl Store {
         end: Pos,
         log_start: &VersionVector,
         bootstrap: Option<&Bootstrap>,
+        collected: &VersionVector,
     ) -> Result<(), StorageError> {
         let dir = &self.dir;
         let txn = self.db.begin_write().map_err(|e| engine(dir, e))?;
@@ -773,6 +782,9 @@ impl Store {
                 meta.insert("bootstrap", encode(progress).as_slice())
                     .map_err(|e| engine(dir, e))?;
             }
+            // Tombstone collection's floor, with the key states it dropped.
+            meta.insert("collected", collected.to_bytes().as_slice())
+                .map_err(|e| engine(dir, e))?;
         }
         txn.commit().map_err(|e| engine(dir, e))
     }

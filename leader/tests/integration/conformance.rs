@@ -624,6 +624,7 @@ fn progress(keys: u64) -> Bootstrap {
         rounds: 0,
         refused_by: Default::default(),
         partial: false,
+        collected: conflict::VersionVector::new(),
     }
 }
 

@@ -87,6 +87,7 @@ fn a_restart_recovers_exactly_what_was_persisted() {
         truncate: VersionVector::new(),
         installed: VersionVector::new(),
         bootstrap: None,
+        collected: VersionVector::new(),
     };
     opened.store.persist(batch.clone()).unwrap();
     assert_eq!(opened.store.commits(), 1, "one batch, one commit");

@@ -174,10 +174,13 @@ impl Replica {
         }
         // What the receiver has so far reflects a vector this log no longer continues from:
         // catching up after installing it would be impossible, so the transfer starts over.
-        let restart = req
-            .low
-            .as_ref()
-            .is_some_and(|low| !low.dominates(&self.truncated));
+        let restart = req.low.as_ref().is_some_and(|low| {
+            // What the receiver will have once it installs: `low`, and what it applied
+            // meanwhile from the streams of origins whose logs still serve it.
+            let mut will_have = self.known_applied(name, &self.peers[name]);
+            will_have.join(low);
+            !will_have.dominates(&self.truncated)
+        });
         if restart {
             req.after = None;
             req.low = None;
@@ -333,11 +336,9 @@ impl Replica {
                 .source
                 .as_deref()
                 .is_some_and(|s| self.peers.get(s).is_some_and(|p| p.is_connected()));
-            // The origin itself no longer holds the writes: a source that is catching up
-            // too may be waiting for the very same ones (regions bootstrapped from each
-            // other), so the next round is taken from the origin.
-            let from_origin = self.peers.get(name).and_then(|p| p.replica) == Some(n.origin);
-            if source_up && b.source.as_deref() != Some(name) && !from_origin && !b.partial {
+            // A source that was itself being bootstrapped may wait for the very writes we
+            // lack (regions bootstrapped from each other): then any answer starts a round.
+            if source_up && b.source.as_deref() != Some(name) && !b.partial {
                 return;
             }
         }
