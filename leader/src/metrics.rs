@@ -284,6 +284,18 @@ impl Metrics {
             "Snapshots installed here",
             c.snapshots_installed,
         );
+        counter(
+            &mut reg,
+            "tombstones_collected",
+            "Deletes dropped from their keys once every region had them (causal stability)",
+            c.tombstones_collected,
+        );
+        counter(
+            &mut reg,
+            "keys_collected",
+            "Keys dropped whole by tombstone collection (nothing left in them)",
+            c.keys_collected,
+        );
         let alarms: Family<Vec<(String, String)>, Counter> = Family::default();
         for (kind, n) in self.alarms() {
             let labels = vec![region[0].clone(), ("kind".to_owned(), kind.to_owned())];

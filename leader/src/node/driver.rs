@@ -462,7 +462,10 @@ impl Driver {
             return (ReadResult::UnknownTable, session.unwrap_or_default());
         };
         // The newest durable state: never waits for a commit (see Replica::read).
-        let state = self.replica.read(table, key).cloned().unwrap_or_default();
+        let mut state = self.replica.read(table, key).cloned().unwrap_or_default();
+        // The context a client writes back: the key's, joined with the collected floor that
+        // stands for the writes of keys whose tombstones were collected here.
+        state.context = self.replica.read_context(Some(&state));
         let token = session_after(session.as_ref(), &state.context, self.replica.received());
         let regions = state
             .siblings

@@ -20,6 +20,7 @@ mod resp;
 // Clusters over real QUIC on loopback.
 mod catchup;
 mod cluster;
+mod collection;
 mod consistency;
 mod hostile_peer;
 mod resp_meridian;

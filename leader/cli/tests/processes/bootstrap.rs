@@ -9,8 +9,8 @@
 //!    reads meanwhile: `503 bootstrapping`), installs it, catches up, and then holds every
 //!    write that was acknowledged as surviving the loss of c (`quorum`, `all`, or `one` at a
 //!    or b) — its value or a later one — with the same digest as a and b. The writers idle
-//!    during the transfer: with writes going on, the transfer never finishes (an open core
-//!    finding, kept as the `#[ignore]`d [`a_region_that_lost_its_disk_bootstraps_under_load`]).
+//!    during the transfer; [`a_region_that_lost_its_disk_bootstraps_under_load`] is the same
+//!    with the writers going on throughout.
 //! 2. [`a_snapshot_transfer_resumes_after_the_receiver_is_killed`]: c is killed again halfway
 //!    through a transfer (several seconds long: 20 ms of latency towards it) and started on
 //!    the same directory: the transfer goes on from the last chunk recorded, not from the
@@ -254,23 +254,17 @@ async fn wait_acks(acks: &Arc<Mutex<Vec<Ack>>>, n: usize, bound: Duration) {
     }
 }
 
-/// Writes before and after the transfer, none during it (see
-/// [`a_region_that_lost_its_disk_bootstraps_under_load`] for why).
+/// Writes before and after the transfer, none during it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_region_that_lost_its_disk_bootstraps_between_loads() {
     disk_loss(true).await;
 }
 
-/// Open finding (core): with writes going on at the sources during the transfer, the first
-/// round completes and installs, a second round starts, and from then on every round gets a
-/// chunk or two and starts over, for ever: c's status shows `rounds` in the thousands and
-/// `chunks` 1 or 2. Seen from outside: during those rounds c applies the live stream (its
-/// applied vector follows a's and b's), the sources' log starts follow c's applied vector,
-/// and the round's `low` (the sources' last checkpoint vector) falls behind the log start
-/// within a chunk or two, so the source answers with a restart. Without writes during the
-/// transfer it completes (the test above).
+/// With the writers going on at every region during the transfer. This found a core bug:
+/// every round started over after a chunk or two, for ever, because the source compared the
+/// receiver's `low` alone with its log start while the receiver kept applying the live
+/// streams (now it compares what the receiver will have once it installs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "open core finding: a snapshot transfer under sustained writes starts over every chunk or two"]
 async fn a_region_that_lost_its_disk_bootstraps_under_load() {
     disk_loss(false).await;
 }
@@ -337,7 +331,15 @@ async fn disk_loss(pause_during_transfer: bool) {
         served.replica, old_replica,
         "c came back with a new replica id"
     );
-    assert_eq!(served.counters.snapshots_installed, 1);
+    // Under load a second round may follow the first: a region whose own log was truncated
+    // past c (c being away) answers "needs snapshot" once c's source stops streaming it
+    // that region's writes; the second round installs at its vector, and it streams from
+    // there.
+    assert!(
+        (1..=2).contains(&served.counters.snapshots_installed),
+        "{:?}",
+        served.counters
+    );
     assert!(
         served.counters.snapshot_chunks_received > 1,
         "{:?}",
