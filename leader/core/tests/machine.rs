@@ -2008,6 +2008,17 @@ fn rebuilt_c(keys: usize, chunk_bytes: usize, peers: &[&str]) -> (World, Replica
     (w, rebuilt)
 }
 
+/// Delivers frames one by one until `c` has received `n` snapshot chunks.
+fn deliver_until_chunks(w: &mut World, n: u64) {
+    for _ in 0..10_000 {
+        if w.nodes["c"].replica.counters().snapshot_chunks_received >= n {
+            return;
+        }
+        w.deliver_one();
+    }
+    panic!("c received fewer than {n} chunks");
+}
+
 /// A region rebuilt on an empty disk comes back with a new replica id and nothing applied:
 /// once the others have truncated (every region had the writes), it cannot catch up from
 /// their logs. It is told it needs a snapshot (never streamed a run from the middle of the
@@ -2079,12 +2090,7 @@ fn a_region_rebuilt_on_an_empty_disk_after_truncation_bootstraps_from_a_snapshot
 #[test]
 fn a_region_being_bootstrapped_takes_no_writes_and_serves_with_its_upper_bound() {
     let (mut w, _) = rebuilt_c(12, 100, &["a"]);
-    let mut steps = 0;
-    while w.nodes["c"].replica.counters().snapshot_chunks_received < 1 {
-        w.deliver_one();
-        steps += 1;
-        assert!(steps < 10_000, "chunks arrive");
-    }
+    deliver_until_chunks(&mut w, 1);
     w.auto_sync = false;
     assert!(w.nodes["c"].replica.bootstrap().is_some());
     let id = w.write("c", "default", "x", Some("refused"));
@@ -2149,12 +2155,7 @@ fn a_region_being_bootstrapped_takes_no_writes_and_serves_with_its_upper_bound()
 fn a_snapshot_transfer_resumes_after_the_receiver_crashes() {
     let (mut w, rebuilt) = rebuilt_c(30, 100, &["a"]);
     // Let a few chunks arrive and persist, then crash c.
-    let mut steps = 0;
-    while w.nodes["c"].replica.counters().snapshot_chunks_received < 4 {
-        w.deliver_one();
-        steps += 1;
-        assert!(steps < 10_000, "chunks arrive");
-    }
+    deliver_until_chunks(&mut w, 4);
     let recorded = w.nodes["c"]
         .disk
         .bootstrap
@@ -2207,12 +2208,7 @@ fn a_snapshot_transfer_resumes_after_the_receiver_crashes() {
 #[test]
 fn a_snapshot_transfer_continues_from_another_region_when_the_link_is_cut() {
     let (mut w, _) = rebuilt_c(30, 100, &["a", "b"]);
-    let mut steps = 0;
-    while w.nodes["c"].replica.counters().snapshot_chunks_received < 3 {
-        w.deliver_one();
-        steps += 1;
-        assert!(steps < 10_000, "chunks arrive");
-    }
+    deliver_until_chunks(&mut w, 3);
     let source = w.nodes["c"]
         .replica
         .bootstrap()
@@ -2259,12 +2255,7 @@ fn a_snapshot_transfer_continues_from_another_region_when_the_link_is_cut() {
 #[test]
 fn the_source_keeps_its_log_for_a_region_fetching_a_snapshot() {
     let (mut w, _) = rebuilt_c(30, 100, &["a"]);
-    let mut steps = 0;
-    while w.nodes["c"].replica.counters().snapshot_chunks_received < 2 {
-        w.deliver_one();
-        steps += 1;
-        assert!(steps < 10_000, "chunks arrive");
-    }
+    deliver_until_chunks(&mut w, 2);
     let a = w.nodes["a"].id;
     let start = w.nodes["a"].replica.log_start().get(a);
     // a and b write on while c fetches; both have everything, yet a keeps its log for c.

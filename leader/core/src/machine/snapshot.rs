@@ -629,13 +629,7 @@ impl Replica {
             self.held_dots.remove(dot);
         }
         for (o, s) in low.iter() {
-            let held = self
-                .held_dots
-                .range(Dot::new(o, Seq::ZERO)..)
-                .next()
-                .filter(|d| d.replica == o)
-                .map_or(s, |d| Seq(d.seq.0 - 1));
-            let s = s.min(held);
+            let s = self.below_held(o, s);
             if s > self.truncated.get(o) {
                 self.truncated.add_dot(&Dot::new(o, s));
             }

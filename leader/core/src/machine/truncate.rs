@@ -147,13 +147,7 @@ impl Replica {
         }
         let mut moved = false;
         for (o, s) in floor {
-            let held = self
-                .held_dots
-                .range(Dot::new(o, Seq::ZERO)..)
-                .next()
-                .filter(|d| d.replica == o)
-                .map_or(s, |d| Seq(d.seq.0 - 1));
-            let s = s.min(held);
+            let s = self.below_held(o, s);
             if s > self.truncated.get(o) {
                 self.truncated.add_dot(&Dot::new(o, s));
                 moved = true;
@@ -256,6 +250,16 @@ impl Replica {
             .filter(|((_, o), s)| self.received.get(*o).next() < s.log_start)
             .map(|((peer, _), s)| (peer.clone(), s.clone()))
             .collect()
+    }
+
+    /// `s`, or less if a write of `origin` up to it is held back in quarantine: the log is
+    /// kept from the first one (a later start applies it from there).
+    pub(super) fn below_held(&self, origin: ReplicaId, s: Seq) -> Seq {
+        self.held_dots
+            .range(Dot::new(origin, Seq::ZERO)..)
+            .next()
+            .filter(|d| d.replica == origin)
+            .map_or(s, |d| s.min(Seq(d.seq.0 - 1)))
     }
 
     /// The first held-back write of each origin pins the log from there.
