@@ -444,6 +444,13 @@ impl Replica {
             // A write this region applied and no longer holds was superseded here, or its
             // key collected (then no context here says so): the chunk does not bring it back.
             let ours = self.keys.get(&slot);
+            // The join may drop siblings of ours that the chunk's writes superseded (or that
+            // its sender collected): later writes here must still be stamped above them (the
+            // per-key causality rule), so the clock is raised to them first.
+            if let Some(top) = ours.and_then(|o| o.siblings.iter().map(|s| s.hlc).max()) {
+                self.clock.raise_to(top);
+            }
+            let ours = self.keys.get(&slot);
             let received = &self.received;
             state.siblings.retain(|s| {
                 !received.covers(&s.dot)
@@ -511,15 +518,29 @@ impl Replica {
             .map(|(t, k, _)| (t.as_str(), k.as_slice()))
             .collect();
         let mut changed = Vec::new();
+        let mut dropped_top = None;
         for (slot, state) in self.keys.range_mut((lower, upper)) {
             if in_chunk.contains(&(slot.0.as_str(), slot.1.as_slice())) {
                 continue;
             }
             let before = state.siblings.len();
+            if let Some(top) = state
+                .siblings
+                .iter()
+                .filter(|s| c.applied.covers(&s.dot))
+                .map(|s| s.hlc)
+                .max()
+            {
+                dropped_top = dropped_top.max(Some(top));
+            }
             state.siblings.retain(|s| !c.applied.covers(&s.dot));
             if state.siblings.len() != before {
                 changed.push(slot.clone());
             }
+        }
+        // Later writes here must still be stamped above what went (the per-key rule).
+        if let Some(top) = dropped_top {
+            self.clock.raise_to(top);
         }
         for slot in changed {
             self.note_tombstone(&slot);
