@@ -608,8 +608,11 @@ fn snapshot_seed_1321_a_join_raises_the_clock_to_what_it_drops() {
     snapshot_seed(1321);
 }
 
-/// Open (2 seeds of 0..1500 with the snapshot faults on): `convergence`, both with disk
-/// losses and crashes mid-transfer; not yet diagnosed. Why the snapshot faults stay off by
+/// Open (2 seeds of 0..1500 with the snapshot faults on): `convergence`, both the documented
+/// limit (docs/design.md, "Snapshot bootstrap", Limits): a region's key holds a write of an
+/// origin beyond every region's applied vector (seed 925: `a8495c25:111` with every region
+/// at 108; seed 1390: `b626af7c:128` with every region at 106), reflected by the chunks of a
+/// source that then lost its disk, the only other copy. Why the snapshot faults stay off by
 /// default in `fuzz`.
 #[test]
 #[ignore = "open finding: convergence with disk losses and snapshots"]
