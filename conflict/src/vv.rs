@@ -112,6 +112,19 @@ impl VersionVector {
         }
     }
 
+    /// The pointwise minimum (an entry missing from either is 0): what both have seen.
+    #[must_use]
+    pub fn meet(&self, other: &VersionVector) -> VersionVector {
+        let mut m = VersionVector::new();
+        for &(replica, seq) in &self.0 {
+            let seq = seq.min(other.get(replica));
+            if seq > Seq::ZERO {
+                m.add_dot(&Dot::new(replica, seq));
+            }
+        }
+        m
+    }
+
     /// Whether `self` has seen everything `other` has (pointwise `>=`; equal vectors
     /// dominate each other).
     pub fn dominates(&self, other: &VersionVector) -> bool {
@@ -424,6 +437,21 @@ mod tests {
                 prop_assert_eq!(v.to_bytes(), bytes.clone());
             }
             let _ = postcard::from_bytes::<VersionVector>(&bytes);
+        }
+
+        #[test]
+        fn meet_is_the_greatest_lower_bound(a in arb_vv(), b in arb_vv(), c in arb_vv()) {
+            let m = a.meet(&b);
+            prop_assert_eq!(&m, &b.meet(&a));
+            prop_assert!(a.dominates(&m) && b.dominates(&m));
+            prop_assert_eq!(a.meet(&b).meet(&c), a.meet(&b.meet(&c)));
+            prop_assert_eq!(a.meet(&a), a.clone());
+            // Absorption: a lower bound of both is below the meet.
+            let low = m.meet(&c);
+            prop_assert!(m.dominates(&low));
+            let mut j = a.clone();
+            j.join(&b);
+            prop_assert_eq!(a.meet(&j), a.clone());
         }
 
         #[test]

@@ -584,24 +584,10 @@ impl World {
 
     /// The writes every live region has applied: what tombstone collection may have dropped.
     fn stable_everywhere(&self, live: &[usize]) -> conflict::VersionVector {
-        let mut stable: Option<conflict::VersionVector> = None;
-        for &r in live {
-            let applied = self.regions[r].machine().expect("live").applied().clone();
-            stable = Some(match stable {
-                None => applied,
-                Some(s) => {
-                    let mut m = conflict::VersionVector::new();
-                    for (o, q) in s.iter() {
-                        let q = q.min(applied.get(o));
-                        if q > Seq::ZERO {
-                            m.add_dot(&Dot::new(o, q));
-                        }
-                    }
-                    m
-                }
-            });
-        }
-        stable.unwrap_or_default()
+        live.iter()
+            .map(|&r| self.regions[r].machine().expect("live").applied().clone())
+            .reduce(|s, applied| s.meet(&applied))
+            .unwrap_or_default()
     }
 
     /// Region `r`'s key states with every tombstone `stable` covers set aside, keys left with

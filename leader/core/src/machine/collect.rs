@@ -18,18 +18,6 @@ use crate::limits::{COLLECT_INTERVAL_MS, COLLECT_KEYS_PER_PASS};
 /// Keys that hold a tombstone sibling: the only ones collection looks at.
 pub(super) type Candidates = BTreeSet<(String, Vec<u8>)>;
 
-/// Component-wise minimum of two vectors (an origin missing from either is 0).
-pub(super) fn meet(a: &VersionVector, b: &VersionVector) -> VersionVector {
-    let mut m = VersionVector::new();
-    for (o, s) in a.iter() {
-        let s = s.min(b.get(o));
-        if s > conflict::Seq::ZERO {
-            m.add_dot(&conflict::Dot::new(o, s));
-        }
-    }
-    m
-}
-
 impl Replica {
     /// A key may now hold a tombstone sibling (a delete applied, replayed or installed):
     /// it becomes a candidate for collection.
@@ -50,7 +38,7 @@ impl Replica {
             if known.is_empty() {
                 return None;
             }
-            low = meet(&low, &known);
+            low = low.meet(&known);
             high.join(&known);
             current.extend(p.replica);
         }
@@ -65,7 +53,7 @@ impl Replica {
     /// The stable vector to collect under, or `None` when nothing may be collected now:
     /// some region's vector is unknown, or a write concurrent with a delete may still be on
     /// its way here (`durable` does not cover the join).
-    pub fn collection_floor(&self) -> Option<VersionVector> {
+    fn collection_floor(&self) -> Option<VersionVector> {
         if self.bootstrap.is_some() {
             return None;
         }
@@ -77,31 +65,6 @@ impl Replica {
             self.stability()?
         };
         self.durable.dominates(&everything).then_some(stable)
-    }
-
-    /// Candidate keys a pass would change now (0 when nothing is collectable under what this
-    /// region knows): the simulator waits for this to reach 0 before comparing regions.
-    pub fn collectable(&self) -> usize {
-        let Some(stable) = self.collection_floor() else {
-            return 0;
-        };
-        self.tombstones
-            .iter()
-            .filter(|slot| !self.stable.contains_key(*slot))
-            .filter_map(|slot| self.keys.get(slot))
-            .filter(|state| plan(state, &stable) != (0, false))
-            .count()
-    }
-
-    /// Keys holding a tombstone, or nothing: what collection has left to do. Once every
-    /// region has every write and knows it (acks and heartbeats carry it) and the wall clock
-    /// has passed the deletes' stamps, this reaches 0 everywhere, unless a region is away or
-    /// bootstrapping; the simulator waits for it before comparing regions.
-    pub fn tombstones_held(&self) -> usize {
-        self.tombstones
-            .iter()
-            .filter(|slot| self.keys.get(*slot).is_some_and(holds_nothing_live))
-            .count()
     }
 
     /// One pass of collection, at most every [`COLLECT_INTERVAL_MS`] while candidates exist.

@@ -25,7 +25,7 @@
 //! between cannot leave an applied vector on disk that claims states the disk lacks.
 
 use conflict::limits::{MAX_KEY_BYTES, MAX_TABLE_NAME_BYTES};
-use conflict::{Dot, Seq, VersionVector};
+use conflict::{Dot, VersionVector};
 use serde::{Deserialize, Serialize};
 
 use super::{Alarm, ConnId, Effect, Replica, SnapshotPiece, Time, WriteError};
@@ -138,18 +138,6 @@ impl Bootstrap {
 /// a vector installed with them would overflow the next sequence number of their origin.
 const SEQ_UNREACHABLE: u64 = 1 << 63;
 
-/// Component-wise minimum of two vectors (an origin missing from either is 0).
-fn meet(a: &VersionVector, b: &VersionVector) -> VersionVector {
-    let mut m = VersionVector::new();
-    for (o, s) in a.iter() {
-        let s = s.min(b.get(o));
-        if s > Seq::ZERO {
-            m.add_dot(&Dot::new(o, s));
-        }
-    }
-    m
-}
-
 impl Replica {
     // ---- serving -------------------------------------------------------------------------
 
@@ -242,7 +230,7 @@ impl Replica {
             return;
         }
         let pin = match &request.low {
-            Some(low) => meet(low, &piece.applied),
+            Some(low) => low.meet(&piece.applied),
             None => piece.applied.clone(),
         };
         peer.snapshot_pin = Some((pin, self.durable.clone()));
@@ -478,7 +466,7 @@ impl Replica {
             b.new_round(name, reason);
         }
         b.low = Some(match &b.low {
-            Some(low) => meet(low, &c.applied),
+            Some(low) => low.meet(&c.applied),
             None => c.applied.clone(),
         });
         b.high.join(&c.applied);
@@ -661,7 +649,7 @@ impl Replica {
             }
         }
         // What the senders collected and the install covers is seen here too.
-        let collected = meet(&b_collected, &low);
+        let collected = b_collected.meet(&low);
         self.collected.join(&collected);
         self.staged.installed = Some(low);
         self.staged.bootstrap = true;
