@@ -30,6 +30,8 @@
 //! - `receive`: batches in: gaps and `Resync`, validation, applying replicated writes.
 //! - `stream`: batches out: the log tail, the send window, catch-up, relays.
 //! - `matrix`: heartbeats, lag and the lag matrix.
+//! - `repair`: key states learned from other regions (snapshots, quorum reads, anti-entropy)
+//!   joined into this region's.
 //! - `resolvers`: which regions' writes of a table may be applied here; quarantine.
 //! - `alarms`: clock skew, causality violations, reused dots.
 
@@ -41,6 +43,7 @@ mod matrix;
 mod peer;
 mod persist;
 mod receive;
+mod repair;
 mod resolvers;
 mod snapshot;
 mod stream;

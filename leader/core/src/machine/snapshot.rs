@@ -419,37 +419,16 @@ impl Replica {
         let end = super::events::piece_end(&c.after, &c.states);
         self.forget_what_the_chunk_dropped(&c, end.as_ref());
         let (mut keys, mut bytes) = (0u64, 0u64);
-        for (table, key, mut state) in c.states {
-            let Some(r) = self.resolvers.get(&table) else {
+        for (table, key, state) in c.states {
+            if !self.resolvers.contains_key(&table) {
                 // A table not configured here: nothing here could read it. Add the table to
                 // every region before bootstrapping one (docs/design.md).
                 self.counters.snapshot_keys_skipped += 1;
                 continue;
-            };
+            }
             keys += 1;
             bytes += state.estimated_bytes() as u64;
-            let slot = (table, key);
-            // A write this region applied and no longer holds was superseded here, or its
-            // key collected (then no context here says so): the chunk does not bring it back.
-            let ours = self.keys.get(&slot);
-            // The join may drop siblings of ours that the chunk's writes superseded (or that
-            // its sender collected): later writes here must still be stamped above them (the
-            // per-key causality rule), so the clock is raised to them first.
-            if let Some(top) = ours.and_then(|o| o.siblings.iter().map(|s| s.hlc).max()) {
-                self.clock.raise_to(top);
-            }
-            let ours = self.keys.get(&slot);
-            let received = &self.received;
-            state.siblings.retain(|s| {
-                !received.covers(&s.dot)
-                    || ours.is_some_and(|o| o.siblings.iter().any(|x| x.dot == s.dot))
-            });
-            self.keys
-                .entry(slot.clone())
-                .or_default()
-                .join(&state, r.as_ref());
-            self.note_tombstone(&slot);
-            self.staged.keys.insert(slot);
+            self.join_state((table, key), state);
         }
         for (r, region) in c.replicas {
             if let std::collections::btree_map::Entry::Vacant(slot) = self.replicas.entry(r) {
