@@ -74,6 +74,66 @@ impl FromStr for Durability {
     }
 }
 
+/// How many regions a read consults (`read=` beside `durability=`): the read half of the
+/// Dynamo rule. A read at level R after a write acknowledged at durability W sees that write
+/// whenever R + W > N (N regions): every set of R regions meets every set of W regions.
+/// `quorum` with `quorum` always does, wherever each request was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
+pub enum ReadLevel {
+    /// This region's own newest durable state of the key (no round trip).
+    #[default]
+    One,
+    /// A majority of all regions, counting this one: their states of the key, joined.
+    Quorum,
+    /// Every region.
+    All,
+}
+
+impl ReadLevel {
+    /// How many *other* regions must answer, in a cluster of `regions` regions: as many as a
+    /// write at the same level waits for ([`Durability::peers_needed`]).
+    pub fn peers_needed(self, regions: usize) -> usize {
+        match self {
+            ReadLevel::One => 0,
+            ReadLevel::Quorum => Durability::Quorum.peers_needed(regions),
+            ReadLevel::All => Durability::All.peers_needed(regions),
+        }
+    }
+
+    /// The name used in query parameters and config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReadLevel::One => "one",
+            ReadLevel::Quorum => "quorum",
+            ReadLevel::All => "all",
+        }
+    }
+}
+
+impl fmt::Display for ReadLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A read level name that is not one of `one`, `quorum`, `all`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown read level '{0}'; use one of: one, quorum, all")]
+pub struct UnknownReadLevel(pub String);
+
+impl FromStr for ReadLevel {
+    type Err = UnknownReadLevel;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "one" => Ok(ReadLevel::One),
+            "quorum" => Ok(ReadLevel::Quorum),
+            "all" => Ok(ReadLevel::All),
+            other => Err(UnknownReadLevel(other.to_owned())),
+        }
+    }
+}
+
 /// One region's row of the lag matrix, as it travels in heartbeats: what it has applied, and
 /// how far each of its peers lags behind *its own* writes, measured on *its own* clock.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -41,13 +41,15 @@ pub mod msg;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
-pub use consistency::{Durability, MatrixCell, MatrixRow, PeerLag, UnknownDurability};
+pub use consistency::{
+    Durability, MatrixCell, MatrixRow, PeerLag, ReadLevel, UnknownDurability, UnknownReadLevel,
+};
 pub use machine::{
     Alarm, Bootstrap, BootstrapPhase, BuildError, ConflictRecord, ConnId, Counters, Effect, Event,
-    MAX_PACED_WRITES, Options, PeerView, PersistBatch, Quarantined, Recovered, Replica, RequestId,
-    SnapshotPiece, Time, WriteError, WriteReceipt, resolver_accepts,
+    MAX_PACED_WRITES, Options, PeerView, PersistBatch, Quarantined, ReadAnswer, ReadError,
+    Recovered, Replica, RequestId, SnapshotPiece, Time, WriteError, WriteReceipt, resolver_accepts,
 };
 pub use msg::{
-    Batch, Hello, LogEntry, NeedsSnapshot, PROTOCOL_VERSION, PeerMsg, SnapshotChunk,
-    SnapshotRequest,
+    Batch, Hello, LogEntry, NeedsSnapshot, PROTOCOL_VERSION, PeerMsg, ReadRepair, ReadReply,
+    ReadRequest, SnapshotChunk, SnapshotRequest,
 };

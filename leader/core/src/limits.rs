@@ -24,6 +24,11 @@ pub const MAX_UNANSWERED_WRITES: usize = 65_536;
 /// ([`crate::Event::CancelWait`]).
 pub const MAX_CLIENT_WAITS: usize = 16_384;
 
+/// Reads above level `one` ([`crate::Event::ClientRead`]) waiting for other regions' answers
+/// at once; one more is refused at once ([`crate::ReadError::Overloaded`]). Each holds a key
+/// and the answers so far, a few KB at most.
+pub const MAX_QUORUM_READS: usize = 16_384;
+
 /// First retry delay after a failed log read ([`crate::Alarm::LogReadFailed`]).
 pub const LOG_READ_RETRY_MIN_MS: u64 = 100;
 

@@ -41,6 +41,14 @@ pub enum PeerMsg {
     /// The sender cannot serve a snapshot now (it is bootstrapping itself, or its storage
     /// failed): ask another region.
     SnapshotUnavailable(SnapshotUnavailable),
+    /// "Send me your state of this key": a quorum read at the sender (docs/design.md,
+    /// "Quorum reads").
+    ReadRequest(ReadRequest),
+    /// The answer to a [`ReadRequest`].
+    ReadReply(ReadReply),
+    /// "Here is a key's state as a quorum read joined it; yours lacked some of it": read
+    /// repair, ahead of normal streaming.
+    ReadRepair(ReadRepair),
 }
 
 /// Sent first by both sides of a connection: who I am and what I already have.
@@ -213,4 +221,41 @@ pub struct SnapshotChunk {
 pub struct SnapshotUnavailable {
     /// Why, and what the receiver does about it.
     pub reason: String,
+}
+
+/// Asks for the sender's state of one key, for a quorum read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReadRequest {
+    /// The read, echoed in the reply.
+    pub id: u64,
+    /// The table.
+    pub table: String,
+    /// The key.
+    pub key: Vec<u8>,
+}
+
+/// The sender's state of the key a [`ReadRequest`] named: its newest durable state, as a
+/// local read there would see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReadReply {
+    /// The request's `id`.
+    pub id: u64,
+    /// The key's state there; `None` when it holds nothing for the key.
+    pub state: Option<KeyState>,
+    /// Set when the sender cannot answer for the key (it is being bootstrapped, or does not
+    /// know the table): the reason, for the operator. The read does not count it.
+    pub refused: Option<String>,
+}
+
+/// A key's state joined from the answers of a quorum read, sent to the regions whose answer
+/// lacked part of it. The receiver joins it into its own (rule 1 of
+/// `conflict::KeyState::apply` makes the log's later delivery of the same writes a no-op).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReadRepair {
+    /// The table.
+    pub table: String,
+    /// The key.
+    pub key: Vec<u8>,
+    /// The joined state.
+    pub state: KeyState,
 }

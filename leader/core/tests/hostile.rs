@@ -1472,3 +1472,90 @@ fn malformed_snapshot_chunks_close_the_connection_and_install_nothing() {
     );
     assert_eq!(rig.node.replica.keys().count(), 2);
 }
+
+/// Hostile quorum-read traffic: a request for an oversized key, a reply or a repair whose
+/// state claims writes of `a` it never made (or has a sibling its context does not cover)
+/// close the connection and join nothing; an answer nobody asked for is ignored; a
+/// well-formed repair is joined.
+#[test]
+fn hostile_quorum_read_messages_close_the_connection_and_join_nothing() {
+    use leader_core::{ReadLevel, ReadRepair, ReadReply, ReadRequest};
+    let mut rig = Rig::new();
+    let state = |origin: ReplicaId, seq: u64| {
+        let mut s = KeyState::new();
+        s.apply(
+            &write(
+                origin,
+                seq,
+                VersionVector::new(),
+                Value::Bytes(b"v".to_vec()),
+            ),
+            &conflict::Lww,
+        );
+        s
+    };
+    rig.frame(PeerMsg::ReadRequest(ReadRequest {
+        id: 1,
+        table: "default".into(),
+        key: vec![b'k'; conflict::limits::MAX_KEY_BYTES + 1],
+    }));
+    assert!(rig.closed().iter().any(|r| r.contains("read request")));
+    rig.reconnect();
+    // An answer to a read never asked: ignored.
+    rig.frame(PeerMsg::ReadReply(ReadReply {
+        id: 77,
+        state: Some(state(B, 1)),
+        refused: None,
+    }));
+    assert!(rig.closed().is_empty());
+    assert!(rig.node.replica.keys().next().is_none());
+    // A read a asks of b, answered with a state claiming a's own writes.
+    rig.step(Event::ClientRead {
+        id: 5,
+        table: "default".into(),
+        key: b"k".to_vec(),
+        level: ReadLevel::Quorum,
+        timeout_ms: 100,
+    });
+    let asked = rig
+        .sent_to_b()
+        .iter()
+        .find_map(|m| match m {
+            PeerMsg::ReadRequest(r) => Some(r.id),
+            _ => None,
+        })
+        .expect("a asks b");
+    rig.frame(PeerMsg::ReadReply(ReadReply {
+        id: asked,
+        state: Some(state(A, 9)),
+        refused: None,
+    }));
+    assert!(rig.closed().iter().any(|r| r.contains("never made")));
+    assert!(rig.node.replica.keys().next().is_none(), "nothing joined");
+    rig.reconnect();
+    let mut uncovered = state(B, 2);
+    uncovered.context = VersionVector::new();
+    let bad_repairs = [state(A, 3), state(B, u64::MAX), uncovered];
+    for s in bad_repairs {
+        rig.frame(PeerMsg::ReadRepair(ReadRepair {
+            table: "default".into(),
+            key: b"k".to_vec(),
+            state: s,
+        }));
+        assert!(rig.closed().iter().any(|r| r.contains("read repair")));
+        assert!(rig.node.replica.keys().next().is_none(), "nothing joined");
+        rig.reconnect();
+    }
+    rig.frame(PeerMsg::ReadRepair(ReadRepair {
+        table: "default".into(),
+        key: b"k".to_vec(),
+        state: state(B, 2),
+    }));
+    assert!(rig.closed().is_empty());
+    assert_eq!(
+        rig.node.replica.keys().count(),
+        1,
+        "a well-formed repair joins"
+    );
+    assert_eq!(rig.node.replica.counters().read_repairs_applied, 1);
+}

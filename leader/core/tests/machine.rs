@@ -13,7 +13,8 @@ use std::collections::VecDeque;
 use conflict::{Dot, Registry, ReplicaId, Resolved, Seq, Value};
 use leader_core::testkit::{self, Cluster};
 use leader_core::{
-    Alarm, Durability, Effect, Event, Options, PeerMsg, Recovered, Replica, Time, WriteError,
+    Alarm, Durability, Effect, Event, Options, PeerMsg, ReadError, ReadLevel, Recovered, Replica,
+    Time, WriteError,
 };
 
 const REGIONS: [&str; 3] = ["a", "b", "c"];
@@ -2423,4 +2424,176 @@ fn a_write_with_a_context_read_before_a_collected_delete_converges() {
         assert_eq!(w.read(r, "mv", "k"), bytes("v2"), "{r}");
     }
     assert_eq!(w.digests().len(), 1, "converged");
+}
+
+/// The value a quorum read's answer resolves to.
+fn answer_value(w: &World, region: &str, id: u64) -> (Resolved, Vec<String>) {
+    let a = match w.read_answer(region, id) {
+        Some(Ok(a)) => a,
+        other => panic!("read {id} at {region}: expected an answer, got {other:?}"),
+    };
+    let resolver = w.nodes[region]
+        .replica
+        .resolver("default")
+        .expect("default table")
+        .clone();
+    (a.state.resolve(resolver.as_ref()), a.answered.clone())
+}
+
+#[test]
+fn a_quorum_read_sees_a_quorum_write_made_elsewhere_through_a_third_region() {
+    assert_eq!(ReadLevel::Quorum.peers_needed(3), 1);
+    assert_eq!(ReadLevel::Quorum.peers_needed(5), 2);
+    assert_eq!(ReadLevel::All.peers_needed(5), 4);
+    assert_eq!(ReadLevel::One.peers_needed(5), 0);
+    let mut w = world();
+    w.mesh();
+    w.deliver();
+    // The direct link between the writer's region and the reader's is cut.
+    w.cut("a", "b");
+    let wid = w.write_with(
+        "a",
+        "default",
+        "k",
+        Value::Bytes(b"v".to_vec()),
+        Durability::Quorum,
+    );
+    w.deliver();
+    assert_eq!(receipt(&w, "a", wid).durable_in, vec!["a", "c"]);
+    // b has not got it (c relays it only after the relay delay): a local read misses it...
+    let local = w.read_at("b", "default", "k", ReadLevel::One, 1_000);
+    assert_eq!(
+        answer_value(&w, "b", local),
+        (Resolved::Absent, vec!["b".into()])
+    );
+    // ...a quorum read does not: c answers for the majority {b, c}, which meets {a, c}.
+    let id = w.read_at("b", "default", "k", ReadLevel::Quorum, 1_000);
+    assert!(
+        w.read_answer("b", id).is_none(),
+        "answered before any region did"
+    );
+    w.deliver();
+    assert_eq!(
+        answer_value(&w, "b", id),
+        (bytes("v"), vec!["b".into(), "c".into()])
+    );
+    // Read repair: b holds the write now, without claiming a's log (its stream brings that).
+    assert_eq!(w.read("b", "default", "k"), bytes("v"));
+    assert_eq!(w.nodes["b"].replica.counters().read_repairs, 1);
+    let a_id = w.nodes["a"].id;
+    assert_eq!(w.nodes["b"].replica.applied().get(a_id), Seq::ZERO);
+    // The key's context in the answer can be written back at b at once.
+    let ctx = match w.read_answer("b", id) {
+        Some(Ok(a)) => a.state.context.clone(),
+        other => panic!("{other:?}"),
+    };
+    let rid = w.next_id();
+    w.handle(
+        "b",
+        Event::ClientWrite {
+            id: rid,
+            table: "default".into(),
+            key: b"k".to_vec(),
+            value: Value::Bytes(b"w".to_vec()),
+            context: Some(ctx),
+            durability: Durability::Local,
+            timeout_ms: 1_000,
+        },
+    );
+    assert!(
+        !receipt(&w, "b", rid).conflict,
+        "the write-back supersedes what the quorum read saw"
+    );
+    // Once the link is back the log delivers a's write to b as a duplicate of what the
+    // repair brought: every region converges.
+    w.connect("a", "b");
+    w.deliver();
+    w.advance(1_000);
+    assert_eq!(w.nodes["b"].replica.applied().get(a_id), Seq(1));
+    assert_eq!(w.digests().len(), 1, "regions converge");
+    assert_eq!(w.read("a", "default", "k"), bytes("w"));
+}
+
+#[test]
+fn a_quorum_read_that_too_few_regions_answer_fails_naming_those_that_did() {
+    let mut w = world();
+    w.mesh();
+    w.deliver();
+    w.write("a", "default", "k", Some("v"));
+    w.deliver();
+    // b alone: a quorum read waits for one more region, and fails at its timeout; it is
+    // never answered from b alone.
+    w.cut("a", "b");
+    w.cut("b", "c");
+    let id = w.read_at("b", "default", "k", ReadLevel::Quorum, 500);
+    w.advance(499);
+    assert!(w.read_answer("b", id).is_none());
+    w.advance(1);
+    match w.read_answer("b", id) {
+        Some(Err(ReadError::TooFewRegions {
+            needed,
+            answered,
+            missing,
+            ..
+        })) => {
+            assert_eq!(*needed, 2);
+            assert_eq!(answered, &vec!["b".to_owned()]);
+            let names: Vec<&str> = missing.iter().map(|(n, _)| n.as_str()).collect();
+            assert_eq!(names, ["a", "c"]);
+        }
+        other => panic!("expected too few regions, got {other:?}"),
+    }
+    // `all` with one region away: the others answer, the read still fails, naming them.
+    w.connect("b", "c");
+    w.deliver();
+    let id = w.read_at("b", "default", "k", ReadLevel::All, 500);
+    w.deliver();
+    w.advance(500);
+    match w.read_answer("b", id) {
+        Some(Err(ReadError::TooFewRegions { answered, .. })) => {
+            assert_eq!(answered, &vec!["b".to_owned(), "c".to_owned()]);
+        }
+        other => panic!("expected too few regions, got {other:?}"),
+    }
+    // A region that reconnects while a read waits is asked at once.
+    let id = w.read_at("b", "default", "k", ReadLevel::All, 500);
+    w.deliver();
+    w.connect("a", "b");
+    w.deliver();
+    assert_eq!(
+        answer_value(&w, "b", id),
+        (bytes("v"), vec!["b".into(), "c".into(), "a".into()])
+    );
+    assert_eq!(w.nodes["b"].replica.counters().quorum_reads_failed, 2);
+}
+
+#[test]
+fn read_repair_sends_the_joined_state_to_regions_that_answered_with_less() {
+    let mut w = world();
+    w.mesh();
+    w.deliver();
+    w.cut("a", "c");
+    w.write("a", "default", "k", Some("v"));
+    w.deliver();
+    assert_eq!(w.read("c", "default", "k"), Resolved::Absent);
+    // b reads at `all`: a answers with the write, c without it; c gets the joined state.
+    let id = w.read_at("b", "default", "k", ReadLevel::All, 1_000);
+    w.deliver();
+    assert_eq!(answer_value(&w, "b", id).0, bytes("v"));
+    assert_eq!(w.nodes["b"].replica.counters().read_repairs_sent, 1);
+    assert_eq!(w.nodes["c"].replica.counters().read_repairs_applied, 1);
+    assert_eq!(w.read("c", "default", "k"), bytes("v"));
+    // Durably: the repair is a checkpoint (the log does not hold it), and survives a restart.
+    let c_opts = w.nodes["c"].replica.options().clone();
+    w.cut("b", "c");
+    w.node("c").restart(c_opts, &Registry::with_builtins());
+    w.connect("b", "c");
+    w.deliver();
+    assert_eq!(w.read("c", "default", "k"), bytes("v"));
+    let a_id = w.nodes["a"].id;
+    assert_eq!(w.nodes["c"].replica.applied().get(a_id), Seq::ZERO);
+    w.connect("a", "c");
+    w.deliver();
+    w.advance(1_000);
+    assert_eq!(w.digests().len(), 1, "regions converge");
 }

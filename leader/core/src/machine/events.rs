@@ -8,7 +8,7 @@ use conflict::{Dot, Hlc, KeyState, ReplicaId, Seq, Value, VersionVector};
 
 use super::snapshot::Bootstrap;
 use super::{ConnId, RequestId};
-use crate::consistency::Durability;
+use crate::consistency::{Durability, ReadLevel};
 use crate::msg::{LogEntry, PeerMsg, SlotKey, SnapshotRequest};
 
 /// Tunables of the replication protocol. Every bound is named here.
@@ -156,6 +156,22 @@ pub enum Event {
         /// How long to wait at most, in ms.
         timeout_ms: u64,
     },
+    /// A client reads a key at `level` (docs/design.md, "Quorum reads"): this region's state
+    /// joined with the states of enough other regions, asked over the mesh. Answered with
+    /// [`Effect::ReadDone`]; at [`ReadLevel::One`] at once, from this region alone.
+    ClientRead {
+        /// Routes the reply.
+        id: RequestId,
+        /// The table.
+        table: String,
+        /// The key.
+        key: Vec<u8>,
+        /// How many regions must answer.
+        level: ReadLevel,
+        /// How long to wait for them at most, in ms; then the read fails, naming who answered
+        /// (never a silent local read).
+        timeout_ms: u64,
+    },
     /// The client of an [`Event::ClientWait`] went away: forget the wait (no answer follows).
     CancelWait {
         /// The request.
@@ -289,8 +305,70 @@ pub enum Effect {
         /// The other regions that have the write durably (by name).
         regions: Vec<String>,
     },
+    /// Answer an [`Event::ClientRead`].
+    ReadDone {
+        /// The request.
+        id: RequestId,
+        /// The key's state as the read joined it, or why there was none.
+        result: Result<ReadAnswer, ReadError>,
+    },
     /// Something an operator must hear about (log it, count it, show it).
     Alarm(Alarm),
+}
+
+/// What an [`Event::ClientRead`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadAnswer {
+    /// The join of the answering regions' states of the key (default when none holds it).
+    /// Its context includes this region's collected floor ([`Replica::read_context`]), so
+    /// it may be written back here as the context of a write.
+    ///
+    /// [`Replica::read_context`]: crate::Replica::read_context
+    pub state: KeyState,
+    /// The regions whose state was joined: this one first, then the others in the order they
+    /// answered.
+    pub answered: Vec<String>,
+}
+
+/// Why an [`Event::ClientRead`] has no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    /// The table is not configured here.
+    #[error("table '{0}' is not configured; add it under [tables] in regions.toml")]
+    UnknownTable(String),
+    /// Not enough regions answered within the read's timeout. Nothing is answered from fewer
+    /// regions than asked: a silent local read could miss an acknowledged write.
+    #[error(
+        "read={level} needs {needed} regions, and only {} answered within {waited_ms} ms ({}); retry, or read at a lower level",
+        answered.len(),
+        answered.join(", ")
+    )]
+    TooFewRegions {
+        /// The level asked for.
+        level: ReadLevel,
+        /// How many regions it needs, counting this one.
+        needed: usize,
+        /// The regions that answered, this one first.
+        answered: Vec<String>,
+        /// Regions that could not answer, with why (not connected, bootstrapping, ...).
+        missing: Vec<(String, String)>,
+        /// How long the read waited.
+        waited_ms: u64,
+    },
+    /// Too many quorum reads are waiting for answers already ([`crate::limits::MAX_QUORUM_READS`]).
+    #[error("{waiting} quorum reads are already waiting for other regions; retry shortly")]
+    Overloaded {
+        /// Reads waiting.
+        waiting: usize,
+    },
+    /// This region is being bootstrapped from a snapshot.
+    #[error(
+        "this region is being bootstrapped from a snapshot ({progress}); it serves reads once that is done: retry later, or read at another region"
+    )]
+    Bootstrapping {
+        /// Where the transfer stands.
+        progress: String,
+    },
 }
 
 /// Everything one persistence step must write atomically.
@@ -691,6 +769,16 @@ pub struct Counters {
     pub tombstones_collected: u64,
     /// Keys dropped whole by tombstone collection (nothing left in them).
     pub keys_collected: u64,
+    /// Reads above level `one` answered ([`Event::ClientRead`]).
+    pub quorum_reads: u64,
+    /// Reads above level `one` that failed: too few regions answered in time.
+    pub quorum_reads_failed: u64,
+    /// Keys a quorum read found this region lacking part of, joined here (read repair).
+    pub read_repairs: u64,
+    /// Read repairs sent to regions whose answer lacked part of the joined state.
+    pub read_repairs_sent: u64,
+    /// Read repairs received from other regions that changed a key here.
+    pub read_repairs_applied: u64,
 }
 
 /// Why a [`Replica`](crate::Replica) could not be built.

@@ -30,6 +30,7 @@
 //! - `receive`: batches in: gaps and `Resync`, validation, applying replicated writes.
 //! - `stream`: batches out: the log tail, the send window, catch-up, relays.
 //! - `matrix`: heartbeats, lag and the lag matrix.
+//! - `quorum`: reads above level `one`: other regions' states of a key joined; read repair.
 //! - `repair`: key states learned from other regions (snapshots, quorum reads, anti-entropy)
 //!   joined into this region's.
 //! - `resolvers`: which regions' writes of a table may be applied here; quarantine.
@@ -42,6 +43,7 @@ mod events;
 mod matrix;
 mod peer;
 mod persist;
+mod quorum;
 mod receive;
 mod repair;
 mod resolvers;
@@ -58,7 +60,7 @@ use conflict::{
 
 pub use self::events::{
     Alarm, BuildError, ConflictRecord, Counters, Effect, Event, Options, PeerView, PersistBatch,
-    Quarantined, Recovered, SnapshotPiece, WriteError, WriteReceipt,
+    Quarantined, ReadAnswer, ReadError, Recovered, SnapshotPiece, WriteError, WriteReceipt,
 };
 pub use self::resolvers::resolver_accepts;
 pub use self::snapshot::{Bootstrap, BootstrapPhase};
@@ -181,6 +183,9 @@ pub struct Replica {
     collect_unstable: bool,
     /// Monotonic time of the last event handled (every `handle` ends with `on_tick`).
     last_event_ms: u64,
+    /// Reads above level `one` waiting for other regions' answers (`quorum.rs`); at most
+    /// [`crate::limits::MAX_QUORUM_READS`].
+    quorum_reads: BTreeMap<RequestId, quorum::QuorumRead>,
 }
 
 impl Replica {
@@ -281,6 +286,7 @@ impl Replica {
             collected: rec.collected,
             collect_unstable: false,
             last_event_ms: 0,
+            quorum_reads: BTreeMap::new(),
             resolvers,
             resolver_ids,
             opts,
@@ -404,6 +410,13 @@ impl Replica {
                 regions,
                 timeout_ms,
             } => self.client_wait(now, id, seq, regions, timeout_ms, out),
+            Event::ClientRead {
+                id,
+                table,
+                key,
+                level,
+                timeout_ms,
+            } => self.client_read(now, id, (table, key), level, timeout_ms, out),
             Event::CancelWait { id } => self.cancel_wait(id),
             Event::PeerUp { peer, conn } => self.peer_up(peer, conn, out),
             Event::PeerDown { peer, conn } => self.peer_down(&peer, conn),
@@ -552,6 +565,9 @@ impl Replica {
         if let Some(due) = self.snapshot_deadline() {
             consider(due);
         }
+        if let Some(due) = self.reads_deadline() {
+            consider(due);
+        }
         if !self.tombstones.is_empty() {
             // As for relays: a pass due by the last event was made then.
             let due = self.last_collect_ms + crate::limits::COLLECT_INTERVAL_MS;
@@ -613,6 +629,7 @@ impl Replica {
             self.pump(&name, now, out);
         }
         self.check_waits(now, out);
+        self.expire_reads(now, out);
         self.pump_snapshot(now, out);
     }
 

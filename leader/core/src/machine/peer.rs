@@ -479,6 +479,7 @@ impl Replica {
         self.send_ack(name, out);
         self.update_lag(now, name);
         self.pump(name, now, out);
+        self.ask_pending_reads(name, out);
     }
 
     fn hello_problem(&self, name: &str, hello: &Hello) -> Option<String> {
@@ -554,6 +555,9 @@ impl Replica {
             PeerMsg::SnapshotRequest(r) => self.on_snapshot_request(&name, conn, r, out),
             PeerMsg::SnapshotChunk(c) => self.on_snapshot_chunk(now, &name, conn, c, out),
             PeerMsg::SnapshotUnavailable(_) => self.on_snapshot_unavailable(now, &name, out),
+            PeerMsg::ReadRequest(r) => self.on_read_request(&name, conn, r, out),
+            PeerMsg::ReadReply(r) => self.on_read_reply(&name, conn, r, out),
+            PeerMsg::ReadRepair(r) => self.on_read_repair(&name, conn, r, out),
         }
     }
 

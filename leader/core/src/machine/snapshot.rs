@@ -136,7 +136,7 @@ impl Bootstrap {
 
 /// Sequence numbers from here on are refused in a snapshot: no replica makes 2^63 writes, and
 /// a vector installed with them would overflow the next sequence number of their origin.
-const SEQ_UNREACHABLE: u64 = 1 << 63;
+pub(super) const SEQ_UNREACHABLE: u64 = 1 << 63;
 
 impl Replica {
     // ---- serving -------------------------------------------------------------------------

@@ -16,7 +16,7 @@ use super::Disk;
 use super::disk::Recovery;
 use crate::{
     Alarm, Batch, BuildError, Durability, Effect, Event, LogEntry, Options, PeerMsg, PersistBatch,
-    Replica, Time, WriteError, WriteReceipt,
+    ReadAnswer, ReadError, ReadLevel, Replica, Time, WriteError, WriteReceipt,
 };
 
 /// What an effect leaves for the world outside the process: the network's part, or an event
@@ -62,6 +62,8 @@ pub struct Node {
     /// Answers to `WAIT`s ([`Effect::Waited`]): request id and the other regions that had
     /// the write.
     pub waited: Vec<(u64, Vec<String>)>,
+    /// Answers to reads ([`Effect::ReadDone`]), in order.
+    pub reads: Vec<(u64, Result<ReadAnswer, ReadError>)>,
     /// Every alarm, in order.
     pub alarms: Vec<Alarm>,
     /// Every close: (peer, reason).
@@ -97,6 +99,7 @@ impl Node {
             checkpoints: Vec::new(),
             replies: Vec::new(),
             waited: Vec::new(),
+            reads: Vec::new(),
             alarms: Vec::new(),
             closed: Vec::new(),
             log_reads: 0,
@@ -156,6 +159,10 @@ impl Node {
             }
             Effect::Waited { id, regions } => {
                 self.waited.push((id, regions));
+                None
+            }
+            Effect::ReadDone { id, result } => {
+                self.reads.push((id, result));
                 None
             }
             Effect::Alarm(a) => {
@@ -446,6 +453,37 @@ impl Cluster {
     pub fn reply(&self, region: &str, id: u64) -> Option<&Result<WriteReceipt, WriteError>> {
         self.nodes[region]
             .replies
+            .iter()
+            .find(|(rid, _)| *rid == id)
+            .map(|(_, r)| r)
+    }
+
+    /// A client read of `table/key` at `region` at `level` ([`Event::ClientRead`]); returns
+    /// its request id. The answer is in [`Cluster::read_answer`] once it came.
+    pub fn read_at(
+        &mut self,
+        region: &str,
+        table: &str,
+        key: &str,
+        level: ReadLevel,
+        timeout_ms: u64,
+    ) -> u64 {
+        let id = self.next_id();
+        let ev = Event::ClientRead {
+            id,
+            table: table.into(),
+            key: key.as_bytes().to_vec(),
+            level,
+            timeout_ms,
+        };
+        self.handle(region, ev);
+        id
+    }
+
+    /// The answer to read `id` at `region`, if it came.
+    pub fn read_answer(&self, region: &str, id: u64) -> Option<&Result<ReadAnswer, ReadError>> {
+        self.nodes[region]
+            .reads
             .iter()
             .find(|(rid, _)| *rid == id)
             .map(|(_, r)| r)
