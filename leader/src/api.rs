@@ -57,6 +57,9 @@ pub const SIBLINGS_HEADER: &str = "x-meridian-siblings";
 pub const SESSION_HEADER: &str = "x-meridian-session";
 /// Request header choosing a write's durability (`local`, `one`, `quorum`, `all`).
 pub const DURABILITY_HEADER: &str = "x-meridian-durability";
+/// Response header of a read: the regions whose state of the key it joined, this one first
+/// (`read=quorum` and `read=all` consult others).
+pub const ANSWERED_HEADER: &str = "x-meridian-read-regions";
 /// Request header bounding the wait for a write's durability, in ms.
 pub const TIMEOUT_HEADER: &str = "x-meridian-timeout-ms";
 

@@ -296,6 +296,36 @@ impl Metrics {
             "Keys dropped whole by tombstone collection (nothing left in them)",
             c.keys_collected,
         );
+        counter(
+            &mut reg,
+            "quorum_reads",
+            "Reads at read=quorum or read=all answered",
+            c.quorum_reads,
+        );
+        counter(
+            &mut reg,
+            "quorum_reads_failed",
+            "Reads at read=quorum or read=all that too few regions answered in time",
+            c.quorum_reads_failed,
+        );
+        counter(
+            &mut reg,
+            "read_repairs",
+            "Keys a quorum read found this region lacking part of, joined here",
+            c.read_repairs,
+        );
+        counter(
+            &mut reg,
+            "read_repairs_sent",
+            "Read repairs sent to regions whose answer lacked part of the joined state",
+            c.read_repairs_sent,
+        );
+        counter(
+            &mut reg,
+            "read_repairs_applied",
+            "Read repairs from other regions that changed a key here",
+            c.read_repairs_applied,
+        );
         let alarms: Family<Vec<(String, String)>, Counter> = Family::default();
         for (kind, n) in self.alarms() {
             let labels = vec![region[0].clone(), ("kind".to_owned(), kind.to_owned())];

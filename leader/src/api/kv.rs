@@ -16,12 +16,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::config::Limits;
-use crate::node::{Behind, Change, ReadResult, RequestError, WriteOptions};
-use leader_core::Durability;
+use crate::node::{Behind, Change, ReadOptions, ReadResult, RequestError, WriteOptions};
+use leader_core::{Durability, ReadError, ReadLevel};
 
 use super::{
-    ApiError, AppState, CONTEXT_HEADER, DURABILITY_HEADER, SESSION_HEADER, SIBLINGS_HEADER,
-    TIMEOUT_HEADER, bad_path, bad_query, context_header, decode_context, encode_context,
+    ANSWERED_HEADER, ApiError, AppState, CONTEXT_HEADER, DURABILITY_HEADER, SESSION_HEADER,
+    SIBLINGS_HEADER, TIMEOUT_HEADER, bad_path, bad_query, context_header, decode_context,
+    encode_context,
 };
 
 fn check_key(limits: &Limits, key: &str) -> Result<(), ApiError> {
@@ -309,6 +310,7 @@ async fn write(
         Err(RequestError::Bootstrapping(b)) => {
             return Err(bootstrapping(b.to_string(), &b.progress));
         }
+        Err(RequestError::Read(e)) => return Err(read_failed(&e)),
     };
     let receipt = &written.receipt;
     // Each token is encoded once, for the body and its header. The body is serialised from a
@@ -405,6 +407,72 @@ pub(super) struct GetParams {
     #[serde(default)]
     siblings: bool,
     session: Option<String>,
+    /// `one`, `quorum` or `all`; the table's `[read]` default when absent.
+    read: Option<String>,
+    /// How long a read above `one` waits for other regions, in ms.
+    timeout_ms: Option<u64>,
+}
+
+/// The read options a `GET` asks for.
+fn read_options(
+    params: &GetParams,
+    session: Option<VersionVector>,
+) -> Result<ReadOptions, ApiError> {
+    let level = match params.read.as_deref() {
+        None => None,
+        Some(l) => Some(l.parse::<ReadLevel>().map_err(|e| {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_read_level", e.to_string())
+        })?),
+    };
+    if params.timeout_ms.is_some_and(|t| t > MAX_WRITE_TIMEOUT_MS) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_timeout",
+            format!("timeout_ms may be at most {MAX_WRITE_TIMEOUT_MS}"),
+        ));
+    }
+    Ok(ReadOptions {
+        session,
+        level,
+        timeout: params.timeout_ms.map(std::time::Duration::from_millis),
+    })
+}
+
+/// `503 quorum_unavailable` (too few regions answered a read above `one`, naming those that
+/// did) or `503 overloaded`.
+fn read_failed(e: &ReadError) -> ApiError {
+    match e {
+        ReadError::TooFewRegions {
+            level,
+            needed,
+            answered,
+            missing,
+            waited_ms,
+        } => {
+            let mut err = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "quorum_unavailable",
+                e.to_string(),
+            );
+            let missing: BTreeMap<&str, &str> = missing
+                .iter()
+                .map(|(r, why)| (r.as_str(), why.as_str()))
+                .collect();
+            err.extra = Some(json!({
+                "read": level.as_str(),
+                "needed": needed,
+                "answered": answered,
+                "missing": missing,
+                "waited_ms": waited_ms,
+            }));
+            err
+        }
+        ReadError::Overloaded { .. } => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", e.to_string())
+        }
+        ReadError::Bootstrapping { progress } => bootstrapping(e.to_string(), progress),
+        ReadError::UnknownTable(t) => unknown_table(t),
+    }
 }
 
 /// One sibling as the API shows it.
@@ -455,9 +523,11 @@ pub(super) async fn get_key(
     let Query(params) = params.map_err(bad_query)?;
     check_key(&s.limits, &key)?;
     let session = request_session(params.session.as_deref(), &req_headers)?;
-    let (read, token) = match s.node.read_with(&table, key.as_bytes(), session).await? {
+    let opts = read_options(&params, session)?;
+    let (read, token) = match s.node.read_opts(&table, key.as_bytes(), opts).await? {
         Ok(r) => r,
         Err(RequestError::Behind(b)) => return Err(behind(&b)),
+        Err(RequestError::Read(e)) => return Err(read_failed(&e)),
         Err(RequestError::Bootstrapping(b)) => {
             return Err(bootstrapping(b.to_string(), &b.progress));
         }
@@ -473,16 +543,23 @@ pub(super) async fn get_key(
         state,
         resolver,
         regions,
+        answered,
     } = read
     else {
         return Err(unknown_table(&table));
     };
     let resolved = state.resolve(resolver.as_ref());
     let count = HeaderValue::from(state.siblings.len());
+    let answered_by = HeaderValue::from_str(&answered.join(","))
+        .expect("region names are ASCII (checked at config load)");
     let headers = [
         context_header(&state.context),
         (header::HeaderName::from_static(SIBLINGS_HEADER), count),
         session_header(&token),
+        (
+            header::HeaderName::from_static(ANSWERED_HEADER),
+            answered_by,
+        ),
     ];
     let multi = matches!(resolved, Resolved::Siblings(_));
     if params.siblings || multi {
@@ -505,6 +582,7 @@ pub(super) async fn get_key(
             },
             "siblings": siblings,
             "context": encode_context(&state.context),
+            "answered": answered,
         });
         let code = if matches!(resolved, Resolved::Absent) {
             StatusCode::NOT_FOUND

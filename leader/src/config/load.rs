@@ -209,6 +209,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) durability: BTreeMap<String, String>,
     #[serde(default)]
+    pub(super) read: BTreeMap<String, String>,
+    #[serde(default)]
     pub(super) simulation: RawSimulation,
     #[serde(default)]
     pub(super) resp: RawResp,

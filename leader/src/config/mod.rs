@@ -30,7 +30,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use leader_core::Durability;
+use leader_core::{Durability, ReadLevel};
 use serde::Deserialize;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
@@ -92,6 +92,9 @@ pub struct Config {
     /// table → the durability a write waits for when the request names none (`[durability]`;
     /// tables not listed use `local`).
     pub durability: BTreeMap<String, Durability>,
+    /// table → the level a read consults when the request names none (`[read]`; tables not
+    /// listed read at `one`, from the region alone).
+    pub read: BTreeMap<String, ReadLevel>,
     /// WAN links for `meridian simulate`; empty when the file has no `[simulation]`.
     pub simulation: Simulation,
     /// The Redis-protocol front end (`[resp]`): which table each database number is.

@@ -59,6 +59,7 @@ pub(super) fn validate(raw: RawConfig, source: PathBuf) -> Result<Config, Proble
     let regions = check_regions(&raw.regions, &base)?;
     check_tables(&raw.tables)?;
     let durability = check_durability(&raw.durability, &raw.tables)?;
+    let read = check_read(&raw.read, &raw.tables)?;
     check_links(&raw.simulation.link, &regions)?;
     let resp = check_resp(&raw.resp, &raw.tables)?;
     Ok(Config {
@@ -69,6 +70,7 @@ pub(super) fn validate(raw: RawConfig, source: PathBuf) -> Result<Config, Proble
         regions,
         tables: raw.tables,
         durability,
+        read,
         simulation: Simulation {
             links: raw.simulation.link,
         },
@@ -657,23 +659,52 @@ pub(super) fn check_durability(
     levels: &BTreeMap<String, String>,
     tables: &BTreeMap<String, String>,
 ) -> Result<BTreeMap<String, Durability>, Problem> {
+    check_table_levels(
+        "durability",
+        levels,
+        tables,
+        "write one of \"local\", \"one\", \"quorum\", \"all\"",
+    )
+}
+
+/// `[read]`: table → the level a read consults when the request names none.
+pub(super) fn check_read(
+    levels: &BTreeMap<String, String>,
+    tables: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, ReadLevel>, Problem> {
+    check_table_levels(
+        "read",
+        levels,
+        tables,
+        "write one of \"one\", \"quorum\", \"all\"",
+    )
+}
+
+/// A section of per-table defaults (`[durability]`, `[read]`): every key a configured table,
+/// every value a level's name.
+fn check_table_levels<L>(
+    section: &str,
+    levels: &BTreeMap<String, String>,
+    tables: &BTreeMap<String, String>,
+    hint: &str,
+) -> Result<BTreeMap<String, L>, Problem>
+where
+    L: std::str::FromStr,
+    L::Err: std::fmt::Display,
+{
     let mut out = BTreeMap::new();
     for (table, level) in levels {
-        let path = KeyPath::of("durability").key(table);
+        let path = KeyPath::of(section).key(table);
         if !tables.contains_key(table) {
             return Err(Problem::invalid(
                 path,
                 format!("table `{table}` is not configured under [tables]"),
-                "give durability defaults only for tables listed under [tables]".to_owned(),
+                format!("give {section} defaults only for tables listed under [tables]"),
             ));
         }
-        let level: Durability = level.parse().map_err(|e: leader_core::UnknownDurability| {
-            Problem::invalid(
-                path,
-                e.to_string(),
-                "write one of \"local\", \"one\", \"quorum\", \"all\"".to_owned(),
-            )
-        })?;
+        let level: L = level
+            .parse()
+            .map_err(|e: L::Err| Problem::invalid(path, e.to_string(), hint.to_owned()))?;
         out.insert(table.clone(), level);
     }
     Ok(out)

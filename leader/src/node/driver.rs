@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use conflict::VersionVector;
-use leader_core::{Alarm, ConnId, Durability, Effect, Event, PeerMsg, Replica, RequestId, Time};
+use leader_core::{
+    Alarm, ConnId, Durability, Effect, Event, PeerMsg, ReadLevel, Replica, RequestId, Time,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
@@ -60,6 +62,15 @@ pub(super) type PendingWrite = (
     oneshot::Sender<Result<Written, RequestError>>,
 );
 
+/// A read above `one` handed to the state machine: its table, its session token and where
+/// to reply.
+#[derive(Debug)]
+pub(super) struct PendingRead {
+    table: String,
+    session: Option<VersionVector>,
+    reply: oneshot::Sender<Result<(ReadResult, VersionVector), RequestError>>,
+}
+
 /// A request waiting for this region to catch up with its session token.
 #[derive(Debug)]
 pub(super) struct Parked {
@@ -87,10 +98,14 @@ pub(super) struct Driver {
     pub(super) pending: BTreeMap<RequestId, PendingWrite>,
     /// `WAIT`s handed to the state machine, by request id (it bounds them with the writes).
     pub(super) waits: BTreeMap<RequestId, oneshot::Sender<Vec<String>>>,
+    /// Reads above `one` handed to the state machine: their session token and where to reply.
+    pub(super) reads: BTreeMap<RequestId, PendingRead>,
     pub(super) parked: Vec<Parked>,
     /// Split brains seen, per region: (live, refused, when last seen).
     pub(super) split_brain: BTreeMap<String, (String, String, Instant)>,
     pub(super) table_durability: BTreeMap<String, Durability>,
+    /// table → the level a read consults when the request names none (`[read]`).
+    pub(super) table_read: BTreeMap<String, ReadLevel>,
     pub(super) write_timeout: Duration,
     pub(super) session_wait: Duration,
     pub(super) next_request: RequestId,
@@ -312,7 +327,7 @@ impl Driver {
         let cmd = self.refuse_while_bootstrapping(cmd)?;
         let session = match &cmd {
             Command::Write { opts, .. } => opts.session.as_ref(),
-            Command::Read { session, .. } => session.as_ref(),
+            Command::Read { opts, .. } => opts.session.as_ref(),
             _ => None,
         };
         if let Some(need) = session.filter(|s| !self.covers(&cmd, s)) {
@@ -425,10 +440,33 @@ impl Driver {
             Command::Read {
                 table,
                 key,
-                session,
+                opts,
                 reply,
             } => {
-                let _ = reply.send(Ok(self.read(&table, &key, session)));
+                let level = opts
+                    .level
+                    .or_else(|| self.table_read.get(&table).copied())
+                    .unwrap_or_default();
+                if level == ReadLevel::One || self.replica.resolver(&table).is_none() {
+                    let _ = reply.send(Ok(self.read(&table, &key, opts.session)));
+                    return None;
+                }
+                let id = self.next_request;
+                self.next_request += 1;
+                let timeout = opts.timeout.unwrap_or(self.write_timeout);
+                let pending = PendingRead {
+                    table: table.clone(),
+                    session: opts.session,
+                    reply,
+                };
+                self.reads.insert(id, pending);
+                return Some(Event::ClientRead {
+                    id,
+                    table,
+                    key,
+                    level,
+                    timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                });
             }
             Command::Status { reply } => {
                 let _ = reply.send(self.status());
@@ -466,7 +504,20 @@ impl Driver {
         // The context a client writes back: the key's, joined with the collected floor that
         // stands for the writes of keys whose tombstones were collected here.
         state.context = self.replica.read_context(Some(&state));
-        let token = session_after(session.as_ref(), &state.context, self.replica.received());
+        let region = self.replica.options().region.clone();
+        self.found(resolver.clone(), state, vec![region], session.as_ref())
+    }
+
+    /// What a read answers: the state, with its siblings' regions named, and the session
+    /// token to pass on.
+    fn found(
+        &self,
+        resolver: Arc<dyn conflict::Resolver>,
+        state: conflict::KeyState,
+        answered: Vec<String>,
+        session: Option<&VersionVector>,
+    ) -> (ReadResult, VersionVector) {
+        let token = session_after(session, &state.context, self.replica.received());
         let regions = state
             .siblings
             .iter()
@@ -479,8 +530,9 @@ impl Driver {
         (
             ReadResult::Found {
                 state,
-                resolver: Arc::clone(resolver),
+                resolver,
                 regions,
+                answered,
             },
             token,
         )
@@ -700,6 +752,20 @@ impl Driver {
                     });
                     let _ = reply.send(result);
                 }
+            }
+            Effect::ReadDone { id, result } => {
+                let Some(p) = self.reads.remove(&id) else {
+                    return;
+                };
+                let resolver = self.replica.resolver(&p.table).cloned();
+                let answer = match (result, resolver) {
+                    (Ok(a), Some(resolver)) => {
+                        Ok(self.found(resolver, a.state, a.answered, p.session.as_ref()))
+                    }
+                    (Ok(_), None) => Ok((ReadResult::UnknownTable, p.session.unwrap_or_default())),
+                    (Err(e), _) => Err(e.into()),
+                };
+                let _ = p.reply.send(answer);
             }
             Effect::Waited { id, regions } => {
                 if let Some(reply) = self.waits.remove(&id) {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use conflict::{KeyState, Resolver, Value, VersionVector};
-use leader_core::{ConflictRecord, Durability, WriteError, WriteReceipt};
+use leader_core::{ConflictRecord, Durability, ReadError, ReadLevel, WriteError, WriteReceipt};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{NodeError, Status};
@@ -32,7 +32,7 @@ pub(crate) enum Command {
     Read {
         table: String,
         key: Vec<u8>,
-        session: Option<VersionVector>,
+        opts: ReadOptions,
         reply: oneshot::Sender<Result<(ReadResult, VersionVector), RequestError>>,
     },
     Status {
@@ -96,6 +96,20 @@ pub struct WriteOptions {
     pub session: Option<VersionVector>,
 }
 
+/// How a read should be made. `Default` is a local read (`read=one`) with no session.
+#[derive(Debug, Clone, Default)]
+pub struct ReadOptions {
+    /// A session token: the read waits (up to `timeouts.session_wait_ms`) until this region
+    /// has durably applied everything it covers.
+    pub session: Option<VersionVector>,
+    /// How many regions to consult; `None` uses the table's `read` default from
+    /// regions.toml (`one` unless set).
+    pub level: Option<ReadLevel>,
+    /// How long a read above `one` waits for other regions' answers; `None` uses
+    /// `timeouts.write_timeout_ms`.
+    pub timeout: Option<Duration>,
+}
+
 /// A write that is durable here (and maybe elsewhere: see the receipt).
 #[derive(Debug, Clone)]
 pub struct Written {
@@ -118,6 +132,10 @@ pub enum RequestError {
     /// write comes back as [`WriteError::Bootstrapping`]).
     #[error(transparent)]
     Bootstrapping(#[from] Bootstrapping),
+    /// A read above `one` could not be answered: too few regions answered in time, or too
+    /// many such reads are waiting. Never downgraded to a local read.
+    #[error(transparent)]
+    Read(#[from] ReadError),
 }
 
 /// "This region is being bootstrapped from a snapshot": it serves no reads until it has the
@@ -173,6 +191,9 @@ pub enum ReadResult {
         resolver: Arc<dyn Resolver>,
         /// Region names of the replicas that wrote the siblings.
         regions: BTreeMap<conflict::ReplicaId, String>,
+        /// The regions whose state of the key the read joined: this one first (just this
+        /// one at `read=one`).
+        answered: Vec<String>,
     },
 }
 
@@ -359,6 +380,7 @@ impl NodeHandle {
             Err(RequestError::Behind(_)) => unreachable!("no session token was given"),
             // The state machine refuses writes while bootstrapping: `WriteError::Bootstrapping`.
             Err(RequestError::Bootstrapping(_)) => unreachable!("only reads are refused so"),
+            Err(RequestError::Read(_)) => unreachable!("a write is no read"),
         })
     }
 
@@ -382,10 +404,14 @@ impl NodeHandle {
         table: &str,
         key: &[u8],
     ) -> Result<Result<ReadResult, Bootstrapping>, NodeError> {
-        Ok(match self.read_with(table, key, None).await? {
+        let opts = ReadOptions {
+            level: Some(ReadLevel::One),
+            ..ReadOptions::default()
+        };
+        Ok(match self.read_opts(table, key, opts).await? {
             Ok((r, _)) => Ok(r),
             Err(RequestError::Bootstrapping(b)) => Err(b),
-            Err(_) => unreachable!("no session token was given and a read is no write"),
+            Err(_) => unreachable!("a local read with no session token waits for nothing"),
         })
     }
 
@@ -397,11 +423,28 @@ impl NodeHandle {
         key: &[u8],
         session: Option<VersionVector>,
     ) -> Result<Result<(ReadResult, VersionVector), RequestError>, NodeError> {
+        let opts = ReadOptions {
+            session,
+            level: Some(ReadLevel::One),
+            timeout: None,
+        };
+        self.read_opts(table, key, opts).await
+    }
+
+    /// Reads a key's state as `opts` asks: at a level (`read=quorum` joins the states of a
+    /// majority of regions; see docs/consistency.md), after a session token. Returns the
+    /// session token to pass on.
+    pub async fn read_opts(
+        &self,
+        table: &str,
+        key: &[u8],
+        opts: ReadOptions,
+    ) -> Result<Result<(ReadResult, VersionVector), RequestError>, NodeError> {
         let (table, key) = (table.to_owned(), key.to_vec());
         self.ask(|reply| Command::Read {
             table,
             key,
-            session,
+            opts,
             reply,
         })
         .await

@@ -51,8 +51,8 @@ use crate::storage::{StorageError, Store, StoreLimits};
 pub use crate::snapshot::Status;
 use driver::Driver;
 pub use handle::{
-    Behind, Bootstrapping, Listing, NodeHandle, Pending, ReadResult, RequestError, Scan,
-    WriteOptions, Written,
+    Behind, Bootstrapping, Listing, NodeHandle, Pending, ReadOptions, ReadResult, RequestError,
+    Scan, WriteOptions, Written,
 };
 pub(crate) use handle::{Change, Command, LinkControl};
 use socket::ClosingSocket;
@@ -455,8 +455,10 @@ pub async fn start(
         completions_tx,
         pending: BTreeMap::new(),
         waits: BTreeMap::new(),
+        reads: BTreeMap::new(),
         parked: Vec::new(),
         table_durability: config.durability.clone(),
+        table_read: config.read.clone(),
         write_timeout: t.write_timeout(),
         session_wait: t.session_wait(),
         next_request: 1,

@@ -7,7 +7,7 @@ use leader_core::WriteError;
 
 use super::conn::Connection;
 use super::reply::Reply;
-use crate::node::{Pending, ReadResult, RequestError, WriteOptions, Written};
+use crate::node::{Pending, ReadOptions, ReadResult, RequestError, WriteOptions, Written};
 
 /// The answer to one command of a pipeline: given now, or once the writes it submitted are
 /// durable.
@@ -95,7 +95,17 @@ async fn written(
         Ok(Err(RequestError::Write(e))) => Err(write_error(&e)),
         Ok(Err(RequestError::Behind(b))) => Err(Reply::err(b)),
         Ok(Err(RequestError::Bootstrapping(b))) => Err(loading(&b.progress)),
+        Ok(Err(RequestError::Read(e))) => Err(Reply::err(e)),
         Err(e) => Err(Reply::err(e)),
+    }
+}
+
+/// A read above `one` that too few regions answered: Redis's `-NOREPLICAS` (its answer when
+/// too few replicas are reachable), with Meridian's reason naming who answered.
+fn read_failed(e: &leader_core::ReadError) -> Reply {
+    match e {
+        leader_core::ReadError::Bootstrapping { progress } => loading(progress),
+        e => Reply::Error(format!("NOREPLICAS {e}")),
     }
 }
 
@@ -148,6 +158,7 @@ pub(super) const COMMANDS: &[&str] = &[
     "DECRBY",
     "WAIT",
     "MERIDIAN.SESSION",
+    "MERIDIAN.READ",
     "MERIDIAN.SIBLINGS",
     "MERIDIAN.SET",
     "MERIDIAN.DEL",
@@ -320,6 +331,7 @@ impl Connection {
             }
             "WAIT" if a.len() == 2 => self.wait(&a[0], &a[1]).await,
             "MERIDIAN.SESSION" if a.len() <= 1 => self.session(a.first()),
+            "MERIDIAN.READ" if a.len() <= 1 => self.read_level(a.first()),
             "MERIDIAN.SIBLINGS" if a.len() == 1 => self.siblings(&a[0]).await,
             "MERIDIAN.SET" if a.len() == 3 => {
                 return self.write_with_context(&a[0], Some(&a[1]), &a[2]).await;
@@ -328,8 +340,8 @@ impl Connection {
                 return self.write_with_context(&a[0], None, &a[1]).await;
             }
             "MGET" | "MSET" | "DEL" | "UNLINK" | "EXISTS" | "SCAN" | "DBSIZE" | "INCR" | "DECR"
-            | "INCRBY" | "DECRBY" | "WAIT" | "MERIDIAN.SESSION" | "MERIDIAN.SIBLINGS"
-            | "MERIDIAN.SET" | "MERIDIAN.DEL" => arity(&name),
+            | "INCRBY" | "DECRBY" | "WAIT" | "MERIDIAN.SESSION" | "MERIDIAN.READ"
+            | "MERIDIAN.SIBLINGS" | "MERIDIAN.SET" | "MERIDIAN.DEL" => arity(&name),
             _ => {
                 let shown: Vec<String> =
                     a.iter().take(3).map(|x| format!("'{}'", text(x))).collect();
@@ -557,10 +569,15 @@ impl Connection {
     /// session covers, and takes what the read saw into the session.
     pub(super) async fn read(&mut self, key: &[u8]) -> Result<Found, Reply> {
         let table = self.table().to_owned();
-        let session = self.seen.session.clone();
-        let (found, token) = match self.node.read_with(&table, key, session).await {
+        let opts = ReadOptions {
+            session: self.seen.session.clone(),
+            level: self.read_level,
+            timeout: None,
+        };
+        let (found, token) = match self.node.read_opts(&table, key, opts).await {
             Ok(Ok(read)) => read,
             Ok(Err(RequestError::Bootstrapping(b))) => return Err(loading(&b.progress)),
+            Ok(Err(RequestError::Read(e))) => return Err(read_failed(&e)),
             Ok(Err(e)) => return Err(Reply::err(e)),
             Err(e) => return Err(Reply::err(e)),
         };
@@ -569,6 +586,7 @@ impl Connection {
                 state,
                 resolver,
                 regions,
+                ..
             } => {
                 self.seen.saw(&token);
                 Ok((state, resolver, regions))

@@ -43,6 +43,9 @@ pub(super) struct Connection {
     pub(super) cursors: Arc<std::sync::Mutex<super::commands::Cursors>>,
     /// The connection's last write and session token.
     pub(super) seen: Seen,
+    /// `MERIDIAN.READ`: how many regions this connection's reads consult; `None` uses the
+    /// table's `[read]` default.
+    pub(super) read_level: Option<leader_core::ReadLevel>,
 }
 
 impl Connection {
@@ -63,6 +66,7 @@ impl Connection {
             name: None,
             cursors,
             seen: Seen::default(),
+            read_level: None,
         }
     }
 

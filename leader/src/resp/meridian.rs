@@ -63,6 +63,29 @@ impl Connection {
         }
     }
 
+    /// `MERIDIAN.READ`: how many regions this connection's reads consult (`default`: the
+    /// table's `[read]` setting); `MERIDIAN.READ one|quorum|all|default` sets it. At
+    /// `quorum`, a read joins the states of a majority of regions and sees every write
+    /// acknowledged at `durability=quorum` (R + W > N); too few regions answering is
+    /// `-NOREPLICAS`, never a local answer.
+    pub(super) fn read_level(&mut self, level: Option<&Bytes>) -> Reply {
+        let Some(level) = level else {
+            return Reply::Simple(self.read_level.map_or("default", |l| l.as_str()));
+        };
+        let level = text(level).to_ascii_lowercase();
+        if level == "default" {
+            self.read_level = None;
+            return Reply::OK;
+        }
+        match level.parse::<leader_core::ReadLevel>() {
+            Ok(l) => {
+                self.read_level = Some(l);
+                Reply::OK
+            }
+            Err(e) => Reply::err(format!("{e}, or default")),
+        }
+    }
+
     /// `MERIDIAN.SIBLINGS key`: the key's causal context, then each sibling as
     /// `[value, region, hlc]` (a deleted sibling's value is nil), in canonical order. Write
     /// back with `MERIDIAN.SET key value context` to supersede exactly these.

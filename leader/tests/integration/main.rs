@@ -23,6 +23,7 @@ mod cluster;
 mod collection;
 mod consistency;
 mod hostile_peer;
+mod quorum;
 mod resp_meridian;
 mod rollout;
 

@@ -165,7 +165,7 @@ async fn connection_commands_answer_as_redis_does() {
     c.roundtrip(&["SELECT", "1"], "+OK\r\n").await;
     c.cmd(&["SELECT", "3"]).await;
     assert!(c.line().await.starts_with("-ERR DB index is out of range"));
-    c.roundtrip(&["COMMAND", "COUNT"], ":29\r\n").await;
+    c.roundtrip(&["COMMAND", "COUNT"], ":30\r\n").await;
     c.roundtrip(&["COMMAND", "DOCS"], "*0\r\n").await;
     c.roundtrip(&["CONFIG", "GET", "save"], "*2\r\n$4\r\nsave\r\n$0\r\n\r\n")
         .await;

@@ -337,3 +337,42 @@ async fn the_meridian_commands_answer_in_resp3_too() {
     c.roundtrip(&["GET", "n"], "$2\r\n-3\r\n").await;
     s.stop().await;
 }
+
+/// `MERIDIAN.READ quorum` over RESP: after `SET` + `WAIT 1` (durable in a majority of three),
+/// a `GET` at a region cut off from the writer sees the write through the third region, while
+/// a plain `GET` there does not yet; cut off from both, `GET` is `-NOREPLICAS` naming who
+/// answered, never a local answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_read_over_resp_sees_a_write_a_majority_has() {
+    let regions = ["us-east", "eu-west", "ap-south"];
+    Cluster::builder(&regions)
+        .timeout("relay_delay_ms", 60_000)
+        .timeout("write_timeout_ms", 300)
+        .start()
+        .await
+        .run(async |c| {
+            c.wait_connected().await;
+            let mut us = connect(c.resp_addr("us-east")).await;
+            let mut eu = connect(c.resp_addr("eu-west")).await;
+            c.partition("us-east", "eu-west");
+            us.roundtrip(&["SET", "plan", "gold"], "+OK\r\n").await;
+            us.roundtrip(&["WAIT", "1", "5000"], ":1\r\n").await;
+            eu.roundtrip(&["GET", "plan"], "$-1\r\n").await;
+            eu.roundtrip(&["MERIDIAN.READ"], "+default\r\n").await;
+            eu.roundtrip(&["MERIDIAN.READ", "quorum"], "+OK\r\n").await;
+            eu.roundtrip(&["MERIDIAN.READ"], "+quorum\r\n").await;
+            eu.roundtrip(&["GET", "plan"], "$4\r\ngold\r\n").await;
+            let bad = line(&mut eu, &["MERIDIAN.READ", "most"]).await;
+            assert!(bad.starts_with("-ERR unknown read level"), "{bad}");
+            c.partition("eu-west", "ap-south");
+            let failed = line(&mut eu, &["GET", "plan"]).await;
+            assert!(
+                failed.starts_with("-NOREPLICAS read=quorum needs 2 regions")
+                    && failed.contains("(eu-west)"),
+                "{failed}"
+            );
+            eu.roundtrip(&["MERIDIAN.READ", "default"], "+OK\r\n").await;
+            eu.roundtrip(&["GET", "plan"], "$4\r\ngold\r\n").await;
+        })
+        .await;
+}

@@ -105,6 +105,12 @@ impl Trace {
                 self.word(18);
                 self.word(*id);
             }
+            Event::ClientRead { id, key, level, .. } => {
+                self.word(21);
+                self.word(*id);
+                self.bytes(key);
+                self.word(*level as u64);
+            }
             Event::PeerUp { peer, conn } => {
                 self.word(2);
                 self.bytes(peer.as_bytes());
@@ -223,6 +229,17 @@ impl Trace {
                     Err(e) => self.bytes(e.to_string().as_bytes()),
                 }
             }
+            Effect::ReadDone { id, result } => {
+                self.word(22);
+                self.word(*id);
+                match result {
+                    Ok(a) => {
+                        self.bytes(&a.state.digest());
+                        self.word(a.answered.len() as u64);
+                    }
+                    Err(e) => self.bytes(e.to_string().as_bytes()),
+                }
+            }
             Effect::Alarm(a) => {
                 self.word(16);
                 self.bytes(format!("{a:?}").as_bytes());
@@ -286,6 +303,26 @@ pub fn describe(m: &PeerMsg) -> String {
             if c.restart { ", restart" } else { "" }
         ),
         PeerMsg::SnapshotUnavailable(u) => format!("SnapshotUnavailable({})", u.reason),
+        PeerMsg::ReadRequest(r) => format!(
+            "ReadRequest(#{} {}/{})",
+            r.id,
+            r.table,
+            String::from_utf8_lossy(&r.key)
+        ),
+        PeerMsg::ReadReply(r) => format!(
+            "ReadReply(#{} {:?}{})",
+            r.id,
+            r.state.as_ref().map(|s| &s.context),
+            r.refused
+                .as_ref()
+                .map_or(String::new(), |why| format!(", refused: {why}"))
+        ),
+        PeerMsg::ReadRepair(r) => format!(
+            "ReadRepair({}/{} {:?})",
+            r.table,
+            String::from_utf8_lossy(&r.key),
+            r.state.context
+        ),
     }
 }
 

@@ -1090,6 +1090,16 @@ fn show_event(ev: &Event) -> String {
             id, seq, regions, ..
         } => format!("ClientWait #{id} seq {} in {regions} regions", seq.0),
         Event::CancelWait { id } => format!("CancelWait #{id}"),
+        Event::ClientRead {
+            id,
+            table,
+            key,
+            level,
+            timeout_ms,
+        } => format!(
+            "ClientRead #{id} {table}/{} read={level} {timeout_ms}ms",
+            String::from_utf8_lossy(key)
+        ),
         Event::PeerUp { peer, conn } => format!("PeerUp {peer}#{conn}"),
         Event::PeerDown { peer, conn } => format!("PeerDown {peer}#{conn}"),
         Event::Frame { peer, conn, msg } => {
@@ -1159,6 +1169,13 @@ fn show_effect(e: &Effect) -> String {
             ..
         } => format!("ReadSnapshot for {peer}#{conn} ({max_bytes} bytes)"),
         Effect::Waited { id, regions } => format!("Waited #{id}: {regions:?}"),
+        Effect::ReadDone { id, result } => match result {
+            Ok(a) => format!(
+                "ReadDone #{id} ok {:?} from {:?}",
+                a.state.context, a.answered
+            ),
+            Err(e) => format!("ReadDone #{id} failed: {e}"),
+        },
         Effect::Alarm(a) => format!("Alarm {a:?}"),
     }
 }
