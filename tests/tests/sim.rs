@@ -71,8 +71,53 @@ fn fuzz_options() -> RunOptions {
     RunOptions {
         beyond_contract: on("MERIDIAN_SIM_BEYOND_CONTRACT"),
         snapshot_faults: on("MERIDIAN_SIM_SNAPSHOTS"),
+        quorum_reads: std::env::var("MERIDIAN_SIM_QUORUM").map_or(true, |v| v != "0"),
         ..RunOptions::default()
     }
+}
+
+/// Options with the clients' quorum reads on.
+fn with_quorum_reads() -> RunOptions {
+    RunOptions {
+        quorum_reads: true,
+        ..RunOptions::default()
+    }
+}
+
+/// Quorum reads are made, answered, refused for want of regions and repair keys, in seeds
+/// that pass every oracle (`quorum-read` among them: a read at `quorum` sees every write
+/// acknowledged at `quorum`+ before it, a read at `all` every acknowledged write).
+#[test]
+fn quorum_reads_fire() {
+    let mut w = WorkCounts::default();
+    for seed in 0..8 {
+        let o = run_seed(seed, &with_quorum_reads());
+        expect_ok(&o, &with_quorum_reads());
+        w += &o.work;
+    }
+    println!("work: {w}");
+    let fired = [
+        ("quorum reads answered", w.quorum_reads),
+        ("quorum reads without enough regions", w.quorum_reads_failed),
+        ("read repairs", w.read_repairs),
+        ("acks at quorum", w.acked[2]),
+    ];
+    assert_fired(&fired, "seeds 0..8 with quorum reads");
+}
+
+/// A read above `one` that answers from the regions it has when too few answer in time (at
+/// worst its own state), as a read silently downgraded to a local one would: caught by the
+/// `quorum-read` oracle, when a partition keeps the reader from every region holding a write
+/// acknowledged at `quorum`.
+#[test]
+fn negative_control_short_reads() {
+    let s = Sabotage::ShortReads;
+    let opts = RunOptions {
+        quorum_reads: true,
+        ..sabotaged(s, true, None)
+    };
+    let (_, oracle) = caught(s, opts, 40);
+    assert_eq!(oracle, "quorum-read");
 }
 
 /// As many seeds as fit in the budget (each run twice: the determinism self-check).

@@ -103,17 +103,22 @@ pub enum Sabotage {
     /// hook): a write concurrent with the delete that arrives after the collection is
     /// resolved without it.
     CollectUnstable,
+    /// Every region answers a read above `one` that too few regions answered in time from
+    /// the answers it has (at worst its own state), as a read that silently falls back to a
+    /// local one would (the machine's test-only hook). Needs [`RunOptions::quorum_reads`].
+    ShortReads,
 }
 
 impl Sabotage {
     /// Every variant.
-    pub const ALL: [Sabotage; 6] = [
+    pub const ALL: [Sabotage; 7] = [
         Sabotage::SkipSeq,
         Sabotage::AckBeforeDurable,
         Sabotage::WallClockLww,
         Sabotage::TruncateUnstable,
         Sabotage::InstallAtHigh,
         Sabotage::CollectUnstable,
+        Sabotage::ShortReads,
     ];
 
     /// The name used in `MERIDIAN_SIM_SABOTAGE`.
@@ -125,6 +130,7 @@ impl Sabotage {
             Sabotage::TruncateUnstable => "truncate-unstable",
             Sabotage::InstallAtHigh => "install-at-high",
             Sabotage::CollectUnstable => "collect-unstable",
+            Sabotage::ShortReads => "short-reads",
         }
     }
 
@@ -185,6 +191,13 @@ pub struct RunOptions {
     /// `snapshot_seed_*` tests); `MERIDIAN_SIM_SNAPSHOTS=1` turns them on for `fuzz` and
     /// `replay`.
     pub snapshot_faults: bool,
+    /// Clients also read at `read=quorum` and `read=all` (a stream of draws of their own),
+    /// checked by the `quorum-read` oracle: a read at `quorum` sees every write acknowledged
+    /// at `quorum` or `all` before it was issued, and a read at `all` every acknowledged write
+    /// (R + W > N), except writes acknowledged before a disk was lost. Off by default so that
+    /// the seeds pinned before quorum reads existed keep their schedules; on in `fuzz`
+    /// (`MERIDIAN_SIM_QUORUM=0` turns it off there).
+    pub quorum_reads: bool,
 }
 
 impl Default for RunOptions {
@@ -199,6 +212,7 @@ impl Default for RunOptions {
             beyond_contract: false,
             rollout: None,
             snapshot_faults: false,
+            quorum_reads: false,
         }
     }
 }
@@ -297,8 +311,13 @@ pub fn replay_command(seed: u64, opts: &RunOptions) -> String {
     } else {
         ""
     };
+    let quorum = if opts.quorum_reads {
+        ""
+    } else {
+        " MERIDIAN_SIM_QUORUM=0"
+    };
     format!(
-        "MERIDIAN_SIM_SEED={seed}{sabotage}{snapshots} cargo test -p meridian-tests --test sim -- replay --nocapture"
+        "MERIDIAN_SIM_SEED={seed}{sabotage}{snapshots}{quorum} cargo test -p meridian-tests --test sim -- replay --nocapture"
     )
 }
 

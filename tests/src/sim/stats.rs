@@ -182,6 +182,12 @@ pub struct WorkCounts {
     pub snapshots_installed: u64,
     /// Client reads served (each checked against the last write acknowledged there).
     pub reads: u64,
+    /// Reads at `quorum` or `all` answered (each checked by the `quorum-read` oracle).
+    pub quorum_reads: u64,
+    /// Reads at `quorum` or `all` that too few regions answered in time.
+    pub quorum_reads_failed: u64,
+    /// Keys joined by read repair (at the reader, and at the regions it sent repairs to).
+    pub read_repairs: u64,
     /// Conflicts the machines logged.
     pub conflicts: u64,
     /// Resync requests (gaps seen by receivers).
@@ -227,6 +233,9 @@ impl AddAssign<&WorkCounts> for WorkCounts {
         self.snapshot_chunks += o.snapshot_chunks;
         self.snapshots_installed += o.snapshots_installed;
         self.reads += o.reads;
+        self.quorum_reads += o.quorum_reads;
+        self.quorum_reads_failed += o.quorum_reads_failed;
+        self.read_repairs += o.read_repairs;
         self.conflicts += o.conflicts;
         self.resyncs += o.resyncs;
         self.relayed += o.relayed;
@@ -246,7 +255,7 @@ impl fmt::Display for WorkCounts {
         write!(
             f,
             "events {}, writes {} (acked local {}, one {}, quorum {}, all {}; timed out {}; \
-             refused: context ahead {}, siblings {}, overloaded {}; paced {}; abandoned {}; region down {}; bootstrapping {}), reads {}, conflicts {}, \
+             refused: context ahead {}, siblings {}, overloaded {}; paced {}; abandoned {}; region down {}; bootstrapping {}), reads {}, quorum reads {} ({} failed, {} repairs), conflicts {}, \
              snapshots started {} ({} chunks, {} installed), resyncs {}, relayed {}, duplicates dropped {}, held back {}, released {}, \
              persists {}, log reads {}, connections {}, spin ticks {}, longest settle {} ms",
             self.events,
@@ -264,6 +273,9 @@ impl fmt::Display for WorkCounts {
             self.unavailable,
             self.bootstrapping,
             self.reads,
+            self.quorum_reads,
+            self.quorum_reads_failed,
+            self.read_repairs,
             self.conflicts,
             self.snapshots_started,
             self.snapshot_chunks,

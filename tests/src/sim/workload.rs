@@ -4,7 +4,7 @@
 
 use conflict::examples::Counter;
 use conflict::{Dot, KeyState, Resolved, Seq, Value, VersionVector, WriteRefused};
-use leader_core::{Durability, Event, WriteError, WriteReceipt};
+use leader_core::{Durability, Event, ReadAnswer, ReadError, ReadLevel, WriteError, WriteReceipt};
 
 use super::truth::{Slot, show};
 use super::world::NEW_TABLE;
@@ -42,6 +42,18 @@ pub(super) struct OpRec {
     pub(super) issued_ms: u64,
     pub(super) answered_ms: Option<u64>,
     pub(super) outcome: OpOutcome,
+}
+
+/// Request ids of quorum reads start here, apart from the client writes' (`ops` index + 1).
+const QUORUM_READ_IDS: u64 = 1 << 40;
+
+/// A quorum read waiting for its answer.
+#[derive(Debug, Clone)]
+pub(super) struct QuorumRead {
+    region: usize,
+    slot: Slot,
+    level: ReadLevel,
+    issued_ms: u64,
 }
 
 /// The write half of a read-modify-write whose read happened in another region.
@@ -462,5 +474,116 @@ impl World {
                 self.work.abandoned += 1;
             }
         }
+        // A quorum read dies with its region's process, unanswered.
+        self.quorum_reads.retain(|_, q| q.region != r);
+    }
+
+    /// A client read at `read=quorum` (or, one time in five, `read=all`) at region `r`;
+    /// schedules the next one. Its draws come from a stream of their own.
+    pub(super) fn quorum_read(&mut self, r: usize) -> Result<(), Failure> {
+        if self.phase != Phase::Workload {
+            return Ok(());
+        }
+        let next = self.now + self.rng_read.range(1, 8 * self.p.op_interval_ms);
+        self.push(next, Ev::QuorumRead(r));
+        if !self.alive(r) {
+            return Ok(());
+        }
+        let n = self.p.hot_keys as u64;
+        let key = format!("k{}", self.rng_read.below(n)).into_bytes();
+        let table = if self.rng_read.chance(0.5) {
+            "lww"
+        } else {
+            "mv"
+        };
+        let level = if self.rng_read.chance(0.2) {
+            ReadLevel::All
+        } else {
+            ReadLevel::Quorum
+        };
+        let timeout_ms = self.rng_read.range(100, 3_000);
+        let id = QUORUM_READ_IDS + self.quorum_reads_issued;
+        self.quorum_reads_issued += 1;
+        let slot: Slot = (table.to_owned(), key);
+        self.quorum_reads.insert(
+            id,
+            QuorumRead {
+                region: r,
+                slot: slot.clone(),
+                level,
+                issued_ms: self.now,
+            },
+        );
+        let ev = Event::ClientRead {
+            id,
+            table: slot.0,
+            key: slot.1,
+            level,
+            timeout_ms,
+        };
+        self.handle(r, ev)
+    }
+
+    /// The answer to quorum read `id` at region `r`: it must see every write acknowledged
+    /// before it was issued at a level whose regions every set of its level's regions meets
+    /// (`quorum-read`).
+    pub(super) fn on_read_done(
+        &mut self,
+        r: usize,
+        id: u64,
+        result: Result<ReadAnswer, ReadError>,
+    ) -> Result<(), Failure> {
+        let Some(q) = self.quorum_reads.remove(&id) else {
+            return Ok(());
+        };
+        let answer = match result {
+            Ok(a) => a,
+            Err(ReadError::TooFewRegions { .. }) => {
+                self.work.quorum_reads_failed += 1;
+                return Ok(());
+            }
+            Err(ReadError::Bootstrapping { .. }) if self.bootstrapping(r) => {
+                self.work.bootstrapping += 1;
+                return Ok(());
+            }
+            Err(e) => {
+                let detail = format!("quorum read #{id} at {} refused: {e}", self.regions[r].name);
+                return Err(self.fail(("refusal", detail)));
+            }
+        };
+        self.work.quorum_reads += 1;
+        let binding = |op: &OpRec| match &op.outcome {
+            OpOutcome::Acked(receipt) if !receipt.timed_out => {
+                let level_meets = match q.level {
+                    ReadLevel::All => true,
+                    _ => receipt.durability >= Durability::Quorum,
+                };
+                let acked = op.answered_ms.unwrap_or(u64::MAX);
+                let before_loss = self.last_loss_ms.is_some_and(|l| acked <= l);
+                (level_meets && acked < q.issued_ms && !before_loss && op.slot == q.slot)
+                    .then_some(receipt.dot)
+            }
+            _ => None,
+        };
+        let missed: Vec<Dot> = self
+            .ops
+            .iter()
+            .filter_map(binding)
+            .filter(|dot| !answer.state.context.covers(dot))
+            .collect();
+        if let Some(dot) = missed.first() {
+            let detail = format!(
+                "a read={} of {} at {} issued at {} ms, answered by {:?}, does not see {dot} ({} missed), acknowledged before it at a level it must meet; it saw context {:?}",
+                q.level,
+                show(&q.slot),
+                self.regions[r].name,
+                q.issued_ms,
+                answer.answered,
+                missed.len(),
+                answer.state.context
+            );
+            return Err(self.fail(("quorum-read", detail)));
+        }
+        Ok(())
     }
 }

@@ -178,6 +178,9 @@ pub(super) enum Ev {
     ConnReset,
     EndWorkload,
     Probe,
+    /// A client read at `read=quorum` or `read=all` at a region (and the next one is
+    /// scheduled); [`RunOptions::quorum_reads`] only.
+    QuorumRead(usize),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,6 +223,15 @@ pub(super) struct World {
     pub(super) rng_disk: Rng,
     /// Draws of the faults aimed at snapshot transfers (a stream of their own).
     pub(super) rng_snap: Rng,
+    /// Draws of the quorum reads (a stream of their own).
+    pub(super) rng_read: Rng,
+    /// Quorum reads waiting for their answer, by request id.
+    pub(super) quorum_reads: BTreeMap<u64, super::workload::QuorumRead>,
+    /// Quorum reads issued so far (their ids follow from it).
+    pub(super) quorum_reads_issued: u64,
+    /// When a disk was last lost (a disk loss, or a region lost for good): writes acknowledged
+    /// before it no longer bind quorum reads (their majority may have lost its copy).
+    pub(super) last_loss_ms: Option<u64>,
     pub(super) faults: FaultCounts,
     pub(super) work: WorkCounts,
     pub(super) phase: Phase,
@@ -359,6 +371,10 @@ impl World {
             rng_work: Rng::stream(seed, 4),
             rng_disk: Rng::stream(seed, 5),
             rng_snap: Rng::stream(seed, 8),
+            rng_read: Rng::stream(seed, 9),
+            quorum_reads: BTreeMap::new(),
+            quorum_reads_issued: 0,
+            last_loss_ms: None,
             faults: FaultCounts::default(),
             work: WorkCounts::default(),
             phase: Phase::Workload,
@@ -447,6 +463,12 @@ impl World {
             let first = self.rng_work.range(0, self.p.op_interval_ms);
             self.push(first, Ev::Op(r));
         }
+        if self.opts.quorum_reads {
+            for r in 0..self.regions.len() {
+                let first = self.rng_read.range(0, 4 * self.p.op_interval_ms);
+                self.push(first, Ev::QuorumRead(r));
+            }
+        }
         let gaps = [
             (self.p.partition_gap_ms, Ev::Partition),
             (self.p.crash_gap_ms, Ev::Crash),
@@ -522,6 +544,9 @@ impl World {
         if self.opts.sabotage == Some(Sabotage::CollectUnstable) {
             g.node.replica.unsafe_collect_tombstones_unstably();
         }
+        if self.opts.sabotage == Some(Sabotage::ShortReads) {
+            g.node.replica.unsafe_answer_short_reads();
+        }
         g.boot_ms = self.now;
         g.seen_applied = g.node.disk.applied.clone();
         g.seen_received = g.node.disk.applied.clone();
@@ -589,6 +614,7 @@ impl World {
             Ev::ConnReset => self.conn_reset(),
             Ev::EndWorkload => self.end_workload(),
             Ev::Probe => self.probe(),
+            Ev::QuorumRead(r) => self.quorum_read(r),
         }
     }
 
@@ -723,9 +749,10 @@ impl World {
     /// Checks the replies and alarms the interpreter just recorded for region `r`.
     fn take_answers(&mut self, r: usize) -> Result<(), Failure> {
         let node = &mut self.regions[r].node;
-        let (replies, alarms) = (
+        let (replies, alarms, reads) = (
             std::mem::take(&mut node.replies),
             std::mem::take(&mut node.alarms),
+            std::mem::take(&mut node.reads),
         );
         // The workload sends no `ClientWait`; nothing waits for a `Waited` answer.
         node.waited.clear();
@@ -734,6 +761,9 @@ impl World {
         }
         for alarm in alarms {
             self.on_alarm(r, alarm)?;
+        }
+        for (id, result) in reads {
+            self.on_read_done(r, id, result)?;
         }
         Ok(())
     }
@@ -799,6 +829,7 @@ impl World {
             self.work.paced += c.writes_paced;
             self.work.snapshot_chunks += c.snapshot_chunks_received;
             self.work.snapshots_installed += c.snapshots_installed;
+            self.work.read_repairs += c.read_repairs + c.read_repairs_applied;
         }
     }
 
@@ -885,6 +916,7 @@ impl World {
         g.id = id;
         g.opts.replica = id;
         g.disk_lost_ms = Some(self.now);
+        self.last_loss_ms = Some(self.now);
         self.faults.disk_losses += 1;
         // Nothing read there before survives the disk: read-your-writes starts over.
         self.last_acked.retain(|(q, _), _| *q != r);
@@ -985,6 +1017,7 @@ impl World {
         }
         self.crash(r);
         self.regions[r].doomed = true;
+        self.last_loss_ms = Some(self.now);
         self.faults.permanent_losses += 1;
         self.lose_copies(r)?;
         if self.doom.is_some_and(|d| d.correlated) {

@@ -181,6 +181,8 @@ pub struct Replica {
     collected: VersionVector,
     /// Test-only negative control (see [`Replica::unsafe_collect_tombstones_unstably`]).
     collect_unstable: bool,
+    /// Test-only negative control (see [`Replica::unsafe_answer_short_reads`]).
+    short_reads: bool,
     /// Monotonic time of the last event handled (every `handle` ends with `on_tick`).
     last_event_ms: u64,
     /// Reads above level `one` waiting for other regions' answers (`quorum.rs`); at most
@@ -285,6 +287,7 @@ impl Replica {
             last_collect_ms: 0,
             collected: rec.collected,
             collect_unstable: false,
+            short_reads: false,
             last_event_ms: 0,
             quorum_reads: BTreeMap::new(),
             resolvers,
@@ -530,6 +533,16 @@ impl Replica {
     #[doc(hidden)]
     pub fn unsafe_collect_tombstones_unstably(&mut self) {
         self.collect_unstable = true;
+    }
+
+    /// **Test-only; breaks quorum reads.** From now on, a read above `one` that too few
+    /// regions answer in time is answered from the answers it has (at worst this region's
+    /// own state), as a read that silently falls back to a local one would. It exists so the
+    /// deterministic simulator can prove its oracles catch that mistake (a negative control);
+    /// nothing else may call it.
+    #[doc(hidden)]
+    pub fn unsafe_answer_short_reads(&mut self) {
+        self.short_reads = true;
     }
 
     /// The next time (mono ms) at which [`Event::Tick`] must be delivered, if any.
