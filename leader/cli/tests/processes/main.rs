@@ -10,6 +10,7 @@ mod bootstrap;
 mod chaos;
 mod cli_session;
 mod memory;
+mod quorum;
 mod restart;
 mod retention;
 mod split_brain;
