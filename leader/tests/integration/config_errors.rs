@@ -228,7 +228,7 @@ fn unknown_field_at_the_top_level_and_in_sections() {
         err.to_string(),
         "/etc/meridian/regions.toml:3:1: region_count: unknown key `region_count`. remove it or \
          use one of the keys allowed at the top level: cluster, tls_dir, limits, timeouts, \
-         region, tables, durability, simulation, resp"
+         region, tables, durability, read, simulation, resp"
     );
     let err = error_with(
         "tls_dir = \"certs\"",
@@ -654,4 +654,26 @@ fn a_resp_address_must_not_take_an_api_port() {
         "api_addr = \"127.0.0.1:8101\"\nresp_addr = \"localhost:8201\"",
     );
     assert_eq!(bad.key, "region[0].resp_addr");
+}
+
+#[test]
+fn read_levels_name_configured_tables_and_known_levels() {
+    let config = parse(&format!("{BASE}\n[read]\ncarts = \"quorum\"\n")).unwrap();
+    assert_eq!(
+        config.read.get("carts"),
+        Some(&leader_core::ReadLevel::Quorum)
+    );
+    let err = parse(&format!("{BASE}\n[read]\ncarts = \"most\"\n")).unwrap_err();
+    assert_eq!(err.key, "read.carts");
+    assert!(
+        err.to_string().contains("unknown read level 'most'"),
+        "{err}"
+    );
+    assert_eq!(err.fix, "write one of \"one\", \"quorum\", \"all\"");
+    let err = parse(&format!("{BASE}\n[read]\norders = \"all\"\n")).unwrap_err();
+    assert_eq!(err.key, "read.orders");
+    assert_eq!(
+        err.fix,
+        "give read defaults only for tables listed under [tables]"
+    );
 }

@@ -22,6 +22,11 @@
 //!    backlog of `--backlog` writes is written at the others as fast as they take it, the links
 //!    are healed, and the time until the cut region has applied everything (equal applied
 //!    vectors) gives the catch-up time and apply rate.
+//! 6. **reads**: client read latency p50/p99/p999 per read level (`one`, `quorum`, `all`),
+//!    open loop at `--read-rate` spread over the regions, on keys the earlier phases wrote
+//!    (missing keys are read too: a quorum read costs the same round trip either way). With
+//!    `--latency-ms` a `quorum` read pays one round trip to the nearest region, `all` to the
+//!    farthest.
 //! 5. **wan**: a closed loop at every region for `--wan-secs` (minutes, for a soak), meant
 //!    for links with latency and jitter (`--latency-ms`, `--jitter-ms`): every second, client
 //!    writes/s per region, writes relayed and `Resync`s, and the lag matrix; reported as
@@ -74,8 +79,8 @@ pub(crate) struct BenchArgs {
     /// netem does).
     #[arg(long, default_value_t = 0)]
     jitter_ms: u64,
-    /// Phases to run, comma-separated: throughput, latency, lag, catchup, wan (wan is not in
-    /// the default set: it runs for minutes).
+    /// Phases to run, comma-separated: throughput, latency, lag, catchup, reads, wan (wan is
+    /// not in the default set: it runs for minutes).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = Phase::all())]
     phases: Vec<Phase>,
     /// Distinct keys per region.
@@ -119,6 +124,12 @@ pub(crate) struct BenchArgs {
     /// Length of each durability level in the latency phase, seconds.
     #[arg(long, default_value_t = 2)]
     latency_secs: u64,
+    /// Read rate of each read level in the reads phase, reads/s (open loop).
+    #[arg(long, default_value_t = 200.0)]
+    read_rate: f64,
+    /// Length of each read level in the reads phase, seconds.
+    #[arg(long, default_value_t = 2)]
+    read_secs: u64,
     /// Write rate of the lag phase, writes/s over all regions (open loop), or `auto`: half
     /// the sustained rate of the throughput phase (without it, of the wan phase).
     #[arg(long, default_value = "auto")]
@@ -162,6 +173,9 @@ pub(crate) enum Phase {
     /// Closed-loop load for minutes over links with latency and jitter: throughput over
     /// time, lag, relays.
     Wan,
+    /// Read latency per read level (`one`, `quorum`, `all`): a quorum read costs a round trip
+    /// to the nearest regions.
+    Reads,
 }
 
 impl Phase {
@@ -171,6 +185,7 @@ impl Phase {
             Phase::Latency,
             Phase::Lag,
             Phase::Catchup,
+            Phase::Reads,
         ]
     }
 }
@@ -319,6 +334,7 @@ impl BenchArgs {
             conflict_share: conflict,
             value: Arc::from(vec![b'x'; self.value_bytes]),
             durability: durability.map(|d| d.as_str().to_owned()),
+            read_level: None,
         }
     }
 
@@ -331,6 +347,7 @@ impl BenchArgs {
             "durability": self.durability.as_str(), "concurrency": self.concurrency,
             "duration_secs": self.duration_secs, "writes": self.writes, "rate": self.rate,
             "latency_rate": self.latency_rate, "latency_secs": self.latency_secs,
+            "read_rate": self.read_rate, "read_secs": self.read_secs,
             "lag_rate": match self.lag_rate { LagRate::Auto => json!("auto"), LagRate::Fixed(r) => json!(r) },
             "lag_secs": self.lag_secs, "lag_probe_rate": self.lag_probe_rate, "backlog": self.backlog, "backlog_concurrency": self.backlog_concurrency,
         })

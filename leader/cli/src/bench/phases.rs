@@ -18,8 +18,8 @@ use leader::status::{Counters, MatrixEntry, Status};
 use super::cluster::{self, Cluster};
 use super::procstat::{self, ProcSample};
 use super::report::{
-    Catchup, Convergence, Lag, LatencyLevel, Quantiles, RegionThroughput, Report, Sample, Summary,
-    Throughput, Wan, WanSample, Wire, per,
+    Catchup, Convergence, Lag, LatencyLevel, Quantiles, ReadLevelLatency, RegionThroughput, Report,
+    Sample, Summary, Throughput, Wan, WanSample, Wire, per,
 };
 use super::workload::{self, Load, LoadControl, Schedule, Until, histogram};
 use super::{BenchArgs, Durability, LagRate, Phase, Progress, summarize};
@@ -119,6 +119,11 @@ impl Bench {
         } else {
             None
         };
+        let reads = if on(Phase::Reads) {
+            Some(self.reads(args).await?)
+        } else {
+            None
+        };
         self.phase("converge");
         let convergence = self.converge().await?;
         self.sampler.stop.store(true, Ordering::Relaxed);
@@ -134,6 +139,7 @@ impl Bench {
             lag,
             catchup,
             wan,
+            reads,
             wire: Some(wire),
             convergence: convergence.clone(),
             notes,
@@ -323,6 +329,43 @@ impl Bench {
                 rate_per_sec: args.latency_rate,
                 latency: Quantiles::of(&h),
                 accepted_not_reached: results.iter().map(|r| r.accepted).sum(),
+                errors: results.iter().map(|r| r.errors).sum(),
+            });
+        }
+        Ok(levels)
+    }
+
+    /// The reads phase: read latency per read level, open loop.
+    async fn reads(&self, args: &BenchArgs) -> Result<Vec<ReadLevelLatency>> {
+        let mut levels = Vec::new();
+        for level in ["one", "quorum", "all"] {
+            self.phase(&format!("reads {level}"));
+            self.progress.line(format!(
+                "bench: reads phase, read={level} ({} s at {}/s, open loop)",
+                args.read_secs, args.read_rate
+            ));
+            let mut workload = args.workload(None, workload::Mix::ReadOnly, 0.0);
+            workload.read_level = Some(level.to_owned());
+            let load = Load {
+                targets: self.cluster.targets(),
+                clients: args.concurrency,
+                rate: Some(args.read_rate),
+                until: Until::Stopped,
+                workload,
+                seed: 6,
+            };
+            let (results, _) = self
+                .drive(&format!("reads {level}"), load, args.read_secs)
+                .await;
+            let mut h = histogram();
+            for r in &results {
+                // Same bounds everywhere: adding cannot fail.
+                let _ = h.add(&r.reads);
+            }
+            levels.push(ReadLevelLatency {
+                level: level.to_owned(),
+                rate_per_sec: args.read_rate,
+                latency: Quantiles::of(&h),
                 errors: results.iter().map(|r| r.errors).sum(),
             });
         }

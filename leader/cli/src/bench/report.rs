@@ -125,6 +125,19 @@ pub(crate) struct LatencyLevel {
     pub(crate) errors: u64,
 }
 
+/// The reads phase: client read latency at one read level.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct ReadLevelLatency {
+    /// `one`, `quorum` or `all`.
+    pub(crate) level: String,
+    /// Open-loop rate, reads/s.
+    pub(crate) rate_per_sec: f64,
+    /// Client latency from the intended send time.
+    pub(crate) latency: Quantiles,
+    /// Failed requests (a `503 quorum_unavailable` among them).
+    pub(crate) errors: u64,
+}
+
 /// Phase 3: replication lag per ordered pair.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Lag {
@@ -360,6 +373,8 @@ pub(crate) struct Report {
     pub(crate) catchup: Option<Catchup>,
     /// Phase 5.
     pub(crate) wan: Option<Wan>,
+    /// Read latency per read level.
+    pub(crate) reads: Option<Vec<ReadLevelLatency>>,
     /// Bytes per replicated write.
     pub(crate) wire: Option<Wire>,
     /// The final check.
@@ -472,6 +487,15 @@ impl Report {
                 format!(
                     "latency {} p50 / p99 / p999 ms @ {:.0}/s",
                     l.durability, l.rate_per_sec
+                ),
+                l.latency.triple(),
+            );
+        }
+        for l in self.reads.iter().flatten() {
+            row(
+                format!(
+                    "read={} p50 / p99 / p999 ms @ {:.0}/s ({} errors)",
+                    l.level, l.rate_per_sec, l.errors
                 ),
                 l.latency.triple(),
             );

@@ -125,6 +125,8 @@ pub(crate) enum Mix {
     YcsbA,
     /// YCSB workload B: 95% reads, 5% updates.
     YcsbB,
+    /// Reads only (the reads phase).
+    ReadOnly,
 }
 
 /// One client operation.
@@ -143,6 +145,7 @@ impl Mix {
             Mix::WriteOnly => 0.0,
             Mix::YcsbA => 0.5,
             Mix::YcsbB => 0.95,
+            Mix::ReadOnly => 1.0,
         }
     }
 
@@ -191,6 +194,8 @@ pub(crate) struct Workload {
     pub(crate) value: Arc<[u8]>,
     /// `x-meridian-durability` of writes, if any.
     pub(crate) durability: Option<String>,
+    /// `?read=` of reads (`one`, `quorum`, `all`), if any.
+    pub(crate) read_level: Option<String>,
 }
 
 /// How long a load runs.
@@ -381,7 +386,13 @@ async fn send_once(
             }
             ("PUT", req)
         }
-        Op::Read => ("GET", client.get(url)),
+        Op::Read => match &w.read_level {
+            Some(level) => (
+                "GET",
+                client.get(format!("{url}?read={level}&timeout_ms=5000")),
+            ),
+            None => ("GET", client.get(url)),
+        },
     };
     let missing_is_fine = op == Op::Read;
     match req.send().await {
@@ -491,6 +502,7 @@ mod tests {
             conflict_share: 0.25,
             value: Arc::from(&b"v"[..]),
             durability: None,
+            read_level: None,
         };
         let mut rng = Rng::new(5);
         let shared = (0..10_000)
