@@ -46,14 +46,7 @@ const WRITER_BACKOFF: Duration = Duration::from_millis(20);
 /// A deployment of the three regions, up and replicating.
 async fn deployment(client: &reqwest::Client) -> Cluster {
     let mut cluster = Cluster::start_simulated_with_limits(&REGIONS, LIMITS);
-    for i in 0..REGIONS.len() {
-        cluster
-            .wait_healthy(client, i, Instant::now() + START_BOUND)
-            .await;
-    }
-    cluster
-        .wait_replicating(client, Instant::now() + START_BOUND)
-        .await;
+    cluster.wait_up(client, START_BOUND).await;
     cluster
 }
 

@@ -481,6 +481,15 @@ impl Cluster {
         std::fs::read_to_string(&r.log).unwrap_or_default()
     }
 
+    /// Waits until every region is healthy and replicating to every peer, failing the test
+    /// after `bound`.
+    pub(crate) async fn wait_up(&mut self, client: &reqwest::Client, bound: Duration) {
+        for i in 0..self.regions.len() {
+            self.wait_healthy(client, i, Instant::now() + bound).await;
+        }
+        self.wait_replicating(client, Instant::now() + bound).await;
+    }
+
     pub(crate) async fn wait_replicating(&mut self, client: &reqwest::Client, deadline: Instant) {
         loop {
             let mut lagging = Vec::new();

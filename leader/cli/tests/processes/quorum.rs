@@ -97,14 +97,7 @@ async fn phase(
 async fn quorum_reads_see_quorum_writes_while_links_are_cut_and_regions_killed() {
     let client = http_client();
     let mut cluster = Cluster::start_simulated(&REGIONS);
-    for i in 0..REGIONS.len() {
-        cluster
-            .wait_healthy(&client, i, Instant::now() + START_BOUND)
-            .await;
-    }
-    cluster
-        .wait_replicating(&client, Instant::now() + START_BOUND)
-        .await;
+    cluster.wait_up(&client, START_BOUND).await;
     let (us, eu, ap) = (0, 1, 2);
     let mut reads = phase(&client, &cluster, "healthy", &[us, eu, ap], &[us, eu, ap]).await;
 
