@@ -2597,3 +2597,23 @@ fn read_repair_sends_the_joined_state_to_regions_that_answered_with_less() {
     w.advance(1_000);
     assert_eq!(w.digests().len(), 1, "regions converge");
 }
+
+#[test]
+fn a_key_too_large_for_one_frame_is_refused_to_a_quorum_read_not_sent() {
+    let mut w = world_with(|o| o.max_batch_bytes = 64);
+    w.mesh();
+    w.deliver();
+    w.write("a", "default", "k", Some(&"x".repeat(100)));
+    w.deliver();
+    w.cut("a", "b");
+    let id = w.read_at("b", "default", "k", ReadLevel::Quorum, 300);
+    w.deliver();
+    w.advance(300);
+    match w.read_answer("b", id) {
+        Some(Err(ReadError::TooFewRegions { missing, .. })) => {
+            let c = missing.iter().find(|(n, _)| n == "c").expect("c is named");
+            assert!(c.1.contains("more than one frame carries"), "{c:?}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}

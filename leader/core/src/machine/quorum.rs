@@ -161,9 +161,21 @@ impl Replica {
         } else {
             None
         };
-        let state = match refused {
+        let mut state = match refused {
             Some(_) => None,
             None => self.read(&r.table, &r.key).cloned(),
+        };
+        // A key of many large siblings may not fit one frame: refused rather than sent (the
+        // transport would refuse the frame and reset the stream).
+        let size = state.as_ref().map_or(0, KeyState::estimated_bytes);
+        let refused = if size > self.opts.max_batch_bytes {
+            state = None;
+            Some(format!(
+                "the key's state in region {} is {size} bytes, more than one frame carries ({}); read it there at read=one",
+                self.opts.region, self.opts.max_batch_bytes
+            ))
+        } else {
+            refused
         };
         out.push(Effect::Send {
             peer: name.to_owned(),
@@ -325,8 +337,9 @@ impl Replica {
             self.counters.read_repairs += 1;
         }
         for (name, state) in &read.answers {
-            let lacks =
-                state.as_ref().is_none_or(|s| *s != joined) && joined != KeyState::default();
+            let lacks = state.as_ref().is_none_or(|s| *s != joined)
+                && joined != KeyState::default()
+                && joined.estimated_bytes() <= self.opts.max_batch_bytes;
             let conn = self.peers.get(name).and_then(|p| p.active);
             if let (true, Some(conn)) = (lacks, conn) {
                 self.counters.read_repairs_sent += 1;
