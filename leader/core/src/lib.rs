@@ -48,6 +48,6 @@ pub use machine::{
     SnapshotPiece, Time, WriteError, WriteReceipt, resolver_accepts,
 };
 pub use msg::{
-    Batch, Hello, LogEntry, NeedsSnapshot, PROTOCOL_VERSION, PeerMsg, SnapshotChunk,
-    SnapshotRequest,
+    Batch, Hello, LogEntry, NeedsSnapshot, PROTOCOL_VERSION, PeerMsg, Serving, SnapshotChunk,
+    SnapshotRequest, Standing,
 };
