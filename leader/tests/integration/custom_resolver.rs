@@ -373,8 +373,8 @@ async fn concurrent_carts_from_two_regions_converge_to_their_union() {
     converge(&http, &regions, "alice", "apple:2\nmilk:3\n", "1").await;
 
     let digests = [
-        cluster.handle("us-east").digest().await.unwrap(),
-        cluster.handle("eu-west").digest().await.unwrap(),
+        cluster.handle("us-east").digest().await.unwrap().unwrap(),
+        cluster.handle("eu-west").digest().await.unwrap().unwrap(),
     ];
     assert_eq!(digests[0], digests[1], "both regions hold identical state");
     cluster.shutdown().await;

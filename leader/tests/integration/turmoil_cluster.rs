@@ -498,6 +498,7 @@ async fn converged(
         let digest = handle
             .digest()
             .await
+            .map_err(|e| format!("{region}: {e}"))?
             .map_err(|e| format!("{region}: {e}"))?;
         digests.insert(region.to_owned(), digest);
     }
