@@ -2498,32 +2498,28 @@ fn a_rebuilt_region_refuses_reads_and_writes_until_a_peer_shows_it_needs_a_snaps
     assert_eq!(w.nodes["c"].replica.counters().snapshots_started, 1);
 }
 
-/// A brand-new cluster: every region starts empty and gated, and each serves as soon as it
-/// has heard every other one say it holds nothing either (at the last hello: no heartbeat
-/// needed). Until every region is connected, none serves: two regions rebuilt at once must
-/// not take each other's emptiness for a new cluster while the one holding the writes is
-/// away.
+/// A brand-new cluster: every region starts empty and gated, and serves as soon as it has
+/// heard peers that hold nothing either and make a majority with it (at the hello: no
+/// heartbeat needed). A region alone waits: a minority of regions rebuilt at once must not
+/// take each other's emptiness for a new cluster while the ones holding the writes are
+/// away. The region that comes last is vouched for by one that serves.
 #[test]
-fn a_new_cluster_serves_once_every_region_has_heard_every_other_hold_nothing() {
+fn a_new_cluster_serves_once_a_majority_has_heard_each_other_hold_nothing() {
     let mut w = learning_world();
     for r in REGIONS {
         assert!(learning(&w, r).is_some(), "{r} starts gated");
     }
+    w.advance(2_000);
+    let waits = learning(&w, "a").expect("alone: a minority");
+    assert!(waits.contains("not connected: b, c"), "{waits}");
     w.connect("a", "b");
     w.deliver();
-    w.advance(2_000);
-    let waits = learning(&w, "a").expect("c is away");
-    assert!(
-        waits.contains("not connected: c") && waits.contains("not serving themselves"),
-        "{waits}"
-    );
-    assert!(learning(&w, "b").is_some());
+    assert_eq!(learning(&w, "a"), None, "a and b are a majority");
+    assert_eq!(learning(&w, "b"), None);
+    assert!(learning(&w, "c").is_some());
     w.connect("a", "c");
-    w.connect("b", "c");
     w.deliver();
-    for r in REGIONS {
-        assert_eq!(learning(&w, r), None, "{r} serves");
-    }
+    assert_eq!(learning(&w, "c"), None, "a serves and vouches for c");
     w.write("a", "default", "k", Some("v"));
     w.deliver();
     w.advance(600);
@@ -2537,7 +2533,7 @@ fn a_new_cluster_serves_once_every_region_has_heard_every_other_hold_nothing() {
 /// nothing, so nothing could be): the first serving peer shows it can stream every write
 /// from the first, and it serves at once; it catches up by the log, with no snapshot. A
 /// second region rebuilt meanwhile learns the same from the one that serves, within a
-/// heartbeat.
+/// hello.
 #[test]
 fn a_rebuilt_region_serves_once_a_serving_peer_can_stream_it_every_write() {
     let mut w = learning_world();
@@ -2554,7 +2550,7 @@ fn a_rebuilt_region_serves_once_a_serving_peer_can_stream_it_every_write() {
         w.nodes["a"].replica.log_start().is_empty(),
         "c has nothing yet"
     );
-    // c is rebuilt; b too, and b is connected to c only.
+    // c is rebuilt; b too, and b is connected to nobody (alone, a minority).
     w.cut("a", "b");
     for (r, id) in [("c", 7), ("b", 8)] {
         let mut o = opts(r, ReplicaId::from_u128(id));
@@ -2562,8 +2558,6 @@ fn a_rebuilt_region_serves_once_a_serving_peer_can_stream_it_every_write() {
         let node = leader_core::testkit::Node::new(o, &Registry::with_builtins());
         w.nodes.insert(r.into(), node);
     }
-    w.connect("b", "c");
-    w.deliver();
     w.advance(2_000);
     assert!(learning(&w, "b").is_some() && learning(&w, "c").is_some());
     w.connect("a", "c");
@@ -2571,12 +2565,15 @@ fn a_rebuilt_region_serves_once_a_serving_peer_can_stream_it_every_write() {
     assert_eq!(learning(&w, "c"), None, "a vouches at its hello");
     w.advance(600);
     assert_eq!(w.read("c", "default", "k"), bytes("v"));
-    // b hears it from c's next heartbeat.
-    w.advance(600);
+    assert_eq!(w.nodes["c"].replica.counters().snapshots_started, 0);
+    // b learns from c's hello (serving, or a log start past what b has: then a snapshot),
+    // and serves what the others have.
+    w.connect("b", "c");
     w.deliver();
     assert_eq!(learning(&w, "b"), None);
-    assert_eq!(w.nodes["c"].replica.counters().snapshots_started, 0);
-    assert_eq!(w.nodes["b"].replica.counters().snapshots_started, 0);
+    w.advance(600);
+    assert!(w.nodes["b"].replica.bootstrap().is_none());
+    assert_eq!(w.read("b", "default", "k"), bytes("v"));
 }
 
 /// A single-region cluster is never gated.

@@ -211,11 +211,14 @@ fn load(dir: &std::path::Path, text: &str) -> Config {
 
 /// The harness's `us-east` and `eu-west` with `cart-union` registered for the `carts` table.
 async fn start_regions() -> Cluster {
-    Cluster::builder(&["us-east", "eu-west"])
+    let cluster = Cluster::builder(&["us-east", "eu-west"])
         .table("carts", "cart-union")
         .register(Arc::new(CartUnion))
         .start()
-        .await
+        .await;
+    // New data directories serve once they have heard each other (docs/design.md).
+    cluster.wait_connected().await;
+    cluster
 }
 
 /// A cart as a region's API returns it: status, context, sibling count and body.

@@ -9,12 +9,14 @@
 //!   transfer starts from that peer;
 //! - a connected peer serves and its log reaches back to what this region has, for every
 //!   origin: it can stream every write it has, and this region serves;
-//! - every peer of the configuration is connected and holds nothing, waiting too: a new
-//!   cluster, and every region serves at once.
+//! - every connected peer holds nothing and waits too, and with this region they are a
+//!   majority of the configuration: a new cluster, and they serve at once.
 //!
 //! Otherwise it waits and says for what. A peer that cannot vouch (itself waiting or being
-//! bootstrapped) may hold nothing while the region that does hold the writes is away: two
-//! regions rebuilt at once must not take each other's emptiness for a new cluster.
+//! bootstrapped) may hold nothing while the region that does hold the writes is away: a
+//! minority of regions rebuilt at once must not take each other's emptiness for a new
+//! cluster. A majority rebuilt at once while the others are away is the bound: as for
+//! `quorum` writes, losing a majority's disks at once is outside what is protected.
 
 use super::snapshot::{Bootstrap, BootstrapPhase};
 use super::{Effect, Replica, Time};
@@ -79,13 +81,12 @@ impl Replica {
             return;
         }
         let vouched = connected().any(|(_, _, s)| s.serving == Serving::Yes);
-        let new_cluster = self.peers.values().all(|p| {
-            p.is_connected()
-                && p.acked.is_empty()
-                && p.standing
-                    .as_ref()
-                    .is_some_and(|s| s.serving == Serving::Learning)
-        });
+        let empty = |p: &super::peer::Peer, s: &Standing| {
+            p.acked.is_empty() && s.serving == Serving::Learning
+        };
+        let empty_peers = connected().filter(|(_, p, s)| empty(p, s)).count();
+        let new_cluster = connected().all(|(_, p, s)| empty(p, s))
+            && (empty_peers + 1) * 2 > self.peers.len() + 1;
         if vouched || new_cluster {
             self.bootstrap = None;
             return;
