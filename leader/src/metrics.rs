@@ -286,6 +286,12 @@ impl Metrics {
         );
         counter(
             &mut reg,
+            "snapshots_started",
+            "Snapshot transfers started here, new rounds included",
+            c.snapshots_started,
+        );
+        counter(
+            &mut reg,
             "tombstones_collected",
             "Deletes dropped from their keys once every region had them (causal stability)",
             c.tombstones_collected,

@@ -112,8 +112,10 @@ pub struct Bootstrap {
     pub chunks: u64,
     /// Key states received (this round).
     pub keys: u64,
-    /// `fetching` (chunks are coming), `received` (all of them; the install is next) or
-    /// `catching_up` (installed; applying the writes since, before serving again).
+    /// `fetching` (chunks are coming), `received` (all of them; the install is next),
+    /// `catching_up` (installed; applying the writes since, before serving again), or
+    /// `learning` (no transfer: the data directory is new, and the region waits to learn from
+    /// its peers whether it needs one; `reason` says what it waits for).
     pub phase: String,
     /// One line for a reader, as a refused client is told it.
     pub progress: String,
@@ -138,6 +140,7 @@ impl From<&leader_core::Bootstrap> for Bootstrap {
                 P::Fetching => "fetching",
                 P::Received => "received",
                 P::CatchingUp => "catching_up",
+                P::Learning => "learning",
             }
             .to_owned(),
             progress: b.progress(),
@@ -174,6 +177,7 @@ impl Bootstrap {
                 "#".repeat(WIDTH as usize),
                 thousands(self.keys)
             ),
+            "learning" => format!("not serving yet: {}", self.reason),
             _ => format!(
                 "bootstrapping from {from}: {} keys installed, catching up with the writes since",
                 thousands(self.keys)
@@ -427,6 +431,8 @@ pub struct Counters {
     pub snapshot_keys_skipped: u64,
     /// Snapshots installed here.
     pub snapshots_installed: u64,
+    /// Snapshot transfers started here, new rounds included.
+    pub snapshots_started: u64,
     /// Client writes refused because a peer stayed too far behind for their whole timeout, or
     /// the queue of paced writes was full.
     pub writes_overloaded: u64,
@@ -541,6 +547,7 @@ impl From<&snapshot::Status> for Status {
                 snapshot_keys_received: c.snapshot_keys_received,
                 snapshot_keys_skipped: c.snapshot_keys_skipped,
                 snapshots_installed: c.snapshots_installed,
+                snapshots_started: c.snapshots_started,
                 writes_overloaded: c.writes_overloaded,
                 writes_paced: c.writes_paced,
                 writes_relayed: c.writes_relayed,

@@ -370,68 +370,100 @@ fn alarm_lines(alarms: &Alarms) -> Vec<String> {
 }
 
 /// What `meridian run` prints about a snapshot bootstrap of its region, from one status a
-/// second: an alarm line when a transfer starts (or is found under way at start) and when the
-/// snapshot is installed, a progress bar line each time while chunks are fetched, and a line
-/// when the region serves again.
+/// second: an alarm line for every transfer started (counted by `snapshots_started`, so one
+/// that begins and ends between two looks is printed too; or found under way at start) and
+/// when the snapshot is installed, a progress bar line each time while chunks are fetched, and
+/// a line when the region serves again. A region on a new data directory says once what it
+/// waits for before it serves.
 #[derive(Debug, Default)]
 pub(crate) struct BootstrapWatch {
     /// The transfer as last seen: (its source, its rounds).
     seen: Option<(Option<String>, u32)>,
+    /// Whether the region was last seen learning whether it needs a snapshot.
+    learning: bool,
+    /// Transfers started as last seen.
+    started: u64,
     /// Snapshots installed as last seen.
     installed: u64,
+}
+
+/// The counters a [`BootstrapWatch`] follows: transfers started, snapshots installed, key
+/// states received.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counted {
+    started: u64,
+    installed: u64,
+    keys_received: u64,
 }
 
 impl BootstrapWatch {
     /// The lines for the status `s`, taken after the last call's.
     pub(crate) fn lines(&mut self, s: &Status) -> Vec<String> {
         let c = &s.counters;
-        self.lines_of(
-            &s.region,
-            s.bootstrap.as_ref(),
-            (c.snapshots_installed, c.snapshot_keys_received),
-        )
+        let counted = Counted {
+            started: c.snapshots_started,
+            installed: c.snapshots_installed,
+            keys_received: c.snapshot_keys_received,
+        };
+        self.lines_of(&s.region, s.bootstrap.as_ref(), counted)
     }
 
-    /// [`BootstrapWatch::lines`] of region `region`: its transfer, if any, how many snapshots
-    /// it installed and how many key states it received since it started. A bootstrap may
-    /// begin and end between two calls: the counters tell.
-    fn lines_of(
-        &mut self,
-        region: &str,
-        b: Option<&Bootstrap>,
-        (installed, keys_received): (u64, u64),
-    ) -> Vec<String> {
+    /// [`BootstrapWatch::lines`] of region `region`: its transfer (or learning gate), if any,
+    /// and its counters since it started. A bootstrap may begin and end between two calls:
+    /// the counters tell.
+    fn lines_of(&mut self, region: &str, b: Option<&Bootstrap>, c: Counted) -> Vec<String> {
         let mut out = Vec::new();
-        if let Some(b) = b
-            && self
-                .seen
-                .as_ref()
-                .is_none_or(|(_, rounds)| *rounds != b.rounds)
+        let learning = b.filter(|b| b.phase == "learning");
+        let transfer = b.filter(|b| b.phase != "learning");
+        if let Some(b) = learning
+            && !self.learning
         {
             out.push(format!(
-                "ALARM snapshot started: region {region} is being bootstrapped from {} ({}); it serves no reads and takes no writes until it has caught up",
-                b.source.as_deref().unwrap_or("a peer"),
+                "region {region} serves no reads and takes no writes yet: {}",
                 b.reason
             ));
         }
-        let newly_installed = installed > self.installed;
+        let found_under_way = self.seen.is_none() && c.started == self.started;
+        let starts = match transfer {
+            Some(_) if found_under_way => 1,
+            _ => c.started.saturating_sub(self.started),
+        };
+        for i in 0..starts {
+            // Only the last start is the transfer seen now; earlier ones came and went.
+            let (from, reason) = match transfer.filter(|_| i + 1 == starts) {
+                Some(b) => (b.source.as_deref().unwrap_or("a peer"), b.reason.as_str()),
+                None => ("a peer", "it began and ended between two looks"),
+            };
+            out.push(format!(
+                "ALARM snapshot started: region {region} is being bootstrapped from {from} ({reason}); it serves no reads and takes no writes until it has caught up"
+            ));
+        }
+        let newly_installed = c.installed > self.installed;
         if newly_installed {
-            let (keys, source) = b.map_or((keys_received, None), |b| (b.keys, b.source.clone()));
+            let (keys, source) =
+                transfer.map_or((c.keys_received, None), |b| (b.keys, b.source.clone()));
             let from = source.map_or_else(String::new, |s| format!(" from {s}"));
             out.push(format!(
                 "ALARM snapshot installed: {} keys{from}; catching up with the writes since",
                 leader::status::thousands(keys),
             ));
         }
-        match b {
+        match transfer {
             Some(b) if b.phase == "fetching" => out.push(b.bar()),
-            None if self.seen.is_some() || newly_installed => out.push(format!(
-                "region {region} is bootstrapped: it serves reads and takes writes again"
+            None if learning.is_none() && (self.seen.is_some() || newly_installed) => {
+                out.push(format!(
+                    "region {region} is bootstrapped: it serves reads and takes writes again"
+                ));
+            }
+            None if learning.is_none() && self.learning && starts == 0 => out.push(format!(
+                "region {region} serves reads and takes writes: its peers showed it needs no snapshot"
             )),
             _ => {}
         }
-        self.seen = b.map(|b| (b.source.clone(), b.rounds));
-        self.installed = installed;
+        self.seen = transfer.map(|b| (b.source.clone(), b.rounds));
+        self.learning = learning.is_some();
+        self.started = c.started;
+        self.installed = c.installed;
         out
     }
 }
@@ -659,13 +691,18 @@ mod tests {
             source: Some("a".into()),
             total_keys: 2_000,
         };
+        let n = |started, installed, keys_received| Counted {
+            started,
+            installed,
+            keys_received,
+        };
         let mut watch = BootstrapWatch::default();
         assert!(
-            watch.lines_of("c", None, (0, 0)).is_empty(),
+            watch.lines_of("c", None, n(0, 0, 0)).is_empty(),
             "nothing to say"
         );
         assert_eq!(
-            watch.lines_of("c", Some(&fetching(0)), (0, 0)),
+            watch.lines_of("c", Some(&fetching(0)), n(1, 0, 0)),
             [
                 "ALARM snapshot started: region c is being bootstrapped from a (region 'a' no \
                  longer holds the writes of c from 1 on); it serves no reads and takes no \
@@ -674,27 +711,72 @@ mod tests {
             ]
         );
         assert_eq!(
-            watch.lines_of("c", Some(&fetching(1_000)), (0, 1_000)),
+            watch.lines_of("c", Some(&fetching(1_000)), n(1, 0, 1_000)),
             ["bootstrapping from a [########........] 50% 1,000/2,000 keys"]
         );
         let mut caught_up = fetching(2_000);
         caught_up.phase = "catching_up".into();
         assert_eq!(
-            watch.lines_of("c", Some(&caught_up), (1, 2_000)),
+            watch.lines_of("c", Some(&caught_up), n(1, 1, 2_000)),
             ["ALARM snapshot installed: 2,000 keys from a; catching up with the writes since"]
         );
         assert_eq!(
-            watch.lines_of("c", None, (1, 2_000)),
+            watch.lines_of("c", None, n(1, 1, 2_000)),
             ["region c is bootstrapped: it serves reads and takes writes again"]
         );
-        assert!(watch.lines_of("c", None, (1, 2_000)).is_empty());
-        // A whole bootstrap between two looks: the counters tell.
+        assert!(watch.lines_of("c", None, n(1, 1, 2_000)).is_empty());
+        // A whole bootstrap between two looks (shorter than a second): the counters tell.
         assert_eq!(
-            watch.lines_of("c", None, (2, 2_240)),
+            watch.lines_of("c", None, n(2, 2, 2_240)),
             [
+                "ALARM snapshot started: region c is being bootstrapped from a peer (it began \
+                 and ended between two looks); it serves no reads and takes no writes until it \
+                 has caught up",
                 "ALARM snapshot installed: 2,240 keys; catching up with the writes since",
                 "region c is bootstrapped: it serves reads and takes writes again",
             ]
+        );
+        // A transfer that started and is already catching up by the next look: its start
+        // is printed all the same, before the install.
+        caught_up.rounds = 0;
+        assert_eq!(
+            watch.lines_of("c", Some(&caught_up), n(3, 3, 4_240)),
+            [
+                "ALARM snapshot started: region c is being bootstrapped from a (region 'a' no \
+                 longer holds the writes of c from 1 on); it serves no reads and takes no \
+                 writes until it has caught up",
+                "ALARM snapshot installed: 2,000 keys from a; catching up with the writes since",
+            ]
+        );
+    }
+
+    /// A region on a new data directory says what it waits for, and when it serves.
+    #[test]
+    fn a_new_data_directory_says_what_it_waits_for() {
+        let learning = Bootstrap {
+            bytes: 0,
+            chunks: 0,
+            keys: 0,
+            phase: "learning".into(),
+            progress: String::new(),
+            reason: "waiting for b".into(),
+            rounds: 0,
+            source: None,
+            total_keys: 0,
+        };
+        let mut watch = BootstrapWatch::default();
+        assert_eq!(
+            watch.lines_of("c", Some(&learning), Counted::default()),
+            ["region c serves no reads and takes no writes yet: waiting for b"]
+        );
+        assert!(
+            watch
+                .lines_of("c", Some(&learning), Counted::default())
+                .is_empty()
+        );
+        assert_eq!(
+            watch.lines_of("c", None, Counted::default()),
+            ["region c serves reads and takes writes: its peers showed it needs no snapshot"]
         );
     }
 }

@@ -51,5 +51,5 @@ pub use machine::{
 };
 pub use msg::{
     Batch, Hello, LogEntry, NeedsSnapshot, PROTOCOL_VERSION, PeerMsg, ReadRepair, ReadReply,
-    ReadRequest, SnapshotChunk, SnapshotRequest,
+    ReadRequest, Serving, SnapshotChunk, SnapshotRequest, Standing,
 };

@@ -68,6 +68,34 @@ pub struct Hello {
     pub resolvers: Vec<(String, String)>,
     /// Replica ids the sender knows, with their regions, so relayed writes can be named.
     pub replicas: Vec<(ReplicaId, String)>,
+    /// Whether the sender serves clients and where its log starts: a region on a fresh data
+    /// directory learns from it whether it needs a snapshot.
+    pub standing: Standing,
+}
+
+/// What a region on a fresh data directory must know of a peer to decide whether it needs a
+/// snapshot before it serves (docs/design.md, "A fresh data directory starts gated"). Sent in
+/// every [`Hello`] and [`Heartbeat`], so a change reaches the peers within a heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Standing {
+    /// Whether the sender serves clients, and if not, why.
+    pub serving: Serving,
+    /// The sender's log start: its log no longer holds the writes this vector covers. Empty
+    /// when it can stream every write it applied from each origin's first.
+    pub log_start: VersionVector,
+}
+
+/// Whether a region serves clients (reads and writes). Variants are only ever appended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Serving {
+    /// It serves.
+    #[default]
+    Yes,
+    /// Its data directory holds nothing and it has not learned yet whether it needs a
+    /// snapshot.
+    Learning,
+    /// It is being bootstrapped from a snapshot.
+    Bootstrapping,
 }
 
 /// One replicated write as it travels and as it is kept in the per-origin log.
@@ -129,6 +157,8 @@ pub struct Heartbeat {
     /// The sender's own lag-matrix row first, then the freshest row it knows of every other
     /// region, so every region can show the whole matrix even across a broken link.
     pub rows: Vec<MatrixRow>,
+    /// As in [`Hello::standing`], now: a fresh region waiting on the sender learns of a change.
+    pub standing: Standing,
 }
 
 /// Asks the sender of a batch to restart an origin's run after `applied`.

@@ -144,6 +144,7 @@ impl Rig {
             applied,
             resolvers: self.resolvers.clone(),
             replicas: vec![(C, "c".into())],
+            standing: Default::default(),
         }
     }
 
@@ -541,6 +542,7 @@ fn arb_hello() -> impl Strategy<Value = Hello> {
                 applied,
                 resolvers,
                 replicas,
+                standing: Default::default(),
             },
         )
 }
@@ -605,6 +607,7 @@ fn arb_heartbeat() -> impl Strategy<Value = Heartbeat> {
             hlc,
             echo,
             rows,
+            standing: Default::default(),
         })
 }
 
@@ -884,6 +887,7 @@ fn messages_carrying(v: &VersionVector) -> Vec<(&'static str, PeerMsg)> {
                 applied: v.clone(),
                 resolvers: Vec::new(),
                 replicas: Vec::new(),
+                standing: Default::default(),
             }),
         ),
         ("Ack.applied", PeerMsg::Ack(Ack { applied: v.clone() })),
@@ -906,6 +910,7 @@ fn messages_carrying(v: &VersionVector) -> Vec<(&'static str, PeerMsg)> {
                 hlc: Hlc::ZERO,
                 echo: None,
                 rows: vec![row],
+                standing: Default::default(),
             }),
         ),
     ]
@@ -1256,6 +1261,7 @@ fn heartbeats_with_extreme_times_and_unknown_rows_do_not_panic() {
                     hlc: Hlc::from_u64(wall_ms),
                     echo: Some((t1, t2)),
                     rows: Vec::new(),
+                    standing: Default::default(),
                 }));
             }
         }
@@ -1281,6 +1287,7 @@ fn heartbeats_with_extreme_times_and_unknown_rows_do_not_panic() {
         hlc: Hlc::new(START_WALL_MS, 0),
         echo: None,
         rows: vec![row("a"), row("ghost"), row("b")],
+        standing: Default::default(),
     }));
     let _ = rig.node.replica.matrix(rig.now);
     let _ = rig.node.replica.resolver_mismatches();
@@ -1356,6 +1363,7 @@ fn heartbeat_rows_for_unknown_regions_do_not_accumulate() {
             hlc: Hlc::new(START_WALL_MS, 0),
             echo: None,
             rows: vec![row],
+            standing: Default::default(),
         }));
     }
     let origins: BTreeSet<String> = rig

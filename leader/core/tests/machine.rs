@@ -211,6 +211,7 @@ fn a_second_live_replica_claiming_a_connected_region_is_refused() {
         applied: Default::default(),
         resolvers: vec![],
         replicas: vec![],
+        standing: Default::default(),
     });
     w.handle(
         "a",
@@ -256,6 +257,7 @@ fn a_hello_claiming_another_region_or_cluster_is_refused() {
             applied: Default::default(),
             resolvers: vec![],
             replicas: vec![],
+            standing: Default::default(),
         })
     };
     w.handle(
@@ -775,6 +777,7 @@ fn a_stale_relayed_matrix_row_does_not_overwrite_the_resolvers_a_hello_announced
             hlc: conflict::Hlc::new(1_700_000_000_000, 0),
             echo: None,
             rows,
+            standing: Default::default(),
         })
     };
     let ab = w.conns[&pair("a", "b")];
@@ -2616,4 +2619,161 @@ fn a_key_too_large_for_one_frame_is_refused_to_a_quorum_read_not_sent() {
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
+}
+
+// ---- a fresh data directory starts gated (issue 13, the known gaps) ------------------------
+
+/// A world of `a`, `b`, `c` that gate a fresh data directory (`learn_when_empty`).
+fn learning_world() -> World {
+    world_with(|o| o.learn_when_empty = true)
+}
+
+/// Whether `region` is gated on learning, and what it says it waits for.
+fn learning(w: &World, region: &str) -> Option<String> {
+    let b = w.nodes[region].replica.bootstrap()?;
+    (b.phase == leader_core::BootstrapPhase::Learning).then(|| b.progress())
+}
+
+/// A region rebuilt on an empty disk after the others truncated: it refuses reads and writes
+/// from its start, not only once a peer's "needs snapshot" arrives, and the first hello of a
+/// region whose log starts past it starts the transfer.
+#[test]
+fn a_rebuilt_region_refuses_reads_and_writes_until_a_peer_shows_it_needs_a_snapshot() {
+    let (mut w, _) = rebuilt_c(10, 1024, &[]);
+    let mut o = opts("c", ReplicaId::from_u128(5));
+    o.learn_when_empty = true;
+    w.nodes.insert(
+        "c".into(),
+        leader_core::testkit::Node::new(o, &Registry::with_builtins()),
+    );
+    let waits = learning(&w, "c").expect("gated from the start");
+    assert!(
+        waits.contains("waiting to learn") && waits.contains("not connected: a, b"),
+        "{waits}"
+    );
+    let id = w.write("c", "default", "k000", Some("refused"));
+    match w.reply("c", id) {
+        Some(Err(WriteError::Bootstrapping { progress })) => {
+            assert!(
+                progress.contains("whether it needs a snapshot"),
+                "{progress}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    // Time alone changes nothing: no peer has said anything.
+    w.advance(5_000);
+    assert!(learning(&w, "c").is_some());
+    // a's hello: its log starts past what c has, so the transfer starts at once, from a.
+    w.connect("a", "c");
+    for _ in 0..100 {
+        if learning(&w, "c").is_none() {
+            break;
+        }
+        w.deliver_one();
+    }
+    let b = w.nodes["c"].replica.bootstrap().expect("a transfer now");
+    assert_eq!(b.source.as_deref(), Some("a"));
+    assert!(
+        b.reason.contains("no longer holds the writes of a"),
+        "{}",
+        b.reason
+    );
+    assert_eq!(
+        w.nodes["c"].replica.counters().snapshot_answers_received,
+        0,
+        "decided by a's hello, before any \"needs snapshot\""
+    );
+    w.deliver();
+    w.advance(600);
+    assert!(w.nodes["c"].replica.bootstrap().is_none());
+    assert_eq!(w.nodes["c"].replica.digest(), w.nodes["a"].replica.digest());
+    assert_eq!(w.nodes["c"].replica.counters().snapshots_started, 1);
+}
+
+/// A brand-new cluster: every region starts empty and gated, and serves as soon as it has
+/// heard peers that hold nothing either and make a majority with it (at the hello: no
+/// heartbeat needed). A region alone waits: a minority of regions rebuilt at once must not
+/// take each other's emptiness for a new cluster while the ones holding the writes are
+/// away. The region that comes last is vouched for by one that serves.
+#[test]
+fn a_new_cluster_serves_once_a_majority_has_heard_each_other_hold_nothing() {
+    let mut w = learning_world();
+    for r in REGIONS {
+        assert!(learning(&w, r).is_some(), "{r} starts gated");
+    }
+    w.advance(2_000);
+    let waits = learning(&w, "a").expect("alone: a minority");
+    assert!(waits.contains("not connected: b, c"), "{waits}");
+    w.connect("a", "b");
+    w.deliver();
+    assert_eq!(learning(&w, "a"), None, "a and b are a majority");
+    assert_eq!(learning(&w, "b"), None);
+    assert!(learning(&w, "c").is_some());
+    w.connect("a", "c");
+    w.deliver();
+    assert_eq!(learning(&w, "c"), None, "a serves and vouches for c");
+    w.write("a", "default", "k", Some("v"));
+    w.deliver();
+    w.advance(600);
+    assert_eq!(w.read("c", "default", "k"), bytes("v"));
+    for r in REGIONS {
+        assert_eq!(w.nodes[r].replica.counters().snapshots_started, 0, "{r}");
+    }
+}
+
+/// A region rebuilt while its log was never truncated anywhere (it had acknowledged
+/// nothing, so nothing could be): the first serving peer shows it can stream every write
+/// from the first, and it serves at once; it catches up by the log, with no snapshot. A
+/// second region rebuilt meanwhile learns the same from the one that serves, within a
+/// hello.
+#[test]
+fn a_rebuilt_region_serves_once_a_serving_peer_can_stream_it_every_write() {
+    let mut w = learning_world();
+    w.connect("a", "b");
+    w.connect("a", "c");
+    w.connect("b", "c");
+    w.deliver();
+    w.cut("a", "c");
+    w.cut("b", "c");
+    w.write("a", "default", "k", Some("v"));
+    w.deliver();
+    w.advance(600);
+    assert!(
+        w.nodes["a"].replica.log_start().is_empty(),
+        "c has nothing yet"
+    );
+    // c is rebuilt; b too, and b is connected to nobody (alone, a minority).
+    w.cut("a", "b");
+    for (r, id) in [("c", 7), ("b", 8)] {
+        let mut o = opts(r, ReplicaId::from_u128(id));
+        o.learn_when_empty = true;
+        let node = leader_core::testkit::Node::new(o, &Registry::with_builtins());
+        w.nodes.insert(r.into(), node);
+    }
+    w.advance(2_000);
+    assert!(learning(&w, "b").is_some() && learning(&w, "c").is_some());
+    w.connect("a", "c");
+    w.deliver();
+    assert_eq!(learning(&w, "c"), None, "a vouches at its hello");
+    w.advance(600);
+    assert_eq!(w.read("c", "default", "k"), bytes("v"));
+    assert_eq!(w.nodes["c"].replica.counters().snapshots_started, 0);
+    // b learns from c's hello (serving, or a log start past what b has: then a snapshot),
+    // and serves what the others have.
+    w.connect("b", "c");
+    w.deliver();
+    assert_eq!(learning(&w, "b"), None);
+    w.advance(600);
+    assert!(w.nodes["b"].replica.bootstrap().is_none());
+    assert_eq!(w.read("b", "default", "k"), bytes("v"));
+}
+
+/// A single-region cluster is never gated.
+#[test]
+fn a_single_region_is_never_gated() {
+    let mut o = testkit::options("solo", ReplicaId::from_u128(1), &[]);
+    o.learn_when_empty = true;
+    let replica = Replica::new(o, &Registry::with_builtins(), Recovered::default()).unwrap();
+    assert!(replica.bootstrap().is_none());
 }

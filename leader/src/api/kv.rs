@@ -279,7 +279,7 @@ fn behind(b: &Behind) -> ApiError {
 
 /// `503 bootstrapping`: this region is being bootstrapped from a snapshot and serves no reads
 /// and takes no writes until it has caught up; `progress` says where the transfer stands.
-fn bootstrapping(message: String, progress: &str) -> ApiError {
+pub(super) fn bootstrapping(message: String, progress: &str) -> ApiError {
     let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "bootstrapping", message);
     e.extra = Some(json!({ "progress": progress }));
     e

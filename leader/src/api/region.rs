@@ -31,7 +31,11 @@ pub(super) async fn conflicts(
     let Query(p) = params.map_err(bad_query)?;
     let limit = p.limit.unwrap_or(50).min(MAX_CONFLICT_PAGE);
     let regions = replica_regions(&s.node.status().await?);
-    let all = s.node.conflicts().await?;
+    let all = s
+        .node
+        .conflicts()
+        .await?
+        .map_err(|b| super::kv::bootstrapping(b.to_string(), &b.progress))?;
     let page: Vec<LoggedConflict> = all
         .iter()
         .rev()
@@ -94,9 +98,15 @@ pub(super) async fn status(State(s): State<AppState>) -> Result<Response, ApiErr
 
 /// The state digest, for convergence checks across regions (`meridian bench`). The applied
 /// vector is read just before the digest: compare digests once the vectors are equal.
+/// Refused (503 `bootstrapping`, with the progress) while the region is being bootstrapped,
+/// as reads are: its key states are partial.
 pub(super) async fn digest(State(s): State<AppState>) -> Result<Response, ApiError> {
     let st = s.node.status().await?;
-    let digest = s.node.digest().await?;
+    let digest = s
+        .node
+        .digest()
+        .await?
+        .map_err(|b| super::kv::bootstrapping(b.to_string(), &b.progress))?;
     let doc = Digest {
         applied: st
             .applied

@@ -349,9 +349,10 @@ impl Driver {
         self.serve(cmd)
     }
 
-    /// Answers a read or a listing with "bootstrapping" while this region is being
-    /// bootstrapped from a snapshot (its key states are partial, or behind what they will
-    /// reflect); hands every other command back. Writes go on: the state machine refuses them.
+    /// Answers a read, a listing, the conflict log or the digest with "bootstrapping" while
+    /// this region is being bootstrapped from a snapshot (its key states are partial, or
+    /// behind what they will reflect); hands every other command back. Writes go on: the
+    /// state machine refuses them.
     fn refuse_while_bootstrapping(&self, cmd: Command) -> Option<Command> {
         let Some(b) = self.replica.bootstrap() else {
             return Some(cmd);
@@ -363,6 +364,8 @@ impl Driver {
         match cmd {
             Command::Read { reply, .. } => drop(reply.send(Err(refusal.into()))),
             Command::Scan { reply, .. } => drop(reply.send(Err(refusal))),
+            Command::Conflicts { reply } => drop(reply.send(Err(refusal))),
+            Command::Digest { reply } => drop(reply.send(Err(refusal))),
             other => return Some(other),
         }
         None
@@ -472,10 +475,10 @@ impl Driver {
                 let _ = reply.send(self.status());
             }
             Command::Conflicts { reply } => {
-                let _ = reply.send(self.replica.conflicts().cloned().collect());
+                let _ = reply.send(Ok(self.replica.conflicts().cloned().collect()));
             }
             Command::Digest { reply } => {
-                let _ = reply.send(self.replica.digest());
+                let _ = reply.send(Ok(self.replica.digest()));
             }
             Command::Scan { scan, reply } => {
                 let listing = self.replica.resolver(&scan.table).is_some().then(|| {

@@ -39,10 +39,10 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Status>,
     },
     Conflicts {
-        reply: oneshot::Sender<Vec<ConflictRecord>>,
+        reply: oneshot::Sender<Result<Vec<ConflictRecord>, Bootstrapping>>,
     },
     Digest {
-        reply: oneshot::Sender<[u8; 32]>,
+        reply: oneshot::Sender<Result<[u8; 32], Bootstrapping>>,
     },
     Scan {
         scan: Scan,
@@ -455,13 +455,16 @@ impl NodeHandle {
         self.ask(|reply| Command::Status { reply }).await
     }
 
-    /// The conflict log, oldest first.
-    pub async fn conflicts(&self) -> Result<Vec<ConflictRecord>, NodeError> {
+    /// The conflict log, oldest first (refused while this region is being bootstrapped:
+    /// it describes key states that are partial).
+    pub async fn conflicts(&self) -> Result<Result<Vec<ConflictRecord>, Bootstrapping>, NodeError> {
         self.ask(|reply| Command::Conflicts { reply }).await
     }
 
-    /// SHA-256 over every key state: equal digests mean equal data.
-    pub async fn digest(&self) -> Result<[u8; 32], NodeError> {
+    /// SHA-256 over every key state: equal digests mean equal data (refused while this
+    /// region is being bootstrapped: a digest of partial states would compare as a
+    /// divergence).
+    pub async fn digest(&self) -> Result<Result<[u8; 32], Bootstrapping>, NodeError> {
         self.ask(|reply| Command::Digest { reply }).await
     }
 

@@ -283,6 +283,37 @@ impl SegmentLog {
         })
     }
 
+    /// Seals the segment being appended to, so that the next record starts a new one, if it
+    /// holds at least `min_bytes` of records and `start` (the log start) covers every write
+    /// in it: [`SegmentLog::drop_covered`] may then delete it once a checkpoint follows it.
+    /// Returns whether it sealed.
+    pub(super) fn seal_if_covered(
+        &self,
+        start: &conflict::VersionVector,
+        min_bytes: u64,
+    ) -> Result<bool, StorageError> {
+        let mut writer = self
+            .writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if writer.len < MAGIC.len() as u64 + min_bytes {
+            return Ok(false);
+        }
+        let covered = {
+            let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+            index.get(&writer.segment).is_some_and(|s| {
+                s.origins
+                    .iter()
+                    .all(|(o, oi)| oi.last <= start.get(conflict::ReplicaId::from_u128(*o)).0)
+            })
+        };
+        if !covered {
+            return Ok(false);
+        }
+        self.seal(&mut writer)?;
+        Ok(true)
+    }
+
     /// Writes the active segment's index and starts the next segment.
     fn seal(&self, writer: &mut Writer) -> Result<(), StorageError> {
         let sealed = {

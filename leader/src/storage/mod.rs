@@ -76,8 +76,8 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError, RwLock, RwLockReadGuard};
 
 use conflict::{Dot, Hlc, KeyState, ReplicaId, Seq, VersionVector};
 use leader_core::msg::SlotKey;
@@ -119,6 +119,22 @@ pub const CHECKPOINT_KEYS: usize = 65_536;
 /// A checkpoint is due once this many log entries were committed since the last one: bounds
 /// the replay on the next start.
 pub const CHECKPOINT_ENTRIES: usize = 65_536;
+/// redb's file is compacted after a checkpoint that deleted keys (tombstone collection) once
+/// the key table holds at most half the keys it held at its peak since the last compaction,
+/// and at least this many fewer (or none), and the file grew since: redb reuses freed pages
+/// but never gives them back to the file system, so a table that shrank for good would keep
+/// its largest size (docs/design.md, "Storage"). Halving bounds the cost: a compaction follows
+/// at least as many deletions as the keys it moves.
+pub const COMPACT_KEYS_MIN: u64 = 256;
+/// Most calls of redb's compaction per compaction (each moves what it can; it says when
+/// nothing more moved).
+const COMPACT_PASSES_MAX: usize = 8;
+/// The segment being appended to is sealed early, before the record of a batch that logs no
+/// write (a quiet moment), once the log start covers every write in it and it holds at least
+/// this many bytes: the batch is then a checkpoint, which deletes it, and a quiet region's log
+/// shrinks to nearly nothing instead of keeping the last segment's writes (up to
+/// `segment_bytes`) for ever. At most one such checkpoint per this many bytes of log.
+pub const ROLL_COVERED_BYTES_MIN: u64 = 64 * 1024;
 /// Name of the database file inside the data directory.
 const DB_FILE: &str = "meridian.redb";
 /// Name of the log's directory inside the data directory.
@@ -261,7 +277,9 @@ pub enum StorageError {
 
 /// The durable store of one region.
 pub struct Store {
-    db: Database,
+    /// Shared by every reader and the writer; taken exclusively only by a compaction
+    /// ([`Store::compact`]), which redb requires to have no transaction open.
+    db: RwLock<Database>,
     log: SegmentLog,
     dir: PathBuf,
     commits: AtomicU64,
@@ -277,6 +295,11 @@ pub struct Store {
     /// The log start recorded in redb (`log_start` in `meta`): the segments it wholly covers
     /// are deleted once they are before the checkpoint. Only persists take the lock.
     log_start: Mutex<VersionVector>,
+    /// The most keys the key table held since its last compaction (or this start). Only
+    /// persists touch it.
+    key_peak: AtomicU64,
+    /// Bytes of redb's file after its last compaction (or at open).
+    compacted_bytes: AtomicU64,
 }
 
 /// Everything kept back until the next checkpoint.
@@ -396,7 +419,7 @@ impl Store {
         }
         let log = SegmentLog::open(&dir.join(LOG_DIR), limits.segment_bytes)?;
         let mut store = Store {
-            db,
+            db: RwLock::new(db),
             log,
             dir: dir.to_owned(),
             commits: AtomicU64::new(0),
@@ -405,6 +428,10 @@ impl Store {
             replay_range: Default::default(),
             replay_pos: Pos::default(),
             log_start: Mutex::new(VersionVector::new()),
+            key_peak: AtomicU64::new(0),
+            compacted_bytes: AtomicU64::new(
+                std::fs::metadata(dir.join(DB_FILE)).map_or(0, |m| m.len()),
+            ),
         };
         let (recovered, checkpoint) = store.recover()?;
         // A crash after the last checkpoint recorded a log start and before its segments were
@@ -444,7 +471,8 @@ impl Store {
     /// starts.
     fn recover(&self) -> Result<(Recovered, Checkpoint), StorageError> {
         let dir = &self.dir;
-        let txn = self.db.begin_read().map_err(|e| engine(dir, e))?;
+        let db = self.db();
+        let txn = db.begin_read().map_err(|e| engine(dir, e))?;
         let mut rec = Recovered::default();
         let meta = open_read(&txn, META, dir)?;
         let get = |key: &str| -> Result<Option<Vec<u8>>, StorageError> {
@@ -652,6 +680,18 @@ impl Store {
             quarantined: Cow::Borrowed(&batch.quarantined),
             released: Cow::Borrowed(&batch.released),
         };
+        // Poisoned only if an earlier persist panicked (see `deferred`).
+        let mut covered = self
+            .log_start
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        covered.join(&deferred.truncate);
+        covered.join(&batch.truncate);
+        // Only in a quiet moment (a batch that logs no write): under load the segment always
+        // ends with writes some region lacks, and a roll would only add checkpoints.
+        let rolled =
+            batch.log.is_empty() && self.log.seal_if_covered(&covered, ROLL_COVERED_BYTES_MIN)?;
         let end = self.log.append(log::frame(&record), &record.ranges())?;
         deferred.meta.add(&record);
         deferred.truncate.join(&batch.truncate);
@@ -665,7 +705,9 @@ impl Store {
         }
         // A transfer's progress is only ever recorded with the states it joined (the core
         // marks such a batch a checkpoint; this keeps the two together regardless).
+        // A sealed segment that the log start covers goes at a checkpoint: this one.
         let checkpoint = batch.checkpoint
+            || rolled
             || batch.bootstrap.is_some()
             || deferred.keys.len() >= CHECKPOINT_KEYS
             || deferred.entries >= CHECKPOINT_ENTRIES
@@ -679,7 +721,7 @@ impl Store {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             let mut start = log_start.clone();
             start.join(&deferred.truncate);
-            self.checkpoint(
+            let compact = self.checkpoint(
                 &deferred,
                 &batch.applied,
                 batch.own_seq,
@@ -696,14 +738,61 @@ impl Store {
                 tracing::warn!(error = %e, "could not delete truncated log segments; the next checkpoint tries again");
             }
             *log_start = start;
+            drop(log_start);
+            drop(deferred);
+            if let Some(live) = compact {
+                self.compact(live)?;
+            }
         }
         self.commits.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
+    /// Bytes of redb's file now.
+    fn db_bytes(&self) -> u64 {
+        std::fs::metadata(self.dir.join(DB_FILE)).map_or(0, |m| m.len())
+    }
+
+    /// redb's database, shared (a compaction takes it exclusively).
+    fn db(&self) -> RwLockReadGuard<'_, Database> {
+        // Poisoned only if a compaction panicked; redb's file is consistent after any commit
+        // or compaction step (its own crash safety), so the database is still usable.
+        self.db.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Compacts redb's file (it holds `live` keys now, at most half its peak): after a
+    /// checkpoint, in the storage thread, holding the database exclusively (snapshot reads
+    /// and the next persist wait for it). redb moves the live pages to the start of the file
+    /// and cuts the rest; a crash meanwhile leaves a consistent file (redb's own guarantee).
+    fn compact(&self, live: u64) -> Result<(), StorageError> {
+        let before = self.db_bytes();
+        let started = std::time::Instant::now();
+        let mut db = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        // One call may leave pages that the transactions it ran still held: it says whether
+        // it moved anything, and a few more calls finish the job.
+        for _ in 0..COMPACT_PASSES_MAX {
+            if !db.compact().map_err(|e| engine(&self.dir, e))? {
+                break;
+            }
+        }
+        drop(db);
+        self.key_peak.store(live, Ordering::Relaxed);
+        let after = self.db_bytes();
+        self.compacted_bytes.store(after, Ordering::Relaxed);
+        tracing::info!(
+            keys = live,
+            before_bytes = before,
+            after_bytes = after,
+            ms = started.elapsed().as_millis() as u64,
+            "compacted the key table's file: tombstone collection left at most half its keys"
+        );
+        Ok(())
+    }
+
     /// Writes the kept-back key states and metadata to redb as of `end`, the log position
     /// after the record whose batch carried `applied`, and the snapshot transfer's progress
-    /// when the batch carries one (replacing the recorded one).
+    /// when the batch carries one (replacing the recorded one). Returns the keys left when
+    /// a compaction is due ([`COMPACT_KEYS_MIN`]).
     #[allow(
         clippy::too_many_arguments,
         reason = "one checkpoint's parts, named at the one call"
@@ -718,22 +807,35 @@ impl Store {
         log_start: &VersionVector,
         bootstrap: Option<&Bootstrap>,
         collected: &VersionVector,
-    ) -> Result<(), StorageError> {
+    ) -> Result<Option<u64>, StorageError> {
         let dir = &self.dir;
-        let txn = self.db.begin_write().map_err(|e| engine(dir, e))?;
+        let db = self.db();
+        let txn = db.begin_write().map_err(|e| engine(dir, e))?;
+        let mut compact = None;
         {
             let mut keys = txn.open_table(KEYS).map_err(|e| engine(dir, e))?;
+            let mut removed = 0u64;
             let mut sorted: Vec<_> = deferred.keys.iter().collect();
             sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
             for ((table, key), state) in sorted {
                 if is_collected(state) {
                     // Tombstone collection dropped the key (docs/design.md): so does the disk.
+                    removed += 1;
                     keys.remove((table.as_str(), key.as_slice()))
                         .map_err(|e| engine(dir, e))?;
                     continue;
                 }
                 keys.insert((table.as_str(), key.as_slice()), encode(state).as_slice())
                     .map_err(|e| engine(dir, e))?;
+            }
+            let live = keys.len().map_err(|e| engine(dir, e))?;
+            let peak = self.key_peak.fetch_max(live, Ordering::Relaxed).max(live);
+            let halved = peak >= 2 * live && (peak - live >= COMPACT_KEYS_MIN || live == 0);
+            if removed > 0
+                && halved
+                && self.db_bytes() > self.compacted_bytes.load(Ordering::Relaxed)
+            {
+                compact = Some(live);
             }
             let mut table = txn.open_table(APPLIED).map_err(|e| engine(dir, e))?;
             for (replica, seq) in applied.iter() {
@@ -786,7 +888,8 @@ impl Store {
             meta.insert("collected", collected.to_bytes().as_slice())
                 .map_err(|e| engine(dir, e))?;
         }
-        txn.commit().map_err(|e| engine(dir, e))
+        txn.commit().map_err(|e| engine(dir, e))?;
+        Ok(compact)
     }
 
     /// A peer's snapshot piece from the last checkpoint, in one read transaction: the key
@@ -801,7 +904,8 @@ impl Store {
     ) -> Result<SnapshotPiece, StorageError> {
         use std::ops::Bound;
         let dir = &self.dir;
-        let txn = self.db.begin_read().map_err(|e| engine(dir, e))?;
+        let db = self.db();
+        let txn = db.begin_read().map_err(|e| engine(dir, e))?;
         let applied = match open_read(&txn, META, dir)? {
             Some(meta) => match meta.get("keys_applied").map_err(|e| engine(dir, e))? {
                 Some(v) => {

@@ -211,11 +211,14 @@ fn load(dir: &std::path::Path, text: &str) -> Config {
 
 /// The harness's `us-east` and `eu-west` with `cart-union` registered for the `carts` table.
 async fn start_regions() -> Cluster {
-    Cluster::builder(&["us-east", "eu-west"])
+    let cluster = Cluster::builder(&["us-east", "eu-west"])
         .table("carts", "cart-union")
         .register(Arc::new(CartUnion))
         .start()
-        .await
+        .await;
+    // New data directories serve once they have heard each other (docs/design.md).
+    cluster.wait_connected().await;
+    cluster
 }
 
 /// A cart as a region's API returns it: status, context, sibling count and body.
@@ -373,8 +376,8 @@ async fn concurrent_carts_from_two_regions_converge_to_their_union() {
     converge(&http, &regions, "alice", "apple:2\nmilk:3\n", "1").await;
 
     let digests = [
-        cluster.handle("us-east").digest().await.unwrap(),
-        cluster.handle("eu-west").digest().await.unwrap(),
+        cluster.handle("us-east").digest().await.unwrap().unwrap(),
+        cluster.handle("eu-west").digest().await.unwrap().unwrap(),
     ];
     assert_eq!(digests[0], digests[1], "both regions hold identical state");
     cluster.shutdown().await;

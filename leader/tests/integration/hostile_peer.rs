@@ -310,6 +310,7 @@ async fn attack() {
             applied: VersionVector::new(),
             resolvers: theirs.resolvers.clone(),
             replicas: Vec::new(),
+            standing: Default::default(),
         }))
         .await;
     let x_view = async |region: &str| {
@@ -346,6 +347,7 @@ async fn attack() {
                 hlc: Hlc::MAX,
                 echo: Some(echo),
                 rows: Vec::new(),
+                standing: Default::default(),
             }))
             .await;
     }

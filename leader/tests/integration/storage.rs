@@ -342,6 +342,7 @@ fn machine(opened: &Opened, tables: &[(&str, &str)]) -> Replica {
         pace_lag_writes: 0,
         log_retention_bytes: u64::MAX,
         snapshot_chunk_bytes: 64 * 1024,
+        learn_when_empty: false,
     };
     let mut replica =
         Replica::new(opts, &Registry::with_builtins(), opened.recovered.clone()).unwrap();
@@ -401,6 +402,7 @@ fn a_quarantined_write_is_applied_after_a_restart_with_its_table_added() {
             ("default".into(), "lww@1".into()),
         ],
         replicas: Vec::new(),
+        standing: Default::default(),
     };
     let frame = |msg| Event::Frame {
         peer: "eu-west".into(),

@@ -264,6 +264,11 @@ async fn read_state(handle: &NodeHandle, key: &str) -> Result<KeyState, NodeErro
 /// Starts a write every `WRITE_EVERY` until `LOAD_UNTIL`, each in its own task, so several
 /// can be in flight (and in flight when the host crashes). Values are unique.
 async fn load(region: &'static str, incarnation: u64, handle: NodeHandle, env: Shared) {
+    // A new data directory serves once its peers show it needs no snapshot (docs/design.md,
+    // "A fresh data directory starts gated"); writes before that are refused.
+    while handle.status().await.is_ok_and(|s| s.bootstrap.is_some()) {
+        tokio::time::sleep(POLL).await;
+    }
     let mut every = tokio::time::interval(WRITE_EVERY);
     for n in 0u64.. {
         every.tick().await;
@@ -498,6 +503,7 @@ async fn converged(
         let digest = handle
             .digest()
             .await
+            .map_err(|e| format!("{region}: {e}"))?
             .map_err(|e| format!("{region}: {e}"))?;
         digests.insert(region.to_owned(), digest);
     }

@@ -301,6 +301,23 @@ impl World {
             || self.regions.iter().any(|g| g.disk_lost_ms.is_some())
     }
 
+    /// Whether a region gated on a fresh disk (`Learning`) waits as documented for good: every
+    /// live region holds nothing and waits too, and a region lost for good may have held
+    /// writes (docs/design.md, "A fresh data directory starts gated": no peer can show it
+    /// needs no snapshot, so it stays gated rather than serve what may be wrong).
+    fn waits_for_a_lost_region(&self, b: &leader_core::Bootstrap) -> bool {
+        let learning = |m: &leader_core::Replica| {
+            m.bootstrap()
+                .is_some_and(|b| b.phase == leader_core::BootstrapPhase::Learning)
+        };
+        b.phase == leader_core::BootstrapPhase::Learning
+            && self.regions.iter().any(|g| g.doomed)
+            && self
+                .live()
+                .iter()
+                .all(|&q| self.regions[q].machine().is_some_and(learning))
+    }
+
     fn live(&self) -> Vec<usize> {
         (0..self.regions.len())
             .filter(|r| !self.regions[*r].doomed)
@@ -324,7 +341,9 @@ impl World {
             if !g.node.persisting.is_empty() || g.reads_out > 0 || m.received() != m.applied() {
                 return format!("{} has work in flight", g.name);
             }
-            if let Some(b) = m.bootstrap() {
+            if let Some(b) = m.bootstrap()
+                && !self.waits_for_a_lost_region(b)
+            {
                 return format!("{} is still being bootstrapped: {b:?}", g.name);
             }
             for &q in &live {

@@ -293,6 +293,7 @@ fn options(p: &Params, r: usize) -> Options {
             u64::MAX
         },
         snapshot_chunk_bytes: k.snapshot_chunk_bytes,
+        learn_when_empty: true,
     }
 }
 

@@ -88,11 +88,16 @@ async fn lose_the_disk_of_c(cluster: &mut Cluster, client: &reqwest::Client) {
 
 /// `GET` of `key` at `api`: (status code, body).
 async fn get(client: &reqwest::Client, api: &str, key: &str) -> (u16, Vec<u8>) {
+    get_path(client, api, &format!("/v1/kv/default/{key}")).await
+}
+
+/// `GET` of `path` at `api`: (status code, body).
+async fn get_path(client: &reqwest::Client, api: &str, path: &str) -> (u16, Vec<u8>) {
     let resp = client
-        .get(format!("{api}/v1/kv/default/{key}"))
+        .get(format!("{api}{path}"))
         .send()
         .await
-        .unwrap_or_else(|e| panic!("GET {key} at {api}: {e}"));
+        .unwrap_or_else(|e| panic!("GET {path} at {api}: {e}"));
     let code = resp.status().as_u16();
     (code, resp.bytes().await.unwrap_or_default().to_vec())
 }
@@ -287,6 +292,15 @@ async fn disk_loss(pause_during_transfer: bool) {
 
     pause.store(pause_during_transfer, Ordering::Relaxed);
     lose_the_disk_of_c(&mut cluster, &client).await;
+    // From its start on a new data directory, before any peer has told it anything, it
+    // answers no read (it used to answer them as absent for about a second).
+    let (code, body) = get(&client, &cluster.regions[C].api, "a0-1").await;
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    assert_eq!(
+        (code, json["code"].as_str()),
+        (503, Some("bootstrapping")),
+        "{json}"
+    );
     // Until it serves again: its status shows the transfer, and a read meanwhile is refused.
     let deadline = Instant::now() + BOOTSTRAP_BOUND;
     let (mut seen_bootstrap, mut refusal) = (None, None);
@@ -295,7 +309,7 @@ async fn disk_loss(pause_during_transfer: bool) {
         if st.bootstrap.is_none() && st.counters.snapshots_installed > 0 {
             break st;
         }
-        if let Some(b) = &st.bootstrap {
+        if let Some(b) = st.bootstrap.as_ref().filter(|b| b.phase != "learning") {
             seen_bootstrap.get_or_insert_with(|| b.clone());
             if refusal.is_none() {
                 let (code, body) = get(&client, &cluster.regions[C].api, "a0-1").await;
@@ -460,9 +474,14 @@ async fn a_snapshot_transfer_resumes_after_the_receiver_is_killed() {
     )
     .await;
     let before = halfway.bootstrap.clone().unwrap();
-    // Reads are refused meanwhile, with the progress.
+    // Reads are refused meanwhile, with the progress; so are the digest and the conflict
+    // log, which would describe partial key states.
     let (code, body) = get(&client, &cluster.regions[C].api, "k00001").await;
     assert_bootstrapping(code, &body);
+    for path in ["/v1/status/digest", "/v1/conflicts"] {
+        let (code, body) = get_path(&client, &cluster.regions[C].api, path).await;
+        assert_bootstrapping(code, &body);
+    }
     // Two more commits: the chunk the status counted is in a checkpoint by then.
     let fsyncs = halfway.counters.fsyncs;
     let durable = wait_status(

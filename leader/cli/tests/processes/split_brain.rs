@@ -135,8 +135,23 @@ async fn scenario(copy_data_dir: bool) {
         .await;
     let impostor_replica = format!("{:#}", status_of(&client, &impostor.api).await.replica);
     assert_eq!(copy_data_dir, impostor_replica == live_replica);
-    // Both processes take writes; only the first one's may reach the other regions.
-    put(&client, &impostor.api, "impostor", "second").await;
+    // Both processes take writes (only the first one's may reach the other regions), except
+    // an impostor on an empty data directory: no peer accepts its hello, so it never learns
+    // whether it needs a snapshot and refuses writes (docs/design.md, "A fresh data directory
+    // starts gated").
+    if copy_data_dir {
+        put(&client, &impostor.api, "impostor", "second").await;
+    } else {
+        let resp = client
+            .put(format!("{}/v1/kv/default/impostor", impostor.api))
+            .body("second")
+            .send()
+            .await
+            .expect("PUT at the impostor");
+        assert_eq!(resp.status().as_u16(), 503);
+        let body: serde_json::Value = resp.json().await.unwrap_or_default();
+        assert_eq!(body["code"], "bootstrapping", "{body}");
+    }
     put(&client, &twin_api, "genuine", "first").await;
 
     // Every healthy region shows the alarm, naming the region and both replica ids.

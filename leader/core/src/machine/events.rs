@@ -58,6 +58,11 @@ pub struct Options {
     /// one state goes in each): one frame and one checkpoint at the receiver. See "Snapshot
     /// bootstrap" in docs/design.md.
     pub snapshot_chunk_bytes: usize,
+    /// A region whose data directory holds nothing (new, or rebuilt on an empty disk) serves
+    /// nothing until its peers show whether it needs a snapshot: see "A fresh data directory
+    /// starts gated" in docs/design.md. Every node and the simulator set it; tests of other
+    /// behaviour leave it off to write before they connect regions.
+    pub learn_when_empty: bool,
 }
 
 /// What a region recovered from its data directory on start.
@@ -765,6 +770,8 @@ pub struct Counters {
     pub snapshot_keys_skipped: u64,
     /// Snapshots installed ([`Alarm::SnapshotInstalled`]).
     pub snapshots_installed: u64,
+    /// Snapshot transfers started, new rounds included ([`Alarm::SnapshotStarted`]).
+    pub snapshots_started: u64,
     /// Tombstone siblings collected once causally stable.
     pub tombstones_collected: u64,
     /// Keys dropped whole by tombstone collection (nothing left in them).

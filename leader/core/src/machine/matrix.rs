@@ -25,6 +25,7 @@ impl Replica {
             .get_mut(name)
             .expect("frame() checked the peer exists");
         peer.echo = Some((h.wall_ms, now.wall_ms));
+        peer.standing = Some(h.standing.clone());
         // "Needs snapshot" is said once per heartbeat at most: a region that still lacks the
         // writes after a snapshot round (or forgot a stale answer) hears it again.
         peer.snapshot_told.clear();
@@ -61,6 +62,7 @@ impl Replica {
         }
         self.check_mismatches(out);
         self.check_waits(now, out);
+        self.learn_from_peers(now, out);
     }
 
     /// This region's own row of the lag matrix, as of `now`.

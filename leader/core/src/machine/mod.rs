@@ -40,6 +40,7 @@ mod alarms;
 mod client;
 mod collect;
 mod events;
+mod learn;
 mod matrix;
 mod peer;
 mod persist;
@@ -242,9 +243,12 @@ impl Replica {
         }
         // A transfer recorded as caught up is over; one recorded as received is installed by
         // the first batch (the crash came between its last chunk and the install).
-        let bootstrap = rec
-            .bootstrap
-            .filter(|b| b.phase != BootstrapPhase::CatchingUp || !durable.dominates(&b.high));
+        // (A learning region is never recorded; it starts learning again below if it still
+        // holds nothing.)
+        let bootstrap = rec.bootstrap.filter(|b| {
+            b.phase != BootstrapPhase::Learning
+                && (b.phase != BootstrapPhase::CatchingUp || !durable.dominates(&b.high))
+        });
         let mut replica = Self {
             clock: HybridClock::resume(rec.hlc_high, opts.max_clock_offset_ms),
             own_seq: rec.own_seq,
@@ -300,6 +304,9 @@ impl Replica {
             .filter(|(_, s)| collect::holds_nothing_live(s))
             .map(|(slot, _)| slot.clone())
             .collect();
+        if replica.starts_learning() {
+            replica.bootstrap = Some(Bootstrap::learning(replica.learning_reason()));
+        }
         replica.install_snapshot(None);
         Ok(replica)
     }
@@ -609,6 +616,7 @@ impl Replica {
     fn on_tick(&mut self, now: Time, out: &mut Vec<Effect>) {
         let names: Vec<String> = self.peers.keys().cloned().collect();
         let mut rows: Option<Vec<MatrixRow>> = None;
+        let standing = self.standing();
         for name in names {
             let due = self.peers[&name].active.is_some()
                 && now.mono_ms
@@ -631,6 +639,7 @@ impl Replica {
                     hlc,
                     echo: peer.echo.take(),
                     rows: rows.clone(),
+                    standing: standing.clone(),
                 };
                 out.push(Effect::Send {
                     peer: name.clone(),

@@ -8,7 +8,7 @@ use conflict::{ReplicaId, Seq, VersionVector};
 use super::{Alarm, ConnId, Effect, Replica, Time};
 use crate::consistency::SkewEstimate;
 use crate::limits::{LOG_READ_RETRY_MAX_MS, LOG_READ_RETRY_MIN_MS};
-use crate::msg::{Ack, Hello, LogEntry, PROTOCOL_VERSION, PeerMsg, Refuse};
+use crate::msg::{Ack, Hello, LogEntry, PROTOCOL_VERSION, PeerMsg, Refuse, Standing};
 
 /// One other region of the configuration: its connections, what it has acknowledged, what
 /// was sent to it and is not acknowledged yet, and the timers of its stream. `Replica` keeps
@@ -82,6 +82,9 @@ pub(super) struct Peer {
     /// A snapshot request waiting for a fresh checkpoint (ours was older than the log
     /// start), with its connection.
     pub(super) snapshot_retry: Option<(ConnId, crate::msg::SnapshotRequest)>,
+    /// The peer's standing on the active connection, from its hello and heartbeats: what a
+    /// region on a fresh data directory learns from (`learn.rs`).
+    pub(super) standing: Option<Standing>,
 }
 
 /// How long a peer has lagged on one origin without progress.
@@ -174,6 +177,7 @@ impl Peer {
         if self.active == Some(conn) {
             self.reset_stream();
             self.active = None;
+            self.standing = None;
         }
     }
 
@@ -358,6 +362,7 @@ impl Replica {
             applied: self.durable.clone(),
             resolvers: self.resolver_ids.clone(),
             replicas: self.replicas.iter().map(|(r, n)| (*r, n.clone())).collect(),
+            standing: self.standing(),
         }
     }
 
@@ -461,6 +466,7 @@ impl Replica {
             return;
         }
         peer.accept(now, conn, hello.replica, &hello.applied);
+        peer.standing = Some(hello.standing.clone());
         let mut learned = Vec::new();
         for (replica, region) in hello
             .replicas
@@ -480,6 +486,7 @@ impl Replica {
         self.update_lag(now, name);
         self.pump(name, now, out);
         self.ask_pending_reads(name, out);
+        self.learn_from_peers(now, out);
     }
 
     fn hello_problem(&self, name: &str, hello: &Hello) -> Option<String> {

@@ -83,10 +83,13 @@ pub enum BootstrapPhase {
     Received,
     /// Installed: catching up from `low` until the applied vector reaches `high`.
     CatchingUp,
+    /// No transfer yet: the data directory holds nothing, and the peers have not shown yet
+    /// whether a snapshot is needed (`learn.rs`). Never recorded on disk.
+    Learning,
 }
 
 impl Bootstrap {
-    fn new(source: &str, reason: String) -> Self {
+    pub(super) fn new(source: &str, reason: String) -> Self {
         Bootstrap {
             phase: BootstrapPhase::Fetching,
             after: None,
@@ -130,6 +133,7 @@ impl Bootstrap {
                     self.keys
                 )
             }
+            BootstrapPhase::Learning => self.reason.clone(),
         }
     }
 }
@@ -149,7 +153,9 @@ impl Replica {
         mut req: SnapshotRequest,
         out: &mut Vec<Effect>,
     ) {
-        if let Some(b) = self.bootstrap.as_ref().filter(|_| !req.partial_ok) {
+        // A region still learning holds nothing to serve, even partially.
+        let refuse = self.learning() || !req.partial_ok;
+        if let Some(b) = self.bootstrap.as_ref().filter(|_| refuse) {
             let reason = format!(
                 "region '{}' is itself being bootstrapped from a snapshot ({}); ask another region",
                 self.opts.region,
@@ -291,6 +297,9 @@ impl Replica {
         out: &mut Vec<Effect>,
     ) {
         match &mut self.bootstrap {
+            Some(b) if b.phase == BootstrapPhase::Learning => {
+                *b = Bootstrap::new(peer, reason.clone());
+            }
             Some(b) if b.phase != BootstrapPhase::CatchingUp => return,
             Some(b) => {
                 b.new_round(peer, reason.clone());
@@ -298,6 +307,7 @@ impl Replica {
             None => self.bootstrap = Some(Bootstrap::new(peer, reason.clone())),
         }
         self.snapshot_asked = None;
+        self.counters.snapshots_started += 1;
         out.push(Effect::Alarm(Alarm::SnapshotStarted {
             peer: peer.to_owned(),
             reason,

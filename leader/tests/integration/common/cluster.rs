@@ -508,6 +508,7 @@ impl Cluster {
             .conflicts()
             .await
             .unwrap_or_else(|e| panic!("{region}: conflicts: {e}"))
+            .unwrap_or_else(|e| panic!("{region}: conflicts: {e}"))
     }
 
     /// What `region` has durably applied: origin region → highest sequence number.
@@ -528,6 +529,7 @@ impl Cluster {
                 .handle(&region)
                 .digest()
                 .await
+                .unwrap_or_else(|e| panic!("{region}: digest: {e}"))
                 .unwrap_or_else(|e| panic!("{region}: digest: {e}"));
             digests.insert(region, digest);
         }
