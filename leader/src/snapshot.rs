@@ -61,3 +61,13 @@ pub struct Status {
     /// reads and takes no writes until this is `None`.
     pub bootstrap: Option<leader_core::Bootstrap>,
 }
+
+/// `table/key` of each key, comma-separated (keys shown as UTF-8, lossily), for logs and
+/// status.
+pub fn key_list(keys: &[(String, Vec<u8>)]) -> String {
+    let shown: Vec<String> = keys
+        .iter()
+        .map(|(t, k)| format!("{t}/{}", String::from_utf8_lossy(k)))
+        .collect();
+    shown.join(", ")
+}

@@ -35,6 +35,7 @@
 //! freely. The crate depends on `conflict` and `serde` and nothing that does I/O.
 
 pub mod consistency;
+pub mod hashtree;
 pub mod limits;
 pub mod machine;
 pub mod msg;
@@ -43,11 +44,11 @@ pub mod testkit;
 
 pub use consistency::{Durability, MatrixCell, MatrixRow, PeerLag, UnknownDurability};
 pub use machine::{
-    Alarm, Bootstrap, BootstrapPhase, BuildError, ConflictRecord, ConnId, Counters, Effect, Event,
-    MAX_PACED_WRITES, Options, PeerView, PersistBatch, Quarantined, Recovered, Replica, RequestId,
-    SnapshotPiece, Time, WriteError, WriteReceipt, resolver_accepts,
+    Alarm, Bootstrap, BootstrapPhase, BuildError, ConflictRecord, ConnId, Counters, Divergence,
+    Effect, Event, MAX_PACED_WRITES, Options, PeerView, PersistBatch, Quarantined, Recovered,
+    Replica, RequestId, SnapshotPiece, Time, WriteError, WriteReceipt, resolver_accepts,
 };
 pub use msg::{
-    Batch, Hello, LogEntry, NeedsSnapshot, PROTOCOL_VERSION, PeerMsg, SnapshotChunk,
-    SnapshotRequest,
+    AaeHashes, AaeRepair, AaeRequest, AaeStates, AaeStatesRequest, Batch, Hello, LogEntry,
+    NeedsSnapshot, PROTOCOL_VERSION, PeerMsg, SnapshotChunk, SnapshotRequest,
 };

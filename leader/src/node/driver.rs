@@ -719,6 +719,18 @@ impl Driver {
                 }
                 match &alarm {
                     Alarm::ClockSkew { .. } => debug!(?alarm, "alarm"),
+                    Alarm::Divergence {
+                        peer,
+                        found,
+                        repaired,
+                        keys,
+                    } => warn!(
+                        peer,
+                        found,
+                        repaired,
+                        keys = %crate::snapshot::key_list(keys),
+                        "anti-entropy found keys that differ from the peer's although both applied every write they hold; joined both ways"
+                    ),
                     _ => warn!(?alarm, "alarm"),
                 }
             }

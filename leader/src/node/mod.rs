@@ -324,6 +324,7 @@ pub async fn start(
         pace_lag_writes: config.limits.pace_lag_writes,
         log_retention_bytes: config.limits.log_retention_bytes,
         snapshot_chunk_bytes: config.limits.snapshot_chunk_bytes,
+        anti_entropy_interval_ms: config.anti_entropy.interval_ms,
     };
     let mut replica = Replica::new(opts, registry, opened.recovered)?;
     let replayed = store.replay(|chunk| replica.replay(chunk))?;

@@ -281,6 +281,7 @@ fn options(p: &Params, r: usize) -> Options {
             u64::MAX
         },
         snapshot_chunk_bytes: k.snapshot_chunk_bytes,
+        anti_entropy_interval_ms: 0,
     }
 }
 

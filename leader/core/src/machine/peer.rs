@@ -554,6 +554,11 @@ impl Replica {
             PeerMsg::SnapshotRequest(r) => self.on_snapshot_request(&name, conn, r, out),
             PeerMsg::SnapshotChunk(c) => self.on_snapshot_chunk(now, &name, conn, c, out),
             PeerMsg::SnapshotUnavailable(_) => self.on_snapshot_unavailable(now, &name, out),
+            PeerMsg::AaeRequest(r) => self.on_aae_request(&name, conn, r, out),
+            PeerMsg::AaeHashes(h) => self.on_aae_hashes(now, &name, conn, h, out),
+            PeerMsg::AaeStatesRequest(r) => self.on_aae_states_request(&name, conn, r, out),
+            PeerMsg::AaeStates(s) => self.on_aae_states(now, &name, conn, s, out),
+            PeerMsg::AaeRepair(r) => self.on_aae_repair(now, &name, conn, r, out),
         }
     }
 

@@ -486,11 +486,10 @@ impl Replica {
             .collect();
         let mut changed = Vec::new();
         let mut dropped_top = None;
-        for (slot, state) in self.keys.range_mut((lower, upper)) {
+        for (slot, state) in self.keys.range((lower, upper)) {
             if in_chunk.contains(&(slot.0.as_str(), slot.1.as_slice())) {
                 continue;
             }
-            let before = state.siblings.len();
             if let Some(top) = state
                 .siblings
                 .iter()
@@ -499,11 +498,13 @@ impl Replica {
                 .max()
             {
                 dropped_top = dropped_top.max(Some(top));
-            }
-            state.siblings.retain(|s| !c.applied.covers(&s.dot));
-            if state.siblings.len() != before {
                 changed.push(slot.clone());
             }
+        }
+        for slot in &changed {
+            self.keys.update(slot, |state| {
+                state.siblings.retain(|s| !c.applied.covers(&s.dot));
+            });
         }
         // Later writes here must still be stamped above what went (the per-key rule).
         if let Some(top) = dropped_top {
@@ -519,11 +520,15 @@ impl Replica {
     /// too long; or a vector (the chunk's or a key's context) that claims writes of this
     /// region it never made (installing it would poison those keys, as for a replicated
     /// write), or sequence numbers no replica can reach.
+    /// Whether a vector a peer sent claims writes of this region it never made (joining it
+    /// would poison keys, as a replicated write claiming them would), or names sequence
+    /// numbers of 2^63 and more.
+    pub(super) fn impossible_vector(&self, v: &VersionVector) -> bool {
+        v.get(self.opts.replica) > self.own_seq || v.iter().any(|(_, s)| s.0 >= SEQ_UNREACHABLE)
+    }
+
     fn malformed_chunk(&self, c: &SnapshotChunk) -> Option<String> {
-        let own = self.opts.replica;
-        let bad_vector = |v: &VersionVector| {
-            v.get(own) > self.own_seq || v.iter().any(|(_, s)| s.0 >= SEQ_UNREACHABLE)
-        };
+        let bad_vector = |v: &VersionVector| self.impossible_vector(v);
         if bad_vector(&c.applied) || bad_vector(&c.upper) || bad_vector(&c.collected) {
             return Some(format!(
                 "snapshot chunk claims the vector {:?}: writes of this region it never made ({} made), or unreachable sequence numbers",
