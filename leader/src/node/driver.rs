@@ -7,14 +7,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use conflict::VersionVector;
-use leader_core::{Alarm, ConnId, Durability, Effect, Event, PeerMsg, Replica, RequestId, Time};
+use leader_core::{
+    Alarm, ConnId, Counters, Durability, Effect, Event, PeerMsg, Replica, RequestId, Time,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 use transport::{Mesh, MeshEvent};
 
 use super::{
-    Behind, Bootstrapping, Change, Command, Listing, NodeError, ReadResult, RequestError,
+    Behind, Bootstrapping, Change, Command, Listing, NodeError, ReadResult, Repair, RequestError,
     SPLIT_BRAIN_SHOWN_FOR, Status, Written, now,
 };
 use crate::metrics::Metrics;
@@ -90,6 +92,9 @@ pub(super) struct Driver {
     pub(super) parked: Vec<Parked>,
     /// Split brains seen, per region: (live, refused, when last seen).
     pub(super) split_brain: BTreeMap<String, (String, String, Instant)>,
+    /// `meridian repair` runs waiting for their rounds to end: (peers, counters when
+    /// started, reply).
+    pub(super) repairs: Vec<(Vec<String>, Counters, oneshot::Sender<Repair>)>,
     pub(super) table_durability: BTreeMap<String, Durability>,
     pub(super) write_timeout: Duration,
     pub(super) session_wait: Duration,
@@ -159,6 +164,7 @@ impl Driver {
                 () = sleep => Event::Tick,
             };
             self.handle(event, &mut effects);
+            self.answer_repairs();
             self.unpark(&mut effects);
             self.rewind_broken(&mut effects);
             self.flush_held();
@@ -439,6 +445,14 @@ impl Driver {
             Command::Digest { reply } => {
                 let _ = reply.send(self.replica.digest());
             }
+            Command::Repair { reply } => {
+                let before = self.replica.counters().clone();
+                let mut effects = Vec::new();
+                self.handle(Event::AntiEntropy, &mut effects);
+                let peers = self.replica.anti_entropy_rounds().map(str::to_owned);
+                self.repairs.push((peers.collect(), before, reply));
+                self.answer_repairs();
+            }
             Command::Scan { scan, reply } => {
                 let listing = self.replica.resolver(&scan.table).is_some().then(|| {
                     let after = scan.after.as_deref();
@@ -518,6 +532,12 @@ impl Driver {
                 .collect(),
             snapshot_needed: self.replica.snapshot_needed(),
             bootstrap: self.replica.bootstrap().cloned(),
+            divergences: self
+                .replica
+                .divergences()
+                .iter()
+                .map(|(p, d)| (p.clone(), d.clone()))
+                .collect(),
             max_clock_offset_ms: self.replica.options().max_clock_offset_ms,
             split_brain: self
                 .split_brain
@@ -528,6 +548,37 @@ impl Driver {
                     (region.clone(), live.clone(), refused.clone(), ago)
                 })
                 .collect(),
+        }
+    }
+
+    /// Answers the `meridian repair` runs whose rounds are all over.
+    fn answer_repairs(&mut self) {
+        if self.repairs.is_empty() {
+            return;
+        }
+        let running: Vec<&str> = self.replica.anti_entropy_rounds().collect();
+        let (done, waiting) = std::mem::take(&mut self.repairs)
+            .into_iter()
+            .partition(|(peers, _, _)| peers.iter().all(|p| !running.contains(&p.as_str())));
+        self.repairs = waiting;
+        let now = self.replica.counters();
+        let found = self.replica.divergences();
+        for (peers, before, reply) in done {
+            let keys = peers
+                .iter()
+                .filter_map(|p| found.get(p))
+                .flat_map(|d| d.keys.iter())
+                .map(|k| crate::snapshot::key_list(std::slice::from_ref(k)))
+                .collect();
+            let report = Repair {
+                rounds: now.anti_entropy_rounds - before.anti_entropy_rounds,
+                diverged: now.anti_entropy_diverged - before.anti_entropy_diverged,
+                repaired: now.anti_entropy_repaired - before.anti_entropy_repaired,
+                in_flight: now.anti_entropy_in_flight - before.anti_entropy_in_flight,
+                keys,
+                peers,
+            };
+            let _ = reply.send(report);
         }
     }
 
@@ -748,6 +799,7 @@ fn refuse_behind(cmd: Command, behind: Behind) {
         | Command::Wait { .. }
         | Command::Conflicts { .. }
         | Command::Digest { .. }
+        | Command::Repair { .. }
         | Command::Scan { .. } => {}
     }
 }

@@ -51,7 +51,7 @@ use crate::storage::{StorageError, Store, StoreLimits};
 pub use crate::snapshot::Status;
 use driver::Driver;
 pub use handle::{
-    Behind, Bootstrapping, Listing, NodeHandle, Pending, ReadResult, RequestError, Scan,
+    Behind, Bootstrapping, Listing, NodeHandle, Pending, ReadResult, Repair, RequestError, Scan,
     WriteOptions, Written,
 };
 pub(crate) use handle::{Change, Command, LinkControl};
@@ -467,6 +467,7 @@ pub async fn start(
         metrics,
         broken: BTreeMap::new(),
         split_brain: BTreeMap::new(),
+        repairs: Vec::new(),
         held: BTreeMap::new(),
     };
     let driver = tokio::spawn(driver.run(
