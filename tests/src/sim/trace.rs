@@ -159,6 +159,7 @@ impl Trace {
                 }
             }
             Event::Tick => self.word(8),
+            Event::AntiEntropy => self.word(21),
         }
         self.flush();
     }
@@ -286,6 +287,23 @@ pub fn describe(m: &PeerMsg) -> String {
             if c.restart { ", restart" } else { "" }
         ),
         PeerMsg::SnapshotUnavailable(u) => format!("SnapshotUnavailable({})", u.reason),
+        PeerMsg::AaeRequest(r) => format!(
+            "AaeRequest(#{} level {}, {} nodes)",
+            r.round,
+            r.level,
+            r.nodes.len()
+        ),
+        PeerMsg::AaeHashes(h) => format!("AaeHashes(#{}, {} hashes)", h.round, h.hashes.len()),
+        PeerMsg::AaeStatesRequest(r) => {
+            format!("AaeStatesRequest(#{}, {} leaves)", r.round, r.leaves.len())
+        }
+        PeerMsg::AaeStates(s) => format!(
+            "AaeStates(#{}, {} leaves, {} states)",
+            s.round,
+            s.leaves.len(),
+            s.states.len()
+        ),
+        PeerMsg::AaeRepair(r) => format!("AaeRepair(#{}, {} states)", r.round, r.states.len()),
     }
 }
 

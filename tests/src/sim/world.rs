@@ -1118,6 +1118,7 @@ fn show_event(ev: &Event) -> String {
             Err(e) => format!("SnapshotRead for {peer}#{conn} failed: {e}"),
         },
         Event::Tick => "Tick".into(),
+        Event::AntiEntropy => "AntiEntropy".into(),
     }
 }
 
