@@ -2689,6 +2689,10 @@ fn the_bytes_a_round_moves_for_many_keys() {
     w.auto_sync = false;
     for i in 0..keys {
         w.write("a", "default", &format!("key-{i:08}"), Some("value"));
+        if i % 10_000 == 9_999 {
+            // Group commits of 10,000 writes (unanswered writes are bounded).
+            w.sync("a");
+        }
     }
     w.sync("a");
     w.auto_sync = true;
@@ -2696,6 +2700,7 @@ fn the_bytes_a_round_moves_for_many_keys() {
     w.sync("b");
     w.deliver();
     assert_eq!(w.digests().len(), 1);
+    assert_eq!(w.nodes["b"].replica.keys().count(), keys);
     w.handle("a", Event::AntiEntropy);
     let agreeing = deliver_counting(&mut w, |_, _, _| false);
     let mut report = vec![format!("{keys} keys agreeing: {agreeing} bytes")];
