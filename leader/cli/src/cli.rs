@@ -660,6 +660,47 @@ mod tests {
     use leader::status::{ClockSkew, ResolverMismatch};
 
     /// What `meridian status` at us-east prints for the mismatch of
+    /// `meridian repair`'s report, and the status line of a divergence it found.
+    #[test]
+    fn repair_reports_what_the_rounds_found() {
+        let report = RepairReport {
+            diverged: 1,
+            in_flight: 2,
+            keys: vec!["default/k7".into()],
+            peers: vec!["ap-south".into(), "eu-west".into()],
+            region: "us-east".into(),
+            repaired: 0,
+            rounds: 2,
+        };
+        assert_eq!(
+            repair_text(&report),
+            "us-east: anti-entropy with ap-south, eu-west: 2 of 2 rounds finished; 1 keys \
+             diverged (0 repaired here, the rest at the peers), 2 in flight (not compared)\n\
+             diverged keys: default/k7\n"
+        );
+        let alone = RepairReport {
+            peers: Vec::new(),
+            ..report
+        };
+        assert!(repair_text(&alone).contains("no round started"));
+        let alarms = Alarms {
+            divergence: vec![leader::status::Divergence {
+                found: 3,
+                keys: vec!["default/k7".into()],
+                region: "eu-west".into(),
+                repaired: 1,
+            }],
+            ..Alarms::default()
+        };
+        assert_eq!(
+            alarm_lines(&alarms),
+            [
+                "ALARM divergence: anti-entropy found 3 keys that differ from eu-west although both \
+              regions applied their writes (repaired by join, 1 here); last: default/k7"
+            ]
+        );
+    }
+
     /// `leader/tests/consistency.rs::resolver_mismatch_quarantines_that_table_only` (which
     /// asserts the JSON), and for a clock-skew alarm.
     #[test]

@@ -34,6 +34,10 @@
 //!   joined into this region's.
 //! - `resolvers`: which regions' writes of a table may be applied here; quarantine.
 //! - `alarms`: clock skew, causality violations, reused dots.
+//! - `keys`: the key table; every change of a key state goes through it, which keeps the
+//!   anti-entropy hash tree ([`crate::hashtree`]) up to date.
+//! - `aae`: anti-entropy rounds with peers: compare hash trees top-down, join and report
+//!   keys that diverged although both regions applied their writes.
 
 mod aae;
 mod alarms;
