@@ -9,6 +9,7 @@ use conflict::Registry;
 use leader::leader_core::{Effect, Event, Options, Replica, Time};
 use leader::status::{Digest, RepairReport, Status};
 use leader::storage::Store;
+use leader_core::testkit;
 
 use crate::common::{Cluster, wait_until};
 
@@ -23,28 +24,11 @@ const REGIONS: [&str; 3] = [US, EU, AP];
 fn lose_key(c: &Cluster, region: &str, table: &str, key: &[u8]) {
     let config = c.config();
     let opened = Store::open(&c.dir().join("data").join(region), &config.cluster, region).unwrap();
-    let peers = REGIONS
-        .iter()
-        .filter(|r| **r != region)
-        .map(|r| (*r).to_owned());
+    let peers: Vec<&str> = REGIONS.iter().copied().filter(|r| *r != region).collect();
     let opts = Options {
         cluster: config.cluster.clone(),
-        region: region.to_owned(),
-        replica: opened.replica,
-        peers: peers.collect(),
         tables: config.tables.clone(),
-        max_clock_offset_ms: 500,
-        relay_delay_ms: 1000,
-        heartbeat_interval_ms: 500,
-        peer_window_bytes: 1 << 20,
-        max_batch_bytes: 1 << 16,
-        max_siblings: 8,
-        conflict_log_capacity: 10,
-        log_tail_bytes: 1 << 16,
-        pace_lag_writes: 0,
-        log_retention_bytes: u64::MAX,
-        snapshot_chunk_bytes: 64 * 1024,
-        anti_entropy_interval_ms: 0,
+        ..testkit::options(region, opened.replica, &peers)
     };
     let mut replica = Replica::new(opts, &Registry::with_builtins(), opened.recovered).unwrap();
     opened.store.replay(|chunk| replica.replay(chunk)).unwrap();
@@ -93,6 +77,18 @@ async fn metric(c: &Cluster, region: &str, name: &str) -> u64 {
         .unwrap()
 }
 
+/// `POST /v1/repair` at `region`: what `meridian repair -r REGION` calls.
+async fn repair(c: &Cluster, region: &str) -> RepairReport {
+    reqwest::Client::new()
+        .post(format!("{}/v1/repair", c.api_url(region)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 async fn http_digests(c: &Cluster) -> BTreeSet<String> {
     let mut all = BTreeSet::new();
     for region in REGIONS {
@@ -118,15 +114,7 @@ async fn a_key_lost_from_one_disk_is_found_by_meridian_repair_reported_and_repai
             c.restart(EU).await;
             c.wait_connected().await;
             assert_eq!(http_digests(c).await.len(), 2, "eu-west lost a key");
-            let http = reqwest::Client::new();
-            let report: RepairReport = http
-                .post(format!("{}/v1/repair", c.api_url(US)))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let report = repair(c, US).await;
             assert_eq!(report.peers, [AP, EU]);
             assert_eq!(report.rounds, 2, "{report:?}");
             assert_eq!(report.diverged, 1, "{report:?}");
@@ -152,14 +140,7 @@ async fn a_key_lost_from_one_disk_is_found_by_meridian_repair_reported_and_repai
             assert_eq!((found[0].region.as_str(), found[0].repaired), (US, 1));
             assert_eq!(found[0].keys, ["default/k7"]);
             // A second run finds nothing.
-            let again: RepairReport = http
-                .post(format!("{}/v1/repair", c.api_url(EU)))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let again = repair(c, EU).await;
             assert_eq!((again.rounds, again.diverged), (2, 0), "{again:?}");
         })
         .await;

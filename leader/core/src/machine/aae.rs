@@ -26,7 +26,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use conflict::limits::{MAX_KEY_BYTES, MAX_TABLE_NAME_BYTES};
 use conflict::{KeyState, VersionVector};
 
 use super::{ConnId, Replica, Time};
@@ -317,7 +316,7 @@ impl Replica {
         };
         let prefix = s.leaves.len() <= asked.len() && asked[..s.leaves.len()] == s.leaves[..];
         let problem = if prefix {
-            self.malformed_states(&s.applied, &s.states, &s.held_back, Some(&s.leaves))
+            self.malformed_aae(&s.applied, &s.states, &s.held_back, Some(&s.leaves))
         } else {
             Some("anti-entropy states of leaves that were not asked for".to_owned())
         };
@@ -392,7 +391,7 @@ impl Replica {
         r: AaeRepair,
         out: &mut Vec<Effect>,
     ) {
-        if let Some(detail) = self.malformed_states(&r.applied, &r.states, &r.held_back, None) {
+        if let Some(detail) = self.malformed_aae(&r.applied, &r.states, &r.held_back, None) {
             return self.violation(name, conn, detail, out);
         }
         if self.bootstrap.is_some() {
@@ -477,10 +476,10 @@ impl Replica {
         by_leaf
     }
 
-    /// Why states a peer sent are malformed, if they are: keys not ascending, too long, or
-    /// outside the leaves they answer; a vector claiming writes of this region it never made
-    /// (joining it would poison the key); too many held-back tables.
-    fn malformed_states(
+    /// Why states a peer sent are malformed, if they are: an applied vector claiming writes
+    /// of this region it never made, too many held-back tables, states outside the leaves
+    /// they answer, or what [`Replica::malformed_states`] refuses.
+    fn malformed_aae(
         &self,
         applied: &VersionVector,
         states: &States,
@@ -499,35 +498,16 @@ impl Replica {
                 held_back.len()
             ));
         }
-        let mut prev: Option<(&str, &[u8])> = None;
-        for (t, k, state) in states {
-            let here = (t.as_str(), k.as_slice());
-            if prev.is_some_and(|p| p >= here) {
-                return Some("anti-entropy states whose keys are not in ascending order".into());
-            }
-            if t.len() > MAX_TABLE_NAME_BYTES || k.len() > MAX_KEY_BYTES {
-                return Some(format!(
-                    "anti-entropy state with a table name of {} bytes or a key of {} bytes (limits {MAX_TABLE_NAME_BYTES} and {MAX_KEY_BYTES})",
-                    t.len(),
-                    k.len()
-                ));
-            }
-            if leaves.is_some_and(|l| l.binary_search(&leaf_of(t, k)).is_err()) {
-                return Some(format!(
-                    "anti-entropy state of key {t}/{} outside the leaves it answers",
-                    String::from_utf8_lossy(k)
-                ));
-            }
-            if self.impossible_vector(&state.context) {
-                return Some(format!(
-                    "anti-entropy state of key {t}/{} has the context {:?}: writes of this region it never made, or unreachable sequence numbers",
-                    String::from_utf8_lossy(k),
-                    state.context
-                ));
-            }
-            prev = Some(here);
+        let outside = states
+            .iter()
+            .find(|(t, k, _)| leaves.is_some_and(|l| l.binary_search(&leaf_of(t, k)).is_err()));
+        if let Some((t, k, _)) = outside {
+            return Some(format!(
+                "anti-entropy state of key {t}/{} outside the leaves it answers",
+                String::from_utf8_lossy(k)
+            ));
         }
-        None
+        self.malformed_states("anti-entropy message", states, None)
     }
 
     fn report_divergence(
