@@ -185,6 +185,11 @@ pub struct RunOptions {
     /// `snapshot_seed_*` tests); `MERIDIAN_SIM_SNAPSHOTS=1` turns them on for `fuzz` and
     /// `replay`.
     pub snapshot_faults: bool,
+    /// Anti-entropy rounds every 2 s at every region. Any `Alarm::Divergence` then fails the
+    /// seed (`alarm`): with every component correct, anti-entropy must find nothing, whatever
+    /// is in flight. Off by default so the seeds keep their trajectories (a round's frames
+    /// change the schedule); the `anti_entropy_finds_no_divergence` test runs it.
+    pub anti_entropy: bool,
 }
 
 impl Default for RunOptions {
@@ -199,6 +204,7 @@ impl Default for RunOptions {
             beyond_contract: false,
             rollout: None,
             snapshot_faults: false,
+            anti_entropy: false,
         }
     }
 }

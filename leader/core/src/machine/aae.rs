@@ -64,6 +64,7 @@ pub struct Divergence {
 
 #[derive(Debug)]
 struct Round {
+    /// The id of the latest request, which its answer echoes.
     id: u64,
     conn: ConnId,
     deadline_ms: u64,
@@ -92,9 +93,7 @@ impl Replica {
             .filter_map(|(name, p)| p.active.map(|c| (name.clone(), c)))
             .collect();
         for (peer, conn) in idle {
-            self.aae.next_round += 1;
-            let id = self.aae.next_round;
-            self.aae_ask(now, peer, conn, id, Asked::Nodes(0, vec![0]), out);
+            self.aae_ask(now, peer, conn, Asked::Nodes(0, vec![0]), out);
         }
     }
 
@@ -134,15 +133,19 @@ impl Replica {
             .min()
     }
 
+    /// Sends the next request of the round with `peer`. Every request has an id of its own,
+    /// which its answer echoes: an answer to anything but the latest request (a duplicate, a
+    /// late one) is ignored.
     fn aae_ask(
         &mut self,
         now: Time,
         peer: String,
         conn: ConnId,
-        id: u64,
         asked: Asked,
         out: &mut Vec<Effect>,
     ) {
+        self.aae.next_round += 1;
+        let id = self.aae.next_round;
         let msg = match &asked {
             Asked::Nodes(level, nodes) => PeerMsg::AaeRequest(AaeRequest {
                 round: id,
@@ -222,7 +225,7 @@ impl Replica {
             let detail = "anti-entropy hashes answering a request for states".to_owned();
             return self.violation(name, conn, detail, out);
         };
-        let (level, id) = (*level, round.id);
+        let level = *level;
         if h.hashes.len() != nodes.len() {
             let detail = format!(
                 "anti-entropy answer with {} hashes for {} nodes",
@@ -248,7 +251,7 @@ impl Replica {
         } else {
             Asked::Leaves(differing.into_iter().take(MAX_AAE_LEAVES).collect())
         };
-        self.aae_ask(now, name.to_owned(), conn, id, asked, out);
+        self.aae_ask(now, name.to_owned(), conn, asked, out);
     }
 
     /// Answers a peer's request for the key states of leaves: whole leaves, in the order
