@@ -27,6 +27,7 @@ fn opts(region: &str, peer: &str, id: u128) -> Options {
         pace_lag_writes: 0,
         log_retention_bytes: u64::MAX,
         snapshot_chunk_bytes: 2048,
+        anti_entropy_interval_ms: 0,
     }
 }
 

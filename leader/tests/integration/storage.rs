@@ -342,6 +342,7 @@ fn machine(opened: &Opened, tables: &[(&str, &str)]) -> Replica {
         pace_lag_writes: 0,
         log_retention_bytes: u64::MAX,
         snapshot_chunk_bytes: 64 * 1024,
+        anti_entropy_interval_ms: 0,
     };
     let mut replica =
         Replica::new(opts, &Registry::with_builtins(), opened.recovered.clone()).unwrap();

@@ -80,5 +80,6 @@ pub fn options(region: &str, replica: ReplicaId, peers: &[&str]) -> Options {
         pace_lag_writes: 0,
         log_retention_bytes: u64::MAX,
         snapshot_chunk_bytes: 1024,
+        anti_entropy_interval_ms: 0,
     }
 }
