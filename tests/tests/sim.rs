@@ -689,3 +689,12 @@ fn anti_entropy_finds_no_divergence() {
         expect_ok(&o, &opts);
     }
 }
+
+/// Was `convergence`: a quorum read's repair spread a write that only its origin's log held;
+/// the origin was then lost for good, and the repaired region kept the write in a key state
+/// no log could deliver to the others. Read repair now spreads only what two logs hold
+/// (`Replica::spreadable`).
+#[test]
+fn quorum_seed_383_read_repair_spreads_only_what_two_logs_hold() {
+    expect_ok(&run_seed(383, &with_quorum_reads()), &with_quorum_reads());
+}

@@ -287,6 +287,10 @@ pub struct ReadReply {
     /// Set when the sender cannot answer for the key (it is being bootstrapped, or does not
     /// know the table): the reason, for the operator. The read does not count it.
     pub refused: Option<String>,
+    /// Writes the sender's log holds durably that another log holds too (its own writes only
+    /// once another region has them durably): what read repair may spread, because a log
+    /// still delivers them if any one region is lost.
+    pub spreadable: VersionVector,
 }
 
 /// A key's state joined from the answers of a quorum read, sent to the regions whose answer

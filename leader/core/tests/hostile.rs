@@ -1534,6 +1534,7 @@ fn hostile_quorum_read_messages_close_the_connection_and_join_nothing() {
         id: 77,
         state: Some(state(B, 1)),
         refused: None,
+        spreadable: VersionVector::new(),
     }));
     assert!(rig.closed().is_empty());
     assert!(rig.node.replica.keys().next().is_none());
@@ -1557,6 +1558,7 @@ fn hostile_quorum_read_messages_close_the_connection_and_join_nothing() {
         id: asked,
         state: Some(state(A, 9)),
         refused: None,
+        spreadable: VersionVector::new(),
     }));
     assert!(rig.closed().iter().any(|r| r.contains("never made")));
     assert!(rig.node.replica.keys().next().is_none(), "nothing joined");

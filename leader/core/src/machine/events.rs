@@ -809,6 +809,9 @@ pub struct Counters {
     pub read_repairs_sent: u64,
     /// Read repairs received from other regions that changed a key here.
     pub read_repairs_applied: u64,
+    /// Quorum reads whose joined state held a write only one log holds: not repaired (the
+    /// log delivers it, or it was never more than one region's).
+    pub read_repairs_skipped: u64,
     /// Anti-entropy rounds this region started and finished.
     pub anti_entropy_rounds: u64,
     /// Keys anti-entropy found diverged ([`Alarm::Divergence`]), by this region's

@@ -17,8 +17,8 @@
 
 use std::collections::BTreeMap;
 
-use conflict::KeyState;
 use conflict::limits::{MAX_KEY_BYTES, MAX_TABLE_NAME_BYTES};
+use conflict::{KeyState, VersionVector};
 
 use super::{ConnId, Effect, ReadAnswer, ReadError, Replica, RequestId, Time};
 use crate::consistency::ReadLevel;
@@ -38,6 +38,8 @@ pub(super) struct QuorumRead {
     asked: BTreeMap<String, ConnId>,
     /// Answers, in arrival order.
     answers: Vec<(String, Option<KeyState>)>,
+    /// The join of the answering regions' spreadable vectors ([`Replica::spreadable`]).
+    spreadable: VersionVector,
     /// Peers that could not answer, with why.
     refused: BTreeMap<String, String>,
 }
@@ -85,6 +87,7 @@ impl Replica {
             asked: BTreeMap::new(),
             answers: Vec::new(),
             refused: BTreeMap::new(),
+            spreadable: VersionVector::new(),
         };
         if need == 0 {
             return self.finish_read(id, read, out);
@@ -177,6 +180,7 @@ impl Replica {
         } else {
             refused
         };
+        let spreadable = self.spreadable();
         out.push(Effect::Send {
             peer: name.to_owned(),
             conn,
@@ -184,8 +188,41 @@ impl Replica {
                 id: r.id,
                 state,
                 refused,
+                spreadable,
             }),
         });
+    }
+
+    /// The writes whose copy in a key state read repair may hand to another region: those
+    /// durable in this region's log and in another's — a third region's writes this region
+    /// applied durably (their origin has them too), and this region's own once another
+    /// region has acknowledged them durably. A write only one log holds must not be spread
+    /// by repair: if that region were lost for good, the repaired regions would hold it in a
+    /// key state that no log can deliver to the others, and the regions would never agree
+    /// (the simulator's seed 383: an origin lost right after a quorum read spread its write).
+    pub(super) fn spreadable(&self) -> VersionVector {
+        let own = self.opts.replica;
+        let replicated = self
+            .peers
+            .iter()
+            .map(|(name, p)| self.known_applied(name, p).get(own))
+            .max()
+            .unwrap_or(conflict::Seq::ZERO);
+        let mut out = VersionVector::new();
+        for (origin, seq) in self.durable.iter() {
+            let seq = if origin == own {
+                seq.min(replicated)
+            } else {
+                seq
+            };
+            if seq > conflict::Seq::ZERO {
+                out.add_dot(&conflict::Dot {
+                    replica: origin,
+                    seq,
+                });
+            }
+        }
+        out
     }
 
     /// A peer's answer to one of our reads.
@@ -211,7 +248,10 @@ impl Replica {
             Some(why) => {
                 read.refused.insert(name.to_owned(), why);
             }
-            None => read.answers.push((name.to_owned(), r.state)),
+            None => {
+                read.answers.push((name.to_owned(), r.state));
+                read.spreadable.join(&r.spreadable);
+            }
         }
         if read.answers.len() >= read.need {
             let read = self.quorum_reads.remove(&r.id).expect("found above");
@@ -333,12 +373,21 @@ impl Replica {
         if read.need > 0 {
             self.counters.quorum_reads += 1;
         }
-        if joined != ours && self.join_state(read.slot.clone(), joined.clone()) {
+        // Repair only with writes two logs hold (see `spreadable`); otherwise the log brings
+        // them in time, or they were never more than one region's.
+        let mut spreadable = self.spreadable();
+        spreadable.join(&read.spreadable);
+        let repairable = spreadable.dominates(&joined.context);
+        if joined != ours && !repairable {
+            self.counters.read_repairs_skipped += 1;
+        }
+        if joined != ours && repairable && self.join_state(read.slot.clone(), joined.clone()) {
             self.counters.read_repairs += 1;
         }
         for (name, state) in &read.answers {
             let lacks = state.as_ref().is_none_or(|s| *s != joined)
                 && joined != KeyState::default()
+                && repairable
                 && joined.estimated_bytes() <= self.opts.max_batch_bytes;
             let conn = self.peers.get(name).and_then(|p| p.active);
             if let (true, Some(conn)) = (lacks, conn) {
