@@ -336,6 +336,12 @@ impl Metrics {
         );
         counter(
             &mut reg,
+            "read_repairs_skipped",
+            "Quorum reads that saw a write only one log holds: not repaired (the log delivers it)",
+            c.read_repairs_skipped,
+        );
+        counter(
+            &mut reg,
             "anti_entropy_rounds",
             "Anti-entropy rounds this region started and finished",
             c.anti_entropy_rounds,
