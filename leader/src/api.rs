@@ -8,6 +8,7 @@
 //! | `GET /v1/conflicts` | the conflict log, newest first (`table`, `limit`, `before`) |
 //! | `GET /v1/status` | region, replica id, peers with link state, RTT and lag, applied vector |
 //! | `GET /v1/status/digest` | SHA-256 over every key state and the applied vector: equal digests mean equal data |
+//! | `POST /v1/repair` | anti-entropy now with every connected peer; answers when the rounds are over, with what they found |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /healthz` | liveness |
 //!
@@ -21,7 +22,8 @@
 //! - this file: the router, its state, authentication, errors ([`ApiError`]) and the
 //!   context token;
 //! - `kv`: the key routes (write, delete, read, list) and what they read from a request;
-//! - `region`: the region's own documents (conflict log, status, digest, metrics);
+//! - `region`: the region's own documents (conflict log, status, digest, metrics) and
+//!   `POST /v1/repair`;
 //! - [`admin`]: link control for simulations.
 
 pub mod admin;
@@ -46,7 +48,7 @@ use crate::config::Limits;
 use crate::node::{Node, NodeError, NodeHandle};
 
 use kv::{add_key, delete_key, get_key, list_keys, put_key};
-use region::{conflicts, digest, metrics, status};
+use region::{conflicts, digest, metrics, repair, status};
 
 /// Header carrying a key's causal context.
 pub const CONTEXT_HEADER: &str = "x-meridian-context";
@@ -121,6 +123,7 @@ pub fn router(node: NodeHandle, limits: Limits, token: Option<String>) -> Router
         .route("/v1/conflicts", get(conflicts))
         .route("/v1/status", get(status))
         .route("/v1/status/digest", get(digest))
+        .route("/v1/repair", axum::routing::post(repair))
         .route("/metrics", get(metrics))
         .merge(admin::routes())
         .method_not_allowed_fallback(method_not_allowed)

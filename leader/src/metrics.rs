@@ -17,7 +17,7 @@ use prometheus_client::registry::Registry;
 use crate::snapshot::Status;
 
 /// Alarm kinds, in the order of [`Metrics::alarms`].
-const ALARM_KINDS: [&str; 13] = [
+const ALARM_KINDS: [&str; 14] = [
     "split_brain",
     "hello_refused",
     "clock_skew",
@@ -31,6 +31,7 @@ const ALARM_KINDS: [&str; 13] = [
     "needs_snapshot",
     "snapshot_started",
     "snapshot_installed",
+    "divergence",
 ];
 
 /// Figures accumulated by the driver between scrapes.
@@ -87,6 +88,7 @@ impl Metrics {
             Alarm::NeedsSnapshot { .. } => 10,
             Alarm::SnapshotStarted { .. } => 11,
             Alarm::SnapshotInstalled { .. } => 12,
+            Alarm::Divergence { .. } => 13,
         };
         self.alarms[kind].fetch_add(1, Ordering::Relaxed);
     }
@@ -331,6 +333,30 @@ impl Metrics {
             "read_repairs_applied",
             "Read repairs from other regions that changed a key here",
             c.read_repairs_applied,
+        );
+        counter(
+            &mut reg,
+            "anti_entropy_rounds",
+            "Anti-entropy rounds this region started and finished",
+            c.anti_entropy_rounds,
+        );
+        counter(
+            &mut reg,
+            "anti_entropy_diverged_keys",
+            "Keys anti-entropy found diverged although both regions had applied their writes (repaired by join)",
+            c.anti_entropy_diverged,
+        );
+        counter(
+            &mut reg,
+            "anti_entropy_repaired_keys",
+            "Keys whose state here changed by an anti-entropy repair",
+            c.anti_entropy_repaired,
+        );
+        counter(
+            &mut reg,
+            "anti_entropy_in_flight_keys",
+            "Keys anti-entropy saw differ with a write still in flight: not compared",
+            c.anti_entropy_in_flight,
         );
         let alarms: Family<Vec<(String, String)>, Counter> = Family::default();
         for (kind, n) in self.alarms() {

@@ -60,4 +60,16 @@ pub struct Status {
     /// The snapshot transfer under way, if this region is being bootstrapped: it serves no
     /// reads and takes no writes until this is `None`.
     pub bootstrap: Option<leader_core::Bootstrap>,
+    /// What anti-entropy found with each peer since this process started.
+    pub divergences: Vec<(String, leader_core::Divergence)>,
+}
+
+/// `table/key` of each key, comma-separated (keys shown as UTF-8, lossily), for logs and
+/// status.
+pub fn key_list(keys: &[(String, Vec<u8>)]) -> String {
+    let shown: Vec<String> = keys
+        .iter()
+        .map(|(t, k)| format!("{t}/{}", String::from_utf8_lossy(k)))
+        .collect();
+    shown.join(", ")
 }

@@ -327,6 +327,10 @@ pub struct MatrixEntry {
 pub struct Alarms {
     /// Peers whose clocks ran further ahead than `max_clock_offset_ms`.
     pub clock_skew: Vec<ClockSkew>,
+    /// Peers with which anti-entropy found keys diverged (and repaired them by join) since
+    /// this process started: replication should have prevented it (a bug, a damaged disk, a
+    /// copied data directory).
+    pub divergence: Vec<Divergence>,
     /// Peers whose logs no longer hold writes this region lacks: it cannot catch up from
     /// them and needs a snapshot (unless another region still holds those writes).
     pub needs_snapshot: Vec<NeedsSnapshot>,
@@ -334,6 +338,40 @@ pub struct Alarms {
     pub resolver_mismatch: Vec<ResolverMismatch>,
     /// Regions two live processes claim.
     pub split_brain: Vec<SplitBrain>,
+}
+
+/// The answer of `POST /v1/repair` (`meridian repair`): what the anti-entropy rounds it
+/// started found, once they are all over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairReport {
+    /// Keys found diverged although both regions had applied their writes (repaired by
+    /// join, here and at the peer).
+    pub diverged: u64,
+    /// Keys that differed with a write still in flight: not compared.
+    pub in_flight: u64,
+    /// The last diverged keys, `table/key`.
+    pub keys: Vec<String>,
+    /// The peers a round started with (the connected ones).
+    pub peers: Vec<String>,
+    /// The region that ran them.
+    pub region: String,
+    /// Keys whose state at this region changed by the joins.
+    pub repaired: u64,
+    /// Rounds that finished; the others were given up (the peer did not answer in 30 s).
+    pub rounds: u64,
+}
+
+/// What anti-entropy found with one peer since this process started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Divergence {
+    /// Keys found diverged (by this region's rounds or the peer's).
+    pub found: u64,
+    /// The last keys found, `table/key` (at most 16).
+    pub keys: Vec<String>,
+    /// The peer.
+    pub region: String,
+    /// Of the keys found, those whose state here changed by the join.
+    pub repaired: u64,
 }
 
 /// A peer whose log starts after writes this region lacks.
@@ -390,6 +428,14 @@ pub struct SplitBrain {
 /// Counters since the process started.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
+    /// Keys anti-entropy found diverged although both regions had applied their writes.
+    pub anti_entropy_diverged: u64,
+    /// Keys anti-entropy saw differ with a write still in flight (not compared).
+    pub anti_entropy_in_flight: u64,
+    /// Keys whose state here changed by an anti-entropy repair.
+    pub anti_entropy_repaired: u64,
+    /// Anti-entropy rounds this region started and finished.
+    pub anti_entropy_rounds: u64,
     /// Replicated writes that broke the per-key causality rule.
     pub causality_violations: u64,
     /// Client writes accepted.
@@ -493,6 +539,20 @@ impl From<&snapshot::Status> for Status {
                         region: region.clone(),
                     })
                     .collect(),
+                divergence: s
+                    .divergences
+                    .iter()
+                    .map(|(region, d)| Divergence {
+                        found: d.found,
+                        keys: d
+                            .keys
+                            .iter()
+                            .map(|k| crate::snapshot::key_list(std::slice::from_ref(k)))
+                            .collect(),
+                        region: region.clone(),
+                        repaired: d.repaired,
+                    })
+                    .collect(),
                 needs_snapshot: s
                     .snapshot_needed
                     .iter()
@@ -527,6 +587,10 @@ impl From<&snapshot::Status> for Status {
             applied: applied_list(&s.applied),
             bootstrap: s.bootstrap.as_ref().map(Bootstrap::from),
             counters: Counters {
+                anti_entropy_diverged: c.anti_entropy_diverged,
+                anti_entropy_in_flight: c.anti_entropy_in_flight,
+                anti_entropy_repaired: c.anti_entropy_repaired,
+                anti_entropy_rounds: c.anti_entropy_rounds,
                 causality_violations: c.causality_violations,
                 client_writes: c.client_writes,
                 conflicts: c.conflicts,

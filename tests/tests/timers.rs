@@ -28,6 +28,7 @@ fn opts(region: &str, peer: &str, id: u128) -> Options {
         log_retention_bytes: u64::MAX,
         snapshot_chunk_bytes: 2048,
         learn_when_empty: false,
+        anti_entropy_interval_ms: 0,
     }
 }
 

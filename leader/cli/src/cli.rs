@@ -10,7 +10,8 @@ use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use leader::api::{CONTEXT_HEADER, DURABILITY_HEADER, SESSION_HEADER, TIMEOUT_HEADER};
 use leader::config::Config;
 use leader::status::{
-    Alarms, Bootstrap, ConflictPage, LinkChange, LinkState, Links, MatrixEntry, Status,
+    Alarms, Bootstrap, ConflictPage, LinkChange, LinkState, Links, MatrixEntry, RepairReport,
+    Status,
 };
 use serde_json::Value as Json;
 
@@ -366,7 +367,59 @@ fn alarm_lines(alarms: &Alarms) -> Vec<String> {
             n.region, n.log_start, n.origin, n.from, n.region
         )
     });
-    skew.chain(mismatch).chain(snapshot).collect()
+    let divergence = alarms.divergence.iter().map(|d| {
+        format!(
+            "ALARM divergence: anti-entropy found {} keys that differ from {} although both regions applied their writes (repaired by join, {} here); last: {}",
+            d.found,
+            d.region,
+            d.repaired,
+            d.keys.join(", ")
+        )
+    });
+    skew.chain(mismatch)
+        .chain(snapshot)
+        .chain(divergence)
+        .collect()
+}
+
+/// `meridian repair --region R`: anti-entropy now between R and every connected peer; prints
+/// what the rounds found once they are over (diverged keys are repaired by then).
+pub(crate) async fn repair(t: Target) -> Result<ExitCode> {
+    let base = t.base()?;
+    let r: RepairReport = t
+        .client()?
+        .post(format!("{base}/v1/repair"))
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {base}"))?
+        .error_for_status()?
+        .json()
+        .await?;
+    print!("{}", repair_text(&r));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn repair_text(r: &RepairReport) -> String {
+    if r.peers.is_empty() {
+        return format!(
+            "{}: no round started (no peer connected, or the region is being bootstrapped)\n",
+            r.region
+        );
+    }
+    let mut out = format!(
+        "{}: anti-entropy with {}: {} of {} rounds finished; {} keys diverged ({} repaired here, the rest at the peers), {} in flight (not compared)\n",
+        r.region,
+        r.peers.join(", "),
+        r.rounds,
+        r.peers.len(),
+        r.diverged,
+        r.repaired,
+        r.in_flight
+    );
+    if !r.keys.is_empty() {
+        out.push_str(&format!("diverged keys: {}\n", r.keys.join(", ")));
+    }
+    out
 }
 
 /// What `meridian run` prints about a snapshot bootstrap of its region, from one status a
@@ -639,6 +692,47 @@ mod tests {
     use leader::status::{ClockSkew, ResolverMismatch};
 
     /// What `meridian status` at us-east prints for the mismatch of
+    /// `meridian repair`'s report, and the status line of a divergence it found.
+    #[test]
+    fn repair_reports_what_the_rounds_found() {
+        let report = RepairReport {
+            diverged: 1,
+            in_flight: 2,
+            keys: vec!["default/k7".into()],
+            peers: vec!["ap-south".into(), "eu-west".into()],
+            region: "us-east".into(),
+            repaired: 0,
+            rounds: 2,
+        };
+        assert_eq!(
+            repair_text(&report),
+            "us-east: anti-entropy with ap-south, eu-west: 2 of 2 rounds finished; 1 keys \
+             diverged (0 repaired here, the rest at the peers), 2 in flight (not compared)\n\
+             diverged keys: default/k7\n"
+        );
+        let alone = RepairReport {
+            peers: Vec::new(),
+            ..report
+        };
+        assert!(repair_text(&alone).contains("no round started"));
+        let alarms = Alarms {
+            divergence: vec![leader::status::Divergence {
+                found: 3,
+                keys: vec!["default/k7".into()],
+                region: "eu-west".into(),
+                repaired: 1,
+            }],
+            ..Alarms::default()
+        };
+        assert_eq!(
+            alarm_lines(&alarms),
+            [
+                "ALARM divergence: anti-entropy found 3 keys that differ from eu-west although both \
+              regions applied their writes (repaired by join, 1 here); last: default/k7"
+            ]
+        );
+    }
+
     /// `leader/tests/consistency.rs::resolver_mismatch_quarantines_that_table_only` (which
     /// asserts the JSON), and for a clock-skew alarm.
     #[test]
@@ -656,6 +750,7 @@ mod tests {
                 theirs: Some("lww@1".into()),
             }],
             split_brain: Vec::new(),
+            divergence: Vec::new(),
             needs_snapshot: vec![leader::status::NeedsSnapshot {
                 from: 12,
                 log_start: 9001,

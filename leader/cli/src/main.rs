@@ -67,6 +67,10 @@ enum Command {
     Delete(cli::KeyArgs),
     /// Show a region's status and its replication lag as a table.
     Status(cli::Target),
+    /// Run anti-entropy now between a region and every connected peer: `meridian repair
+    /// --region us-east`. Prints what the rounds found once they are over; keys that
+    /// diverged are repaired by then.
+    Repair(cli::Target),
     /// Show a region's conflict log, newest first.
     Conflicts(cli::ConflictArgs),
     /// Inspect or impair a region's links to its peers (simulations): `meridian link
@@ -146,6 +150,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Get(a) => cli::get(a).await,
         Command::Delete(a) => cli::delete(a).await,
         Command::Status(t) => cli::status(t).await,
+        Command::Repair(t) => cli::repair(t).await,
         Command::Conflicts(a) => cli::conflicts(a).await,
         Command::Bench(a) => bench::run(a).await,
         Command::Link(a) => cli::link(a).await,

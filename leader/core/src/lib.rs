@@ -3,6 +3,8 @@
 //! # Layout
 //! - [`consistency`]: the durability ladder and the lag matrix (rows, clock-offset estimates).
 //! - [`msg`]: the wire messages regions exchange (hello, batch, ack, heartbeat, resync, refuse).
+//! - [`hashtree`]: anti-entropy's hash tree of live key states (fixed shape, XOR of per-key
+//!   hashes, updated per key change).
 //! - [`limits`]: the core's own named bounds (queues, retries, alarm rates), each with its
 //!   policy; bounds on keys, values and siblings are `conflict::limits`.
 //! - [`machine`]: [`Replica`], the state machine of one region: it takes [`Event`]s with the
@@ -21,7 +23,12 @@
 //!   - `machine/stream.rs`: batches out: the log tail, catch-up from the log, relays;
 //!   - `machine/matrix.rs`: heartbeats, lag, the lag matrix and peer views;
 //!   - `machine/resolvers.rs`: which regions' writes of a table are applied; quarantine;
-//!   - `machine/alarms.rs`: clock skew, causality violations, reused dots.
+//!   - `machine/alarms.rs`: clock skew, causality violations, reused dots;
+//!   - `machine/keys.rs`: the key table, through which every key state change goes, keeping
+//!     the hash tree up to date;
+//!   - `machine/repair.rs`: key states learned from other regions, joined in;
+//!   - `machine/aae.rs`: anti-entropy rounds: compare trees with a peer top-down, join and
+//!     report diverged keys, skip those in flight.
 //! - `testkit` (feature `testkit`, for tests only): the one storage model (`disk.rs`, held to
 //!   production's store by `leader/tests/integration/conformance.rs`), log-read rule, effect
 //!   interpreter and in-memory network (`cluster.rs`), and test regions' options, that every
@@ -35,6 +42,7 @@
 //! freely. The crate depends on `conflict` and `serde` and nothing that does I/O.
 
 pub mod consistency;
+pub mod hashtree;
 pub mod limits;
 pub mod machine;
 pub mod msg;
@@ -45,11 +53,13 @@ pub use consistency::{
     Durability, MatrixCell, MatrixRow, PeerLag, ReadLevel, UnknownDurability, UnknownReadLevel,
 };
 pub use machine::{
-    Alarm, Bootstrap, BootstrapPhase, BuildError, ConflictRecord, ConnId, Counters, Effect, Event,
-    MAX_PACED_WRITES, Options, PeerView, PersistBatch, Quarantined, ReadAnswer, ReadError,
-    Recovered, Replica, RequestId, SnapshotPiece, Time, WriteError, WriteReceipt, resolver_accepts,
+    Alarm, Bootstrap, BootstrapPhase, BuildError, ConflictRecord, ConnId, Counters, Divergence,
+    Effect, Event, MAX_PACED_WRITES, Options, PeerView, PersistBatch, Quarantined, ReadAnswer,
+    ReadError, Recovered, Replica, RequestId, SnapshotPiece, Time, WriteError, WriteReceipt,
+    resolver_accepts,
 };
 pub use msg::{
-    Batch, Hello, LogEntry, NeedsSnapshot, PROTOCOL_VERSION, PeerMsg, ReadRepair, ReadReply,
-    ReadRequest, Serving, SnapshotChunk, SnapshotRequest, Standing,
+    AaeHashes, AaeRepair, AaeRequest, AaeStates, AaeStatesRequest, Batch, Hello, LogEntry,
+    NeedsSnapshot, PROTOCOL_VERSION, PeerMsg, ReadRepair, ReadReply, ReadRequest, Serving,
+    SnapshotChunk, SnapshotRequest, Standing,
 };

@@ -79,3 +79,17 @@ pub const COLLECT_INTERVAL_MS: u64 = 1_000;
 /// Candidate keys one collection pass looks at, so a pass after deleting millions of keys
 /// does not stall the region: the rest wait for the next passes.
 pub const COLLECT_KEYS_PER_PASS: usize = 65_536;
+
+/// Most tree nodes one anti-entropy request names (and one answer holds, 16 bytes each): a
+/// round descends through at most this many differing nodes per level; the rest wait for the
+/// next round.
+pub const MAX_AAE_NODES: usize = 4096;
+
+/// Most leaves one anti-entropy states request names; the rest wait for the next round.
+pub const MAX_AAE_LEAVES: usize = 256;
+
+/// How long (ms) an anti-entropy round waits for an answer before it is given up.
+pub const AAE_ROUND_TIMEOUT_MS: u64 = 30_000;
+
+/// Most diverged keys one [`crate::Alarm::Divergence`] names (the count is exact).
+pub const AAE_ALARM_KEYS: usize = 16;

@@ -49,6 +49,18 @@ pub enum PeerMsg {
     /// "Here is a key's state as a quorum read joined it; yours lacked some of it": read
     /// repair, ahead of normal streaming.
     ReadRepair(ReadRepair),
+    /// Anti-entropy: "send me your hashes of these nodes of your hash tree"
+    /// (docs/design.md, "Anti-entropy").
+    AaeRequest(AaeRequest),
+    /// Anti-entropy: the answer to an [`AaeRequest`], the hashes in the order asked.
+    AaeHashes(AaeHashes),
+    /// Anti-entropy: "send me your key states in these leaves of your hash tree".
+    AaeStatesRequest(AaeStatesRequest),
+    /// Anti-entropy: the answer to an [`AaeStatesRequest`].
+    AaeStates(AaeStates),
+    /// Anti-entropy: the sender's states of keys it found diverged, to be joined by the
+    /// receiver after its own checks. The round's last message.
+    AaeRepair(AaeRepair),
 }
 
 /// Sent first by both sides of a connection: who I am and what I already have.
@@ -288,4 +300,66 @@ pub struct ReadRepair {
     pub key: Vec<u8>,
     /// The joined state.
     pub state: KeyState,
+}
+
+/// Asks for the receiver's hashes of nodes `nodes` of level `level` of its hash tree
+/// ([`crate::hashtree`]): one round of anti-entropy descends the tree from the root through
+/// the nodes whose hashes differ.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AaeRequest {
+    /// The asker's round, echoed in the answer.
+    pub round: u64,
+    /// The level, 0 (the root) to [`crate::hashtree::LEAF_LEVEL`].
+    pub level: u8,
+    /// Node indices at that level, ascending, at most
+    /// [`MAX_AAE_NODES`](crate::limits::MAX_AAE_NODES).
+    pub nodes: Vec<u32>,
+}
+
+/// The answer to an [`AaeRequest`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AaeHashes {
+    /// The request's round.
+    pub round: u64,
+    /// The hashes of the nodes asked for, in their order.
+    pub hashes: Vec<[u8; 16]>,
+}
+
+/// Asks for the receiver's key states in these leaves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AaeStatesRequest {
+    /// The asker's round, echoed in the answer.
+    pub round: u64,
+    /// Leaf indices, ascending, at most [`MAX_AAE_LEAVES`](crate::limits::MAX_AAE_LEAVES).
+    pub leaves: Vec<u32>,
+}
+
+/// Key states of whole leaves, as the sender holds them when it answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AaeStates {
+    /// The request's round.
+    pub round: u64,
+    /// The sender's applied vector (in memory) when it answered: its states reflect it.
+    pub applied: VersionVector,
+    /// The leaves answered: a prefix of those asked for, every key of each (the rest did not
+    /// fit the sender's chunk size and wait for the next round).
+    pub leaves: Vec<u32>,
+    /// (table, key, state) of every key in those leaves, tombstones included, in ascending
+    /// (table, key) order.
+    pub states: Vec<(String, Vec<u8>, KeyState)>,
+    /// Tables with writes held back (quarantined) at the sender: not compared.
+    pub held_back: Vec<String>,
+}
+
+/// States of keys the sender found diverged (after it joined the receiver's states in).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AaeRepair {
+    /// The round.
+    pub round: u64,
+    /// The sender's applied vector (in memory) when it sent them.
+    pub applied: VersionVector,
+    /// (table, key, state), in ascending (table, key) order.
+    pub states: Vec<(String, Vec<u8>, KeyState)>,
+    /// Tables with writes held back (quarantined) at the sender.
+    pub held_back: Vec<String>,
 }

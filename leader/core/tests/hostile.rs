@@ -28,8 +28,8 @@ use leader_core::msg::{
 };
 use leader_core::testkit::{self, Node, Outgoing};
 use leader_core::{
-    Alarm, Batch, Durability, Effect, Event, Hello, LogEntry, MatrixRow, Options, PROTOCOL_VERSION,
-    PeerLag, PeerMsg, Time,
+    AaeHashes, AaeRepair, AaeRequest, AaeStates, AaeStatesRequest, Alarm, Batch, Durability,
+    Effect, Event, Hello, LogEntry, MatrixRow, Options, PROTOCOL_VERSION, PeerLag, PeerMsg, Time,
 };
 use proptest::prelude::*;
 
@@ -640,6 +640,26 @@ fn arb_msg() -> impl Strategy<Value = PeerMsg> {
             })),
         1 => arb_chunk().prop_map(PeerMsg::SnapshotChunk),
         1 => ".{0,16}".prop_map(|reason| PeerMsg::SnapshotUnavailable(SnapshotUnavailable { reason })),
+        1 => (any::<u64>(), 0u8..7, proptest::collection::vec(0u32..70_000, 0..20))
+            .prop_map(|(round, level, nodes)| PeerMsg::AaeRequest(AaeRequest { round, level, nodes })),
+        1 => (any::<u64>(), proptest::collection::vec(any::<[u8; 16]>(), 0..20))
+            .prop_map(|(round, hashes)| PeerMsg::AaeHashes(AaeHashes { round, hashes })),
+        1 => (any::<u64>(), proptest::collection::vec(0u32..70_000, 0..20))
+            .prop_map(|(round, leaves)| PeerMsg::AaeStatesRequest(AaeStatesRequest { round, leaves })),
+        1 => (any::<u64>(), arb_chunk()).prop_map(|(round, c)| PeerMsg::AaeRepair(AaeRepair {
+            round,
+            applied: c.applied,
+            states: c.states,
+            held_back: Vec::new(),
+        })),
+        1 => (any::<u64>(), arb_chunk(), proptest::collection::vec(0u32..70_000, 0..4))
+            .prop_map(|(round, c, leaves)| PeerMsg::AaeStates(AaeStates {
+                round,
+                applied: c.applied,
+                leaves,
+                states: c.states,
+                held_back: Vec::new(),
+            })),
     ]
 }
 
@@ -1566,4 +1586,191 @@ fn hostile_quorum_read_messages_close_the_connection_and_join_nothing() {
         "a well-formed repair joins"
     );
     assert_eq!(rig.node.replica.counters().read_repairs_applied, 1);
+}
+
+// ---- anti-entropy (issue 16) ---------------------------------------------------------------
+
+/// A key state holding one write `origin:seq` (last-write-wins).
+fn one_write(origin: ReplicaId, seq: u64) -> KeyState {
+    let mut s = KeyState::new();
+    s.apply(
+        &write(
+            origin,
+            seq,
+            VersionVector::new(),
+            Value::Bytes(b"v".to_vec()),
+        ),
+        &conflict::Lww,
+    );
+    s
+}
+
+/// Malformed anti-entropy messages close the connection with the reason and change no key:
+/// tree indices out of range, unordered or too many; states out of order, with keys too
+/// long, or with vectors claiming writes `a` never made or sequence numbers no replica
+/// reaches; an answer whose hashes do not match the nodes asked for. Answers to no round
+/// of ours are ignored.
+#[test]
+fn malformed_anti_entropy_messages_close_the_connection_and_change_nothing() {
+    let mut rig = Rig::new();
+    rig.frame(PeerMsg::Batch(batch(B, &[1, 2])));
+    let keys_before: Vec<_> = rig
+        .node
+        .replica
+        .keys()
+        .map(|(k, s)| (k.clone(), s.clone()))
+        .collect();
+    let repair = |states: Vec<(&str, Vec<u8>, KeyState)>, applied: VersionVector| {
+        PeerMsg::AaeRepair(AaeRepair {
+            round: 1,
+            applied,
+            states: states
+                .into_iter()
+                .map(|(t, k, s)| (t.to_owned(), k, s))
+                .collect(),
+            held_back: Vec::new(),
+        })
+    };
+    let bad = [
+        (
+            PeerMsg::AaeRequest(AaeRequest {
+                round: 1,
+                level: 5,
+                nodes: vec![0],
+            }),
+            "level",
+        ),
+        (
+            PeerMsg::AaeRequest(AaeRequest {
+                round: 1,
+                level: 1,
+                nodes: vec![3, 2],
+            }),
+            "ascend",
+        ),
+        (
+            PeerMsg::AaeRequest(AaeRequest {
+                round: 1,
+                level: 1,
+                nodes: vec![16],
+            }),
+            "width",
+        ),
+        (
+            PeerMsg::AaeRequest(AaeRequest {
+                round: 1,
+                level: 4,
+                nodes: (0..5_000).collect(),
+            }),
+            "at most",
+        ),
+        (
+            PeerMsg::AaeStatesRequest(AaeStatesRequest {
+                round: 1,
+                leaves: vec![65_536],
+            }),
+            "below",
+        ),
+        (
+            repair(
+                vec![
+                    ("default", b"k2".to_vec(), one_write(B, 2)),
+                    ("default", b"k1".to_vec(), one_write(B, 1)),
+                ],
+                vv(&[(B, 2)]),
+            ),
+            "ascending",
+        ),
+        (
+            repair(
+                vec![("default", b"k".to_vec(), one_write(A, 3))],
+                vv(&[(B, 2)]),
+            ),
+            "never made",
+        ),
+        (
+            repair(
+                vec![("default", b"k".to_vec(), one_write(B, 1))],
+                vv(&[(B, u64::MAX)]),
+            ),
+            "unreachable",
+        ),
+        (
+            repair(
+                vec![("default", vec![b'k'; 2000], one_write(B, 1))],
+                vv(&[(B, 2)]),
+            ),
+            "limits",
+        ),
+    ];
+    for (msg, why) in bad {
+        rig.frame(msg);
+        let closed = rig.closed();
+        assert!(closed.iter().any(|r| r.contains(why)), "{why}: {closed:?}");
+        let keys: Vec<_> = rig
+            .node
+            .replica
+            .keys()
+            .map(|(k, s)| (k.clone(), s.clone()))
+            .collect();
+        assert_eq!(keys, keys_before, "{why}: nothing joined");
+        rig.reconnect();
+    }
+    // Answers to no round of ours: ignored.
+    rig.frame(PeerMsg::AaeHashes(AaeHashes {
+        round: 7,
+        hashes: vec![[0; 16]],
+    }));
+    rig.frame(PeerMsg::AaeStates(AaeStates {
+        round: 7,
+        applied: VersionVector::new(),
+        leaves: vec![1],
+        states: Vec::new(),
+        held_back: Vec::new(),
+    }));
+    assert!(rig.closed().is_empty() && rig.b_connected());
+    // A round of ours answered with the wrong number of hashes.
+    rig.step(Event::AntiEntropy);
+    let round = rig
+        .sent_to_b()
+        .iter()
+        .find_map(|m| match m {
+            PeerMsg::AaeRequest(r) => Some(r.round),
+            _ => None,
+        })
+        .expect("a asks b for its root");
+    rig.frame(PeerMsg::AaeHashes(AaeHashes {
+        round,
+        hashes: vec![[0; 16]; 3],
+    }));
+    assert!(
+        rig.closed()
+            .iter()
+            .any(|r| r.contains("3 hashes for 1 nodes")),
+        "{:?}",
+        rig.closed()
+    );
+}
+
+/// A repair joins only states whose every write this region has applied: a hostile (or
+/// ahead) peer cannot slip in writes by anti-entropy that replication has not delivered.
+#[test]
+fn an_anti_entropy_repair_joins_nothing_this_region_has_not_applied() {
+    let mut rig = Rig::new();
+    rig.frame(PeerMsg::Batch(batch(B, &[1, 2])));
+    let before = rig.node.replica.digest();
+    rig.frame(PeerMsg::AaeRepair(AaeRepair {
+        round: 1,
+        applied: vv(&[(B, 9)]),
+        states: vec![("default".into(), b"new".to_vec(), one_write(B, 9))],
+        held_back: Vec::new(),
+    }));
+    assert!(rig.closed().is_empty());
+    assert_eq!(
+        rig.node.replica.digest(),
+        before,
+        "B:9 is in flight: not joined"
+    );
+    assert_eq!(rig.node.replica.counters().anti_entropy_in_flight, 1);
+    assert!(rig.node.replica.get("default", b"new").is_none());
 }

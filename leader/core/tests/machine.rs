@@ -8,7 +8,7 @@
 //! scripts over files without sharing anything more, and `cargo test --test machine NAME`
 //! finds one by name.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 
 use conflict::{Dot, Registry, ReplicaId, Resolved, Seq, Value};
 use leader_core::testkit::{self, Cluster};
@@ -2776,4 +2776,301 @@ fn a_single_region_is_never_gated() {
     o.learn_when_empty = true;
     let replica = Replica::new(o, &Registry::with_builtins(), Recovered::default()).unwrap();
     assert!(replica.bootstrap().is_none());
+}
+
+// ---- Anti-entropy (issue 16; docs/design.md, "Anti-entropy") ----
+
+/// Whether a frame is one of anti-entropy's.
+fn is_aae(msg: &PeerMsg) -> bool {
+    matches!(
+        msg,
+        PeerMsg::AaeRequest(_)
+            | PeerMsg::AaeHashes(_)
+            | PeerMsg::AaeStatesRequest(_)
+            | PeerMsg::AaeStates(_)
+            | PeerMsg::AaeRepair(_)
+    )
+}
+
+/// Delivers every frame on the wire, as `Cluster::deliver` does, except those `hold` keeps
+/// back (left on the wire, in order); returns the postcard bytes of anti-entropy's frames.
+fn deliver_counting(w: &mut World, hold: impl Fn(&str, &str, &PeerMsg) -> bool) -> usize {
+    let mut bytes = 0;
+    let mut held = VecDeque::new();
+    for _ in 0..1_000_000 {
+        let Some((from, to, conn, msg)) = w.wire.pop_front() else {
+            w.wire = held;
+            return bytes;
+        };
+        if hold(&from, &to, &msg) {
+            held.push_back((from, to, conn, msg));
+            continue;
+        }
+        if is_aae(&msg) {
+            bytes += postcard::to_allocvec(&msg).unwrap().len();
+        }
+        if w.conns.get(&pair(&from, &to)) == Some(&conn) {
+            w.handle(
+                &to,
+                Event::Frame {
+                    peer: from,
+                    conn,
+                    msg,
+                },
+            );
+        }
+    }
+    panic!("the network did not quiesce");
+}
+
+/// An `Alarm::Divergence`: (peer, found, repaired, keys).
+type Found = (String, u64, u64, Vec<(String, Vec<u8>)>);
+
+fn divergence_alarms(w: &World, region: &str) -> Vec<Found> {
+    w.nodes[region]
+        .alarms
+        .iter()
+        .filter_map(|a| match a {
+            Alarm::Divergence {
+                peer,
+                found,
+                repaired,
+                keys,
+            } => Some((peer.clone(), *found, *repaired, keys.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Three regions with the same 300 keys (some deleted, some with two siblings), fully
+/// replicated, and then two silent divergences injected behind replication's back: `b`
+/// loses key `default/k7` (a lost write, a damaged disk), and `c` holds the multi-value
+/// key `mv/m` with a sibling that a later write superseded (wrong bytes from the disk).
+fn diverged_world(interval_ms: u64) -> World {
+    let mut w = world_with(|o| {
+        o.anti_entropy_interval_ms = interval_ms;
+        o.max_siblings = 8;
+        o.snapshot_chunk_bytes = 64 * 1024;
+    });
+    w.mesh();
+    w.deliver();
+    for i in 0..300 {
+        let region = REGIONS[i % 3];
+        w.write(region, "default", &format!("k{i}"), Some(&format!("v{i}")));
+        if i % 10 == 0 {
+            w.write(region, "default", &format!("k{i}"), None);
+        }
+    }
+    w.write("a", "mv", "m", Some("old"));
+    w.deliver();
+    let superseded = w.nodes["c"].replica.get("mv", b"m").unwrap().clone();
+    w.write("b", "mv", "m", Some("new"));
+    w.write("a", "mv", "two", Some("x"));
+    w.write("c", "mv", "two", Some("y"));
+    w.deliver();
+    assert_eq!(w.digests().len(), 1, "replication converged");
+    assert_eq!(
+        w.nodes["a"].replica.hash_tree_root(),
+        w.nodes["c"].replica.hash_tree_root()
+    );
+    w.node("b")
+        .replica
+        .unsafe_set_key_state("default", b"k7", None);
+    let mut resurrected = w.nodes["c"].replica.get("mv", b"m").unwrap().clone();
+    resurrected.siblings.extend(superseded.siblings);
+    resurrected.siblings.sort_by_key(|s| s.order_key());
+    w.node("c")
+        .replica
+        .unsafe_set_key_state("mv", b"m", Some(resurrected));
+    // The injections are persisted too: a restart would not undo them.
+    w.advance(1);
+    assert_eq!(w.digests().len(), 3, "b and c each diverged");
+    w
+}
+
+/// Two or three regions that agree: a round finds nothing, reports nothing and moves a
+/// few hundred bytes (the roots only).
+#[test]
+fn anti_entropy_between_regions_that_agree_reports_nothing_and_moves_little() {
+    let mut w = world();
+    w.mesh();
+    w.deliver();
+    for i in 0..200 {
+        w.write(REGIONS[i % 3], "default", &format!("k{i}"), Some("v"));
+    }
+    w.deliver();
+    w.handle("a", Event::AntiEntropy);
+    assert_eq!(
+        w.nodes["a"]
+            .replica
+            .anti_entropy_rounds()
+            .collect::<Vec<_>>(),
+        ["b", "c"]
+    );
+    let bytes = deliver_counting(&mut w, |_, _, _| false);
+    let c = w.nodes["a"].replica.counters().clone();
+    assert_eq!((c.anti_entropy_rounds, c.anti_entropy_diverged), (2, 0));
+    assert_eq!(
+        w.nodes["a"].replica.anti_entropy_rounds().count(),
+        0,
+        "both over"
+    );
+    assert!(w.nodes.keys().all(|r| divergence_alarms(&w, r).is_empty()));
+    // Two requests of the root and two answers of 16 bytes, with their framing.
+    assert!(bytes < 100, "{bytes} bytes");
+    for n in w.nodes.values() {
+        assert!(n.replica.hash_tree_is_exact());
+    }
+}
+
+/// Silent divergence injected on purpose is found by the periodic rounds, reported (counter,
+/// alarm naming the keys) and repaired by join at both ends: the digests become equal. The
+/// lost key comes back at `b`; the resurrected sibling goes at `c`.
+#[test]
+fn silent_divergence_is_found_reported_and_repaired_by_join() {
+    let mut w = diverged_world(10_000);
+    for _ in 0..4 {
+        w.advance(5_000);
+    }
+    assert_eq!(w.digests().len(), 1, "repaired everywhere");
+    assert_eq!(w.read("b", "default", "k7"), bytes("v7"));
+    assert_eq!(w.read("c", "mv", "m"), bytes("new"));
+    let found: u64 = w
+        .nodes
+        .values()
+        .map(|n| n.replica.counters().anti_entropy_diverged)
+        .sum();
+    let repaired: u64 = w
+        .nodes
+        .values()
+        .map(|n| n.replica.counters().anti_entropy_repaired)
+        .sum();
+    assert!(found >= 2, "found {found}");
+    assert_eq!(repaired, 2, "one key joined at b, one at c");
+    let named: BTreeSet<(String, Vec<u8>)> = w
+        .nodes
+        .keys()
+        .flat_map(|r| divergence_alarms(&w, r))
+        .flat_map(|(_, _, _, keys)| keys)
+        .collect();
+    assert_eq!(
+        named,
+        BTreeSet::from([
+            ("default".to_owned(), b"k7".to_vec()),
+            ("mv".to_owned(), b"m".to_vec())
+        ])
+    );
+    for n in w.nodes.values() {
+        assert_eq!(n.replica.counters().anti_entropy_in_flight, 0);
+        assert!(n.replica.hash_tree_is_exact());
+    }
+    // Durable too: a restart of b keeps the repaired key.
+    let opts = w.nodes["b"].replica.options().clone();
+    w.node("b").restart(opts, &Registry::with_builtins());
+    assert_eq!(w.read("b", "default", "k7"), bytes("v7"));
+}
+
+/// The negative control: the same divergence with anti-entropy off stays, however long the
+/// cluster runs and whatever it writes meanwhile.
+#[test]
+fn without_anti_entropy_the_injected_divergence_stays() {
+    let mut w = diverged_world(0);
+    w.write("a", "default", "other", Some("x"));
+    for _ in 0..4 {
+        w.advance(5_000);
+    }
+    assert_eq!(w.digests().len(), 3);
+    assert_eq!(w.read("b", "default", "k7"), Resolved::Absent);
+    assert!(w.nodes.keys().all(|r| divergence_alarms(&w, r).is_empty()));
+}
+
+/// Writes in flight during a round are not reported: keys whose states differ because one
+/// region has not applied a write yet are skipped (counted), and converge by replication.
+#[test]
+fn writes_in_flight_during_a_round_are_not_reported() {
+    let mut w = world();
+    w.mesh();
+    w.deliver();
+    for i in 0..50 {
+        w.write("a", "default", &format!("k{i}"), Some("v"));
+    }
+    w.deliver();
+    // New values, a delete and a new key, held on the way to b.
+    w.write("a", "default", "k1", Some("newer"));
+    w.write("a", "default", "k2", None);
+    w.write("a", "mv", "fresh", Some("x"));
+    let to_b = |from: &str, to: &str, m: &PeerMsg| {
+        from == "a" && to == "b" && matches!(m, PeerMsg::Batch(_))
+    };
+    w.handle("a", Event::AntiEntropy);
+    w.handle("b", Event::AntiEntropy);
+    deliver_counting(&mut w, to_b);
+    for r in ["a", "b"] {
+        assert!(divergence_alarms(&w, r).is_empty(), "{r}");
+        assert_eq!(w.nodes[r].replica.counters().anti_entropy_diverged, 0);
+    }
+    let skipped: u64 = ["a", "b"]
+        .iter()
+        .map(|r| w.nodes[*r].replica.counters().anti_entropy_in_flight)
+        .sum();
+    assert!(skipped >= 3, "skipped {skipped}");
+    assert_eq!(w.read("b", "default", "k1"), bytes("v"), "still in flight");
+    w.deliver();
+    assert_eq!(w.digests().len(), 1);
+}
+
+/// The cost of a round: 100,000 keys (`AAE_KEYS` to change it) that two regions agree on,
+/// then the same with a few keys diverged. Prints the bytes; asserts "a few KB".
+#[test]
+fn the_bytes_a_round_moves_for_many_keys() {
+    let keys: usize = std::env::var("AAE_KEYS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let mut w = Cluster::new(
+        ["a", "b"].iter().enumerate().map(|(i, r)| Options {
+            peer_window_bytes: 64 << 20,
+            max_batch_bytes: 1 << 20,
+            log_tail_bytes: 64 << 20,
+            snapshot_chunk_bytes: 1 << 20,
+            ..testkit::options(r, ReplicaId::from_u128(i as u128 + 1), &[["b", "a"][i]])
+        }),
+        &Registry::with_builtins(),
+    );
+    w.mesh();
+    w.deliver();
+    w.auto_sync = false;
+    for i in 0..keys {
+        w.write("a", "default", &format!("key-{i:08}"), Some("value"));
+        if i % 10_000 == 9_999 {
+            // Group commits of 10,000 writes (unanswered writes are bounded).
+            w.sync("a");
+        }
+    }
+    w.sync("a");
+    w.auto_sync = true;
+    w.deliver();
+    w.sync("b");
+    w.deliver();
+    assert_eq!(w.digests().len(), 1);
+    assert_eq!(w.nodes["b"].replica.keys().count(), keys);
+    w.handle("a", Event::AntiEntropy);
+    let agreeing = deliver_counting(&mut w, |_, _, _| false);
+    let mut report = vec![format!("{keys} keys agreeing: {agreeing} bytes")];
+    assert!(agreeing < 100);
+    for k in [1usize, 10, 100] {
+        for i in 0..k {
+            let key = format!("key-{:08}", i * 997 % keys);
+            w.node("b")
+                .replica
+                .unsafe_set_key_state("default", key.as_bytes(), None);
+        }
+        w.advance(1);
+        w.handle("a", Event::AntiEntropy);
+        let bytes = deliver_counting(&mut w, |_, _, _| false);
+        assert_eq!(w.digests().len(), 1, "repaired");
+        report.push(format!("{keys} keys, {k} diverged: {bytes} bytes"));
+        assert!(bytes < 4_000 * k + 1_000, "{bytes} bytes for {k}");
+    }
+    println!("anti-entropy round cost: {}", report.join("; "));
 }

@@ -1,5 +1,5 @@
 //! The region's own routes: `GET /v1/conflicts` (the conflict log, paged), `/v1/status`,
-//! `/v1/status/digest` and `/metrics`.
+//! `/v1/status/digest`, `/metrics`, and `POST /v1/repair` (anti-entropy now).
 
 use std::collections::BTreeMap;
 
@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use conflict::ReplicaId;
 use serde::Deserialize;
 
-use crate::status::{ConflictPage, ConflictWrite, Digest, LoggedConflict, Status};
+use crate::status::{ConflictPage, ConflictWrite, Digest, LoggedConflict, RepairReport, Status};
 
 use super::{ApiError, AppState, bad_query};
 
@@ -130,4 +130,22 @@ pub(super) async fn metrics(State(s): State<AppState>) -> Result<Response, ApiEr
         text,
     )
         .into_response())
+}
+
+/// Runs anti-entropy now with every connected peer and answers once every round is over
+/// (at most about 30 s: a peer that does not answer is given up), with what the rounds found
+/// (docs/design.md, "Anti-entropy"). Diverged keys are repaired already when it answers.
+pub(super) async fn repair(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let r = s.node.repair().await?;
+    let region = s.node.status().await?.region;
+    let doc = RepairReport {
+        diverged: r.diverged,
+        in_flight: r.in_flight,
+        keys: r.keys,
+        peers: r.peers,
+        region,
+        repaired: r.repaired,
+        rounds: r.rounds,
+    };
+    Ok(axum::Json(doc).into_response())
 }

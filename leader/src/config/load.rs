@@ -214,6 +214,8 @@ pub(super) struct RawConfig {
     pub(super) simulation: RawSimulation,
     #[serde(default)]
     pub(super) resp: RawResp,
+    #[serde(default)]
+    pub(super) anti_entropy: AntiEntropy,
 }
 
 #[derive(Default, Deserialize)]

@@ -99,6 +99,8 @@ pub struct Config {
     pub simulation: Simulation,
     /// The Redis-protocol front end (`[resp]`): which table each database number is.
     pub resp: Resp,
+    /// Anti-entropy (`[anti_entropy]`): how often regions compare their hash trees.
+    pub anti_entropy: AntiEntropy,
     /// The file this was read from, absolute. Errors name it, relative paths resolved against
     /// its directory, and `meridian certs init --config` is told to use it.
     pub source: PathBuf,
@@ -279,6 +281,32 @@ pub struct Timeouts {
     /// How long a read presenting a session token waits for this region to catch up before
     /// answering "this region is behind your session" (default 1000).
     pub session_wait_ms: u64,
+}
+
+/// The `[anti_entropy]` section (docs/design.md, "Anti-entropy").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AntiEntropy {
+    /// How often this region compares its hash tree with each connected peer's and repairs
+    /// and reports keys that differ although both have applied their writes (default
+    /// 300 000, five minutes; 0 turns the periodic rounds off, `meridian repair` still
+    /// starts one). A round between regions that agree moves a few hundred bytes.
+    pub interval_ms: u64,
+}
+
+/// Default of [`AntiEntropy::interval_ms`]: five minutes.
+pub const ANTI_ENTROPY_INTERVAL_MS: u64 = 5 * 60 * 1000;
+
+/// Shortest non-zero [`AntiEntropy::interval_ms`]: a round scans the keys of the leaves that
+/// differ, so back-to-back rounds would compete with writes for the state machine.
+pub const ANTI_ENTROPY_INTERVAL_MS_MIN: u64 = 1000;
+
+impl Default for AntiEntropy {
+    fn default() -> Self {
+        Self {
+            interval_ms: ANTI_ENTROPY_INTERVAL_MS,
+        }
+    }
 }
 
 impl Default for Timeouts {

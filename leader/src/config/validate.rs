@@ -62,6 +62,7 @@ pub(super) fn validate(raw: RawConfig, source: PathBuf) -> Result<Config, Proble
     let read = check_read(&raw.read, &raw.tables)?;
     check_links(&raw.simulation.link, &regions)?;
     let resp = check_resp(&raw.resp, &raw.tables)?;
+    check_anti_entropy(&raw.anti_entropy)?;
     Ok(Config {
         cluster: raw.cluster,
         tls_dir,
@@ -75,8 +76,23 @@ pub(super) fn validate(raw: RawConfig, source: PathBuf) -> Result<Config, Proble
             links: raw.simulation.link,
         },
         resp,
+        anti_entropy: raw.anti_entropy,
         source,
     })
+}
+
+pub(super) fn check_anti_entropy(a: &AntiEntropy) -> Result<(), Problem> {
+    let ms = a.interval_ms;
+    if ms != 0 && !(ANTI_ENTROPY_INTERVAL_MS_MIN..=MAX_TIMEOUT_MS).contains(&ms) {
+        return Err(Problem::invalid(
+            KeyPath::of("anti_entropy").key("interval_ms"),
+            format!("{ms} is out of range"),
+            format!(
+                "use 0 (periodic rounds off) or {ANTI_ENTROPY_INTERVAL_MS_MIN} to {MAX_TIMEOUT_MS} ms; the default is {ANTI_ENTROPY_INTERVAL_MS} (five minutes)"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The shape of a name that ends up in certificates, directories or handshakes.

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use conflict::VersionVector;
 use leader_core::{
-    Alarm, ConnId, Durability, Effect, Event, PeerMsg, ReadLevel, Replica, RequestId, Time,
+    Alarm, ConnId, Counters, Durability, Effect, Event, PeerMsg, ReadLevel, Replica, RequestId,
+    Time,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -16,7 +17,7 @@ use tracing::{debug, error, info, warn};
 use transport::{Mesh, MeshEvent};
 
 use super::{
-    Behind, Bootstrapping, Change, Command, Listing, NodeError, ReadResult, RequestError,
+    Behind, Bootstrapping, Change, Command, Listing, NodeError, ReadResult, Repair, RequestError,
     SPLIT_BRAIN_SHOWN_FOR, Status, Written, now,
 };
 use crate::metrics::Metrics;
@@ -103,6 +104,9 @@ pub(super) struct Driver {
     pub(super) parked: Vec<Parked>,
     /// Split brains seen, per region: (live, refused, when last seen).
     pub(super) split_brain: BTreeMap<String, (String, String, Instant)>,
+    /// `meridian repair` runs waiting for their rounds to end: (peers, counters when
+    /// started, reply).
+    pub(super) repairs: Vec<(Vec<String>, Counters, oneshot::Sender<Repair>)>,
     pub(super) table_durability: BTreeMap<String, Durability>,
     /// table → the level a read consults when the request names none (`[read]`).
     pub(super) table_read: BTreeMap<String, ReadLevel>,
@@ -174,6 +178,7 @@ impl Driver {
                 () = sleep => Event::Tick,
             };
             self.handle(event, &mut effects);
+            self.answer_repairs();
             self.unpark(&mut effects);
             self.rewind_broken(&mut effects);
             self.flush_held();
@@ -480,6 +485,14 @@ impl Driver {
             Command::Digest { reply } => {
                 let _ = reply.send(Ok(self.replica.digest()));
             }
+            Command::Repair { reply } => {
+                let before = self.replica.counters().clone();
+                let mut effects = Vec::new();
+                self.handle(Event::AntiEntropy, &mut effects);
+                let peers = self.replica.anti_entropy_rounds().map(str::to_owned);
+                self.repairs.push((peers.collect(), before, reply));
+                self.answer_repairs();
+            }
             Command::Scan { scan, reply } => {
                 let listing = self.replica.resolver(&scan.table).is_some().then(|| {
                     let after = scan.after.as_deref();
@@ -573,6 +586,12 @@ impl Driver {
                 .collect(),
             snapshot_needed: self.replica.snapshot_needed(),
             bootstrap: self.replica.bootstrap().cloned(),
+            divergences: self
+                .replica
+                .divergences()
+                .iter()
+                .map(|(p, d)| (p.clone(), d.clone()))
+                .collect(),
             max_clock_offset_ms: self.replica.options().max_clock_offset_ms,
             split_brain: self
                 .split_brain
@@ -583,6 +602,37 @@ impl Driver {
                     (region.clone(), live.clone(), refused.clone(), ago)
                 })
                 .collect(),
+        }
+    }
+
+    /// Answers the `meridian repair` runs whose rounds are all over.
+    fn answer_repairs(&mut self) {
+        if self.repairs.is_empty() {
+            return;
+        }
+        let running: Vec<&str> = self.replica.anti_entropy_rounds().collect();
+        let (done, waiting) = std::mem::take(&mut self.repairs)
+            .into_iter()
+            .partition(|(peers, _, _)| peers.iter().all(|p| !running.contains(&p.as_str())));
+        self.repairs = waiting;
+        let now = self.replica.counters();
+        let found = self.replica.divergences();
+        for (peers, before, reply) in done {
+            let keys = peers
+                .iter()
+                .filter_map(|p| found.get(p))
+                .flat_map(|d| d.keys.iter())
+                .map(|k| crate::snapshot::key_list(std::slice::from_ref(k)))
+                .collect();
+            let report = Repair {
+                rounds: now.anti_entropy_rounds - before.anti_entropy_rounds,
+                diverged: now.anti_entropy_diverged - before.anti_entropy_diverged,
+                repaired: now.anti_entropy_repaired - before.anti_entropy_repaired,
+                in_flight: now.anti_entropy_in_flight - before.anti_entropy_in_flight,
+                keys,
+                peers,
+            };
+            let _ = reply.send(report);
         }
     }
 
@@ -788,6 +838,18 @@ impl Driver {
                 }
                 match &alarm {
                     Alarm::ClockSkew { .. } => debug!(?alarm, "alarm"),
+                    Alarm::Divergence {
+                        peer,
+                        found,
+                        repaired,
+                        keys,
+                    } => warn!(
+                        peer,
+                        found,
+                        repaired,
+                        keys = %crate::snapshot::key_list(keys),
+                        "anti-entropy found keys that differ from the peer's although both applied every write they hold; joined both ways"
+                    ),
                     _ => warn!(?alarm, "alarm"),
                 }
             }
@@ -805,6 +867,7 @@ fn refuse_behind(cmd: Command, behind: Behind) {
         | Command::Wait { .. }
         | Command::Conflicts { .. }
         | Command::Digest { .. }
+        | Command::Repair { .. }
         | Command::Scan { .. } => {}
     }
 }

@@ -48,6 +48,28 @@ pub(crate) enum Command {
         scan: Scan,
         reply: oneshot::Sender<Result<Option<Listing>, Bootstrapping>>,
     },
+    Repair {
+        reply: oneshot::Sender<Repair>,
+    },
+}
+
+/// What an anti-entropy run started by [`NodeHandle::repair`] found, once every round it
+/// started is over (finished, or given up after 30 s without an answer).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Repair {
+    /// The peers a round started with (the connected ones; none while this region is
+    /// being bootstrapped).
+    pub peers: Vec<String>,
+    /// Rounds that finished (the others were given up: the peer did not answer).
+    pub rounds: u64,
+    /// Keys found diverged meanwhile, here or by the peers' rounds.
+    pub diverged: u64,
+    /// Keys whose state here changed by the joins.
+    pub repaired: u64,
+    /// Keys that differed with a write in flight (not compared).
+    pub in_flight: u64,
+    /// The last diverged keys of each of those peers, `table/key`.
+    pub keys: Vec<String>,
 }
 
 /// What a write does to its key.
@@ -459,6 +481,12 @@ impl NodeHandle {
     /// it describes key states that are partial).
     pub async fn conflicts(&self) -> Result<Result<Vec<ConflictRecord>, Bootstrapping>, NodeError> {
         self.ask(|reply| Command::Conflicts { reply }).await
+    }
+
+    /// Runs anti-entropy now with every connected peer (`meridian repair`) and answers once
+    /// every round is over, with what they found (docs/design.md, "Anti-entropy").
+    pub async fn repair(&self) -> Result<Repair, NodeError> {
+        self.ask(|reply| Command::Repair { reply }).await
     }
 
     /// SHA-256 over every key state: equal digests mean equal data (refused while this

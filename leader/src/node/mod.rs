@@ -51,8 +51,8 @@ use crate::storage::{StorageError, Store, StoreLimits};
 pub use crate::snapshot::Status;
 use driver::Driver;
 pub use handle::{
-    Behind, Bootstrapping, Listing, NodeHandle, Pending, ReadOptions, ReadResult, RequestError,
-    Scan, WriteOptions, Written,
+    Behind, Bootstrapping, Listing, NodeHandle, Pending, ReadOptions, ReadResult, Repair,
+    RequestError, Scan, WriteOptions, Written,
 };
 pub(crate) use handle::{Change, Command, LinkControl};
 use socket::ClosingSocket;
@@ -325,6 +325,7 @@ pub async fn start(
         log_retention_bytes: config.limits.log_retention_bytes,
         snapshot_chunk_bytes: config.limits.snapshot_chunk_bytes,
         learn_when_empty: true,
+        anti_entropy_interval_ms: config.anti_entropy.interval_ms,
     };
     let mut replica = Replica::new(opts, registry, opened.recovered)?;
     let replayed = store.replay(|chunk| replica.replay(chunk))?;
@@ -469,6 +470,7 @@ pub async fn start(
         metrics,
         broken: BTreeMap::new(),
         split_brain: BTreeMap::new(),
+        repairs: Vec::new(),
         held: BTreeMap::new(),
     };
     let driver = tokio::spawn(driver.run(

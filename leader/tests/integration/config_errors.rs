@@ -228,7 +228,7 @@ fn unknown_field_at_the_top_level_and_in_sections() {
         err.to_string(),
         "/etc/meridian/regions.toml:3:1: region_count: unknown key `region_count`. remove it or \
          use one of the keys allowed at the top level: cluster, tls_dir, limits, timeouts, \
-         region, tables, durability, read, simulation, resp"
+         region, tables, durability, read, simulation, resp, anti_entropy"
     );
     let err = error_with(
         "tls_dir = \"certs\"",
@@ -676,4 +676,17 @@ fn read_levels_name_configured_tables_and_known_levels() {
         err.fix,
         "give read defaults only for tables listed under [tables]"
     );
+}
+
+#[test]
+fn anti_entropy_defaults_to_five_minutes_and_refuses_a_busy_loop() {
+    let config = parse(BASE).unwrap();
+    assert_eq!(config.anti_entropy.interval_ms, 300_000);
+    let off = parse(&format!("{BASE}\n[anti_entropy]\ninterval_ms = 0\n")).unwrap();
+    assert_eq!(off.anti_entropy.interval_ms, 0);
+    let err = parse(&format!("{BASE}\n[anti_entropy]\ninterval_ms = 10\n")).unwrap_err();
+    assert_eq!(err.key, "anti_entropy.interval_ms");
+    assert!(err.fix.contains("1000"), "{err}");
+    let err = parse(&format!("{BASE}\n[anti_entropy]\ninterval = 1000\n")).unwrap_err();
+    assert!(err.key.starts_with("anti_entropy"), "{err}");
 }

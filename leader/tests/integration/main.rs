@@ -18,6 +18,7 @@ mod hostile_api;
 mod resp;
 
 // Clusters over real QUIC on loopback.
+mod anti_entropy;
 mod catchup;
 mod cluster;
 mod collection;

@@ -343,6 +343,7 @@ fn machine(opened: &Opened, tables: &[(&str, &str)]) -> Replica {
         log_retention_bytes: u64::MAX,
         snapshot_chunk_bytes: 64 * 1024,
         learn_when_empty: false,
+        anti_entropy_interval_ms: 0,
     };
     let mut replica =
         Replica::new(opts, &Registry::with_builtins(), opened.recovered.clone()).unwrap();

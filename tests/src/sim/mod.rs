@@ -198,6 +198,11 @@ pub struct RunOptions {
     /// the seeds pinned before quorum reads existed keep their schedules; on in `fuzz`
     /// (`MERIDIAN_SIM_QUORUM=0` turns it off there).
     pub quorum_reads: bool,
+    /// Anti-entropy rounds every 2 s at every region. Any `Alarm::Divergence` then fails the
+    /// seed (`alarm`): with every component correct, anti-entropy must find nothing, whatever
+    /// is in flight. Off by default so the seeds keep their trajectories (a round's frames
+    /// change the schedule); the `anti_entropy_finds_no_divergence` test runs it.
+    pub anti_entropy: bool,
 }
 
 impl Default for RunOptions {
@@ -213,6 +218,7 @@ impl Default for RunOptions {
             rollout: None,
             snapshot_faults: false,
             quorum_reads: false,
+            anti_entropy: false,
         }
     }
 }

@@ -165,6 +165,7 @@ impl Trace {
                 }
             }
             Event::Tick => self.word(8),
+            Event::AntiEntropy => self.word(21),
         }
         self.flush();
     }
@@ -323,6 +324,23 @@ pub fn describe(m: &PeerMsg) -> String {
             String::from_utf8_lossy(&r.key),
             r.state.context
         ),
+        PeerMsg::AaeRequest(r) => format!(
+            "AaeRequest(#{} level {}, {} nodes)",
+            r.round,
+            r.level,
+            r.nodes.len()
+        ),
+        PeerMsg::AaeHashes(h) => format!("AaeHashes(#{}, {} hashes)", h.round, h.hashes.len()),
+        PeerMsg::AaeStatesRequest(r) => {
+            format!("AaeStatesRequest(#{}, {} leaves)", r.round, r.leaves.len())
+        }
+        PeerMsg::AaeStates(s) => format!(
+            "AaeStates(#{}, {} leaves, {} states)",
+            s.round,
+            s.leaves.len(),
+            s.states.len()
+        ),
+        PeerMsg::AaeRepair(r) => format!("AaeRepair(#{}, {} states)", r.round, r.states.len()),
     }
 }
 

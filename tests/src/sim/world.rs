@@ -262,6 +262,9 @@ fn disk_limits(rng: &mut Rng) -> DiskLimits {
 }
 
 /// Options every region's machine gets.
+/// Anti-entropy's interval when [`RunOptions::anti_entropy`] is on: several rounds a seed.
+const ANTI_ENTROPY_MS: u64 = 2_000;
+
 fn options(p: &Params, r: usize) -> Options {
     let k = &p.knobs;
     let bounded = k.bounded_region.is_none_or(|b| b == r);
@@ -294,6 +297,7 @@ fn options(p: &Params, r: usize) -> Options {
         },
         snapshot_chunk_bytes: k.snapshot_chunk_bytes,
         learn_when_empty: true,
+        anti_entropy_interval_ms: 0,
     }
 }
 
@@ -325,6 +329,14 @@ impl World {
         let disk_limits: Vec<DiskLimits> = (0..p.regions)
             .map(|_| disk_limits(&mut rng_limits))
             .collect();
+        let options = |p: &Params, r: usize| Options {
+            anti_entropy_interval_ms: if opts.anti_entropy {
+                ANTI_ENTROPY_MS
+            } else {
+                0
+            },
+            ..options(p, r)
+        };
         let regions = (0..p.regions)
             .map(|r| Region {
                 name: REGION_NAMES[r].to_owned(),
@@ -1161,6 +1173,7 @@ fn show_event(ev: &Event) -> String {
             Err(e) => format!("SnapshotRead for {peer}#{conn} failed: {e}"),
         },
         Event::Tick => "Tick".into(),
+        Event::AntiEntropy => "AntiEntropy".into(),
     }
 }
 

@@ -1,7 +1,8 @@
 //! The CLI's `--session FILE` against running regions: `meridian put` stores the token it got
 //! in FILE; a `meridian get` at a region cut off from the writer sends it and fails with
 //! "behind your session" (while the same get without the file just finds nothing); after the
-//! heal it returns the write and keeps the token in FILE.
+//! heal it returns the write and keeps the token in FILE. Then `meridian repair` runs
+//! anti-entropy and finds nothing diverged.
 
 use std::path::Path;
 use std::process::Output;
@@ -112,6 +113,15 @@ async fn cli_session_file_carries_the_token_between_commands() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "hello\n");
     assert!(session_file(&file).covers(&dot));
+
+    // `meridian repair` (issue 16): anti-entropy with the connected peers finds nothing.
+    let out = run(&["repair", "--api", &us], None).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report = text(&out.stdout);
+    assert!(
+        report.starts_with("us-east: anti-entropy with ") && report.contains(" 0 keys diverged"),
+        "{report}"
+    );
 }
 
 /// Waits until the region at `api` has applied `replica`'s writes up to `seq`.

@@ -343,8 +343,7 @@ impl Replica {
         r: &dyn Resolver,
     ) -> bool {
         let slot = (table.to_owned(), key.to_vec());
-        let state = self.keys.entry(slot.clone()).or_default();
-        let outcome = state.apply(w, r);
+        let outcome = self.keys.update(&slot, |state| state.apply(w, r));
         let conflict = match &outcome {
             ApplyOutcome::Ignored => return false,
             ApplyOutcome::Applied { concurrent, .. } => {

@@ -87,7 +87,7 @@ impl Replica {
             if self.stable.contains_key(&slot) {
                 continue; // a write of ours to it is not durable yet
             }
-            let Some(state) = self.keys.get_mut(&slot) else {
+            let Some(state) = self.keys.get(&slot) else {
                 self.tombstones.remove(&slot);
                 continue;
             };
@@ -98,8 +98,9 @@ impl Replica {
                 if let Some(top) = gone.map(|s| s.hlc).max() {
                     self.clock.raise_to(top);
                 }
-                let state = self.keys.get_mut(&slot).expect("just read");
-                state.siblings.retain(|s| !collectable(s, &stable));
+                self.keys.update(&slot, |state| {
+                    state.siblings.retain(|s| !collectable(s, &stable));
+                });
                 self.counters.tombstones_collected += drops as u64;
                 self.staged.keys.insert(slot.clone());
             }

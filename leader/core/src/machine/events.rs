@@ -63,6 +63,10 @@ pub struct Options {
     /// starts gated" in docs/design.md. Every node and the simulator set it; tests of other
     /// behaviour leave it off to write before they connect regions.
     pub learn_when_empty: bool,
+    /// How often (ms) this region compares its hash tree with each connected peer's
+    /// (anti-entropy; docs/design.md, "Anti-entropy"); 0 turns the periodic rounds off
+    /// ([`Event::AntiEntropy`] still starts one).
+    pub anti_entropy_interval_ms: u64,
 }
 
 /// What a region recovered from its data directory on start.
@@ -242,6 +246,11 @@ pub enum Event {
     },
     /// A timer fired (or the driver just wants the machine to look at the clock).
     Tick,
+    /// An operator asks for anti-entropy now (`meridian repair`): a round starts with every
+    /// connected peer that has none under way ([`Replica::anti_entropy_rounds`] lists them).
+    ///
+    /// [`Replica::anti_entropy_rounds`]: crate::Replica::anti_entropy_rounds
+    AntiEntropy,
 }
 
 /// An output of the state machine for the driver to perform.
@@ -688,6 +697,20 @@ pub enum Alarm {
         /// Chunks received.
         chunks: u64,
     },
+    /// Anti-entropy found keys whose states differ between this region and `peer` although
+    /// both have applied every write either state holds: a divergence replication should
+    /// have prevented (a bug, a disk that returned wrong bytes, a copied data directory).
+    /// They were joined (docs/design.md, "Anti-entropy").
+    Divergence {
+        /// The other region.
+        peer: String,
+        /// Keys found diverged (by this region's comparison, or sent by the peer's).
+        found: u64,
+        /// Of those, keys whose state here changed by the join.
+        repaired: u64,
+        /// The first [`AAE_ALARM_KEYS`](crate::limits::AAE_ALARM_KEYS) of them, (table, key).
+        keys: Vec<(String, Vec<u8>)>,
+    },
 }
 
 /// One entry of the conflict log.
@@ -786,6 +809,15 @@ pub struct Counters {
     pub read_repairs_sent: u64,
     /// Read repairs received from other regions that changed a key here.
     pub read_repairs_applied: u64,
+    /// Anti-entropy rounds this region started and finished.
+    pub anti_entropy_rounds: u64,
+    /// Keys anti-entropy found diverged ([`Alarm::Divergence`]), by this region's
+    /// comparisons or its peers'.
+    pub anti_entropy_diverged: u64,
+    /// Keys whose state here changed by an anti-entropy repair.
+    pub anti_entropy_repaired: u64,
+    /// Keys whose states differed while a write of them was still in flight: not compared.
+    pub anti_entropy_in_flight: u64,
 }
 
 /// Why a [`Replica`](crate::Replica) could not be built.

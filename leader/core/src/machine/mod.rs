@@ -35,11 +35,17 @@
 //!   joined into this region's.
 //! - `resolvers`: which regions' writes of a table may be applied here; quarantine.
 //! - `alarms`: clock skew, causality violations, reused dots.
+//! - `keys`: the key table; every change of a key state goes through it, which keeps the
+//!   anti-entropy hash tree ([`crate::hashtree`]) up to date.
+//! - `aae`: anti-entropy rounds with peers: compare hash trees top-down, join and report
+//!   keys that diverged although both regions applied their writes.
 
+mod aae;
 mod alarms;
 mod client;
 mod collect;
 mod events;
+mod keys;
 mod learn;
 mod matrix;
 mod peer;
@@ -59,6 +65,7 @@ use conflict::{
     Dot, Hlc, HybridClock, KeyState, Registry, ReplicaId, Resolver, ResolverId, Seq, VersionVector,
 };
 
+pub use self::aae::Divergence;
 pub use self::events::{
     Alarm, BuildError, ConflictRecord, Counters, Effect, Event, Options, PeerView, PersistBatch,
     Quarantined, ReadAnswer, ReadError, Recovered, SnapshotPiece, WriteError, WriteReceipt,
@@ -70,6 +77,7 @@ pub use crate::limits::{LOG_READ_RETRY_MAX_MS, LOG_READ_RETRY_MIN_MS, MAX_PACED_
 use crate::limits::{MAX_UNANSWERED_WRITES, OWN_COMMITS_MAX};
 
 use self::client::{Change, Wait, WriteRequest};
+use self::keys::KeyTable;
 use self::peer::Peer;
 use self::persist::{InFlight, Staged};
 use self::stream::Tail;
@@ -108,7 +116,8 @@ pub struct Replica {
     received: VersionVector,
     /// Everything durably applied, per origin.
     durable: VersionVector,
-    keys: BTreeMap<(String, Vec<u8>), KeyState>,
+    /// Every key's state, and their anti-entropy hash tree (`keys.rs`).
+    keys: KeyTable,
     /// The newest durable state of every key whose in-memory state holds a write of ours that
     /// is not durable yet: what readers see of it ([`Replica::read`]). An entry is made by the
     /// first such write, advanced by each persisted batch that holds the key, and dropped once
@@ -189,6 +198,8 @@ pub struct Replica {
     /// Reads above level `one` waiting for other regions' answers (`quorum.rs`); at most
     /// [`crate::limits::MAX_QUORUM_READS`].
     quorum_reads: BTreeMap<RequestId, quorum::QuorumRead>,
+    /// Anti-entropy's rounds and findings (`aae.rs`).
+    aae: aae::AntiEntropy,
 }
 
 impl Replica {
@@ -254,7 +265,7 @@ impl Replica {
             own_seq: rec.own_seq,
             received: durable.clone(),
             durable,
-            keys: rec.keys,
+            keys: KeyTable::new(rec.keys),
             stable: BTreeMap::new(),
             replicas,
             peers,
@@ -294,6 +305,7 @@ impl Replica {
             short_reads: false,
             last_event_ms: 0,
             quorum_reads: BTreeMap::new(),
+            aae: aae::AntiEntropy::default(),
             resolvers,
             resolver_ids,
             opts,
@@ -337,10 +349,7 @@ impl Replica {
                 continue;
             };
             let slot = (e.table, e.key);
-            self.keys
-                .entry(slot.clone())
-                .or_default()
-                .apply(&e.write, r.as_ref());
+            self.keys.update(&slot, |s| s.apply(&e.write, r.as_ref()));
             if e.write.value.is_tombstone() {
                 self.tombstones.insert(slot.clone());
             }
@@ -446,6 +455,7 @@ impl Replica {
                 result,
             } => self.snapshot_read(&peer, conn, request, result, out),
             Event::Tick => {}
+            Event::AntiEntropy => self.start_anti_entropy(now, out),
         }
         self.after_event(now, out);
     }
@@ -552,6 +562,34 @@ impl Replica {
         self.short_reads = true;
     }
 
+    /// **Test-only; breaks the data.** Replaces the state of one key in memory and on disk
+    /// (the next batch writes it; `None` drops the key), as a lost write, a disk that returned
+    /// wrong bytes or a copied data directory would, bypassing replication. It exists so tests
+    /// can prove anti-entropy finds and repairs such a divergence; nothing else may call it.
+    #[doc(hidden)]
+    pub fn unsafe_set_key_state(&mut self, table: &str, key: &[u8], state: Option<KeyState>) {
+        let slot = (table.to_owned(), key.to_vec());
+        match state {
+            Some(s) => self.keys.update(&slot, |old| *old = s),
+            None => drop(self.keys.remove(&slot)),
+        }
+        self.staged.keys.insert(slot);
+        self.staged.checkpoint = true;
+    }
+
+    /// Whether the anti-entropy hash tree kept up to date key by key equals the tree built
+    /// from scratch of the current states (for tests: every change went through the hook).
+    #[doc(hidden)]
+    pub fn hash_tree_is_exact(&self) -> bool {
+        *self.keys.tree() == crate::hashtree::HashTree::build(self.keys.iter())
+    }
+
+    /// The root of this region's anti-entropy hash tree: two regions with equal roots hold
+    /// the same live values (docs/design.md, "Anti-entropy").
+    pub fn hash_tree_root(&self) -> crate::hashtree::NodeHash {
+        self.keys.tree().root()
+    }
+
     /// The next time (mono ms) at which [`Event::Tick`] must be delivered, if any.
     pub fn poll_timeout(&self) -> Option<u64> {
         let mut next: Option<u64> = None;
@@ -586,6 +624,9 @@ impl Replica {
             consider(due);
         }
         if let Some(due) = self.reads_deadline() {
+            consider(due);
+        }
+        if let Some(due) = self.aae_deadline() {
             consider(due);
         }
         if !self.tombstones.is_empty() {
@@ -653,6 +694,7 @@ impl Replica {
         self.check_waits(now, out);
         self.expire_reads(now, out);
         self.pump_snapshot(now, out);
+        self.aae_tick(now, out);
     }
 
     /// The state of a key as a client may read it now: the newest state whose own writes are
@@ -733,7 +775,7 @@ impl Replica {
     pub fn digest(&self) -> [u8; 32] {
         use sha2::{Digest, Sha256};
         let mut h = Sha256::new();
-        for ((table, key), state) in &self.keys {
+        for ((table, key), state) in self.keys.iter() {
             h.update((table.len() as u64).to_le_bytes());
             h.update(table.as_bytes());
             h.update((key.len() as u64).to_le_bytes());

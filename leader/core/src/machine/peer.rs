@@ -565,6 +565,11 @@ impl Replica {
             PeerMsg::ReadRequest(r) => self.on_read_request(&name, conn, r, out),
             PeerMsg::ReadReply(r) => self.on_read_reply(&name, conn, r, out),
             PeerMsg::ReadRepair(r) => self.on_read_repair(&name, conn, r, out),
+            PeerMsg::AaeRequest(r) => self.on_aae_request(&name, conn, r, out),
+            PeerMsg::AaeHashes(h) => self.on_aae_hashes(now, &name, conn, h, out),
+            PeerMsg::AaeStatesRequest(r) => self.on_aae_states_request(&name, conn, r, out),
+            PeerMsg::AaeStates(s) => self.on_aae_states(now, &name, conn, s, out),
+            PeerMsg::AaeRepair(r) => self.on_aae_repair(now, &name, conn, r, out),
         }
     }
 

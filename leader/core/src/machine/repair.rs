@@ -22,6 +22,22 @@ impl Replica {
     /// back. Siblings of ours that the joined state supersedes go; later writes here must still
     /// be stamped above them (the per-key causality rule), so the clock is raised to them first.
     pub(super) fn join_state(&mut self, slot: SlotKey, mut state: KeyState) -> bool {
+        let ours = self.keys.get(&slot);
+        let received = &self.received;
+        state.siblings.retain(|s| {
+            !received.covers(&s.dot)
+                || ours.is_some_and(|o| o.siblings.iter().any(|x| x.dot == s.dot))
+        });
+        self.join_as_is(slot, state)
+    }
+
+    /// Joins `state` into this region's state of `slot` as [`KeyState::join`] does, without
+    /// [`Replica::join_state`]'s filter, and stages it as a checkpoint; returns whether the
+    /// key's state changed. For anti-entropy's repairs, which join only states whose every
+    /// write both regions have applied: there a sibling received here and held nowhere here
+    /// is exactly what a lost key looks like (a key collected here holds nothing live, and
+    /// anti-entropy never compares those).
+    pub(super) fn join_as_is(&mut self, slot: SlotKey, state: KeyState) -> bool {
         let Some(resolver) = self.resolvers.get(&slot.0).cloned() else {
             return false;
         };
@@ -29,20 +45,17 @@ impl Replica {
         if let Some(top) = ours.and_then(|o| o.siblings.iter().map(|s| s.hlc).max()) {
             self.clock.raise_to(top);
         }
-        let received = &self.received;
-        state.siblings.retain(|s| {
-            !received.covers(&s.dot)
-                || ours.is_some_and(|o| o.siblings.iter().any(|x| x.dot == s.dot))
-        });
         let before = ours.cloned();
-        let entry = self.keys.entry(slot.clone()).or_default();
-        entry.join(&state, resolver.as_ref());
-        if before.is_none() && *entry == KeyState::default() {
+        let after = self.keys.update(&slot, |entry| {
+            entry.join(&state, resolver.as_ref());
+            entry.clone()
+        });
+        if before.is_none() && after == KeyState::default() {
             // Nothing came of it: no empty row.
             self.keys.remove(&slot);
             return false;
         }
-        if before.as_ref() == Some(&*entry) {
+        if before.as_ref() == Some(&after) {
             return false;
         }
         self.note_tombstone(&slot);

@@ -25,7 +25,7 @@
 //! between cannot leave an applied vector on disk that claims states the disk lacks.
 
 use conflict::limits::{MAX_KEY_BYTES, MAX_TABLE_NAME_BYTES};
-use conflict::{Dot, VersionVector};
+use conflict::{Dot, KeyState, VersionVector};
 use serde::{Deserialize, Serialize};
 
 use super::{Alarm, ConnId, Effect, Replica, SnapshotPiece, Time, WriteError};
@@ -496,11 +496,10 @@ impl Replica {
             .collect();
         let mut changed = Vec::new();
         let mut dropped_top = None;
-        for (slot, state) in self.keys.range_mut((lower, upper)) {
+        for (slot, state) in self.keys.range((lower, upper)) {
             if in_chunk.contains(&(slot.0.as_str(), slot.1.as_slice())) {
                 continue;
             }
-            let before = state.siblings.len();
             if let Some(top) = state
                 .siblings
                 .iter()
@@ -509,11 +508,13 @@ impl Replica {
                 .max()
             {
                 dropped_top = dropped_top.max(Some(top));
-            }
-            state.siblings.retain(|s| !c.applied.covers(&s.dot));
-            if state.siblings.len() != before {
                 changed.push(slot.clone());
             }
+        }
+        for slot in &changed {
+            self.keys.update(slot, |state| {
+                state.siblings.retain(|s| !c.applied.covers(&s.dot));
+            });
         }
         // Later writes here must still be stamped above what went (the per-key rule).
         if let Some(top) = dropped_top {
@@ -525,43 +526,56 @@ impl Replica {
         }
     }
 
-    /// Why a chunk is malformed, if it is: keys not in ascending order after the cursor, or
-    /// too long; or a vector (the chunk's or a key's context) that claims writes of this
-    /// region it never made (installing it would poison those keys, as for a replicated
-    /// write), or sequence numbers no replica can reach.
+    /// Whether a vector a peer sent claims writes of this region it never made (joining it
+    /// would poison keys, as a replicated write claiming them would), or names sequence
+    /// numbers of 2^63 and more.
+    pub(super) fn impossible_vector(&self, v: &VersionVector) -> bool {
+        v.get(self.opts.replica) > self.own_seq || v.iter().any(|(_, s)| s.0 >= SEQ_UNREACHABLE)
+    }
+
+    /// Why a chunk is malformed, if it is: a vector (the chunk's, or a key's context) that
+    /// claims writes of this region it never made or sequence numbers no replica can reach,
+    /// or states that [`Replica::malformed_states`] refuses.
     fn malformed_chunk(&self, c: &SnapshotChunk) -> Option<String> {
-        let own = self.opts.replica;
-        let bad_vector = |v: &VersionVector| {
-            v.get(own) > self.own_seq || v.iter().any(|(_, s)| s.0 >= SEQ_UNREACHABLE)
-        };
+        let bad_vector = |v: &VersionVector| self.impossible_vector(v);
         if bad_vector(&c.applied) || bad_vector(&c.upper) || bad_vector(&c.collected) {
             return Some(format!(
                 "snapshot chunk claims the vector {:?}: writes of this region it never made ({} made), or unreachable sequence numbers",
                 c.applied, self.own_seq
             ));
         }
+        self.malformed_states("snapshot chunk", &c.states, c.after.as_ref())
+    }
+
+    /// Why key states a peer sent in `what` (a snapshot chunk, an anti-entropy message) are
+    /// malformed, if they are: keys not in ascending order after `after`, or too long; or a
+    /// key's context that claims writes of this region it never made (joining it would poison
+    /// the key, as a replicated write would) or sequence numbers no replica can reach.
+    pub(super) fn malformed_states(
+        &self,
+        what: &str,
+        states: &[(String, Vec<u8>, KeyState)],
+        after: Option<&SlotKey>,
+    ) -> Option<String> {
         let mut prev: Option<(&str, &[u8])> = None;
-        for (t, k, state) in &c.states {
+        for (t, k, state) in states {
             let here = (t.as_str(), k.as_slice());
-            let after_cursor = c
-                .after
-                .as_ref()
-                .is_none_or(|(at, ak)| here > (at.as_str(), ak.as_slice()));
+            let after_cursor = after.is_none_or(|(at, ak)| here > (at.as_str(), ak.as_slice()));
             if prev.is_some_and(|p| p >= here) || !after_cursor {
-                return Some(
-                    "snapshot chunk whose keys are not in ascending order after the cursor".into(),
-                );
+                return Some(format!(
+                    "{what} whose keys are not in ascending order after the cursor"
+                ));
             }
             if t.len() > MAX_TABLE_NAME_BYTES || k.len() > MAX_KEY_BYTES {
                 return Some(format!(
-                    "snapshot chunk with a table name of {} bytes or a key of {} bytes (limits {MAX_TABLE_NAME_BYTES} and {MAX_KEY_BYTES})",
+                    "{what} with a table name of {} bytes or a key of {} bytes (limits {MAX_TABLE_NAME_BYTES} and {MAX_KEY_BYTES})",
                     t.len(),
                     k.len()
                 ));
             }
-            if bad_vector(&state.context) {
+            if self.impossible_vector(&state.context) {
                 return Some(format!(
-                    "snapshot chunk's key {t}/{} has the context {:?}: writes of this region it never made, or unreachable sequence numbers",
+                    "{what}'s key {t}/{} has the context {:?}: writes of this region it never made, or unreachable sequence numbers",
                     String::from_utf8_lossy(k),
                     state.context
                 ));

@@ -81,5 +81,6 @@ pub fn options(region: &str, replica: ReplicaId, peers: &[&str]) -> Options {
         log_retention_bytes: u64::MAX,
         snapshot_chunk_bytes: 1024,
         learn_when_empty: false,
+        anti_entropy_interval_ms: 0,
     }
 }
