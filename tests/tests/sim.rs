@@ -15,8 +15,9 @@
 //!   not designed for (docs/testing.md says which, and what happens);
 //! - `MERIDIAN_SIM_DIRTY_CONTEXT=1` — `fuzz` and `replay` also check the `dirty-context` oracle
 //!   of the open finding (docs/testing.md, "What it found");
-//! - `MERIDIAN_SIM_ANTI_ENTROPY=1` — `fuzz` and `replay` also run anti-entropy every 2 s at
-//!   every region (any divergence it reports fails the seed);
+//! - `MERIDIAN_SIM_ANTI_ENTROPY=0` — `fuzz` and `replay` run without anti-entropy (by default
+//!   every region runs a round every 2 s, and any divergence it reports fails the seed);
+//! - `MERIDIAN_SIM_QUORUM=0` — `fuzz` and `replay` run without the clients' quorum reads;
 //! - `MERIDIAN_SIM_SNAPSHOTS=1` — `fuzz` and `replay` also inject the snapshot bootstrap's
 //!   faults (finite retention, disk loss, faults aimed at transfers), off by default while
 //!   the findings they show are open (the `#[ignore]`d `snapshot_seed_*` tests).
@@ -74,7 +75,7 @@ fn fuzz_options() -> RunOptions {
         beyond_contract: on("MERIDIAN_SIM_BEYOND_CONTRACT"),
         snapshot_faults: on("MERIDIAN_SIM_SNAPSHOTS"),
         quorum_reads: std::env::var("MERIDIAN_SIM_QUORUM").map_or(true, |v| v != "0"),
-        anti_entropy: on("MERIDIAN_SIM_ANTI_ENTROPY"),
+        anti_entropy: std::env::var("MERIDIAN_SIM_ANTI_ENTROPY").map_or(true, |v| v != "0"),
         ..RunOptions::default()
     }
 }

@@ -200,8 +200,10 @@ pub struct RunOptions {
     pub quorum_reads: bool,
     /// Anti-entropy rounds every 2 s at every region. Any `Alarm::Divergence` then fails the
     /// seed (`alarm`): with every component correct, anti-entropy must find nothing, whatever
-    /// is in flight. Off by default so the seeds keep their trajectories (a round's frames
-    /// change the schedule); the `anti_entropy_finds_no_divergence` test runs it.
+    /// is in flight. Off by default so the seeds pinned before it existed keep their
+    /// trajectories (a round's frames change the schedule); on in `fuzz` and `replay`
+    /// (`MERIDIAN_SIM_ANTI_ENTROPY=0` turns it off there); the
+    /// `anti_entropy_finds_no_divergence` test runs it too.
     pub anti_entropy: bool,
 }
 
@@ -322,8 +324,13 @@ pub fn replay_command(seed: u64, opts: &RunOptions) -> String {
     } else {
         " MERIDIAN_SIM_QUORUM=0"
     };
+    let aae = if opts.anti_entropy {
+        ""
+    } else {
+        " MERIDIAN_SIM_ANTI_ENTROPY=0"
+    };
     format!(
-        "MERIDIAN_SIM_SEED={seed}{sabotage}{snapshots}{quorum} cargo test -p meridian-tests --test sim -- replay --nocapture"
+        "MERIDIAN_SIM_SEED={seed}{sabotage}{snapshots}{quorum}{aae} cargo test -p meridian-tests --test sim -- replay --nocapture"
     )
 }
 
