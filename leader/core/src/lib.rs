@@ -26,6 +26,12 @@
 //!   - `machine/alarms.rs`: clock skew, causality violations, reused dots;
 //!   - `machine/keys.rs`: the key table, through which every key state change goes, keeping
 //!     the hash tree up to date;
+//!   - `machine/truncate.rs`: log truncation by causal stability and the retention bound;
+//!   - `machine/snapshot.rs`: snapshot bootstrap (serving chunks, fetching, installing);
+//!   - `machine/learn.rs`: a fresh data directory starts gated until its peers show whether
+//!     it needs a snapshot;
+//!   - `machine/collect.rs`: tombstone collection by causal stability;
+//!   - `machine/quorum.rs`: reads at `read=quorum`/`all` and read repair;
 //!   - `machine/repair.rs`: key states learned from other regions, joined in;
 //!   - `machine/aae.rs`: anti-entropy rounds: compare trees with a peer top-down, join and
 //!     report diverged keys, skip those in flight.

@@ -30,6 +30,11 @@
 //! - `receive`: batches in: gaps and `Resync`, validation, applying replicated writes.
 //! - `stream`: batches out: the log tail, the send window, catch-up, relays.
 //! - `matrix`: heartbeats, lag and the lag matrix.
+//! - `truncate`: log truncation by causal stability and the retention bound.
+//! - `snapshot`: snapshot bootstrap: serving chunks, fetching, installing.
+//! - `learn`: a fresh data directory starts gated until its peers show whether it needs a
+//!   snapshot.
+//! - `collect`: tombstone collection by causal stability.
 //! - `quorum`: reads above level `one`: other regions' states of a key joined; read repair.
 //! - `repair`: key states learned from other regions (snapshots, quorum reads, anti-entropy)
 //!   joined into this region's.
