@@ -1430,14 +1430,7 @@ fn malformed_snapshot_chunks_close_the_connection_and_install_nothing() {
         rig.node.replica.bootstrap().is_some(),
         "a bootstraps from b"
     );
-    let state = |seq: u64| {
-        let mut s = KeyState::new();
-        s.apply(
-            &write(B, seq, VersionVector::new(), Value::Bytes(b"v".to_vec())),
-            &conflict::Lww,
-        );
-        s
-    };
+    let state = |seq: u64| one_write(B, seq);
     let chunk = |states: Vec<(&str, &str, KeyState)>, applied: VersionVector| SnapshotChunk {
         after: None,
         upper: applied.clone(),
@@ -1509,19 +1502,6 @@ fn malformed_snapshot_chunks_close_the_connection_and_install_nothing() {
 fn hostile_quorum_read_messages_close_the_connection_and_join_nothing() {
     use leader_core::{ReadLevel, ReadRepair, ReadReply, ReadRequest};
     let mut rig = Rig::new();
-    let state = |origin: ReplicaId, seq: u64| {
-        let mut s = KeyState::new();
-        s.apply(
-            &write(
-                origin,
-                seq,
-                VersionVector::new(),
-                Value::Bytes(b"v".to_vec()),
-            ),
-            &conflict::Lww,
-        );
-        s
-    };
     rig.frame(PeerMsg::ReadRequest(ReadRequest {
         id: 1,
         table: "default".into(),
@@ -1532,7 +1512,7 @@ fn hostile_quorum_read_messages_close_the_connection_and_join_nothing() {
     // An answer to a read never asked: ignored.
     rig.frame(PeerMsg::ReadReply(ReadReply {
         id: 77,
-        state: Some(state(B, 1)),
+        state: Some(one_write(B, 1)),
         refused: None,
         spreadable: VersionVector::new(),
     }));
@@ -1556,16 +1536,16 @@ fn hostile_quorum_read_messages_close_the_connection_and_join_nothing() {
         .expect("a asks b");
     rig.frame(PeerMsg::ReadReply(ReadReply {
         id: asked,
-        state: Some(state(A, 9)),
+        state: Some(one_write(A, 9)),
         refused: None,
         spreadable: VersionVector::new(),
     }));
     assert!(rig.closed().iter().any(|r| r.contains("never made")));
     assert!(rig.node.replica.keys().next().is_none(), "nothing joined");
     rig.reconnect();
-    let mut uncovered = state(B, 2);
+    let mut uncovered = one_write(B, 2);
     uncovered.context = VersionVector::new();
-    let bad_repairs = [state(A, 3), state(B, u64::MAX), uncovered];
+    let bad_repairs = [one_write(A, 3), one_write(B, u64::MAX), uncovered];
     for s in bad_repairs {
         rig.frame(PeerMsg::ReadRepair(ReadRepair {
             table: "default".into(),
@@ -1579,7 +1559,7 @@ fn hostile_quorum_read_messages_close_the_connection_and_join_nothing() {
     rig.frame(PeerMsg::ReadRepair(ReadRepair {
         table: "default".into(),
         key: b"k".to_vec(),
-        state: state(B, 2),
+        state: one_write(B, 2),
     }));
     assert!(rig.closed().is_empty());
     assert_eq!(

@@ -286,19 +286,13 @@ impl Replica {
         }
     }
 
-    /// Why a key state sent by a peer must not be joined here, if it must not: it claims
-    /// writes of this region it never made (joining it would poison the key, as for a
-    /// replicated write), or sequence numbers no replica reaches.
-    pub(super) fn foreign_state_problem(&self, state: &KeyState) -> Option<String> {
-        let own = self.opts.replica;
-        let unreachable = |s: conflict::Seq| s.0 >= super::snapshot::SEQ_UNREACHABLE;
-        let claims = state.context.get(own) > self.own_seq
-            || state.context.iter().any(|(_, s)| unreachable(s))
-            || state
-                .siblings
-                .iter()
-                .any(|s| !state.context.covers(&s.dot) || unreachable(s.dot.seq));
-        claims.then(|| {
+    /// Why a key state sent by a peer must not be joined here, if it must not: its context
+    /// claims writes of this region it never made (joining it would poison the key, as for a
+    /// replicated write) or sequence numbers no replica reaches (`Replica::impossible_vector`,
+    /// as for snapshot chunks), or it holds a sibling its context does not cover.
+    fn foreign_state_problem(&self, state: &KeyState) -> Option<String> {
+        let uncovered = state.siblings.iter().any(|s| !state.context.covers(&s.dot));
+        (self.impossible_vector(&state.context) || uncovered).then(|| {
             format!(
                 "a key state whose context {:?} claims writes of this region it never made ({} made), unreachable sequence numbers, or siblings it does not cover",
                 state.context, self.own_seq
@@ -378,11 +372,12 @@ impl Replica {
         let mut spreadable = self.spreadable();
         spreadable.join(&read.spreadable);
         let repairable = spreadable.dominates(&joined.context);
-        if joined != ours && !repairable {
-            self.counters.read_repairs_skipped += 1;
-        }
-        if joined != ours && repairable && self.join_state(read.slot.clone(), joined.clone()) {
-            self.counters.read_repairs += 1;
+        if joined != ours {
+            if !repairable {
+                self.counters.read_repairs_skipped += 1;
+            } else if self.join_state(read.slot.clone(), joined.clone()) {
+                self.counters.read_repairs += 1;
+            }
         }
         for (name, state) in &read.answers {
             let lacks = state.as_ref().is_none_or(|s| *s != joined)

@@ -140,7 +140,7 @@ impl Bootstrap {
 
 /// Sequence numbers from here on are refused in a snapshot: no replica makes 2^63 writes, and
 /// a vector installed with them would overflow the next sequence number of their origin.
-pub(super) const SEQ_UNREACHABLE: u64 = 1 << 63;
+const SEQ_UNREACHABLE: u64 = 1 << 63;
 
 impl Replica {
     // ---- serving -------------------------------------------------------------------------
