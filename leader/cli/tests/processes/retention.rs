@@ -259,11 +259,18 @@ async fn data_directories_stay_bounded_and_a_region_past_the_retention_bound_nee
         );
         tokio::time::sleep(SAMPLE).await;
     }
+    // c is told by the first peer whose link comes back; a peer whose link comes back after
+    // the (small) snapshot is installed has nothing to tell it any more, so which peers tell
+    // it is a race of the two reconnections: at least one must.
     let log = cluster.log_of(&cluster.regions[2]);
-    for peer in ["a", "b"] {
-        let told = format!("alarm=NeedsSnapshot {{ peer: \"{peer}\"");
-        assert!(log.contains(&told), "c was not told by {peer}: {log}");
-    }
+    let told = ["a", "b"]
+        .iter()
+        .filter(|peer| log.contains(&format!("alarm=NeedsSnapshot {{ peer: \"{peer}\"")))
+        .count();
+    assert!(
+        told > 0,
+        "c was told by no peer that it needs a snapshot: {log}"
+    );
     cluster.wait_same_digests(&client).await;
     let stopped = cluster.shutdown().await;
     assert!(
